@@ -1,0 +1,191 @@
+//! What goes into the core and what comes out of it.
+//!
+//! The runtime feeds [`Input`]s to [`crate::Node::handle`] and must carry out
+//! the returned [`Output`]s *in order*: a [`Output::Persist`] is durable
+//! before any later [`Output::Send`] leaves (a vote is on disk before the
+//! reply that depends on it), and VIP actions run before later sends.
+
+use crate::message::{Epoch, Message, NodeId, Position};
+use serde::{Deserialize, Serialize};
+
+/// State that must survive a restart, written before anything depends on it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HardState {
+    /// The highest epoch this node has seen.
+    pub epoch: Epoch,
+    /// Whom this node voted for in `epoch`, if anyone.
+    pub voted_for: Option<NodeId>,
+    /// Standby (maintenance): the node never stands for election.
+    pub standby: bool,
+}
+
+/// An event for the core.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// Time has passed; call at or after [`crate::Node::next_deadline`].
+    Tick,
+    /// A message arrived from an authenticated peer.
+    Receive(Message),
+    /// The runtime finished a [`VipAction`].
+    VipDone {
+        /// The action that finished.
+        action: VipAction,
+        /// Whether it succeeded; a failure is reported in status.
+        ok: bool,
+    },
+    /// Another host answered ARP/NDP for the VIP while this node held it or
+    /// was about to claim it.
+    VipConflict {
+        /// The other host's MAC address.
+        mac: [u8; 6],
+    },
+    /// The replication layer's position moved (constant until the volume exists).
+    PositionChanged(Position),
+    /// An operator's request.
+    Admin(AdminRequest),
+}
+
+/// Operator requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminRequest {
+    /// Move the active role to `to`, or to the best up-to-date peer if `None`.
+    /// Only meaningful on the active node.
+    Switchover {
+        /// The chosen peer.
+        to: Option<NodeId>,
+    },
+    /// Enter (true) or leave (false) standby: a standby node never becomes
+    /// active; an active node entering standby first hands over.
+    Standby(bool),
+}
+
+/// Something the runtime must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Make this durable before carrying out anything that follows.
+    Persist(HardState),
+    /// Send a message to a peer (best effort: links may drop it).
+    Send {
+        /// The peer.
+        to: NodeId,
+        /// The message.
+        msg: Message,
+    },
+    /// Act on the VIP; report completion with [`Input::VipDone`].
+    Vip(VipAction),
+    /// Something an operator wants in the log (role changes, refusals).
+    Notice(Notice),
+}
+
+/// Actions on the virtual IP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VipAction {
+    /// Add the VIP with the configured kernel lifetime (no DAD).
+    Add,
+    /// Renew the kernel lifetime of the VIP.
+    Renew,
+    /// Remove the VIP now.
+    Remove,
+    /// Send one gratuitous ARP (and unsolicited NA) for the VIP.
+    Announce,
+}
+
+/// Events worth logging.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Notice {
+    /// This node's role changed.
+    RoleChanged {
+        /// The new role.
+        role: Role,
+        /// The epoch it applies to.
+        epoch: Epoch,
+    },
+    /// The lease ran out (CheckQuorum): the active node lost its majority.
+    LeaseLost {
+        /// The epoch whose lease was lost.
+        epoch: Epoch,
+    },
+    /// An admin request could not be carried out.
+    AdminRefused {
+        /// Why.
+        reason: String,
+    },
+    /// A VIP action failed.
+    VipFailed {
+        /// Which.
+        action: VipAction,
+    },
+    /// Another host answers for the VIP.
+    VipConflict {
+        /// Its MAC.
+        mac: [u8; 6],
+    },
+}
+
+/// A node's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Follows a leader, or waits for one.
+    Follower,
+    /// Asking whether an election could be won (PreVote), without raising the epoch.
+    PreCandidate,
+    /// Asking for votes in a new epoch.
+    Candidate,
+    /// Elected; active while its lease holds.
+    Leader,
+}
+
+/// Phases of the VIP state machine (see [`crate::vip`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VipPhase {
+    /// Not on this node.
+    Released,
+    /// Add issued, not yet confirmed.
+    Claiming,
+    /// On this node and announced.
+    Held,
+    /// Remove issued, not yet confirmed.
+    Releasing,
+}
+
+/// A snapshot for `triad status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// This node.
+    pub node_id: NodeId,
+    /// Current role.
+    pub role: Role,
+    /// Current epoch.
+    pub epoch: Epoch,
+    /// The leader this node follows or is, if known.
+    pub leader: Option<NodeId>,
+    /// Lease time left in milliseconds (leader only; 0 otherwise).
+    pub lease_remaining_ms: u64,
+    /// Whether the VIP is on this node (phase Held).
+    pub vip_held: bool,
+    /// VIP phase.
+    pub vip_phase: VipPhase,
+    /// Standby (maintenance) mode.
+    pub standby: bool,
+    /// This node's data position.
+    pub position: Position,
+    /// The last foreign MAC seen answering for the VIP, if any.
+    pub vip_conflict: Option<[u8; 6]>,
+    /// One entry per peer.
+    pub peers: Vec<PeerStatus>,
+}
+
+/// What this node knows of one peer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// The peer.
+    pub node_id: NodeId,
+    /// Heard from within the peer timeout.
+    pub reachable: bool,
+    /// Milliseconds since last heard, if ever.
+    pub last_heard_ms: Option<u64>,
+    /// The peer's last reported position.
+    pub position: Option<Position>,
+}

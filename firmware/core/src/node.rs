@@ -1,0 +1,321 @@
+//! One Triad node's core: election, lease, liveness and VIP behind one
+//! `handle(now, input) -> outputs` call.
+//!
+//! The node adds what no single state machine owns:
+//! - heartbeats: the leader sends a lease round every interval, the others
+//!   a ping (liveness and their data position);
+//! - CheckQuorum: a leader whose lease ran out (or never came) steps down;
+//! - whether the VIP is wanted: leader ∧ lease valid ∧ not handed over ∧
+//!   (strict mode) the old leader's kernel lifetime waited out;
+//! - operator requests: switchover and standby.
+//!
+//! After every input it re-derives what the VIP should be, so a lease that
+//! ends, a lost election and a handover all release the VIP the same way.
+
+use crate::config::Timing;
+use crate::election::{Election, Transition};
+use crate::io::{AdminRequest, HardState, Input, Notice, Output, PeerStatus, Role, Status, VipAction, VipPhase};
+use crate::lease::Lease;
+use crate::liveness::Liveness;
+use crate::message::{Body, Epoch, Message, NodeId, Position};
+use crate::time::Instant;
+use crate::vip::Vip;
+
+/// The core of one node.
+#[derive(Clone, Debug)]
+pub struct Node {
+    id: NodeId,
+    peers: [NodeId; 2],
+    timing: Timing,
+    election: Election,
+    liveness: Liveness,
+    /// Present while this node leads.
+    lease: Option<Lease>,
+    elected_at: Option<Instant>,
+    next_beat: Instant,
+    vip: Vip,
+    vip_conflict: Option<[u8; 6]>,
+}
+
+impl Node {
+    /// A node starting at `now` from its persisted state. `seed` spreads its
+    /// election timeouts; give each node (and each start) a different one.
+    pub fn new(id: NodeId, peers: [NodeId; 2], timing: Timing, hard: HardState, position: Position, now: Instant, seed: u64) -> Node {
+        Node {
+            id,
+            peers,
+            election: Election::new(id, peers, timing.clone(), hard, position, now, seed),
+            liveness: Liveness::new(peers, timing.peer_timeout),
+            timing,
+            lease: None,
+            elected_at: None,
+            next_beat: now,
+            vip: Vip::default(),
+            vip_conflict: None,
+        }
+    }
+
+    /// Applies one input at `now`; the outputs must be carried out in order.
+    pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Output> {
+        let mut out = Vec::new();
+        match input {
+            Input::Tick => {
+                let t = self.election.tick(now, &mut out);
+                self.on_transition(now, t);
+            }
+            Input::Receive(msg) => self.receive(now, &msg, &mut out),
+            Input::VipDone { action, ok } => self.vip.done(now, action, ok, &self.timing, &mut out),
+            Input::VipConflict { mac } => {
+                self.vip_conflict = Some(mac);
+                out.push(Output::Notice(Notice::VipConflict { mac }));
+            }
+            Input::PositionChanged(p) => self.election.set_position(p),
+            Input::Admin(req) => self.admin(now, req, &mut out),
+        }
+        self.settle(now, &mut out);
+        out
+    }
+
+    /// The earliest instant at which [`Input::Tick`] has work.
+    pub fn next_deadline(&self) -> Instant {
+        let mut d = self.next_beat;
+        let mut consider = |x: Option<Instant>| {
+            if let Some(x) = x {
+                d = d.min(x);
+            }
+        };
+        consider(self.election.deadline());
+        consider(self.vip.deadline());
+        consider(self.lease_end());
+        consider(self.vip_allowed_at());
+        d
+    }
+
+    /// A snapshot for status reporting.
+    pub fn status(&self, now: Instant) -> Status {
+        Status {
+            node_id: self.id,
+            role: self.election.role(),
+            epoch: self.election.epoch(),
+            leader: self.election.leader(),
+            lease_remaining_ms: self.lease.as_ref().map_or(0, |l| l.remaining(now).as_millis() as u64),
+            vip_held: self.vip.phase() == VipPhase::Held,
+            vip_phase: self.vip.phase(),
+            standby: self.election.standby(),
+            position: self.election.position(),
+            vip_conflict: self.vip_conflict,
+            peers: self
+                .liveness
+                .peers()
+                .iter()
+                .map(|p| PeerStatus {
+                    node_id: p.id,
+                    reachable: self.liveness.reachable(p.id, now),
+                    last_heard_ms: p.last_heard.map(|t| now.since(t).as_millis() as u64),
+                    position: p.position,
+                })
+                .collect(),
+        }
+    }
+
+    /// Current role.
+    pub fn role(&self) -> Role {
+        self.election.role()
+    }
+
+    /// Current epoch.
+    pub fn epoch(&self) -> Epoch {
+        self.election.epoch()
+    }
+
+    /// The durable state as this node last decided it.
+    pub fn hard_state(&self) -> HardState {
+        self.election.hard()
+    }
+
+    /// When this node's lease ends, if it holds one (for invariant checks).
+    pub fn lease_until(&self, now: Instant) -> Option<Instant> {
+        self.lease.as_ref().filter(|l| l.valid(now)).and_then(Lease::until)
+    }
+
+    /// The VIP phase.
+    pub fn vip_phase(&self) -> VipPhase {
+        self.vip.phase()
+    }
+
+    fn receive(&mut self, now: Instant, msg: &Message, out: &mut Vec<Output>) {
+        if !self.peers.contains(&msg.from) {
+            return;
+        }
+        self.liveness.heard(msg.from, now);
+        if let Body::Ping { position } = msg.body {
+            self.liveness.reported_position(msg.from, position);
+        }
+        let t = self.election.receive(now, msg, out);
+        self.on_transition(now, t);
+        if let (Body::HeartbeatAck { round }, Some(lease)) = (&msg.body, self.lease.as_mut()) {
+            if msg.epoch == self.election.epoch() && self.election.role() == Role::Leader {
+                lease.acked(*round);
+            }
+        }
+    }
+
+    fn on_transition(&mut self, now: Instant, t: Transition) {
+        match t {
+            Transition::BecameLeader => {
+                self.lease = Some(Lease::start(self.timing.lease_duration()));
+                self.elected_at = Some(now);
+                // Heartbeat at once: the lease starts with the first acked round.
+                self.next_beat = now;
+            }
+            Transition::LostLeadership => {
+                self.lease = None;
+                self.elected_at = None;
+            }
+            Transition::None => {}
+        }
+    }
+
+    /// Work that follows from the state, whatever the input was.
+    fn settle(&mut self, now: Instant, out: &mut Vec<Output>) {
+        // CheckQuorum: no lease (any more) past its end means no majority.
+        if self.role() == Role::Leader && self.lease_end().is_some_and(|end| now >= end) {
+            out.push(Output::Notice(Notice::LeaseLost { epoch: self.epoch() }));
+            let t = self.election.step_down(now, out);
+            self.on_transition(now, t);
+        }
+        if now >= self.next_beat {
+            self.beat(now, out);
+        }
+        let want = self.want_vip(now);
+        self.vip.step(now, want, &self.timing, out);
+    }
+
+    /// When the current leadership ends unless renewed: the lease's end, or
+    /// for a new leader without a lease yet, one lease length after election.
+    fn lease_end(&self) -> Option<Instant> {
+        let lease = self.lease.as_ref()?;
+        match lease.until() {
+            Some(until) => Some(until),
+            None => self.elected_at.map(|t| t.add(self.timing.lease_duration())),
+        }
+    }
+
+    /// Strict mode: the earliest a new leader may raise the VIP, after a
+    /// frozen predecessor's kernel lifetime has certainly run out. Every
+    /// predecessor's lease, and so its last renewal, ended before we were
+    /// elected (voters were sticky until then).
+    fn vip_allowed_at(&self) -> Option<Instant> {
+        if !self.timing.strict_vip_handover {
+            return None;
+        }
+        let elected = self.elected_at?;
+        Some(elected.add(self.timing.vip_lifetime).add(self.timing.kernel_expiry_slack))
+    }
+
+    fn want_vip(&self, now: Instant) -> bool {
+        self.role() == Role::Leader
+            && self.lease.as_ref().is_some_and(|l| l.valid(now))
+            && self.vip_allowed_at().is_none_or(|t| now >= t)
+    }
+
+    fn beat(&mut self, now: Instant, out: &mut Vec<Output>) {
+        self.next_beat = now.add(self.timing.heartbeat_interval);
+        let epoch = self.epoch();
+        let body = match self.lease.as_mut() {
+            Some(lease) if self.election.role() == Role::Leader => Body::Heartbeat { round: lease.send_round(now) },
+            _ => Body::Ping { position: self.election.position() },
+        };
+        for to in self.peers {
+            out.push(Output::Send { to, msg: Message { from: self.id, epoch, body: body.clone() } });
+        }
+    }
+
+    fn admin(&mut self, now: Instant, req: AdminRequest, out: &mut Vec<Output>) {
+        let result = match req {
+            AdminRequest::Switchover { to } => self.switchover(now, to, out),
+            AdminRequest::Standby(true) => {
+                if self.role() == Role::Leader {
+                    self.handover_target(now, None).map(|target| {
+                        self.election.set_standby(true, out);
+                        self.hand_over(now, target, out);
+                    })
+                } else {
+                    self.election.set_standby(true, out);
+                    Ok(())
+                }
+            }
+            AdminRequest::Standby(false) => {
+                self.election.set_standby(false, out);
+                Ok(())
+            }
+        };
+        if let Err(reason) = result {
+            out.push(Output::Notice(Notice::AdminRefused { reason }));
+        }
+    }
+
+    fn switchover(&mut self, now: Instant, to: Option<NodeId>, out: &mut Vec<Output>) -> Result<(), String> {
+        let target = self.handover_target(now, to)?;
+        self.hand_over(now, target, out);
+        Ok(())
+    }
+
+    /// Checks a switchover can happen now and picks its target.
+    fn handover_target(&self, now: Instant, to: Option<NodeId>) -> Result<NodeId, String> {
+        if self.role() != Role::Leader {
+            return Err(match self.election.leader() {
+                Some(l) => format!("node {} is not the active node; node {l} is", self.id),
+                None => format!("node {} is not the active node, and no node is active", self.id),
+            });
+        }
+        if matches!(self.vip.phase(), VipPhase::Claiming | VipPhase::Releasing) {
+            return Err("the VIP is being moved; try again in a moment".into());
+        }
+        let mine = self.election.position();
+        let eligible = |id: NodeId| -> Result<NodeId, String> {
+            let p = self.liveness.get(id).ok_or_else(|| format!("node {id} is not a peer of node {}", self.id))?;
+            if !self.liveness.reachable(id, now) {
+                return Err(format!("node {id} is not reachable"));
+            }
+            match p.position {
+                Some(pos) if pos >= mine => Ok(id),
+                _ => Err(format!("node {id} is not known to be up to date")),
+            }
+        };
+        match to {
+            Some(id) => eligible(id),
+            None => {
+                let mut best: Option<(Position, NodeId)> = None;
+                for p in self.liveness.peers() {
+                    if eligible(p.id).is_ok() {
+                        let pos = p.position.unwrap_or_default();
+                        if best.is_none_or(|(b, _)| pos > b) {
+                            best = Some((pos, p.id));
+                        }
+                    }
+                }
+                best.map(|(_, id)| id).ok_or_else(|| "no reachable, up-to-date peer to hand over to".to_string())
+            }
+        }
+    }
+
+    /// Raft's TimeoutNow, after giving the lease up for good (sketch rule 17):
+    /// the VIP removal is ordered before the message that lets the target
+    /// raise it.
+    fn hand_over(&mut self, now: Instant, target: NodeId, out: &mut Vec<Output>) {
+        if let Some(lease) = self.lease.as_mut() {
+            lease.give_up();
+        }
+        self.vip.step(now, false, &self.timing, out);
+        let epoch = self.epoch();
+        out.push(Output::Send { to: target, msg: Message { from: self.id, epoch, body: Body::TimeoutNow } });
+        let t = self.election.step_down(now, out);
+        self.on_transition(now, t);
+    }
+}
+
+/// Convenience for tests and the simulator: is `o` this VIP action?
+pub fn is_vip(o: &Output, action: VipAction) -> bool {
+    matches!(o, Output::Vip(a) if *a == action)
+}

@@ -1,0 +1,320 @@
+//! Exact outputs for inputs: the core's behaviour step by step.
+//!
+//! Each test drives one or more `Node`s by hand with chosen times and
+//! messages and asserts the precise commands that come out, including their
+//! order where it matters (persist before send, VIP removal before the
+//! message that lets another node raise it).
+
+use std::time::Duration;
+use triad_core::{AdminRequest, Body, HardState, Input, Instant, Message, Node, Notice, Output, Position, Role, Timing, VipAction};
+
+const MS: u64 = 1000;
+
+fn at(ms: u64) -> Instant {
+    Instant(ms * MS)
+}
+
+fn node(id: u8, hard: HardState) -> Node {
+    let peers = match id {
+        1 => [2, 3],
+        2 => [1, 3],
+        _ => [1, 2],
+    };
+    Node::new(id, peers, Timing::default(), hard, Position::default(), at(0), u64::from(id))
+}
+
+fn msg(from: u8, epoch: u64, body: Body) -> Input {
+    Input::Receive(Message { from, epoch, body })
+}
+
+/// The messages sent, without the periodic liveness pings.
+fn sends(out: &[Output]) -> Vec<(u8, Message)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send { msg, .. } if matches!(msg.body, Body::Ping { .. }) => None,
+            Output::Send { to, msg } => Some((*to, msg.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn persists(out: &[Output]) -> Vec<HardState> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Persist(h) => Some(*h),
+            _ => None,
+        })
+        .collect()
+}
+
+fn position_of(out: &[Output], pred: impl Fn(&Output) -> bool) -> usize {
+    out.iter().position(pred).expect("expected output missing")
+}
+
+/// Ticks `n` until it has sent PreVotes; returns that instant and the outputs.
+fn tick_until_prevote(n: &mut Node) -> (Instant, Vec<Output>) {
+    let mut now = at(0);
+    for _ in 0..1000 {
+        now = n.next_deadline().max(now);
+        let out = n.handle(now, Input::Tick);
+        if sends(&out).iter().any(|(_, m)| matches!(m.body, Body::PreVote { .. })) {
+            return (now, out);
+        }
+    }
+    panic!("no prevote");
+}
+
+/// Drives node 1 to leadership with node 2's help; returns the time.
+fn elect_node1(n1: &mut Node) -> Instant {
+    let (now, _) = tick_until_prevote(n1);
+    let out = n1.handle(now, msg(2, 1, Body::PreVoteReply { granted: true }));
+    assert_eq!(n1.role(), Role::Candidate);
+    assert!(sends(&out).iter().any(|(_, m)| matches!(m.body, Body::Vote { .. })));
+    let out = n1.handle(now, msg(2, 1, Body::VoteReply { granted: true }));
+    assert_eq!(n1.role(), Role::Leader);
+    // A new leader heartbeats at once; its VIP waits for the lease.
+    let hb = sends(&out);
+    assert_eq!(hb.len(), 2);
+    assert!(hb.iter().all(|(_, m)| m.body == Body::Heartbeat { round: 1 } && m.epoch == 1));
+    assert!(!out.iter().any(|o| matches!(o, Output::Vip(_))));
+    now
+}
+
+#[test]
+fn a_started_node_neither_campaigns_nor_votes_within_the_max_timeout() {
+    let mut n = node(1, HardState::default());
+    let out = n.handle(at(10), msg(2, 1, Body::Vote { position: Position::default(), transfer: false }));
+    assert_eq!(sends(&out), vec![(2, Message { from: 1, epoch: 0, body: Body::VoteReply { granted: false } })]);
+    assert!(persists(&out).is_empty(), "a refused vote changes nothing");
+    let out = n.handle(at(10), msg(2, 1, Body::PreVote { position: Position::default() }));
+    assert_eq!(sends(&out)[0].1.body, Body::PreVoteReply { granted: false });
+    let (when, _) = tick_until_prevote(&mut n);
+    assert!(when >= at(700), "campaigned at {when:?}, before the quiet period ended");
+}
+
+#[test]
+fn prevote_raises_no_epoch_and_a_vote_is_persisted_before_its_reply() {
+    let mut n1 = node(1, HardState::default());
+    let (now, out) = tick_until_prevote(&mut n1);
+    assert_eq!(n1.epoch(), 0, "PreVote must not raise the epoch");
+    assert!(persists(&out).is_empty());
+    let pv = sends(&out);
+    assert_eq!(pv.len(), 2);
+    assert!(pv.iter().all(|(_, m)| m.epoch == 1));
+
+    // Voter 2, quiet period over, grants the prevote without changing state.
+    let mut n2 = node(2, HardState::default());
+    let out = n2.handle(at(800), msg(1, 1, Body::PreVote { position: Position::default() }));
+    assert_eq!(sends(&out)[0].1, Message { from: 2, epoch: 1, body: Body::PreVoteReply { granted: true } });
+    assert_eq!(n2.epoch(), 0);
+
+    // The candidate persists epoch 1 and its own vote before asking.
+    let out = n1.handle(now, msg(2, 1, Body::PreVoteReply { granted: true }));
+    let p = position_of(&out, |o| matches!(o, Output::Persist(_)));
+    let s = position_of(&out, |o| matches!(o, Output::Send { .. }));
+    assert!(p < s);
+    assert_eq!(persists(&out), vec![HardState { epoch: 1, voted_for: Some(1), standby: false }]);
+
+    // The voter persists its vote before replying.
+    let out = n2.handle(at(800), msg(1, 1, Body::Vote { position: Position::default(), transfer: false }));
+    assert_eq!(persists(&out), vec![HardState { epoch: 1, voted_for: Some(1), standby: false }]);
+    let p = position_of(&out, |o| matches!(o, Output::Persist(_)));
+    let s = position_of(&out, |o| matches!(o, Output::Send { msg, .. } if msg.body == Body::VoteReply { granted: true }));
+    assert!(p < s, "vote persisted before the reply: {out:?}");
+}
+
+#[test]
+fn one_vote_per_epoch_even_after_restart() {
+    let mut n2 = node(2, HardState::default());
+    n2.handle(at(800), msg(1, 1, Body::Vote { position: Position::default(), transfer: false }));
+    let out = n2.handle(at(801), msg(3, 1, Body::Vote { position: Position::default(), transfer: false }));
+    assert_eq!(sends(&out)[0].1.body, Body::VoteReply { granted: false });
+    // Restart from the persisted state: still no second vote in epoch 1.
+    let hard = n2.hard_state();
+    let mut n2 = node(2, hard);
+    let out = n2.handle(at(900), msg(3, 1, Body::Vote { position: Position::default(), transfer: false }));
+    assert_eq!(sends(&out)[0].1.body, Body::VoteReply { granted: false });
+}
+
+#[test]
+fn a_voter_refuses_a_candidate_with_older_data() {
+    let mut n2 = Node::new(2, [1, 3], Timing::default(), HardState::default(), Position { epoch: 3, seq: 10 }, at(0), 2);
+    let out = n2.handle(at(800), msg(1, 4, Body::Vote { position: Position { epoch: 3, seq: 9 }, transfer: false }));
+    assert_eq!(sends(&out)[0].1.body, Body::VoteReply { granted: false });
+    let out = n2.handle(at(800), msg(1, 5, Body::PreVote { position: Position { epoch: 2, seq: 99 } }));
+    assert_eq!(sends(&out)[0].1.body, Body::PreVoteReply { granted: false });
+    let out = n2.handle(at(801), msg(3, 4, Body::Vote { position: Position { epoch: 3, seq: 10 }, transfer: false }));
+    assert_eq!(sends(&out)[0].1.body, Body::VoteReply { granted: true });
+}
+
+#[test]
+fn leader_raises_the_vip_only_after_a_majority_acked_a_heartbeat() {
+    let mut n1 = node(1, HardState::default());
+    let now = elect_node1(&mut n1);
+    let out = n1.handle(now.add(Duration::from_millis(2)), msg(2, 1, Body::HeartbeatAck { round: 1 }));
+    assert_eq!(out.iter().filter(|o| matches!(o, Output::Vip(VipAction::Add))).count(), 1);
+    let out = n1.handle(now.add(Duration::from_millis(3)), Input::VipDone { action: VipAction::Add, ok: true });
+    assert_eq!(out, vec![Output::Vip(VipAction::Announce)], "first gratuitous ARP at once");
+    assert!(n1.status(now).vip_held);
+    assert_eq!(n1.lease_until(now), Some(now.add(Timing::default().lease_duration())));
+}
+
+#[test]
+fn leader_drops_the_vip_when_its_lease_runs_out_and_steps_down() {
+    let mut n1 = node(1, HardState::default());
+    let t0 = elect_node1(&mut n1);
+    n1.handle(t0, msg(2, 1, Body::HeartbeatAck { round: 1 }));
+    n1.handle(t0, Input::VipDone { action: VipAction::Add, ok: true });
+    let end = n1.lease_until(t0).expect("lease");
+    // No more acks: tick to the lease end, sending (unanswered) heartbeats.
+    let mut now = t0;
+    let mut last = vec![];
+    while now < end {
+        now = n1.next_deadline();
+        last = n1.handle(now, Input::Tick);
+        if n1.role() != Role::Leader {
+            break;
+        }
+    }
+    assert_eq!(now, end, "must act exactly at the lease end");
+    assert!(last.contains(&Output::Notice(Notice::LeaseLost { epoch: 1 })));
+    assert!(last.contains(&Output::Vip(VipAction::Remove)));
+    assert_eq!(n1.role(), Role::Follower);
+}
+
+#[test]
+fn a_follower_that_hears_its_leader_refuses_other_candidates_without_changing_epoch() {
+    let mut n2 = node(2, HardState { epoch: 1, voted_for: Some(1), standby: false });
+    n2.handle(at(1000), msg(1, 1, Body::Heartbeat { round: 5 }));
+    let out = n2.handle(at(1399), msg(3, 2, Body::Vote { position: Position::default(), transfer: false }));
+    assert_eq!(sends(&out)[0].1, Message { from: 2, epoch: 1, body: Body::VoteReply { granted: false } });
+    assert!(persists(&out).is_empty());
+    assert_eq!(n2.epoch(), 1);
+    // Once the stickiness window (election_timeout_min) has passed, it votes.
+    let out = n2.handle(at(1400), msg(3, 2, Body::Vote { position: Position::default(), transfer: false }));
+    assert_eq!(sends(&out)[0].1.body, Body::VoteReply { granted: true });
+}
+
+#[test]
+fn heartbeat_is_acked_and_a_stale_leader_learns_the_newer_epoch() {
+    let mut n2 = node(2, HardState { epoch: 3, voted_for: None, standby: false });
+    let out = n2.handle(at(900), msg(1, 3, Body::Heartbeat { round: 7 }));
+    assert_eq!(sends(&out), vec![(1, Message { from: 2, epoch: 3, body: Body::HeartbeatAck { round: 7 } })]);
+    assert_eq!(n2.status(at(900)).leader, Some(1));
+    let out = n2.handle(at(901), msg(3, 2, Body::Heartbeat { round: 1 }));
+    assert_eq!(sends(&out), vec![(3, Message { from: 2, epoch: 3, body: Body::HeartbeatAck { round: 1 } })]);
+    assert_eq!(n2.status(at(901)).leader, Some(1), "a stale leader is not followed");
+}
+
+#[test]
+fn leader_steps_down_and_drops_the_vip_on_a_newer_epoch() {
+    let mut n1 = node(1, HardState::default());
+    let t0 = elect_node1(&mut n1);
+    n1.handle(t0, msg(2, 1, Body::HeartbeatAck { round: 1 }));
+    n1.handle(t0, Input::VipDone { action: VipAction::Add, ok: true });
+    let out = n1.handle(t0, msg(3, 2, Body::HeartbeatAck { round: 1 }));
+    assert_eq!(n1.role(), Role::Follower);
+    assert_eq!(n1.epoch(), 2);
+    assert_eq!(persists(&out), vec![HardState { epoch: 2, voted_for: None, standby: false }]);
+    assert!(out.contains(&Output::Vip(VipAction::Remove)));
+}
+
+#[test]
+fn switchover_removes_the_vip_before_sending_timeout_now() {
+    let mut n1 = node(1, HardState::default());
+    let t0 = elect_node1(&mut n1);
+    n1.handle(t0, msg(2, 1, Body::HeartbeatAck { round: 1 }));
+    n1.handle(t0, Input::VipDone { action: VipAction::Add, ok: true });
+    n1.handle(t0, msg(2, 1, Body::Ping { position: Position::default() }));
+    let out = n1.handle(t0, Input::Admin(AdminRequest::Switchover { to: Some(2) }));
+    let remove = position_of(&out, |o| *o == Output::Vip(VipAction::Remove));
+    let tn = position_of(&out, |o| matches!(o, Output::Send { to: 2, msg } if msg.body == Body::TimeoutNow));
+    assert!(remove < tn, "{out:?}");
+    assert_eq!(n1.role(), Role::Follower);
+    assert_eq!(n1.lease_until(t0), None, "the lease is given up for good");
+
+    // The target campaigns at once at epoch 2 with the transfer flag, and a
+    // voter that still hears the old leader waives stickiness for it.
+    let mut n2 = node(2, HardState { epoch: 1, voted_for: Some(1), standby: false });
+    n2.handle(at(1000), msg(1, 1, Body::Heartbeat { round: 9 }));
+    let out = n2.handle(at(1001), msg(1, 1, Body::TimeoutNow));
+    assert_eq!(n2.role(), Role::Candidate);
+    assert!(sends(&out).iter().all(|(_, m)| m.epoch == 2 && m.body == Body::Vote { position: Position::default(), transfer: true }));
+    let mut n3 = node(3, HardState { epoch: 1, voted_for: Some(1), standby: false });
+    n3.handle(at(1000), msg(1, 1, Body::Heartbeat { round: 9 }));
+    let out = n3.handle(at(1002), msg(2, 2, Body::Vote { position: Position::default(), transfer: true }));
+    assert_eq!(sends(&out)[0].1.body, Body::VoteReply { granted: true });
+    // ...but not for a jump of two epochs.
+    let mut n3 = node(3, HardState { epoch: 1, voted_for: Some(1), standby: false });
+    n3.handle(at(1000), msg(1, 1, Body::Heartbeat { round: 9 }));
+    let out = n3.handle(at(1002), msg(2, 3, Body::Vote { position: Position::default(), transfer: true }));
+    assert_eq!(sends(&out)[0].1.body, Body::VoteReply { granted: false });
+}
+
+#[test]
+fn switchover_is_refused_with_a_reason_when_it_cannot_happen() {
+    let mut n2 = node(2, HardState::default());
+    let out = n2.handle(at(5), Input::Admin(AdminRequest::Switchover { to: Some(3) }));
+    assert!(matches!(&out[..], [Output::Notice(Notice::AdminRefused { reason }), ..] if reason.contains("not the active node")));
+    let mut n1 = node(1, HardState::default());
+    let t0 = elect_node1(&mut n1);
+    let out = n1.handle(t0, Input::Admin(AdminRequest::Switchover { to: Some(3) }));
+    assert!(out.iter().any(|o| matches!(o, Output::Notice(Notice::AdminRefused { reason }) if reason.contains("not reachable"))));
+    assert_eq!(n1.role(), Role::Leader);
+}
+
+#[test]
+fn a_standby_node_never_campaigns_and_ignores_timeout_now() {
+    let mut n = node(3, HardState::default());
+    let out = n.handle(at(1), Input::Admin(AdminRequest::Standby(true)));
+    assert_eq!(persists(&out), vec![HardState { epoch: 0, voted_for: None, standby: true }]);
+    for _ in 0..50 {
+        let now = n.next_deadline();
+        let out = n.handle(now, Input::Tick);
+        assert!(!sends(&out).iter().any(|(_, m)| matches!(m.body, Body::PreVote { .. } | Body::Vote { .. })));
+    }
+    n.handle(at(5000), msg(1, 0, Body::Heartbeat { round: 1 }));
+    n.handle(at(5001), msg(1, 0, Body::TimeoutNow));
+    assert_eq!(n.role(), Role::Follower);
+    // Released, it campaigns again.
+    n.handle(at(5002), Input::Admin(AdminRequest::Standby(false)));
+    let (_, out) = tick_until_prevote(&mut n);
+    assert!(!out.is_empty());
+}
+
+#[test]
+fn strict_mode_waits_out_the_kernel_lifetime_before_raising_the_vip() {
+    let timing = Timing { strict_vip_handover: true, ..Timing::default() };
+    let mut n1 = Node::new(1, [2, 3], timing.clone(), HardState::default(), Position::default(), at(0), 1);
+    let t0 = elect_node1(&mut n1);
+    // Keep the lease alive with acks; the VIP comes only after 1 s + 250 ms.
+    let wait_end = t0.add(timing.vip_lifetime).add(timing.kernel_expiry_slack);
+    let mut now = t0;
+    let mut added_at = None;
+    while added_at.is_none() && now < t0.add(Duration::from_secs(3)) {
+        now = n1.next_deadline();
+        let out = n1.handle(now, Input::Tick);
+        for (_, m) in sends(&out) {
+            if let Body::Heartbeat { round } = m.body {
+                let o = n1.handle(now, msg(2, 1, Body::HeartbeatAck { round }));
+                if o.contains(&Output::Vip(VipAction::Add)) {
+                    added_at = Some(now);
+                }
+            }
+        }
+        if out.contains(&Output::Vip(VipAction::Add)) {
+            added_at = Some(now);
+        }
+    }
+    assert_eq!(added_at, Some(wait_end));
+}
+
+#[test]
+fn messages_from_strangers_change_nothing() {
+    let mut n = node(1, HardState::default());
+    let before = n.status(at(800));
+    let out = n.handle(at(800), msg(9, 50, Body::Heartbeat { round: 1 }));
+    assert!(sends(&out).is_empty(), "no reply to a stranger: {out:?}");
+    assert_eq!(n.epoch(), 0);
+    assert_eq!(n.status(at(800)).leader, before.leader);
+}

@@ -1,0 +1,178 @@
+//! Driving the `triad` supervisor through its CLI contract only: `certs`,
+//! `run --config`, `status --json`. The lab never speaks the control
+//! socket's protocol itself, so it keeps working while that evolves.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::cmd::{self, CmdError};
+use crate::layout::{self, node_ip, NODE_IDS, PEER_PORT, PREFIX, VIP};
+
+/// Something about the triad binary or its output went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum TriadError {
+    #[error("triad binary not found at {0} (build it: cargo build -p triad, or pass --triad PATH / TRIAD_BIN)")]
+    Missing(PathBuf),
+    #[error(transparent)]
+    Cmd(#[from] CmdError),
+    #[error("could not parse `triad status --json` output: {text}")]
+    Status {
+        text: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("could not write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The VIP part of `triad status --json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct VipStatus {
+    #[serde(default)]
+    pub held: bool,
+    #[serde(default)]
+    pub phase: String,
+    #[serde(default)]
+    pub conflict_mac: Option<String>,
+}
+
+/// One peer in `triad status --json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PeerStatus {
+    pub node_id: u8,
+    #[serde(default)]
+    pub reachable: bool,
+}
+
+/// `triad status --json` (schema 1); only the fields the lab uses.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Status {
+    pub node_id: u8,
+    pub role: String,
+    pub epoch: u64,
+    pub leader: Option<u8>,
+    #[serde(default)]
+    pub lease_remaining_ms: u64,
+    pub vip: VipStatus,
+    #[serde(default)]
+    pub standby: bool,
+    #[serde(default)]
+    pub peers: Vec<PeerStatus>,
+}
+
+/// Where to find the triad binary: an explicit path, `TRIAD_BIN`, or the
+/// workspace's target dir (release preferred, as the benchmark wants).
+pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, TriadError> {
+    if let Some(p) = explicit {
+        return if p.exists() {
+            Ok(p.to_path_buf())
+        } else {
+            Err(TriadError::Missing(p.to_path_buf()))
+        };
+    }
+    if let Some(p) = std::env::var_os("TRIAD_BIN") {
+        let p = PathBuf::from(p);
+        return if p.exists() { Ok(p) } else { Err(TriadError::Missing(p)) };
+    }
+    // Next to our own executable (target/<triple>/<profile>/), then the
+    // workspace target dir relative to this crate's sources.
+    let mut candidates = Vec::new();
+    if let Ok(me) = std::env::current_exe() {
+        if let Some(dir) = me.parent() {
+            candidates.push(dir.join("triad"));
+            if let Some(up) = dir.parent() {
+                candidates.push(up.join("triad"));
+            }
+        }
+    }
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/x86_64-unknown-linux-gnu");
+    candidates.push(ws.join("release/triad"));
+    candidates.push(ws.join("debug/triad"));
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| TriadError::Missing(ws.join("{release,debug}/triad")))
+}
+
+/// Creates the cluster CA and one certificate per node in `dir`.
+pub fn make_certs(bin: &Path, dir: &Path, nodes: &[u8]) -> Result<(), TriadError> {
+    let b = bin.to_string_lossy();
+    let d = dir.to_string_lossy();
+    cmd::run(&b, &["certs", "init", "--dir", &d])?;
+    for id in nodes {
+        cmd::run(&b, &["certs", "issue", "--dir", &d, "--node", &id.to_string()])?;
+    }
+    Ok(())
+}
+
+/// The TOML config of node `id`. `certs` holds ca.pem and node-ID.{pem,key}.
+pub fn config_text(id: u8, profile: &str, certs: &Path) -> String {
+    let dir = layout::node_dir(id);
+    let mut peers = String::new();
+    for p in NODE_IDS.iter().filter(|p| **p != id) {
+        peers.push_str(&format!(
+            "[[cluster.peers]]\nid = {p}\naddress = \"{}\"\n",
+            node_ip(*p)
+        ));
+    }
+    format!(
+        r#"# Written by triad-lab for node {id}.
+[node]
+id = {id}
+interface = "{iface}"
+address = "{ip}/{PREFIX}"
+control_socket = "{sock}"
+state_dir = "{state}"
+init = false
+
+[cluster]
+vip = "{VIP}/{PREFIX}"
+peer_port = {PEER_PORT}
+{peers}
+[tls]
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+
+[timing]
+profile = "{profile}"
+
+[realtime]
+enabled = true
+priority = 50
+lock_memory = true
+"#,
+        iface = layout::IFACE,
+        ip = node_ip(id),
+        sock = dir.join("control.sock").display(),
+        state = dir.join("state").display(),
+        ca = certs.join("ca.pem").display(),
+        cert = certs.join(format!("node-{id}.pem")).display(),
+        key = certs.join(format!("node-{id}.key")).display(),
+    )
+}
+
+/// Writes node `id`'s config to its node dir and returns the path.
+pub fn write_config(id: u8, profile: &str, certs: &Path) -> Result<PathBuf, TriadError> {
+    let path = layout::node_dir(id).join("triad.toml");
+    std::fs::write(&path, config_text(id, profile, certs)).map_err(|source| TriadError::Write {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(path)
+}
+
+/// Asks one supervisor for its status.
+pub fn status(bin: &Path, socket: &Path) -> Result<Status, TriadError> {
+    let out = cmd::run(
+        &bin.to_string_lossy(),
+        &["status", "--socket", &socket.to_string_lossy(), "--json"],
+    )?;
+    serde_json::from_str(out.trim()).map_err(|source| TriadError::Status { text: out, source })
+}

@@ -1,0 +1,19 @@
+//! The Triad supervisor: the I/O shell around `triad-core`.
+//!
+//! `triad-core` decides; this crate carries out its decisions against the
+//! real world and feeds the world's events back in:
+//! - [`config`]: the TOML config, parsed into validated types.
+//! - [`certs`]: the cluster CA and per-node certificates.
+//! - [`store`]: crash-safe persisted state (redb).
+//! - [`peer`]: mutual-TLS peer links carrying framed, versioned messages.
+//! - [`os`]: netlink, raw-socket ARP/NDP, real-time scheduling.
+//! - [`control`]: the local control socket behind `triad status`.
+//! - [`runtime`]: the one loop that owns the core and applies each event.
+
+pub mod certs;
+pub mod config;
+pub mod control;
+pub mod os;
+pub mod peer;
+pub mod runtime;
+pub mod store;

@@ -1,0 +1,2 @@
+//! `triad`: the supervisor binary (being written).
+fn main() {}

@@ -1,0 +1,21 @@
+//! OS adapters: the only place the supervisor touches netlink, raw sockets
+//! and scheduler syscalls.
+//!
+//! Each adapter does one thing to the kernel and reports what happened; none
+//! of them decides anything (when to add, renew or give up the VIP is
+//! `triad-core`'s business). The runtime reaches the VIP through the narrow
+//! [`vip::VipOps`] trait, so its tests can use [`vip::FakeVip`] instead of
+//! the kernel.
+//!
+//! - [`netlink`]: links and addresses (the VIP as a kernel-side lease).
+//! - [`announce`]: gratuitous ARP / unsolicited NA frames and the raw socket
+//!   that sends them.
+//! - [`arp_watch`]: notices another host answering for the VIP.
+//! - [`realtime`]: memory locking and SCHED_FIFO.
+//! - [`vip`]: [`vip::VipOps`] with its kernel and in-memory implementations.
+
+pub mod announce;
+pub mod arp_watch;
+pub mod netlink;
+pub mod realtime;
+pub mod vip;

@@ -1,0 +1,538 @@
+//! Peer links: one outgoing connection per peer, one accept loop.
+//!
+//! ```text
+//!  runtime --send()--> [bounded queue per peer] --> outgoing task --TLS--> peer's listener
+//!  runtime <--mpsc---- inbound conn task <--TLS-- peer's outgoing task
+//! ```
+//!
+//! Each direction has its own connection: a node writes only on the
+//! connections it opened and reads only on those it accepted, so there is
+//! no tie-breaking between simultaneous dials.
+//!
+//! Outgoing task states: `connecting` (TCP connect with a short timeout,
+//! then the TLS handshake with a timeout) → `up` (drain the queue onto the
+//! wire; watch the read side for the peer closing) → back to `connecting`
+//! after a short, capped backoff. The backoff is short on purpose: a peer
+//! that restarts must be reached within a fraction of a second, and a
+//! refused connect costs nothing.
+//!
+//! Owns: connections, timeouts, identity checks at the link (the client
+//! certificate must name one of this node's two peers; every message's
+//! `from` must equal that name), and logging of refusals.
+//!
+//! Must not: block the caller of [`PeerLinks::send`] (heartbeats are best
+//! effort: a full queue or a down link drops the message), deliver a message
+//! whose sender is not the authenticated peer, or let a bad connection
+//! affect any other.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::{ClientConfig, ServerConfig};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::timeout;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tracing::{debug, info, warn};
+use triad_core::{Message, NodeId};
+
+use super::frame::{self, Decoded, Decoder, FrameError};
+use super::tls::{peer_node_id, server_name};
+
+/// Timeouts and backoff of the links.
+#[derive(Debug, Clone)]
+pub struct LinkTiming {
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// TLS handshake timeout, both directions.
+    pub handshake_timeout: Duration,
+    /// A write that takes longer means the peer is stuck: reconnect.
+    pub write_timeout: Duration,
+    /// First reconnect delay.
+    pub backoff_min: Duration,
+    /// Reconnect delay cap.
+    pub backoff_max: Duration,
+    /// An inbound connection silent this long is closed. Peers send every
+    /// heartbeat interval, so silence means a dead or half-open connection.
+    pub idle_timeout: Duration,
+}
+
+impl Default for LinkTiming {
+    fn default() -> Self {
+        LinkTiming {
+            connect_timeout: Duration::from_millis(200),
+            handshake_timeout: Duration::from_secs(1),
+            write_timeout: Duration::from_secs(1),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(500),
+            idle_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the links need to start.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// This node.
+    pub own_id: NodeId,
+    /// The peers and where to reach them.
+    pub peers: Vec<(NodeId, SocketAddr)>,
+    /// Server side TLS (demands CA-signed client certs).
+    pub server: Arc<ServerConfig>,
+    /// Client side TLS (verifies the peer against the CA).
+    pub client: Arc<ClientConfig>,
+    /// Timeouts.
+    pub timing: LinkTiming,
+    /// Frames queued per peer before new ones are dropped.
+    pub queue_len: usize,
+    /// Inbound messages buffered for the runtime before readers wait.
+    pub inbound_len: usize,
+    /// Inbound connections served at once; more are closed at accept.
+    pub max_inbound: usize,
+}
+
+impl LinkConfig {
+    /// A config with default timing and queue sizes.
+    pub fn new(
+        own_id: NodeId,
+        peers: Vec<(NodeId, SocketAddr)>,
+        server: Arc<ServerConfig>,
+        client: Arc<ClientConfig>,
+    ) -> LinkConfig {
+        LinkConfig {
+            own_id,
+            peers,
+            server,
+            client,
+            timing: LinkTiming::default(),
+            // ~3 s of heartbeats at 50 ms: enough to ride out a stall, small
+            // enough that stale messages are not kept.
+            queue_len: 64,
+            inbound_len: 256,
+            max_inbound: 16,
+        }
+    }
+}
+
+/// Why the links could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bound listener has no local address.
+    #[error("cannot read the listener's address")]
+    LocalAddr(#[source] std::io::Error),
+    /// A peer id is this node's own, or appears twice.
+    #[error("peer list is invalid: {reason}")]
+    Peers {
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Why a message was not queued. Callers normally ignore this: the core
+/// tolerates lost messages.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// Not one of the peers.
+    #[error("node {0} is not a peer")]
+    UnknownPeer(NodeId),
+    /// No connection to the peer right now.
+    #[error("link to node {0} is down")]
+    LinkDown(NodeId),
+    /// The peer's queue is full (it or the network is slow).
+    #[error("queue to node {0} is full")]
+    QueueFull(NodeId),
+    /// The message could not be framed.
+    #[error("message to node {to} cannot be framed")]
+    Frame {
+        /// The peer.
+        to: NodeId,
+        /// Why.
+        #[source]
+        source: FrameError,
+    },
+}
+
+#[derive(Debug)]
+struct Outgoing {
+    id: NodeId,
+    tx: mpsc::Sender<Vec<u8>>,
+    up: Arc<AtomicBool>,
+}
+
+/// Handle to the running links. Dropping it stops every link task.
+#[derive(Debug)]
+pub struct PeerLinks {
+    out: Vec<Outgoing>,
+    local_addr: SocketAddr,
+    tasks: Vec<AbortHandle>,
+}
+
+impl PeerLinks {
+    /// Binds `listen` and starts the links. Must run inside a tokio runtime.
+    pub async fn start(
+        cfg: LinkConfig,
+        listen: SocketAddr,
+    ) -> Result<(PeerLinks, mpsc::Receiver<(NodeId, Message)>), LinkError> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| LinkError::Bind { addr: listen, source })?;
+        PeerLinks::start_with_listener(cfg, listener)
+    }
+
+    /// Starts the links on an already bound listener (tests bind port 0
+    /// first to learn the address). Must run inside a tokio runtime.
+    pub fn start_with_listener(
+        cfg: LinkConfig,
+        listener: TcpListener,
+    ) -> Result<(PeerLinks, mpsc::Receiver<(NodeId, Message)>), LinkError> {
+        let local_addr = listener.local_addr().map_err(LinkError::LocalAddr)?;
+        let ids: Vec<NodeId> = cfg.peers.iter().map(|p| p.0).collect();
+        for (i, id) in ids.iter().enumerate() {
+            if *id == cfg.own_id || ids[..i].contains(id) {
+                return Err(LinkError::Peers {
+                    reason: format!("node {id} is this node or listed twice"),
+                });
+            }
+        }
+        let (in_tx, in_rx) = mpsc::channel(cfg.inbound_len.max(1));
+        let mut tasks = Vec::new();
+        let mut out = Vec::new();
+        let connector = TlsConnector::from(cfg.client.clone());
+        for &(id, addr) in &cfg.peers {
+            let (tx, rx) = mpsc::channel(cfg.queue_len.max(1));
+            let up = Arc::new(AtomicBool::new(false));
+            let task = tokio::spawn(outgoing(
+                id,
+                addr,
+                connector.clone(),
+                cfg.timing.clone(),
+                rx,
+                up.clone(),
+            ));
+            tasks.push(task.abort_handle());
+            out.push(Outgoing { id, tx, up });
+        }
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            TlsAcceptor::from(cfg.server.clone()),
+            ids,
+            in_tx,
+            cfg.timing.clone(),
+            Arc::new(Semaphore::new(cfg.max_inbound.max(1))),
+        ));
+        tasks.push(accept.abort_handle());
+        Ok((PeerLinks { out, local_addr, tasks }, in_rx))
+    }
+
+    /// Queues `msg` for peer `to` without waiting. Dropped (with the reason
+    /// returned) if the link is down or the queue is full.
+    pub fn send(&self, to: NodeId, msg: &Message) -> Result<(), SendError> {
+        let peer = self
+            .out
+            .iter()
+            .find(|o| o.id == to)
+            .ok_or(SendError::UnknownPeer(to))?;
+        // While down, queueing would only deliver stale heartbeats later.
+        if !peer.up.load(Ordering::Acquire) {
+            return Err(SendError::LinkDown(to));
+        }
+        let bytes = frame::encode(msg).map_err(|source| SendError::Frame { to, source })?;
+        peer.tx.try_send(bytes).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::QueueFull(to),
+            mpsc::error::TrySendError::Closed(_) => SendError::LinkDown(to),
+        })
+    }
+
+    /// Whether the outgoing link to `to` is connected.
+    pub fn is_up(&self, to: NodeId) -> bool {
+        self.out
+            .iter()
+            .any(|o| o.id == to && o.up.load(Ordering::Acquire))
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+impl Drop for PeerLinks {
+    fn drop(&mut self) {
+        // Aborting the accept loop drops its JoinSet, which aborts every
+        // inbound connection task with it.
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Outgoing.
+
+/// Why an up link went down.
+#[derive(Debug, thiserror::Error)]
+enum Down {
+    #[error("the handle was dropped")]
+    Stopped,
+    #[error("peer closed the connection")]
+    PeerClosed,
+    #[error("write timed out")]
+    WriteTimeout,
+    #[error("I/O error")]
+    Io(#[source] std::io::Error),
+}
+
+async fn outgoing(
+    id: NodeId,
+    addr: SocketAddr,
+    connector: TlsConnector,
+    timing: LinkTiming,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    up: Arc<AtomicBool>,
+) {
+    let mut backoff = timing.backoff_min;
+    // Log the first failure after a success at warn, repeats at debug: a
+    // dead peer would otherwise log twenty lines a second.
+    let mut quiet = false;
+    loop {
+        match connect(id, addr, &connector, &timing).await {
+            Ok(stream) => {
+                // Anything queued belongs to the previous connection's era.
+                while rx.try_recv().is_ok() {}
+                up.store(true, Ordering::Release);
+                info!(peer = id, %addr, "outgoing link up");
+                backoff = timing.backoff_min;
+                quiet = false;
+                let why = pump(stream, &mut rx, &timing).await;
+                up.store(false, Ordering::Release);
+                match why {
+                    Down::Stopped => return,
+                    why => warn!(peer = id, %addr, reason = %why, error = ?std::error::Error::source(&why), "outgoing link down"),
+                }
+            }
+            Err(e) if quiet => debug!(peer = id, %addr, error = %e, "connect failed"),
+            Err(e) => {
+                warn!(peer = id, %addr, error = %e, "cannot reach peer; retrying");
+                quiet = true;
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(timing.backoff_max);
+        if rx.is_closed() {
+            return;
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("TCP connect timed out")]
+    ConnectTimeout,
+    #[error("TCP connect failed: {0}")]
+    Connect(std::io::Error),
+    #[error("TLS handshake timed out")]
+    HandshakeTimeout,
+    #[error("TLS handshake failed: {0}")]
+    Handshake(std::io::Error),
+    #[error("no valid server name for node {0}")]
+    Name(NodeId),
+    #[error("server certificate names node {found:?}, expected {expected}")]
+    WrongIdentity { expected: NodeId, found: Option<NodeId> },
+}
+
+async fn connect(
+    id: NodeId,
+    addr: SocketAddr,
+    connector: &TlsConnector,
+    timing: &LinkTiming,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
+    let tcp = timeout(timing.connect_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| ConnectError::ConnectTimeout)?
+        .map_err(ConnectError::Connect)?;
+    // Heartbeats are tiny and latency-bound; Nagle would delay them.
+    tcp.set_nodelay(true).map_err(ConnectError::Connect)?;
+    let name = server_name(id).ok_or(ConnectError::Name(id))?;
+    let tls = timeout(timing.handshake_timeout, connector.connect(name, tcp))
+        .await
+        .map_err(|_| ConnectError::HandshakeTimeout)?
+        .map_err(ConnectError::Handshake)?;
+    // rustls checked the name; this also refuses a wildcard certificate
+    // that would match every node.
+    let found = peer_node_id(tls.get_ref().1.peer_certificates());
+    if found != Some(id) {
+        return Err(ConnectError::WrongIdentity { expected: id, found });
+    }
+    Ok(tls)
+}
+
+/// Moves queued frames onto the connection until it fails or the handle
+/// is dropped.
+async fn pump<S: AsyncRead + AsyncWrite>(
+    stream: S,
+    rx: &mut mpsc::Receiver<Vec<u8>>,
+    timing: &LinkTiming,
+) -> Down {
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut sink = [0u8; 512];
+    let mut batch = Vec::new();
+    loop {
+        tokio::select! {
+            m = rx.recv() => {
+                let Some(first) = m else { return Down::Stopped };
+                // Coalesce whatever else is queued into one write.
+                batch.clear();
+                batch.extend_from_slice(&first);
+                while let Ok(more) = rx.try_recv() {
+                    batch.extend_from_slice(&more);
+                }
+                let write = async {
+                    wr.write_all(&batch).await?;
+                    wr.flush().await
+                };
+                match timeout(timing.write_timeout, write).await {
+                    Err(_) => return Down::WriteTimeout,
+                    Ok(Err(e)) => return Down::Io(e),
+                    Ok(Ok(())) => {}
+                }
+            }
+            // The peer never writes on this connection; a read completing
+            // means it closed (or broke) it, which we want to know at once.
+            r = rd.read(&mut sink) => match r {
+                Ok(0) => return Down::PeerClosed,
+                Ok(_) => {}
+                Err(e) => return Down::Io(e),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Incoming.
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    peers: Vec<NodeId>,
+    inbound: mpsc::Sender<(NodeId, Message)>,
+    timing: LinkTiming,
+    limit: Arc<Semaphore>,
+) {
+    let peers: Arc<[NodeId]> = peers.into();
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((tcp, addr)) => {
+                    let Ok(permit) = limit.clone().try_acquire_owned() else {
+                        warn!(%addr, "refused connection: too many inbound connections");
+                        continue;
+                    };
+                    let (acceptor, peers, inbound, timing) =
+                        (acceptor.clone(), peers.clone(), inbound.clone(), timing.clone());
+                    conns.spawn(async move {
+                        serve(tcp, addr, acceptor, &peers, inbound, &timing).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            // Reap finished connection tasks so the set does not grow.
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+        if inbound.is_closed() {
+            return;
+        }
+    }
+}
+
+/// Serves one inbound connection: handshake, identity, then frames.
+async fn serve(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    acceptor: TlsAcceptor,
+    peers: &[NodeId],
+    inbound: mpsc::Sender<(NodeId, Message)>,
+    timing: &LinkTiming,
+) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        debug!(%addr, error = %e, "set_nodelay failed");
+    }
+    let mut tls = match timeout(timing.handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            warn!(%addr, error = %e, "refused connection: TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            warn!(%addr, "refused connection: TLS handshake timed out");
+            return;
+        }
+    };
+    let id = match peer_node_id(tls.get_ref().1.peer_certificates()) {
+        Some(id) if peers.contains(&id) => id,
+        other => {
+            warn!(%addr, claimed = ?other, "refused connection: certificate names no peer of this node");
+            return;
+        }
+    };
+    debug!(peer = id, %addr, "inbound link up");
+    let mut dec = Decoder::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match timeout(timing.idle_timeout, tls.read(&mut buf)).await {
+            Err(_) => {
+                warn!(peer = id, %addr, "closing inbound link: idle");
+                return;
+            }
+            Ok(Ok(0)) => {
+                debug!(peer = id, %addr, "inbound link closed by peer");
+                return;
+            }
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                debug!(peer = id, %addr, error = %e, "inbound link read failed");
+                return;
+            }
+        };
+        let Some(bytes) = buf.get(..n) else { return };
+        dec.extend(bytes);
+        loop {
+            match dec.next_frame() {
+                Decoded::NeedMore => break,
+                Decoded::Frame(m) if m.from != id => {
+                    warn!(peer = id, claimed = m.from, "dropped message: sender does not match certificate");
+                }
+                Decoded::Frame(m) => {
+                    if inbound.send((id, m)).await.is_err() {
+                        return; // the runtime is gone
+                    }
+                }
+                Decoded::Bad(e) if e.is_fatal() => {
+                    warn!(peer = id, %addr, error = %e, "closing inbound link: framing lost");
+                    return;
+                }
+                Decoded::Bad(e) => {
+                    warn!(peer = id, error = %e, "dropped bad frame");
+                }
+            }
+        }
+    }
+}
