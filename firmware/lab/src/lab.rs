@@ -315,6 +315,11 @@ impl Lab {
         if let Payload::Keepalived { .. } = &self.payload {
             cmd::ip_in_pid(launched.pid, &["link", "set", IFACE, "up"])?;
             cmd::ip_in_pid(launched.pid, &["addr", "add", &node.address, "dev", IFACE])?;
+            // Pid files of a killed instance would make the new one exit
+            // with "daemon is already running".
+            for f in ["keepalived.pid", "vrrp.pid", "checkers.pid"] {
+                let _ = std::fs::remove_file(layout::node_dir(id).join(f));
+            }
             spawn_keepalived(launched.pid, id, &node.config, &node.log)?;
         }
         if let Some(n) = self.layout.node_mut(id) {

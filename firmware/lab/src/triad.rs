@@ -170,9 +170,20 @@ pub fn write_config(id: u8, profile: &str, certs: &Path) -> Result<PathBuf, Tria
 
 /// Asks one supervisor for its status.
 pub fn status(bin: &Path, socket: &Path) -> Result<Status, TriadError> {
+    // Through timeout(1): a frozen supervisor accepts the connection (the
+    // kernel does) but never answers, and a test polling it must not hang.
     let out = cmd::run(
-        &bin.to_string_lossy(),
-        &["status", "--socket", &socket.to_string_lossy(), "--json"],
+        "timeout",
+        &[
+            "-k",
+            "1",
+            "2",
+            &bin.to_string_lossy(),
+            "status",
+            "--socket",
+            &socket.to_string_lossy(),
+            "--json",
+        ],
     )?;
     serde_json::from_str(out.trim()).map_err(|source| TriadError::Status { text: out, source })
 }

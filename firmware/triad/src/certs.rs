@@ -37,9 +37,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
 };
+use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use triad_core::NodeId;
 
@@ -115,16 +116,8 @@ pub fn create_ca(dir: &Path) -> Result<PathBuf, CertError> {
     let cert_path = dir.join(CA_CERT);
     let key_path = dir.join(CA_KEY);
     refuse_existing(&[&cert_path, &key_path])?;
-    let key = KeyPair::generate().map_err(|source| CertError::Generate {
-        op: "generate CA key",
-        source,
-    })?;
-    let cert = ca_params()?
-        .self_signed(&key)
-        .map_err(|source| CertError::Generate {
-            op: "self-sign CA",
-            source,
-        })?;
+    let key = KeyPair::generate().map_err(|source| CertError::Generate { op: "generate CA key", source })?;
+    let cert = ca_params()?.self_signed(&key).map_err(|source| CertError::Generate { op: "self-sign CA", source })?;
     // Key first: a crash between the two leaves a key without a cert, which
     // the refusal above then reports instead of silently re-keying.
     write_new(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
@@ -145,27 +138,13 @@ pub fn issue_node(dir: &Path, id: NodeId) -> Result<(PathBuf, PathBuf), CertErro
     let ca_cert_path = dir.join(CA_CERT);
     let ca_key_path = dir.join(CA_KEY);
     let ca_key_pem = read(&ca_key_path)?;
-    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|source| CertError::Generate {
-        op: "load CA key",
-        source,
-    })?;
-    let issuer = ca_params()?
-        .self_signed(&ca_key)
-        .map_err(|source| CertError::Generate {
-            op: "rebuild CA issuer",
-            source,
-        })?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|source| CertError::Generate { op: "load CA key", source })?;
+    let issuer =
+        ca_params()?.self_signed(&ca_key).map_err(|source| CertError::Generate { op: "rebuild CA issuer", source })?;
 
-    let key = KeyPair::generate().map_err(|source| CertError::Generate {
-        op: "generate node key",
-        source,
-    })?;
-    let mut params = CertificateParams::new(vec![node_dns_name(id)]).map_err(|source| {
-        CertError::Generate {
-            op: "build node certificate parameters",
-            source,
-        }
-    })?;
+    let key = KeyPair::generate().map_err(|source| CertError::Generate { op: "generate node key", source })?;
+    let mut params = CertificateParams::new(vec![node_dns_name(id)])
+        .map_err(|source| CertError::Generate { op: "build node certificate parameters", source })?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "Triad");
     dn.push(DnType::CommonName, node_dns_name(id));
@@ -173,17 +152,11 @@ pub fn issue_node(dir: &Path, id: NodeId) -> Result<(PathBuf, PathBuf), CertErro
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     // Each node is a TLS server (accepting) and a TLS client (connecting).
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;
     let cert = params
         .signed_by(&key, &issuer, &ca_key)
-        .map_err(|source| CertError::Generate {
-            op: "sign node certificate",
-            source,
-        })?;
+        .map_err(|source| CertError::Generate { op: "sign node certificate", source })?;
 
     verify_against_ca_file(&ca_cert_path, cert.der(), id)?;
     write_new(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
@@ -213,53 +186,35 @@ pub fn node_id_from_cert(der: &[u8]) -> Option<NodeId> {
 /// The fixed parameters of a Triad cluster CA. The issuer of a node cert is
 /// rebuilt from these, so they must never change.
 fn ca_params() -> Result<CertificateParams, CertError> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|source| {
-        CertError::Generate {
-            op: "build CA parameters",
-            source,
-        }
-    })?;
+    let mut params = CertificateParams::new(Vec::<String>::new())
+        .map_err(|source| CertError::Generate { op: "build CA parameters", source })?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "Triad");
     dn.push(DnType::CommonName, "Triad cluster CA");
     params.distinguished_name = dn;
     // Path length 0: the CA signs node certificates only, never sub-CAs.
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     Ok(params)
 }
 
 /// Checks the new certificate chains to the CA file and names `id`, as the
 /// peer links will check it.
 fn verify_against_ca_file(ca_path: &Path, der: &CertificateDer<'_>, id: NodeId) -> Result<(), CertError> {
-    let roots = crate::peer::tls::load_roots(ca_path).map_err(|_| CertError::BadPem {
-        path: ca_path.to_owned(),
-        what: "CA certificate",
-    })?;
+    let roots = crate::peer::tls::load_roots(ca_path)
+        .map_err(|_| CertError::BadPem { path: ca_path.to_owned(), what: "CA certificate" })?;
     let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
         Arc::new(roots),
         Arc::new(rustls::crypto::ring::default_provider()),
     )
     .build()
-    .map_err(|e| CertError::Verify {
-        ca: ca_path.to_owned(),
-        source: rustls::Error::General(e.to_string()),
-    })?;
-    let name = ServerName::try_from(node_dns_name(id)).map_err(|e| CertError::Verify {
-        ca: ca_path.to_owned(),
-        source: rustls::Error::General(e.to_string()),
-    })?;
+    .map_err(|e| CertError::Verify { ca: ca_path.to_owned(), source: rustls::Error::General(e.to_string()) })?;
+    let name = ServerName::try_from(node_dns_name(id))
+        .map_err(|e| CertError::Verify { ca: ca_path.to_owned(), source: rustls::Error::General(e.to_string()) })?;
     verifier
         .verify_server_cert(der, &[], &name, &[], UnixTime::now())
         .map(|_| ())
-        .map_err(|source| CertError::Verify {
-            ca: ca_path.to_owned(),
-            source,
-        })
+        .map_err(|source| CertError::Verify { ca: ca_path.to_owned(), source })
 }
 
 fn refuse_existing(paths: &[&Path]) -> Result<(), CertError> {
@@ -273,33 +228,20 @@ fn refuse_existing(paths: &[&Path]) -> Result<(), CertError> {
 }
 
 fn read(path: &Path) -> Result<String, CertError> {
-    std::fs::read_to_string(path).map_err(|source| CertError::Io {
-        op: "read",
-        path: path.to_owned(),
-        source,
-    })
+    std::fs::read_to_string(path).map_err(|source| CertError::Io { op: "read", path: path.to_owned(), source })
 }
 
 /// Creates `path` exclusively with `mode` (never widened by a later chmod:
 /// the key is never readable by others, even briefly) and syncs it.
 fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), CertError> {
-    let io = |op, source| CertError::Io {
-        op,
-        path: path.to_owned(),
-        source,
-    };
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                CertError::Exists { path: path.to_owned() }
-            } else {
-                io("create", e)
-            }
-        })?;
+    let io = |op, source| CertError::Io { op, path: path.to_owned(), source };
+    let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            CertError::Exists { path: path.to_owned() }
+        } else {
+            io("create", e)
+        }
+    })?;
     f.write_all(data).map_err(|e| io("write", e))?;
     f.sync_all().map_err(|e| io("sync", e))
 }
@@ -335,7 +277,8 @@ pub(crate) mod tests {
     fn der_of(path: &Path) -> Vec<u8> {
         let pem = std::fs::read(path).unwrap();
         let mut rd = &pem[..];
-        rustls_pemfile::certs(&mut rd).next().unwrap().unwrap().to_vec()
+        let der = rustls_pemfile::certs(&mut rd).next().unwrap().unwrap().to_vec();
+        der
     }
 
     #[test]
@@ -377,10 +320,7 @@ pub(crate) mod tests {
         assert_eq!(node_id_from_cert(&[]), None);
         assert_eq!(node_id_from_cert(&[0x30, 0x03, 1, 2, 3]), None);
         let key = KeyPair::generate().unwrap();
-        let wild = CertificateParams::new(vec!["*.triad".to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
+        let wild = CertificateParams::new(vec!["*.triad".to_string()]).unwrap().self_signed(&key).unwrap();
         assert_eq!(node_id_from_cert(wild.der()), None);
     }
 }

@@ -1,2 +1,200 @@
-//! `triad`: the supervisor binary (being written).
-fn main() {}
+//! `triad`: the supervisor binary and its command-line tools.
+//!
+//! `triad run` is the supervisor; the other subcommands are small clients
+//! (status, switchover, standby over the control socket) and setup tools
+//! (certificates, config check). `main` maps every error to a documented
+//! exit code:
+//!
+//! | code | meaning |
+//! |------|---------|
+//! | 0 | success |
+//! | 1 | runtime failure (the supervisor stopped on an error; a request failed) |
+//! | 2 | bad input: usage, invalid config, refused request |
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use triad::config::Config;
+use triad::control::{self, Request, Response};
+use triad::runtime::chain;
+
+/// Triad: three PBX appliances, one highly available PBX.
+#[derive(Debug, Parser)]
+#[command(name = "triad", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the supervisor in the foreground.
+    Run {
+        /// Config file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Check a config file and print what is wrong with it.
+    CheckConfig {
+        /// Config file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Cluster CA and node certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Show this node's view of the cluster.
+    Status {
+        /// Control socket of the node.
+        #[arg(long, default_value = "/run/triad/control.sock")]
+        socket: PathBuf,
+        /// Print JSON (schema: docs/status-schema.md).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move the active role to another node (run on the active node).
+    Switchover {
+        /// Control socket of the active node.
+        #[arg(long, default_value = "/run/triad/control.sock")]
+        socket: PathBuf,
+        /// Target node id; default: the most up-to-date reachable peer.
+        #[arg(long)]
+        to: Option<u8>,
+    },
+    /// Put this node in standby (it never becomes active), or release it.
+    Standby {
+        /// Control socket of the node.
+        #[arg(long, default_value = "/run/triad/control.sock")]
+        socket: PathBuf,
+        /// `on` or `off`.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Create the cluster CA (ca.pem, ca.key) in DIR.
+    Init {
+        /// Directory for the files.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue node-N.pem and node-N.key in DIR, signed by the CA there.
+    Issue {
+        /// Directory holding the CA.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Node id, 1 to 3.
+        #[arg(long)]
+        node: u8,
+    },
+}
+
+/// How a command failed, and so which exit code it gets.
+enum Failure {
+    /// Bad input (exit 2).
+    Input(String),
+    /// Something failed at run time (exit 1).
+    Runtime(String),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Input(msg)) => {
+            eprintln!("triad: {msg}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(msg)) => {
+            eprintln!("triad: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Run { config } => {
+            let cfg = Config::load(&config).map_err(|e| Failure::Input(chain(&e)))?;
+            init_logging();
+            if cfg.node.init {
+                return Err(Failure::Input(
+                    "node.init = true: running as the machine's init is not supported yet".into(),
+                ));
+            }
+            runtime()?.block_on(triad::runtime::run(cfg)).map_err(|e| Failure::Runtime(chain(&e)))
+        }
+        Command::CheckConfig { config } => {
+            Config::load(&config).map_err(|e| Failure::Input(chain(&e)))?;
+            println!("{}: ok", config.display());
+            Ok(())
+        }
+        Command::Certs { command: CertsCommand::Init { dir } } => {
+            let path = triad::certs::create_ca(&dir).map_err(|e| Failure::Input(chain(&e)))?;
+            println!("created {}", path.display());
+            Ok(())
+        }
+        Command::Certs { command: CertsCommand::Issue { dir, node } } => {
+            let (cert, key) = triad::certs::issue_node(&dir, node).map_err(|e| Failure::Input(chain(&e)))?;
+            println!("created {} and {}", cert.display(), key.display());
+            Ok(())
+        }
+        Command::Status { socket, json } => {
+            let response = ask(&socket, &Request::Status)?;
+            match response {
+                Response::Status(report) if json => {
+                    let text = serde_json::to_string_pretty(&report).map_err(|e| Failure::Runtime(e.to_string()))?;
+                    println!("{text}");
+                    Ok(())
+                }
+                Response::Status(report) => {
+                    print!("{}", control::render_status_human(&report));
+                    Ok(())
+                }
+                other => unexpected(other),
+            }
+        }
+        Command::Switchover { socket, to } => done(ask(&socket, &Request::Switchover { to })?),
+        Command::Standby { socket, state } => done(ask(&socket, &Request::Standby { on: state == "on" })?),
+    }
+}
+
+fn ask(socket: &std::path::Path, request: &Request) -> Result<Response, Failure> {
+    runtime()?.block_on(control::request(socket, request)).map_err(|e| Failure::Runtime(chain(&e)))
+}
+
+fn done(response: Response) -> Result<(), Failure> {
+    match response {
+        Response::Done => {
+            println!("ok");
+            Ok(())
+        }
+        other => unexpected(other),
+    }
+}
+
+fn unexpected(response: Response) -> Result<(), Failure> {
+    match response {
+        Response::Error(reason) => Err(Failure::Input(reason)),
+        other => Err(Failure::Runtime(format!("unexpected answer from the supervisor: {other:?}"))),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    // One thread: the supervisor is one loop, and its I/O tasks are light.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(format!("cannot start the async runtime: {e}")))
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TRIAD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

@@ -1,1 +1,327 @@
-//! (being written)
+//! The supervisor's one loop: it owns the core and every adapter, waits for
+//! the next event (a timer, a peer message, a control request, an ARP
+//! conflict, a signal), hands it to the core, and carries out the core's
+//! outputs in order before taking the next event.
+//!
+//! One owner, one loop: no state is shared between tasks, so the core's
+//! decisions and the world's state cannot drift apart. The tasks around it
+//! (peer links, the control socket) only move bytes into channels.
+//!
+//! Ordering guarantees kept here, which the core relies on:
+//! - a `Persist` is durable (redb commit, fsync) before any later output;
+//!   if it fails, the remaining outputs are dropped and the supervisor
+//!   stops, because sending a vote that is not on disk could elect two
+//!   leaders after a crash;
+//! - a VIP action completes (and is reported back) before later outputs,
+//!   so "VIP removed, then TimeoutNow sent" holds on the wire.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{debug, error, info, warn};
+use triad_core::{AdminRequest, Input, Node, Notice, Output, Position, VipAction};
+
+use crate::config::Config;
+use crate::control::{self, ControlRequest, Request, Response, StatusReport};
+use crate::os::arp_watch::ArpWatch;
+use crate::os::netlink::Netlink;
+use crate::os::realtime;
+use crate::os::vip::{KernelVip, VipOps, VipSpec};
+use crate::peer::tls::{client_config, server_config, Credentials};
+use crate::peer::{LinkConfig, PeerLinks};
+use crate::store::StateStore;
+
+/// How long the supervisor waits for its interface to appear at start.
+const LINK_WAIT: Duration = Duration::from_secs(30);
+
+/// Why the supervisor stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The persisted state could not be opened, read or written.
+    #[error("state store")]
+    Store(#[from] crate::store::StoreError),
+    /// Setting up the interface failed.
+    #[error("interface {interface}")]
+    Interface {
+        /// The configured interface.
+        interface: String,
+        /// Cause.
+        #[source]
+        source: crate::os::netlink::NetlinkError,
+    },
+    /// The VIP adapter could not start.
+    #[error("VIP adapter")]
+    Vip(#[from] crate::os::vip::VipError),
+    /// Conflict detection could not start.
+    #[error("ARP watch")]
+    ArpWatch(#[from] crate::os::arp_watch::ArpWatchError),
+    /// Certificates or keys could not be loaded.
+    #[error("TLS credentials")]
+    Tls(#[from] crate::peer::tls::TlsError),
+    /// The peer links could not start.
+    #[error("peer links")]
+    Links(#[from] crate::peer::LinkError),
+    /// The control socket could not start.
+    #[error("control socket")]
+    Control(#[from] crate::control::ControlError),
+    /// Netlink could not be opened.
+    #[error("netlink")]
+    Netlink(#[source] crate::os::netlink::NetlinkError),
+    /// Signal handlers could not be installed.
+    #[error("signal handler")]
+    Signal(#[source] std::io::Error),
+}
+
+/// Runs the supervisor until SIGTERM/SIGINT or a fatal error.
+pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
+    apply_realtime(&cfg);
+    let store = StateStore::open(cfg.state_file())?;
+    let hard = store.load()?;
+    info!(node = cfg.node.id, epoch = hard.epoch, standby = hard.standby, "starting");
+
+    let netlink = Netlink::new().map_err(RuntimeError::Netlink)?;
+    let interface = cfg.node.interface.clone();
+    let if_err = |source| RuntimeError::Interface { interface: interface.clone(), source };
+    let ifindex = netlink.wait_for_link(&cfg.node.interface, LINK_WAIT).await.map_err(if_err)?;
+    netlink.set_link_up(ifindex).await.map_err(if_err)?;
+    let own = cfg.node.address;
+    netlink.ensure_address(ifindex, own.addr(), own_prefix(&cfg)).await.map_err(if_err)?;
+
+    let spec = VipSpec {
+        v4: Some((cfg.cluster.vip.addr, cfg.cluster.vip.prefix_len)),
+        v6: cfg.cluster.vip6.map(|c| (c.addr, c.prefix_len)),
+        lifetime_secs: u32::try_from(cfg.timing.vip_lifetime.as_secs()).unwrap_or(u32::MAX),
+    };
+    let mut vip = KernelVip::new(netlink.clone(), ifindex, spec).await?;
+    // A restarted supervisor never inherits a VIP: only a fresh lease may raise it.
+    if let Err(e) = vip.apply(VipAction::Remove).await {
+        warn!(error = %chain(&e), "could not clear a leftover VIP at start");
+    }
+    let mut arp_watch = ArpWatch::new(ifindex, cfg.cluster.vip.addr, vip.mac())?;
+
+    let creds = Credentials::load(&cfg.tls.ca, &cfg.tls.cert, &cfg.tls.key)?;
+    let link_cfg =
+        LinkConfig::new(cfg.node.id, cfg.peer_addrs().to_vec(), server_config(&creds)?, client_config(&creds)?);
+    let listen = SocketAddr::new(own.addr(), cfg.cluster.peer_port);
+    let (links, mut inbound) = PeerLinks::start(link_cfg, listen).await?;
+    let mut control_rx = control::serve(&cfg.node.control_socket)?;
+
+    let mut term = signal(SignalKind::terminate()).map_err(RuntimeError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(RuntimeError::Signal)?;
+
+    let clock = Clock::start();
+    let peers = [cfg.cluster.peers[0].id, cfg.cluster.peers[1].id];
+    let node = Node::new(cfg.node.id, peers, cfg.timing.clone(), hard, Position::default(), clock.now(), seed());
+    let mut shell = Shell { node, store, vip, links, clock, cfg };
+
+    info!(listen = %listen, "supervisor running");
+    loop {
+        let deadline = shell.clock.to_tokio(shell.node.next_deadline());
+        let input = tokio::select! {
+            // Timers first: a lease end must not wait behind a message burst.
+            biased;
+            _ = tokio::time::sleep_until(deadline) => Input::Tick,
+            Some((_from, msg)) = inbound.recv() => Input::Receive(msg),
+            Some(req) = control_rx.recv() => {
+                shell.control(req).await?;
+                continue;
+            }
+            conflict = arp_watch.next_conflict() => match conflict {
+                Ok(mac) => Input::VipConflict { mac },
+                Err(e) => {
+                    warn!(error = %chain(&e), "ARP watch failed");
+                    continue;
+                }
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        };
+        shell.step(input).await?;
+    }
+    info!("shutting down: removing the VIP");
+    if let Err(e) = shell.vip.apply(VipAction::Remove).await {
+        error!(error = %chain(&e), "could not remove the VIP at shutdown; the kernel lifetime will");
+    }
+    Ok(())
+}
+
+/// The core plus the adapters that carry out its outputs.
+struct Shell<V: VipOps> {
+    node: Node,
+    store: StateStore,
+    vip: V,
+    links: PeerLinks,
+    clock: Clock,
+    cfg: Config,
+}
+
+impl<V: VipOps> Shell<V> {
+    /// Feeds one input and carries out everything that follows from it.
+    async fn step(&mut self, input: Input) -> Result<(), RuntimeError> {
+        let outputs = self.node.handle(self.clock.now(), input);
+        self.carry_out(outputs).await
+    }
+
+    /// Carries out outputs in order; VIP completions are fed back to the
+    /// core at once and what they produce joins the queue.
+    async fn carry_out(&mut self, outputs: Vec<Output>) -> Result<(), RuntimeError> {
+        let mut queue: VecDeque<Output> = outputs.into();
+        while let Some(output) = queue.pop_front() {
+            match output {
+                Output::Persist(hard) => {
+                    if let Err(e) = self.store.save(&hard) {
+                        // Nothing after this may happen: it could depend on it.
+                        error!(error = %chain(&e), "cannot persist state; stopping");
+                        let _ = self.vip.apply(VipAction::Remove).await;
+                        return Err(e.into());
+                    }
+                }
+                Output::Send { to, msg } => {
+                    if let Err(e) = self.links.send(to, &msg) {
+                        debug!(peer = to, error = %e, "message dropped");
+                    }
+                }
+                Output::Vip(action) => {
+                    let ok = match self.vip.apply(action).await {
+                        Ok(()) => true,
+                        Err(e) => {
+                            warn!(?action, error = %chain(&e), "VIP action failed");
+                            false
+                        }
+                    };
+                    if matches!(action, VipAction::Add | VipAction::Remove) {
+                        info!(?action, ok, "VIP");
+                    }
+                    queue.extend(self.node.handle(self.clock.now(), Input::VipDone { action, ok }));
+                }
+                Output::Notice(n) => log_notice(&n),
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers one control request.
+    async fn control(&mut self, req: ControlRequest) -> Result<(), RuntimeError> {
+        let response = match req.request {
+            Request::Status => Response::Status(Box::new(self.report())),
+            Request::Switchover { to } => self.admin(AdminRequest::Switchover { to }).await?,
+            Request::Standby { on } => self.admin(AdminRequest::Standby(on)).await?,
+        };
+        // The client may have gone away; that is its business.
+        let _ = req.reply.send(response);
+        Ok(())
+    }
+
+    /// Runs an operator request; a refusal becomes the error response.
+    async fn admin(&mut self, request: AdminRequest) -> Result<Response, RuntimeError> {
+        info!(?request, "admin request");
+        let outputs = self.node.handle(self.clock.now(), Input::Admin(request));
+        let refusal = outputs.iter().find_map(|o| match o {
+            Output::Notice(Notice::AdminRefused { reason }) => Some(reason.clone()),
+            _ => None,
+        });
+        self.carry_out(outputs).await?;
+        Ok(match refusal {
+            Some(reason) => Response::Error(reason),
+            None => Response::Done,
+        })
+    }
+
+    fn report(&self) -> StatusReport {
+        let status = self.node.status(self.clock.now());
+        let peers = self.cfg.cluster.peers.map(|p| (p.id, p.address.to_string()));
+        StatusReport::from_core(&status, self.cfg.cluster.vip.to_string(), &peers)
+    }
+}
+
+/// The core's clock: microseconds since the supervisor started, on the
+/// monotonic clock (suspend-aware clocks are not needed: a box that
+/// sleeps is not serving).
+struct Clock {
+    origin: tokio::time::Instant,
+}
+
+impl Clock {
+    fn start() -> Clock {
+        Clock { origin: tokio::time::Instant::now() }
+    }
+
+    fn now(&self) -> triad_core::Instant {
+        let micros = self.origin.elapsed().as_micros();
+        triad_core::Instant(u64::try_from(micros).unwrap_or(u64::MAX))
+    }
+
+    fn to_tokio(&self, at: triad_core::Instant) -> tokio::time::Instant {
+        // Far-future deadlines are capped: tokio rejects absurd instants.
+        let micros = at.as_micros().min(86_400_000_000);
+        self.origin + Duration::from_micros(micros)
+    }
+}
+
+fn own_prefix(cfg: &Config) -> u8 {
+    match cfg.node.address {
+        crate::config::IpCidr::V4(c) => c.prefix_len,
+        crate::config::IpCidr::V6(c) => c.prefix_len,
+    }
+}
+
+fn apply_realtime(cfg: &Config) {
+    let rt = cfg.realtime;
+    if !rt.enabled {
+        return;
+    }
+    // Heartbeats must go out on time even when the box is loaded: a late
+    // heartbeat is a false failover. Failure is logged, not fatal: running
+    // without real-time priority is degraded, not unsafe (the lease still
+    // ends on time because the loop checks it on every event).
+    if rt.lock_memory {
+        if let Err(e) = realtime::lock_memory() {
+            warn!(error = %chain(&e), "memory not locked");
+        }
+    }
+    if let Err(e) = realtime::set_realtime(i32::from(rt.priority)) {
+        warn!(error = %chain(&e), "not running at real-time priority");
+    }
+}
+
+fn log_notice(n: &Notice) {
+    match n {
+        Notice::RoleChanged { role, epoch } => info!(?role, epoch, "role changed"),
+        Notice::LeaseLost { epoch } => warn!(epoch, "lease lost: no majority; stepping down"),
+        Notice::AdminRefused { reason } => warn!(%reason, "admin request refused"),
+        Notice::VipFailed { action } => warn!(?action, "VIP action failed"),
+        Notice::VipConflict { mac } => warn!(mac = %format_mac(mac), "another host answers ARP for the VIP"),
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// An error with its whole source chain, for logging once at the edge.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// A seed for election-timeout jitter: different on every start and node.
+fn seed() -> u64 {
+    let mut buf = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        if f.read_exact(&mut buf).is_ok() {
+            return u64::from_le_bytes(buf);
+        }
+    }
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    t ^ u64::from(std::process::id()).rotate_left(32)
+}

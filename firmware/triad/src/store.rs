@@ -37,9 +37,9 @@ pub enum StoreError {
         path: PathBuf,
         /// What was being done.
         op: &'static str,
-        /// redb's error.
+        /// redb's error (boxed: it is large, and errors are rare).
         #[source]
-        source: redb::Error,
+        source: Box<redb::Error>,
     },
     /// The file was written by a newer supervisor.
     #[error("state file {path} has schema version {found}, newer than this build supports ({supported}); refusing to open it")]
@@ -89,17 +89,11 @@ impl StateStore {
     fn check_schema(&self) -> Result<(), StoreError> {
         let txn = self.begin_write()?;
         {
-            let mut meta = txn
-                .open_table(META)
-                .map_err(|e| self.err("open meta table", e))?;
-            let found = meta
-                .get(KEY_SCHEMA)
-                .map_err(|e| self.err("read schema version", e))?
-                .map(|v| v.value());
+            let mut meta = txn.open_table(META).map_err(|e| self.err("open meta table", e))?;
+            let found = meta.get(KEY_SCHEMA).map_err(|e| self.err("read schema version", e))?.map(|v| v.value());
             match found {
                 None => {
-                    meta.insert(KEY_SCHEMA, SCHEMA_VERSION)
-                        .map_err(|e| self.err("write schema version", e))?;
+                    meta.insert(KEY_SCHEMA, SCHEMA_VERSION).map_err(|e| self.err("write schema version", e))?;
                 }
                 Some(v) if v > SCHEMA_VERSION => {
                     return Err(StoreError::SchemaTooNew {
@@ -113,8 +107,7 @@ impl StateStore {
                 Some(_) => {}
             }
             // Create the state table now so load() never sees it missing.
-            txn.open_table(STATE)
-                .map_err(|e| self.err("open state table", e))?;
+            txn.open_table(STATE).map_err(|e| self.err("open state table", e))?;
         }
         txn.commit().map_err(|e| self.err("commit schema", e))
     }
@@ -122,23 +115,12 @@ impl StateStore {
     /// The persisted hard state, or the default (epoch 0, no vote, not
     /// standby) if none was ever saved.
     pub fn load(&self) -> Result<HardState, StoreError> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| self.err("begin read", e))?;
-        let table = txn
-            .open_table(STATE)
-            .map_err(|e| self.err("open state table", e))?;
-        let Some(bytes) = table
-            .get(KEY_HARD_STATE)
-            .map_err(|e| self.err("read hard state", e))?
-        else {
+        let txn = self.db.begin_read().map_err(|e| self.err("begin read", e))?;
+        let table = txn.open_table(STATE).map_err(|e| self.err("open state table", e))?;
+        let Some(bytes) = table.get(KEY_HARD_STATE).map_err(|e| self.err("read hard state", e))? else {
             return Ok(HardState::default());
         };
-        postcard::from_bytes(bytes.value()).map_err(|source| StoreError::Corrupt {
-            path: self.path.clone(),
-            source,
-        })
+        postcard::from_bytes(bytes.value()).map_err(|source| StoreError::Corrupt { path: self.path.clone(), source })
     }
 
     /// Writes `state` in one write transaction and returns once it is
@@ -146,18 +128,12 @@ impl StateStore {
     pub fn save(&self, state: &HardState) -> Result<(), StoreError> {
         // HardState is a few fixed fields; postcard cannot fail on it, but
         // its error is mapped rather than unwrapped all the same.
-        let bytes = postcard::to_allocvec(state).map_err(|source| StoreError::Corrupt {
-            path: self.path.clone(),
-            source,
-        })?;
+        let bytes =
+            postcard::to_allocvec(state).map_err(|source| StoreError::Corrupt { path: self.path.clone(), source })?;
         let txn = self.begin_write()?;
         {
-            let mut table = txn
-                .open_table(STATE)
-                .map_err(|e| self.err("open state table", e))?;
-            table
-                .insert(KEY_HARD_STATE, bytes.as_slice())
-                .map_err(|e| self.err("write hard state", e))?;
+            let mut table = txn.open_table(STATE).map_err(|e| self.err("open state table", e))?;
+            table.insert(KEY_HARD_STATE, bytes.as_slice()).map_err(|e| self.err("write hard state", e))?;
         }
         txn.commit().map_err(|e| self.err("commit hard state", e))
     }
@@ -168,10 +144,7 @@ impl StateStore {
     }
 
     fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
-        let mut txn = self
-            .db
-            .begin_write()
-            .map_err(|e| self.err("begin write", e))?;
+        let mut txn = self.db.begin_write().map_err(|e| self.err("begin write", e))?;
         // Immediate is redb's default today; set it explicitly because a
         // vote that is not on disk when the reply leaves breaks election
         // safety, and a default can change.
@@ -185,11 +158,7 @@ impl StateStore {
 }
 
 fn db_err(path: &Path, op: &'static str, e: impl Into<redb::Error>) -> StoreError {
-    StoreError::Db {
-        path: path.to_owned(),
-        op,
-        source: e.into(),
-    }
+    StoreError::Db { path: path.to_owned(), op, source: Box::new(e.into()) }
 }
 
 #[cfg(test)]
@@ -209,11 +178,7 @@ mod tests {
     fn save_reopen_load() {
         let d = TempDir::new("store-reopen");
         let path = d.0.join("state.redb");
-        let hs = HardState {
-            epoch: 42,
-            voted_for: Some(3),
-            standby: true,
-        };
+        let hs = HardState { epoch: 42, voted_for: Some(3), standby: true };
         {
             let s = StateStore::open(&path).unwrap();
             s.save(&HardState::default()).unwrap();
@@ -240,10 +205,7 @@ mod tests {
         {
             let db = Database::create(&path).unwrap();
             let txn = db.begin_write().unwrap();
-            txn.open_table(META)
-                .unwrap()
-                .insert(KEY_SCHEMA, SCHEMA_VERSION + 1)
-                .unwrap();
+            txn.open_table(META).unwrap().insert(KEY_SCHEMA, SCHEMA_VERSION + 1).unwrap();
             txn.commit().unwrap();
         }
         let e = StateStore::open(&path).unwrap_err();

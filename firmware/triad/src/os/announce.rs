@@ -12,9 +12,8 @@ use std::os::fd::AsRawFd;
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    EthernetRepr, Icmpv6Packet, Icmpv6Repr, IpProtocol, Ipv6Packet, Ipv6Repr, NdiscNeighborFlags,
-    NdiscRepr, RawHardwareAddress,
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv6Packet,
+    Icmpv6Repr, IpProtocol, Ipv6Packet, Ipv6Repr, NdiscNeighborFlags, NdiscRepr, RawHardwareAddress,
 };
 use socket2::{Domain, SockAddr, Socket, Type};
 
@@ -143,12 +142,8 @@ impl AnnounceSocket {
         // Protocol 0: the socket receives nothing, so no queue builds up on
         // a socket nobody reads.
         let socket = Socket::new(Domain::PACKET, Type::RAW, None).map_err(AnnounceError::Socket)?;
-        socket
-            .bind(&packet_addr(ifindex, 0))
-            .map_err(|source| AnnounceError::Bind { ifindex, source })?;
-        socket
-            .set_nonblocking(true)
-            .map_err(AnnounceError::Nonblocking)?;
+        socket.bind(&packet_addr(ifindex, 0)).map_err(|source| AnnounceError::Bind { ifindex, source })?;
+        socket.set_nonblocking(true).map_err(AnnounceError::Nonblocking)?;
         Ok(Self { socket, ifindex })
     }
 
@@ -182,9 +177,7 @@ impl AsRawFd for AnnounceSocket {
 
 /// The EtherType of an Ethernet II frame, if it is long enough to have one.
 fn ethertype(frame: &[u8]) -> Option<u16> {
-    EthernetFrame::new_checked(frame)
-        .ok()
-        .map(|f| u16::from(f.ethertype()))
+    EthernetFrame::new_checked(frame).ok().map(|f| u16::from(f.ethertype()))
 }
 
 /// A `sockaddr_ll` for interface `ifindex` and EtherType `protocol` (host
@@ -273,8 +266,7 @@ mod tests {
             NdiscOptionRepr::TargetLinkLayerAddr(RawHardwareAddress::from_bytes(&MAC))
         );
         // And the whole thing through smoltcp's checked parser.
-        let repr = Icmpv6Repr::parse(&vip, &ALL_NODES, &icmp, &ChecksumCapabilities::default())
-            .expect("icmpv6 repr");
+        let repr = Icmpv6Repr::parse(&vip, &ALL_NODES, &icmp, &ChecksumCapabilities::default()).expect("icmpv6 repr");
         assert_eq!(
             repr,
             Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
@@ -299,14 +291,8 @@ mod tests {
 
     #[test]
     fn ethertype_of_frames() {
-        assert_eq!(
-            ethertype(&gratuitous_arp(MAC, Ipv4Addr::LOCALHOST)),
-            Some(0x0806)
-        );
-        assert_eq!(
-            ethertype(&unsolicited_na(MAC, Ipv6Addr::LOCALHOST)),
-            Some(0x86dd)
-        );
+        assert_eq!(ethertype(&gratuitous_arp(MAC, Ipv4Addr::LOCALHOST)), Some(0x0806));
+        assert_eq!(ethertype(&unsolicited_na(MAC, Ipv6Addr::LOCALHOST)), Some(0x86dd));
         assert_eq!(ethertype(&[0; 13]), None);
         assert_eq!(ethertype(&[]), None);
     }

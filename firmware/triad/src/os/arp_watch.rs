@@ -73,26 +73,14 @@ impl ArpWatch {
         // this interface only: created with ETH_P_ARP it would queue ARP
         // from every interface until bind().
         let socket = Socket::new(Domain::PACKET, Type::RAW, None).map_err(ArpWatchError::Socket)?;
-        socket
-            .bind(&packet_addr(ifindex, ETH_P_ARP))
-            .map_err(|source| ArpWatchError::Bind { ifindex, source })?;
-        socket
-            .set_nonblocking(true)
-            .map_err(ArpWatchError::Nonblocking)?;
+        socket.bind(&packet_addr(ifindex, ETH_P_ARP)).map_err(|source| ArpWatchError::Bind { ifindex, source })?;
+        socket.set_nonblocking(true).map_err(ArpWatchError::Nonblocking)?;
         // AsyncFd would panic outside a runtime; say so as an error instead.
-        tokio::runtime::Handle::try_current()
-            .map_err(|e| ArpWatchError::Register(io::Error::other(e)))?;
+        tokio::runtime::Handle::try_current().map_err(|e| ArpWatchError::Register(io::Error::other(e)))?;
         // SAFETY: the Socket owns its descriptor, which stays open and the
         // same until the Socket (moved into the AsyncFd) is dropped.
-        let fd = unsafe { AsyncFd::register(socket) }
-            .map_err(|e| ArpWatchError::Register(e.into_parts().1))?;
-        Ok(Self {
-            fd,
-            ifindex,
-            vip,
-            own_mac,
-            buf: vec![0; FRAME_BUF],
-        })
+        let fd = unsafe { AsyncFd::register(socket) }.map_err(|e| ArpWatchError::Register(e.into_parts().1))?;
+        Ok(Self { fd, ifindex, vip, own_mac, buf: vec![0; FRAME_BUF] })
     }
 
     /// Waits for the next ARP packet in which another host speaks for the
@@ -100,14 +88,8 @@ impl ArpWatch {
     /// loses no conflict that was already read.
     pub async fn next_conflict(&mut self) -> Result<[u8; 6], ArpWatchError> {
         loop {
-            let mut guard = self
-                .fd
-                .readable()
-                .await
-                .map_err(|source| ArpWatchError::Recv {
-                    ifindex: self.ifindex,
-                    source,
-                })?;
+            let mut guard =
+                self.fd.readable().await.map_err(|source| ArpWatchError::Recv { ifindex: self.ifindex, source })?;
             // Drain everything queued before waiting again.
             loop {
                 let buf = &mut self.buf;
@@ -119,12 +101,7 @@ impl ArpWatch {
                         }
                     }
                     Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Ok(Err(source)) => {
-                        return Err(ArpWatchError::Recv {
-                            ifindex: self.ifindex,
-                            source,
-                        })
-                    }
+                    Ok(Err(source)) => return Err(ArpWatchError::Recv { ifindex: self.ifindex, source }),
                     // Would block: readiness was cleared; wait again.
                     Err(_would_block) => break,
                 }
@@ -144,12 +121,7 @@ pub fn conflict_in(frame: &[u8], vip: Ipv4Addr, own_mac: [u8; 6]) -> Option<[u8;
         return None;
     }
     let packet = ArpPacket::new_checked(frame.payload()).ok()?;
-    let ArpRepr::EthernetIpv4 {
-        source_hardware_addr,
-        source_protocol_addr,
-        ..
-    } = ArpRepr::parse(&packet).ok()?
-    else {
+    let ArpRepr::EthernetIpv4 { source_hardware_addr, source_protocol_addr, .. } = ArpRepr::parse(&packet).ok()? else {
         return None;
     };
     let sender = source_hardware_addr;
@@ -180,10 +152,7 @@ mod tests {
 
     #[test]
     fn foreign_gratuitous_arp_is_a_conflict() {
-        assert_eq!(
-            conflict_in(&gratuitous_arp(THEIRS, VIP), VIP, OURS),
-            Some(THEIRS)
-        );
+        assert_eq!(conflict_in(&gratuitous_arp(THEIRS, VIP), VIP, OURS), Some(THEIRS));
     }
 
     #[test]
@@ -211,14 +180,8 @@ mod tests {
     #[test]
     fn implausible_sender_macs_are_ignored() {
         assert_eq!(conflict_in(&gratuitous_arp([0; 6], VIP), VIP, OURS), None);
-        assert_eq!(
-            conflict_in(&gratuitous_arp([0xff; 6], VIP), VIP, OURS),
-            None
-        );
-        assert_eq!(
-            conflict_in(&gratuitous_arp([0x01, 0, 0x5e, 0, 0, 1], VIP), VIP, OURS),
-            None
-        );
+        assert_eq!(conflict_in(&gratuitous_arp([0xff; 6], VIP), VIP, OURS), None);
+        assert_eq!(conflict_in(&gratuitous_arp([0x01, 0, 0x5e, 0, 0, 1], VIP), VIP, OURS), None);
     }
 
     #[test]

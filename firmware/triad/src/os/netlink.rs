@@ -19,7 +19,8 @@ use rtnetlink::Handle;
 /// How often [`Netlink::wait_for_link`] looks for the interface again.
 const LINK_POLL: Duration = Duration::from_millis(100);
 
-/// A netlink operation failed.
+/// A netlink operation failed. rtnetlink's error is boxed: it can hold a
+/// whole netlink message, which would make every `Result` here large.
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
     /// [`Netlink::new`] was called outside a tokio runtime.
@@ -35,7 +36,7 @@ pub enum NetlinkError {
         name: String,
         /// Cause.
         #[source]
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
     /// The interface did not appear in time.
     #[error("interface {name} did not appear within {timeout:?}")]
@@ -52,7 +53,7 @@ pub enum NetlinkError {
         ifindex: u32,
         /// Cause.
         #[source]
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
     /// The link exists but has no 6-byte hardware address.
     #[error("link {ifindex} has no Ethernet MAC address")]
@@ -67,7 +68,7 @@ pub enum NetlinkError {
         ifindex: u32,
         /// Cause.
         #[source]
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
     /// Adding the node's own address failed.
     #[error("cannot add address {address}/{prefix_len} to link {ifindex}")]
@@ -80,7 +81,7 @@ pub enum NetlinkError {
         prefix_len: u8,
         /// Cause.
         #[source]
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
     /// Adding the VIP failed.
     #[error("cannot add VIP {address}/{prefix_len} to link {ifindex}")]
@@ -93,7 +94,7 @@ pub enum NetlinkError {
         prefix_len: u8,
         /// Cause.
         #[source]
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
     /// Renewing the VIP's lifetime failed.
     #[error("cannot renew VIP {address}/{prefix_len} on link {ifindex}")]
@@ -106,7 +107,7 @@ pub enum NetlinkError {
         prefix_len: u8,
         /// Cause.
         #[source]
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
     /// Removing the VIP failed (absence is not a failure).
     #[error("cannot remove VIP {address}/{prefix_len} from link {ifindex}")]
@@ -119,7 +120,7 @@ pub enum NetlinkError {
         prefix_len: u8,
         /// Cause.
         #[source]
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
     /// Listing addresses failed.
     #[error("cannot list addresses of link {ifindex} (looking for {address})")]
@@ -130,7 +131,7 @@ pub enum NetlinkError {
         address: IpAddr,
         /// Cause.
         #[source]
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
 }
 
@@ -146,8 +147,7 @@ impl Netlink {
     /// thread.
     pub fn new() -> Result<Self, NetlinkError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(NetlinkError::NoRuntime)?;
-        let (connection, handle, _messages) =
-            rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
+        let (connection, handle, _messages) = rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
         // The task ends when every Handle is dropped.
         runtime.spawn(connection);
         Ok(Self { handle })
@@ -159,31 +159,16 @@ impl Netlink {
     pub async fn wait_for_link(&self, name: &str, timeout: Duration) -> Result<u32, NetlinkError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let lookup = self
-                .handle
-                .link()
-                .get()
-                .match_name(name.to_owned())
-                .execute()
-                .try_next()
-                .await;
+            let lookup = self.handle.link().get().match_name(name.to_owned()).execute().try_next().await;
             match lookup {
                 Ok(Some(link)) => return Ok(link.header.index),
                 // A by-name lookup of a missing link fails with ENODEV.
                 Ok(None) => {}
                 Err(e) if errno(&e) == Some(libc::ENODEV) => {}
-                Err(source) => {
-                    return Err(NetlinkError::GetLink {
-                        name: name.to_owned(),
-                        source,
-                    })
-                }
+                Err(source) => return Err(NetlinkError::GetLink { name: name.to_owned(), source: Box::new(source) }),
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(NetlinkError::LinkTimeout {
-                    name: name.to_owned(),
-                    timeout,
-                });
+                return Err(NetlinkError::LinkTimeout { name: name.to_owned(), timeout });
             }
             tokio::time::sleep(LINK_POLL).await;
         }
@@ -199,7 +184,7 @@ impl Netlink {
             .execute()
             .try_next()
             .await
-            .map_err(|source| NetlinkError::LinkMac { ifindex, source })?
+            .map_err(|source| NetlinkError::LinkMac { ifindex, source: Box::new(source) })?
             .ok_or(NetlinkError::NoMac { ifindex })?;
         link.attributes
             .iter()
@@ -218,29 +203,18 @@ impl Netlink {
             .up()
             .execute()
             .await
-            .map_err(|source| NetlinkError::SetLinkUp { ifindex, source })
+            .map_err(|source| NetlinkError::SetLinkUp { ifindex, source: Box::new(source) })
     }
 
     /// Adds the node's own permanent address; an existing one is fine.
-    pub async fn ensure_address(
-        &self,
-        ifindex: u32,
-        address: IpAddr,
-        prefix_len: u8,
-    ) -> Result<(), NetlinkError> {
-        match self
-            .handle
-            .address()
-            .add(ifindex, address, prefix_len)
-            .execute()
-            .await
-        {
+    pub async fn ensure_address(&self, ifindex: u32, address: IpAddr, prefix_len: u8) -> Result<(), NetlinkError> {
+        match self.handle.address().add(ifindex, address, prefix_len).execute().await {
             Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
             result => result.map_err(|source| NetlinkError::EnsureAddress {
                 ifindex,
                 address,
                 prefix_len,
-                source,
+                source: Box::new(source),
             }),
         }
     }
@@ -257,21 +231,15 @@ impl Netlink {
         prefix_len: u8,
         lifetime_secs: u32,
     ) -> Result<(), NetlinkError> {
-        let result = self
-            .vip_request(ifindex, address, prefix_len, lifetime_secs, false)
-            .await;
+        let result = self.vip_request(ifindex, address, prefix_len, lifetime_secs, false).await;
         match result {
             // Already there (a restart, or a repeated Add): restart its lease.
             Err(e) if errno(&e) == Some(libc::EEXIST) => {
-                self.renew_vip(ifindex, address, prefix_len, lifetime_secs)
-                    .await
+                self.renew_vip(ifindex, address, prefix_len, lifetime_secs).await
             }
-            result => result.map_err(|source| NetlinkError::AddVip {
-                ifindex,
-                address,
-                prefix_len,
-                source,
-            }),
+            result => {
+                result.map_err(|source| NetlinkError::AddVip { ifindex, address, prefix_len, source: Box::new(source) })
+            }
         }
     }
 
@@ -288,21 +256,11 @@ impl Netlink {
     ) -> Result<(), NetlinkError> {
         self.vip_request(ifindex, address, prefix_len, lifetime_secs, true)
             .await
-            .map_err(|source| NetlinkError::RenewVip {
-                ifindex,
-                address,
-                prefix_len,
-                source,
-            })
+            .map_err(|source| NetlinkError::RenewVip { ifindex, address, prefix_len, source: Box::new(source) })
     }
 
     /// Deletes the VIP; an absent VIP counts as removed.
-    pub async fn remove_vip(
-        &self,
-        ifindex: u32,
-        address: IpAddr,
-        prefix_len: u8,
-    ) -> Result<(), NetlinkError> {
+    pub async fn remove_vip(&self, ifindex: u32, address: IpAddr, prefix_len: u8) -> Result<(), NetlinkError> {
         let mut message = AddressMessage::default();
         message.header.family = family(address);
         message.header.prefix_len = prefix_len;
@@ -312,43 +270,26 @@ impl Netlink {
         match self.handle.address().del(message).execute().await {
             // The kernel says EADDRNOTAVAIL for a missing address; the lease
             // may simply have run out first.
-            Err(e)
-                if matches!(
-                    errno(&e),
-                    Some(libc::EADDRNOTAVAIL | libc::ENOENT | libc::ESRCH)
-                ) =>
-            {
-                Ok(())
-            }
+            Err(e) if matches!(errno(&e), Some(libc::EADDRNOTAVAIL | libc::ENOENT | libc::ESRCH)) => Ok(()),
             result => result.map_err(|source| NetlinkError::RemoveVip {
                 ifindex,
                 address,
                 prefix_len,
-                source,
+                source: Box::new(source),
             }),
         }
     }
 
     /// Whether `address` is currently on the link (any prefix length).
     pub async fn has_address(&self, ifindex: u32, address: IpAddr) -> Result<bool, NetlinkError> {
-        let mut request = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(ifindex)
-            .set_address_filter(address);
+        let mut request = self.handle.address().get().set_link_index_filter(ifindex).set_address_filter(address);
         // Ask the kernel for one family only; the filter does the rest.
         request.message_mut().header.family = family(address);
-        let found =
-            request
-                .execute()
-                .try_next()
-                .await
-                .map_err(|source| NetlinkError::HasAddress {
-                    ifindex,
-                    address,
-                    source,
-                })?;
+        let found = request.execute().try_next().await.map_err(|source| NetlinkError::HasAddress {
+            ifindex,
+            address,
+            source: Box::new(source),
+        })?;
         Ok(found.is_some())
     }
 

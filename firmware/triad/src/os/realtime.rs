@@ -43,8 +43,7 @@ pub enum RealtimeError {
 /// deadline-bound path ever waits for a page-in.
 pub fn lock_memory() -> Result<(), RealtimeError> {
     use nix::sys::mman::{mlockall, MlockAllFlags};
-    mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE)
-        .map_err(RealtimeError::Mlockall)
+    mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE).map_err(RealtimeError::Mlockall)
 }
 
 /// Puts the *calling thread* under SCHED_FIFO at `priority`.
@@ -57,18 +56,13 @@ pub fn lock_memory() -> Result<(), RealtimeError> {
 /// SCHED_OTHER before exec.
 pub fn set_realtime(priority: i32) -> Result<(), RealtimeError> {
     check_priority(priority)?;
-    let param = libc::sched_param {
-        sched_priority: priority,
-    };
+    let param = libc::sched_param { sched_priority: priority };
     // SAFETY: `param` is a valid, initialised sched_param that outlives the
     // call; pid 0 names the calling thread; the call has no other memory
     // effects.
     let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
     if rc != 0 {
-        return Err(RealtimeError::SchedSetscheduler {
-            priority,
-            source: io::Error::last_os_error(),
-        });
+        return Err(RealtimeError::SchedSetscheduler { priority, source: io::Error::last_os_error() });
     }
     Ok(())
 }
@@ -96,13 +90,7 @@ mod tests {
     #[test]
     fn out_of_range_priorities_are_refused_before_the_syscall() {
         for priority in [0, -1, 100, i32::MAX] {
-            assert!(
-                matches!(
-                    set_realtime(priority),
-                    Err(RealtimeError::PriorityRange { .. })
-                ),
-                "priority {priority}"
-            );
+            assert!(matches!(set_realtime(priority), Err(RealtimeError::PriorityRange { .. })), "priority {priority}");
         }
     }
 }

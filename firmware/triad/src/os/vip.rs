@@ -106,19 +106,9 @@ pub struct KernelVip {
 impl KernelVip {
     /// Reads the interface's MAC and opens the announce socket.
     pub async fn new(netlink: Netlink, ifindex: u32, spec: VipSpec) -> Result<Self, VipError> {
-        let mac = netlink
-            .link_mac(ifindex)
-            .await
-            .map_err(|source| VipError::Mac { ifindex, source })?;
-        let socket =
-            AnnounceSocket::new(ifindex).map_err(|source| VipError::Socket { ifindex, source })?;
-        Ok(Self {
-            netlink,
-            ifindex,
-            mac,
-            socket,
-            spec,
-        })
+        let mac = netlink.link_mac(ifindex).await.map_err(|source| VipError::Mac { ifindex, source })?;
+        let socket = AnnounceSocket::new(ifindex).map_err(|source| VipError::Socket { ifindex, source })?;
+        Ok(Self { netlink, ifindex, mac, socket, spec })
     }
 
     /// The MAC the announcements carry.
@@ -126,12 +116,7 @@ impl KernelVip {
         self.mac
     }
 
-    async fn address_op(
-        &self,
-        action: VipAction,
-        address: IpAddr,
-        prefix: u8,
-    ) -> Result<(), NetlinkError> {
+    async fn address_op(&self, action: VipAction, address: IpAddr, prefix: u8) -> Result<(), NetlinkError> {
         let (nl, index, lifetime) = (&self.netlink, self.ifindex, self.spec.lifetime_secs);
         match action {
             VipAction::Add => nl.add_vip(index, address, prefix, lifetime).await,
@@ -155,12 +140,9 @@ impl VipOps for KernelVip {
         let mut first_error = None;
         for (address, prefix) in self.spec.addresses() {
             let result = if action == VipAction::Announce {
-                self.announce(address)
-                    .map_err(|source| VipError::Announce { address, source })
+                self.announce(address).map_err(|source| VipError::Announce { address, source })
             } else {
-                self.address_op(action, address, prefix)
-                    .await
-                    .map_err(|source| VipError::Address { action, source })
+                self.address_op(action, address, prefix).await.map_err(|source| VipError::Address { action, source })
             };
             if let Err(e) = result {
                 tracing::debug!(?action, %address, error = %e, "VIP action failed for one address");
@@ -204,10 +186,7 @@ mod tests {
     use super::*;
 
     fn run<F: Future>(future: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime")
-            .block_on(future)
+        tokio::runtime::Builder::new_current_thread().build().expect("runtime").block_on(future)
     }
 
     #[test]
@@ -221,30 +200,14 @@ mod tests {
             vip.apply(VipAction::Remove).await.expect("remove");
         });
         assert!(!vip.held);
-        assert_eq!(
-            vip.log,
-            [
-                VipAction::Add,
-                VipAction::Announce,
-                VipAction::Renew,
-                VipAction::Remove
-            ]
-        );
+        assert_eq!(vip.log, [VipAction::Add, VipAction::Announce, VipAction::Renew, VipAction::Remove]);
     }
 
     #[test]
     fn fake_fails_once_without_effect() {
-        let mut vip = FakeVip {
-            fail_next: true,
-            ..FakeVip::default()
-        };
+        let mut vip = FakeVip { fail_next: true, ..FakeVip::default() };
         run(async {
-            assert!(matches!(
-                vip.apply(VipAction::Add).await,
-                Err(VipError::Injected {
-                    action: VipAction::Add
-                })
-            ));
+            assert!(matches!(vip.apply(VipAction::Add).await, Err(VipError::Injected { action: VipAction::Add })));
             assert!(!vip.held);
             vip.apply(VipAction::Add).await.expect("second add");
         });
@@ -261,12 +224,6 @@ mod tests {
             lifetime_secs: 2,
         };
         let all: Vec<_> = spec.addresses().collect();
-        assert_eq!(
-            all,
-            [
-                (IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)), 24),
-                (IpAddr::V6(Ipv6Addr::LOCALHOST), 64)
-            ]
-        );
+        assert_eq!(all, [(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)), 24), (IpAddr::V6(Ipv6Addr::LOCALHOST), 64)]);
     }
 }

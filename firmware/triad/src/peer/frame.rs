@@ -171,10 +171,7 @@ fn decode_body(body: &[u8], len: u32) -> Result<Message, FrameError> {
     };
     let found = u16::from_be_bytes(*version);
     if found != PROTOCOL_VERSION {
-        return Err(FrameError::Version {
-            found,
-            expected: PROTOCOL_VERSION,
-        });
+        return Err(FrameError::Version { found, expected: PROTOCOL_VERSION });
     }
     let (msg, extra) = postcard::take_from_bytes::<Message>(payload).map_err(FrameError::Payload)?;
     if !extra.is_empty() {
@@ -202,7 +199,11 @@ mod tests {
     fn msgs() -> Vec<Message> {
         vec![
             Message { from: 1, epoch: 7, body: Body::Heartbeat { round: 99 } },
-            Message { from: 2, epoch: u64::MAX, body: Body::Vote { position: Position { epoch: 3, seq: 4 }, transfer: true } },
+            Message {
+                from: 2,
+                epoch: u64::MAX,
+                body: Body::Vote { position: Position { epoch: 3, seq: 4 }, transfer: true },
+            },
             Message { from: 3, epoch: 0, body: Body::TimeoutNow },
         ]
     }
@@ -212,8 +213,8 @@ mod tests {
         loop {
             match d.next_frame() {
                 Decoded::NeedMore => return out,
-                b @ Decoded::Bad(ref e) if e.is_fatal() => {
-                    out.push(b);
+                Decoded::Bad(e) if e.is_fatal() => {
+                    out.push(Decoded::Bad(e));
                     return out;
                 }
                 other => out.push(other),

@@ -186,9 +186,7 @@ impl PeerLinks {
         cfg: LinkConfig,
         listen: SocketAddr,
     ) -> Result<(PeerLinks, mpsc::Receiver<(NodeId, Message)>), LinkError> {
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|source| LinkError::Bind { addr: listen, source })?;
+        let listener = TcpListener::bind(listen).await.map_err(|source| LinkError::Bind { addr: listen, source })?;
         PeerLinks::start_with_listener(cfg, listener)
     }
 
@@ -202,9 +200,7 @@ impl PeerLinks {
         let ids: Vec<NodeId> = cfg.peers.iter().map(|p| p.0).collect();
         for (i, id) in ids.iter().enumerate() {
             if *id == cfg.own_id || ids[..i].contains(id) {
-                return Err(LinkError::Peers {
-                    reason: format!("node {id} is this node or listed twice"),
-                });
+                return Err(LinkError::Peers { reason: format!("node {id} is this node or listed twice") });
             }
         }
         let (in_tx, in_rx) = mpsc::channel(cfg.inbound_len.max(1));
@@ -214,14 +210,7 @@ impl PeerLinks {
         for &(id, addr) in &cfg.peers {
             let (tx, rx) = mpsc::channel(cfg.queue_len.max(1));
             let up = Arc::new(AtomicBool::new(false));
-            let task = tokio::spawn(outgoing(
-                id,
-                addr,
-                connector.clone(),
-                cfg.timing.clone(),
-                rx,
-                up.clone(),
-            ));
+            let task = tokio::spawn(outgoing(id, addr, connector.clone(), cfg.timing.clone(), rx, up.clone()));
             tasks.push(task.abort_handle());
             out.push(Outgoing { id, tx, up });
         }
@@ -240,11 +229,7 @@ impl PeerLinks {
     /// Queues `msg` for peer `to` without waiting. Dropped (with the reason
     /// returned) if the link is down or the queue is full.
     pub fn send(&self, to: NodeId, msg: &Message) -> Result<(), SendError> {
-        let peer = self
-            .out
-            .iter()
-            .find(|o| o.id == to)
-            .ok_or(SendError::UnknownPeer(to))?;
+        let peer = self.out.iter().find(|o| o.id == to).ok_or(SendError::UnknownPeer(to))?;
         // While down, queueing would only deliver stale heartbeats later.
         if !peer.up.load(Ordering::Acquire) {
             return Err(SendError::LinkDown(to));
@@ -258,9 +243,7 @@ impl PeerLinks {
 
     /// Whether the outgoing link to `to` is connected.
     pub fn is_up(&self, to: NodeId) -> bool {
-        self.out
-            .iter()
-            .any(|o| o.id == to && o.up.load(Ordering::Acquire))
+        self.out.iter().any(|o| o.id == to && o.up.load(Ordering::Acquire))
     }
 
     /// The address the listener is bound to.
@@ -320,7 +303,9 @@ async fn outgoing(
                 up.store(false, Ordering::Release);
                 match why {
                     Down::Stopped => return,
-                    why => warn!(peer = id, %addr, reason = %why, error = ?std::error::Error::source(&why), "outgoing link down"),
+                    why => {
+                        warn!(peer = id, %addr, reason = %why, error = ?std::error::Error::source(&why), "outgoing link down")
+                    }
                 }
             }
             Err(e) if quiet => debug!(peer = id, %addr, error = %e, "connect failed"),
@@ -381,11 +366,7 @@ async fn connect(
 
 /// Moves queued frames onto the connection until it fails or the handle
 /// is dropped.
-async fn pump<S: AsyncRead + AsyncWrite>(
-    stream: S,
-    rx: &mut mpsc::Receiver<Vec<u8>>,
-    timing: &LinkTiming,
-) -> Down {
+async fn pump<S: AsyncRead + AsyncWrite>(stream: S, rx: &mut mpsc::Receiver<Vec<u8>>, timing: &LinkTiming) -> Down {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut sink = [0u8; 512];
     let mut batch = Vec::new();

@@ -86,9 +86,8 @@ fn provider() -> Arc<CryptoProvider> {
 /// cluster CA. Which node it is, and whether that node is a peer, is
 /// decided after the handshake from the certificate ([`peer_node_id`]).
 pub fn server_config(c: &Credentials) -> Result<Arc<ServerConfig>, TlsError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(c.roots.clone(), provider())
-        .build()
-        .map_err(TlsError::Verifier)?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(c.roots.clone(), provider()).build().map_err(TlsError::Verifier)?;
     let cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|source| TlsError::Rustls { what: "server protocol versions", source })?
@@ -126,9 +125,7 @@ pub fn peer_node_id(certs: Option<&[CertificateDer<'_>]>) -> Option<NodeId> {
 pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in load_certs(path)? {
-        roots
-            .add(cert)
-            .map_err(|source| TlsError::Rustls { what: "root store", source })?;
+        roots.add(cert).map_err(|source| TlsError::Rustls { what: "root store", source })?;
     }
     Ok(roots)
 }

@@ -1,0 +1,261 @@
+//! The failover benchmark (triad against keepalived in the same lab) and
+//! the idle soak under CPU load. These are commands that print tables, not
+//! timed tests: their numbers go in docs/failover-benchmark.md.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::lab::{Lab, LabError, Payload};
+use crate::layout::{node_mac, NODE_IDS};
+use crate::netns::CLIENT_NS;
+use crate::observer::{self, Observer, ObserverError};
+use crate::spawn;
+use crate::wait;
+
+/// A benchmark step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Lab(#[from] LabError),
+    #[error(transparent)]
+    Observer(#[from] ObserverError),
+    #[error("run {run}: {what}")]
+    Run { run: usize, what: String },
+    #[error("could not start the CPU load ({0})")]
+    Load(String),
+}
+
+/// Bound after a fault past which a frozen node's kernel must have dropped
+/// the VIP: address lifetime 1 s + the kernel's ~0.25 s check granularity,
+/// plus one sweep interval of observation slack.
+pub const FROZEN_VIP_BOUND: Duration = Duration::from_millis(1300);
+
+/// The results of one payload's series of failovers.
+#[derive(Debug, Clone)]
+pub struct Series {
+    pub label: String,
+    pub gaps: Vec<Duration>,
+    /// Runs in which two MACs answered ARP for the VIP after settling.
+    pub dual_answers: usize,
+    /// ARP requests the client sent for the VIP (must be 0).
+    pub client_arps: usize,
+}
+
+impl Series {
+    fn sorted(&self) -> Vec<Duration> {
+        let mut g = self.gaps.clone();
+        g.sort_unstable();
+        g
+    }
+    /// The median gap.
+    pub fn median(&self) -> Option<Duration> {
+        let g = self.sorted();
+        if g.is_empty() {
+            return None;
+        }
+        let n = g.len();
+        Some(if n % 2 == 1 { g[n / 2] } else { (g[n / 2 - 1] + g[n / 2]) / 2 })
+    }
+    /// The p-th percentile by nearest rank (p99 of 20 runs is the max).
+    pub fn percentile(&self, p: f64) -> Option<Duration> {
+        let g = self.sorted();
+        if g.is_empty() {
+            return None;
+        }
+        let rank = ((p / 100.0) * g.len() as f64).ceil() as usize;
+        Some(g[rank.clamp(1, g.len()) - 1])
+    }
+}
+
+fn secs(d: Option<Duration>) -> String {
+    d.map_or("-".into(), |d| format!("{:.3}", d.as_secs_f64()))
+}
+
+/// Prints the table of all series and the ratios of the first series to
+/// each keepalived one.
+pub fn print_table(series: &[Series]) {
+    println!(
+        "{:<28} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "payload", "runs", "median_s", "p99_s", "min_s", "max_s", "dual_arp", "client_arp"
+    );
+    for s in series {
+        let g = s.sorted();
+        println!(
+            "{:<28} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
+            s.label,
+            s.gaps.len(),
+            secs(s.median()),
+            secs(s.percentile(99.0)),
+            secs(g.first().copied()),
+            secs(g.last().copied()),
+            s.dual_answers,
+            s.client_arps
+        );
+    }
+    let triads: Vec<&Series> = series.iter().filter(|s| s.label.starts_with("triad")).collect();
+    let kas: Vec<&Series> = series.iter().filter(|s| s.label.starts_with("keepalived")).collect();
+    for t in &triads {
+        for k in &kas {
+            if let (Some(tm), Some(km)) = (t.median(), k.median()) {
+                println!(
+                    "ratio {} / {}: median {:.3} (keepalived {:.1}x slower)",
+                    t.label,
+                    k.label,
+                    tm.as_secs_f64() / km.as_secs_f64(),
+                    km.as_secs_f64() / tm.as_secs_f64().max(1e-6)
+                );
+            }
+        }
+    }
+}
+
+/// Crashes the active node `runs` times and measures the client's gap.
+pub fn failover_series(payload: Payload, label: &str, runs: usize) -> Result<Series, BenchError> {
+    eprintln!("== {label}: bringing up the lab");
+    let mut lab = Lab::up(payload)?;
+    let obs = Observer::start(CLIENT_NS)?;
+    let mut series = Series {
+        label: label.to_string(),
+        gaps: Vec::new(),
+        dual_answers: 0,
+        client_arps: 0,
+    };
+    for run in 1..=runs {
+        let leader = lab.wait_healthy(&NODE_IDS, Duration::from_secs(30))?;
+        let old = node_mac(leader);
+        // The client must be talking to the leader before the fault, or the
+        // gap would measure something else.
+        wait::until(Duration::from_secs(10), Duration::from_millis(50), || {
+            let now = obs.now();
+            let recent = observer::replies_between(&obs.events(), now.saturating_sub(Duration::from_millis(200)), now);
+            (lab.client_neigh() == Some(old) && recent.iter().any(|(_, m)| *m == old)).then_some(())
+        })
+        .ok_or_else(|| BenchError::Run {
+            run,
+            what: format!(
+                "client is not getting replies from leader n{leader} (neighbour entry {:?})",
+                lab.client_neigh().map(|m| m.to_string())
+            ),
+        })?;
+        // Keep memory flat over long runs; replies from the old leader keep
+        // arriving during the spacing below, which the gap needs.
+        obs.clear();
+        // Spacing for the client's neighbour locktime (1 s) with margin.
+        std::thread::sleep(Duration::from_secs(2));
+        let fault_at = obs.now();
+        lab.crash_node(leader)?;
+        let gap = wait::until(Duration::from_secs(20), Duration::from_millis(10), || {
+            observer::failover_gap(&obs.events(), old, fault_at)
+        })
+        .ok_or_else(|| BenchError::Run {
+            run,
+            what: format!("no reply from a new MAC within 20 s after crashing n{leader}"),
+        })?;
+        let settled_at = gap.first_new.max(fault_at + FROZEN_VIP_BOUND);
+        let until = settled_at + Duration::from_secs(1);
+        while obs.now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let ev = obs.events();
+        let dual = observer::check_single_answerer(&ev, settled_at, Some(gap.new_mac));
+        if let Err(e) = &dual {
+            eprintln!("run {run}: {e}");
+            series.dual_answers += 1;
+        }
+        series.client_arps += observer::client_arp_requests(&ev, fault_at);
+        let new = lab.layout.node_by_mac(gap.new_mac).map_or("?".into(), |i| format!("n{i}"));
+        eprintln!(
+            "run {run}/{runs}: n{leader} -> {new}: gap {:.3} s",
+            gap.length().as_secs_f64()
+        );
+        series.gaps.push(gap.length());
+        lab.restart_node(leader)?;
+    }
+    drop(obs);
+    Lab::down()?;
+    Ok(series)
+}
+
+/// Keeps both cores busy: stress-ng if installed, else two shell loops.
+fn start_load(seconds: u64) -> Result<Vec<Child>, BenchError> {
+    let spawn = |c: &mut Command| {
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+    };
+    if let Ok(c) = spawn(Command::new("stress-ng").args(["--cpu", "2", "--timeout", &format!("{seconds}s")])) {
+        return Ok(vec![c]);
+    }
+    (0..2)
+        .map(|_| spawn(Command::new("sh").args(["-c", "while :; do :; done"])).map_err(|e| BenchError::Load(e.to_string())))
+        .collect()
+}
+
+/// Runs an idle cluster under CPU load for `minutes` and reports leader
+/// changes and the supervisors' CPU and memory.
+pub fn soak(payload: Payload, minutes: u64) -> Result<(), BenchError> {
+    let lab = Lab::up(payload)?;
+    let obs = Observer::start(CLIENT_NS)?;
+    let first = lab.wait_healthy(&NODE_IDS, Duration::from_secs(30))?;
+    let mut leader = (first, lab.status(first).map(|s| s.epoch).unwrap_or(0));
+    let total = Duration::from_secs(minutes * 60);
+    let mut load = start_load(total.as_secs())?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let pids: Vec<(u8, i32)> = lab.layout.nodes.iter().map(|n| (n.id, n.supervisor_pid)).collect();
+    let cpu0: Vec<u64> = pids.iter().map(|(_, p)| spawn::cpu_and_rss(*p).map_or(0, |c| c.0)).collect();
+    let mut max_rss = vec![0u64; pids.len()];
+    let (mut changes, mut status_failures, mut samples) = (0usize, 0usize, 0usize);
+    let start = Instant::now();
+    eprintln!("soak: leader n{} epoch {}, {} min under load", leader.0, leader.1, minutes);
+    while start.elapsed() < total {
+        std::thread::sleep(Duration::from_secs(1));
+        samples += 1;
+        for (i, (_, pid)) in pids.iter().enumerate() {
+            if let Some((_, rss)) = spawn::cpu_and_rss(*pid) {
+                max_rss[i] = max_rss[i].max(rss);
+            }
+        }
+        let now: Vec<(u8, u64)> = NODE_IDS
+            .iter()
+            .filter_map(|id| lab.status(*id).ok())
+            .filter(|s| s.role == "leader")
+            .map(|s| (s.node_id, s.epoch))
+            .collect();
+        match now[..] {
+            [l] if l != leader => {
+                changes += 1;
+                eprintln!("soak: leader change at {:?}: {:?} -> {:?}", start.elapsed(), leader, l);
+                leader = l;
+            }
+            [_] => {}
+            _ => status_failures += 1,
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    for c in &mut load {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let ev = obs.events();
+    let macs = observer::vip_arp_macs(&ev, Duration::ZERO);
+    println!("soak: {minutes} min, load: 2 CPU hogs, {samples} samples");
+    println!("leader changes: {changes} (samples without exactly one leader: {status_failures})");
+    println!("MACs sending ARP for the VIP: {:?}", macs.iter().map(|m| m.to_string()).collect::<Vec<_>>());
+    println!("client ARP requests for the VIP: {}", observer::client_arp_requests(&ev, Duration::ZERO));
+    println!("{:<6} {:>8} {:>10} {:>12}", "node", "pid", "cpu_%", "max_rss_MiB");
+    for (i, (id, pid)) in pids.iter().enumerate() {
+        let ticks = spawn::cpu_and_rss(*pid).map_or(0, |c| c.0).saturating_sub(cpu0[i]);
+        println!(
+            "n{:<5} {:>8} {:>10.3} {:>12.1}",
+            id,
+            pid,
+            100.0 * ticks as f64 / hz / elapsed,
+            max_rss[i] as f64 / 1024.0
+        );
+    }
+    drop(obs);
+    Lab::down()?;
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! Named scenarios: timing profile, network quality and fault rates, plus
+//! the optional *mutation* (a broken rule, emulated around the unmodified
+//! core) used to show that the invariants catch what they claim to.
+//!
+//! Faults are drawn by a chaos process every [`Scenario::chaos_every`] µs
+//! during the fault phase; then everything heals and liveness is measured.
+
+use crate::invariants::Check;
+use crate::net::NetConfig;
+use core::time::Duration;
+use triad_core::Timing;
+
+/// A rule removed (or assumption broken) on purpose, to prove a check works.
+/// Each is implemented by the world as a wrapper around the real core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mutation {
+    /// The runtime drops every `Persist`: votes and epochs live in RAM only.
+    ForgetPersist,
+    /// The runtime carries out `Send`s before the `Persist` of the same batch.
+    SendBeforePersist,
+    /// Node 1's runtime acknowledges heartbeats itself and hands its core a
+    /// ping instead: its acks no longer imply stickiness (rule 2 removed).
+    AckWithoutStickiness,
+    /// A restarted core is started with its clock origin one maximum
+    /// election timeout in the past: no quiet period after start (rule 2).
+    NoQuietAfterStart,
+    /// The runtime reports `Remove` done without removing the VIP.
+    SkipVipRemove,
+    /// Clocks drift at ten times the configured bound (rule 3's margin).
+    DriftBeyondBound,
+}
+
+impl Mutation {
+    /// Parses a mutation name as used on the command line.
+    pub fn parse(s: &str) -> Option<Mutation> {
+        Some(match s {
+            "forget-persist" => Mutation::ForgetPersist,
+            "send-before-persist" => Mutation::SendBeforePersist,
+            "ack-without-stickiness" => Mutation::AckWithoutStickiness,
+            "no-quiet-after-start" => Mutation::NoQuietAfterStart,
+            "skip-vip-remove" => Mutation::SkipVipRemove,
+            "drift-beyond-bound" => Mutation::DriftBeyondBound,
+            _ => return None,
+        })
+    }
+
+    /// All mutations.
+    pub const ALL: [Mutation; 6] = [
+        Mutation::ForgetPersist,
+        Mutation::SendBeforePersist,
+        Mutation::AckWithoutStickiness,
+        Mutation::NoQuietAfterStart,
+        Mutation::SkipVipRemove,
+        Mutation::DriftBeyondBound,
+    ];
+
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mutation::ForgetPersist => "forget-persist",
+            Mutation::SendBeforePersist => "send-before-persist",
+            Mutation::AckWithoutStickiness => "ack-without-stickiness",
+            Mutation::NoQuietAfterStart => "no-quiet-after-start",
+            Mutation::SkipVipRemove => "skip-vip-remove",
+            Mutation::DriftBeyondBound => "drift-beyond-bound",
+        }
+    }
+}
+
+/// Everything that defines one simulated run besides its seed.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// Name used by `--scenario`.
+    pub name: &'static str,
+    /// Core timing.
+    pub timing: Timing,
+    /// Network quality (partitions come from the chaos process).
+    pub net: NetConfig,
+    /// Length of the fault phase, µs.
+    pub fault_phase: u64,
+    /// After healing, a leader with lease and VIP must exist within this, µs.
+    pub liveness_bound: u64,
+    /// Chaos process period, µs.
+    pub chaos_every: u64,
+    /// Per chaos tick: probability of killing a process.
+    pub crash_p: f64,
+    /// Per chaos tick: probability of freezing (SIGSTOP) a process.
+    pub freeze_p: f64,
+    /// Per chaos tick: probability of a partition change.
+    pub partition_p: f64,
+    /// Per chaos tick: probability of an operator switchover.
+    pub switchover_p: f64,
+    /// Probability that a process is killed right after a `Persist`, before
+    /// the rest of its batch (the "between a vote and its reply" crash).
+    pub crash_after_persist_p: f64,
+    /// Probability that a VIP netlink action fails.
+    pub vip_fail_p: f64,
+    /// Pin every clock to ±drift bound (the lease argument's worst case)
+    /// instead of drawing rates within it.
+    pub extreme_drift: bool,
+    /// The broken rule, if any.
+    pub mutation: Option<Mutation>,
+    /// Checks not applied in this scenario (known core bugs being worked
+    /// around so other checks still run; see docs/simulator.md).
+    pub tolerate: Vec<Check>,
+}
+
+impl Scenario {
+    fn base(name: &'static str, timing: Timing) -> Scenario {
+        Scenario {
+            name,
+            timing,
+            net: NetConfig::default(),
+            fault_phase: 12_000_000,
+            liveness_bound: 5_000_000,
+            chaos_every: 200_000,
+            crash_p: 0.02,
+            freeze_p: 0.02,
+            partition_p: 0.03,
+            switchover_p: 0.01,
+            crash_after_persist_p: 0.0,
+            vip_fail_p: 0.02,
+            extreme_drift: false,
+            mutation: None,
+            tolerate: Vec::new(),
+        }
+    }
+
+    /// The scenario mix the seed test cycles through.
+    pub fn all() -> Vec<Scenario> {
+        let strict = Timing { strict_vip_handover: true, ..Timing::default() };
+        let ms = |n: u64| Duration::from_millis(n);
+        vec![
+            Scenario::base("default", Timing::default()),
+            Scenario { extreme_drift: true, ..Scenario::base("fast", Timing::fast()) },
+            Scenario {
+                freeze_p: 0.05,
+                liveness_bound: 6_000_000,
+                // Known core bug (report F1): strict mode's deadline stays in
+                // the past; tolerated here so the other checks still run.
+                tolerate: vec![Check::Progress],
+                ..Scenario::base("strict", strict)
+            },
+            Scenario {
+                net: NetConfig { drop: 0.3, dup: 0.1, long_p: 0.03, ..NetConfig::default() },
+                partition_p: 0.01,
+                ..Scenario::base("lossy", Timing::default())
+            },
+            Scenario {
+                crash_p: 0.15,
+                crash_after_persist_p: 0.05,
+                freeze_p: 0.0,
+                partition_p: 0.0,
+                ..Scenario::base("crash-storm", Timing::default())
+            },
+            Scenario { freeze_p: 0.12, crash_p: 0.0, partition_p: 0.0, ..Scenario::base("freeze", Timing::default()) },
+            Scenario {
+                partition_p: 0.2,
+                crash_p: 0.0,
+                freeze_p: 0.0,
+                ..Scenario::base("partition", Timing::fast())
+            },
+            Scenario {
+                switchover_p: 0.15,
+                vip_fail_p: 0.05,
+                net: NetConfig { latency: (100, 3_000), ..NetConfig::default() },
+                ..Scenario::base("switchover", Timing { vip_renew_interval: ms(100), ..Timing::default() })
+            },
+        ]
+    }
+
+    /// The scenario called `name`.
+    pub fn named(name: &str) -> Option<Scenario> {
+        Scenario::all().into_iter().find(|s| s.name == name)
+    }
+
+    /// The scenario a seed runs when none is named: the mix, round robin.
+    pub fn for_seed(seed: u64) -> Scenario {
+        let all = Scenario::all();
+        let i = (seed % all.len() as u64) as usize;
+        all[i].clone()
+    }
+
+    /// Drift bound in ppm actually applied to clocks.
+    pub fn clock_ppm_bound(&self) -> i64 {
+        let b = i64::from(self.timing.drift_ppm);
+        if self.mutation == Some(Mutation::DriftBeyondBound) {
+            b * 10
+        } else {
+            b
+        }
+    }
+}
