@@ -171,7 +171,8 @@ pub struct Status {
     pub standby: bool,
     /// This node's data position.
     pub position: Position,
-    /// The last foreign MAC seen answering for the VIP, if any.
+    /// A foreign MAC seen answering for the VIP while this node held or
+    /// claimed it, within the last minute.
     pub vip_conflict: Option<[u8; 6]>,
     /// One entry per peer.
     pub peers: Vec<PeerStatus>,

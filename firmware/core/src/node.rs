@@ -20,6 +20,10 @@ use crate::liveness::Liveness;
 use crate::message::{Body, Epoch, Message, NodeId, Position};
 use crate::time::Instant;
 use crate::vip::Vip;
+use core::time::Duration;
+
+/// How long a VIP conflict stays in status after it was last seen.
+const CONFLICT_SHOWN: Duration = Duration::from_secs(60);
 
 /// The core of one node.
 #[derive(Clone, Debug)]
@@ -34,7 +38,8 @@ pub struct Node {
     elected_at: Option<Instant>,
     next_beat: Instant,
     vip: Vip,
-    vip_conflict: Option<[u8; 6]>,
+    /// The last foreign MAC seen answering for the VIP, and when.
+    vip_conflict: Option<([u8; 6], Instant)>,
 }
 
 impl Node {
@@ -65,10 +70,14 @@ impl Node {
             }
             Input::Receive(msg) => self.receive(now, &msg, &mut out),
             Input::VipDone { action, ok } => self.vip.done(now, action, ok, &self.timing, &mut out),
-            Input::VipConflict { mac } => {
-                self.vip_conflict = Some(mac);
+            // Another host speaking for the VIP matters only while this node
+            // holds or claims it; followers hear the legitimate leader's
+            // announcements all the time.
+            Input::VipConflict { mac } if matches!(self.vip.phase(), VipPhase::Held | VipPhase::Claiming) => {
+                self.vip_conflict = Some((mac, now));
                 out.push(Output::Notice(Notice::VipConflict { mac }));
             }
+            Input::VipConflict { .. } => {}
             Input::PositionChanged(p) => self.election.set_position(p),
             Input::Admin(req) => self.admin(now, req, &mut out),
         }
@@ -103,7 +112,7 @@ impl Node {
             vip_phase: self.vip.phase(),
             standby: self.election.standby(),
             position: self.election.position(),
-            vip_conflict: self.vip_conflict,
+            vip_conflict: self.vip_conflict.filter(|(_, at)| now.since(*at) < CONFLICT_SHOWN).map(|(mac, _)| mac),
             peers: self
                 .liveness
                 .peers()

@@ -318,3 +318,17 @@ fn messages_from_strangers_change_nothing() {
     assert_eq!(n.epoch(), 0);
     assert_eq!(n.status(at(800)).leader, before.leader);
 }
+
+#[test]
+fn a_vip_conflict_counts_only_while_holding_and_fades() {
+    let mut n1 = node(1, HardState::default());
+    let t0 = elect_node1(&mut n1);
+    let out = n1.handle(t0, Input::VipConflict { mac: [2, 0, 0, 0, 0, 9] });
+    assert!(out.iter().all(|o| !matches!(o, Output::Notice(Notice::VipConflict { .. }))), "not held yet");
+    n1.handle(t0, msg(2, 1, Body::HeartbeatAck { round: 1 }));
+    n1.handle(t0, Input::VipDone { action: VipAction::Add, ok: true });
+    let out = n1.handle(t0, Input::VipConflict { mac: [2, 0, 0, 0, 0, 9] });
+    assert!(out.contains(&Output::Notice(Notice::VipConflict { mac: [2, 0, 0, 0, 0, 9] })));
+    assert_eq!(n1.status(t0).vip_conflict, Some([2, 0, 0, 0, 0, 9]));
+    assert_eq!(n1.status(t0.add(Duration::from_secs(61))).vip_conflict, None);
+}

@@ -70,7 +70,7 @@ impl Clock {
     /// Real duration of a local duration of `micros` (rounded up).
     pub fn real_span(&self, micros: u64) -> u64 {
         let rate = 1_000_000 + i128::from(self.ppm);
-        u64::try_from((i128::from(micros) * 1_000_000).div_ceil(rate)).unwrap_or(u64::MAX)
+        u64::try_from((i128::from(micros) * 1_000_000 + rate - 1) / rate).unwrap_or(u64::MAX)
     }
 }
 
@@ -96,7 +96,8 @@ impl Rng {
 
     /// True with probability `p`.
     pub fn chance(&mut self, p: f64) -> bool {
-        p > 0.0 && (self.u64() >> 11) as f64 / (1u64 << 53) as f64 < p
+        let x = (self.u64() >> 11) as f64 / (1u64 << 53) as f64;
+        p > 0.0 && x < p
     }
 
     /// One of `items`, uniformly.

@@ -1,0 +1,521 @@
+//! Lab tests: three real supervisors in network namespaces, a client that
+//! never repairs its neighbour entry by ARP, and an observer that fails
+//! every test in which two MACs answer ARP for the VIP after a takeover has
+//! settled.
+//!
+//! They need root and run one at a time (a process-wide mutex plus a file
+//! lock, since the lab is one per machine). Run them with:
+//!
+//! ```text
+//! cargo build -p triad && cargo test -p triad-lab --test lab -- --test-threads=1
+//! ```
+//!
+//! `TRIAD_BIN` picks the supervisor binary, `TRIAD_LAB_PROFILE=fast` the
+//! fast timing profile. Waits are polls with deadlines; the only fixed
+//! sleeps are observation windows ("nothing bad happens for N s").
+
+use std::fs::File;
+use std::net::{SocketAddrV4, TcpStream};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use triad_lab::bench::FROZEN_VIP_BOUND;
+use triad_lab::lab::{Lab, Payload, Profile};
+use triad_lab::layout::{self, node_ip, node_mac, Mac, NODE_IDS, PEER_PORT, VIP};
+use triad_lab::netns::{self, CLIENT_NS};
+use triad_lab::observer::{self, Observer};
+use triad_lab::{cmd, triad, wait};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+/// Fails loudly when not root: a lab test that silently skips is a lab
+/// test that never runs in CI.
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the lab tests need root (network namespaces, veth pairs, raw sockets): \
+         run `cargo test -p triad-lab --test lab -- --test-threads=1` as root"
+    );
+}
+
+/// Exclusive use of the lab for one test.
+struct Exclusive {
+    _flock: Flock<File>,
+    _serial: MutexGuard<'static, ()>,
+}
+
+fn exclusive() -> Exclusive {
+    require_root();
+    // A panicking test poisons the mutex; the next test still may run.
+    let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let f = File::create("/run/triad-lab.lock").expect("create /run/triad-lab.lock");
+    let flock = Flock::lock(f, FlockArg::LockExclusive).expect("lock /run/triad-lab.lock");
+    Exclusive {
+        _flock: flock,
+        _serial: serial,
+    }
+}
+
+fn triad_bin() -> PathBuf {
+    triad::locate(None).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn profile() -> Profile {
+    match std::env::var("TRIAD_LAB_PROFILE").as_deref() {
+        Ok("fast") => Profile::Fast,
+        _ => Profile::Default,
+    }
+}
+
+/// A running lab with its observer; on drop it prints the supervisors'
+/// log tails if the test failed, then tears the lab down.
+struct Harness {
+    lab: Lab,
+    obs: Option<Observer>,
+    _ex: Exclusive,
+}
+
+impl Harness {
+    fn up() -> Harness {
+        let ex = exclusive();
+        let lab = Lab::up(Payload::Triad {
+            bin: triad_bin(),
+            profile: profile(),
+        })
+        .unwrap_or_else(|e| panic!("lab up failed: {e}"));
+        let obs = Observer::start(CLIENT_NS).unwrap_or_else(|e| panic!("observer: {e}"));
+        Harness {
+            lab,
+            obs: Some(obs),
+            _ex: ex,
+        }
+    }
+
+    fn obs(&self) -> &Observer {
+        self.obs.as_ref().expect("observer runs until drop")
+    }
+
+    /// The leader once all of `ids` agree, and the client is getting echo
+    /// replies from it.
+    fn leader(&self, ids: &[u8]) -> u8 {
+        let l = self
+            .lab
+            .wait_healthy(ids, secs(20))
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.wait_replies_from(node_mac(l), secs(5));
+        l
+    }
+
+    /// Waits until an echo reply from `mac` arrives (after now).
+    fn wait_replies_from(&self, mac: Mac, timeout: Duration) -> Duration {
+        let since = self.obs().now();
+        wait::until(timeout, ms(10), || {
+            observer::replies_between(&self.obs().events(), since, Duration::MAX)
+                .into_iter()
+                .find(|(_, m)| *m == mac)
+                .map(|(t, _)| t)
+        })
+        .unwrap_or_else(|| panic!("no echo reply from {mac} within {timeout:?}; {}", self.lab.describe(&NODE_IDS)))
+    }
+
+    /// Fails if the client ever asked for the VIP, or if after `settled`
+    /// more than one MAC (or not `expected`) answered ARP for it.
+    fn assert_clean(&self, settled: Duration, expected: Mac) {
+        let ev = self.obs().events();
+        assert_eq!(observer::client_arp_requests(&ev, Duration::ZERO), 0, "the client sent ARP for the VIP");
+        if let Err(e) = observer::check_single_answerer(&ev, settled, Some(expected)) {
+            panic!("{e}");
+        }
+    }
+
+    /// Waits the gap after a fault on `old` and returns (gap, new node).
+    fn takeover(&self, old: u8, fault: Duration, timeout: Duration) -> (observer::Gap, u8) {
+        let gap = wait::until(timeout, ms(10), || {
+            observer::failover_gap(&self.obs().events(), node_mac(old), fault)
+        })
+        .unwrap_or_else(|| panic!("no reply from a new MAC within {timeout:?}; {}", self.lab.describe(&NODE_IDS)));
+        let new = self
+            .lab
+            .layout
+            .node_by_mac(gap.new_mac)
+            .unwrap_or_else(|| panic!("reply from unknown MAC {}", gap.new_mac));
+        eprintln!("takeover n{old} -> n{new}: client gap {:.3} s", gap.length().as_secs_f64());
+        (gap, new)
+    }
+
+    /// Sleeps until the observer clock reaches `t`: an observation window.
+    fn observe_until(&self, t: Duration) {
+        while self.obs().now() < t {
+            std::thread::sleep(ms(20));
+        }
+    }
+
+    /// Text appended to node `id`'s log since byte `from`, without ANSI
+    /// colour codes.
+    fn log_since(&self, id: u8, from: u64) -> String {
+        let path = &self.lab.layout.node(id).expect("node").log;
+        let all = std::fs::read(path).unwrap_or_default();
+        strip_ansi(&String::from_utf8_lossy(all.get(from as usize..).unwrap_or_default()))
+    }
+
+    fn log_len(&self, id: u8) -> u64 {
+        let path = &self.lab.layout.node(id).expect("node").log;
+        std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.obs.take();
+        if std::thread::panicking() {
+            for n in &self.lab.layout.nodes {
+                let text = std::fs::read_to_string(&n.log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("---- last lines of {} ----", n.log.display());
+                for l in &lines[lines.len().saturating_sub(25)..] {
+                    eprintln!("{}", strip_ansi(l));
+                }
+            }
+        }
+        if let Err(e) = Lab::down() {
+            eprintln!("lab down failed: {e}");
+        }
+    }
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut esc = false;
+    for c in s.chars() {
+        match (esc, c) {
+            (false, '\u{1b}') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
+}
+
+fn others(id: u8) -> Vec<u8> {
+    NODE_IDS.iter().copied().filter(|i| *i != id).collect()
+}
+
+#[test]
+fn one_active_node_and_the_vip_answers_the_client() {
+    let h = Harness::up();
+    let l = h.leader(&NODE_IDS);
+    let holders: Vec<u8> = NODE_IDS.iter().copied().filter(|i| h.lab.vip_on(*i)).collect();
+    assert_eq!(holders, vec![l], "exactly the leader holds the VIP");
+    assert_eq!(h.lab.client_neigh(), Some(node_mac(l)));
+    let t = h.obs().now();
+    h.observe_until(t + secs(2));
+    let replies = observer::replies_between(&h.obs().events(), t, t + secs(2));
+    assert!(replies.len() > 100, "only {} echo replies in 2 s at 10 ms", replies.len());
+    assert!(replies.iter().all(|(_, m)| *m == node_mac(l)), "replies from another MAC");
+    h.assert_clean(Duration::ZERO, node_mac(l));
+}
+
+#[test]
+fn kill_9_of_the_active_supervisor_moves_the_vip() {
+    let h = Harness::up();
+    let old = h.leader(&NODE_IDS);
+    let fault = h.obs().now();
+    h.lab.kill_node(old).unwrap_or_else(|e| panic!("{e}"));
+    let (gap, new) = h.takeover(old, fault, secs(10));
+    assert_eq!(h.lab.wait_healthy(&others(old), secs(10)).unwrap_or_else(|e| panic!("{e}")), new);
+    // The client's entry moved by gratuitous ARP alone.
+    wait::until(secs(2), ms(20), || (h.lab.client_neigh() == Some(gap.new_mac)).then_some(()))
+        .unwrap_or_else(|| panic!("client neighbour entry is {:?}, not {}", h.lab.client_neigh(), gap.new_mac));
+    let settled = gap.first_new.max(fault + FROZEN_VIP_BOUND);
+    h.observe_until(settled + secs(1));
+    h.assert_clean(settled, gap.new_mac);
+}
+
+#[test]
+fn link_down_moves_the_vip_and_the_old_node_holds_none_when_it_returns() {
+    let h = Harness::up();
+    let old = h.leader(&NODE_IDS);
+    let fault = h.obs().now();
+    h.lab.set_link(old, false).unwrap_or_else(|e| panic!("{e}"));
+    let (gap, new) = h.takeover(old, fault, secs(10));
+    assert_eq!(h.lab.wait_healthy(&others(old), secs(10)).unwrap_or_else(|e| panic!("{e}")), new);
+    // The cut-off node must give the VIP up on its own (lease lost).
+    wait::until(secs(5), ms(20), || (!h.lab.vip_on(old)).then_some(()))
+        .unwrap_or_else(|| panic!("n{old} still holds the VIP with its link down"));
+    let back = h.obs().now();
+    h.lab.set_link(old, true).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(h.lab.wait_healthy(&NODE_IDS, secs(15)).unwrap_or_else(|e| panic!("{e}")), new, "the returning node disturbed the leader");
+    assert!(!h.lab.vip_on(old), "n{old} holds the VIP after its link returned");
+    h.observe_until(back + secs(2));
+    let late = observer::replies_between(&h.obs().events(), back, Duration::MAX);
+    assert!(late.iter().all(|(_, m)| *m == gap.new_mac), "replies from n{old} after its link returned");
+    let settled = gap.first_new.max(fault + FROZEN_VIP_BOUND);
+    h.assert_clean(settled, gap.new_mac);
+}
+
+#[test]
+fn partitioned_leader_drops_the_vip_within_its_lease() {
+    let h = Harness::up();
+    let old = h.leader(&NODE_IDS);
+    let peers: Vec<String> = others(old).iter().map(|i| node_ip(*i).to_string()).collect();
+    let set = peers.join(", ");
+    // Peer traffic dropped both ways inside the leader's namespace; the
+    // client (10.77.0.50) still reaches it.
+    let rules = format!(
+        "table inet tlab {{\n chain in {{ type filter hook input priority 0; ip saddr {{ {set} }} drop; }}\n \
+         chain out {{ type filter hook output priority 0; ip daddr {{ {set} }} drop; }}\n}}\n"
+    );
+    let file = layout::node_dir(old).join("partition.nft");
+    std::fs::write(&file, rules).expect("write nft rules");
+    let lease = h.lab.status(old).map(|s| s.lease_remaining_ms).unwrap_or_else(|e| panic!("{e}"));
+    let fault = Instant::now();
+    let fault_obs = h.obs().now();
+    h.lab
+        .run_in(old, "nft", &["-f", &file.display().to_string()])
+        .unwrap_or_else(|e| panic!("{e} (apt-get install nftables)"));
+    // Poll the kernels: when the old node lost the VIP and when a peer
+    // gained it. The old one must go first, and within its lease.
+    let (mut old_gone, mut new_up) = (None, None);
+    let deadline = fault + secs(15);
+    while (old_gone.is_none() || new_up.is_none()) && Instant::now() < deadline {
+        if old_gone.is_none() && !h.lab.vip_on(old) {
+            old_gone = Some(fault.elapsed());
+        }
+        if new_up.is_none() && others(old).iter().any(|i| h.lab.vip_on(*i)) {
+            new_up = Some(fault.elapsed());
+        }
+        std::thread::sleep(ms(10));
+    }
+    let old_gone = old_gone.unwrap_or_else(|| panic!("partitioned n{old} kept the VIP for 15 s"));
+    let new_up = new_up.unwrap_or_else(|| panic!("no peer took the VIP within 15 s; {}", h.lab.describe(&NODE_IDS)));
+    eprintln!("lease left {lease} ms; old dropped VIP at {old_gone:?}, new raised it at {new_up:?}");
+    // Polling one node takes a few ms: allow 100 ms beyond the lease.
+    assert!(old_gone <= ms(lease + 100), "VIP dropped at {old_gone:?}, lease was {lease} ms");
+    assert!(old_gone <= new_up + ms(30), "overlap: new VIP at {new_up:?} before old dropped at {old_gone:?}");
+    let (gap, new) = h.takeover(old, fault_obs, secs(10));
+    assert_eq!(h.lab.wait_healthy(&others(old), secs(10)).unwrap_or_else(|e| panic!("{e}")), new);
+    let settled = gap.first_new.max(fault_obs + FROZEN_VIP_BOUND);
+    h.observe_until(settled + secs(1));
+    assert!(!h.lab.vip_on(old), "partitioned n{old} holds the VIP again");
+    h.assert_clean(settled, gap.new_mac);
+}
+
+#[test]
+fn frozen_leader_stops_answering_arp_and_steps_down_after_sigcont() {
+    let h = Harness::up();
+    let old = h.leader(&NODE_IDS);
+    let fault = h.obs().now();
+    h.lab.freeze_supervisor(old, true).unwrap_or_else(|e| panic!("{e}"));
+    let (gap, new) = h.takeover(old, fault, secs(10));
+    assert_eq!(h.lab.wait_healthy(&others(old), secs(10)).unwrap_or_else(|e| panic!("{e}")), new);
+    // The kernel drops the frozen node's VIP when its lifetime runs out.
+    let bound = fault + FROZEN_VIP_BOUND;
+    h.observe_until(bound + secs(1));
+    let ev = h.obs().events();
+    if let Some(last) = observer::last_vip_arp_from(&ev, node_mac(old)) {
+        assert!(last <= bound, "frozen n{old} answered ARP for the VIP at {last:?}, bound {bound:?} (fault at {fault:?})");
+    }
+    assert!(!h.lab.vip_on(old), "frozen n{old} still has the VIP in its kernel");
+    let before = h.lab.status(new).unwrap_or_else(|e| panic!("{e}"));
+    let thaw = h.obs().now();
+    h.lab.freeze_supervisor(old, false).unwrap_or_else(|e| panic!("{e}"));
+    wait::until(secs(10), ms(50), || {
+        h.lab
+            .status(old)
+            .ok()
+            .filter(|s| s.role == "follower" && s.leader == Some(new) && !s.vip.held)
+    })
+    .unwrap_or_else(|| panic!("n{old} did not step down after SIGCONT; {}", h.lab.describe(&NODE_IDS)));
+    assert_eq!(h.lab.wait_healthy(&NODE_IDS, secs(10)).unwrap_or_else(|e| panic!("{e}")), new);
+    h.observe_until(thaw + secs(2));
+    let after = h.lab.status(new).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((after.role.as_str(), after.epoch), ("leader", before.epoch), "the thawed node disturbed n{new}");
+    let late = observer::replies_between(&h.obs().events(), thaw, Duration::MAX);
+    assert!(late.iter().all(|(_, m)| *m == gap.new_mac), "replies from n{old} after SIGCONT");
+    h.assert_clean(gap.first_new.max(bound), gap.new_mac);
+}
+
+#[test]
+fn a_peer_with_a_foreign_ca_certificate_is_refused() {
+    let mut h = Harness::up();
+    let l = h.leader(&NODE_IDS);
+    let epoch = h.lab.status(l).unwrap_or_else(|e| panic!("{e}")).epoch;
+    let f = others(l)[0];
+    // A node slot re-used by an impostor: same id and address, a
+    // certificate from a CA the cluster never saw.
+    let foreign = Path::new(layout::LAB_DIR).join("foreign-ca");
+    std::fs::create_dir_all(&foreign).expect("mkdir foreign-ca");
+    triad::make_certs(&triad_bin(), &foreign, &[f]).unwrap_or_else(|e| panic!("{e}"));
+    let conf = layout::node_dir(f).join("impostor.toml");
+    std::fs::write(&conf, triad::config_text(f, profile().as_str(), &foreign)).expect("write impostor config");
+    let genuine = h.lab.node(f).expect("node").config.clone();
+    h.lab.layout.node_mut(f).expect("node").config = conf;
+    let marks: Vec<(u8, u64)> = NODE_IDS.iter().map(|i| (*i, h.log_len(*i))).collect();
+    let t = h.obs().now();
+    h.lab.restart_node(f).unwrap_or_else(|e| panic!("{e}"));
+    // Some log (the impostor's or a genuine node's) names the refusal.
+    let refusal = wait::until(secs(10), ms(100), || {
+        marks.iter().find_map(|(i, from)| {
+            let text = h.log_since(*i, *from).to_lowercase();
+            text.lines()
+                .find(|l| ["certificate", "unknownissuer", "badcertificate", "handshake", "tls"].iter().any(|k| l.contains(k)))
+                .map(|l| format!("n{i}: {l}"))
+        })
+    })
+    .unwrap_or_else(|| panic!("no log line shows the foreign certificate being refused"));
+    eprintln!("refusal logged: {refusal}");
+    // Watch the cluster for a while: the impostor must change nothing.
+    let until = h.obs().now() + secs(4);
+    while h.obs().now() < until {
+        assert!(!h.lab.vip_on(f), "the impostor n{f} raised the VIP");
+        std::thread::sleep(ms(100));
+    }
+    let st = h.lab.status(l).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((st.role.as_str(), st.epoch), ("leader", epoch), "the impostor disturbed the leader");
+    assert!(
+        !st.peers.iter().any(|p| p.node_id == f && p.reachable),
+        "the leader counts the impostor n{f} as a reachable peer"
+    );
+    let replies = observer::replies_between(&h.obs().events(), t, Duration::MAX);
+    assert!(replies.iter().all(|(_, m)| *m == node_mac(l)), "replies from a MAC other than the leader's");
+    h.assert_clean(Duration::ZERO, node_mac(l));
+    // Put the genuine node back and check the cluster heals.
+    h.lab.layout.node_mut(f).expect("node").config = genuine;
+    h.lab.restart_node(f).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(h.lab.wait_healthy(&NODE_IDS, secs(15)).unwrap_or_else(|e| panic!("{e}")), l);
+}
+
+/// Byte strings that are not valid peer traffic.
+fn junk() -> Vec<Vec<u8>> {
+    let mut random = vec![0u8; 4096];
+    let mut x: u32 = 0x1234_5678;
+    for b in random.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x as u8;
+    }
+    vec![
+        random,
+        // A TLS handshake record header announcing 512 bytes, then 4.
+        vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01],
+        // A record with an absurd length.
+        vec![0x16, 0x03, 0x03, 0xff, 0xff, 0x00],
+        // Plain text.
+        b"GET / HTTP/1.0\r\n\r\n".to_vec(),
+        Vec::new(),
+    ]
+}
+
+#[test]
+fn garbage_and_truncated_frames_on_the_peer_port_are_dropped() {
+    let h = Harness::up();
+    let l = h.leader(&NODE_IDS);
+    let epoch = h.lab.status(l).unwrap_or_else(|e| panic!("{e}")).epoch;
+    let marks: Vec<(u8, u64)> = NODE_IDS.iter().map(|i| (*i, h.log_len(*i))).collect();
+    // Raw TCP from the client namespace to every node's peer port.
+    let sent = netns::run_in(CLIENT_NS, || {
+        let mut n = 0;
+        for id in NODE_IDS {
+            for j in junk() {
+                let addr = SocketAddrV4::new(node_ip(id), PEER_PORT);
+                if let Ok(mut s) = TcpStream::connect_timeout(&addr.into(), secs(2)) {
+                    let _ = s.write_all(&j);
+                    n += 1;
+                }
+            }
+        }
+        n
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(sent, NODE_IDS.len() * junk().len(), "could not connect to every peer port");
+    // Inside a mutually authenticated session (a genuine node certificate):
+    // a frame header promising more than is sent, then garbage.
+    let certs = Path::new(layout::LAB_DIR).join("certs");
+    let f = others(l)[0];
+    let pipeline = format!(
+        "(printf '\\000\\000\\020\\000\\001\\002'; head -c 300 /dev/urandom) | timeout 5 openssl s_client -quiet -connect {}:{PEER_PORT} -cert {c}/node-{f}.pem -key {c}/node-{f}.key -CAfile {c}/ca.pem",
+        node_ip(l),
+        c = certs.display()
+    );
+    let _ = cmd::run("ip", &["netns", "exec", CLIENT_NS, "sh", "-c", &pipeline]);
+    // Every supervisor is alive and logged something about it.
+    let logged = wait::until(secs(5), ms(100), || {
+        let all: Vec<String> = marks
+            .iter()
+            .filter_map(|(i, from)| {
+                let text = h.log_since(*i, *from);
+                text.lines()
+                    .find(|l| {
+                        let l = l.to_lowercase();
+                        l.contains("10.77.0.50")
+                            || ["tls", "handshake", "frame", "decode", "invalid", "malformed", "refus", "reject"]
+                                .iter()
+                                .any(|k| l.contains(k))
+                    })
+                    .map(|l| format!("n{i}: {l}"))
+            })
+            .collect();
+        (all.len() == NODE_IDS.len()).then_some(all)
+    })
+    .unwrap_or_else(|| panic!("not every node logged the garbage connections"));
+    for line in &logged {
+        eprintln!("logged: {line}");
+    }
+    let t = h.obs().now();
+    h.observe_until(t + secs(2));
+    for id in NODE_IDS {
+        assert!(h.lab.node_alive(id), "n{id} died");
+    }
+    assert_eq!(h.lab.wait_healthy(&NODE_IDS, secs(10)).unwrap_or_else(|e| panic!("{e}")), l);
+    let st = h.lab.status(l).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(st.epoch, epoch, "garbage changed the epoch");
+    h.assert_clean(Duration::ZERO, node_mac(l));
+}
+
+#[test]
+fn an_invalid_config_is_refused_naming_the_field() {
+    let _ex = exclusive();
+    let bin = triad_bin();
+    let dir = Path::new("/run/triad-lab-config-test");
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let good = triad::config_text(1, "default", Path::new("/nonexistent-certs"));
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("unknown field", good.replace("init = false", "init = false\ncolour = \"blue\""), "colour"),
+        ("bad vip", good.replace(&format!("vip = \"{VIP}/24\""), "vip = \"10.77.0.300/24\""), "vip"),
+        ("port out of range", good.replace(&format!("peer_port = {PEER_PORT}"), "peer_port = 70000"), "peer_port"),
+        ("bad profile", good.replace("profile = \"default\"", "profile = \"warp\""), "profile"),
+        ("missing tls section", good.split("[tls]").next().unwrap_or_default().to_string(), "tls"),
+    ];
+    for (what, text, field) in cases {
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, &text).expect("write bad.toml");
+        let started = Instant::now();
+        let out = std::process::Command::new("timeout")
+            .args(["-k", "1", "10"])
+            .arg(&bin)
+            .args(["run", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run triad");
+        let stderr = strip_ansi(&String::from_utf8_lossy(&out.stderr));
+        eprintln!("{what}: exit {:?} in {:?}: {}", out.status.code(), started.elapsed(), stderr.trim());
+        assert!(!out.status.success(), "{what}: triad accepted the config");
+        assert_ne!(out.status.code(), Some(124), "{what}: triad ran instead of refusing the config");
+        assert!(stderr.contains(field), "{what}: stderr does not name `{field}`: {stderr}");
+        assert!(!stderr.contains("panicked"), "{what}: triad panicked: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,0 +1,760 @@
+//! The simulated world: three hosts, a network, a chaos process, and one
+//! event queue ordered by (real time, sequence) so every run is a pure
+//! function of its seed.
+//!
+//! Each host runs a model of the supervisor's runtime loop
+//! (firmware/triad/src/runtime.rs), because the core's guarantees depend on
+//! how outputs are carried out:
+//! - outputs run one at a time, in order; a `Persist` is durable when it is
+//!   reached and takes a little fsync time, a VIP action takes netlink time
+//!   and its `VipDone` is fed back at once, its outputs queued *behind* the
+//!   rest of the batch (as `queue.extend` does there);
+//! - between batches, a due timer wins over queued messages (`biased;`);
+//! - a process kill can land anywhere in a batch (and is aimed right after
+//!   a `Persist` in crash storms); a restart removes any leftover VIP first;
+//! - a frozen (SIGSTOPped) process does nothing, while its host's clock,
+//!   its kernel's VIP lifetime and its socket buffers carry on.
+//!
+//! The VIP on an interface is modelled conservatively: an Add or Renew takes
+//! effect at a random point while the netlink call is in flight (a Renew of
+//! an expired address re-creates it, as NLM_F_REPLACE does), a Remove at a
+//! random point before it completes, and the kernel drops the address
+//! `vip_lifetime` (host clock) plus up to `kernel_expiry_slack` after the
+//! last Add/Renew took effect.
+
+use crate::clock::{Clock, Rng};
+use crate::invariants::{Check, Checker, Violation};
+use crate::net::Net;
+use crate::scenario::{Mutation, Scenario};
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, VecDeque};
+use triad_core::{AdminRequest, Body, HardState, Input, Instant, Message, Node, NodeId, Notice, Output, Position, Role, VipAction, VipPhase};
+
+/// Trace lines kept for a failure report.
+const TRACE_TAIL: usize = 80;
+/// How long the run continues after recovery, to see that it is stable.
+const AFTER_RECOVERY: u64 = 1_000_000;
+
+/// What one run produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The seed.
+    pub seed: u64,
+    /// The scenario's name.
+    pub scenario: &'static str,
+    /// Events processed.
+    pub events: u64,
+    /// Leaderships after the first.
+    pub failovers: usize,
+    /// Time from healing to a leader with lease and VIP, µs.
+    pub recovery: Option<u64>,
+    /// Longest time two interfaces held the VIP at once (allowed only for a
+    /// frozen or killed holder in the default mode), µs.
+    pub vip_overlap: u64,
+    /// The first broken invariant, if any.
+    pub violation: Option<Violation>,
+    /// Violations of tolerated checks (known bugs), first of each.
+    pub tolerated: Vec<Violation>,
+    /// The last events before the end (or the violation).
+    pub trace_tail: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+enum Ev {
+    /// Timer: the node's next deadline may have come.
+    Wake { node: NodeId, inc: u64 },
+    /// A `Persist` finished its fsync.
+    Synced { node: NodeId, inc: u64 },
+    /// A message arrives.
+    Deliver { to: NodeId, msg: Message },
+    /// The kernel applies a VIP change (the process may be gone by now).
+    VipEffect { node: NodeId, action: VipAction, ok: bool, legit: bool },
+    /// The netlink call returns to the process.
+    VipDone { node: NodeId, inc: u64, action: VipAction, ok: bool },
+    /// The kernel lifetime of the VIP may have run out.
+    Expire { node: NodeId, gen: u64 },
+    Chaos,
+    Restart { node: NodeId },
+    Thaw { node: NodeId },
+    HealLinks,
+    /// End of the fault phase.
+    Heal,
+    /// Liveness deadline or end of the run.
+    End,
+}
+
+#[derive(Debug)]
+struct Item {
+    at: u64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Item {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Item {}
+impl PartialOrd for Item {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Item {
+    // Reversed: BinaryHeap is a max-heap and we want the earliest first.
+    fn cmp(&self, o: &Self) -> Ordering {
+        (o.at, o.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// A running supervisor process.
+#[derive(Debug)]
+struct Proc {
+    node: Node,
+    inc: u64,
+    /// Outputs not yet carried out.
+    queue: VecDeque<Output>,
+    /// Waiting on an fsync or a netlink call.
+    busy: bool,
+    /// A netlink call returned; fed to the core when the process runs.
+    done: Option<(VipAction, bool)>,
+    /// Inputs waiting (socket buffers, operator requests).
+    inbox: VecDeque<Input>,
+    wake_at: u64,
+    /// Set while the core's deadline stays in the past after a Tick: the
+    /// sim then ticks once a millisecond instead of spinning forever.
+    spin: Option<Instant>,
+    /// Highest epoch seen in RAM in this incarnation.
+    ram_epoch: u64,
+}
+
+#[derive(Debug)]
+struct Host {
+    id: NodeId,
+    clock: Clock,
+    disk: HardState,
+    proc: Option<Proc>,
+    frozen: bool,
+    vip_on: bool,
+    /// On the interface, but not by the will of a running, unfrozen process.
+    vip_orphan: bool,
+    vip_gen: u64,
+}
+
+/// One simulation run.
+pub struct World {
+    sc: Scenario,
+    seed: u64,
+    rng: Rng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Item>,
+    hosts: Vec<Host>,
+    net: Net,
+    checker: Checker,
+    next_inc: u64,
+    events: u64,
+    heal_at: Option<u64>,
+    recovered: Option<u64>,
+    overlap_since: Option<u64>,
+    vip_overlap: u64,
+    trace: VecDeque<String>,
+    print_trace: bool,
+}
+
+impl std::fmt::Debug for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("World").field("seed", &self.seed).field("scenario", &self.sc.name).field("now", &self.now).finish()
+    }
+}
+
+fn peers_of(id: NodeId) -> [NodeId; 2] {
+    match id {
+        1 => [2, 3],
+        2 => [1, 3],
+        _ => [1, 2],
+    }
+}
+
+impl World {
+    /// A fresh cluster for `seed` under `sc`; `print_trace` echoes every event.
+    pub fn new(seed: u64, sc: Scenario, print_trace: bool) -> World {
+        let mut rng = Rng::new(seed);
+        let bound = sc.clock_ppm_bound();
+        let hosts = (1..=3u8)
+            .map(|id| {
+                // Half the hosts sit at the drift bound: the lease argument's worst case.
+                let ppm = if sc.extreme_drift || rng.chance(0.5) {
+                    if rng.chance(0.5) { bound } else { -bound }
+                } else {
+                    rng.range(0, 2 * bound as u64) as i64 - bound
+                };
+                let clock = Clock::new(ppm, 0, rng.range(1_000_000, 50_000_000));
+                Host { id, clock, disk: HardState::default(), proc: None, frozen: false, vip_on: false, vip_orphan: false, vip_gen: 0 }
+            })
+            .collect();
+        let net = Net::new(sc.net.clone());
+        let checker = Checker::new(sc.tolerate.clone());
+        let mut w = World {
+            sc,
+            seed,
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            hosts,
+            net,
+            checker,
+            next_inc: 0,
+            events: 0,
+            heal_at: None,
+            recovered: None,
+            overlap_since: None,
+            vip_overlap: 0,
+            trace: VecDeque::new(),
+            print_trace,
+        };
+        for id in 1..=3u8 {
+            // Staggered boots, as after a power cut of the whole rack.
+            let at = w.rng.range(0, 300_000);
+            w.push(at, Ev::Restart { node: id });
+        }
+        w.push(w.sc.chaos_every, Ev::Chaos);
+        w.push(w.sc.fault_phase, Ev::Heal);
+        w
+    }
+
+    fn push(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Item { at, seq: self.seq, ev });
+    }
+
+    fn note(&mut self, line: impl FnOnce() -> String) {
+        let s = format!("{:>10.6}s {}", self.now as f64 / 1e6, line());
+        if self.print_trace {
+            println!("{s}");
+        }
+        if self.trace.len() == TRACE_TAIL {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(s);
+    }
+
+    /// Runs to the end or the first violation.
+    pub fn run(mut self) -> Outcome {
+        let violation = loop {
+            let Some(item) = self.queue.pop() else { break None };
+            self.now = item.at;
+            self.events += 1;
+            if let Ev::End = item.ev {
+                break self.end();
+            }
+            let r = self.step(item.ev).and_then(|()| self.check_world());
+            if let Err(v) = r {
+                break Some(v);
+            }
+        };
+        if let Some(v) = &violation {
+            let msg = v.to_string();
+            self.note(|| format!("VIOLATION {msg}"));
+        }
+        Outcome {
+            seed: self.seed,
+            scenario: self.sc.name,
+            events: self.events,
+            failovers: self.checker.leaderships().saturating_sub(1),
+            recovery: self.recovered,
+            vip_overlap: self.vip_overlap,
+            violation,
+            tolerated: std::mem::take(&mut self.checker.tolerated),
+            trace_tail: self.trace.into_iter().collect(),
+        }
+    }
+
+    fn end(&mut self) -> Option<Violation> {
+        if self.recovered.is_some() {
+            return None;
+        }
+        let heal = self.heal_at.unwrap_or(0);
+        let detail = format!(
+            "no leader with lease and VIP {} ms after healing; roles: {}",
+            (self.now - heal) / 1000,
+            self.describe()
+        );
+        self.checker.fail(Check::Liveness, self.now, detail).err()
+    }
+
+    fn describe(&self) -> String {
+        let mut s = Vec::new();
+        for h in &self.hosts {
+            let local = h.clock.local(self.now);
+            s.push(match &h.proc {
+                None => format!("{}:down", h.id),
+                Some(p) => format!(
+                    "{}:{:?}@{} lease={} vip={:?}{}",
+                    h.id,
+                    p.node.role(),
+                    p.node.epoch(),
+                    p.node.lease_until(local).is_some(),
+                    p.node.vip_phase(),
+                    if h.frozen { " frozen" } else { "" }
+                ),
+            });
+        }
+        s.join(", ")
+    }
+
+    fn idx(id: NodeId) -> usize {
+        usize::from(id) - 1
+    }
+
+    fn step(&mut self, ev: Ev) -> Result<(), Violation> {
+        match ev {
+            Ev::Wake { node, inc } | Ev::Synced { node, inc } => {
+                let synced = matches!(ev, Ev::Synced { .. });
+                if let Some(p) = self.hosts[Self::idx(node)].proc.as_mut().filter(|p| p.inc == inc) {
+                    if synced {
+                        p.busy = false;
+                    }
+                    self.pump(node)?;
+                }
+            }
+            Ev::Deliver { to, msg } => {
+                if let Some(p) = self.hosts[Self::idx(to)].proc.as_mut() {
+                    p.inbox.push_back(Input::Receive(msg));
+                    self.pump(to)?;
+                }
+            }
+            Ev::VipEffect { node, action, ok, legit } => self.vip_effect(node, action, ok, legit),
+            Ev::VipDone { node, inc, action, ok } => {
+                if let Some(p) = self.hosts[Self::idx(node)].proc.as_mut().filter(|p| p.inc == inc) {
+                    p.done = Some((action, ok));
+                    self.pump(node)?;
+                }
+            }
+            Ev::Expire { node, gen } => {
+                let h = &mut self.hosts[Self::idx(node)];
+                if h.vip_gen == gen && h.vip_on {
+                    h.vip_on = false;
+                    h.vip_orphan = false;
+                    self.note(|| format!("n{node} kernel expired the VIP"));
+                }
+            }
+            Ev::Chaos => self.chaos()?,
+            Ev::Restart { node } => self.restart(node)?,
+            Ev::Thaw { node } => self.thaw(node)?,
+            Ev::HealLinks => {
+                self.net.heal();
+                self.note(|| "links healed".into());
+            }
+            Ev::Heal => {
+                self.heal_at = Some(self.now);
+                self.net.heal();
+                self.note(|| "HEAL: links healed, all nodes thawed and up".into());
+                for id in 1..=3 {
+                    self.thaw(id)?;
+                    self.restart(id)?;
+                }
+                let end = self.now + self.sc.liveness_bound;
+                self.push(end, Ev::End);
+            }
+            Ev::End => {}
+        }
+        Ok(())
+    }
+
+    /// Carries the process of `id` forward as far as it can go now.
+    fn pump(&mut self, id: NodeId) -> Result<(), Violation> {
+        let i = Self::idx(id);
+        loop {
+            let now = self.now;
+            let h = &mut self.hosts[i];
+            if h.frozen {
+                return Ok(());
+            }
+            let local = h.clock.local(now);
+            let Some(p) = h.proc.as_mut() else { return Ok(()) };
+            if let Some((action, ok)) = p.done.take() {
+                p.busy = false;
+                self.handle(id, local, Input::VipDone { action, ok })?;
+                continue;
+            }
+            if p.busy {
+                return Ok(());
+            }
+            if let Some(o) = p.queue.pop_front() {
+                self.carry(id, o)?;
+                continue;
+            }
+            let deadline = p.node.next_deadline();
+            let due = match p.spin {
+                Some(last) => local.0 >= last.0 + 1000,
+                None => local >= deadline,
+            };
+            let input = if due {
+                Input::Tick
+            } else if let Some(input) = p.inbox.pop_front() {
+                input
+            } else {
+                let wake_local = p.spin.map_or(deadline, |last| Instant(last.0 + 1000));
+                let at = h.clock.real_of(wake_local).max(now);
+                if p.wake_at != at || at == now {
+                    p.wake_at = at;
+                    let inc = p.inc;
+                    self.push(at, Ev::Wake { node: id, inc });
+                }
+                return Ok(());
+            };
+            self.handle(id, local, input)?;
+        }
+    }
+
+    /// Feeds one input to the core of `id` and checks what follows from it.
+    fn handle(&mut self, id: NodeId, local: Instant, input: Input) -> Result<(), Violation> {
+        let i = Self::idx(id);
+        let now = self.now;
+        let mutation = self.sc.mutation;
+        let is_tick = input == Input::Tick;
+        // Mutation: node 1's runtime acks heartbeats behind its core's back.
+        let mut extra_ack = None;
+        let input = match input {
+            Input::Receive(Message { from, epoch, body: Body::Heartbeat { round } })
+                if mutation == Some(Mutation::AckWithoutStickiness) && id == 1 =>
+            {
+                let p = self.hosts[i].proc.as_ref().expect("pumped process exists");
+                if epoch >= p.node.epoch() {
+                    extra_ack = Some(Output::Send { to: from, msg: Message { from: id, epoch, body: Body::HeartbeatAck { round } } });
+                }
+                Input::Receive(Message { from, epoch, body: Body::Ping { position: Position::default() } })
+            }
+            other => other,
+        };
+        if self.print_trace || !matches!(input, Input::Tick) {
+            let s = format!("n{id} <- {input:?}");
+            self.note(|| s);
+        }
+        let h = &mut self.hosts[i];
+        let p = h.proc.as_mut().expect("pumped process exists");
+        let mut outs = p.node.handle(local, input);
+        outs.extend(extra_ack);
+        if mutation == Some(Mutation::SendBeforePersist) {
+            // Stable: persists move to the end of the batch.
+            let (persist, rest): (Vec<_>, Vec<_>) = outs.into_iter().partition(|o| matches!(o, Output::Persist(_)));
+            outs = rest.into_iter().chain(persist).collect();
+        }
+        let epoch = p.node.epoch();
+        let ram_before = p.ram_epoch;
+        p.ram_epoch = epoch.max(ram_before);
+        let role = p.node.role();
+        let lease = p.node.lease_until(local);
+        let phase = p.node.vip_phase();
+        let deadline = p.node.next_deadline();
+        if is_tick {
+            p.spin = (deadline <= local).then_some(local);
+        }
+        let lease_real = lease.map(|u| h.clock.real_of(u));
+        p.queue.extend(outs.iter().cloned());
+        for o in &outs {
+            if let Output::Notice(Notice::RoleChanged { role: Role::Leader, epoch }) = o {
+                self.checker.leader(now, id, *epoch)?;
+            }
+        }
+        if epoch < ram_before {
+            self.checker.fail(Check::EpochMonotonic, now, format!("node {id} went from epoch {ram_before} to {epoch}"))?;
+        }
+        if phase == VipPhase::Held && (role != Role::Leader || lease.is_none()) {
+            self.checker.fail(
+                Check::HeldNeedsLease,
+                now,
+                format!("node {id} holds the VIP as {role:?} with lease {lease:?} at local {local:?}"),
+            )?;
+        }
+        if is_tick && deadline <= local {
+            self.checker.fail(
+                Check::Progress,
+                now,
+                format!("node {id} ({role:?}, epoch {epoch}): after a Tick at {local:?} next_deadline() is {deadline:?}; the runtime would spin"),
+            )?;
+        }
+        self.checker.lease(now, id, lease_real)
+    }
+
+    /// Carries out one output the way the runtime does.
+    fn carry(&mut self, id: NodeId, o: Output) -> Result<(), Violation> {
+        let i = Self::idx(id);
+        let now = self.now;
+        match o {
+            Output::Persist(hard) => {
+                if self.sc.mutation != Some(Mutation::ForgetPersist) {
+                    let prev = self.hosts[i].disk.epoch;
+                    self.hosts[i].disk = hard;
+                    if hard.epoch < prev {
+                        self.checker.fail(Check::EpochMonotonic, now, format!("node {id} persisted epoch {} over {prev}", hard.epoch))?;
+                    }
+                }
+                if self.rng.chance(self.sc.crash_after_persist_p) {
+                    self.note(|| format!("n{id} killed right after persisting {hard:?}"));
+                    return self.crash(id);
+                }
+                let d = self.rng.range(20, 500);
+                let p = self.hosts[i].proc.as_mut().expect("carrying process exists");
+                p.busy = true;
+                let inc = p.inc;
+                self.push(now + d, Ev::Synced { node: id, inc });
+            }
+            Output::Send { to, msg } => {
+                let disk = self.hosts[i].disk;
+                match msg.body {
+                    Body::PreVote { .. } | Body::PreVoteReply { .. } => {}
+                    _ => self.checker.wire(now, id, msg.epoch, disk)?,
+                }
+                if let Body::VoteReply { granted: true } = msg.body {
+                    self.checker.vote(now, id, to, msg.epoch, disk)?;
+                }
+                for d in self.net.plan(&mut self.rng, id, to) {
+                    self.push(now + d, Ev::Deliver { to, msg: msg.clone() });
+                }
+            }
+            Output::Vip(action) => {
+                let h = &self.hosts[i];
+                let local = h.clock.local(now);
+                let p = h.proc.as_ref().expect("carrying process exists");
+                let legit = p.node.role() == Role::Leader && p.node.lease_until(local).is_some();
+                let inc = p.inc;
+                self.note(|| format!("n{id} carries out VIP {action:?} (leader with lease: {legit})"));
+                // Netlink usually answers within a few ms; sometimes it is
+                // slow, but within the lease guard the timing assumes.
+                let d = if self.rng.chance(0.05) { self.rng.range(5_000, 25_000) } else { self.rng.range(200, 5_000) };
+                let ok = !self.rng.chance(self.sc.vip_fail_p);
+                let skip = action == VipAction::Remove && self.sc.mutation == Some(Mutation::SkipVipRemove);
+                if action != VipAction::Announce && !skip {
+                    let at = now + self.rng.range(0, d);
+                    self.push(at, Ev::VipEffect { node: id, action, ok, legit });
+                }
+                self.hosts[i].proc.as_mut().expect("carrying process exists").busy = true;
+                self.push(now + d, Ev::VipDone { node: id, inc, action, ok: ok || skip });
+            }
+            Output::Notice(n) => {
+                if !matches!(n, Notice::VipFailed { .. }) {
+                    self.note(|| format!("n{id} notice {n:?}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn vip_effect(&mut self, id: NodeId, action: VipAction, ok: bool, legit: bool) {
+        let i = Self::idx(id);
+        let timing = &self.sc.timing;
+        // A failed Add may have half-happened (v4 added, v6 refused).
+        let applied = ok || (action == VipAction::Add && self.rng.chance(0.5));
+        if !applied {
+            return;
+        }
+        let h = &mut self.hosts[i];
+        match action {
+            VipAction::Add | VipAction::Renew => {
+                let life = h.clock.real_span(triad_core::time::duration_micros(timing.vip_lifetime));
+                let slack = self.rng.range(0, triad_core::time::duration_micros(timing.kernel_expiry_slack));
+                let h = &mut self.hosts[i];
+                // Only a leader inside its lease makes the VIP its own; a
+                // stale action (queued before a freeze) keeps it orphaned.
+                h.vip_orphan = if legit { false } else { h.vip_orphan || !h.vip_on || h.vip_orphan };
+                h.vip_on = true;
+                h.vip_gen += 1;
+                let gen = h.vip_gen;
+                self.push(self.now + life + slack, Ev::Expire { node: id, gen });
+            }
+            VipAction::Remove => {
+                h.vip_on = false;
+                h.vip_orphan = false;
+                h.vip_gen += 1;
+            }
+            VipAction::Announce => {}
+        }
+    }
+
+    /// The checks over the whole world, after every event.
+    fn check_world(&mut self) -> Result<(), Violation> {
+        let now = self.now;
+        let on: Vec<&Host> = self.hosts.iter().filter(|h| h.vip_on).collect();
+        let owned: Vec<NodeId> = on.iter().filter(|h| !h.vip_orphan && !h.frozen && h.proc.is_some()).map(|h| h.id).collect();
+        if on.len() >= 2 {
+            self.overlap_since.get_or_insert(now);
+        } else if let Some(since) = self.overlap_since.take() {
+            self.vip_overlap = self.vip_overlap.max(now - since);
+        }
+        let strict = self.sc.timing.strict_vip_handover;
+        if owned.len() >= 2 || (strict && on.len() >= 2) {
+            let ids: Vec<NodeId> = on.iter().map(|h| h.id).collect();
+            let detail = format!(
+                "VIP on the interfaces of nodes {ids:?} (owned by live processes: {owned:?}, strict: {strict}); {}",
+                self.describe()
+            );
+            self.checker.fail(Check::OneVip, now, detail)?;
+        }
+        if let (Some(heal), None) = (self.heal_at, self.recovered) {
+            let up = self.hosts.iter().any(|h| {
+                let local = h.clock.local(now);
+                h.vip_on
+                    && !h.frozen
+                    && h.proc.as_ref().is_some_and(|p| {
+                        p.node.role() == Role::Leader && p.node.lease_until(local).is_some() && p.node.vip_phase() == VipPhase::Held
+                    })
+            });
+            if up {
+                self.recovered = Some(now - heal);
+                self.push(now + AFTER_RECOVERY, Ev::End);
+            }
+        }
+        Ok(())
+    }
+
+    /// The leader with the highest epoch among running processes.
+    fn leader(&self) -> Option<NodeId> {
+        self.hosts
+            .iter()
+            .filter_map(|h| h.proc.as_ref().filter(|p| p.node.role() == Role::Leader).map(|p| (p.node.epoch(), h.id)))
+            .max()
+            .map(|(_, id)| id)
+    }
+
+    /// A target for a fault: the leader half the time, else anyone.
+    fn target(&mut self) -> NodeId {
+        match self.leader() {
+            Some(l) if self.rng.chance(0.5) => l,
+            _ => self.rng.range(1, 3) as NodeId,
+        }
+    }
+
+    fn chaos(&mut self) -> Result<(), Violation> {
+        if self.now >= self.sc.fault_phase {
+            return Ok(());
+        }
+        let next = self.now + self.sc.chaos_every;
+        self.push(next, Ev::Chaos);
+        if self.rng.chance(self.sc.crash_p) {
+            let n = self.target();
+            if self.hosts[Self::idx(n)].proc.is_some() {
+                self.note(|| format!("n{n} KILLED"));
+                self.crash(n)?;
+            }
+        }
+        if self.rng.chance(self.sc.freeze_p) {
+            let n = self.target();
+            let h = &mut self.hosts[Self::idx(n)];
+            if h.proc.is_some() && !h.frozen {
+                h.frozen = true;
+                h.vip_orphan |= h.vip_on;
+                // Short stalls and ones longer than the VIP's kernel lifetime.
+                let d = self.rng.range(50_000, 3_000_000);
+                self.note(|| format!("n{n} FROZEN for {} ms", d / 1000));
+                self.push(self.now + d, Ev::Thaw { node: n });
+            }
+        }
+        if self.rng.chance(self.sc.partition_p) {
+            if self.net.partitioned() {
+                self.net.heal();
+                self.note(|| "links healed".into());
+            } else {
+                let n = self.target();
+                let o = if n == 3 { 1 } else { n + 1 };
+                match self.rng.range(0, 2) {
+                    0 => {
+                        self.net.isolate(n);
+                        self.note(|| format!("n{n} ISOLATED"));
+                    }
+                    1 => {
+                        self.net.set_cut(n, o, true);
+                        self.note(|| format!("one-way cut n{n} -> n{o}"));
+                    }
+                    _ => {
+                        self.net.set_cut(o, n, true);
+                        self.net.set_cut(n, o, true);
+                        self.note(|| format!("link n{n} <-> n{o} cut"));
+                    }
+                }
+                let d = self.rng.range(200_000, 3_000_000);
+                self.push(self.now + d, Ev::HealLinks);
+            }
+        }
+        if self.rng.chance(self.sc.switchover_p) {
+            if let Some(l) = self.leader() {
+                self.note(|| format!("operator asks n{l} to switch over"));
+                let p = self.hosts[Self::idx(l)].proc.as_mut().expect("leader runs");
+                p.inbox.push_back(Input::Admin(AdminRequest::Switchover { to: None }));
+                self.pump(l)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Kills the process of `id`: RAM, queue and inbox are gone; the disk
+    /// and the interface stay. Restarts it later.
+    fn crash(&mut self, id: NodeId) -> Result<(), Violation> {
+        let h = &mut self.hosts[Self::idx(id)];
+        h.proc = None;
+        h.frozen = false;
+        h.vip_orphan |= h.vip_on;
+        let d = self.rng.range(100_000, 3_000_000);
+        self.push(self.now + d, Ev::Restart { node: id });
+        // A dead process acts no more: its lease is moot (its VIP is not).
+        self.checker.lease(self.now, id, None)
+    }
+
+    fn restart(&mut self, id: NodeId) -> Result<(), Violation> {
+        let i = Self::idx(id);
+        if self.hosts[i].proc.is_some() {
+            return Ok(());
+        }
+        self.next_inc += 1;
+        let inc = self.next_inc;
+        let origin = self.rng.range(1_000_000, 50_000_000);
+        let seed = self.rng.u64();
+        let now = self.now;
+        // The runtime removes any leftover VIP before it starts the core.
+        if self.hosts[i].vip_on && !self.rng.chance(self.sc.vip_fail_p) {
+            self.vip_effect(id, VipAction::Remove, true, false);
+        }
+        let timing = self.sc.timing.clone();
+        let quiet = triad_core::time::duration_micros(timing.election_timeout_max);
+        let h = &mut self.hosts[i];
+        h.clock.reorigin(now, origin);
+        let mut start = h.clock.local(now);
+        if self.sc.mutation == Some(Mutation::NoQuietAfterStart) {
+            start = Instant(start.0 - quiet);
+        }
+        let node = Node::new(id, peers_of(id), timing, h.disk, Position::default(), start, seed);
+        let epoch = node.epoch();
+        h.proc = Some(Proc {
+            node,
+            inc,
+            queue: VecDeque::new(),
+            busy: false,
+            done: None,
+            inbox: VecDeque::new(),
+            wake_at: 0,
+            spin: None,
+            ram_epoch: epoch,
+        });
+        let disk = h.disk;
+        self.note(|| format!("n{id} STARTED (incarnation {inc}) from {disk:?}"));
+        self.pump(id)
+    }
+
+    fn thaw(&mut self, id: NodeId) -> Result<(), Violation> {
+        let h = &mut self.hosts[Self::idx(id)];
+        if !h.frozen {
+            return Ok(());
+        }
+        h.frozen = false;
+        self.note(|| format!("n{id} THAWED"));
+        self.pump(id)
+    }
+}
+
+/// Runs `seed` under `sc`.
+pub fn run(seed: u64, sc: Scenario, print_trace: bool) -> Outcome {
+    World::new(seed, sc, print_trace).run()
+}
