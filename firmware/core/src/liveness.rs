@@ -24,6 +24,8 @@ pub struct PeerLiveness {
     pub last_heard: Option<Instant>,
     /// The last data position it reported.
     pub position: Option<Position>,
+    /// Whether it last said it is in standby.
+    pub standby: bool,
 }
 
 /// Liveness of the two peers.
@@ -36,7 +38,7 @@ pub struct Liveness {
 impl Liveness {
     /// Nothing heard yet from `peers`; a peer silent for `timeout` is unreachable.
     pub fn new(peers: [NodeId; 2], timeout: Duration) -> Self {
-        let blank = |id| PeerLiveness { id, last_heard: None, position: None };
+        let blank = |id| PeerLiveness { id, last_heard: None, position: None, standby: false };
         Liveness { peers: [blank(peers[0]), blank(peers[1])], timeout }
     }
 
@@ -47,10 +49,11 @@ impl Liveness {
         }
     }
 
-    /// `from` reported its data position.
-    pub fn reported_position(&mut self, from: NodeId, position: Position) {
+    /// `from` reported its data position and standby state.
+    pub fn reported(&mut self, from: NodeId, position: Position, standby: bool) {
         if let Some(p) = self.get_mut(from) {
             p.position = Some(position);
+            p.standby = standby;
         }
     }
 
@@ -94,7 +97,7 @@ mod tests {
     fn strangers_are_ignored() {
         let mut l = Liveness::new([2, 3], Duration::from_millis(200));
         l.heard(9, Instant(5));
-        l.reported_position(9, Position { epoch: 1, seq: 1 });
+        l.reported(9, Position { epoch: 1, seq: 1 }, true);
         assert!(l.peers().iter().all(|p| p.last_heard.is_none() && p.position.is_none()));
     }
 }

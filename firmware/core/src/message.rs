@@ -54,8 +54,10 @@ pub enum Body {
     },
     /// Non-leader to everyone, every heartbeat interval: liveness only.
     Ping {
-        /// The sender's data position, shown in status.
+        /// The sender's data position: switchover targets must be up to date.
         position: Position,
+        /// The sender is in standby: never a switchover target.
+        standby: bool,
     },
     /// "Would you vote for me in `epoch`?" Changes no state on the receiver.
     PreVote {

@@ -157,8 +157,8 @@ impl Node {
             return;
         }
         self.liveness.heard(msg.from, now);
-        if let Body::Ping { position } = msg.body {
-            self.liveness.reported_position(msg.from, position);
+        if let Body::Ping { position, standby } = msg.body {
+            self.liveness.reported(msg.from, position, standby);
         }
         let t = self.election.receive(now, msg, out);
         self.on_transition(now, t);
@@ -233,7 +233,7 @@ impl Node {
         let epoch = self.epoch();
         let body = match self.lease.as_mut() {
             Some(lease) if self.election.role() == Role::Leader => Body::Heartbeat { round: lease.send_round(now) },
-            _ => Body::Ping { position: self.election.position() },
+            _ => Body::Ping { position: self.election.position(), standby: self.election.standby() },
         };
         for to in self.peers {
             out.push(Output::Send { to, msg: Message { from: self.id, epoch, body: body.clone() } });
@@ -286,6 +286,9 @@ impl Node {
             let p = self.liveness.get(id).ok_or_else(|| format!("node {id} is not a peer of node {}", self.id))?;
             if !self.liveness.reachable(id, now) {
                 return Err(format!("node {id} is not reachable"));
+            }
+            if p.standby {
+                return Err(format!("node {id} is in standby"));
             }
             match p.position {
                 Some(pos) if pos >= mine => Ok(id),

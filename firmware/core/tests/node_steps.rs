@@ -225,7 +225,7 @@ fn switchover_removes_the_vip_before_sending_timeout_now() {
     let t0 = elect_node1(&mut n1);
     n1.handle(t0, msg(2, 1, Body::HeartbeatAck { round: 1 }));
     n1.handle(t0, Input::VipDone { action: VipAction::Add, ok: true });
-    n1.handle(t0, msg(2, 1, Body::Ping { position: Position::default() }));
+    n1.handle(t0, msg(2, 1, Body::Ping { position: Position::default(), standby: false }));
     let out = n1.handle(t0, Input::Admin(AdminRequest::Switchover { to: Some(2) }));
     let remove = position_of(&out, |o| *o == Output::Vip(VipAction::Remove));
     let tn = position_of(&out, |o| matches!(o, Output::Send { to: 2, msg } if msg.body == Body::TimeoutNow));
@@ -331,4 +331,18 @@ fn a_vip_conflict_counts_only_while_holding_and_fades() {
     assert!(out.contains(&Output::Notice(Notice::VipConflict { mac: [2, 0, 0, 0, 0, 9] })));
     assert_eq!(n1.status(t0).vip_conflict, Some([2, 0, 0, 0, 0, 9]));
     assert_eq!(n1.status(t0.add(Duration::from_secs(61))).vip_conflict, None);
+}
+
+#[test]
+fn switchover_refuses_a_standby_target_and_keeps_the_lease() {
+    let mut n1 = node(1, HardState::default());
+    let t0 = elect_node1(&mut n1);
+    n1.handle(t0, msg(2, 1, Body::HeartbeatAck { round: 1 }));
+    n1.handle(t0, Input::VipDone { action: VipAction::Add, ok: true });
+    n1.handle(t0, msg(2, 1, Body::Ping { position: Position::default(), standby: true }));
+    let out = n1.handle(t0, Input::Admin(AdminRequest::Switchover { to: Some(2) }));
+    assert!(out.iter().any(|o| matches!(o, Output::Notice(Notice::AdminRefused { reason }) if reason.contains("standby"))));
+    assert!(!out.iter().any(|o| matches!(o, Output::Vip(VipAction::Remove))));
+    assert_eq!(n1.role(), Role::Leader);
+    assert!(n1.lease_until(t0).is_some());
 }

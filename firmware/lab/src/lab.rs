@@ -548,6 +548,15 @@ impl Lab {
                 logs: self.log_paths(),
             });
         }
+        // The client may still talk to the nodes' own addresses (tests
+        // connect to their peer ports); those entries are static so that
+        // turning solicitation off below does not cut them off.
+        for id in NODE_IDS {
+            cmd::ip(&[
+                "-n", CLIENT_NS, "neigh", "replace", &node_ip(id).to_string(), "lladdr",
+                &node_mac(id).to_string(), "dev", IFACE, "nud", "permanent",
+            ])?;
+        }
         let base = format!("net.ipv4.neigh.{IFACE}");
         for key in ["ucast_solicit", "mcast_solicit", "app_solicit", "mcast_resolicit"] {
             netns::sysctl(CLIENT_NS, &format!("{base}.{key}"), "0")?;

@@ -27,8 +27,12 @@ pub enum Check {
     OneLeaderPerEpoch,
     /// VIP phase Held only while leader with a valid lease.
     HeldNeedsLease,
-    /// Gratuitous ARP for the VIP only while leader with a valid lease.
-    AnnounceNeedsLease,
+    /// Rule 17: TimeoutNow leaves only once the VIP is off the interface.
+    HandoverOrder,
+    /// VIP Add, Renew and gratuitous ARP are carried out only while the
+    /// node is leader with a valid lease (a stale one re-creates the VIP or
+    /// pulls clients to a node that is not active).
+    VipActionNeedsLease,
     /// After a Tick, the next deadline lies in the future (else the
     /// runtime's timer-first loop spins and starves message handling).
     Progress,

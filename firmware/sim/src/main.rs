@@ -1,1 +1,173 @@
-fn main() {}
+//! `triad-sim`: run seed ranges and print a summary, or replay one seed.
+//!
+//! `run --seeds 0..1000 [--scenario NAME] [--mutation M]` runs each seed
+//! (the scenario mix round-robin unless one is named) and prints a table
+//! per scenario; `replay --seed N [--scenario NAME] [--trace]` reruns one
+//! seed, printing every event with `--trace`. Exit code 1 if any seed
+//! violated an invariant, 2 on bad arguments.
+
+use clap::{Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Instant as WallClock;
+use triad_sim::{replay_command, run, Mutation, Outcome, Scenario};
+
+#[derive(Parser, Debug)]
+#[command(name = "triad-sim", about = "Deterministic simulator of a three-node Triad cluster")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run a range of seeds and print a summary table.
+    Run {
+        /// Seeds as A..B (B excluded).
+        #[arg(long, default_value = "0..200")]
+        seeds: String,
+        /// Run only this scenario (default: the mix, round robin by seed).
+        #[arg(long)]
+        scenario: Option<String>,
+        /// Break a rule on purpose (see docs/simulator.md).
+        #[arg(long)]
+        mutation: Option<String>,
+    },
+    /// Replay one seed.
+    Replay {
+        /// The seed.
+        #[arg(long)]
+        seed: u64,
+        /// The scenario (default: the one the mix gives this seed).
+        #[arg(long)]
+        scenario: Option<String>,
+        /// Break a rule on purpose.
+        #[arg(long)]
+        mutation: Option<String>,
+        /// Print every event.
+        #[arg(long)]
+        trace: bool,
+    },
+}
+
+fn scenario_for(seed: u64, name: Option<&str>, mutation: Option<Mutation>) -> Result<Scenario, String> {
+    let mut sc = match name {
+        Some(n) => Scenario::named(n).ok_or_else(|| {
+            let names: Vec<_> = Scenario::all().iter().map(|s| s.name).collect();
+            format!("unknown scenario {n:?}; known: {}", names.join(", "))
+        })?,
+        None => Scenario::for_seed(seed),
+    };
+    sc.mutation = mutation;
+    Ok(sc)
+}
+
+fn parse_mutation(m: Option<&str>) -> Result<Option<Mutation>, String> {
+    m.map(|m| {
+        Mutation::parse(m).ok_or_else(|| {
+            let names: Vec<_> = Mutation::ALL.iter().map(|m| m.name()).collect();
+            format!("unknown mutation {m:?}; known: {}", names.join(", "))
+        })
+    })
+    .transpose()
+}
+
+fn report_failure(o: &Outcome, mutation: Option<Mutation>) {
+    if let Some(v) = &o.violation {
+        println!("seed {} ({}): {v}", o.seed, o.scenario);
+        println!("  replay: {}", replay_command(o.seed, o.scenario, mutation));
+    }
+}
+
+#[derive(Default)]
+struct Row {
+    seeds: u64,
+    events: u64,
+    failovers: usize,
+    worst_recovery: u64,
+    worst_overlap: u64,
+    failed: u64,
+    tolerated: u64,
+}
+
+fn run_range(range: &str, name: Option<&str>, mutation: Option<Mutation>) -> Result<bool, String> {
+    let (a, b) = range.split_once("..").ok_or("--seeds must look like A..B")?;
+    let a: u64 = a.parse().map_err(|_| "bad start seed")?;
+    let b: u64 = b.parse().map_err(|_| "bad end seed")?;
+    let started = WallClock::now();
+    let mut rows: BTreeMap<&'static str, Row> = BTreeMap::new();
+    for seed in a..b {
+        let o = run(seed, scenario_for(seed, name, mutation)?, false);
+        let r = rows.entry(o.scenario).or_default();
+        r.seeds += 1;
+        r.events += o.events;
+        r.failovers += o.failovers;
+        r.worst_recovery = r.worst_recovery.max(o.recovery.unwrap_or(0));
+        r.worst_overlap = r.worst_overlap.max(o.vip_overlap);
+        r.tolerated += u64::from(!o.tolerated.is_empty());
+        if o.violation.is_some() {
+            r.failed += 1;
+            report_failure(&o, mutation);
+        }
+    }
+    println!(
+        "{:<12} {:>6} {:>10} {:>9} {:>13} {:>16} {:>6} {:>9}",
+        "scenario", "seeds", "events", "failovers", "worst-recov", "worst-vip-overlap", "failed", "tolerated"
+    );
+    let mut ok = true;
+    for (name, r) in &rows {
+        println!(
+            "{:<12} {:>6} {:>10} {:>9} {:>10} ms {:>13} ms {:>6} {:>9}",
+            name,
+            r.seeds,
+            r.events,
+            r.failovers,
+            r.worst_recovery / 1000,
+            r.worst_overlap / 1000,
+            r.failed,
+            r.tolerated
+        );
+        ok &= r.failed == 0;
+    }
+    println!("{} seeds in {:.1} s", b.saturating_sub(a), started.elapsed().as_secs_f64());
+    Ok(ok)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Run { seeds, scenario, mutation } => {
+            parse_mutation(mutation.as_deref()).and_then(|m| run_range(&seeds, scenario.as_deref(), m))
+        }
+        Cmd::Replay { seed, scenario, mutation, trace } => parse_mutation(mutation.as_deref()).and_then(|m| {
+            let o = run(seed, scenario_for(seed, scenario.as_deref(), m)?, trace);
+            if !trace {
+                for line in &o.trace_tail {
+                    println!("{line}");
+                }
+            }
+            for t in &o.tolerated {
+                println!("tolerated (known bug): {t}");
+            }
+            println!(
+                "seed {} ({}): {} events, {} failovers, recovery {:?} ms, max VIP overlap {} ms",
+                o.seed,
+                o.scenario,
+                o.events,
+                o.failovers,
+                o.recovery.map(|r| r / 1000),
+                o.vip_overlap / 1000
+            );
+            report_failure(&o, m);
+            Ok(o.violation.is_none())
+        }),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("triad-sim: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

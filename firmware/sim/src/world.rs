@@ -509,6 +509,13 @@ impl World {
                     Body::PreVote { .. } | Body::PreVoteReply { .. } => {}
                     _ => self.checker.wire(now, id, msg.epoch, disk)?,
                 }
+                if msg.body == Body::TimeoutNow && self.hosts[i].vip_on {
+                    self.checker.fail(
+                        Check::HandoverOrder,
+                        now,
+                        format!("node {id} sends TimeoutNow to node {to} while the VIP is still on its interface"),
+                    )?;
+                }
                 if let Body::VoteReply { granted: true } = msg.body {
                     self.checker.vote(now, id, to, msg.epoch, disk)?;
                 }
@@ -522,7 +529,15 @@ impl World {
                 let p = h.proc.as_ref().expect("carrying process exists");
                 let legit = p.node.role() == Role::Leader && p.node.lease_until(local).is_some();
                 let inc = p.inc;
+                let (role, phase) = (p.node.role(), p.node.vip_phase());
                 self.note(|| format!("n{id} carries out VIP {action:?} (leader with lease: {legit})"));
+                if action != VipAction::Remove && !legit {
+                    self.checker.fail(
+                        Check::VipActionNeedsLease,
+                        now,
+                        format!("node {id} carries out VIP {action:?} as {role:?} without a valid lease (phase {phase:?})"),
+                    )?;
+                }
                 // Netlink usually answers within a few ms; sometimes it is
                 // slow, but within the lease guard the timing assumes.
                 let d = if self.rng.chance(0.05) { self.rng.range(5_000, 25_000) } else { self.rng.range(200, 5_000) };
@@ -550,6 +565,13 @@ impl World {
         // A failed Add may have half-happened (v4 added, v6 refused).
         let applied = ok || (action == VipAction::Add && self.rng.chance(0.5));
         if !applied {
+            // A Remove that failed leaves the VIP out of the process's
+            // control until a retry or the kernel lifetime: like a frozen
+            // holder, bounded overlap (see docs/simulator.md).
+            let h = &mut self.hosts[i];
+            if action == VipAction::Remove && h.vip_on {
+                h.vip_orphan = true;
+            }
             return;
         }
         let h = &mut self.hosts[i];
