@@ -253,7 +253,7 @@ fn capture(fd: &OwnedFd, start: Instant, events: &Mutex<Vec<Event>>, stop: &Atom
             continue; // timeout (to check `stop`) or EINTR
         }
         let at = start.elapsed();
-        let outgoing = from.sll_pkttype == libc::PACKET_OUTGOING as u8;
+        let outgoing = from.sll_pkttype == libc::PACKET_OUTGOING;
         if let Some(kind) = classify(&buf[..n as usize], outgoing) {
             if let Ok(mut g) = events.lock() {
                 g.push(Event { at, kind });
@@ -362,7 +362,7 @@ fn probe(icmp: &Socket, packet: &OwnedFd, ifindex: i32, stop: &AtomicBool) {
         // Send errors (no route while the link flaps) are outages the
         // capture side sees as missing replies; nothing to do here.
         let _ = icmp.send_to(&echo_request(id, seq), &dst);
-        if seq % per_sweep == 0 {
+        if seq.is_multiple_of(per_sweep) {
             // SAFETY: `sweep` and `sll` are valid for the lengths given.
             unsafe {
                 libc::sendto(

@@ -420,7 +420,7 @@ fn junk() -> Vec<Vec<u8>> {
 }
 
 #[test]
-fn garbage_and_truncated_frames_on_the_peer_port_are_dropped() {
+fn garbage_on_the_peer_port_before_tls_is_dropped_and_logged() {
     let h = Harness::up();
     let l = h.leader(&NODE_IDS);
     let epoch = h.lab.status(l).unwrap_or_else(|e| panic!("{e}")).epoch;
@@ -441,16 +441,6 @@ fn garbage_and_truncated_frames_on_the_peer_port_are_dropped() {
     })
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(sent, NODE_IDS.len() * junk().len(), "could not connect to every peer port");
-    // Inside a mutually authenticated session (a genuine node certificate):
-    // a frame header promising more than is sent, then garbage.
-    let certs = Path::new(layout::LAB_DIR).join("certs");
-    let f = others(l)[0];
-    let pipeline = format!(
-        "(printf '\\000\\000\\020\\000\\001\\002'; head -c 300 /dev/urandom) | timeout 5 openssl s_client -quiet -connect {}:{PEER_PORT} -cert {c}/node-{f}.pem -key {c}/node-{f}.key -CAfile {c}/ca.pem",
-        node_ip(l),
-        c = certs.display()
-    );
-    let _ = cmd::run("ip", &["netns", "exec", CLIENT_NS, "sh", "-c", &pipeline]);
     // Every supervisor is alive and logged something about it.
     let logged = wait::until(secs(5), ms(100), || {
         let all: Vec<String> = marks
@@ -518,4 +508,92 @@ fn an_invalid_config_is_refused_naming_the_field() {
         assert!(!stderr.contains("panicked"), "{what}: triad panicked: {stderr}");
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Opens a mutually authenticated TLS session from the client namespace to
+/// node `target`'s peer port with node `as_node`'s genuine certificate,
+/// sends `bytes`, waits half a second and closes. openssl does the TLS so
+/// the lab needs no TLS stack of its own.
+fn tls_send(target: u8, as_node: u8, bytes: &[u8]) {
+    let c = Path::new(layout::LAB_DIR).join("certs");
+    let payload = Path::new(layout::LAB_DIR).join("tls-payload.bin");
+    std::fs::write(&payload, bytes).expect("write payload");
+    let pipeline = format!(
+        "(cat {p}; sleep 0.5) | timeout 5 openssl s_client -connect {ip}:{PEER_PORT} \
+         -cert {c}/node-{as_node}.pem -key {c}/node-{as_node}.key -CAfile {c}/ca.pem -no_ign_eof >/dev/null 2>&1",
+        p = payload.display(),
+        ip = node_ip(target),
+        c = c.display()
+    );
+    // openssl's exit status reflects how the server closed; the supervisor's
+    // log and the cluster's health are what the tests check.
+    let _ = cmd::run("ip", &["netns", "exec", CLIENT_NS, "sh", "-c", &pipeline]);
+}
+
+/// A peer frame header (u32 BE length of version + payload, u16 BE version).
+fn frame_header(len: u32, version: u16) -> Vec<u8> {
+    let mut v = len.to_be_bytes().to_vec();
+    v.extend_from_slice(&version.to_be_bytes());
+    v
+}
+
+/// Waits until node `id` logs a line about the client's connection after
+/// byte `mark` of its log, and returns it.
+/// The supervisor may name the connection by address or by the peer id
+/// the certificate claims (`as_node`); routine reconnect noise does not
+/// count.
+fn logged_about_client(h: &Harness, id: u8, as_node: u8, mark: u64, what: &str) -> String {
+    let peer = format!("peer={as_node}");
+    wait::until(secs(5), ms(100), || {
+        h.log_since(id, mark)
+            .lines()
+            .find(|l| {
+                l.contains("10.77.0.50")
+                    || (l.contains(&peer)
+                        && (l.contains("WARN") || l.contains("ERROR"))
+                        && !l.contains("cannot reach peer"))
+            })
+            .map(str::to_string)
+    })
+    .unwrap_or_else(|| panic!("n{id} logged nothing about {what} from 10.77.0.50 (as node {as_node})"))
+}
+
+#[test]
+fn garbage_frames_in_an_authenticated_session_are_dropped_and_logged() {
+    let h = Harness::up();
+    let l = h.leader(&NODE_IDS);
+    let epoch = h.lab.status(l).unwrap_or_else(|e| panic!("{e}")).epoch;
+    let f = others(l)[0];
+    let mut bad_version = frame_header(4, 0xfffe);
+    bad_version.extend_from_slice(&[1, 2]);
+    let mut bad_payload = frame_header(6, 1);
+    bad_payload.extend_from_slice(&[0xff; 4]);
+    let oversize = frame_header(0xdead_beef, 1);
+    for (what, bytes) in [("a frame of another protocol version", bad_version), ("an undecodable payload", bad_payload), ("an oversize length", oversize)] {
+        let mark = h.log_len(l);
+        tls_send(l, f, &bytes);
+        eprintln!("{what}: {}", logged_about_client(&h, l, f, mark, what));
+    }
+    let t = h.obs().now();
+    h.observe_until(t + secs(2));
+    assert_eq!(h.lab.wait_healthy(&NODE_IDS, secs(10)).unwrap_or_else(|e| panic!("{e}")), l);
+    assert_eq!(h.lab.status(l).unwrap_or_else(|e| panic!("{e}")).epoch, epoch, "garbage changed the epoch");
+    h.assert_clean(Duration::ZERO, node_mac(l));
+}
+
+#[test]
+fn a_truncated_frame_in_an_authenticated_session_is_dropped_and_logged() {
+    let h = Harness::up();
+    let l = h.leader(&NODE_IDS);
+    let epoch = h.lab.status(l).unwrap_or_else(|e| panic!("{e}")).epoch;
+    let f = others(l)[0];
+    // A header promising 4 KiB, 300 bytes of it, then the peer hangs up.
+    let mut truncated = frame_header(4096, 1);
+    truncated.extend(std::iter::repeat_n(0xa5u8, 300));
+    let mark = h.log_len(l);
+    tls_send(l, f, &truncated);
+    eprintln!("truncated frame: {}", logged_about_client(&h, l, f, mark, "a truncated frame"));
+    assert_eq!(h.lab.wait_healthy(&NODE_IDS, secs(10)).unwrap_or_else(|e| panic!("{e}")), l);
+    assert_eq!(h.lab.status(l).unwrap_or_else(|e| panic!("{e}")).epoch, epoch, "the truncated frame changed the epoch");
+    h.assert_clean(Duration::ZERO, node_mac(l));
 }

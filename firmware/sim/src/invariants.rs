@@ -36,8 +36,31 @@ pub enum Check {
     /// After a Tick, the next deadline lies in the future (else the
     /// runtime's timer-first loop spins and starves message handling).
     Progress,
-    /// After faults heal, a leader with lease and VIP appears within the bound.
+    /// After faults heal, a leader with lease and VIP appears within the
+    /// bound and stays (one second is watched).
     Liveness,
+}
+
+impl Check {
+    /// Every check.
+    pub const ALL: [Check; 11] = [
+        Check::OneLease,
+        Check::OneVip,
+        Check::EpochMonotonic,
+        Check::OneVote,
+        Check::PersistBeforeSend,
+        Check::OneLeaderPerEpoch,
+        Check::HeldNeedsLease,
+        Check::HandoverOrder,
+        Check::VipActionNeedsLease,
+        Check::Progress,
+        Check::Liveness,
+    ];
+
+    /// Parses a check by its name as printed (`OneVote`).
+    pub fn parse(s: &str) -> Option<Check> {
+        Check::ALL.into_iter().find(|c| format!("{c:?}").eq_ignore_ascii_case(s))
+    }
 }
 
 /// A broken invariant.

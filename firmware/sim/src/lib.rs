@@ -22,8 +22,20 @@ pub use invariants::{Check, Violation};
 pub use scenario::{Mutation, Scenario};
 pub use world::{run, Outcome};
 
-/// The command that replays `seed` under the scenario called `scenario`.
-pub fn replay_command(seed: u64, scenario: &str, mutation: Option<Mutation>) -> String {
-    let m = mutation.map(|m| format!(" --mutation {}", m.name())).unwrap_or_default();
-    format!("cargo run -p triad-sim -- replay --seed {seed} --scenario {scenario}{m} --trace")
+/// The command that replays `seed` under `sc` (its mutations and any
+/// checks tolerated beyond the known core bugs included).
+pub fn replay_command(seed: u64, sc: &Scenario) -> String {
+    let mut extra = String::new();
+    for m in &sc.mutations {
+        extra.push_str(&format!(" --mutation {}", m.name()));
+    }
+    // The default tolerates every known core bug; say so when this run did not.
+    let default_tolerance = scenario::KNOWN_CORE_BUGS.iter().all(|c| sc.tolerate.contains(c));
+    if !default_tolerance {
+        extra.push_str(" --no-tolerate");
+    }
+    for c in sc.tolerate.iter().filter(|c| !default_tolerance || !scenario::KNOWN_CORE_BUGS.contains(c)) {
+        extra.push_str(&format!(" --tolerate {c:?}"));
+    }
+    format!("cargo run -p triad-sim -- replay --seed {seed} --scenario {}{extra} --trace", sc.name)
 }

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Instant as WallClock;
-use triad_sim::{replay_command, run, Mutation, Outcome, Scenario};
+use triad_sim::{replay_command, run, Check, Mutation, Outcome, Scenario};
 
 #[derive(Parser, Debug)]
 #[command(name = "triad-sim", about = "Deterministic simulator of a three-node Triad cluster")]
@@ -29,9 +29,16 @@ enum Cmd {
         /// Run only this scenario (default: the mix, round robin by seed).
         #[arg(long)]
         scenario: Option<String>,
-        /// Break a rule on purpose (see docs/simulator.md).
+        /// Break a rule on purpose (repeatable; see docs/simulator.md).
         #[arg(long)]
-        mutation: Option<String>,
+        mutation: Vec<String>,
+        /// Make the checks of known core bugs fatal too.
+        #[arg(long)]
+        no_tolerate: bool,
+        /// Record but do not fail on this check (repeatable), e.g. to see
+        /// what a mutation leads to beyond the first check it trips.
+        #[arg(long)]
+        tolerate: Vec<String>,
     },
     /// Replay one seed.
     Replay {
@@ -41,16 +48,39 @@ enum Cmd {
         /// The scenario (default: the one the mix gives this seed).
         #[arg(long)]
         scenario: Option<String>,
-        /// Break a rule on purpose.
+        /// Break a rule on purpose (repeatable).
         #[arg(long)]
-        mutation: Option<String>,
+        mutation: Vec<String>,
         /// Print every event.
         #[arg(long)]
         trace: bool,
+        /// Make the checks of known core bugs fatal too.
+        #[arg(long)]
+        no_tolerate: bool,
+        /// Record but do not fail on this check (repeatable), e.g. to see
+        /// what a mutation leads to beyond the first check it trips.
+        #[arg(long)]
+        tolerate: Vec<String>,
+        /// Starve messages while the core's deadline stays in the past, as
+        /// the real runtime's biased select does (see finding F1).
+        #[arg(long)]
+        faithful_spin: bool,
     },
 }
 
-fn scenario_for(seed: u64, name: Option<&str>, mutation: Option<Mutation>) -> Result<Scenario, String> {
+struct Opts<'a> {
+    name: Option<&'a str>,
+    mutations: Vec<Mutation>,
+    no_tolerate: bool,
+    tolerate: Vec<Check>,
+}
+
+fn parse_checks(names: &[String]) -> Result<Vec<Check>, String> {
+    names.iter().map(|n| Check::parse(n).ok_or_else(|| format!("unknown check {n:?}"))).collect()
+}
+
+fn scenario_for(seed: u64, o: &Opts) -> Result<Scenario, String> {
+    let (name, no_tolerate) = (o.name, o.no_tolerate);
     let mut sc = match name {
         Some(n) => Scenario::named(n).ok_or_else(|| {
             let names: Vec<_> = Scenario::all().iter().map(|s| s.name).collect();
@@ -58,24 +88,27 @@ fn scenario_for(seed: u64, name: Option<&str>, mutation: Option<Mutation>) -> Re
         })?,
         None => Scenario::for_seed(seed),
     };
-    sc.mutation = mutation;
+    sc.mutations = o.mutations.clone();
+    let mut sc = if no_tolerate { sc.strict_checks() } else { sc };
+    sc.tolerate.extend(o.tolerate.iter().copied());
     Ok(sc)
 }
 
-fn parse_mutation(m: Option<&str>) -> Result<Option<Mutation>, String> {
-    m.map(|m| {
-        Mutation::parse(m).ok_or_else(|| {
-            let names: Vec<_> = Mutation::ALL.iter().map(|m| m.name()).collect();
-            format!("unknown mutation {m:?}; known: {}", names.join(", "))
+fn parse_mutations(ms: &[String]) -> Result<Vec<Mutation>, String> {
+    ms.iter()
+        .map(|m| {
+            Mutation::parse(m).ok_or_else(|| {
+                let names: Vec<_> = Mutation::ALL.iter().map(|m| m.name()).collect();
+                format!("unknown mutation {m:?}; known: {}", names.join(", "))
+            })
         })
-    })
-    .transpose()
+        .collect()
 }
 
-fn report_failure(o: &Outcome, mutation: Option<Mutation>) {
+fn report_failure(o: &Outcome, sc: &Scenario) {
     if let Some(v) = &o.violation {
         println!("seed {} ({}): {v}", o.seed, o.scenario);
-        println!("  replay: {}", replay_command(o.seed, o.scenario, mutation));
+        println!("  replay: {}", replay_command(o.seed, sc));
     }
 }
 
@@ -88,16 +121,18 @@ struct Row {
     worst_overlap: u64,
     failed: u64,
     tolerated: u64,
+    known: BTreeMap<String, u64>,
 }
 
-fn run_range(range: &str, name: Option<&str>, mutation: Option<Mutation>) -> Result<bool, String> {
+fn run_range(range: &str, opts: &Opts) -> Result<bool, String> {
     let (a, b) = range.split_once("..").ok_or("--seeds must look like A..B")?;
     let a: u64 = a.parse().map_err(|_| "bad start seed")?;
     let b: u64 = b.parse().map_err(|_| "bad end seed")?;
     let started = WallClock::now();
     let mut rows: BTreeMap<&'static str, Row> = BTreeMap::new();
     for seed in a..b {
-        let o = run(seed, scenario_for(seed, name, mutation)?, false);
+        let sc = scenario_for(seed, opts)?;
+        let o = run(seed, sc.clone(), false);
         let r = rows.entry(o.scenario).or_default();
         r.seeds += 1;
         r.events += o.events;
@@ -105,9 +140,12 @@ fn run_range(range: &str, name: Option<&str>, mutation: Option<Mutation>) -> Res
         r.worst_recovery = r.worst_recovery.max(o.recovery.unwrap_or(0));
         r.worst_overlap = r.worst_overlap.max(o.vip_overlap);
         r.tolerated += u64::from(!o.tolerated.is_empty());
+        for t in &o.tolerated {
+            *r.known.entry(format!("{:?}", t.check)).or_default() += 1;
+        }
         if o.violation.is_some() {
             r.failed += 1;
-            report_failure(&o, mutation);
+            report_failure(&o, &sc);
         }
     }
     println!(
@@ -129,6 +167,15 @@ fn run_range(range: &str, name: Option<&str>, mutation: Option<Mutation>) -> Res
         );
         ok &= r.failed == 0;
     }
+    let mut known: BTreeMap<&str, u64> = BTreeMap::new();
+    for r in rows.values() {
+        for (k, n) in &r.known {
+            *known.entry(k.as_str()).or_default() += n;
+        }
+    }
+    for (k, n) in known {
+        println!("known core bug check {k} tolerated in {n} seeds");
+    }
     println!("{} seeds in {:.1} s", b.saturating_sub(a), started.elapsed().as_secs_f64());
     Ok(ok)
 }
@@ -136,11 +183,15 @@ fn run_range(range: &str, name: Option<&str>, mutation: Option<Mutation>) -> Res
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Run { seeds, scenario, mutation } => {
-            parse_mutation(mutation.as_deref()).and_then(|m| run_range(&seeds, scenario.as_deref(), m))
-        }
-        Cmd::Replay { seed, scenario, mutation, trace } => parse_mutation(mutation.as_deref()).and_then(|m| {
-            let o = run(seed, scenario_for(seed, scenario.as_deref(), m)?, trace);
+        Cmd::Run { seeds, scenario, mutation, no_tolerate, tolerate } => (|| {
+            let opts = Opts { name: scenario.as_deref(), mutations: parse_mutations(&mutation)?, no_tolerate, tolerate: parse_checks(&tolerate)? };
+            run_range(&seeds, &opts)
+        })(),
+        Cmd::Replay { seed, scenario, mutation, trace, no_tolerate, tolerate, faithful_spin } => (|| {
+            let opts = Opts { name: scenario.as_deref(), mutations: parse_mutations(&mutation)?, no_tolerate, tolerate: parse_checks(&tolerate)? };
+            let mut sc = scenario_for(seed, &opts)?;
+            sc.faithful_spin = faithful_spin;
+            let o = run(seed, sc.clone(), trace);
             if !trace {
                 for line in &o.trace_tail {
                     println!("{line}");
@@ -158,9 +209,9 @@ fn main() -> ExitCode {
                 o.recovery.map(|r| r / 1000),
                 o.vip_overlap / 1000
             );
-            report_failure(&o, m);
+            report_failure(&o, &sc);
             Ok(o.violation.is_none())
-        }),
+        })(),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -52,6 +52,11 @@ impl Net {
         self.cut[usize::from(from)][usize::from(to)] = cut;
     }
 
+    /// Whether `from → to` is cut.
+    pub fn is_cut(&self, from: NodeId, to: NodeId) -> bool {
+        self.cut[usize::from(from)][usize::from(to)]
+    }
+
     /// Cuts `n` off from everyone, both ways.
     pub fn isolate(&mut self, n: NodeId) {
         for o in 1..=3 {

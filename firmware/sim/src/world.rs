@@ -68,7 +68,7 @@ enum Ev {
     /// A message arrives.
     Deliver { to: NodeId, msg: Message },
     /// The kernel applies a VIP change (the process may be gone by now).
-    VipEffect { node: NodeId, action: VipAction, ok: bool, legit: bool },
+    VipEffect { node: NodeId, inc: u64, action: VipAction, ok: bool, legit: bool },
     /// The netlink call returns to the process.
     VipDone { node: NodeId, inc: u64, action: VipAction, ok: bool },
     /// The kernel lifetime of the VIP may have run out.
@@ -326,7 +326,7 @@ impl World {
                     self.pump(to)?;
                 }
             }
-            Ev::VipEffect { node, action, ok, legit } => self.vip_effect(node, action, ok, legit),
+            Ev::VipEffect { node, inc, action, ok, legit } => self.vip_effect(node, inc, action, ok, legit),
             Ev::VipDone { node, inc, action, ok } => {
                 if let Some(p) = self.hosts[Self::idx(node)].proc.as_mut().filter(|p| p.inc == inc) {
                     p.done = Some((action, ok));
@@ -388,16 +388,18 @@ impl World {
                 continue;
             }
             let deadline = p.node.next_deadline();
+            let spin_gap = if self.sc.faithful_spin { 10 } else { 1000 };
             let due = match p.spin {
-                Some(last) => local.0 >= last.0 + 1000,
+                Some(last) => local.0 >= last.0 + spin_gap,
                 None => local >= deadline,
             };
+            let starved = self.sc.faithful_spin && p.spin.is_some();
             let input = if due {
                 Input::Tick
-            } else if let Some(input) = p.inbox.pop_front() {
+            } else if let Some(input) = p.inbox.pop_front().filter(|_| !starved) {
                 input
             } else {
-                let wake_local = p.spin.map_or(deadline, |last| Instant(last.0 + 1000));
+                let wake_local = p.spin.map_or(deadline, |last| Instant(last.0 + spin_gap));
                 let at = h.clock.real_of(wake_local).max(now);
                 if p.wake_at != at || at == now {
                     p.wake_at = at;
@@ -414,19 +416,18 @@ impl World {
     fn handle(&mut self, id: NodeId, local: Instant, input: Input) -> Result<(), Violation> {
         let i = Self::idx(id);
         let now = self.now;
-        let mutation = self.sc.mutation;
         let is_tick = input == Input::Tick;
         // Mutation: node 1's runtime acks heartbeats behind its core's back.
         let mut extra_ack = None;
         let input = match input {
             Input::Receive(Message { from, epoch, body: Body::Heartbeat { round } })
-                if mutation == Some(Mutation::AckWithoutStickiness) && id == 1 =>
+                if self.sc.has(Mutation::AckWithoutStickiness) && id == 1 =>
             {
                 let p = self.hosts[i].proc.as_ref().expect("pumped process exists");
                 if epoch >= p.node.epoch() {
                     extra_ack = Some(Output::Send { to: from, msg: Message { from: id, epoch, body: Body::HeartbeatAck { round } } });
                 }
-                Input::Receive(Message { from, epoch, body: Body::Ping { position: Position::default() } })
+                Input::Receive(Message { from, epoch, body: Body::Ping { position: Position::default(), standby: false } })
             }
             other => other,
         };
@@ -438,7 +439,7 @@ impl World {
         let p = h.proc.as_mut().expect("pumped process exists");
         let mut outs = p.node.handle(local, input);
         outs.extend(extra_ack);
-        if mutation == Some(Mutation::SendBeforePersist) {
+        if self.sc.has(Mutation::SendBeforePersist) {
             // Stable: persists move to the end of the batch.
             let (persist, rest): (Vec<_>, Vec<_>) = outs.into_iter().partition(|o| matches!(o, Output::Persist(_)));
             outs = rest.into_iter().chain(persist).collect();
@@ -486,14 +487,21 @@ impl World {
         let now = self.now;
         match o {
             Output::Persist(hard) => {
-                if self.sc.mutation != Some(Mutation::ForgetPersist) {
+                // Kills aimed at the persist: half land just before it (the
+                // rest of the batch, and this write, lost), half just after.
+                let aimed = self.now < self.sc.fault_phase && self.rng.chance(self.sc.crash_at_persist_p);
+                if aimed && self.rng.chance(0.5) {
+                    self.note(|| format!("n{id} killed right before persisting {hard:?}"));
+                    return self.crash(id);
+                }
+                if !self.sc.has(Mutation::ForgetPersist) {
                     let prev = self.hosts[i].disk.epoch;
                     self.hosts[i].disk = hard;
                     if hard.epoch < prev {
                         self.checker.fail(Check::EpochMonotonic, now, format!("node {id} persisted epoch {} over {prev}", hard.epoch))?;
                     }
                 }
-                if self.rng.chance(self.sc.crash_after_persist_p) {
+                if aimed {
                     self.note(|| format!("n{id} killed right after persisting {hard:?}"));
                     return self.crash(id);
                 }
@@ -542,10 +550,10 @@ impl World {
                 // slow, but within the lease guard the timing assumes.
                 let d = if self.rng.chance(0.05) { self.rng.range(5_000, 25_000) } else { self.rng.range(200, 5_000) };
                 let ok = !self.rng.chance(self.sc.vip_fail_p);
-                let skip = action == VipAction::Remove && self.sc.mutation == Some(Mutation::SkipVipRemove);
+                let skip = action == VipAction::Remove && self.sc.has(Mutation::SkipVipRemove);
                 if action != VipAction::Announce && !skip {
                     let at = now + self.rng.range(0, d);
-                    self.push(at, Ev::VipEffect { node: id, action, ok, legit });
+                    self.push(at, Ev::VipEffect { node: id, inc, action, ok, legit });
                 }
                 self.hosts[i].proc.as_mut().expect("carrying process exists").busy = true;
                 self.push(now + d, Ev::VipDone { node: id, inc, action, ok: ok || skip });
@@ -559,7 +567,7 @@ impl World {
         Ok(())
     }
 
-    fn vip_effect(&mut self, id: NodeId, action: VipAction, ok: bool, legit: bool) {
+    fn vip_effect(&mut self, id: NodeId, inc: u64, action: VipAction, ok: bool, legit: bool) {
         let i = Self::idx(id);
         let timing = &self.sc.timing;
         // A failed Add may have half-happened (v4 added, v6 refused).
@@ -580,9 +588,11 @@ impl World {
                 let life = h.clock.real_span(triad_core::time::duration_micros(timing.vip_lifetime));
                 let slack = self.rng.range(0, triad_core::time::duration_micros(timing.kernel_expiry_slack));
                 let h = &mut self.hosts[i];
-                // Only a leader inside its lease makes the VIP its own; a
-                // stale action (queued before a freeze) keeps it orphaned.
-                h.vip_orphan = if legit { false } else { h.vip_orphan || !h.vip_on || h.vip_orphan };
+                // Only a leader inside its lease, still running and not
+                // frozen, makes the VIP its own; an action landing during a
+                // freeze or after a kill, or a stale one, leaves it orphaned.
+                let owner_runs = !h.frozen && h.proc.as_ref().is_some_and(|p| p.inc == inc);
+                h.vip_orphan = if legit && owner_runs { false } else { h.vip_orphan || !h.vip_on };
                 h.vip_on = true;
                 h.vip_gen += 1;
                 let gen = h.vip_gen;
@@ -616,7 +626,7 @@ impl World {
             );
             self.checker.fail(Check::OneVip, now, detail)?;
         }
-        if let (Some(heal), None) = (self.heal_at, self.recovered) {
+        if let Some(heal) = self.heal_at {
             let up = self.hosts.iter().any(|h| {
                 let local = h.clock.local(now);
                 h.vip_on
@@ -625,9 +635,24 @@ impl World {
                         p.node.role() == Role::Leader && p.node.lease_until(local).is_some() && p.node.vip_phase() == VipPhase::Held
                     })
             });
-            if up {
-                self.recovered = Some(now - heal);
-                self.push(now + AFTER_RECOVERY, Ev::End);
+            match (self.recovered, up) {
+                (None, true) => {
+                    self.recovered = Some(now - heal);
+                    self.push(now + AFTER_RECOVERY, Ev::End);
+                }
+                // Once recovered in a healed cluster, service must stay up
+                // (unless the network itself is heavily lossy: 30% loss can
+                // legitimately starve a lease now and then).
+                (Some(r), false) if self.sc.net.drop < 0.1 => {
+                    let detail = format!(
+                        "service recovered {} ms after healing, then went down again {} ms later: {}",
+                        r / 1000,
+                        (now - heal - r) / 1000,
+                        self.describe()
+                    );
+                    self.checker.fail(Check::Liveness, now, detail)?;
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -657,7 +682,19 @@ impl World {
         let next = self.now + self.sc.chaos_every;
         self.push(next, Ev::Chaos);
         if self.rng.chance(self.sc.crash_p) {
-            let n = self.target();
+            let n = match self.leader() {
+                // The follower that still hears the leader, and so is the
+                // one whose stickiness the leader's lease rests on.
+                Some(l) if self.sc.restart_race => {
+                    let [a, b] = peers_of(l);
+                    if self.net.is_cut(l, a) || (!self.net.is_cut(l, b) && self.rng.chance(0.5)) {
+                        b
+                    } else {
+                        a
+                    }
+                }
+                _ => self.target(),
+            };
             if self.hosts[Self::idx(n)].proc.is_some() {
                 self.note(|| format!("n{n} KILLED"));
                 self.crash(n)?;
@@ -677,8 +714,17 @@ impl World {
         }
         if self.rng.chance(self.sc.partition_p) {
             if self.net.partitioned() {
-                self.net.heal();
-                self.note(|| "links healed".into());
+                // In the restart race the cut lasts until its scheduled heal.
+                if !self.sc.restart_race {
+                    self.net.heal();
+                    self.note(|| "links healed".into());
+                }
+            } else if let (true, Some(l)) = (self.sc.restart_race, self.leader()) {
+                let o = peers_of(l)[self.rng.range(0, 1) as usize];
+                self.net.set_cut(l, o, true);
+                self.note(|| format!("one-way cut n{l} -> n{o}"));
+                let d = self.rng.range(200_000, 3_000_000);
+                self.push(self.now + d, Ev::HealLinks);
             } else {
                 let n = self.target();
                 let o = if n == 3 { 1 } else { n + 1 };
@@ -719,7 +765,7 @@ impl World {
         h.proc = None;
         h.frozen = false;
         h.vip_orphan |= h.vip_on;
-        let d = self.rng.range(100_000, 3_000_000);
+        let d = self.rng.range(self.sc.restart_delay.0, self.sc.restart_delay.1);
         self.push(self.now + d, Ev::Restart { node: id });
         // A dead process acts no more: its lease is moot (its VIP is not).
         self.checker.lease(self.now, id, None)
@@ -737,14 +783,14 @@ impl World {
         let now = self.now;
         // The runtime removes any leftover VIP before it starts the core.
         if self.hosts[i].vip_on && !self.rng.chance(self.sc.vip_fail_p) {
-            self.vip_effect(id, VipAction::Remove, true, false);
+            self.vip_effect(id, 0, VipAction::Remove, true, false);
         }
         let timing = self.sc.timing.clone();
         let quiet = triad_core::time::duration_micros(timing.election_timeout_max);
         let h = &mut self.hosts[i];
         h.clock.reorigin(now, origin);
         let mut start = h.clock.local(now);
-        if self.sc.mutation == Some(Mutation::NoQuietAfterStart) {
+        if self.sc.has(Mutation::NoQuietAfterStart) {
             start = Instant(start.0 - quiet);
         }
         let node = Node::new(id, peers_of(id), timing, h.disk, Position::default(), start, seed);

@@ -79,6 +79,12 @@ enum MainError {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: called before any thread exists; restores the default SIGPIPE
+    // disposition so `triad-lab status | head` ends quietly instead of
+    // panicking on a closed stdout.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
