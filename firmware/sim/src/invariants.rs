@@ -130,7 +130,9 @@ impl Checker {
                         return self.fail(
                             Check::OneLease,
                             now,
-                            format!("node {n} holds a lease until t={end}µs while node {o}'s lease runs until t={oe}µs"),
+                            format!(
+                                "node {n} holds a lease until t={end}µs while node {o}'s lease runs until t={oe}µs"
+                            ),
                         );
                     }
                 }
@@ -165,14 +167,25 @@ impl Checker {
         let w = &mut self.wire_epoch[usize::from(from)];
         if epoch < *w {
             let prev = *w;
-            return self.fail(Check::EpochMonotonic, now, format!("node {from} sends epoch {epoch} after sending {prev}"));
+            return self.fail(
+                Check::EpochMonotonic,
+                now,
+                format!("node {from} sends epoch {epoch} after sending {prev}"),
+            );
         }
         *w = epoch;
         Ok(())
     }
 
     /// A granted vote leaves `voter` for `candidate` in `epoch`.
-    pub fn vote(&mut self, now: u64, voter: NodeId, candidate: NodeId, epoch: Epoch, disk: HardState) -> Result<(), Violation> {
+    pub fn vote(
+        &mut self,
+        now: u64,
+        voter: NodeId,
+        candidate: NodeId,
+        epoch: Epoch,
+        disk: HardState,
+    ) -> Result<(), Violation> {
         if disk.epoch != epoch || disk.voted_for != Some(candidate) {
             self.fail(
                 Check::PersistBeforeSend,

@@ -184,11 +184,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Run { seeds, scenario, mutation, no_tolerate, tolerate } => (|| {
-            let opts = Opts { name: scenario.as_deref(), mutations: parse_mutations(&mutation)?, no_tolerate, tolerate: parse_checks(&tolerate)? };
+            let opts = Opts {
+                name: scenario.as_deref(),
+                mutations: parse_mutations(&mutation)?,
+                no_tolerate,
+                tolerate: parse_checks(&tolerate)?,
+            };
             run_range(&seeds, &opts)
         })(),
         Cmd::Replay { seed, scenario, mutation, trace, no_tolerate, tolerate, faithful_spin } => (|| {
-            let opts = Opts { name: scenario.as_deref(), mutations: parse_mutations(&mutation)?, no_tolerate, tolerate: parse_checks(&tolerate)? };
+            let opts = Opts {
+                name: scenario.as_deref(),
+                mutations: parse_mutations(&mutation)?,
+                no_tolerate,
+                tolerate: parse_checks(&tolerate)?,
+            };
             let mut sc = scenario_for(seed, &opts)?;
             sc.faithful_spin = faithful_spin;
             let o = run(seed, sc.clone(), trace);

@@ -168,11 +168,7 @@ impl Scenario {
         vec![
             Scenario::base("default", Timing::default()),
             Scenario { extreme_drift: true, ..Scenario::base("fast", Timing::fast()) },
-            Scenario {
-                freeze_p: 0.05,
-                liveness_bound: 6_000_000,
-                ..Scenario::base("strict", strict)
-            },
+            Scenario { freeze_p: 0.05, liveness_bound: 6_000_000, ..Scenario::base("strict", strict) },
             Scenario {
                 net: NetConfig { drop: 0.3, dup: 0.1, long_p: 0.03, ..NetConfig::default() },
                 partition_p: 0.01,
@@ -205,12 +201,7 @@ impl Scenario {
                 ..Scenario::base("restart-race", Timing::default())
             },
             Scenario { freeze_p: 0.12, crash_p: 0.0, partition_p: 0.0, ..Scenario::base("freeze", Timing::default()) },
-            Scenario {
-                partition_p: 0.2,
-                crash_p: 0.0,
-                freeze_p: 0.0,
-                ..Scenario::base("partition", Timing::fast())
-            },
+            Scenario { partition_p: 0.2, crash_p: 0.0, freeze_p: 0.0, ..Scenario::base("partition", Timing::fast()) },
             Scenario {
                 switchover_p: 0.15,
                 vip_fail_p: 0.05,

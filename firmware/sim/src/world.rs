@@ -28,7 +28,10 @@ use crate::net::Net;
 use crate::scenario::{Mutation, Scenario};
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
-use triad_core::{AdminRequest, Body, HardState, Input, Instant, Message, Node, NodeId, Notice, Output, Position, Role, VipAction, VipPhase};
+use triad_core::{
+    AdminRequest, Body, HardState, Input, Instant, Message, Node, NodeId, Notice, Output, Position, Role, VipAction,
+    VipPhase,
+};
 
 /// Trace lines kept for a failure report.
 const TRACE_TAIL: usize = 80;
@@ -62,20 +65,47 @@ pub struct Outcome {
 #[derive(Clone, Debug)]
 enum Ev {
     /// Timer: the node's next deadline may have come.
-    Wake { node: NodeId, inc: u64 },
+    Wake {
+        node: NodeId,
+        inc: u64,
+    },
     /// A `Persist` finished its fsync.
-    Synced { node: NodeId, inc: u64 },
+    Synced {
+        node: NodeId,
+        inc: u64,
+    },
     /// A message arrives.
-    Deliver { to: NodeId, msg: Message },
+    Deliver {
+        to: NodeId,
+        msg: Message,
+    },
     /// The kernel applies a VIP change (the process may be gone by now).
-    VipEffect { node: NodeId, inc: u64, action: VipAction, ok: bool, legit: bool },
+    VipEffect {
+        node: NodeId,
+        inc: u64,
+        action: VipAction,
+        ok: bool,
+        legit: bool,
+    },
     /// The netlink call returns to the process.
-    VipDone { node: NodeId, inc: u64, action: VipAction, ok: bool },
+    VipDone {
+        node: NodeId,
+        inc: u64,
+        action: VipAction,
+        ok: bool,
+    },
     /// The kernel lifetime of the VIP may have run out.
-    Expire { node: NodeId, gen: u64 },
+    Expire {
+        node: NodeId,
+        gen: u64,
+    },
     Chaos,
-    Restart { node: NodeId },
-    Thaw { node: NodeId },
+    Restart {
+        node: NodeId,
+    },
+    Thaw {
+        node: NodeId,
+    },
     HealLinks,
     /// End of the fault phase.
     Heal,
@@ -165,7 +195,11 @@ pub struct World {
 
 impl std::fmt::Debug for World {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("World").field("seed", &self.seed).field("scenario", &self.sc.name).field("now", &self.now).finish()
+        f.debug_struct("World")
+            .field("seed", &self.seed)
+            .field("scenario", &self.sc.name)
+            .field("now", &self.now)
+            .finish()
     }
 }
 
@@ -186,12 +220,25 @@ impl World {
             .map(|id| {
                 // Half the hosts sit at the drift bound: the lease argument's worst case.
                 let ppm = if sc.extreme_drift || rng.chance(0.5) {
-                    if rng.chance(0.5) { bound } else { -bound }
+                    if rng.chance(0.5) {
+                        bound
+                    } else {
+                        -bound
+                    }
                 } else {
                     rng.range(0, 2 * bound as u64) as i64 - bound
                 };
                 let clock = Clock::new(ppm, 0, rng.range(1_000_000, 50_000_000));
-                Host { id, clock, disk: HardState::default(), proc: None, frozen: false, vip_on: false, vip_orphan: false, vip_gen: 0 }
+                Host {
+                    id,
+                    clock,
+                    disk: HardState::default(),
+                    proc: None,
+                    frozen: false,
+                    vip_on: false,
+                    vip_orphan: false,
+                    vip_gen: 0,
+                }
             })
             .collect();
         let net = Net::new(sc.net.clone());
@@ -425,9 +472,16 @@ impl World {
             {
                 let p = self.hosts[i].proc.as_ref().expect("pumped process exists");
                 if epoch >= p.node.epoch() {
-                    extra_ack = Some(Output::Send { to: from, msg: Message { from: id, epoch, body: Body::HeartbeatAck { round } } });
+                    extra_ack = Some(Output::Send {
+                        to: from,
+                        msg: Message { from: id, epoch, body: Body::HeartbeatAck { round } },
+                    });
                 }
-                Input::Receive(Message { from, epoch, body: Body::Ping { position: Position::default(), standby: false } })
+                Input::Receive(Message {
+                    from,
+                    epoch,
+                    body: Body::Ping { position: Position::default(), standby: false },
+                })
             }
             other => other,
         };
@@ -462,7 +516,11 @@ impl World {
             }
         }
         if epoch < ram_before {
-            self.checker.fail(Check::EpochMonotonic, now, format!("node {id} went from epoch {ram_before} to {epoch}"))?;
+            self.checker.fail(
+                Check::EpochMonotonic,
+                now,
+                format!("node {id} went from epoch {ram_before} to {epoch}"),
+            )?;
         }
         if phase == VipPhase::Held && (role != Role::Leader || lease.is_none()) {
             self.checker.fail(
@@ -498,7 +556,11 @@ impl World {
                     let prev = self.hosts[i].disk.epoch;
                     self.hosts[i].disk = hard;
                     if hard.epoch < prev {
-                        self.checker.fail(Check::EpochMonotonic, now, format!("node {id} persisted epoch {} over {prev}", hard.epoch))?;
+                        self.checker.fail(
+                            Check::EpochMonotonic,
+                            now,
+                            format!("node {id} persisted epoch {} over {prev}", hard.epoch),
+                        )?;
                     }
                 }
                 if aimed {
@@ -543,7 +605,9 @@ impl World {
                     self.checker.fail(
                         Check::VipActionNeedsLease,
                         now,
-                        format!("node {id} carries out VIP {action:?} as {role:?} without a valid lease (phase {phase:?})"),
+                        format!(
+                            "node {id} carries out VIP {action:?} as {role:?} without a valid lease (phase {phase:?})"
+                        ),
                     )?;
                 }
                 // Netlink usually answers within a few ms; sometimes it is
@@ -611,7 +675,8 @@ impl World {
     fn check_world(&mut self) -> Result<(), Violation> {
         let now = self.now;
         let on: Vec<&Host> = self.hosts.iter().filter(|h| h.vip_on).collect();
-        let owned: Vec<NodeId> = on.iter().filter(|h| !h.vip_orphan && !h.frozen && h.proc.is_some()).map(|h| h.id).collect();
+        let owned: Vec<NodeId> =
+            on.iter().filter(|h| !h.vip_orphan && !h.frozen && h.proc.is_some()).map(|h| h.id).collect();
         if on.len() >= 2 {
             self.overlap_since.get_or_insert(now);
         } else if let Some(since) = self.overlap_since.take() {
@@ -632,7 +697,9 @@ impl World {
                 h.vip_on
                     && !h.frozen
                     && h.proc.as_ref().is_some_and(|p| {
-                        p.node.role() == Role::Leader && p.node.lease_until(local).is_some() && p.node.vip_phase() == VipPhase::Held
+                        p.node.role() == Role::Leader
+                            && p.node.lease_until(local).is_some()
+                            && p.node.vip_phase() == VipPhase::Held
                     })
             });
             match (self.recovered, up) {
