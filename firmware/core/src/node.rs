@@ -40,6 +40,12 @@ pub struct Node {
     vip: Vip,
     /// The last foreign MAC seen answering for the VIP, and when.
     vip_conflict: Option<([u8; 6], Instant)>,
+    /// A switchover waiting for the VIP to be off this node: TimeoutNow goes
+    /// to this node, for this epoch, once the Remove has succeeded.
+    handover: Option<(NodeId, Epoch)>,
+    /// The instant of the last input; deadlines already passed are not
+    /// deadlines any more.
+    now: Instant,
 }
 
 impl Node {
@@ -57,12 +63,15 @@ impl Node {
             next_beat: now,
             vip: Vip::default(),
             vip_conflict: None,
+            handover: None,
+            now,
         }
     }
 
     /// Applies one input at `now`; the outputs must be carried out in order.
     pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Output> {
         let mut out = Vec::new();
+        self.now = self.now.max(now);
         match input {
             Input::Tick => {
                 let t = self.election.tick(now, &mut out);
@@ -96,7 +105,8 @@ impl Node {
         consider(self.election.deadline());
         consider(self.vip.deadline());
         consider(self.lease_end());
-        consider(self.vip_allowed_at());
+        // The strict-mode wait is a deadline only until it has passed.
+        consider(self.vip_allowed_at().filter(|t| *t > self.now));
         d
     }
 
@@ -198,6 +208,22 @@ impl Node {
         }
         let want = self.want_vip(now);
         self.vip.step(now, want, &self.timing, out);
+        self.finish_handover(out);
+    }
+
+    /// Sends a pending switchover's TimeoutNow once the VIP is off this
+    /// node (sketch rule 17): never while a failed Remove may have left it
+    /// on the interface. A handover overtaken by a newer epoch is dropped.
+    fn finish_handover(&mut self, out: &mut Vec<Output>) {
+        let Some((target, epoch)) = self.handover else { return };
+        if self.epoch() != epoch || self.role() != Role::Follower {
+            self.handover = None;
+            return;
+        }
+        if self.vip.phase() == VipPhase::Released {
+            self.handover = None;
+            out.push(Output::Send { to: target, msg: Message { from: self.id, epoch, body: Body::TimeoutNow } });
+        }
     }
 
     /// When the current leadership ends unless renewed: the lease's end, or
@@ -312,16 +338,15 @@ impl Node {
         }
     }
 
-    /// Raft's TimeoutNow, after giving the lease up for good (sketch rule 17):
-    /// the VIP removal is ordered before the message that lets the target
-    /// raise it.
+    /// Raft's TimeoutNow, after giving the lease up for good (sketch rule
+    /// 17): the lease is dropped and the VIP removed now; the TimeoutNow
+    /// that lets the target raise the VIP leaves only once the removal has
+    /// succeeded ([`Node::finish_handover`]).
     fn hand_over(&mut self, now: Instant, target: NodeId, out: &mut Vec<Output>) {
         if let Some(lease) = self.lease.as_mut() {
             lease.give_up();
         }
-        self.vip.step(now, false, &self.timing, out);
-        let epoch = self.epoch();
-        out.push(Output::Send { to: target, msg: Message { from: self.id, epoch, body: Body::TimeoutNow } });
+        self.handover = Some((target, self.epoch()));
         let t = self.election.step_down(now, out);
         self.on_transition(now, t);
     }

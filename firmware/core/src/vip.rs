@@ -92,9 +92,11 @@ impl Vip {
                 self.phase = VipPhase::Held;
                 self.burst_left = t.garp_burst_count;
                 self.next_renew = Some(now.add(t.vip_renew_interval));
-                // The first announcement goes out at once: clients move now.
-                out.push(Output::Vip(VipAction::Announce));
-                self.schedule_next_announce(now, t);
+                // The first announcement is due at once, but goes out from
+                // `step`, which knows whether the VIP is still wanted: a
+                // lease that ended while the add was in flight must not pull
+                // clients to this node.
+                self.next_announce = Some(now);
             }
             (VipPhase::Claiming, VipAction::Add) => {
                 // The add may have half-happened (v4 added, v6 refused):
@@ -179,8 +181,10 @@ mod tests {
         v.step(ms(10), true, &t, &mut out);
         assert!(out.is_empty(), "nothing while the add is in flight");
         v.done(ms(10), VipAction::Add, true, &t, &mut out);
-        assert_eq!(vips(&out), [VipAction::Announce]);
+        assert!(vips(&out).is_empty(), "announcing is step's decision");
         assert_eq!(v.phase(), VipPhase::Held);
+        v.step(ms(10), true, &t, &mut out);
+        assert_eq!(vips(&out), [VipAction::Announce]);
         // The rest of the burst: 4 more at 100 ms spacing.
         let mut announces = 1;
         let mut now = 10;
@@ -193,6 +197,18 @@ mod tests {
         assert_eq!(announces, 5);
         // Next announce is a refresh, 60 s after the last burst frame.
         assert_eq!(v.deadline().map(|d| d >= ms(410)), Some(true));
+    }
+
+    #[test]
+    fn an_add_that_completes_after_the_lease_ended_is_never_announced() {
+        let t = Timing::default();
+        let mut v = Vip::default();
+        let mut out = vec![];
+        v.step(ms(0), true, &t, &mut out);
+        out.clear();
+        v.done(ms(5), VipAction::Add, true, &t, &mut out);
+        v.step(ms(5), false, &t, &mut out);
+        assert_eq!(vips(&out), [VipAction::Remove]);
     }
 
     #[test]

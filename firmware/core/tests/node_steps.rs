@@ -227,11 +227,25 @@ fn switchover_removes_the_vip_before_sending_timeout_now() {
     n1.handle(t0, Input::VipDone { action: VipAction::Add, ok: true });
     n1.handle(t0, msg(2, 1, Body::Ping { position: Position::default(), standby: false }));
     let out = n1.handle(t0, Input::Admin(AdminRequest::Switchover { to: Some(2) }));
-    let remove = position_of(&out, |o| *o == Output::Vip(VipAction::Remove));
-    let tn = position_of(&out, |o| matches!(o, Output::Send { to: 2, msg } if msg.body == Body::TimeoutNow));
-    assert!(remove < tn, "{out:?}");
+    assert!(out.contains(&Output::Vip(VipAction::Remove)));
+    let is_timeout_now = |o: &Output| matches!(o, Output::Send { to: 2, msg } if msg.body == Body::TimeoutNow);
+    assert!(!out.iter().any(is_timeout_now), "not before the VIP is off: {out:?}");
     assert_eq!(n1.role(), Role::Follower);
     assert_eq!(n1.lease_until(t0), None, "the lease is given up for good");
+    // A failed removal holds the handover back; the retried one releases it.
+    let out = n1.handle(t0, Input::VipDone { action: VipAction::Remove, ok: false });
+    assert!(!out.iter().any(is_timeout_now));
+    let retry = loop {
+        let retry = n1.next_deadline();
+        let out = n1.handle(retry, Input::Tick);
+        assert!(!out.iter().any(is_timeout_now));
+        if out.contains(&Output::Vip(VipAction::Remove)) {
+            break retry;
+        }
+        assert!(retry < t0.add(Duration::from_millis(150)), "removal not retried");
+    };
+    let out = n1.handle(retry, Input::VipDone { action: VipAction::Remove, ok: true });
+    assert_eq!(out.iter().filter(|o| is_timeout_now(o)).count(), 1, "{out:?}");
 
     // The target campaigns at once at epoch 2 with the transfer flag, and a
     // voter that still hears the old leader waives stickiness for it.
@@ -345,4 +359,29 @@ fn switchover_refuses_a_standby_target_and_keeps_the_lease() {
     assert!(!out.iter().any(|o| matches!(o, Output::Vip(VipAction::Remove))));
     assert_eq!(n1.role(), Role::Leader);
     assert!(n1.lease_until(t0).is_some());
+}
+
+#[test]
+fn after_any_tick_the_next_deadline_is_in_the_future() {
+    // Strict mode once had a deadline that stayed in the past after the
+    // wait ended, and a timer-first loop then never read messages.
+    let timing = Timing { strict_vip_handover: true, ..Timing::default() };
+    let mut n1 = Node::new(1, [2, 3], timing, HardState::default(), Position::default(), at(0), 1);
+    let t0 = elect_node1(&mut n1);
+    let mut now = t0;
+    for _ in 0..500 {
+        let out = n1.handle(now, Input::Tick);
+        for (_, m) in sends(&out) {
+            if let Body::Heartbeat { round } = m.body {
+                n1.handle(now, msg(2, 1, Body::HeartbeatAck { round }));
+            }
+        }
+        if out.contains(&Output::Vip(VipAction::Add)) {
+            n1.handle(now, Input::VipDone { action: VipAction::Add, ok: true });
+        }
+        let next = n1.next_deadline();
+        assert!(next > now, "deadline {next:?} not after {now:?}");
+        now = next;
+    }
+    assert!(n1.status(now).vip_held);
 }

@@ -265,7 +265,16 @@ impl Lab {
         }
         netns::delete(CLIENT_NS)?;
         netns::delete(SWITCH_NS)?;
-        Ok(())
+        // Logs and configs stay for post-mortems; the layout goes, so
+        // `status` does not describe a lab that no longer exists.
+        match std::fs::remove_file(layout::layout_path()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(LabError::Io {
+                what: "removing the layout file".into(),
+                source,
+            }),
+        }
     }
 
     /// Starts node `id` in fresh namespaces and attaches it to the bridge.

@@ -15,14 +15,7 @@ use triad_core::Timing;
 /// check keeps running over the whole mix; `--no-tolerate` (or
 /// [`Scenario::strict_checks`]) makes them fatal, and the `known_bug_*`
 /// tests fail once the core is fixed, as a reminder to empty this list.
-pub const KNOWN_CORE_BUGS: [Check; 3] = [
-    // F1: strict mode's next_deadline() stays in the past.
-    Check::Progress,
-    // F2: switchover sends TimeoutNow after a failed VIP Remove.
-    Check::HandoverOrder,
-    // F3: an Add completing after the lease ended still announces.
-    Check::VipActionNeedsLease,
-];
+pub const KNOWN_CORE_BUGS: [Check; 0] = [];
 
 /// A rule removed (or assumption broken) on purpose, to prove a check works.
 /// Each is implemented by the world as a wrapper around the real core.

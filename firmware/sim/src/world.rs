@@ -522,6 +522,21 @@ impl World {
                 format!("node {id} went from epoch {ram_before} to {epoch}"),
             )?;
         }
+        // The core decides VIP actions other than Remove only as a leader
+        // inside its lease (checked when decided; the runtime re-checks when
+        // it carries them out, see `carry`).
+        if let Some(action) = outs.iter().find_map(|o| match o {
+            Output::Vip(a) if *a != VipAction::Remove => Some(*a),
+            _ => None,
+        }) {
+            if role != Role::Leader || lease.is_none() {
+                self.checker.fail(
+                    Check::VipActionNeedsLease,
+                    now,
+                    format!("node {id} decided VIP {action:?} as {role:?} without a valid lease"),
+                )?;
+            }
+        }
         if phase == VipPhase::Held && (role != Role::Leader || lease.is_none()) {
             self.checker.fail(
                 Check::HeldNeedsLease,
@@ -602,13 +617,14 @@ impl World {
                 let (role, phase) = (p.node.role(), p.node.vip_phase());
                 self.note(|| format!("n{id} carries out VIP {action:?} (leader with lease: {legit})"));
                 if action != VipAction::Remove && !legit {
-                    self.checker.fail(
-                        Check::VipActionNeedsLease,
-                        now,
-                        format!(
-                            "node {id} carries out VIP {action:?} as {role:?} without a valid lease (phase {phase:?})"
-                        ),
-                    )?;
+                    // As runtime.rs does: an action decided earlier in the
+                    // batch, whose lease ended since, is skipped; a skipped
+                    // Add is reported failed so the core cleans up.
+                    self.note(|| format!("n{id} skips VIP {action:?}: lease ended ({role:?}, phase {phase:?})"));
+                    if action == VipAction::Add {
+                        self.hosts[i].proc.as_mut().expect("carrying process exists").done = Some((action, false));
+                    }
+                    return Ok(());
                 }
                 // Netlink usually answers within a few ms; sometimes it is
                 // slow, but within the lease guard the timing assumes.

@@ -142,28 +142,34 @@ fn default_mode_allows_vip_overlap_only_for_frozen_holders() {
     assert!(found, "no frozen-holder overlap in 200 freeze seeds: the freeze model is not reaching the VIP");
 }
 
-// Known core bugs (docs/simulator.md, Findings). Each test asserts the bug
-// still reproduces; when one fails, the core was fixed: remove the check
-// from KNOWN_CORE_BUGS and this test.
+// Core bugs the simulator found, now fixed (docs/simulator.md, Findings):
+// the seeds that reproduced each one must now pass with every check fatal.
 
-#[test]
-fn known_bug_f1_strict_mode_deadline_stays_in_the_past() {
-    finds("strict", &[], &[], &[Check::Progress], 3);
+fn passes(scenario: &str, seeds: std::ops::Range<u64>, faithful_spin: bool) {
+    let mut sc = Scenario::named(scenario).expect("scenario exists").strict_checks();
+    sc.faithful_spin = faithful_spin;
+    for seed in seeds {
+        let o = run(seed, sc.clone(), false);
+        assert!(o.violation.is_none(), "seed {seed}: {:?}\n  replay: {}", o.violation, replay_command(seed, &sc));
+    }
 }
 
 #[test]
-fn known_bug_f1_strict_leaders_flap_under_the_real_runtime_loop() {
-    // With the runtime's biased select modelled faithfully, a strict-mode
-    // leader stops reading acks once its VIP wait is over and loses its
-    // lease: service flaps after healing.
-    let mut sc = Scenario::named("strict").expect("scenario exists");
-    sc.faithful_spin = true;
-    let o = run(2, sc, false);
-    let v = o.violation.expect("strict leaders flap");
-    assert_eq!(v.check, Check::Liveness, "{v}");
+fn fixed_f1_strict_mode_deadline_moves_on_after_the_wait() {
+    passes("strict", 0..20, false);
 }
 
 #[test]
-fn known_bug_f2_switchover_after_failed_vip_remove() {
-    finds("switchover", &[], &[], &[Check::HandoverOrder], 100);
+fn fixed_f1_strict_leaders_keep_their_lease_under_the_real_runtime_loop() {
+    passes("strict", 0..10, true);
+}
+
+#[test]
+fn fixed_f2_switchover_waits_for_a_successful_vip_remove() {
+    passes("switchover", 0..150, false);
+}
+
+#[test]
+fn fixed_f3_an_add_completing_after_the_lease_is_not_announced() {
+    passes("freeze", 1900..1910, false);
 }

@@ -183,6 +183,16 @@ impl<V: VipOps> Shell<V> {
                         debug!(peer = to, error = %e, "message dropped");
                     }
                 }
+                Output::Vip(action) if action != VipAction::Remove && self.node.lease_until(self.clock.now()).is_none() => {
+                    // Decided earlier in this batch, but the lease has ended
+                    // since (a VIP completion was fed back in between). Never
+                    // raise, renew or announce outside a lease; a skipped Add
+                    // is reported failed so the core cleans up.
+                    debug!(?action, "VIP action skipped: lease ended");
+                    if action == VipAction::Add {
+                        queue.extend(self.node.handle(self.clock.now(), Input::VipDone { action, ok: false }));
+                    }
+                }
                 Output::Vip(action) => {
                     let ok = match self.vip.apply(action).await {
                         Ok(()) => true,
