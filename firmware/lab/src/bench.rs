@@ -114,12 +114,7 @@ pub fn failover_series(payload: Payload, label: &str, runs: usize) -> Result<Ser
     eprintln!("== {label}: bringing up the lab");
     let mut lab = Lab::up(payload)?;
     let obs = Observer::start(CLIENT_NS)?;
-    let mut series = Series {
-        label: label.to_string(),
-        gaps: Vec::new(),
-        dual_answers: 0,
-        client_arps: 0,
-    };
+    let mut series = Series { label: label.to_string(), gaps: Vec::new(), dual_answers: 0, client_arps: 0 };
     for run in 1..=runs {
         let leader = lab.wait_healthy(&NODE_IDS, Duration::from_secs(30))?;
         let old = node_mac(leader);
@@ -164,10 +159,7 @@ pub fn failover_series(payload: Payload, label: &str, runs: usize) -> Result<Ser
         }
         series.client_arps += observer::client_arp_requests(&ev, fault_at);
         let new = lab.layout.node_by_mac(gap.new_mac).map_or("?".into(), |i| format!("n{i}"));
-        eprintln!(
-            "run {run}/{runs}: n{leader} -> {new}: gap {:.3} s",
-            gap.length().as_secs_f64()
-        );
+        eprintln!("run {run}/{runs}: n{leader} -> {new}: gap {:.3} s", gap.length().as_secs_f64());
         series.gaps.push(gap.length());
         lab.restart_node(leader)?;
     }
@@ -178,17 +170,14 @@ pub fn failover_series(payload: Payload, label: &str, runs: usize) -> Result<Ser
 
 /// Keeps both cores busy: stress-ng if installed, else two shell loops.
 fn start_load(seconds: u64) -> Result<Vec<Child>, BenchError> {
-    let spawn = |c: &mut Command| {
-        c.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-    };
+    let spawn = |c: &mut Command| c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn();
     if let Ok(c) = spawn(Command::new("stress-ng").args(["--cpu", "2", "--timeout", &format!("{seconds}s")])) {
         return Ok(vec![c]);
     }
     (0..2)
-        .map(|_| spawn(Command::new("sh").args(["-c", "while :; do :; done"])).map_err(|e| BenchError::Load(e.to_string())))
+        .map(|_| {
+            spawn(Command::new("sh").args(["-c", "while :; do :; done"])).map_err(|e| BenchError::Load(e.to_string()))
+        })
         .collect()
 }
 

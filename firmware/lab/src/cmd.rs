@@ -16,11 +16,7 @@ pub enum CmdError {
         source: io::Error,
     },
     #[error("`{cmd}` failed ({status}): {stderr}")]
-    Failed {
-        cmd: String,
-        status: String,
-        stderr: String,
-    },
+    Failed { cmd: String, status: String, stderr: String },
 }
 
 /// The command line as one string, for error messages.
@@ -40,10 +36,7 @@ pub fn run<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Result<String, CmdErro
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| CmdError::Spawn {
-            cmd: describe(program, args),
-            source,
-        })?;
+        .map_err(|source| CmdError::Spawn { cmd: describe(program, args), source })?;
     if !out.status.success() {
         return Err(CmdError::Failed {
             cmd: describe(program, args),

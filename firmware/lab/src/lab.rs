@@ -24,9 +24,8 @@ use nix::sys::signal::Signal;
 use crate::cmd::{self, CmdError};
 use crate::keepalived;
 use crate::layout::{
-    self, node_ip, node_mac, switch_port, switch_port_mac, ClientLayout, Layout, Mac, NodeLayout,
-    BRIDGE, CLIENT_IP, CLIENT_MAC, CLIENT_PORT_MAC, IFACE, LAB_DIR, NODE_IDS, PEER_PORT, PREFIX,
-    VIP,
+    self, node_ip, node_mac, switch_port, switch_port_mac, ClientLayout, Layout, Mac, NodeLayout, BRIDGE, CLIENT_IP,
+    CLIENT_MAC, CLIENT_PORT_MAC, IFACE, LAB_DIR, NODE_IDS, PEER_PORT, PREFIX, VIP,
 };
 use crate::netns::{self, NetnsError, CLIENT_NS, SWITCH_NS};
 use crate::spawn::{self, Launched, SpawnError};
@@ -87,12 +86,7 @@ pub enum LabError {
     #[error("no node {0} in the lab")]
     NoNode(u8),
     #[error("timed out after {secs} s waiting for {what}; last state: {detail}; logs: {logs}")]
-    Timeout {
-        what: String,
-        secs: u64,
-        detail: String,
-        logs: String,
-    },
+    Timeout { what: String, secs: u64, detail: String, logs: String },
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> LabError {
@@ -146,9 +140,7 @@ impl Lab {
         for id in NODE_IDS {
             let nd = layout::node_dir(id);
             let config = match &payload {
-                Payload::Triad { bin: _, profile } => {
-                    triad::write_config(id, profile.as_str(), &dir.join("certs"))?
-                }
+                Payload::Triad { bin: _, profile } => triad::write_config(id, profile.as_str(), &dir.join("certs"))?,
                 Payload::Keepalived { advert } => keepalived::write_config(id, advert)
                     .map_err(io_err(format!("writing keepalived config of node {id}")))?,
             };
@@ -198,18 +190,13 @@ impl Lab {
 
     /// The running lab, from its layout file.
     pub fn load() -> Result<Lab, LabError> {
-        let layout = Layout::load().map_err(|source| LabError::NoLayout {
-            path: layout::layout_path(),
-            source,
-        })?;
+        let layout = Layout::load().map_err(|source| LabError::NoLayout { path: layout::layout_path(), source })?;
         let payload = match (layout.payload.as_str(), &layout.triad) {
             ("triad", Some(bin)) => Payload::Triad {
                 bin: bin.clone(),
                 profile: if layout.profile == "fast" { Profile::Fast } else { Profile::Default },
             },
-            _ => Payload::Keepalived {
-                advert: layout.profile.trim_start_matches("advert-").to_string(),
-            },
+            _ => Payload::Keepalived { advert: layout.profile.trim_start_matches("advert-").to_string() },
         };
         Ok(Lab { layout, payload })
     }
@@ -270,10 +257,7 @@ impl Lab {
         match std::fs::remove_file(layout::layout_path()) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(LabError::Io {
-                what: "removing the layout file".into(),
-                source,
-            }),
+            Err(source) => Err(LabError::Io { what: "removing the layout file".into(), source }),
         }
     }
 
@@ -296,11 +280,9 @@ impl Lab {
         }
         append_marker(&node.log, &format!("triad-lab: starting node {id}"));
         let launched: Launched = match &self.payload {
-            Payload::Triad { bin, .. } => spawn::launch(
-                bin,
-                &["run".into(), "--config".into(), node.config.display().to_string()],
-                &node.log,
-            )?,
+            Payload::Triad { bin, .. } => {
+                spawn::launch(bin, &["run".into(), "--config".into(), node.config.display().to_string()], &node.log)?
+            }
             Payload::Keepalived { .. } => {
                 // A shell that never exits holds the namespaces; its
                 // command line carries the lab dir so `down` finds it.
@@ -316,8 +298,8 @@ impl Lab {
         let sw_mac = switch_port_mac(id).to_string();
         let mac = node_mac(id).to_string();
         cmd::ip(&[
-            "-n", SWITCH_NS, "link", "add", &port, "address", &sw_mac, "type", "veth", "peer", "name",
-            IFACE, "address", &mac, "netns", &pid,
+            "-n", SWITCH_NS, "link", "add", &port, "address", &sw_mac, "type", "veth", "peer", "name", IFACE,
+            "address", &mac, "netns", &pid,
         ])?;
         cmd::ip(&["-n", SWITCH_NS, "link", "set", &port, "master", BRIDGE, "up"])?;
         cmd::ip_in_pid(launched.pid, &["link", "set", "lo", "up"])?;
@@ -440,8 +422,7 @@ impl Lab {
         if !self.node_alive(id) {
             return false;
         }
-        self.ip_in(id, &["-4", "-o", "addr", "show", "dev", IFACE])
-            .is_ok_and(|out| out.contains(&format!(" {VIP}/")))
+        self.ip_in(id, &["-4", "-o", "addr", "show", "dev", IFACE]).is_ok_and(|out| out.contains(&format!(" {VIP}/")))
     }
 
     /// The triad binary, if the payload is triad.
@@ -499,11 +480,7 @@ impl Lab {
             } else {
                 st.role == "follower" && st.leader == Some(leader) && !st.vip.held
             };
-            let peers_ok = st
-                .peers
-                .iter()
-                .filter(|p| ids.contains(&p.node_id))
-                .all(|p| p.reachable);
+            let peers_ok = st.peers.iter().filter(|p| ids.contains(&p.node_id)).all(|p| p.reachable);
             if !ok_role || !peers_ok {
                 return None;
             }
@@ -513,24 +490,17 @@ impl Lab {
 
     /// Waits until `healthy_leader(ids)` holds; returns the leader.
     pub fn wait_healthy(&self, ids: &[u8], timeout: Duration) -> Result<u8, LabError> {
-        wait::until(timeout, Duration::from_millis(100), || self.healthy_leader(ids)).ok_or_else(|| {
-            LabError::Timeout {
-                what: "one leader holding the VIP, seen by all live nodes".into(),
-                secs: timeout.as_secs(),
-                detail: self.describe(ids),
-                logs: self.log_paths(),
-            }
+        wait::until(timeout, Duration::from_millis(100), || self.healthy_leader(ids)).ok_or_else(|| LabError::Timeout {
+            what: "one leader holding the VIP, seen by all live nodes".into(),
+            secs: timeout.as_secs(),
+            detail: self.describe(ids),
+            logs: self.log_paths(),
         })
     }
 
     /// All supervisor log paths, for error messages.
     pub fn log_paths(&self) -> String {
-        self.layout
-            .nodes
-            .iter()
-            .map(|n| n.log.display().to_string())
-            .collect::<Vec<_>>()
-            .join(" ")
+        self.layout.nodes.iter().map(|n| n.log.display().to_string()).collect::<Vec<_>>().join(" ")
     }
 
     /// The MAC in the client's neighbour entry for the VIP, if it has one.
@@ -562,8 +532,17 @@ impl Lab {
         // turning solicitation off below does not cut them off.
         for id in NODE_IDS {
             cmd::ip(&[
-                "-n", CLIENT_NS, "neigh", "replace", &node_ip(id).to_string(), "lladdr",
-                &node_mac(id).to_string(), "dev", IFACE, "nud", "permanent",
+                "-n",
+                CLIENT_NS,
+                "neigh",
+                "replace",
+                &node_ip(id).to_string(),
+                "lladdr",
+                &node_mac(id).to_string(),
+                "dev",
+                IFACE,
+                "nud",
+                "permanent",
             ])?;
         }
         let base = format!("net.ipv4.neigh.{IFACE}");
@@ -581,8 +560,22 @@ fn build_switch_and_client() -> Result<(), LabError> {
     cmd::ip(&["-n", SWITCH_NS, "link", "add", BRIDGE, "type", "bridge"])?;
     cmd::ip(&["-n", SWITCH_NS, "link", "set", BRIDGE, "up"])?;
     cmd::ip(&[
-        "-n", SWITCH_NS, "link", "add", "sc", "address", &CLIENT_PORT_MAC.to_string(), "type", "veth",
-        "peer", "name", IFACE, "address", &CLIENT_MAC.to_string(), "netns", CLIENT_NS,
+        "-n",
+        SWITCH_NS,
+        "link",
+        "add",
+        "sc",
+        "address",
+        &CLIENT_PORT_MAC.to_string(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        IFACE,
+        "address",
+        &CLIENT_MAC.to_string(),
+        "netns",
+        CLIENT_NS,
     ])?;
     cmd::ip(&["-n", SWITCH_NS, "link", "set", "sc", "master", BRIDGE, "up"])?;
     cmd::ip(&["-n", CLIENT_NS, "link", "set", IFACE, "up"])?;
@@ -591,11 +584,9 @@ fn build_switch_and_client() -> Result<(), LabError> {
     // usable for an hour and never goes to PROBE, so only a gratuitous ARP
     // (or its absence) decides where the client's packets go.
     let base = format!("net.ipv4.neigh.{IFACE}");
-    for (key, value) in [
-        ("base_reachable_time_ms", "3600000"),
-        ("delay_first_probe_time", "3600"),
-        ("gc_stale_time", "3600"),
-    ] {
+    for (key, value) in
+        [("base_reachable_time_ms", "3600000"), ("delay_first_probe_time", "3600"), ("gc_stale_time", "3600")]
+    {
         netns::sysctl(CLIENT_NS, &format!("{base}.{key}"), value)?;
     }
     Ok(())

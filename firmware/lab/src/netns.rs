@@ -71,20 +71,14 @@ pub fn delete(name: &str) -> Result<(), NetnsError> {
 /// stays where it was.
 pub fn enter_named(name: &str) -> Result<(), NetnsError> {
     let path = named_path(name);
-    let f = File::open(&path).map_err(|source| NetnsError::Open {
-        path: path.clone(),
-        source,
-    })?;
+    let f = File::open(&path).map_err(|source| NetnsError::Open { path: path.clone(), source })?;
     setns(&f, CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Setns { path, source })
 }
 
 /// Runs `f` on a fresh thread inside the named namespace and returns its
 /// result. Sockets created there stay bound to that namespace wherever
 /// they are used afterwards, which is how the observer gets its sockets.
-pub fn run_in<T: Send + 'static>(
-    name: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, NetnsError> {
+pub fn run_in<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T, NetnsError> {
     let owned = name.to_string();
     let handle = std::thread::Builder::new()
         .name(format!("netns-{name}"))
@@ -92,13 +86,8 @@ pub fn run_in<T: Send + 'static>(
             enter_named(&owned)?;
             Ok(f())
         })
-        .map_err(|e| NetnsError::Open {
-            path: named_path(name),
-            source: e,
-        })?;
-    handle
-        .join()
-        .map_err(|_| NetnsError::Thread(name.to_string()))?
+        .map_err(|e| NetnsError::Open { path: named_path(name), source: e })?;
+    handle.join().map_err(|_| NetnsError::Thread(name.to_string()))?
 }
 
 /// Writes a sysctl under /proc/sys/net as seen from inside `name`.

@@ -87,18 +87,13 @@ struct Sockets {
 }
 
 fn os_err(what: &'static str) -> ObserverError {
-    ObserverError::Socket {
-        what,
-        source: io::Error::last_os_error(),
-    }
+    ObserverError::Socket { what, source: io::Error::last_os_error() }
 }
 
 /// Creates the AF_PACKET and raw ICMP sockets in the current namespace.
 fn open_sockets() -> Result<Sockets, ObserverError> {
-    let name = std::ffi::CString::new(IFACE).map_err(|e| ObserverError::Socket {
-        what: "interface name",
-        source: io::Error::other(e),
-    })?;
+    let name = std::ffi::CString::new(IFACE)
+        .map_err(|e| ObserverError::Socket { what: "interface name", source: io::Error::other(e) })?;
     // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
     let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
     if ifindex == 0 {
@@ -129,10 +124,7 @@ fn open_sockets() -> Result<Sockets, ObserverError> {
         return Err(os_err("bind(AF_PACKET, eth0)"));
     }
     // A receive timeout lets the capture thread notice `stop`.
-    let tv = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 100_000,
-    };
+    let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
     // SAFETY: `tv` is a valid timeval and the length matches it.
     let rc = unsafe {
         libc::setsockopt(
@@ -146,20 +138,12 @@ fn open_sockets() -> Result<Sockets, ObserverError> {
     if rc < 0 {
         return Err(os_err("setsockopt(SO_RCVTIMEO)"));
     }
-    let icmp = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).map_err(|source| {
-        ObserverError::Socket {
-            what: "socket(AF_INET, SOCK_RAW, ICMP)",
-            source,
-        }
-    })?;
+    let icmp = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))
+        .map_err(|source| ObserverError::Socket { what: "socket(AF_INET, SOCK_RAW, ICMP)", source })?;
     // Replies are read from the packet socket; this one never reads, so
     // keep its queue tiny.
     let _ = icmp.set_recv_buffer_size(1);
-    Ok(Sockets {
-        packet,
-        ifindex,
-        icmp,
-    })
+    Ok(Sockets { packet, ifindex, icmp })
 }
 
 impl Observer {
@@ -177,27 +161,16 @@ impl Observer {
             std::thread::Builder::new()
                 .name("tlab-capture".into())
                 .spawn(move || capture(&pk, start, &ev, &st))
-                .map_err(|source| ObserverError::Socket {
-                    what: "spawning the capture thread",
-                    source,
-                })?,
+                .map_err(|source| ObserverError::Socket { what: "spawning the capture thread", source })?,
         );
         let (st, pk, icmp, ifindex) = (stop.clone(), packet, socks.icmp, socks.ifindex);
         threads.push(
             std::thread::Builder::new()
                 .name("tlab-probe".into())
                 .spawn(move || probe(&icmp, &pk, ifindex, &st))
-                .map_err(|source| ObserverError::Socket {
-                    what: "spawning the probe thread",
-                    source,
-                })?,
+                .map_err(|source| ObserverError::Socket { what: "spawning the probe thread", source })?,
         );
-        Ok(Observer {
-            start,
-            events,
-            stop,
-            threads,
-        })
+        Ok(Observer { start, events, stop, threads })
     }
 
     /// Time since the observer started, on the same clock as events.
@@ -415,11 +388,7 @@ pub fn failover_gap(events: &[Event], old_mac: Mac, fault_at: Duration) -> Optio
         .filter(|e| e.at < first_new && matches!(e.kind, EventKind::EchoReply { src, .. } if src == old_mac))
         .map(|e| e.at)
         .max()?;
-    Some(Gap {
-        last_old,
-        first_new,
-        new_mac,
-    })
+    Some(Gap { last_old, first_new, new_mac })
 }
 
 /// MACs that sent ARP with the VIP as sender at or after `since`.
@@ -436,19 +405,12 @@ pub fn vip_arp_macs(events: &[Event], since: Duration) -> BTreeSet<Mac> {
 
 /// Last ARP with the VIP as sender from `mac`.
 pub fn last_vip_arp_from(events: &[Event], mac: Mac) -> Option<Duration> {
-    events
-        .iter()
-        .filter(|e| matches!(e.kind, EventKind::VipArp { sender, .. } if sender == mac))
-        .map(|e| e.at)
-        .max()
+    events.iter().filter(|e| matches!(e.kind, EventKind::VipArp { sender, .. } if sender == mac)).map(|e| e.at).max()
 }
 
 /// Times the client itself asked for the VIP at or after `since`.
 pub fn client_arp_requests(events: &[Event], since: Duration) -> usize {
-    events
-        .iter()
-        .filter(|e| e.at >= since && e.kind == EventKind::ClientArpForVip)
-        .count()
+    events.iter().filter(|e| e.at >= since && e.kind == EventKind::ClientArpForVip).count()
 }
 
 /// Echo replies seen in `[from, to)`.
@@ -465,17 +427,10 @@ pub fn replies_between(events: &[Event], from: Duration, to: Duration) -> Vec<(D
 
 /// The dual-answer check every test runs: after `settled_at`, at most one
 /// MAC may answer ARP for the VIP, and it must be `expected` if given.
-pub fn check_single_answerer(
-    events: &[Event],
-    settled_at: Duration,
-    expected: Option<Mac>,
-) -> Result<(), String> {
+pub fn check_single_answerer(events: &[Event], settled_at: Duration, expected: Option<Mac>) -> Result<(), String> {
     let macs = vip_arp_macs(events, settled_at);
-    let foreign: Vec<String> = macs
-        .iter()
-        .filter(|m| expected.is_some_and(|x| x != **m))
-        .map(|m| m.to_string())
-        .collect();
+    let foreign: Vec<String> =
+        macs.iter().filter(|m| expected.is_some_and(|x| x != **m)).map(|m| m.to_string()).collect();
     if macs.len() > 1 || !foreign.is_empty() {
         return Err(format!(
             "after the takeover settled ({settled_at:?}), ARP for the VIP came from {:?} (expected only {})",
@@ -495,13 +450,7 @@ mod tests {
     }
 
     fn reply(at: u64, mac: u8) -> Event {
-        Event {
-            at: ms(at),
-            kind: EventKind::EchoReply {
-                src: Mac([2, 0, 0, 0, 0, mac]),
-                seq: 0,
-            },
-        }
+        Event { at: ms(at), kind: EventKind::EchoReply { src: Mac([2, 0, 0, 0, 0, mac]), seq: 0 } }
     }
 
     #[test]
@@ -515,13 +464,7 @@ mod tests {
 
     #[test]
     fn two_answerers_after_settle_fail() {
-        let a = |at, m| Event {
-            at: ms(at),
-            kind: EventKind::VipArp {
-                sender: Mac([2, 0, 0, 0, 0, m]),
-                op: 2,
-            },
-        };
+        let a = |at, m| Event { at: ms(at), kind: EventKind::VipArp { sender: Mac([2, 0, 0, 0, 0, m]), op: 2 } };
         let ev = vec![a(0, 1), a(100, 2), a(200, 1)];
         assert!(check_single_answerer(&ev, ms(150), Some(Mac([2, 0, 0, 0, 0, 2]))).is_err());
         assert!(check_single_answerer(&ev, ms(250), None).is_ok());

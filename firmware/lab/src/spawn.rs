@@ -36,11 +36,7 @@ pub enum SpawnError {
         source: io::Error,
     },
     #[error("{what}: launcher {launcher} forked no child within 5 s (see {log})")]
-    NoChild {
-        what: String,
-        launcher: i32,
-        log: PathBuf,
-    },
+    NoChild { what: String, launcher: i32, log: PathBuf },
     #[error("could not send {signal} to pid {pid}")]
     Signal {
         pid: i32,
@@ -68,10 +64,7 @@ pub fn launch(program: &Path, args: &[String], log: &Path) -> Result<Launched, S
             .create(true)
             .append(true)
             .open(log)
-            .map_err(|source| SpawnError::Log {
-                path: log.to_path_buf(),
-                source,
-            })
+            .map_err(|source| SpawnError::Log { path: log.to_path_buf(), source })
     };
     let what = program.display().to_string();
     let mut child = Command::new("unshare")
@@ -85,10 +78,7 @@ pub fn launch(program: &Path, args: &[String], log: &Path) -> Result<Launched, S
         // take the cluster down with it.
         .process_group(0)
         .spawn()
-        .map_err(|source| SpawnError::Start {
-            what: what.clone(),
-            source,
-        })?;
+        .map_err(|source| SpawnError::Start { what: what.clone(), source })?;
     let launcher = child.id() as i32;
     // Reap the launcher whenever it exits, so a dead node never lingers as
     // a zombie that `kill(pid, 0)` would still call alive. When this
@@ -96,14 +86,8 @@ pub fn launch(program: &Path, args: &[String], log: &Path) -> Result<Launched, S
     std::thread::spawn(move || {
         let _ = child.wait();
     });
-    let pid = wait::until(Duration::from_secs(5), Duration::from_millis(5), || {
-        child_of(launcher)
-    })
-    .ok_or_else(|| SpawnError::NoChild {
-        what,
-        launcher,
-        log: log.to_path_buf(),
-    })?;
+    let pid = wait::until(Duration::from_secs(5), Duration::from_millis(5), || child_of(launcher))
+        .ok_or_else(|| SpawnError::NoChild { what, launcher, log: log.to_path_buf() })?;
     Ok(Launched { launcher, pid })
 }
 
@@ -146,12 +130,7 @@ pub fn stopped(pid: i32) -> bool {
 /// The process's command line, NUL separators turned into spaces.
 pub fn cmdline(pid: i32) -> Option<String> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    Some(
-        raw.split(|b| *b == 0)
-            .map(|p| String::from_utf8_lossy(p).into_owned())
-            .collect::<Vec<_>>()
-            .join(" "),
-    )
+    Some(raw.split(|b| *b == 0).map(|p| String::from_utf8_lossy(p).into_owned()).collect::<Vec<_>>().join(" "))
 }
 
 /// Sends `signal` to `pid`; a process that is already gone is not an error.

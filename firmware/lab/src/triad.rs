@@ -69,11 +69,7 @@ pub struct Status {
 /// workspace's target dir (release preferred, as the benchmark wants).
 pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, TriadError> {
     if let Some(p) = explicit {
-        return if p.exists() {
-            Ok(p.to_path_buf())
-        } else {
-            Err(TriadError::Missing(p.to_path_buf()))
-        };
+        return if p.exists() { Ok(p.to_path_buf()) } else { Err(TriadError::Missing(p.to_path_buf())) };
     }
     if let Some(p) = std::env::var_os("TRIAD_BIN") {
         let p = PathBuf::from(p);
@@ -116,10 +112,7 @@ pub fn config_text(id: u8, profile: &str, certs: &Path) -> String {
     let dir = layout::node_dir(id);
     let mut peers = String::new();
     for p in NODE_IDS.iter().filter(|p| **p != id) {
-        peers.push_str(&format!(
-            "[[cluster.peers]]\nid = {p}\naddress = \"{}\"\n",
-            node_ip(*p)
-        ));
+        peers.push_str(&format!("[[cluster.peers]]\nid = {p}\naddress = \"{}\"\n", node_ip(*p)));
     }
     format!(
         r#"# Written by triad-lab for node {id}.
@@ -161,10 +154,8 @@ lock_memory = true
 /// Writes node `id`'s config to its node dir and returns the path.
 pub fn write_config(id: u8, profile: &str, certs: &Path) -> Result<PathBuf, TriadError> {
     let path = layout::node_dir(id).join("triad.toml");
-    std::fs::write(&path, config_text(id, profile, certs)).map_err(|source| TriadError::Write {
-        path: path.clone(),
-        source,
-    })?;
+    std::fs::write(&path, config_text(id, profile, certs))
+        .map_err(|source| TriadError::Write { path: path.clone(), source })?;
     Ok(path)
 }
 
@@ -174,16 +165,7 @@ pub fn status(bin: &Path, socket: &Path) -> Result<Status, TriadError> {
     // kernel does) but never answers, and a test polling it must not hang.
     let out = cmd::run(
         "timeout",
-        &[
-            "-k",
-            "1",
-            "2",
-            &bin.to_string_lossy(),
-            "status",
-            "--socket",
-            &socket.to_string_lossy(),
-            "--json",
-        ],
+        &["-k", "1", "2", &bin.to_string_lossy(), "status", "--socket", &socket.to_string_lossy(), "--json"],
     )?;
     serde_json::from_str(out.trim()).map_err(|source| TriadError::Status { text: out, source })
 }

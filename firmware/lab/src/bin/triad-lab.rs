@@ -102,24 +102,14 @@ fn main() -> ExitCode {
 }
 
 fn triad_payload(triad: Option<PathBuf>, profile: Profile) -> Result<Payload, MainError> {
-    Ok(Payload::Triad {
-        bin: triad::locate(triad.as_deref())?,
-        profile,
-    })
+    Ok(Payload::Triad { bin: triad::locate(triad.as_deref())?, profile })
 }
 
 fn run(cli: Cli) -> Result<(), MainError> {
     match cli.cmd {
-        Cmd::Up {
-            profile,
-            triad,
-            keepalived,
-            keepalived_advert,
-        } => {
+        Cmd::Up { profile, triad, keepalived, keepalived_advert } => {
             let payload = if keepalived {
-                Payload::Keepalived {
-                    advert: keepalived_advert,
-                }
+                Payload::Keepalived { advert: keepalived_advert }
             } else {
                 triad_payload(triad, profile)?
             };
@@ -161,14 +151,7 @@ fn run(cli: Cli) -> Result<(), MainError> {
             lab.restart_node(id)?;
             println!("node {id} restarted: pid {}", lab.node(id)?.supervisor_pid);
         }
-        Cmd::BenchFailover {
-            runs,
-            profile,
-            keepalived_advert,
-            triad,
-            skip_triad,
-            skip_keepalived,
-        } => {
+        Cmd::BenchFailover { runs, profile, keepalived_advert, triad, skip_triad, skip_keepalived } => {
             let mut series = Vec::new();
             if !skip_triad {
                 let p = triad_payload(triad, profile)?;
@@ -177,9 +160,7 @@ fn run(cli: Cli) -> Result<(), MainError> {
             }
             if !skip_keepalived {
                 let label = format!("keepalived advert {keepalived_advert}s");
-                let p = Payload::Keepalived {
-                    advert: keepalived_advert,
-                };
+                let p = Payload::Keepalived { advert: keepalived_advert };
                 series.push(bench::failover_series(p, &label, runs)?);
             }
             println!();
