@@ -483,11 +483,21 @@ async fn serve(
                 warn!(peer = id, %addr, "closing inbound link: idle");
                 return;
             }
+            // A stream that ends inside a frame carried a truncated message:
+            // worth a warning, as garbage is (the partial frame is dropped).
+            Ok(Ok(0)) if dec.buffered() > 0 => {
+                warn!(peer = id, %addr, bytes = dec.buffered(), "dropped truncated frame: link closed mid-frame");
+                return;
+            }
             Ok(Ok(0)) => {
                 debug!(peer = id, %addr, "inbound link closed by peer");
                 return;
             }
             Ok(Ok(n)) => n,
+            Ok(Err(e)) if dec.buffered() > 0 => {
+                warn!(peer = id, %addr, bytes = dec.buffered(), error = %e, "dropped truncated frame: link broke mid-frame");
+                return;
+            }
             Ok(Err(e)) => {
                 debug!(peer = id, %addr, error = %e, "inbound link read failed");
                 return;
