@@ -105,17 +105,5 @@ pub fn net_ns_of(pid: i32) -> io::Result<u64> {
 
 /// All live processes whose network namespace is `inode`.
 pub fn pids_in(inode: u64) -> Vec<i32> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        if net_ns_of(pid).ok() == Some(inode) {
-            out.push(pid);
-        }
-    }
-    out
+    crate::spawn::all_pids().filter(|&pid| net_ns_of(pid).ok() == Some(inode)).collect()
 }

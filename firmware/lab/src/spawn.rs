@@ -141,22 +141,19 @@ pub fn signal(pid: i32, signal: Signal) -> Result<(), SpawnError> {
     }
 }
 
+/// Every live pid, from /proc.
+pub fn all_pids() -> impl Iterator<Item = i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+}
+
 /// Pids whose command line contains `needle` (never our own).
 pub fn pids_matching(needle: &str) -> Vec<i32> {
     let me = std::process::id() as i32;
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        if pid != me && cmdline(pid).is_some_and(|c| c.contains(needle)) {
-            out.push(pid);
-        }
-    }
-    out
+    all_pids().filter(|&pid| pid != me && cmdline(pid).is_some_and(|c| c.contains(needle))).collect()
 }
 
 /// Reads (utime + stime in clock ticks, VmRSS in KiB) for CPU and memory

@@ -650,17 +650,7 @@ priority = 50
 lock_memory = true
 "#;
 
-    /// The whole chain, as the edge would log it.
-    fn chain(e: &dyn std::error::Error) -> String {
-        let mut s = e.to_string();
-        let mut cur = e.source();
-        while let Some(c) = cur {
-            s.push_str(": ");
-            s.push_str(&c.to_string());
-            cur = c.source();
-        }
-        s
-    }
+    use crate::runtime::chain;
 
     fn err(text: &str) -> String {
         chain(&Config::parse(text).unwrap_err())

@@ -35,6 +35,8 @@ use crate::store::StateStore;
 
 /// How long the supervisor waits for its interface to appear at start.
 const LINK_WAIT: Duration = Duration::from_secs(30);
+/// Pause of the ARP watch after a receive error.
+const ARP_WATCH_RETRY: Duration = Duration::from_secs(1);
 
 /// Why the supervisor stopped.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +119,7 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
     let mut shell = Shell { node, store, vip, links, clock, cfg };
 
     info!(listen = %listen, "supervisor running");
+    let mut arp_resume: Option<tokio::time::Instant> = None;
     loop {
         let deadline = shell.clock.to_tokio(shell.node.next_deadline());
         let input = tokio::select! {
@@ -128,13 +131,20 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
                 shell.control(req).await?;
                 continue;
             }
-            conflict = arp_watch.next_conflict() => match conflict {
+            conflict = arp_watch.next_conflict(), if arp_resume.is_none() => match conflict {
                 Ok(mac) => Input::VipConflict { mac },
                 Err(e) => {
-                    warn!(error = %chain(&e), "ARP watch failed");
+                    // Pause rather than spin on a persistent error (a link
+                    // that went away) at real-time priority.
+                    warn!(error = %chain(&e), "ARP watch failed; retrying in 1 s");
+                    arp_resume = Some(tokio::time::Instant::now() + ARP_WATCH_RETRY);
                     continue;
                 }
             },
+            _ = sleep_until_or_never(arp_resume) => {
+                arp_resume = None;
+                continue;
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         };
@@ -267,6 +277,14 @@ impl Clock {
         // Far-future deadlines are capped: tokio rejects absurd instants.
         let micros = at.as_micros().min(86_400_000_000);
         self.origin + Duration::from_micros(micros)
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_or_never(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
