@@ -69,7 +69,15 @@ pub struct Election {
 
 impl Election {
     /// A node starting at `now` with its persisted state.
-    pub fn new(id: NodeId, peers: [NodeId; 2], timing: Timing, hard: HardState, position: Position, now: Instant, seed: u64) -> Self {
+    pub fn new(
+        id: NodeId,
+        peers: [NodeId; 2],
+        timing: Timing,
+        hard: HardState,
+        position: Position,
+        now: Instant,
+        seed: u64,
+    ) -> Self {
         let quiet_until = now.add(timing.election_timeout_max);
         let mut e = Election {
             id,
@@ -203,7 +211,14 @@ impl Election {
         }
     }
 
-    fn on_vote(&mut self, now: Instant, msg: &Message, position: Position, transfer: bool, out: &mut Vec<Output>) -> Transition {
+    fn on_vote(
+        &mut self,
+        now: Instant,
+        msg: &Message,
+        position: Position,
+        transfer: bool,
+        out: &mut Vec<Output>,
+    ) -> Transition {
         // A handed-over election waives stickiness for exactly one epoch:
         // the old leader gave up its lease before sending TimeoutNow.
         let waived = transfer && msg.epoch == self.hard.epoch + 1;

@@ -59,9 +59,7 @@ impl Liveness {
 
     /// Whether `id` was heard from within the timeout.
     pub fn reachable(&self, id: NodeId, now: Instant) -> bool {
-        self.get(id)
-            .and_then(|p| p.last_heard)
-            .is_some_and(|t| now.since(t) <= self.timeout)
+        self.get(id).and_then(|p| p.last_heard).is_some_and(|t| now.since(t) <= self.timeout)
     }
 
     /// Both peers, in configuration order.

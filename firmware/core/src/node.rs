@@ -51,7 +51,15 @@ pub struct Node {
 impl Node {
     /// A node starting at `now` from its persisted state. `seed` spreads its
     /// election timeouts; give each node (and each start) a different one.
-    pub fn new(id: NodeId, peers: [NodeId; 2], timing: Timing, hard: HardState, position: Position, now: Instant, seed: u64) -> Node {
+    pub fn new(
+        id: NodeId,
+        peers: [NodeId; 2],
+        timing: Timing,
+        hard: HardState,
+        position: Position,
+        now: Instant,
+        seed: u64,
+    ) -> Node {
         Node {
             id,
             peers,

@@ -40,7 +40,14 @@ pub struct Vip {
 
 impl Default for Vip {
     fn default() -> Self {
-        Vip { phase: VipPhase::Released, burst_left: 0, next_announce: None, next_renew: None, retry_at: None, remove_failed: false }
+        Vip {
+            phase: VipPhase::Released,
+            burst_left: 0,
+            next_announce: None,
+            next_renew: None,
+            retry_at: None,
+            remove_failed: false,
+        }
     }
 }
 

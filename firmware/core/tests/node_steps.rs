@@ -6,7 +6,9 @@
 //! message that lets another node raise it).
 
 use std::time::Duration;
-use triad_core::{AdminRequest, Body, HardState, Input, Instant, Message, Node, Notice, Output, Position, Role, Timing, VipAction};
+use triad_core::{
+    AdminRequest, Body, HardState, Input, Instant, Message, Node, Notice, Output, Position, Role, Timing, VipAction,
+};
 
 const MS: u64 = 1000;
 
@@ -119,7 +121,8 @@ fn prevote_raises_no_epoch_and_a_vote_is_persisted_before_its_reply() {
     let out = n2.handle(at(800), msg(1, 1, Body::Vote { position: Position::default(), transfer: false }));
     assert_eq!(persists(&out), vec![HardState { epoch: 1, voted_for: Some(1), standby: false }]);
     let p = position_of(&out, |o| matches!(o, Output::Persist(_)));
-    let s = position_of(&out, |o| matches!(o, Output::Send { msg, .. } if msg.body == Body::VoteReply { granted: true }));
+    let s =
+        position_of(&out, |o| matches!(o, Output::Send { msg, .. } if msg.body == Body::VoteReply { granted: true }));
     assert!(p < s, "vote persisted before the reply: {out:?}");
 }
 
@@ -138,7 +141,8 @@ fn one_vote_per_epoch_even_after_restart() {
 
 #[test]
 fn a_voter_refuses_a_candidate_with_older_data() {
-    let mut n2 = Node::new(2, [1, 3], Timing::default(), HardState::default(), Position { epoch: 3, seq: 10 }, at(0), 2);
+    let mut n2 =
+        Node::new(2, [1, 3], Timing::default(), HardState::default(), Position { epoch: 3, seq: 10 }, at(0), 2);
     let out = n2.handle(at(800), msg(1, 4, Body::Vote { position: Position { epoch: 3, seq: 9 }, transfer: false }));
     assert_eq!(sends(&out)[0].1.body, Body::VoteReply { granted: false });
     let out = n2.handle(at(800), msg(1, 5, Body::PreVote { position: Position { epoch: 2, seq: 99 } }));
@@ -253,7 +257,9 @@ fn switchover_removes_the_vip_before_sending_timeout_now() {
     n2.handle(at(1000), msg(1, 1, Body::Heartbeat { round: 9 }));
     let out = n2.handle(at(1001), msg(1, 1, Body::TimeoutNow));
     assert_eq!(n2.role(), Role::Candidate);
-    assert!(sends(&out).iter().all(|(_, m)| m.epoch == 2 && m.body == Body::Vote { position: Position::default(), transfer: true }));
+    assert!(sends(&out)
+        .iter()
+        .all(|(_, m)| m.epoch == 2 && m.body == Body::Vote { position: Position::default(), transfer: true }));
     let mut n3 = node(3, HardState { epoch: 1, voted_for: Some(1), standby: false });
     n3.handle(at(1000), msg(1, 1, Body::Heartbeat { round: 9 }));
     let out = n3.handle(at(1002), msg(2, 2, Body::Vote { position: Position::default(), transfer: true }));
@@ -269,11 +275,15 @@ fn switchover_removes_the_vip_before_sending_timeout_now() {
 fn switchover_is_refused_with_a_reason_when_it_cannot_happen() {
     let mut n2 = node(2, HardState::default());
     let out = n2.handle(at(5), Input::Admin(AdminRequest::Switchover { to: Some(3) }));
-    assert!(matches!(&out[..], [Output::Notice(Notice::AdminRefused { reason }), ..] if reason.contains("not the active node")));
+    assert!(
+        matches!(&out[..], [Output::Notice(Notice::AdminRefused { reason }), ..] if reason.contains("not the active node"))
+    );
     let mut n1 = node(1, HardState::default());
     let t0 = elect_node1(&mut n1);
     let out = n1.handle(t0, Input::Admin(AdminRequest::Switchover { to: Some(3) }));
-    assert!(out.iter().any(|o| matches!(o, Output::Notice(Notice::AdminRefused { reason }) if reason.contains("not reachable"))));
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Notice(Notice::AdminRefused { reason }) if reason.contains("not reachable"))));
     assert_eq!(n1.role(), Role::Leader);
 }
 
@@ -355,7 +365,9 @@ fn switchover_refuses_a_standby_target_and_keeps_the_lease() {
     n1.handle(t0, Input::VipDone { action: VipAction::Add, ok: true });
     n1.handle(t0, msg(2, 1, Body::Ping { position: Position::default(), standby: true }));
     let out = n1.handle(t0, Input::Admin(AdminRequest::Switchover { to: Some(2) }));
-    assert!(out.iter().any(|o| matches!(o, Output::Notice(Notice::AdminRefused { reason }) if reason.contains("standby"))));
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Notice(Notice::AdminRefused { reason }) if reason.contains("standby"))));
     assert!(!out.iter().any(|o| matches!(o, Output::Vip(VipAction::Remove))));
     assert_eq!(n1.role(), Role::Leader);
     assert!(n1.lease_until(t0).is_some());

@@ -193,7 +193,9 @@ impl<V: VipOps> Shell<V> {
                         debug!(peer = to, error = %e, "message dropped");
                     }
                 }
-                Output::Vip(action) if action != VipAction::Remove && self.node.lease_until(self.clock.now()).is_none() => {
+                Output::Vip(action)
+                    if action != VipAction::Remove && self.node.lease_until(self.clock.now()).is_none() =>
+                {
                     // Decided earlier in this batch, but the lease has ended
                     // since (a VIP completion was fed back in between). Never
                     // raise, renew or announce outside a lease; a skipped Add
