@@ -61,8 +61,11 @@ pub struct Election {
     /// Until then the node neither votes nor campaigns (memory of a recent
     /// leader was lost with the restart).
     quiet_until: Instant,
-    /// Last heartbeat from the leader of the current epoch.
+    /// Last heartbeat from a leader (any epoch).
     leader_heard_at: Option<Instant>,
+    /// Until then the node refuses votes because the VIP may still be on
+    /// its interface (a Remove that failed or is in flight).
+    fence_until: Option<Instant>,
     position: Position,
     rng: SplitMix64,
 }
@@ -90,6 +93,7 @@ impl Election {
             deadline: now,
             quiet_until,
             leader_heard_at: None,
+            fence_until: None,
             position,
             rng: SplitMix64::new(seed),
         };
@@ -135,11 +139,22 @@ impl Election {
     }
 
     /// Sets or clears standby; persisted before anything else happens.
-    pub fn set_standby(&mut self, standby: bool, out: &mut Vec<Output>) {
+    pub fn set_standby(&mut self, now: Instant, standby: bool, out: &mut Vec<Output>) {
         if self.hard.standby != standby {
             self.hard.standby = standby;
             out.push(Output::Persist(self.hard));
         }
+        // A campaign in flight must not make a standby node leader.
+        if standby && matches!(self.role, Role::PreCandidate | Role::Candidate) {
+            self.become_follower(now, None, out);
+        }
+    }
+
+    /// While the VIP may still be on this node's interface (until `until`),
+    /// the node must not help elect anyone else: set by the node from the
+    /// VIP state before every message.
+    pub fn set_fence(&mut self, until: Option<Instant>) {
+        self.fence_until = until;
     }
 
     /// Whether this node is in standby.
@@ -183,7 +198,7 @@ impl Election {
                 Transition::None
             }
             Body::PreVoteReply { granted } => {
-                if self.role == Role::PreCandidate && msg.epoch == self.hard.epoch + 1 && granted {
+                if self.role == Role::PreCandidate && Some(msg.epoch) == self.hard.epoch.checked_add(1) && granted {
                     self.grant_from(msg.from);
                     if self.has_majority() {
                         self.start_election(now, false, out);
@@ -221,7 +236,7 @@ impl Election {
     ) -> Transition {
         // A handed-over election waives stickiness for exactly one epoch:
         // the old leader gave up its lease before sending TimeoutNow.
-        let waived = transfer && msg.epoch == self.hard.epoch + 1;
+        let waived = transfer && Some(msg.epoch) == self.hard.epoch.checked_add(1);
         if msg.epoch < self.hard.epoch || (self.sticky(now) && !waived) {
             self.send(msg.from, self.hard.epoch, Body::VoteReply { granted: false }, out);
             return Transition::None;
@@ -269,7 +284,11 @@ impl Election {
     fn on_heartbeat(&mut self, now: Instant, msg: &Message, round: u64, out: &mut Vec<Output>) -> Transition {
         if msg.epoch < self.hard.epoch {
             // Tell the stale leader about the newer epoch; it steps down.
-            self.send(msg.from, self.hard.epoch, Body::HeartbeatAck { round }, out);
+            // Round 0 is never sent: rounds restart in every leadership, and
+            // echoing `round` could renew the lease of the same node's *new*
+            // leadership (same epoch as ours) for a round we never saw.
+            let _ = round;
+            self.send(msg.from, self.hard.epoch, Body::HeartbeatAck { round: 0 }, out);
             return Transition::None;
         }
         if self.role == Role::Leader {
@@ -322,7 +341,10 @@ impl Election {
         self.role = Role::Follower;
         self.leader = leader;
         self.grants.clear();
-        self.leader_heard_at = None;
+        // `leader_heard_at` is kept on purpose: stickiness is about time
+        // since a leader was last heard, whatever epoch arrives meanwhile.
+        // Clearing it on a higher epoch (a failed candidate's ping) let a
+        // voter help elect a second leader inside the first one's lease.
         self.reset_deadline(now);
         if changed {
             out.push(Output::Notice(Notice::RoleChanged { role: Role::Follower, epoch: self.hard.epoch }));
@@ -330,6 +352,11 @@ impl Election {
     }
 
     fn start_pre_vote(&mut self, now: Instant, out: &mut Vec<Output>) {
+        // The last epoch cannot be followed by another: stay a follower.
+        let Some(proposed) = self.hard.epoch.checked_add(1) else {
+            self.reset_deadline(now);
+            return;
+        };
         if self.role != Role::PreCandidate {
             out.push(Output::Notice(Notice::RoleChanged { role: Role::PreCandidate, epoch: self.hard.epoch }));
         }
@@ -337,18 +364,18 @@ impl Election {
         self.leader = None;
         self.grants.clear();
         self.reset_deadline(now);
-        let proposed = self.hard.epoch + 1;
         for to in self.peers {
             self.send(to, proposed, Body::PreVote { position: self.position }, out);
         }
     }
 
     fn start_election(&mut self, now: Instant, transfer: bool, out: &mut Vec<Output>) {
+        let Some(epoch) = self.hard.epoch.checked_add(1) else { return };
         self.role = Role::Candidate;
         self.leader = None;
         self.leader_heard_at = None;
         self.grants.clear();
-        self.hard.epoch += 1;
+        self.hard.epoch = epoch;
         self.hard.voted_for = Some(self.id);
         // Persist the epoch and our own vote before asking anyone.
         out.push(Output::Persist(self.hard));
@@ -359,10 +386,28 @@ impl Election {
         }
     }
 
+    /// Until when this node refuses to vote for anyone else (for invariant
+    /// checks: a valid lease must be backed by such a refusal on another
+    /// node). `None` if it would vote now.
+    pub fn refuses_votes_until(&self, now: Instant) -> Option<Instant> {
+        if self.role == Role::Leader {
+            return Some(Instant(u64::MAX));
+        }
+        let mut until = self.quiet_until;
+        if let Some(heard) = self.leader_heard_at {
+            until = until.max(heard.add(self.timing.election_timeout_min));
+        }
+        if let Some(fence) = self.fence_until {
+            until = until.max(fence);
+        }
+        (until > now).then_some(until)
+    }
+
     /// Whether this node refuses to vote for anyone else right now.
     fn sticky(&self, now: Instant) -> bool {
         self.role == Role::Leader
             || now < self.quiet_until
+            || self.fence_until.is_some_and(|t| now < t)
             || self.leader_heard_at.is_some_and(|t| now.since(t) < self.timing.election_timeout_min)
     }
 

@@ -93,6 +93,9 @@ impl Node {
             Input::VipConflict { mac } if matches!(self.vip.phase(), VipPhase::Held | VipPhase::Claiming) => {
                 self.vip_conflict = Some((mac, now));
                 out.push(Output::Notice(Notice::VipConflict { mac }));
+                // Pull clients back: a stale announcement from another node
+                // may have moved them.
+                self.vip.reannounce(now, &self.timing);
             }
             Input::VipConflict { .. } => {}
             Input::PositionChanged(p) => self.election.set_position(p),
@@ -165,19 +168,29 @@ impl Node {
         self.lease.as_ref().filter(|l| l.valid(now)).and_then(Lease::until)
     }
 
+    /// Until when this node refuses to vote for any other candidate (for
+    /// invariant checks), `None` if it would vote now.
+    pub fn refuses_votes_until(&self, now: Instant) -> Option<Instant> {
+        self.election.refuses_votes_until(now)
+    }
+
     /// The VIP phase.
     pub fn vip_phase(&self) -> VipPhase {
         self.vip.phase()
     }
 
     fn receive(&mut self, now: Instant, msg: &Message, out: &mut Vec<Output>) {
-        if !self.peers.contains(&msg.from) {
+        // The last epoch could never be followed by another election: a
+        // message claiming it is refused rather than adopted.
+        if !self.peers.contains(&msg.from) || msg.epoch == Epoch::MAX {
             return;
         }
         self.liveness.heard(msg.from, now);
         if let Body::Ping { position, standby } = msg.body {
             self.liveness.reported(msg.from, position, standby);
         }
+        // While the VIP may still be on our interface, we must not vote.
+        self.election.set_fence(self.vip.fence(&self.timing));
         let t = self.election.receive(now, msg, out);
         self.on_transition(now, t);
         if let (Body::HeartbeatAck { round }, Some(lease)) = (&msg.body, self.lease.as_mut()) {
@@ -277,25 +290,38 @@ impl Node {
     fn admin(&mut self, now: Instant, req: AdminRequest, out: &mut Vec<Output>) {
         let result = match req {
             AdminRequest::Switchover { to } => self.switchover(now, to, out),
+            // Two nodes in standby leave one electable node: one more
+            // failure and nothing can take over. Refuse.
+            AdminRequest::Standby(true) if !self.election.standby() && self.peer_in_standby().is_some() => {
+                Err(format!(
+                    "node {} is already in standby; at most one node may be in standby",
+                    self.peer_in_standby().unwrap_or_default()
+                ))
+            }
             AdminRequest::Standby(true) => {
                 if self.role() == Role::Leader {
                     self.handover_target(now, None).map(|target| {
-                        self.election.set_standby(true, out);
+                        self.election.set_standby(now, true, out);
                         self.hand_over(now, target, out);
                     })
                 } else {
-                    self.election.set_standby(true, out);
+                    self.election.set_standby(now, true, out);
                     Ok(())
                 }
             }
             AdminRequest::Standby(false) => {
-                self.election.set_standby(false, out);
+                self.election.set_standby(now, false, out);
                 Ok(())
             }
         };
         if let Err(reason) = result {
             out.push(Output::Notice(Notice::AdminRefused { reason }));
         }
+    }
+
+    /// A peer that last said it is in standby.
+    fn peer_in_standby(&self) -> Option<NodeId> {
+        self.liveness.peers().iter().find(|p| p.standby).map(|p| p.id)
     }
 
     fn switchover(&mut self, now: Instant, to: Option<NodeId>, out: &mut Vec<Output>) -> Result<(), String> {

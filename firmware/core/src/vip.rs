@@ -36,6 +36,9 @@ pub struct Vip {
     next_renew: Option<Instant>,
     retry_at: Option<Instant>,
     remove_failed: bool,
+    /// When an Add or Renew was last issued: the kernel lifetime runs from
+    /// about then.
+    last_refresh: Option<Instant>,
 }
 
 impl Default for Vip {
@@ -47,6 +50,7 @@ impl Default for Vip {
             next_renew: None,
             retry_at: None,
             remove_failed: false,
+            last_refresh: None,
         }
     }
 }
@@ -66,12 +70,14 @@ impl Vip {
         match (self.phase, want) {
             (VipPhase::Released, true) => {
                 self.phase = VipPhase::Claiming;
+                self.last_refresh = Some(now);
                 out.push(Output::Vip(VipAction::Add));
             }
             (VipPhase::Held, false) => self.release(out),
             (VipPhase::Held, true) => {
                 if self.next_renew.is_some_and(|r| now >= r) {
                     self.next_renew = Some(now.add(t.vip_renew_interval));
+                    self.last_refresh = Some(now);
                     out.push(Output::Vip(VipAction::Renew));
                 }
                 if self.next_announce.is_some_and(|a| now >= a) {
@@ -123,6 +129,26 @@ impl Vip {
             }
             // Renew and Announce failures are reported; the next one retries.
             _ => {}
+        }
+    }
+
+    /// Until when the VIP may still be on the interface although this node
+    /// no longer wants it: `None` once a Remove succeeded; otherwise the
+    /// kernel lifetime after the last Add or Renew (a Remove that keeps
+    /// failing is outlived by the lifetime, since renewals have stopped).
+    pub fn fence(&self, t: &Timing) -> Option<Instant> {
+        if self.phase == VipPhase::Released {
+            return None;
+        }
+        self.last_refresh.map(|r| r.add(t.vip_lifetime).add(t.kernel_expiry_slack))
+    }
+
+    /// Starts a fresh announcement burst (another host was seen answering
+    /// for the VIP while we hold it).
+    pub fn reannounce(&mut self, now: Instant, t: &Timing) {
+        if self.phase == VipPhase::Held {
+            self.burst_left = t.garp_burst_count;
+            self.next_announce = Some(now);
         }
     }
 

@@ -205,8 +205,11 @@ fn heartbeat_is_acked_and_a_stale_leader_learns_the_newer_epoch() {
     let out = n2.handle(at(900), msg(1, 3, Body::Heartbeat { round: 7 }));
     assert_eq!(sends(&out), vec![(1, Message { from: 2, epoch: 3, body: Body::HeartbeatAck { round: 7 } })]);
     assert_eq!(n2.status(at(900)).leader, Some(1));
+    // The stale leader hears of epoch 3, with round 0 (never a real round):
+    // if it has meanwhile been elected in epoch 3, this ack must not renew
+    // a round of that new leadership.
     let out = n2.handle(at(901), msg(3, 2, Body::Heartbeat { round: 1 }));
-    assert_eq!(sends(&out), vec![(3, Message { from: 2, epoch: 3, body: Body::HeartbeatAck { round: 1 } })]);
+    assert_eq!(sends(&out), vec![(3, Message { from: 2, epoch: 3, body: Body::HeartbeatAck { round: 0 } })]);
     assert_eq!(n2.status(at(901)).leader, Some(1), "a stale leader is not followed");
 }
 
@@ -396,4 +399,91 @@ fn after_any_tick_the_next_deadline_is_in_the_future() {
         now = next;
     }
     assert!(n1.status(now).vip_held);
+}
+
+#[test]
+fn a_higher_epoch_does_not_end_stickiness() {
+    // Review finding: a failed candidate's ping at a higher epoch used to
+    // clear the follower's memory of its leader, letting it vote inside
+    // the leader's lease.
+    let mut n2 = node(2, HardState { epoch: 1, voted_for: Some(1), standby: false });
+    n2.handle(at(1000), msg(1, 1, Body::Heartbeat { round: 3 }));
+    n2.handle(at(1010), msg(3, 2, Body::Ping { position: Position::default(), standby: false }));
+    assert_eq!(n2.epoch(), 2, "the higher epoch is adopted");
+    let out = n2.handle(at(1020), msg(3, 3, Body::PreVote { position: Position::default() }));
+    assert_eq!(sends(&out)[0].1.body, Body::PreVoteReply { granted: false });
+    let out = n2.handle(at(1030), msg(3, 3, Body::Vote { position: Position::default(), transfer: false }));
+    assert_eq!(sends(&out)[0].1.body, Body::VoteReply { granted: false });
+    assert_eq!(n2.epoch(), 2);
+    let out = n2.handle(at(1400), msg(3, 3, Body::Vote { position: Position::default(), transfer: false }));
+    assert_eq!(sends(&out)[0].1.body, Body::VoteReply { granted: true }, "after the window it votes");
+}
+
+#[test]
+fn an_ack_of_round_zero_renews_nothing() {
+    let mut n1 = node(1, HardState::default());
+    let t0 = elect_node1(&mut n1);
+    let out = n1.handle(t0, msg(2, 1, Body::HeartbeatAck { round: 0 }));
+    assert!(!out.contains(&Output::Vip(VipAction::Add)));
+    assert_eq!(n1.lease_until(t0), None);
+}
+
+#[test]
+fn the_last_epoch_is_refused_and_never_overflows() {
+    let mut n2 = node(2, HardState { epoch: u64::MAX - 1, voted_for: None, standby: false });
+    n2.handle(at(800), msg(1, u64::MAX, Body::Ping { position: Position::default(), standby: false }));
+    assert_eq!(n2.epoch(), u64::MAX - 1, "a message at the last epoch is refused");
+    // Replies at the last epoch are refused too, so no election reaches it.
+    let (now, _) = tick_until_prevote(&mut n2);
+    n2.handle(now, msg(1, u64::MAX, Body::PreVoteReply { granted: true }));
+    assert_eq!(n2.epoch(), u64::MAX - 1);
+    // A node whose persisted epoch is the last one never campaigns, and
+    // nothing overflows.
+    let mut n3 = node(3, HardState { epoch: u64::MAX, voted_for: None, standby: false });
+    let mut now = at(0);
+    for _ in 0..100 {
+        now = n3.next_deadline();
+        let out = n3.handle(now, Input::Tick);
+        assert!(!sends(&out).iter().any(|(_, m)| matches!(m.body, Body::PreVote { .. } | Body::Vote { .. })));
+    }
+    assert_eq!(n3.epoch(), u64::MAX);
+}
+
+#[test]
+fn a_node_whose_vip_removal_failed_does_not_vote() {
+    // Review finding: after losing its lease with a failed Remove, a live
+    // node could vote a new leader in while the VIP was still on its
+    // interface. It refuses until the removal succeeds or the kernel
+    // lifetime has run out.
+    let mut n1 = node(1, HardState::default());
+    let t0 = elect_node1(&mut n1);
+    n1.handle(t0, msg(2, 1, Body::HeartbeatAck { round: 1 }));
+    n1.handle(t0, Input::VipDone { action: VipAction::Add, ok: true });
+    let out = n1.handle(t0, msg(3, 2, Body::HeartbeatAck { round: 0 }));
+    assert!(out.contains(&Output::Vip(VipAction::Remove)));
+    n1.handle(t0, Input::VipDone { action: VipAction::Remove, ok: false });
+    let vote = |n: &mut Node, t: Instant| {
+        let out = n.handle(t, msg(3, 2, Body::Vote { position: Position::default(), transfer: false }));
+        sends(&out).iter().find(|(_, m)| matches!(m.body, Body::VoteReply { .. })).map(|(_, m)| m.body.clone())
+    };
+    assert_eq!(vote(&mut n1, t0.add(Duration::from_millis(10))), Some(Body::VoteReply { granted: false }));
+    // The kernel lifetime (1 s) plus slack after the Add: the VIP is gone.
+    let after = t0.add(Duration::from_millis(1251));
+    assert_eq!(vote(&mut n1, after), Some(Body::VoteReply { granted: true }));
+}
+
+#[test]
+fn standby_stops_a_campaign_and_two_standby_nodes_are_refused() {
+    let mut n1 = node(1, HardState::default());
+    let (now, _) = tick_until_prevote(&mut n1);
+    n1.handle(now, Input::Admin(AdminRequest::Standby(true)));
+    assert_eq!(n1.role(), Role::Follower);
+    let out = n1.handle(now, msg(2, 1, Body::PreVoteReply { granted: true }));
+    assert!(!sends(&out).iter().any(|(_, m)| matches!(m.body, Body::Vote { .. })));
+
+    let mut n3 = node(3, HardState::default());
+    n3.handle(at(10), msg(1, 0, Body::Ping { position: Position::default(), standby: true }));
+    let out = n3.handle(at(11), Input::Admin(AdminRequest::Standby(true)));
+    assert!(out.iter().any(|o| matches!(o, Output::Notice(Notice::AdminRefused { reason }) if reason.contains("node 1 is already in standby"))));
+    assert!(!n3.status(at(11)).standby);
 }

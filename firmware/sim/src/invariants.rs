@@ -33,6 +33,11 @@ pub enum Check {
     /// node is leader with a valid lease (a stale one re-creates the VIP or
     /// pulls clients to a node that is not active).
     VipActionNeedsLease,
+    /// A valid lease is backed by a majority: another node (down, or alive
+    /// and refusing votes for anyone else) until the lease ends. Checked
+    /// directly, so a lease renewed by a non-sticky ack is caught even when
+    /// no second leader happens to appear.
+    LeaseBacked,
     /// After a Tick, the next deadline lies in the future (else the
     /// runtime's timer-first loop spins and starves message handling).
     Progress,
@@ -43,7 +48,8 @@ pub enum Check {
 
 impl Check {
     /// Every check.
-    pub const ALL: [Check; 11] = [
+    pub const ALL: [Check; 12] = [
+        Check::LeaseBacked,
         Check::OneLease,
         Check::OneVip,
         Check::EpochMonotonic,

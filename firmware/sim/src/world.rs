@@ -551,7 +551,30 @@ impl World {
                 format!("node {id} ({role:?}, epoch {epoch}): after a Tick at {local:?} next_deadline() is {deadline:?}; the runtime would spin"),
             )?;
         }
-        self.checker.lease(now, id, lease_real)
+        self.checker.lease(now, id, lease_real)?;
+        self.check_lease_backed(id, lease_real)
+    }
+
+    /// `LeaseBacked`: while `id` holds a lease until `end` (real time), some
+    /// other node is down (a restart brings a quiet period longer than any
+    /// lease) or refuses votes until at least `end`.
+    fn check_lease_backed(&mut self, id: NodeId, end: Option<u64>) -> Result<(), Violation> {
+        let Some(end) = end.filter(|e| *e > self.now) else { return Ok(()) };
+        let mut why = Vec::new();
+        for h in self.hosts.iter().filter(|h| h.id != id) {
+            let Some(p) = h.proc.as_ref() else { return Ok(()) };
+            let local = h.clock.local(self.now);
+            match p.node.refuses_votes_until(local) {
+                Some(u) if u.0 == u64::MAX || h.clock.real_of(u) >= end => return Ok(()),
+                Some(u) => why.push(format!("node {} refuses votes only until t={}µs", h.id, h.clock.real_of(u))),
+                None => why.push(format!("node {} would vote now", h.id)),
+            }
+        }
+        self.checker.fail(
+            Check::LeaseBacked,
+            self.now,
+            format!("node {id} holds a lease until t={end}µs, but {}", why.join(" and ")),
+        )
     }
 
     /// Carries out one output the way the runtime does.

@@ -115,12 +115,24 @@ fn send_before_persist_without_quiet_period_double_votes() {
 
 #[test]
 fn acks_without_stickiness_give_two_leases() {
-    finds("partition", &[Mutation::AckWithoutStickiness], &[], &[Check::OneLease, Check::OneVip], 400);
+    finds(
+        "partition",
+        &[Mutation::AckWithoutStickiness],
+        &[],
+        &[Check::LeaseBacked, Check::OneLease, Check::OneVip],
+        400,
+    );
 }
 
 #[test]
 fn no_quiet_period_after_start_gives_two_leases() {
-    finds("restart-race", &[Mutation::NoQuietAfterStart], &[], &[Check::OneLease, Check::OneVip], 400);
+    finds(
+        "restart-race",
+        &[Mutation::NoQuietAfterStart],
+        &[],
+        &[Check::LeaseBacked, Check::OneLease, Check::OneVip],
+        400,
+    );
 }
 
 #[test]
@@ -130,7 +142,7 @@ fn skipped_vip_remove_gives_two_vips() {
 
 #[test]
 fn drift_beyond_the_bound_gives_two_leases() {
-    finds("partition", &[Mutation::DriftBeyondBound], &[], &[Check::OneLease, Check::OneVip], 400);
+    finds("partition", &[Mutation::DriftBeyondBound], &[], &[Check::LeaseBacked, Check::OneLease, Check::OneVip], 400);
 }
 
 #[test]

@@ -35,6 +35,8 @@ use crate::store::StateStore;
 
 /// How long the supervisor waits for its interface to appear at start.
 const LINK_WAIT: Duration = Duration::from_secs(30);
+/// How long a stopping leader lets its links send the TimeoutNow.
+const HANDOVER_FLUSH: Duration = Duration::from_millis(100);
 /// Pause of the ARP watch after a receive error.
 const ARP_WATCH_RETRY: Duration = Duration::from_secs(1);
 
@@ -112,6 +114,8 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
 
     let mut term = signal(SignalKind::terminate()).map_err(RuntimeError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RuntimeError::Signal)?;
+    // SIGPWR: the UPS says power is going; an orderly stop, like SIGTERM.
+    let mut pwr = signal(SignalKind::from_raw(libc::SIGPWR)).map_err(RuntimeError::Signal)?;
 
     let clock = Clock::start();
     let peers = [cfg.cluster.peers[0].id, cfg.cluster.peers[1].id];
@@ -147,9 +151,11 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = pwr.recv() => break,
         };
         shell.step(input).await?;
     }
+    shell.hand_over_before_exit().await?;
     info!("shutting down: removing the VIP");
     if let Err(e) = shell.vip.apply(VipAction::Remove).await {
         error!(error = %chain(&e), "could not remove the VIP at shutdown; the kernel lifetime will");
@@ -251,6 +257,24 @@ impl<V: VipOps> Shell<V> {
         })
     }
 
+    /// A planned stop of the active node hands the role over first (the
+    /// VIP goes, then TimeoutNow), so a restart costs a few milliseconds
+    /// instead of an election timeout. Without an eligible peer it just stops.
+    async fn hand_over_before_exit(&mut self) -> Result<(), RuntimeError> {
+        if self.node.role() != triad_core::Role::Leader {
+            return Ok(());
+        }
+        match self.admin(AdminRequest::Switchover { to: None }).await? {
+            Response::Error(reason) => info!(%reason, "stopping without a handover"),
+            _ => {
+                info!("handed the active role over before stopping");
+                // Let the link tasks put TimeoutNow on the wire.
+                tokio::time::sleep(HANDOVER_FLUSH).await;
+            }
+        }
+        Ok(())
+    }
+
     fn report(&self) -> StatusReport {
         let status = self.node.status(self.clock.now());
         let peers = self.cfg.cluster.peers.map(|p| (p.id, p.address.to_string()));
@@ -258,27 +282,46 @@ impl<V: VipOps> Shell<V> {
     }
 }
 
-/// The core's clock: microseconds since the supervisor started, on the
-/// monotonic clock (suspend-aware clocks are not needed: a box that
-/// sleeps is not serving).
+/// The core's clock: microseconds since the supervisor started, on
+/// CLOCK_BOOTTIME. Unlike CLOCK_MONOTONIC it keeps counting while the
+/// machine (or its VM) is suspended or paused, so after a resume a leader
+/// sees its lease as expired instead of renewing a VIP that peers have long
+/// given to someone else.
 struct Clock {
-    origin: tokio::time::Instant,
+    origin: Duration,
 }
+
+/// The longest the loop sleeps without looking at the core again.
+const MAX_SLEEP: Duration = Duration::from_secs(3600);
 
 impl Clock {
     fn start() -> Clock {
-        Clock { origin: tokio::time::Instant::now() }
+        Clock { origin: boottime() }
     }
 
     fn now(&self) -> triad_core::Instant {
-        let micros = self.origin.elapsed().as_micros();
+        let micros = boottime().saturating_sub(self.origin).as_micros();
         triad_core::Instant(u64::try_from(micros).unwrap_or(u64::MAX))
     }
 
+    /// The tokio instant at which the core's `at` comes: computed as a
+    /// delay from now, since tokio's timers run on CLOCK_MONOTONIC.
     fn to_tokio(&self, at: triad_core::Instant) -> tokio::time::Instant {
-        // Far-future deadlines are capped: tokio rejects absurd instants.
-        let micros = at.as_micros().min(86_400_000_000);
-        self.origin + Duration::from_micros(micros)
+        let delay = at.since(self.now()).min(MAX_SLEEP);
+        tokio::time::Instant::now() + delay
+    }
+}
+
+/// CLOCK_BOOTTIME as a duration since boot.
+fn boottime() -> Duration {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME) {
+        Ok(ts) => Duration::new(u64::try_from(ts.tv_sec()).unwrap_or(0), u32::try_from(ts.tv_nsec()).unwrap_or(0)),
+        // CLOCK_BOOTTIME exists on every kernel Triad supports (>= 2.6.39);
+        // fall back to the monotonic clock rather than stop.
+        Err(_) => {
+            static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+            START.get_or_init(std::time::Instant::now).elapsed()
+        }
     }
 }
 

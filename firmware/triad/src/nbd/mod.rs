@@ -1,0 +1,24 @@
+//! The NBD export of the replicated volume (issue 3, item 2).
+//!
+//! - [`proto`]: the wire format, sans-IO; parsers never panic.
+//! - [`handshake`]: option haggling as a pure function of one option.
+//! - [`device`]: the [`BlockDevice`] seam, a file-backed device and an
+//!   in-memory fake.
+//! - [`server`]: the tokio server: unix-socket accept loop, handshake,
+//!   pipelined transmission, and a transmission-only entry point for the
+//!   kernel nbd driver.
+//!
+//! The node serves the volume only while its [`Activity`] says so.
+//! Protocol choices and the error mapping: docs/nbd.md.
+//!
+//! Must not: decide whether this node is active (the supervisor's loop
+//! does, through [`Activity`]), or know how blocks are replicated (behind
+//! [`BlockDevice`]).
+
+pub mod device;
+pub mod handshake;
+pub mod proto;
+pub mod server;
+
+pub use device::{BlockDevice, DeviceError, FileDevice, MemDevice};
+pub use server::{Activity, NbdError, NbdServer};

@@ -1,0 +1,511 @@
+//! The NBD server: a unix-socket accept loop, the handshake, and the
+//! pipelined transmission phase, over any [`BlockDevice`].
+//!
+//! One connection:
+//! ```text
+//!                 ┌──────────── reader (this task) ────────────┐
+//!  socket ──────▶ │ header → payload → proto::check → dispatch │
+//!                 └──┬──────────────┬──────────────────────────┘
+//!                    │ error reply  │ tokio::spawn per request (device op)
+//!                    ▼              ▼
+//!                 replies channel (mpsc) ──▶ writer task ──▶ socket
+//! ```
+//! Replies complete in any order (the spec allows it; cookies match them
+//! up). Memory is bounded per connection by a budget of buffer units
+//! ([`BUDGET_UNITS`] × 4 KiB) taken before a payload is read or a read is
+//! started, and given back only once its reply is written: a client that
+//! stops reading replies stops being read, instead of growing our memory.
+//!
+//! FLUSH ordering: every WRITE/TRIM/WRITE_ZEROES task holds a clone of the
+//! current "write gate" sender. A FLUSH swaps in a new gate and waits until
+//! every sender of the old one is gone (its receiver then yields `None`),
+//! i.e. until every modifying request received before the FLUSH has
+//! completed on the device, then calls [`BlockDevice::flush`]. That is
+//! stronger than the spec's rule (only writes already *replied to* must be
+//! covered) and keeps the rule true for devices whose writes complete out
+//! of order.
+//!
+//! Failure isolation: every connection runs in its own task and its errors
+//! end only that connection (logged once, here). Garbage that breaks the
+//! framing (bad magic, oversized write payload, truncated header, unknown
+//! client flags) closes the connection; a well-framed bad request gets an
+//! error reply and the connection carries on.
+//!
+//! Must not: write to the device on a node that is not [`Activity`]-active
+//! (checked per request, so a step-down takes effect at once), or panic.
+
+use std::io;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+use super::device::BlockDevice;
+use super::handshake::{on_option, ExportView, Next};
+use super::proto::{
+    check, greeting, simple_reply, ClientFlags, Cmd, Command, Geometry, OptionHeader, ProtoError, RequestHeader,
+    MAX_PAYLOAD, OPTION_HEADER_LEN, REQUEST_LEN,
+};
+
+/// Time a client gets to finish option haggling.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Options accepted per connection before it is treated as a denial of
+/// service and closed (real clients send fewer than ten).
+pub const MAX_OPTIONS: usize = 256;
+/// Per-connection buffer budget, in 4 KiB units: 64 MiB, twice the largest
+/// request, so one maximal request never waits for itself.
+pub const BUDGET_UNITS: u32 = 16 * 1024;
+const UNIT: u32 = 4096;
+
+/// What failed while serving NBD.
+#[derive(Debug, thiserror::Error)]
+pub enum NbdError {
+    /// The listening socket could not be set up.
+    #[error("cannot listen on {path}")]
+    Bind {
+        /// Socket path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Something other than a socket is at the socket path.
+    #[error("{path} exists and is not a socket; refusing to replace it")]
+    NotASocket {
+        /// Socket path.
+        path: PathBuf,
+    },
+    /// `accept` failed.
+    #[error("accept failed")]
+    Accept(#[source] io::Error),
+    /// Socket I/O failed.
+    #[error("connection I/O failed during {during}")]
+    Io {
+        /// Phase.
+        during: &'static str,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The client broke the protocol so the stream cannot be trusted.
+    #[error("protocol violation")]
+    Proto(#[from] ProtoError),
+    /// Option haggling took longer than [`HANDSHAKE_TIMEOUT`].
+    #[error("handshake not finished within {HANDSHAKE_TIMEOUT:?}")]
+    HandshakeTimeout,
+    /// More than [`MAX_OPTIONS`] options.
+    #[error("more than {MAX_OPTIONS} options")]
+    TooManyOptions,
+}
+
+fn io_err(during: &'static str) -> impl FnOnce(io::Error) -> NbdError {
+    move |source| NbdError::Io { during, source }
+}
+
+/// Whether this node serves the volume; shared with whoever decides it
+/// (the supervisor's loop, later), read by every request.
+#[derive(Debug, Clone, Default)]
+pub struct Activity(Arc<AtomicBool>);
+
+impl Activity {
+    /// A handle starting in the given state.
+    pub fn new(active: bool) -> Self {
+        Self(Arc::new(AtomicBool::new(active)))
+    }
+    /// Sets the state; requests parsed afterwards see it.
+    pub fn set_active(&self, active: bool) {
+        self.0.store(active, Ordering::SeqCst);
+    }
+    /// Current state.
+    pub fn is_active(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// One export served over NBD.
+#[derive(Debug)]
+pub struct NbdServer<D> {
+    name: String,
+    device: Arc<D>,
+    activity: Activity,
+}
+
+impl<D> Clone for NbdServer<D> {
+    fn clone(&self) -> Self {
+        Self { name: self.name.clone(), device: Arc::clone(&self.device), activity: self.activity.clone() }
+    }
+}
+
+/// A reply on its way to the writer, holding its share of the budget.
+struct Reply {
+    cookie: u64,
+    error: u32,
+    data: Vec<u8>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Ends when every holder of a clone of its sender is done.
+struct WriteGate {
+    tx: mpsc::Sender<()>,
+    rx: mpsc::Receiver<()>,
+}
+
+impl WriteGate {
+    fn new() -> Self {
+        let (tx, rx) = mpsc::channel(1);
+        Self { tx, rx }
+    }
+}
+
+impl<D: BlockDevice> NbdServer<D> {
+    /// A server for `device` under the export name `name`.
+    pub fn new(name: impl Into<String>, device: D, activity: Activity) -> Self {
+        Self { name: name.into(), device: Arc::new(device), activity }
+    }
+
+    /// Binds `path` and serves `device` there until an accept error.
+    pub async fn serve_unix(path: &Path, name: &str, device: D, activity: Activity) -> Result<(), NbdError> {
+        let server = Self::new(name, device, activity);
+        server.serve_listener(bind_unix(path)?).await
+    }
+
+    /// Accepts connections forever, one task each.
+    pub async fn serve_listener(&self, listener: UnixListener) -> Result<(), NbdError> {
+        loop {
+            let (stream, _) = listener.accept().await.map_err(NbdError::Accept)?;
+            let server = self.clone();
+            tokio::spawn(async move {
+                match server.serve_connection(stream).await {
+                    Ok(()) => tracing::debug!("nbd connection closed"),
+                    Err(e) => tracing::info!(error = %error_chain(&e), "nbd connection ended"),
+                }
+            });
+        }
+    }
+
+    /// Serves one connection: handshake, then transmission.
+    pub async fn serve_connection<S>(&self, mut stream: S) -> Result<(), NbdError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let next = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&mut stream))
+            .await
+            .map_err(|_| NbdError::HandshakeTimeout)??;
+        match next {
+            Next::Transmit => self.serve_transmission(stream).await,
+            Next::Haggle | Next::Close => Ok(()),
+        }
+    }
+
+    async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(&self, s: &mut S) -> Result<Next, NbdError> {
+        s.write_all(&greeting()).await.map_err(io_err("greeting"))?;
+        s.flush().await.map_err(io_err("greeting"))?;
+        let mut flags = [0u8; 4];
+        s.read_exact(&mut flags).await.map_err(io_err("client flags"))?;
+        let flags = ClientFlags::parse(&flags)?;
+        for _ in 0..MAX_OPTIONS {
+            let mut hdr = [0u8; OPTION_HEADER_LEN];
+            s.read_exact(&mut hdr).await.map_err(io_err("option header"))?;
+            let hdr = OptionHeader::parse(&hdr)?;
+            // len <= MAX_OPTION_DATA (64 KiB), checked by parse.
+            let mut data = vec![0u8; hdr.len as usize];
+            s.read_exact(&mut data).await.map_err(io_err("option data"))?;
+            let export = ExportView {
+                name: &self.name,
+                geometry: Geometry::new(self.device.size()),
+                active: self.activity.is_active(),
+            };
+            let out = on_option(hdr.option, &data, &export, flags.no_zeroes);
+            s.write_all(&out.reply).await.map_err(io_err("option reply"))?;
+            s.flush().await.map_err(io_err("option reply"))?;
+            if out.next != Next::Haggle {
+                return Ok(out.next);
+            }
+        }
+        Err(NbdError::TooManyOptions)
+    }
+
+    /// Serves the transmission phase only: for a socket whose handshake
+    /// happened elsewhere (the kernel nbd driver on a socketpair is told the
+    /// size and flags by ioctl and starts straight with requests).
+    pub async fn serve_transmission<S>(&self, stream: S) -> Result<(), NbdError>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (mut rd, wr) = tokio::io::split(stream);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(write_replies(wr, rx));
+        let result = self.read_requests(&mut rd, &tx).await;
+        // In-flight requests finish and are answered (spec: DISC "MUST
+        // handle all outstanding requests"); the writer ends with the last
+        // sender.
+        drop(tx);
+        let written = writer.await.unwrap_or(Ok(()));
+        result?;
+        written.map_err(io_err("reply"))
+    }
+
+    async fn read_requests<R: AsyncRead + Unpin>(
+        &self,
+        rd: &mut R,
+        tx: &mpsc::UnboundedSender<Reply>,
+    ) -> Result<(), NbdError> {
+        let geometry = Geometry::new(self.device.size());
+        let budget = Arc::new(Semaphore::new(BUDGET_UNITS as usize));
+        let mut gate = WriteGate::new();
+        loop {
+            let Some(hdr) = read_header(rd).await? else { return Ok(()) };
+            let h = RequestHeader::parse(&hdr)?;
+            let payload_len = h.payload_len(MAX_PAYLOAD)?;
+            // Reads and writes cost their buffer (capped: an oversized read
+            // is refused below without a buffer); everything else one unit.
+            let buffered = h.kind == Cmd::Read.to_wire() || h.kind == Cmd::Write.to_wire();
+            let bytes = if buffered { h.len.min(MAX_PAYLOAD) } else { 0 };
+            let units = bytes.div_ceil(UNIT).max(1);
+            let permit = Arc::clone(&budget)
+                .acquire_many_owned(units)
+                .await
+                .map_err(|_| NbdError::Io { during: "budget", source: io::Error::other("budget semaphore closed") })?;
+            let mut payload = vec![0u8; payload_len];
+            rd.read_exact(&mut payload).await.map_err(io_err("write payload"))?;
+            let cmd = match check(&h, &geometry, self.activity.is_active()) {
+                Ok(cmd) => cmd,
+                Err(e) => {
+                    tracing::debug!(cookie = h.cookie, error = %e, "nbd request refused");
+                    let _ =
+                        tx.send(Reply { cookie: h.cookie, error: e.errno().code(), data: Vec::new(), _permit: permit });
+                    continue;
+                }
+            };
+            if cmd == Command::Disc {
+                return Ok(());
+            }
+            let gate_hold = match cmd {
+                Command::Flush => {
+                    let old = std::mem::replace(&mut gate, WriteGate::new());
+                    drop(old.tx);
+                    Some(GateUse::Wait(old.rx))
+                }
+                Command::Write { .. } | Command::Trim { .. } | Command::WriteZeroes { .. } => {
+                    Some(GateUse::Hold(gate.tx.clone()))
+                }
+                Command::Read { .. } | Command::Disc => None,
+            };
+            let device = Arc::clone(&self.device);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let result = execute(&*device, cmd, payload, gate_hold).await;
+                let (error, data) = match result {
+                    Ok(data) => (0, data),
+                    Err(e) => {
+                        tracing::warn!(cookie = h.cookie, error = %error_chain(&e), "nbd request failed on the device");
+                        (e.errno().code(), Vec::new())
+                    }
+                };
+                // The writer is gone only if the client is: nothing to do.
+                let _ = tx.send(Reply { cookie: h.cookie, error, data, _permit: permit });
+            });
+        }
+    }
+}
+
+/// How a request takes part in FLUSH ordering.
+enum GateUse {
+    /// A modifying request: holds the gate open until it completes.
+    Hold(mpsc::Sender<()>),
+    /// A FLUSH: waits for the gate it closed.
+    Wait(mpsc::Receiver<()>),
+}
+
+async fn execute<D: BlockDevice>(
+    device: &D,
+    cmd: Command,
+    payload: Vec<u8>,
+    gate: Option<GateUse>,
+) -> Result<Vec<u8>, super::device::DeviceError> {
+    let _hold = match gate {
+        Some(GateUse::Wait(mut rx)) => {
+            // Nothing is ever sent: recv returns None once all holders left.
+            let _ = rx.recv().await;
+            None
+        }
+        Some(GateUse::Hold(tx)) => Some(tx),
+        None => None,
+    };
+    match cmd {
+        Command::Read { offset, len } => device.read_at(offset, len).await,
+        Command::Write { offset, fua, .. } => device.write_at(offset, payload, fua).await.map(|()| Vec::new()),
+        Command::Flush => device.flush().await.map(|()| Vec::new()),
+        Command::Trim { offset, len, fua } => device.trim(offset, len, fua).await.map(|()| Vec::new()),
+        Command::WriteZeroes { offset, len, fua, no_hole } => {
+            device.write_zeroes(offset, len, fua, no_hole).await.map(|()| Vec::new())
+        }
+        Command::Disc => Ok(Vec::new()),
+    }
+}
+
+/// Reads one request header; `None` on a clean end of stream between
+/// requests (a client hard disconnect), an error if it ends mid-header.
+async fn read_header<R: AsyncRead + Unpin>(rd: &mut R) -> Result<Option<[u8; REQUEST_LEN]>, NbdError> {
+    let mut hdr = [0u8; REQUEST_LEN];
+    let mut got = 0;
+    while got < REQUEST_LEN {
+        let n = rd.read(&mut hdr[got..]).await.map_err(io_err("request header"))?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(None);
+            }
+            return Err(ProtoError::Truncated { what: "request", need: REQUEST_LEN, got }.into());
+        }
+        got += n;
+    }
+    Ok(Some(hdr))
+}
+
+/// Writes replies in the order they complete, flushing when none is queued.
+async fn write_replies<W: AsyncWrite + Unpin>(wr: W, mut rx: mpsc::UnboundedReceiver<Reply>) -> io::Result<()> {
+    let mut w = BufWriter::with_capacity(256 * 1024, wr);
+    while let Some(reply) = rx.recv().await {
+        w.write_all(&simple_reply(reply.error, reply.cookie)).await?;
+        w.write_all(&reply.data).await?;
+        // Dropping the reply returns its budget.
+        drop(reply);
+        if rx.is_empty() {
+            w.flush().await?;
+        }
+    }
+    w.flush().await?;
+    w.shutdown().await
+}
+
+/// Binds a unix socket at `path`, replacing a stale socket (never another
+/// kind of file).
+pub fn bind_unix(path: &Path) -> Result<UnixListener, NbdError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            std::fs::remove_file(path).map_err(|source| NbdError::Bind { path: path.to_owned(), source })?;
+        }
+        Ok(_) => return Err(NbdError::NotASocket { path: path.to_owned() }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => return Err(NbdError::Bind { path: path.to_owned(), source }),
+    }
+    UnixListener::bind(path).map_err(|source| NbdError::Bind { path: path.to_owned(), source })
+}
+
+/// "outer: cause: cause" for one log line at the edge.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::device::MemDevice;
+    use super::super::proto::{
+        Errno, InfoRequest, CMD_FLAG_FUA, INFO_BLOCK_SIZE, OPT_GO, REP_ACK, SIMPLE_REPLY_LEN, SIMPLE_REPLY_MAGIC,
+    };
+    use super::*;
+    use tokio::io::DuplexStream;
+
+    const SIZE: usize = 1 << 20;
+
+    fn req(cmd: Cmd, flags: u16, cookie: u64, offset: u64, len: u32) -> Vec<u8> {
+        RequestHeader { flags, kind: cmd.to_wire(), cookie, offset, len }.encode().to_vec()
+    }
+
+    async fn reply(c: &mut DuplexStream, data_len: usize) -> (u32, u64, Vec<u8>) {
+        let mut h = [0u8; SIMPLE_REPLY_LEN];
+        c.read_exact(&mut h).await.expect("reply header");
+        assert_eq!(&h[0..4], &SIMPLE_REPLY_MAGIC.to_be_bytes());
+        let err = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+        let cookie = u64::from_be_bytes(h[8..16].try_into().expect("8 bytes"));
+        let mut data = vec![0u8; if err == 0 { data_len } else { 0 }];
+        c.read_exact(&mut data).await.expect("reply data");
+        (err, cookie, data)
+    }
+
+    fn start(active: bool) -> (DuplexStream, tokio::task::JoinHandle<Result<(), NbdError>>, Activity) {
+        let activity = Activity::new(active);
+        let server = NbdServer::new("vol", MemDevice::new(SIZE), activity.clone());
+        let (client, srv) = tokio::io::duplex(1 << 20);
+        let task = tokio::spawn(async move { server.serve_transmission(srv).await });
+        (client, task, activity)
+    }
+
+    #[tokio::test]
+    async fn transmission_write_read_flush_errors_disc() {
+        let (mut c, task, activity) = start(true);
+        let mut w = req(Cmd::Write, CMD_FLAG_FUA, 1, 4096, 4096);
+        w.extend(vec![0x5a; 4096]);
+        c.write_all(&w).await.expect("send");
+        assert_eq!(reply(&mut c, 0).await, (0, 1, vec![]));
+        c.write_all(&req(Cmd::Flush, 0, 2, 0, 0)).await.expect("send");
+        assert_eq!(reply(&mut c, 0).await.0, 0);
+        c.write_all(&req(Cmd::Read, 0, 3, 4096, 4096)).await.expect("send");
+        assert_eq!(reply(&mut c, 4096).await, (0, 3, vec![0x5a; 4096]));
+        // Refused requests keep the connection usable; a refused write's
+        // payload is consumed.
+        let mut mis = req(Cmd::Write, 0, 4, 512, 4096);
+        mis.extend(vec![1; 4096]);
+        c.write_all(&mis).await.expect("send");
+        assert_eq!(reply(&mut c, 0).await.0, Errno::Inval.code());
+        c.write_all(&req(Cmd::Read, 0, 5, SIZE as u64, 4096)).await.expect("send");
+        assert_eq!(reply(&mut c, 0).await.0, Errno::Inval.code());
+        c.write_all(&RequestHeader { flags: 0, kind: 99, cookie: 6, offset: 0, len: 0 }.encode()).await.expect("send");
+        assert_eq!(reply(&mut c, 0).await, (Errno::Inval.code(), 6, vec![]));
+        activity.set_active(false);
+        let mut w = req(Cmd::Write, 0, 7, 0, 4096);
+        w.extend(vec![0; 4096]);
+        c.write_all(&w).await.expect("send");
+        assert_eq!(reply(&mut c, 0).await.0, Errno::Perm.code());
+        c.write_all(&req(Cmd::Disc, 0, 8, 0, 0)).await.expect("send");
+        assert!(task.await.expect("join").is_ok());
+    }
+
+    #[tokio::test]
+    async fn bad_magic_and_oversized_write_close() {
+        let (mut c, task, _) = start(true);
+        c.write_all(&[0u8; REQUEST_LEN]).await.expect("send");
+        assert!(matches!(task.await.expect("join"), Err(NbdError::Proto(ProtoError::BadMagic { .. }))));
+        let (mut c, task, _) = start(true);
+        c.write_all(&req(Cmd::Write, 0, 1, 0, MAX_PAYLOAD + 1)).await.expect("send");
+        assert!(matches!(task.await.expect("join"), Err(NbdError::Proto(ProtoError::PayloadTooLarge { .. }))));
+        let (mut c, task, _) = start(true);
+        c.write_all(&req(Cmd::Read, 0, 1, 0, 4096)[..10]).await.expect("send");
+        drop(c);
+        assert!(matches!(task.await.expect("join"), Err(NbdError::Proto(ProtoError::Truncated { .. }))));
+    }
+
+    #[tokio::test]
+    async fn handshake_go_then_transmission() {
+        let server = NbdServer::new("vol", MemDevice::new(SIZE), Activity::new(true));
+        let (mut c, srv) = tokio::io::duplex(1 << 16);
+        let task = tokio::spawn(async move { server.serve_connection(srv).await });
+        let mut g = [0u8; 18];
+        c.read_exact(&mut g).await.expect("greeting");
+        assert_eq!(&g[..8], b"NBDMAGIC");
+        c.write_all(&3u32.to_be_bytes()).await.expect("flags");
+        let data = InfoRequest { name: "vol".into(), infos: vec![INFO_BLOCK_SIZE] }.encode();
+        c.write_all(&OptionHeader { option: OPT_GO, len: data.len() as u32 }.encode()).await.expect("opt");
+        c.write_all(&data).await.expect("opt data");
+        // INFO_EXPORT (20 + 12), INFO_BLOCK_SIZE (20 + 14), ACK (20).
+        let mut r = vec![0u8; 32 + 34 + 20];
+        c.read_exact(&mut r).await.expect("go replies");
+        assert_eq!(&r[66 + 12..66 + 16], &REP_ACK.to_be_bytes());
+        c.write_all(&req(Cmd::Read, 0, 9, 0, 4096)).await.expect("read");
+        assert_eq!(reply(&mut c, 4096).await, (0, 9, vec![0; 4096]));
+        drop(c);
+        assert!(task.await.expect("join").is_ok());
+    }
+}

@@ -1,0 +1,59 @@
+//! The narrow disk trait every byte of persistent state goes through.
+//!
+//! The storage engine does I/O only through [`Disk`], so the same code runs
+//! on a real file or block device ([`FileDisk`]) and, in tests and the
+//! simulator, on an in-memory disk that loses unsynced writes at a power
+//! cut ([`MemDisk`]). A `Disk` is a fixed-size array of bytes; writes are
+//! durable only after [`Disk::sync`] returns `Ok`.
+//!
+//! Contract (rule 9 of the protocol sketch): once `sync` has failed, the
+//! disk is failed for good and every later call errors. A retried fsync
+//! can report success for data the kernel already dropped, so the only
+//! safe reaction is to stop and resync the node.
+
+mod file;
+mod mem;
+
+pub use file::FileDisk;
+pub use mem::{MemDisk, SECTOR};
+
+use std::io;
+
+/// A fixed-size disk region addressed by byte offset.
+pub trait Disk {
+    /// Size in bytes; never changes.
+    fn len(&self) -> u64;
+
+    /// True when the region has no bytes.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Fill `buf` from `off`. Reads see every earlier write, synced or not.
+    fn read_at(&self, off: u64, buf: &mut [u8]) -> io::Result<()>;
+
+    /// Write `data` at `off`. Not durable until a successful `sync`.
+    fn write_at(&mut self, off: u64, data: &[u8]) -> io::Result<()>;
+
+    /// Make every earlier write durable (fdatasync). After a failure the
+    /// disk is failed forever: never retry.
+    fn sync(&mut self) -> io::Result<()>;
+}
+
+/// The error for an access outside the disk.
+pub(crate) fn out_of_range(off: u64, len: usize, disk_len: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("access of {len} bytes at {off} beyond the end of a {disk_len}-byte disk"),
+    )
+}
+
+/// The error returned by a disk that failed a sync earlier.
+pub(crate) fn failed_disk() -> io::Error {
+    io::Error::other("disk failed an earlier sync; it is never retried (rule 9)")
+}
+
+/// Whether `[off, off + len)` lies inside a disk of `disk_len` bytes.
+pub(crate) fn in_range(off: u64, len: usize, disk_len: u64) -> bool {
+    off.checked_add(len as u64).is_some_and(|end| end <= disk_len)
+}

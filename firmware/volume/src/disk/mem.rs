@@ -1,0 +1,246 @@
+//! [`MemDisk`]: an in-memory [`Disk`] with the failure semantics of a real
+//! one, for tests and the simulator.
+//!
+//! Reads see every write (the page cache). Writes since the last `sync`
+//! are pending. [`MemDisk::power_cut`] models losing power: for every
+//! 512-byte sector touched since the last sync, the medium ends up with
+//! its last synced content or with the content after any one of the
+//! pending writes to it, chosen at random and independently per sector.
+//! That covers dropped writes, writes torn at sector boundaries, writes
+//! applied out of order, and writeback that had sent an older version of
+//! a page. Sectors themselves are atomic (what drives promise).
+//! [`MemDisk::crash`] models a process kill: the page cache survives, so
+//! nothing is lost and pending writes stay pending.
+//!
+//! It must not draw randomness itself: the caller hands in the generator,
+//! so a simulator seed replays the same cut.
+
+use super::{failed_disk, in_range, out_of_range, Disk};
+use std::collections::BTreeMap;
+use std::io;
+
+/// The unit a power cut keeps or drops: a 512-byte sector.
+pub const SECTOR: u64 = 512;
+
+/// An in-memory disk that can lose unsynced writes.
+#[derive(Clone, Debug)]
+pub struct MemDisk {
+    /// What the medium holds: survives a power cut.
+    durable: Vec<u8>,
+    /// What reads see: `durable` plus every pending write.
+    cache: Vec<u8>,
+    /// Writes since the last sync, oldest first.
+    pending: Vec<(u64, Vec<u8>)>,
+    /// Fault injection: the next sync fails.
+    fail_next_sync: bool,
+    /// A sync failed; the disk refuses everything (rule 9).
+    failed: bool,
+    /// Number of successful syncs, for tests that count fdatasyncs.
+    syncs: u64,
+}
+
+impl MemDisk {
+    /// A zero-filled disk of `len` bytes.
+    pub fn new(len: usize) -> Self {
+        MemDisk {
+            durable: vec![0; len],
+            cache: vec![0; len],
+            pending: Vec::new(),
+            fail_next_sync: false,
+            failed: false,
+            syncs: 0,
+        }
+    }
+
+    /// A disk whose durable content is `bytes` (e.g. garbage for tests).
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        let mut d = MemDisk::new(0);
+        d.cache = bytes.clone();
+        d.durable = bytes;
+        d
+    }
+
+    /// Process kill: the kernel's page cache survives, so every write is
+    /// kept (still pending: a later power cut can lose what was unsynced).
+    pub fn crash(&mut self) {}
+
+    /// Power cut: each sector written since the last sync keeps its synced
+    /// content or takes the content after one of its pending writes, at
+    /// random. `rng` supplies 64 random bits per call.
+    pub fn power_cut(&mut self, rng: &mut impl FnMut() -> u64) {
+        let len = self.durable.len() as u64;
+        // The content of each touched sector after each pending write, in
+        // write order: the versions the medium may end up holding.
+        let mut scratch: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        let mut versions: BTreeMap<u64, Vec<Vec<u8>>> = BTreeMap::new();
+        for (off, data) in &self.pending {
+            let end = off + data.len() as u64;
+            let mut sector = off / SECTOR;
+            while sector * SECTOR < end {
+                let s_start = sector * SECTOR;
+                let s_end = (s_start + SECTOR).min(len);
+                let cur =
+                    scratch.entry(sector).or_insert_with(|| self.durable[s_start as usize..s_end as usize].to_vec());
+                let from = (*off).max(s_start);
+                let to = end.min(s_end);
+                cur[(from - s_start) as usize..(to - s_start) as usize]
+                    .copy_from_slice(&data[(from - off) as usize..(to - off) as usize]);
+                versions.entry(sector).or_default().push(cur.clone());
+                sector += 1;
+            }
+        }
+        for (sector, vs) in versions {
+            let pick = (rng() % (vs.len() as u64 + 1)) as usize;
+            if pick > 0 {
+                let s_start = (sector * SECTOR) as usize;
+                let v = &vs[pick - 1];
+                self.durable[s_start..s_start + v.len()].copy_from_slice(v);
+            }
+        }
+        self.pending.clear();
+        self.cache.clone_from(&self.durable);
+        // Power comes back: a new boot, a working disk.
+        self.failed = false;
+        self.fail_next_sync = false;
+    }
+
+    /// Fault injection: make the next `sync` fail (and the disk with it).
+    pub fn fail_next_sync(&mut self) {
+        self.fail_next_sync = true;
+    }
+
+    /// How many syncs succeeded so far.
+    pub fn sync_count(&self) -> u64 {
+        self.syncs
+    }
+
+    /// Number of writes not yet synced.
+    pub fn pending_writes(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The bytes the medium holds (what a power cut now would leave, at
+    /// best).
+    pub fn durable_bytes(&self) -> &[u8] {
+        &self.durable
+    }
+}
+
+impl Disk for MemDisk {
+    fn len(&self) -> u64 {
+        self.cache.len() as u64
+    }
+
+    fn read_at(&self, off: u64, buf: &mut [u8]) -> io::Result<()> {
+        if self.failed {
+            return Err(failed_disk());
+        }
+        if !in_range(off, buf.len(), self.len()) {
+            return Err(out_of_range(off, buf.len(), self.len()));
+        }
+        let off = off as usize;
+        buf.copy_from_slice(&self.cache[off..off + buf.len()]);
+        Ok(())
+    }
+
+    fn write_at(&mut self, off: u64, data: &[u8]) -> io::Result<()> {
+        if self.failed {
+            return Err(failed_disk());
+        }
+        if !in_range(off, data.len(), self.len()) {
+            return Err(out_of_range(off, data.len(), self.len()));
+        }
+        let o = off as usize;
+        self.cache[o..o + data.len()].copy_from_slice(data);
+        self.pending.push((off, data.to_vec()));
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        if self.failed {
+            return Err(failed_disk());
+        }
+        if self.fail_next_sync {
+            // Like Linux after a writeback error: the dirty data is gone
+            // from the cache's point of view and the disk is not trusted.
+            self.failed = true;
+            return Err(io::Error::other("injected fdatasync failure"));
+        }
+        for (off, data) in self.pending.drain(..) {
+            let o = off as usize;
+            self.durable[o..o + data.len()].copy_from_slice(&data);
+        }
+        self.syncs += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counter(seq: Vec<u64>) -> impl FnMut() -> u64 {
+        let mut i = 0;
+        move || {
+            let v = seq[i % seq.len()];
+            i += 1;
+            v
+        }
+    }
+
+    #[test]
+    fn synced_data_survives_power_cut() {
+        let mut d = MemDisk::new(4096);
+        d.write_at(10, b"abc").unwrap();
+        d.sync().unwrap();
+        d.write_at(10, b"xyz").unwrap();
+        d.power_cut(&mut counter(vec![0]));
+        let mut b = [0u8; 3];
+        d.read_at(10, &mut b).unwrap();
+        assert_eq!(&b, b"abc");
+    }
+
+    #[test]
+    fn crash_keeps_everything() {
+        let mut d = MemDisk::new(4096);
+        d.write_at(0, b"abc").unwrap();
+        d.crash();
+        let mut b = [0u8; 3];
+        d.read_at(0, &mut b).unwrap();
+        assert_eq!(&b, b"abc");
+        assert_eq!(d.pending_writes(), 1);
+    }
+
+    #[test]
+    fn power_cut_tears_at_sector_granularity() {
+        let mut d = MemDisk::new(4096);
+        // One write spanning two sectors: keep the first, drop the second.
+        d.write_at(500, &[7u8; 24]).unwrap();
+        d.power_cut(&mut counter(vec![1, 0]));
+        let mut b = [0u8; 24];
+        d.read_at(500, &mut b).unwrap();
+        assert_eq!(&b[..12], &[7u8; 12]);
+        assert_eq!(&b[12..], &[0u8; 12]);
+    }
+
+    #[test]
+    fn power_cut_may_keep_an_older_pending_version() {
+        let mut d = MemDisk::new(1024);
+        d.write_at(0, &[1u8; 4]).unwrap();
+        d.write_at(2, &[2u8; 4]).unwrap();
+        // Pick version 1 of sector 0: the first write only.
+        d.power_cut(&mut counter(vec![1]));
+        let mut b = [0u8; 6];
+        d.read_at(0, &mut b).unwrap();
+        assert_eq!(b, [1, 1, 1, 1, 0, 0]);
+    }
+
+    #[test]
+    fn failed_sync_is_sticky() {
+        let mut d = MemDisk::new(1024);
+        d.fail_next_sync();
+        assert!(d.sync().is_err());
+        assert!(d.sync().is_err());
+        assert!(d.write_at(0, b"a").is_err());
+    }
+}

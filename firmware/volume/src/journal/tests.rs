@@ -1,0 +1,143 @@
+//! Unit tests of the journal ring over `MemDisk`.
+
+use super::*;
+use crate::disk::MemDisk;
+
+fn journal(ring: usize) -> Journal<MemDisk> {
+    Journal::format(MemDisk::new(2 * HEADER_SLOT_LEN as usize + ring)).unwrap()
+}
+
+fn reopen(j: Journal<MemDisk>) -> Journal<MemDisk> {
+    let mut d = j.into_disk();
+    d.crash();
+    Journal::open(d).unwrap()
+}
+
+#[test]
+fn append_sync_reopen() {
+    let mut j = journal(8192);
+    assert_eq!(j.last(), Position::ZERO);
+    j.append_next(1, 0, b"hello").unwrap();
+    j.append_next(1, 4096, b"").unwrap(); // a no-op record
+    assert_eq!(j.durable(), Position::ZERO);
+    assert_eq!(j.sync().unwrap(), Position::new(1, 2));
+    let j = reopen(j);
+    assert_eq!(j.last(), Position::new(1, 2));
+    let recs: Vec<Record> = j.iter_from(1).collect::<Result<_, _>>().unwrap();
+    assert_eq!(recs[0].payload, b"hello");
+    assert_eq!(recs[1].payload, b"");
+    assert_eq!(recs[1].prev, Position::new(1, 1));
+}
+
+#[test]
+fn one_sync_per_batch() {
+    let mut j = journal(65536);
+    let before = j.disk_mut().sync_count();
+    for _ in 0..50 {
+        j.append_next(1, 0, &[1; 100]).unwrap();
+    }
+    j.sync().unwrap();
+    assert_eq!(j.disk_mut().sync_count(), before + 1);
+}
+
+#[test]
+fn refuses_records_that_do_not_chain() {
+    let mut j = journal(8192);
+    j.append_next(2, 0, b"a").unwrap();
+    let bad = Record { epoch: 2, seq: 3, prev: Position::new(2, 2), offset: 0, payload: vec![] };
+    assert!(matches!(j.append(&bad), Err(JournalError::NotChained { .. })));
+    let older = Record { epoch: 1, seq: 2, prev: Position::new(2, 1), offset: 0, payload: vec![] };
+    assert!(matches!(j.append(&older), Err(JournalError::NotChained { .. })));
+}
+
+#[test]
+fn truncate_after_is_not_undone_by_a_restart() {
+    let mut j = journal(8192);
+    for _ in 0..5 {
+        j.append_next(1, 0, b"x").unwrap();
+    }
+    j.sync().unwrap();
+    j.truncate_after(2).unwrap();
+    assert_eq!(j.last(), Position::new(1, 2));
+    j.sync().unwrap();
+    let mut j = reopen(j);
+    assert_eq!(j.last(), Position::new(1, 2));
+    // A new leader's record replaces the conflicting tail.
+    j.append_next(2, 0, b"y").unwrap();
+    j.sync().unwrap();
+    let mut j = reopen(j);
+    assert_eq!(j.last(), Position::new(2, 3));
+    assert!(j.truncate_after(9).is_err());
+}
+
+#[test]
+fn wraps_with_padding_and_reports_full() {
+    let mut j = journal(4096);
+    let mut n = 0;
+    loop {
+        match j.append_next(1, 0, &[7; 300]) {
+            Ok(_) => n += 1,
+            Err(JournalError::Full { .. }) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(n >= 10);
+    j.sync().unwrap();
+    // Compact and keep going round the ring many times.
+    for _ in 0..100 {
+        let last = j.last().seq;
+        j.discard_through(last - 2).unwrap();
+        while j.append_next(1, 0, &[7; 300]).is_ok() {}
+        j.sync().unwrap();
+        let expect = j.last();
+        let discarded = j.discarded();
+        j = reopen(j);
+        assert_eq!(j.last(), expect);
+        assert_eq!(j.discarded(), discarded);
+        for r in j.iter_from(0) {
+            assert_eq!(r.unwrap().payload, vec![7; 300]);
+        }
+    }
+}
+
+#[test]
+fn emptied_journal_keeps_its_position() {
+    let mut j = journal(8192);
+    j.append_next(3, 0, b"a").unwrap();
+    j.append_next(3, 0, b"b").unwrap();
+    assert!(matches!(j.discard_through(2), Err(JournalError::NotDurable { .. })));
+    j.sync().unwrap();
+    j.discard_through(2).unwrap();
+    let mut j = reopen(j);
+    assert_eq!(j.last(), Position::new(3, 2));
+    assert_eq!(j.discarded(), Position::new(3, 2));
+    j.append_next(4, 0, b"c").unwrap();
+    j.sync().unwrap();
+    let j = reopen(j);
+    assert_eq!(j.last(), Position::new(4, 3));
+}
+
+#[test]
+fn failed_sync_is_never_retried() {
+    let mut j = journal(8192);
+    j.append_next(1, 0, b"a").unwrap();
+    j.disk_mut().fail_next_sync();
+    assert!(j.sync().is_err());
+    assert!(j.is_failed());
+    assert!(matches!(j.sync(), Err(JournalError::Failed)));
+    assert!(matches!(j.append_next(1, 0, b"b"), Err(JournalError::Failed)));
+}
+
+#[test]
+fn oversized_payload_is_refused() {
+    let mut j = journal(4096);
+    let max = j.max_payload() as usize;
+    assert!(matches!(j.append_next(1, 0, &vec![0; max + 1]), Err(JournalError::TooLarge { .. })));
+    j.append_next(1, 0, &vec![0; max]).unwrap();
+}
+
+#[test]
+fn unformatted_disk_has_no_header() {
+    assert!(matches!(Journal::open(MemDisk::new(16384)), Err(JournalError::NoHeader)));
+    assert!(matches!(Journal::format(MemDisk::new(9000)), Err(JournalError::TooSmall { .. })));
+}

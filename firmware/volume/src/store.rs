@@ -1,0 +1,393 @@
+//! The block store: Raft's state machine. It holds the volume's data in
+//! 4 KiB blocks on its own disk, and its checkpoint K and the per-peer
+//! bitmaps on a small metadata disk.
+//!
+//! Only committed records reach it, in seq order (rules 6, 7); it never
+//! rolls anything back. It must not decide what is committed: the caller
+//! applies what the leader reports committed. Writes are buffered (page
+//! cache) and made durable only by [`Store::checkpoint`], which follows
+//! rule 9: take K, fsync the store, then persist K. A failed sync is never
+//! retried: the store refuses everything until the node is resynced.
+//!
+//! Metadata disk layout:
+//! | bytes | what |
+//! |---|---|
+//! | 0..8192 | checkpoint, two 4 KiB slots (kind 2) |
+//! | 8192.. | bitmap pair for peer slot 0, then 1, ... each two slots of [`bitmap_slot_len`] bytes (kind 3) |
+//!
+//! Checkpoint payload (little-endian): version u32, flags u32 (bit 0:
+//! consistent), K epoch u64, K seq u64, volume length u64, bitmap
+//! granularity u64.
+
+use crate::bitmap::{BitmapError, DirtyBitmap};
+use crate::codec::{get_u32, get_u64, put_u32, put_u64};
+use crate::disk::Disk;
+use crate::journal::Record;
+use crate::slots::{SlotError, SlotPair, KIND_BITMAP, KIND_CHECKPOINT, SLOT_HEADER_LEN};
+use crate::Position;
+use serde::{Deserialize, Serialize};
+use std::io;
+
+/// The volume's block size.
+pub const BLOCK_SIZE: u64 = 4096;
+const CHECKPOINT_SLOT_LEN: u64 = 4096;
+const BITMAP_BASE: u64 = 2 * CHECKPOINT_SLOT_LEN;
+const VERSION: u32 = 1;
+const PAYLOAD_LEN: usize = 40;
+const FLAG_CONSISTENT: u32 = 1;
+
+/// What can go wrong in the block store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A read, write or sync of the data disk failed.
+    #[error("block store {op} at byte {offset} failed")]
+    Io {
+        op: &'static str,
+        offset: u64,
+        #[source]
+        source: io::Error,
+    },
+    /// Reading or writing the metadata slots failed.
+    #[error("block store metadata")]
+    Meta(#[source] SlotError),
+    /// A sync or write failed earlier (rule 9): resync the node.
+    #[error("block store failed earlier and is unusable until resync")]
+    Failed,
+    /// No valid checkpoint in either copy.
+    #[error("no valid checkpoint: metadata not formatted")]
+    NoCheckpoint,
+    /// The checkpoint does not match this data disk or this code.
+    #[error("checkpoint unusable: {reason}")]
+    BadCheckpoint { reason: &'static str },
+    /// The data disk is smaller than one block.
+    #[error("a {len}-byte data disk holds no whole block")]
+    TooSmall { len: u64 },
+    /// The metadata disk cannot hold the checkpoint and bitmaps.
+    #[error("metadata disk of {len} bytes too small: {needed} needed")]
+    MetaTooSmall { len: u64, needed: u64 },
+    /// Records must be applied in seq order, each after its predecessor.
+    #[error("record {got:?} (prev {prev:?}) does not follow the applied position {applied:?}")]
+    OutOfOrder { applied: Position, got: Position, prev: Position },
+    /// A range outside the volume.
+    #[error("range of {len} bytes at {offset} is outside the {volume_len}-byte volume")]
+    OutOfRange { offset: u64, len: u64, volume_len: u64 },
+    /// A bitmap that cannot be built or decoded.
+    #[error("dirty bitmap")]
+    Bitmap(#[source] BitmapError),
+}
+
+/// The persisted checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// K: every record through here is durable in the store.
+    pub applied: Position,
+    /// False while a block resync is in progress (rule 12).
+    pub consistent: bool,
+}
+
+/// Bytes of one bitmap slot for this geometry (two per peer).
+pub fn bitmap_slot_len(volume_len: u64, granularity: u64) -> u64 {
+    let raw = (SLOT_HEADER_LEN + DirtyBitmap::encoded_len(volume_len, granularity)) as u64;
+    raw.div_ceil(4096) * 4096
+}
+
+/// Metadata disk size needed for `peers` bitmaps.
+pub fn meta_len_needed(volume_len: u64, granularity: u64, peers: u32) -> u64 {
+    BITMAP_BASE + 2 * u64::from(peers) * bitmap_slot_len(volume_len, granularity)
+}
+
+/// The block store over a data disk and a metadata disk.
+#[derive(Debug)]
+pub struct Store<D: Disk, M: Disk> {
+    data: D,
+    meta: M,
+    volume_len: u64,
+    granularity: u64,
+    applied: Position,
+    checkpoint: Checkpoint,
+    generation: u64,
+    failed: bool,
+}
+
+impl<D: Disk, M: Disk> Store<D, M> {
+    /// Format: the volume is the data disk rounded down to whole blocks;
+    /// K = (0, 0), consistent. Data content is left as it is.
+    pub fn format(data: D, mut meta: M, granularity: u64) -> Result<Self, StoreError> {
+        let volume_len = data.len() / BLOCK_SIZE * BLOCK_SIZE;
+        if volume_len == 0 {
+            return Err(StoreError::TooSmall { len: data.len() });
+        }
+        DirtyBitmap::new(volume_len, granularity, Position::ZERO).map_err(StoreError::Bitmap)?;
+        if meta.len() < BITMAP_BASE {
+            return Err(StoreError::MetaTooSmall { len: meta.len(), needed: BITMAP_BASE });
+        }
+        let slots = SlotPair::new(0, CHECKPOINT_SLOT_LEN, KIND_CHECKPOINT);
+        slots.wipe(&mut meta).map_err(StoreError::Meta)?;
+        let checkpoint = Checkpoint { applied: Position::ZERO, consistent: true };
+        let mut s = Store {
+            data,
+            meta,
+            volume_len,
+            granularity,
+            applied: Position::ZERO,
+            checkpoint,
+            generation: 0,
+            failed: false,
+        };
+        s.persist(checkpoint)?;
+        Ok(s)
+    }
+
+    /// Open: the applied position starts at the persisted K. The caller
+    /// re-applies, past K, only records the leader reports committed.
+    pub fn open(data: D, meta: M) -> Result<Self, StoreError> {
+        let slots = SlotPair::new(0, CHECKPOINT_SLOT_LEN, KIND_CHECKPOINT);
+        let (generation, p) = slots.load(&meta).map_err(StoreError::Meta)?.ok_or(StoreError::NoCheckpoint)?;
+        if p.len() != PAYLOAD_LEN || get_u32(&p, 0) != VERSION {
+            return Err(StoreError::BadCheckpoint { reason: "unknown version" });
+        }
+        let volume_len = get_u64(&p, 24);
+        let granularity = get_u64(&p, 32);
+        if volume_len == 0 || volume_len > data.len() || !volume_len.is_multiple_of(BLOCK_SIZE) {
+            return Err(StoreError::BadCheckpoint { reason: "volume length does not fit the data disk" });
+        }
+        DirtyBitmap::new(volume_len, granularity, Position::ZERO).map_err(StoreError::Bitmap)?;
+        let checkpoint = Checkpoint {
+            applied: Position::new(get_u64(&p, 8), get_u64(&p, 16)),
+            consistent: get_u32(&p, 4) & FLAG_CONSISTENT != 0,
+        };
+        Ok(Store {
+            data,
+            meta,
+            volume_len,
+            granularity,
+            applied: checkpoint.applied,
+            checkpoint,
+            generation,
+            failed: false,
+        })
+    }
+
+    /// The volume's size in bytes.
+    pub fn volume_len(&self) -> u64 {
+        self.volume_len
+    }
+
+    /// The last applied record (durable or not).
+    pub fn applied(&self) -> Position {
+        self.applied
+    }
+
+    /// The last persisted checkpoint.
+    pub fn checkpointed(&self) -> Checkpoint {
+        self.checkpoint
+    }
+
+    fn check_ok(&self) -> Result<(), StoreError> {
+        if self.failed {
+            Err(StoreError::Failed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<(), StoreError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.volume_len => Ok(()),
+            _ => Err(StoreError::OutOfRange { offset, len, volume_len: self.volume_len }),
+        }
+    }
+
+    /// Apply a committed record: write its payload at its offset
+    /// (buffered). Records must come in order; an empty record only
+    /// advances the applied position.
+    pub fn apply(&mut self, rec: &Record) -> Result<(), StoreError> {
+        self.check_ok()?;
+        if rec.prev != self.applied || Some(rec.seq) != self.applied.seq.checked_add(1) {
+            return Err(StoreError::OutOfOrder { applied: self.applied, got: rec.position(), prev: rec.prev });
+        }
+        self.check_range(rec.offset, rec.payload.len() as u64)?;
+        if !rec.payload.is_empty() {
+            let offset = rec.offset;
+            if let Err(source) = self.data.write_at(offset, &rec.payload) {
+                self.failed = true;
+                return Err(StoreError::Io { op: "write", offset, source });
+            }
+        }
+        self.applied = rec.position();
+        Ok(())
+    }
+
+    /// Read `buf.len()` bytes of the volume at `offset`.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
+        self.check_ok()?;
+        self.check_range(offset, buf.len() as u64)?;
+        self.data.read_at(offset, buf).map_err(|source| StoreError::Io { op: "read", offset, source })
+    }
+
+    /// Rule 9: take K (the applied position now), fsync the store, then
+    /// persist K. Returns K. On a failed fsync the store is failed for good.
+    pub fn checkpoint(&mut self) -> Result<Position, StoreError> {
+        self.check_ok()?;
+        let k = self.applied;
+        if let Err(source) = self.data.sync() {
+            self.failed = true;
+            return Err(StoreError::Io { op: "sync", offset: 0, source });
+        }
+        self.persist(Checkpoint { applied: k, consistent: self.checkpoint.consistent })?;
+        Ok(k)
+    }
+
+    /// Durably mark the store inconsistent before a block resync starts
+    /// (rule 12); a restart then knows the store is not to be trusted.
+    pub fn mark_inconsistent(&mut self) -> Result<(), StoreError> {
+        self.check_ok()?;
+        self.persist(Checkpoint { applied: self.checkpoint.applied, consistent: false })
+    }
+
+    /// Persist a peer's dirty bitmap into slot pair `peer_slot` (rule 10:
+    /// before the journal discards what it covers).
+    pub fn persist_bitmap(&mut self, peer_slot: u32, bitmap: &DirtyBitmap) -> Result<(), StoreError> {
+        self.check_ok()?;
+        let pair = self.bitmap_pair(peer_slot)?;
+        let generation = match pair.load(&self.meta).map_err(StoreError::Meta)? {
+            Some((g, _)) => g + 1,
+            None => 1,
+        };
+        pair.store(&mut self.meta, generation, &bitmap.encode()).map_err(|e| {
+            self.failed = true;
+            StoreError::Meta(e)
+        })
+    }
+
+    /// Load a peer's persisted bitmap, if one was stored.
+    pub fn load_bitmap(&self, peer_slot: u32) -> Result<Option<DirtyBitmap>, StoreError> {
+        let pair = self.bitmap_pair(peer_slot)?;
+        match pair.load(&self.meta).map_err(StoreError::Meta)? {
+            Some((_, p)) => {
+                DirtyBitmap::decode(&p, self.volume_len, self.granularity).map(Some).map_err(StoreError::Bitmap)
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn bitmap_pair(&self, peer_slot: u32) -> Result<SlotPair, StoreError> {
+        let slot_len = bitmap_slot_len(self.volume_len, self.granularity);
+        let needed = meta_len_needed(self.volume_len, self.granularity, peer_slot + 1);
+        if needed > self.meta.len() {
+            return Err(StoreError::MetaTooSmall { len: self.meta.len(), needed });
+        }
+        Ok(SlotPair::new(BITMAP_BASE + 2 * u64::from(peer_slot) * slot_len, slot_len, KIND_BITMAP))
+    }
+
+    fn persist(&mut self, c: Checkpoint) -> Result<(), StoreError> {
+        let mut p = [0u8; PAYLOAD_LEN];
+        put_u32(&mut p, 0, VERSION);
+        put_u32(&mut p, 4, if c.consistent { FLAG_CONSISTENT } else { 0 });
+        put_u64(&mut p, 8, c.applied.epoch);
+        put_u64(&mut p, 16, c.applied.seq);
+        put_u64(&mut p, 24, self.volume_len);
+        put_u64(&mut p, 32, self.granularity);
+        let generation = self.generation + 1;
+        let slots = SlotPair::new(0, CHECKPOINT_SLOT_LEN, KIND_CHECKPOINT);
+        if let Err(e) = slots.store(&mut self.meta, generation, &p) {
+            self.failed = true;
+            return Err(StoreError::Meta(e));
+        }
+        self.generation = generation;
+        self.checkpoint = c;
+        Ok(())
+    }
+
+    /// Give the disks back (tests: crash and reopen).
+    pub fn into_disks(self) -> (D, M) {
+        (self.data, self.meta)
+    }
+
+    /// The data disk (fault injection in tests and the simulator).
+    pub fn data_mut(&mut self) -> &mut D {
+        &mut self.data
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bitmap::DEFAULT_GRANULARITY;
+    use crate::disk::MemDisk;
+
+    const VOL: usize = 1 << 20;
+
+    fn store() -> Store<MemDisk, MemDisk> {
+        let meta = MemDisk::new(meta_len_needed(VOL as u64, DEFAULT_GRANULARITY, 2) as usize);
+        Store::format(MemDisk::new(VOL), meta, DEFAULT_GRANULARITY).unwrap()
+    }
+
+    fn rec(seq: u64, offset: u64, payload: &[u8]) -> Record {
+        Record {
+            epoch: 1,
+            seq,
+            prev: Position::new(if seq > 1 { 1 } else { 0 }, seq - 1),
+            offset,
+            payload: payload.to_vec(),
+        }
+    }
+
+    #[test]
+    fn apply_read_checkpoint_power_cut() {
+        let mut s = store();
+        s.apply(&rec(1, 4096, b"one")).unwrap();
+        s.apply(&rec(2, 0, b"")).unwrap();
+        assert_eq!(s.checkpoint().unwrap(), Position::new(1, 2));
+        s.apply(&rec(3, 4096, b"two")).unwrap();
+        let mut buf = [0u8; 3];
+        s.read(4096, &mut buf).unwrap();
+        assert_eq!(&buf, b"two");
+        let (mut d, mut m) = s.into_disks();
+        d.power_cut(&mut || 0);
+        m.power_cut(&mut || 0);
+        let s = Store::open(d, m).unwrap();
+        // K survives; record 3 must be re-applied from the journal.
+        assert_eq!(s.applied(), Position::new(1, 2));
+        s.read(4096, &mut buf).unwrap();
+        assert_eq!(&buf, b"one");
+    }
+
+    #[test]
+    fn refuses_out_of_order_and_out_of_range() {
+        let mut s = store();
+        assert!(matches!(s.apply(&rec(2, 0, b"x")), Err(StoreError::OutOfOrder { .. })));
+        assert!(matches!(s.apply(&rec(1, VOL as u64 - 1, b"xy")), Err(StoreError::OutOfRange { .. })));
+        assert!(s.read(u64::MAX, &mut [0u8; 2]).is_err());
+    }
+
+    #[test]
+    fn failed_fsync_is_never_retried() {
+        let mut s = store();
+        s.apply(&rec(1, 0, b"x")).unwrap();
+        s.data_mut().fail_next_sync();
+        assert!(s.checkpoint().is_err());
+        assert!(matches!(s.checkpoint(), Err(StoreError::Failed)));
+        // K was not persisted.
+        let (_, m) = s.into_disks();
+        let s = Store::open(MemDisk::new(VOL), m).unwrap();
+        assert_eq!(s.checkpointed().applied, Position::ZERO);
+    }
+
+    #[test]
+    fn inconsistent_mark_and_bitmaps_persist() {
+        let mut s = store();
+        s.mark_inconsistent().unwrap();
+        let mut bm = DirtyBitmap::new(VOL as u64, DEFAULT_GRANULARITY, Position::new(1, 7)).unwrap();
+        bm.set_range(70000, 10).unwrap();
+        s.persist_bitmap(1, &bm).unwrap();
+        bm.set_range(0, 1).unwrap();
+        s.persist_bitmap(1, &bm).unwrap();
+        assert!(s.persist_bitmap(2, &bm).is_err());
+        let (d, m) = s.into_disks();
+        let s = Store::open(d, m).unwrap();
+        assert!(!s.checkpointed().consistent);
+        assert_eq!(s.load_bitmap(1).unwrap(), Some(bm));
+        assert_eq!(s.load_bitmap(0).unwrap(), None);
+    }
+}
