@@ -1,4 +1,4 @@
-//! Fuzz target: the NBD parsers in `triad::nbd::proto` and the option
+//! Fuzz target: the NBD parsers in `triad::nbd::{proto, request}` and the option
 //! handling in `triad::nbd::handshake`, fed what an NBD client sends.
 //!
 //! Input: one mode byte, then the client's bytes. `(mode & 0x7f) % 3` picks the
@@ -23,9 +23,10 @@
 use libfuzzer_sys::fuzz_target;
 use triad::nbd::handshake::{on_option, ExportView, Next};
 use triad::nbd::proto::{
-    check, ClientFlags, Command, Geometry, InfoRequest, OptionHeader, RequestHeader, MAX_PAYLOAD, OPTION_HEADER_LEN,
-    OPT_EXPORT_NAME, OPT_GO, OPT_REPLY_MAGIC, REQUEST_LEN,
+    ClientFlags, Geometry, InfoRequest, OptionHeader, MAX_PAYLOAD, OPTION_HEADER_LEN, OPT_EXPORT_NAME, OPT_GO,
+    OPT_REPLY_MAGIC, REQUEST_LEN,
 };
+use triad::nbd::request::{check, Command, RequestHeader};
 
 /// 1 GiB + 64 KiB: not a power of two, so range checks near the end matter.
 const SIZE: u64 = (1 << 30) + (64 << 10);

@@ -13,9 +13,8 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use triad::nbd::proto::{
-    Cmd, InfoRequest, OptionHeader, RequestHeader, CMD_FLAG_FUA, OPT_GO, REP_ACK, SIMPLE_REPLY_MAGIC,
-};
+use triad::nbd::proto::{InfoRequest, OptionHeader, CMD_FLAG_FUA, OPT_GO, REP_ACK, SIMPLE_REPLY_MAGIC};
+use triad::nbd::request::{Cmd, RequestHeader};
 use triad::nbd::{Activity, FileDevice, NbdServer};
 
 const MIB: u64 = 1 << 20;
@@ -282,7 +281,9 @@ fn nbdcopy_in_and_out() {
 fn fio_randwrite_verify_qd16() {
     need("fio", "fio");
     let srv = Server::start("fio", 64 * MIB, true);
-    let o = run(Command::new("fio").args([
+    // fio writes a verify-state file into its working directory: keep it
+    // in the server's temporary directory.
+    let o = run(Command::new("fio").current_dir(&srv.dir).args([
         "--name=randwrite-verify",
         "--ioengine=nbd",
         &format!("--uri={}", srv.uri()),

@@ -23,7 +23,7 @@
 //!   uses `FALLOC_FL_ZERO_RANGE`, and falls back to writing zeroes.
 //! - [`MemDevice`]: in memory, for tests of the layers above.
 //!
-//! Must not: check NBD rules (that is `proto::check`), or reorder a
+//! Must not: check NBD rules (that is `request::check`), or reorder a
 //! caller's `flush` before writes that returned earlier.
 
 use std::fs::{File, OpenOptions};

@@ -1,6 +1,8 @@
 //! The NBD export of the replicated volume (issue 3, item 2).
 //!
 //! - [`proto`]: the wire format, sans-IO; parsers never panic.
+//! - [`request`]: transmission requests and the checks that turn one into
+//!   a command or an NBD errno.
 //! - [`handshake`]: option haggling as a pure function of one option.
 //! - [`device`]: the [`BlockDevice`] seam, a file-backed device and an
 //!   in-memory fake.
@@ -18,6 +20,7 @@
 pub mod device;
 pub mod handshake;
 pub mod proto;
+pub mod request;
 pub mod server;
 
 pub use device::{BlockDevice, DeviceError, FileDevice, MemDevice};

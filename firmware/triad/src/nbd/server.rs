@@ -4,7 +4,7 @@
 //! One connection:
 //! ```text
 //!                 ┌──────────── reader (this task) ────────────┐
-//!  socket ──────▶ │ header → payload → proto::check → dispatch │
+//!  socket ──────▶ │ header → payload → request::check → dispatch │
 //!                 └──┬──────────────┬──────────────────────────┘
 //!                    │ error reply  │ tokio::spawn per request (device op)
 //!                    ▼              ▼
@@ -48,9 +48,10 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use super::device::BlockDevice;
 use super::handshake::{on_option, ExportView, Next};
 use super::proto::{
-    check, greeting, simple_reply, ClientFlags, Cmd, Command, Geometry, OptionHeader, ProtoError, RequestHeader,
-    MAX_PAYLOAD, OPTION_HEADER_LEN, REQUEST_LEN,
+    greeting, simple_reply, ClientFlags, Geometry, OptionHeader, ProtoError, MAX_PAYLOAD, OPTION_HEADER_LEN,
+    REQUEST_LEN,
 };
+use super::request::{check, Cmd, Command, RequestHeader};
 
 /// Time a client gets to finish option haggling.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
