@@ -440,9 +440,8 @@ fn the_last_epoch_is_refused_and_never_overflows() {
     // A node whose persisted epoch is the last one never campaigns, and
     // nothing overflows.
     let mut n3 = node(3, HardState { epoch: u64::MAX, voted_for: None, standby: false });
-    let mut now = at(0);
     for _ in 0..100 {
-        now = n3.next_deadline();
+        let now = n3.next_deadline();
         let out = n3.handle(now, Input::Tick);
         assert!(!sends(&out).iter().any(|(_, m)| matches!(m.body, Body::PreVote { .. } | Body::Vote { .. })));
     }
