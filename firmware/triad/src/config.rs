@@ -650,7 +650,7 @@ priority = 50
 lock_memory = true
 "#;
 
-    use crate::runtime::chain;
+    use crate::errors::chain;
 
     fn err(text: &str) -> String {
         chain(&Config::parse(text).unwrap_err())

@@ -8,12 +8,14 @@
 //! - [`peer`]: mutual-TLS peer links carrying framed, versioned messages.
 //! - [`os`]: netlink, raw-socket ARP/NDP, real-time scheduling.
 //! - [`control`]: the local control socket behind `triad status`.
+//! - [`errors`]: one error chain per log line, at the edge.
 //! - [`nbd`]: the NBD export of the replicated volume (unix socket, kernel nbd).
 //! - [`runtime`]: the one loop that owns the core and applies each event.
 
 pub mod certs;
 pub mod config;
 pub mod control;
+pub mod errors;
 pub mod nbd;
 pub mod os;
 pub mod peer;

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use triad::config::Config;
 use triad::control::{self, Request, Response};
-use triad::runtime::chain;
+use triad::errors::chain;
 
 /// Triad: three PBX appliances, one highly available PBX.
 #[derive(Debug, Parser)]

@@ -25,6 +25,7 @@ use triad_core::{AdminRequest, Input, Node, Notice, Output, Position, VipAction}
 
 use crate::config::Config;
 use crate::control::{self, ControlRequest, Request, Response, StatusReport};
+use crate::errors::chain;
 use crate::os::arp_watch::ArpWatch;
 use crate::os::netlink::Netlink;
 use crate::os::realtime;
@@ -372,18 +373,6 @@ fn log_notice(n: &Notice) {
 /// `aa:bb:cc:dd:ee:ff`.
 pub fn format_mac(mac: &[u8; 6]) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
-
-/// An error with its whole source chain, for logging once at the edge.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// A seed for election-timeout jitter: different on every start and node.

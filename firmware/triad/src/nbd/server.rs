@@ -183,7 +183,7 @@ impl<D: BlockDevice> NbdServer<D> {
             tokio::spawn(async move {
                 match server.serve_connection(stream).await {
                     Ok(()) => tracing::debug!("nbd connection closed"),
-                    Err(e) => tracing::info!(error = %error_chain(&e), "nbd connection ended"),
+                    Err(e) => tracing::info!(error = %crate::errors::chain(&e), "nbd connection ended"),
                 }
             });
         }
@@ -304,7 +304,7 @@ impl<D: BlockDevice> NbdServer<D> {
                 let (error, data) = match result {
                     Ok(data) => (0, data),
                     Err(e) => {
-                        tracing::warn!(cookie = h.cookie, error = %error_chain(&e), "nbd request failed on the device");
+                        tracing::warn!(cookie = h.cookie, error = %crate::errors::chain(&e), "nbd request failed on the device");
                         (e.errno().code(), Vec::new())
                     }
                 };
@@ -396,18 +396,6 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener, NbdError> {
         Err(source) => return Err(NbdError::Bind { path: path.to_owned(), source }),
     }
     UnixListener::bind(path).map_err(|source| NbdError::Bind { path: path.to_owned(), source })
-}
-
-/// "outer: cause: cause" for one log line at the edge.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]
