@@ -17,13 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let c = match Config::parse(text) {
         Ok(c) => c,
         Err(e) => {
-            let mut chain = e.to_string();
-            let mut cur = std::error::Error::source(&e);
-            while let Some(s) = cur {
-                chain.push_str(&s.to_string());
-                cur = s.source();
-            }
-            assert!(!chain.is_empty());
+            assert!(!triad::errors::chain(&e).is_empty());
             return;
         }
     };
