@@ -196,6 +196,18 @@ impl Scenario {
             Scenario { freeze_p: 0.12, crash_p: 0.0, partition_p: 0.0, ..Scenario::base("freeze", Timing::default()) },
             Scenario { partition_p: 0.2, crash_p: 0.0, freeze_p: 0.0, ..Scenario::base("partition", Timing::fast()) },
             Scenario {
+                // Many messages held up for a large part of an election
+                // timeout while links are cut and healed: votes and
+                // heartbeats of older epochs arrive late, after their
+                // senders were deposed or re-elected (the interleavings a
+                // code review found, R1 and R2 in docs/simulator.md).
+                net: NetConfig { drop: 0.05, long_p: 0.2, long: (100_000, 500_000), ..NetConfig::default() },
+                partition_p: 0.35,
+                crash_p: 0.05,
+                freeze_p: 0.0,
+                ..Scenario::base("slow-links", Timing::default())
+            },
+            Scenario {
                 switchover_p: 0.15,
                 vip_fail_p: 0.05,
                 net: NetConfig { latency: (100, 3_000), ..NetConfig::default() },
