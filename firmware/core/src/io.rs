@@ -115,6 +115,13 @@ pub enum Notice {
         /// Which.
         action: VipAction,
     },
+    /// The active node cannot raise the VIP and hands the role over.
+    HandingOverVipFailures {
+        /// Adds that failed in a row.
+        failures: u32,
+        /// The peer taking over.
+        to: NodeId,
+    },
     /// Another host answers for the VIP.
     VipConflict {
         /// Its MAC.

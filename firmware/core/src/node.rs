@@ -22,6 +22,10 @@ use crate::time::Instant;
 use crate::vip::Vip;
 use core::time::Duration;
 
+/// Adds of the VIP that may fail in a row before the active node, unable
+/// to serve, hands its role to a peer that may be able to.
+const MAX_VIP_ADD_FAILURES: u32 = 3;
+
 /// How long a VIP conflict stays in status after it was last seen.
 const CONFLICT_SHOWN: Duration = Duration::from_secs(60);
 
@@ -205,6 +209,7 @@ impl Node {
             Transition::BecameLeader => {
                 self.lease = Some(Lease::start(self.timing.lease_duration()));
                 self.elected_at = Some(now);
+                self.vip.reset_failures();
                 // Heartbeat at once: the lease starts with the first acked round.
                 self.next_beat = now;
             }
@@ -227,9 +232,24 @@ impl Node {
         if now >= self.next_beat {
             self.beat(now, out);
         }
+        self.give_up_if_vip_keeps_failing(now, out);
         let want = self.want_vip(now);
         self.vip.step(now, want, &self.timing, out);
         self.finish_handover(out);
+    }
+
+    /// A leader that cannot raise the VIP serves nobody: after a few
+    /// failed adds in a row it hands over to an eligible peer (if none is,
+    /// it keeps retrying).
+    fn give_up_if_vip_keeps_failing(&mut self, now: Instant, out: &mut Vec<Output>) {
+        let failures = self.vip.add_failures();
+        if self.role() != Role::Leader || failures < MAX_VIP_ADD_FAILURES || self.vip.phase() != VipPhase::Released {
+            return;
+        }
+        if let Ok(to) = self.handover_target(now, None) {
+            out.push(Output::Notice(Notice::HandingOverVipFailures { failures, to }));
+            self.hand_over(now, to, out);
+        }
     }
 
     /// Sends a pending switchover's TimeoutNow once the VIP is off this

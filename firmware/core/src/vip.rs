@@ -36,6 +36,8 @@ pub struct Vip {
     next_renew: Option<Instant>,
     retry_at: Option<Instant>,
     remove_failed: bool,
+    /// Adds that failed in a row (reset by one that succeeds).
+    add_failures: u32,
     /// When an Add or Renew was last issued: the kernel lifetime runs from
     /// about then.
     last_refresh: Option<Instant>,
@@ -50,6 +52,7 @@ impl Default for Vip {
             next_renew: None,
             retry_at: None,
             remove_failed: false,
+            add_failures: 0,
             last_refresh: None,
         }
     }
@@ -103,6 +106,7 @@ impl Vip {
         match (self.phase, action) {
             (VipPhase::Claiming, VipAction::Add) if ok => {
                 self.phase = VipPhase::Held;
+                self.add_failures = 0;
                 self.burst_left = t.garp_burst_count;
                 self.next_renew = Some(now.add(t.vip_renew_interval));
                 // The first announcement is due at once, but goes out from
@@ -113,8 +117,12 @@ impl Vip {
             }
             (VipPhase::Claiming, VipAction::Add) => {
                 // The add may have half-happened (v4 added, v6 refused):
-                // remove whatever is there before trying again.
+                // remove whatever is there before trying again, and not
+                // before RETRY: the runtime feeds completions back at once,
+                // so an immediate retry of a persistent failure would spin.
                 self.phase = VipPhase::Releasing;
+                self.add_failures = self.add_failures.saturating_add(1);
+                self.retry_at = Some(now.add(RETRY));
                 out.push(Output::Vip(VipAction::Remove));
             }
             (VipPhase::Releasing, VipAction::Remove) if ok => {
@@ -141,6 +149,16 @@ impl Vip {
             return None;
         }
         self.last_refresh.map(|r| r.add(t.vip_lifetime).add(t.kernel_expiry_slack))
+    }
+
+    /// Adds that failed in a row.
+    pub fn add_failures(&self) -> u32 {
+        self.add_failures
+    }
+
+    /// A new leadership starts with a clean record.
+    pub fn reset_failures(&mut self) {
+        self.add_failures = 0;
     }
 
     /// Starts a fresh announcement burst (another host was seen answering

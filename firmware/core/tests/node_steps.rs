@@ -486,3 +486,47 @@ fn standby_stops_a_campaign_and_two_standby_nodes_are_refused() {
     assert!(out.iter().any(|o| matches!(o, Output::Notice(Notice::AdminRefused { reason }) if reason.contains("node 1 is already in standby"))));
     assert!(!n3.status(at(11)).standby);
 }
+
+#[test]
+fn a_leader_that_cannot_raise_the_vip_retries_calmly_then_hands_over() {
+    let mut n1 = node(1, HardState::default());
+    let t0 = elect_node1(&mut n1);
+    n1.handle(t0, msg(2, 1, Body::Ping { position: Position::default(), standby: false }));
+    let mut now = t0;
+    let mut adds = Vec::new();
+    let mut handed_over = false;
+    // Keep the lease alive, fail every Add, and see what the node does.
+    for _ in 0..200 {
+        let mut out = n1.handle(now, Input::Tick);
+        let mut i = 0;
+        while i < out.len() {
+            let more = match &out[i] {
+                Output::Send { to: 2, msg: m } if matches!(m.body, Body::Heartbeat { .. }) => {
+                    let Body::Heartbeat { round } = m.body else { unreachable!() };
+                    n1.handle(now, msg(2, 1, Body::HeartbeatAck { round }))
+                }
+                Output::Send { to: 2, msg: m } if m.body == Body::TimeoutNow => {
+                    handed_over = true;
+                    vec![]
+                }
+                Output::Vip(VipAction::Add) => {
+                    adds.push(now);
+                    n1.handle(now, Input::VipDone { action: VipAction::Add, ok: false })
+                }
+                Output::Vip(a) => n1.handle(now, Input::VipDone { action: *a, ok: true }),
+                _ => vec![],
+            };
+            out.extend(more);
+            i += 1;
+        }
+        if handed_over {
+            break;
+        }
+        n1.handle(now, msg(2, 1, Body::Ping { position: Position::default(), standby: false }));
+        now = n1.next_deadline();
+    }
+    assert!(handed_over, "no handover after {} failed adds", adds.len());
+    assert_eq!(adds.len(), 3);
+    assert!(adds.windows(2).all(|w| w[1].since(w[0]) >= Duration::from_millis(100)), "adds retried too fast: {adds:?}");
+    assert_eq!(n1.role(), Role::Follower);
+}

@@ -366,6 +366,9 @@ fn log_notice(n: &Notice) {
         Notice::LeaseLost { epoch } => warn!(epoch, "lease lost: no majority; stepping down"),
         Notice::AdminRefused { reason } => warn!(%reason, "admin request refused"),
         Notice::VipFailed { action } => warn!(?action, "VIP action failed"),
+        Notice::HandingOverVipFailures { failures, to } => {
+            error!(failures, to, "cannot raise the VIP; handing the active role over")
+        }
         Notice::VipConflict { mac } => warn!(mac = %format_mac(mac), "another host answers ARP for the VIP"),
     }
 }
