@@ -31,6 +31,7 @@
 use crate::config::Timing;
 use crate::io::{HardState, Notice, Output, Role};
 use crate::message::{Body, Epoch, Message, NodeId, Position};
+use crate::node::Setup;
 use crate::rng::SplitMix64;
 use crate::time::Instant;
 
@@ -71,16 +72,9 @@ pub struct Election {
 }
 
 impl Election {
-    /// A node starting at `now` with its persisted state.
-    pub fn new(
-        id: NodeId,
-        peers: [NodeId; 2],
-        timing: Timing,
-        hard: HardState,
-        position: Position,
-        now: Instant,
-        seed: u64,
-    ) -> Self {
+    /// A node starting from `setup`.
+    pub fn new(setup: Setup) -> Self {
+        let Setup { id, peers, timing, hard, position, now, seed } = setup;
         let quiet_until = now.add(timing.election_timeout_max);
         let mut e = Election {
             id,

@@ -52,24 +52,35 @@ pub struct Node {
     now: Instant,
 }
 
+/// Everything one start of a node begins from.
+#[derive(Clone, Debug)]
+pub struct Setup {
+    /// This node.
+    pub id: NodeId,
+    /// The two other members.
+    pub peers: [NodeId; 2],
+    /// The intervals it decides with.
+    pub timing: Timing,
+    /// What it persisted before this start.
+    pub hard: HardState,
+    /// Its data position.
+    pub position: Position,
+    /// The instant of the start.
+    pub now: Instant,
+    /// Spreads its election timeouts; give each node, and each start, its own.
+    pub seed: u64,
+}
+
 impl Node {
-    /// A node starting at `now` from its persisted state. `seed` spreads its
-    /// election timeouts; give each node (and each start) a different one.
-    pub fn new(
-        id: NodeId,
-        peers: [NodeId; 2],
-        timing: Timing,
-        hard: HardState,
-        position: Position,
-        now: Instant,
-        seed: u64,
-    ) -> Node {
+    /// A node starting from `setup`.
+    pub fn new(setup: Setup) -> Node {
+        let (id, peers, now) = (setup.id, setup.peers, setup.now);
         Node {
             id,
             peers,
-            election: Election::new(id, peers, timing.clone(), hard, position, now, seed),
-            liveness: Liveness::new(peers, timing.peer_timeout),
-            timing,
+            liveness: Liveness::new(peers, setup.timing.peer_timeout),
+            timing: setup.timing.clone(),
+            election: Election::new(setup),
             lease: None,
             elected_at: None,
             next_beat: now,

@@ -7,7 +7,8 @@
 
 use std::time::Duration;
 use triad_core::{
-    AdminRequest, Body, HardState, Input, Instant, Message, Node, Notice, Output, Position, Role, Timing, VipAction,
+    AdminRequest, Body, HardState, Input, Instant, Message, Node, Notice, Output, Position, Role, Setup, Timing,
+    VipAction,
 };
 
 const MS: u64 = 1000;
@@ -22,7 +23,12 @@ fn node(id: u8, hard: HardState) -> Node {
         2 => [1, 3],
         _ => [1, 2],
     };
-    Node::new(id, peers, Timing::default(), hard, Position::default(), at(0), u64::from(id))
+    setup(id, peers, Timing::default(), hard, Position::default())
+}
+
+/// A node starting at time 0, seeded by its id.
+fn setup(id: u8, peers: [u8; 2], timing: Timing, hard: HardState, position: Position) -> Node {
+    Node::new(Setup { id, peers, timing, hard, position, now: at(0), seed: u64::from(id) })
 }
 
 fn msg(from: u8, epoch: u64, body: Body) -> Input {
@@ -141,8 +147,7 @@ fn one_vote_per_epoch_even_after_restart() {
 
 #[test]
 fn a_voter_refuses_a_candidate_with_older_data() {
-    let mut n2 =
-        Node::new(2, [1, 3], Timing::default(), HardState::default(), Position { epoch: 3, seq: 10 }, at(0), 2);
+    let mut n2 = setup(2, [1, 3], Timing::default(), HardState::default(), Position { epoch: 3, seq: 10 });
     let out = n2.handle(at(800), msg(1, 4, Body::Vote { position: Position { epoch: 3, seq: 9 }, transfer: false }));
     assert_eq!(sends(&out)[0].1.body, Body::VoteReply { granted: false });
     let out = n2.handle(at(800), msg(1, 5, Body::PreVote { position: Position { epoch: 2, seq: 99 } }));
@@ -312,7 +317,7 @@ fn a_standby_node_never_campaigns_and_ignores_timeout_now() {
 #[test]
 fn strict_mode_waits_out_the_kernel_lifetime_before_raising_the_vip() {
     let timing = Timing { strict_vip_handover: true, ..Timing::default() };
-    let mut n1 = Node::new(1, [2, 3], timing.clone(), HardState::default(), Position::default(), at(0), 1);
+    let mut n1 = setup(1, [2, 3], timing.clone(), HardState::default(), Position::default());
     let t0 = elect_node1(&mut n1);
     // Keep the lease alive with acks; the VIP comes only after 1 s + 250 ms.
     let wait_end = t0.add(timing.vip_lifetime).add(timing.kernel_expiry_slack);
@@ -381,7 +386,7 @@ fn after_any_tick_the_next_deadline_is_in_the_future() {
     // Strict mode once had a deadline that stayed in the past after the
     // wait ended, and a timer-first loop then never read messages.
     let timing = Timing { strict_vip_handover: true, ..Timing::default() };
-    let mut n1 = Node::new(1, [2, 3], timing, HardState::default(), Position::default(), at(0), 1);
+    let mut n1 = setup(1, [2, 3], timing, HardState::default(), Position::default());
     let t0 = elect_node1(&mut n1);
     let mut now = t0;
     for _ in 0..500 {

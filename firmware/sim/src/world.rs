@@ -29,8 +29,8 @@ use crate::scenario::{Mutation, Scenario};
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 use triad_core::{
-    AdminRequest, Body, HardState, Input, Instant, Message, Node, NodeId, Notice, Output, Position, Role, VipAction,
-    VipPhase,
+    AdminRequest, Body, HardState, Input, Instant, Message, Node, NodeId, Notice, Output, Position, Role, Setup,
+    VipAction, VipPhase,
 };
 
 /// Trace lines kept for a failure report.
@@ -900,7 +900,15 @@ impl World {
         if self.sc.has(Mutation::NoQuietAfterStart) {
             start = Instant(start.0 - quiet);
         }
-        let node = Node::new(id, peers_of(id), timing, h.disk, Position::default(), start, seed);
+        let node = Node::new(Setup {
+            id,
+            peers: peers_of(id),
+            timing,
+            hard: h.disk,
+            position: Position::default(),
+            now: start,
+            seed,
+        });
         let epoch = node.epoch();
         h.proc = Some(Proc {
             node,

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, error, info, warn};
-use triad_core::{AdminRequest, Input, Node, Notice, Output, Position, VipAction};
+use triad_core::{AdminRequest, Input, Node, Notice, Output, Position, Setup, VipAction};
 
 use crate::config::Config;
 use crate::control::{self, ControlRequest, Request, Response, StatusReport};
@@ -120,7 +120,15 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
 
     let clock = Clock::start();
     let peers = [cfg.cluster.peers[0].id, cfg.cluster.peers[1].id];
-    let node = Node::new(cfg.node.id, peers, cfg.timing.clone(), hard, Position::default(), clock.now(), seed());
+    let node = Node::new(Setup {
+        id: cfg.node.id,
+        peers,
+        timing: cfg.timing.clone(),
+        hard,
+        position: Position::default(),
+        now: clock.now(),
+        seed: seed(),
+    });
     let mut shell = Shell { node, store, vip, links, clock, cfg };
 
     info!(listen = %listen, "supervisor running");
