@@ -68,6 +68,8 @@ pub struct Election {
     /// its interface (a Remove that failed or is in flight).
     fence_until: Option<Instant>,
     position: Position,
+    /// False while the data layer forbids standing for election.
+    electable: bool,
     rng: SplitMix64,
 }
 
@@ -89,6 +91,7 @@ impl Election {
             leader_heard_at: None,
             fence_until: None,
             position,
+            electable: true,
             rng: SplitMix64::new(seed),
         };
         e.deadline = quiet_until;
@@ -144,6 +147,15 @@ impl Election {
         }
     }
 
+    /// Whether the data layer allows this node to stand for election; a
+    /// campaign in flight is abandoned when it stops being allowed.
+    pub fn set_electable(&mut self, now: Instant, electable: bool, out: &mut Vec<Output>) {
+        self.electable = electable;
+        if !electable && matches!(self.role, Role::PreCandidate | Role::Candidate) {
+            self.become_follower(now, None, out);
+        }
+    }
+
     /// While the VIP may still be on this node's interface (until `until`),
     /// the node must not help elect anyone else: set by the node from the
     /// VIP state before every message.
@@ -161,7 +173,7 @@ impl Election {
         if self.role == Role::Leader || now < self.deadline {
             return Transition::None;
         }
-        if self.hard.standby || now < self.quiet_until {
+        if self.hard.standby || !self.electable || now < self.quiet_until {
             self.reset_deadline(now);
             return Transition::None;
         }
@@ -304,7 +316,7 @@ impl Election {
 
     fn on_timeout_now(&mut self, now: Instant, msg: &Message, out: &mut Vec<Output>) {
         let from_my_leader = msg.epoch == self.hard.epoch && self.leader == Some(msg.from);
-        if from_my_leader && self.role == Role::Follower && !self.hard.standby {
+        if from_my_leader && self.role == Role::Follower && !self.hard.standby && self.electable {
             self.start_election(now, true, out);
         }
     }

@@ -39,8 +39,13 @@ pub enum Input {
         /// The other host's MAC address.
         mac: [u8; 6],
     },
-    /// The replication layer's position moved (constant until the volume exists).
+    /// The replication layer's position moved (the journal's last record).
     PositionChanged(Position),
+    /// Whether the replication layer lets this node stand for election: a
+    /// node whose store is being resynced, failed, or found in split brain
+    /// must never lead (DESIGN invariant 4). Not persisted: the replication
+    /// layer derives it from its own durable state at every start.
+    Electable(bool),
     /// An operator's request.
     Admin(AdminRequest),
 }

@@ -114,6 +114,7 @@ impl Node {
             }
             Input::VipConflict { .. } => {}
             Input::PositionChanged(p) => self.election.set_position(p),
+            Input::Electable(e) => self.election.set_electable(now, e, &mut out),
             Input::Admin(req) => self.admin(now, req, &mut out),
         }
         self.settle(now, &mut out);

@@ -61,6 +61,11 @@ impl DirtyBitmap {
         Ok(DirtyBitmap { granularity, volume_len, base, words: vec![0; bits.div_ceil(64) as usize] })
     }
 
+    /// The volume size the bitmap covers.
+    pub fn volume_len(&self) -> u64 {
+        self.volume_len
+    }
+
     /// Bytes the encoded bitmap takes (payload of one slot).
     pub fn encoded_len(volume_len: u64, granularity: u64) -> usize {
         FIXED_LEN + volume_len.div_ceil(granularity).div_ceil(64) as usize * 8

@@ -432,6 +432,26 @@ impl<D: Disk> Journal<D> {
         Ok(())
     }
 
+    /// Empty the journal in place and give it position `base` (a node
+    /// that finished a block resync to `base`, rule 12). The slot where the
+    /// scan will look first is zeroed and synced *before* the new header is
+    /// written, so no old record can chain to `base` after a power cut; the
+    /// header copies make the switch atomic.
+    pub fn reset_at(&mut self, base: Position) -> Result<(), JournalError> {
+        self.check_ok()?;
+        let room = self.ring_len - self.tail % self.ring_len;
+        let start = if room < RECORD_HEADER_LEN as u64 { self.tail + room } else { self.tail };
+        self.write_ring(start % self.ring_len, &[0u8; RECORD_HEADER_LEN])?;
+        self.sync()?;
+        self.store_header(start, base)?;
+        self.start_pos = start;
+        self.tail = start;
+        self.discarded = base;
+        self.index.clear();
+        self.durable = base;
+        Ok(())
+    }
+
     /// Read retained record `seq` back from the disk, checksum verified.
     pub fn read(&self, seq: u64) -> Result<Record, JournalError> {
         let last = self.last().seq;

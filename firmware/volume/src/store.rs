@@ -71,6 +71,9 @@ pub enum StoreError {
     /// A range outside the volume.
     #[error("range of {len} bytes at {offset} is outside the {volume_len}-byte volume")]
     OutOfRange { offset: u64, len: u64, volume_len: u64 },
+    /// Resync data for a store that is not marked inconsistent.
+    #[error("resync write refused: the store is not marked inconsistent")]
+    NotResyncing,
     /// A bitmap that cannot be built or decoded.
     #[error("dirty bitmap")]
     Bitmap(#[source] BitmapError),
@@ -173,6 +176,11 @@ impl<D: Disk, M: Disk> Store<D, M> {
         self.volume_len
     }
 
+    /// Bytes per bit of the dirty bitmaps.
+    pub fn granularity(&self) -> u64 {
+        self.granularity
+    }
+
     /// The last applied record (durable or not).
     pub fn applied(&self) -> Position {
         self.applied
@@ -243,6 +251,35 @@ impl<D: Disk, M: Disk> Store<D, M> {
     pub fn mark_inconsistent(&mut self) -> Result<(), StoreError> {
         self.check_ok()?;
         self.persist(Checkpoint { applied: self.checkpoint.applied, consistent: false })
+    }
+
+    /// Write resync data straight into the volume (rule 12): allowed only
+    /// while the store is durably marked inconsistent, so a crash in the
+    /// middle leaves a store that is known not to be trusted.
+    pub fn write_resync(&mut self, offset: u64, data: &[u8]) -> Result<(), StoreError> {
+        self.check_ok()?;
+        if self.checkpoint.consistent {
+            return Err(StoreError::NotResyncing);
+        }
+        self.check_range(offset, data.len() as u64)?;
+        if let Err(source) = self.data.write_at(offset, data) {
+            self.failed = true;
+            return Err(StoreError::Io { op: "write", offset, source });
+        }
+        Ok(())
+    }
+
+    /// End of a block resync at `point` (rule 12): fsync the store, then
+    /// atomically persist "consistent, K = point".
+    pub fn finish_resync(&mut self, point: Position) -> Result<(), StoreError> {
+        self.check_ok()?;
+        if let Err(source) = self.data.sync() {
+            self.failed = true;
+            return Err(StoreError::Io { op: "sync", offset: 0, source });
+        }
+        self.persist(Checkpoint { applied: point, consistent: true })?;
+        self.applied = point;
+        Ok(())
     }
 
     /// Persist a peer's dirty bitmap into slot pair `peer_slot` (rule 10:

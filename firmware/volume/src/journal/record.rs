@@ -30,8 +30,9 @@ pub(crate) const KIND_PAD: u16 = 2;
 pub(crate) const ALIGN: u64 = 8;
 
 /// One write in the journal: Raft's log entry. An empty payload is a no-op
-/// record (rule 8's empty record of a new leader).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// record (rule 8's empty record of a new leader). Serializable because the
+/// replication layer ships records to peers as they are.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Record {
     /// Epoch of the leader that created it.
     pub epoch: u64,

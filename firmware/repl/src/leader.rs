@@ -1,0 +1,453 @@
+//! The leader's side of replication: the no-op record of a new epoch
+//! (rule 8), client writes as journal records streamed to both peers in a
+//! pipeline (rule 6), the commit rule (durable on the leader and on one
+//! consistent peer, in the leader's own epoch: Raft's rule with Figure 8),
+//! applying and acknowledging inside the lease, and catching a peer up
+//! from the journal or handing it to block resync (rule 11).
+//!
+//! ```text
+//!  write ─▶ append (page cache) ─▶ Append to both peers ─┐
+//!                   sync() ─▶ leader durable ───────────┤─▶ commit = min(own durable,
+//!  AppendReply(matched) from a consistent peer ─────────┘           best peer matched)
+//!        commit ≥ no-op ─▶ apply in seq order ─▶ acknowledge (only inside the lease)
+//! ```
+
+use std::collections::VecDeque;
+
+use triad_core::{Instant, NodeId};
+use triad_volume::{Disk, Position, Record};
+
+use crate::msg::Msg;
+use crate::replica::{chain, micros, Replica};
+use crate::resync::LeaderResync;
+use crate::verify::Verify;
+use crate::{ClientError, Out, ReplConfig, ReplNotice, WriteId};
+
+/// Least time between two commit-only probes to a peer, µs.
+const COMMIT_PROBE_US: u64 = 5_000;
+/// Records kept in RAM after appending, so streaming them does not re-read the journal.
+const RECENT_BYTES: u64 = 32 << 20;
+
+/// A client write waiting for its last record to be applied.
+#[derive(Debug)]
+struct Pending {
+    id: WriteId,
+    last_seq: u64,
+    deadline: Instant,
+}
+
+/// What the leader knows of one peer.
+#[derive(Debug)]
+pub(crate) struct Progress {
+    /// Highest seq durable on the peer and matching this journal.
+    pub matched: u64,
+    /// Next seq to send.
+    pub next: u64,
+    /// Where to restart sending when nothing was heard (the last agreed point + 1).
+    pub probe_from: u64,
+    pub last_heard: Option<Instant>,
+    last_sent: Option<Instant>,
+    pub last_progress: Instant,
+    sent_commit: u64,
+    /// The peer's store is consistent (as it last said).
+    pub consistent: bool,
+    /// The peer's journal disagrees with a committed record here.
+    pub split: bool,
+    pub resync: Option<LeaderResync>,
+}
+
+/// State that exists only while this node leads.
+#[derive(Debug)]
+pub(crate) struct LeaderState {
+    pub epoch: u64,
+    pub noop_seq: u64,
+    pub ready: bool,
+    pub peers: [Progress; 2],
+    writes: VecDeque<Pending>,
+    recent: VecDeque<Record>,
+    recent_bytes: u64,
+    pub verify: Option<Verify>,
+    pub resync_counter: u64,
+}
+
+/// An AppendReply's fields.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reply {
+    pub ok: bool,
+    pub matched: u64,
+    pub last: Position,
+    pub applied: Position,
+    pub k: Position,
+    pub consistent: bool,
+}
+
+impl LeaderState {
+    /// Fails every waiting write (leadership ended or storage failed).
+    pub fn fail_all(self, err: ClientError, out: &mut Vec<Out>) {
+        for w in self.writes {
+            out.push(Out::WriteDone { id: w.id, result: Err(err.clone()) });
+        }
+    }
+
+    /// Writes waiting for commit.
+    pub fn pending_writes(&self) -> usize {
+        self.writes.len()
+    }
+
+    /// A record reached the store: resyncs in their copy phase must copy
+    /// its blocks (again), so no copy lands older than the end point.
+    pub fn on_applied(&mut self, rec: &Record) {
+        for p in &mut self.peers {
+            if let Some(r) = p.resync.as_mut() {
+                r.on_applied(rec.offset, rec.payload.len() as u64);
+            }
+        }
+    }
+
+    pub fn next_deadline(&self, cfg: &ReplConfig) -> Instant {
+        let mut d = Instant(u64::MAX);
+        if let Some(w) = self.writes.front() {
+            d = d.min(w.deadline);
+        }
+        for p in &self.peers {
+            let base = p.last_sent.unwrap_or(Instant::ZERO);
+            d = d.min(base.add(cfg.retransmit));
+            if p.sent_commit < self.noop_seq.max(1) || p.resync.is_some() {
+                d = d.min(base.add(core::time::Duration::from_micros(COMMIT_PROBE_US)));
+            }
+        }
+        if let Some(v) = &self.verify {
+            d = d.min(v.deadline());
+        }
+        d
+    }
+
+    fn remember(&mut self, rec: &Record) {
+        self.recent_bytes += rec.payload.len() as u64;
+        self.recent.push_back(rec.clone());
+        while self.recent_bytes > RECENT_BYTES {
+            match self.recent.pop_front() {
+                Some(r) => self.recent_bytes -= r.payload.len() as u64,
+                None => break,
+            }
+        }
+    }
+
+    fn recent(&self, seq: u64) -> Option<&Record> {
+        let first = self.recent.front()?.seq;
+        self.recent.get(usize::try_from(seq.checked_sub(first)?).ok()?)
+    }
+}
+
+impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
+    /// Rule 8: a new leader's first record is an empty one in its epoch; it
+    /// serves nothing until that record is committed and applied.
+    pub(crate) fn become_leader(&mut self, now: Instant, out: &mut Vec<Out>) {
+        if !self.electable() {
+            return;
+        }
+        let epoch = self.view.epoch;
+        let last = self.journal.last();
+        let rec = Record { epoch, seq: last.seq + 1, prev: last, offset: 0, payload: Vec::new() };
+        if let Err(e) = self.append_own(&rec) {
+            return self.fail(&e, out);
+        }
+        let progress = || Progress {
+            matched: 0,
+            next: rec.seq,
+            probe_from: rec.seq,
+            last_heard: None,
+            last_sent: None,
+            last_progress: now,
+            sent_commit: 0,
+            consistent: true,
+            split: false,
+            resync: None,
+        };
+        let mut l = LeaderState {
+            epoch,
+            noop_seq: rec.seq,
+            ready: false,
+            peers: [progress(), progress()],
+            writes: VecDeque::new(),
+            recent: VecDeque::new(),
+            recent_bytes: 0,
+            verify: None,
+            resync_counter: 0,
+        };
+        l.remember(&rec);
+        self.leader = Some(l);
+        for slot in 0..2 {
+            self.send_records(slot, now, true, out);
+        }
+    }
+
+    /// Appends one of this leader's records; on a full ring, compacts once first.
+    fn append_own(&mut self, rec: &Record) -> Result<(), String> {
+        match self.journal.append(rec) {
+            Err(triad_volume::JournalError::Full { .. }) => {
+                self.compact()?;
+                self.journal.append(rec).map_err(|e| chain(&e))?;
+            }
+            r => r.map_err(|e| chain(&e))?,
+        }
+        self.extents.push_back((rec.offset, rec.payload.len() as u64));
+        self.needs_sync = true;
+        Ok(())
+    }
+
+    /// A client write: refused unless this node serves; otherwise journaled
+    /// as records of at most `max_record` bytes, streamed to both peers, and
+    /// finished by [`Out::WriteDone`] once committed and applied.
+    pub fn write(&mut self, now: Instant, id: WriteId, offset: u64, data: &[u8], out: &mut Vec<Out>) {
+        self.now = self.now.max(now);
+        let refuse = self.check_serving(now).and_then(|()| self.check_range(offset, data.len() as u64));
+        if let Err(e) = refuse {
+            out.push(Out::WriteDone { id, result: Err(e) });
+            return;
+        }
+        let step = self.cfg.max_record.min(self.journal.max_payload()).max(4096) as usize;
+        let mut last_seq = 0;
+        for (i, chunk) in data.chunks(step.max(1)).enumerate() {
+            let prev = self.journal.last();
+            let rec = Record {
+                epoch: self.view.epoch,
+                seq: prev.seq + 1,
+                prev,
+                offset: offset + (i * step) as u64,
+                payload: chunk.to_vec(),
+            };
+            if let Err(e) = self.append_own(&rec) {
+                out.push(Out::WriteDone { id, result: Err(ClientError::Storage(e)) });
+                return;
+            }
+            last_seq = rec.seq;
+            if let Some(l) = self.leader.as_mut() {
+                l.remember(&rec);
+            }
+        }
+        if data.is_empty() {
+            out.push(Out::WriteDone { id, result: Ok(()) });
+            return;
+        }
+        let deadline = now.add(self.cfg.write_timeout);
+        if let Some(l) = self.leader.as_mut() {
+            l.writes.push_back(Pending { id, last_seq, deadline });
+        }
+        for slot in 0..2 {
+            self.send_records(slot, now, false, out);
+        }
+    }
+
+    /// Sends a peer the records it lacks, within the pipeline's window;
+    /// with `probe`, an Append even if there is nothing new (it carries
+    /// the commit point and asks for the peer's position).
+    pub(crate) fn send_records(&mut self, slot: usize, now: Instant, probe: bool, out: &mut Vec<Out>) {
+        let Some(l) = self.leader.as_ref() else { return };
+        let p = &l.peers[slot];
+        if p.resync.is_some() || p.split || !p.consistent {
+            return;
+        }
+        let last = self.journal.last().seq;
+        let mut next = p.next.min(last + 1);
+        let Some(prev) = self.journal.position_of(next - 1) else {
+            // The peer needs records this journal no longer holds.
+            let hash = self.bitmaps[slot].base().seq > self.peer_k[slot].seq;
+            return self.start_resync(slot, now, hash, out);
+        };
+        let mut inflight: u64 = self.extents_bytes(p.matched + 1, next);
+        let mut batch_bytes = 0;
+        let mut records = Vec::new();
+        while next <= last && inflight < self.cfg.max_inflight_bytes && batch_bytes < self.cfg.max_batch_bytes {
+            let rec = match l.recent(next) {
+                Some(r) => r.clone(),
+                None => match self.journal.read(next) {
+                    Ok(r) => r,
+                    Err(e) => return self.fail(&chain(&e), out),
+                },
+            };
+            let len = rec.payload.len() as u64 + 64;
+            inflight += len;
+            batch_bytes += len;
+            records.push(rec);
+            next += 1;
+        }
+        if records.is_empty() && !probe {
+            return;
+        }
+        let commit = self.commit;
+        let ks = vec![
+            (self.id, self.store.checkpointed().applied),
+            (self.peers[0], self.peer_k[0]),
+            (self.peers[1], self.peer_k[1]),
+        ];
+        let msg = Msg::Append { epoch: self.view.epoch, prev, records, commit, ks };
+        let to = self.peers[slot];
+        if let Some(l) = self.leader.as_mut() {
+            let p = &mut l.peers[slot];
+            p.next = next;
+            p.last_sent = Some(now);
+            p.sent_commit = commit;
+        }
+        out.push(Out::Send { to, msg });
+    }
+
+    /// Bytes of retained records with seqs in `[from, to)` (the pipeline's fill).
+    fn extents_bytes(&self, from: u64, to: u64) -> u64 {
+        let base = self.journal.discarded().seq + 1;
+        let from = from.max(base);
+        (from..to).filter_map(|s| self.extents.get((s - base) as usize)).map(|e| e.1 + 64).sum()
+    }
+
+    /// A follower's AppendReply (same epoch, checked by the caller).
+    pub(crate) fn on_append_reply(&mut self, now: Instant, from: NodeId, r: Reply, out: &mut Vec<Out>) {
+        let Some(slot) = self.slot(from) else { return };
+        if self.leader.is_none() {
+            return;
+        }
+        // Rule 14: the peer's applied record is committed; ours at that
+        // seq must be the same record (a leader holds every committed one).
+        let last = self.journal.last();
+        let diverged = r.applied.seq > last.seq
+            || (r.applied.seq >= self.journal.discarded().seq
+                && self.journal.position_of(r.applied.seq).is_some_and(|p| p != r.applied));
+        if diverged {
+            let detail = format!("its committed record {:?} is not in this journal (last {:?})", r.applied, last);
+            let was_split = self.leader.as_ref().is_some_and(|l| l.peers[slot].split);
+            if let Some(l) = self.leader.as_mut() {
+                l.peers[slot].split = true;
+            }
+            if !was_split {
+                out.push(Out::Notice(ReplNotice::SplitBrain { peer: from, detail }));
+            }
+            return;
+        }
+        self.peer_k_advanced(slot, r.k);
+        let discarded = self.journal.discarded();
+        let bitmap_covers = self.bitmaps[slot].base().seq <= r.k.seq;
+        let Some(l) = self.leader.as_mut() else { return };
+        let p = &mut l.peers[slot];
+        p.last_heard = Some(now);
+        p.consistent = r.consistent;
+        if p.resync.is_some() {
+            return; // replies from before the resync began
+        }
+        if !r.consistent {
+            return self.start_resync(slot, now, true, out);
+        }
+        if r.ok {
+            if r.matched > p.matched {
+                p.matched = r.matched;
+                p.last_progress = now;
+            }
+            p.next = p.next.max(r.matched + 1);
+            p.probe_from = p.probe_from.max(r.matched + 1);
+        } else {
+            // Find a point both journals share: the peer's last record if
+            // we hold the same one, else its applied (committed) record.
+            let agreed = if r.last.seq <= last.seq && self.journal.position_of(r.last.seq) == Some(r.last) {
+                r.last.seq
+            } else {
+                r.applied.seq.min(last.seq)
+            };
+            if agreed < discarded.seq {
+                return self.start_resync(slot, now, !bitmap_covers, out);
+            }
+            p.next = agreed + 1;
+            p.probe_from = agreed + 1;
+            p.last_progress = now;
+        }
+        self.leader_after_sync(now, out);
+        self.send_records(slot, now, false, out);
+    }
+
+    /// After the leader's own sync or a peer's progress: commit, apply,
+    /// acknowledge, and keep the pipeline full.
+    pub(crate) fn leader_after_sync(&mut self, now: Instant, out: &mut Vec<Out>) {
+        self.advance_commit();
+        self.apply_committed(out);
+        let applied = self.store.applied().seq;
+        let in_lease = self.in_lease(now);
+        let Some(l) = self.leader.as_mut() else { return };
+        if !l.ready && applied >= l.noop_seq {
+            l.ready = true;
+            out.push(Out::Notice(ReplNotice::Ready { epoch: l.epoch, seq: l.noop_seq }));
+        }
+        // Invariant 1: acknowledgements only inside the lease; outside it
+        // they wait (and time out) rather than promise anything.
+        if in_lease {
+            while l.writes.front().is_some_and(|w| w.last_seq <= applied) {
+                if let Some(w) = l.writes.pop_front() {
+                    out.push(Out::WriteDone { id: w.id, result: Ok(()) });
+                }
+            }
+        }
+        for slot in 0..2 {
+            self.send_records(slot, now, false, out);
+        }
+    }
+
+    /// Commit = the highest seq durable here and matched by a consistent,
+    /// non-resyncing peer, if it is of this epoch (at or after the no-op).
+    fn advance_commit(&mut self) {
+        let Some(l) = self.leader.as_ref() else { return };
+        let best = l
+            .peers
+            .iter()
+            .filter(|p| p.consistent && p.resync.is_none() && !p.split)
+            .map(|p| p.matched)
+            .max()
+            .unwrap_or(0);
+        let c = best.min(self.journal.durable().seq);
+        if c >= l.noop_seq && c > self.commit {
+            self.commit = c;
+        }
+    }
+
+    /// Timers of a leader: write timeouts, retransmission, commit probes,
+    /// resync pacing, verify.
+    pub(crate) fn leader_tick(&mut self, now: Instant, out: &mut Vec<Out>) {
+        let timeout_ms = u64::try_from(self.cfg.write_timeout.as_millis()).unwrap_or(u64::MAX);
+        if let Some(l) = self.leader.as_mut() {
+            while l.writes.front().is_some_and(|w| w.deadline <= now) {
+                if let Some(w) = l.writes.pop_front() {
+                    out.push(Out::WriteDone { id: w.id, result: Err(ClientError::Timeout(timeout_ms)) });
+                }
+            }
+        }
+        // Acks that waited for the lease (or a commit) go out now if they can.
+        self.leader_after_sync(now, out);
+        let last = self.journal.last().seq;
+        let retransmit = micros(self.cfg.retransmit);
+        for slot in 0..2 {
+            let Some(l) = self.leader.as_mut() else { return };
+            let commit = self.commit;
+            let p = &mut l.peers[slot];
+            if p.resync.is_some() {
+                self.resync_tick(slot, now, out);
+                continue;
+            }
+            let since_sent = p.last_sent.map_or(u64::MAX, |t| now.since(t).as_micros() as u64);
+            let stalled = p.matched < last && now.since(p.last_progress).as_micros() as u64 >= retransmit;
+            if since_sent >= retransmit && (stalled || p.last_heard.is_none()) {
+                // Go back to the last point agreed and send again.
+                p.next = if p.matched > 0 { p.matched + 1 } else { p.probe_from };
+                p.last_progress = now;
+                self.send_records(slot, now, true, out);
+            } else if since_sent >= retransmit || (p.sent_commit < commit && since_sent >= COMMIT_PROBE_US) {
+                self.send_records(slot, now, true, out);
+            }
+        }
+        self.verify_tick(now, out);
+    }
+
+    /// The peer is reachable and can count toward a commit.
+    pub(crate) fn commit_partner(&self, slot: usize, now: Instant) -> bool {
+        let Some(l) = self.leader.as_ref() else { return false };
+        let p = &l.peers[slot];
+        p.consistent
+            && p.resync.is_none()
+            && !p.split
+            && p.last_heard.is_some_and(|t| now.since(t) < self.cfg.peer_timeout)
+    }
+}

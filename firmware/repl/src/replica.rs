@@ -1,0 +1,643 @@
+//! One node's replica: its journal and store, the view the core gives it,
+//! and the follower side of replication (rule 5), applying committed
+//! records (rules 6, 7), checkpoints and compaction with bitmaps (rules 9,
+//! 10). The leader side lives in `leader.rs`, block resync in `resync.rs`.
+//!
+//! ```text
+//!   Follower:  Append(prev, records, commit) ──prev matches?──▶ append (truncate a
+//!              conflicting uncommitted tail) ──sync()──▶ AppendReply(matched, K) ──▶ apply ≤ commit
+//!   Leader:    (leader.rs) no-op record first; writes → records → peers; commit = durable on
+//!              the leader and one consistent peer, in the leader's epoch; apply; acknowledge
+//!   Any node:  journal short of room ──▶ checkpoint K (fsync store) ──▶ bitmaps for peers
+//!              whose K is behind ──▶ discard through K
+//! ```
+//!
+//! Invariants kept here: only committed records reach the store, in seq
+//! order; a record is applied only once it is durable in this node's own
+//! journal too (so K never runs ahead of the journal); a committed record is
+//! never truncated: a conflict at or below the commit point is split brain.
+
+use core::time::Duration;
+use std::collections::VecDeque;
+
+use triad_core::{Instant, NodeId};
+use triad_volume::{DirtyBitmap, Disk, Journal, JournalError, Position, Record, Store, StoreError};
+
+use crate::leader::LeaderState;
+use crate::msg::Msg;
+use crate::resync::FollowerResync;
+use crate::{core_position, ClientError, Health, Out, PeerRepl, ReplConfig, ReplNotice, ReplStatus, View};
+
+/// Why a replica could not be opened or formatted.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// The journal could not be opened or formatted.
+    #[error("journal")]
+    Journal(#[from] JournalError),
+    /// The store could not be opened or formatted.
+    #[error("block store")]
+    Store(#[from] StoreError),
+    /// The bitmap geometry in the metadata is unusable.
+    #[error("dirty bitmap")]
+    Bitmap(#[from] triad_volume::BitmapError),
+    /// The peers are not two distinct other nodes.
+    #[error("peers {0:?} are not two nodes other than this one")]
+    Peers([NodeId; 2]),
+}
+
+/// One node's replica of the volume.
+#[derive(Debug)]
+pub struct Replica<J: Disk, D: Disk, M: Disk> {
+    pub(crate) id: NodeId,
+    pub(crate) peers: [NodeId; 2],
+    pub(crate) cfg: ReplConfig,
+    pub(crate) journal: Journal<J>,
+    pub(crate) store: Store<D, M>,
+    /// `(offset, len)` of each retained record, index i ↔ seq discarded+1+i
+    /// (what a discard must put in the bitmaps, without re-reading data).
+    pub(crate) extents: VecDeque<(u64, u64)>,
+    pub(crate) view: View,
+    pub(crate) now: Instant,
+    /// Highest seq known committed.
+    pub(crate) commit: u64,
+    pub(crate) health: Health,
+    /// Present while this node leads (and its store is consistent).
+    pub(crate) leader: Option<LeaderState>,
+    /// Follower: highest seq known to match the current leader's journal.
+    pub(crate) matched_in_epoch: u64,
+    /// Follower: the leader to answer at the next sync, and whether the
+    /// last Append matched.
+    pub(crate) reply_due: Option<(NodeId, bool)>,
+    /// Follower side of a block resync.
+    pub(crate) resync_in: Option<FollowerResync>,
+    /// One bitmap per peer (index as in `peers`), rule 10.
+    pub(crate) bitmaps: [DirtyBitmap; 2],
+    /// Last known checkpoint K of each peer.
+    pub(crate) peer_k: [Position; 2],
+    /// Outputs already reported, to emit changes only.
+    reported_position: Option<Position>,
+    reported_electable: Option<bool>,
+    /// The journal has unsynced appends.
+    pub(crate) needs_sync: bool,
+    last_checkpoint: Instant,
+}
+
+/// Longest time between checkpoints while records are being applied.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
+
+impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
+    /// Formats a blank node: empty journal at (0, 0), store K = (0, 0).
+    /// Every node of a new cluster starts from the same (zeroed) data.
+    pub fn format(
+        id: NodeId,
+        peers: [NodeId; 2],
+        cfg: ReplConfig,
+        journal: J,
+        data: D,
+        meta: M,
+        granularity: u64,
+    ) -> Result<Self, ReplicaError> {
+        let journal = Journal::format(journal)?;
+        let store = Store::format(data, meta, granularity)?;
+        Self::assemble(id, peers, cfg, journal, store)
+    }
+
+    /// Opens a node after any restart: the journal's position is its last
+    /// valid chained record (rule 1), the store's applied position is K
+    /// (rule 9), and records past K are applied only once a leader reports
+    /// them committed.
+    pub fn open(
+        id: NodeId,
+        peers: [NodeId; 2],
+        cfg: ReplConfig,
+        journal: J,
+        data: D,
+        meta: M,
+    ) -> Result<Self, ReplicaError> {
+        let mut journal = Journal::open(journal)?;
+        let store = Store::open(data, meta)?;
+        let k = store.checkpointed().applied;
+        // The journal must contain K (or have discarded past it). It does
+        // not only after a crash between "journal reset" and "consistent,
+        // K" at the end of a resync; then the store is still inconsistent
+        // and the journal restarts at K.
+        let covered = k.seq <= journal.discarded().seq || journal.position_of(k.seq) == Some(k);
+        if !covered {
+            journal.reset_at(k)?;
+        }
+        Self::assemble(id, peers, cfg, journal, store)
+    }
+
+    fn assemble(
+        id: NodeId,
+        peers: [NodeId; 2],
+        cfg: ReplConfig,
+        journal: Journal<J>,
+        store: Store<D, M>,
+    ) -> Result<Self, ReplicaError> {
+        if peers[0] == peers[1] || peers.contains(&id) {
+            return Err(ReplicaError::Peers(peers));
+        }
+        let mut extents = VecDeque::new();
+        for r in journal.iter_from(0) {
+            let r = r?;
+            extents.push_back((r.offset, r.payload.len() as u64));
+        }
+        let (len, gran) = (store.volume_len(), store.granularity());
+        let mut bitmaps = [DirtyBitmap::new(len, gran, Position::ZERO)?, DirtyBitmap::new(len, gran, Position::ZERO)?];
+        for (slot, bm) in bitmaps.iter_mut().enumerate() {
+            if let Some(b) = store.load_bitmap(slot as u32)? {
+                *bm = b;
+            }
+        }
+        let health = if store.checkpointed().consistent { Health::Consistent } else { Health::Resyncing };
+        let commit = store.applied().seq;
+        Ok(Replica {
+            id,
+            peers,
+            cfg,
+            journal,
+            store,
+            extents,
+            view: View::default(),
+            now: Instant::ZERO,
+            commit,
+            health,
+            leader: None,
+            matched_in_epoch: 0,
+            reply_due: None,
+            resync_in: None,
+            bitmaps,
+            peer_k: [Position::ZERO; 2],
+            reported_position: None,
+            reported_electable: None,
+            needs_sync: false,
+            last_checkpoint: Instant::ZERO,
+        })
+    }
+
+    /// This node.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The journal's last position (what votes compare).
+    pub fn position(&self) -> Position {
+        self.journal.last()
+    }
+
+    /// Whether the node may stand for election.
+    pub fn electable(&self) -> bool {
+        self.health == Health::Consistent
+    }
+
+    /// Leader whose first record is applied, inside its lease: may serve.
+    pub fn serving(&self, now: Instant) -> bool {
+        self.leader.as_ref().is_some_and(|l| l.ready) && self.in_lease(now)
+    }
+
+    /// The volume's size in bytes.
+    pub fn volume_len(&self) -> u64 {
+        self.store.volume_len()
+    }
+
+    /// The block store's applied position.
+    pub fn applied(&self) -> Position {
+        self.store.applied()
+    }
+
+    /// The store (the simulator compares replicas through it).
+    pub fn store(&self) -> &Store<D, M> {
+        &self.store
+    }
+
+    /// The journal (tests and the simulator).
+    pub fn journal(&self) -> &Journal<J> {
+        &self.journal
+    }
+
+    /// Gives the disks back (the simulator crashes and reopens nodes).
+    pub fn into_disks(self) -> (J, D, M) {
+        let (d, m) = self.store.into_disks();
+        (self.journal.into_disk(), d, m)
+    }
+
+    pub(crate) fn in_lease(&self, now: Instant) -> bool {
+        self.view.lease_until.is_some_and(|t| now < t)
+    }
+
+    pub(crate) fn slot(&self, peer: NodeId) -> Option<usize> {
+        self.peers.iter().position(|p| *p == peer)
+    }
+
+    /// The core's view after its latest step. A new epoch or leadership
+    /// ends whatever the old one had in flight; becoming leader appends the
+    /// epoch's no-op record (rule 8).
+    pub fn set_view(&mut self, now: Instant, view: View, out: &mut Vec<Out>) {
+        self.now = self.now.max(now);
+        let changed = view.epoch != self.view.epoch || view.leader != self.view.leader;
+        self.view = view;
+        if changed {
+            self.matched_in_epoch = 0;
+            self.reply_due = None;
+            if let Some(l) = self.leader.take() {
+                l.fail_all(ClientError::NotActive, out);
+            }
+            self.resync_in_abandon_if_other_leader();
+            if view.leader == Some(self.id) {
+                self.become_leader(now, out);
+            }
+        }
+        self.report(out);
+    }
+
+    /// Read `buf.len()` bytes at `offset`: only on a serving leader (rule 15).
+    pub fn read(&self, now: Instant, offset: u64, buf: &mut [u8]) -> Result<(), ClientError> {
+        self.check_serving(now)?;
+        self.check_range(offset, buf.len() as u64)?;
+        self.store.read(offset, buf).map_err(|e| ClientError::Storage(crate::replica::chain(&e)))
+    }
+
+    pub(crate) fn check_serving(&self, now: Instant) -> Result<(), ClientError> {
+        if let Health::Failed(why) = &self.health {
+            return Err(ClientError::Storage(why.clone()));
+        }
+        match &self.leader {
+            None => Err(ClientError::NotActive),
+            Some(_) if !self.in_lease(now) => Err(ClientError::NotActive),
+            Some(l) if !l.ready => Err(ClientError::NotReady),
+            Some(_) => Ok(()),
+        }
+    }
+
+    pub(crate) fn check_range(&self, offset: u64, len: u64) -> Result<(), ClientError> {
+        let volume_len = self.store.volume_len();
+        match offset.checked_add(len) {
+            Some(end) if end <= volume_len => Ok(()),
+            _ => Err(ClientError::OutOfRange { offset, len, volume_len }),
+        }
+    }
+
+    /// A message from a peer's replica.
+    pub fn receive(&mut self, now: Instant, from: NodeId, msg: Msg, out: &mut Vec<Out>) {
+        self.now = self.now.max(now);
+        if self.slot(from).is_none() || matches!(self.health, Health::Failed(_) | Health::SplitBrain(_)) {
+            return;
+        }
+        // Fencing: act only on the current epoch, and only on the leader's
+        // word (or, as leader, on replies). A newer epoch is adopted through
+        // the core first, which persists it; until then it is ignored.
+        if msg.epoch() != self.view.epoch {
+            return;
+        }
+        let from_my_leader = self.view.leader == Some(from) && self.view.leader != Some(self.id);
+        if msg.from_leader() != from_my_leader {
+            return;
+        }
+        match msg {
+            Msg::Append { prev, records, commit, ks, .. } => self.on_append(from, prev, records, commit, &ks, out),
+            Msg::ResyncBegin { id, hash, .. } => self.on_resync_begin(from, id, hash, out),
+            Msg::ResyncData { id, n, offset, data, .. } => self.on_resync_data(from, id, n, offset, &data, out),
+            Msg::ResyncEnd { id, n, point, .. } => self.on_resync_end(from, id, n, point, out),
+            Msg::VerifyRequest { id, offset, count, .. } => self.on_verify_request(from, id, offset, count, out),
+            Msg::AppendReply { ok, matched, last, applied, k, consistent, .. } => {
+                let reply = crate::leader::Reply { ok, matched, last, applied, k, consistent };
+                self.on_append_reply(now, from, reply, out)
+            }
+            Msg::ResyncAck { id, n, finished, .. } => self.on_resync_ack(now, from, id, n, finished, out),
+            Msg::VerifyReply { id, offset, applied, hashes, .. } => {
+                self.on_verify_reply(from, id, offset, applied, &hashes, out)
+            }
+        }
+        self.report(out);
+    }
+
+    /// Rule 5 on a follower: accept records only if `prev` matches; a
+    /// conflicting uncommitted tail is truncated; a conflict at a committed
+    /// seq is split brain (rule 14) and nothing is changed.
+    fn on_append(
+        &mut self,
+        from: NodeId,
+        prev: Position,
+        records: Vec<Record>,
+        commit: u64,
+        ks: &[(NodeId, Position)],
+        out: &mut Vec<Out>,
+    ) {
+        for (node, k) in ks {
+            if let Some(s) = self.slot(*node) {
+                self.peer_k[s] = self.peer_k[s].max(*k);
+            }
+        }
+        if self.health != Health::Consistent {
+            // Rule 12: a resyncing node journals nothing; its reply says so.
+            self.reply_due = Some((from, false));
+            return;
+        }
+        if !self.prev_matches(prev) {
+            self.reply_due = Some((from, false));
+            return;
+        }
+        let mut upto = prev.seq;
+        for rec in records {
+            if rec.seq != upto + 1 {
+                break; // not consecutive: malformed; keep what matched so far
+            }
+            match self.accept_record(from, rec, out) {
+                Ok(true) => upto += 1,
+                Ok(false) => return,
+                Err(e) => return self.fail(&e, out),
+            }
+        }
+        self.matched_in_epoch = self.matched_in_epoch.max(upto);
+        self.commit = self.commit.max(commit.min(self.matched_in_epoch));
+        self.reply_due = Some((from, true));
+        self.needs_sync = true;
+    }
+
+    /// Whether our journal holds `prev` (or a committed prefix reaching it).
+    fn prev_matches(&self, prev: Position) -> bool {
+        let d = self.journal.discarded();
+        if prev.seq < d.seq {
+            return true; // discarded records were committed: the prefix matches
+        }
+        self.journal.position_of(prev.seq) == Some(prev)
+    }
+
+    /// Takes one record from the leader. `Ok(false)`: refused (split brain).
+    fn accept_record(&mut self, from: NodeId, rec: Record, out: &mut Vec<Out>) -> Result<bool, String> {
+        if rec.seq <= self.journal.discarded().seq {
+            return Ok(true);
+        }
+        match self.journal.position_of(rec.seq) {
+            Some(p) if p.epoch == rec.epoch => return Ok(true),
+            Some(p) => {
+                let committed = self.commit.max(self.store.applied().seq);
+                if rec.seq <= committed {
+                    let detail = format!(
+                        "record {} is committed here with epoch {} but node {from} sends epoch {}",
+                        rec.seq, p.epoch, rec.epoch
+                    );
+                    self.split_brain(from, detail, out);
+                    return Ok(false);
+                }
+                self.journal.truncate_after(rec.seq - 1).map_err(|e| chain(&e))?;
+                let keep = (rec.seq - 1 - self.journal.discarded().seq) as usize;
+                self.extents.truncate(keep);
+            }
+            None => {}
+        }
+        self.journal.append(&rec).map_err(|e| chain(&e))?;
+        self.extents.push_back((rec.offset, rec.payload.len() as u64));
+        Ok(true)
+    }
+
+    pub(crate) fn split_brain(&mut self, peer: NodeId, detail: String, out: &mut Vec<Out>) {
+        out.push(Out::Notice(ReplNotice::SplitBrain { peer, detail: detail.clone() }));
+        self.health = Health::SplitBrain(format!("node {peer}: {detail}"));
+        if let Some(l) = self.leader.take() {
+            l.fail_all(ClientError::NotActive, out);
+        }
+    }
+
+    /// Storage failed: rule 9, never retried; the node serves nothing.
+    pub(crate) fn fail(&mut self, detail: &str, out: &mut Vec<Out>) {
+        out.push(Out::Notice(ReplNotice::StorageFailed { detail: detail.to_string() }));
+        self.health = Health::Failed(detail.to_string());
+        if let Some(l) = self.leader.take() {
+            l.fail_all(ClientError::Storage(detail.to_string()), out);
+        }
+        self.report(out);
+    }
+
+    /// Group commit: one journal sync for everything appended since the
+    /// last call, then what depends on durability: replies (follower),
+    /// commits and acknowledgements (leader), applying, compaction.
+    pub fn sync(&mut self, now: Instant, out: &mut Vec<Out>) {
+        self.now = self.now.max(now);
+        if matches!(self.health, Health::Failed(_)) {
+            return;
+        }
+        if self.needs_sync {
+            if let Err(e) = self.journal.sync() {
+                return self.fail(&chain(&e), out);
+            }
+            self.needs_sync = false;
+        }
+        if self.leader.is_some() {
+            self.leader_after_sync(now, out);
+        } else {
+            self.apply_committed(out);
+            if let Some((to, ok)) = self.reply_due.take() {
+                let msg = self.append_reply(ok);
+                out.push(Out::Send { to, msg });
+            }
+        }
+        self.maybe_compact(out);
+        self.report(out);
+    }
+
+    pub(crate) fn append_reply(&self, ok: bool) -> Msg {
+        Msg::AppendReply {
+            epoch: self.view.epoch,
+            ok,
+            matched: self.matched_in_epoch.min(self.journal.durable().seq),
+            last: self.journal.last(),
+            applied: self.store.applied(),
+            k: self.store.checkpointed().applied,
+            consistent: self.health == Health::Consistent,
+        }
+    }
+
+    /// Applies committed records that are durable here, in order (rules 6, 7).
+    pub(crate) fn apply_committed(&mut self, out: &mut Vec<Out>) {
+        if self.health != Health::Consistent {
+            return;
+        }
+        let upto = self.commit.min(self.journal.durable().seq);
+        while self.store.applied().seq < upto {
+            let seq = self.store.applied().seq + 1;
+            let rec = match self.journal.read(seq) {
+                Ok(r) => r,
+                Err(e) => return self.fail(&chain(&e), out),
+            };
+            if let Err(e) = self.store.apply(&rec) {
+                return self.fail(&chain(&e), out);
+            }
+            if let Some(l) = self.leader.as_mut() {
+                l.on_applied(&rec);
+            }
+        }
+    }
+
+    /// Rules 9 and 10: when the ring runs short, checkpoint the store
+    /// (K = applied, fsynced), record in each lagging peer's bitmap what
+    /// the discard drops, persist those bitmaps, then discard through K.
+    pub(crate) fn maybe_compact(&mut self, out: &mut Vec<Out>) {
+        let free_pct = self.journal.free_bytes() * 100 / self.journal.ring_len().max(1);
+        if free_pct >= self.cfg.compact_below_free_pct || self.health != Health::Consistent {
+            return;
+        }
+        if let Err(e) = self.compact() {
+            self.fail(&e, out);
+        }
+    }
+
+    /// Checkpoint, then discard: first only what every node's K covers
+    /// (nothing to record); if the ring is still short, everything through
+    /// this node's K, with the lagging peers' bitmaps persisted first.
+    pub fn compact(&mut self) -> Result<(), String> {
+        let k = self.store.checkpoint().map_err(|e| chain(&e))?;
+        self.last_checkpoint = self.now;
+        let own = k.seq.min(self.journal.durable().seq);
+        let everyone = own.min(self.peer_k[0].seq).min(self.peer_k[1].seq);
+        self.discard_through(everyone)?;
+        let free_pct = self.journal.free_bytes() * 100 / self.journal.ring_len().max(1);
+        if free_pct < self.cfg.compact_below_free_pct / 2 || self.journal.free_bytes() < self.journal.max_payload() * 2
+        {
+            self.discard_through(own)?;
+        }
+        Ok(())
+    }
+
+    /// Rule 10: discard through `through`, after recording in the bitmap of
+    /// each peer whose K does not cover them the blocks of the discarded records.
+    fn discard_through(&mut self, through: u64) -> Result<(), String> {
+        let discarded = self.journal.discarded().seq;
+        if through <= discarded {
+            return Ok(());
+        }
+        for slot in 0..2 {
+            let peer_k = self.peer_k[slot];
+            if peer_k.seq >= through {
+                continue;
+            }
+            if self.bitmaps[slot].is_clean() {
+                self.bitmaps[slot].reset(peer_k);
+            }
+            let from = discarded.max(peer_k.seq);
+            for seq in from + 1..=through {
+                let i = (seq - discarded - 1) as usize;
+                if let Some(&(off, len)) = self.extents.get(i) {
+                    if len > 0 {
+                        self.bitmaps[slot].set_range(off, len).map_err(|e| chain(&e))?;
+                    }
+                }
+            }
+            self.store.persist_bitmap(slot as u32, &self.bitmaps[slot]).map_err(|e| chain(&e))?;
+        }
+        self.journal.discard_through(through).map_err(|e| chain(&e))?;
+        self.extents.drain(..(through - discarded) as usize);
+        Ok(())
+    }
+
+    /// A checkpoint now and then even without compaction, so K (which
+    /// peers' bitmaps start from) stays close to what was applied.
+    fn maybe_checkpoint(&mut self, now: Instant, out: &mut Vec<Out>) {
+        let due = now.since(self.last_checkpoint) >= CHECKPOINT_EVERY;
+        if due && self.health == Health::Consistent && self.store.applied() != self.store.checkpointed().applied {
+            self.last_checkpoint = now;
+            if let Err(e) = self.store.checkpoint() {
+                self.fail(&chain(&e), out);
+            }
+        }
+    }
+
+    /// A peer's K moved: a bitmap whose every bit is for records at or
+    /// below that K is no longer needed.
+    pub(crate) fn peer_k_advanced(&mut self, slot: usize, k: Position) {
+        self.peer_k[slot] = self.peer_k[slot].max(k);
+        if !self.bitmaps[slot].is_clean() && self.peer_k[slot].seq >= self.journal.discarded().seq {
+            // In RAM only: a restart reloads the persisted superset, which is safe.
+            self.bitmaps[slot].reset(self.peer_k[slot]);
+        }
+    }
+
+    /// Time passed: retransmissions, resync pacing, write timeouts.
+    pub fn tick(&mut self, now: Instant, out: &mut Vec<Out>) {
+        self.now = self.now.max(now);
+        if self.leader.is_some() {
+            self.leader_tick(now, out);
+        }
+        self.follower_resync_tick(out);
+        self.maybe_checkpoint(now, out);
+        self.report(out);
+    }
+
+    /// The earliest instant [`Replica::tick`] has work.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let mut d: Option<Instant> = None;
+        let mut consider = |x: Option<Instant>| {
+            if let Some(x) = x {
+                d = Some(d.map_or(x, |d| d.min(x)));
+            }
+        };
+        if let Some(l) = &self.leader {
+            consider(Some(l.next_deadline(&self.cfg)));
+        }
+        if self.store.applied() != self.store.checkpointed().applied {
+            consider(Some(self.last_checkpoint.add(CHECKPOINT_EVERY)));
+        }
+        d
+    }
+
+    fn report(&mut self, out: &mut Vec<Out>) {
+        let p = self.journal.last();
+        if self.reported_position != Some(p) {
+            self.reported_position = Some(p);
+            out.push(Out::Position(core_position(p)));
+        }
+        let e = self.electable();
+        if self.reported_electable != Some(e) {
+            self.reported_electable = Some(e);
+            out.push(Out::Electable(e));
+        }
+    }
+
+    /// A snapshot for status.
+    pub fn status(&self, now: Instant) -> ReplStatus {
+        ReplStatus {
+            health: self.health.clone(),
+            serving: self.serving(now),
+            last: self.journal.last(),
+            durable: self.journal.durable(),
+            commit: self.commit,
+            applied: self.store.applied(),
+            k: self.store.checkpointed().applied,
+            discarded: self.journal.discarded(),
+            volume_len: self.store.volume_len(),
+            journal_free: self.journal.free_bytes(),
+            pending_writes: self.leader.as_ref().map_or(0, |l| l.pending_writes()),
+            peers: (0..2)
+                .map(|slot| {
+                    let lp = self.leader.as_ref().map(|l| &l.peers[slot]);
+                    PeerRepl {
+                        node_id: self.peers[slot],
+                        matched: lp.map_or(0, |p| p.matched),
+                        k: self.peer_k[slot],
+                        consistent: lp.is_none_or(|p| p.consistent),
+                        bitmap_dirty_bytes: self.bitmaps[slot].dirty_bytes(),
+                        resync: lp.and_then(|p| p.resync.as_ref()).map(|r| r.progress(now)),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// An error and its sources, one line.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Microseconds of a duration, saturating.
+pub(crate) fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}

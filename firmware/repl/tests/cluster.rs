@@ -1,0 +1,430 @@
+//! Three replicas over in-memory disks with a hand-driven network and
+//! hand-set views (no election): exact behaviour of the write path,
+//! catch-up, compaction with bitmaps, block resync, promotion and verify.
+//! The randomized version, with the real election and faults, is the
+//! simulator's data world (firmware/sim).
+#![allow(clippy::unwrap_used)]
+
+use core::time::Duration;
+use std::collections::VecDeque;
+
+use triad_core::{Instant, NodeId};
+use triad_repl::{ClientError, Health, Msg, Out, ReplConfig, Replica, View};
+use triad_volume::MemDisk;
+
+const VOL: usize = 256 * 1024;
+const RING: usize = 8192 + 32 * 1024;
+const GRAN: u64 = 4096;
+
+type R = Replica<MemDisk, MemDisk, MemDisk>;
+
+struct Cluster {
+    nodes: Vec<Option<R>>,
+    /// Disks of a stopped node.
+    parked: Vec<Option<(MemDisk, MemDisk, MemDisk)>>,
+    net: VecDeque<(NodeId, NodeId, Msg)>,
+    down: [bool; 3],
+    now: Instant,
+    done: Vec<(u64, Result<(), ClientError>)>,
+    sent_bytes_to: [u64; 3],
+    view: View,
+    verified: Vec<triad_repl::VerifyReport>,
+}
+
+fn cfg() -> ReplConfig {
+    ReplConfig { resync_chunk: 16 * 1024, region: 16 * 1024, resync_rate: 0, ..ReplConfig::default() }
+}
+
+fn peers(id: NodeId) -> [NodeId; 2] {
+    match id {
+        1 => [2, 3],
+        2 => [1, 3],
+        _ => [1, 2],
+    }
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let meta = triad_volume::store::meta_len_needed(VOL as u64, GRAN, 2) as usize;
+        let nodes = (1..=3)
+            .map(|id| {
+                Some(
+                    R::format(id, peers(id), cfg(), MemDisk::new(RING), MemDisk::new(VOL), MemDisk::new(meta), GRAN)
+                        .unwrap(),
+                )
+            })
+            .collect();
+        Cluster {
+            nodes,
+            parked: vec![None, None, None],
+            net: VecDeque::new(),
+            down: [false; 3],
+            now: Instant(1_000_000),
+            done: Vec::new(),
+            sent_bytes_to: [0; 3],
+            view: View::default(),
+            verified: Vec::new(),
+        }
+    }
+
+    fn node(&mut self, id: NodeId) -> &mut R {
+        self.nodes[id as usize - 1].as_mut().unwrap()
+    }
+
+    fn handle(&mut self, from: NodeId, out: Vec<Out>) {
+        for o in out {
+            match o {
+                Out::Send { to, msg } => {
+                    if let Msg::ResyncData { data, .. } = &msg {
+                        self.sent_bytes_to[to as usize - 1] += data.len() as u64;
+                    }
+                    self.net.push_back((from, to, msg));
+                }
+                Out::WriteDone { id, result } => self.done.push((id, result)),
+                Out::VerifyDone(r) => self.verified.push(r),
+                _ => {}
+            }
+        }
+    }
+
+    /// Everyone gets the view: `leader` leads `epoch` with a long lease.
+    fn elect(&mut self, leader: NodeId, epoch: u64) {
+        self.view = View { epoch, leader: Some(leader), lease_until: None };
+        for id in 1..=3u8 {
+            if self.nodes[id as usize - 1].is_none() {
+                continue;
+            }
+            let lease = (id == leader).then(|| self.now.add(Duration::from_secs(3600)));
+            let v = View { epoch, leader: Some(leader), lease_until: lease };
+            let mut out = Vec::new();
+            let now = self.now;
+            self.node(id).set_view(now, v, &mut out);
+            self.node(id).sync(now, &mut out);
+            self.handle(id, out);
+        }
+        self.settle();
+    }
+
+    /// Delivers messages (syncing after each) until the network is quiet.
+    fn settle(&mut self) {
+        let mut steps = 0;
+        while let Some((from, to, msg)) = self.net.pop_front() {
+            steps += 1;
+            assert!(steps < 1_000_000, "no quiescence");
+            if self.down[to as usize - 1] || self.down[from as usize - 1] || self.nodes[to as usize - 1].is_none() {
+                continue;
+            }
+            let mut out = Vec::new();
+            let now = self.now;
+            let n = self.node(to);
+            n.receive(now, from, msg, &mut out);
+            n.sync(now, &mut out);
+            self.handle(to, out);
+        }
+    }
+
+    /// Advances time in steps, ticking every node.
+    fn run(&mut self, ms: u64) {
+        for _ in 0..ms / 5 {
+            self.now = self.now.add(Duration::from_millis(5));
+            for id in 1..=3u8 {
+                if self.down[id as usize - 1] || self.nodes[id as usize - 1].is_none() {
+                    continue;
+                }
+                let mut out = Vec::new();
+                let now = self.now;
+                let n = self.node(id);
+                n.tick(now, &mut out);
+                n.sync(now, &mut out);
+                self.handle(id, out);
+            }
+            self.settle();
+        }
+    }
+
+    fn write(&mut self, leader: NodeId, id: u64, offset: u64, data: &[u8]) {
+        let mut out = Vec::new();
+        let now = self.now;
+        let n = self.node(leader);
+        n.write(now, id, offset, data, &mut out);
+        n.sync(now, &mut out);
+        self.handle(leader, out);
+        self.settle();
+    }
+
+    fn read(&mut self, id: NodeId, offset: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        self.node(id).store().read(offset, &mut buf).unwrap();
+        buf
+    }
+
+    fn stop(&mut self, id: NodeId) {
+        let r = self.nodes[id as usize - 1].take().unwrap();
+        self.parked[id as usize - 1] = Some(r.into_disks());
+    }
+
+    fn start(&mut self, id: NodeId) {
+        let (j, d, m) = self.parked[id as usize - 1].take().unwrap();
+        let mut r = R::open(id, peers(id), cfg(), j, d, m).unwrap();
+        let mut out = Vec::new();
+        let lease = (Some(id) == self.view.leader).then(|| self.now.add(Duration::from_secs(3600)));
+        r.set_view(self.now, View { lease_until: lease, ..self.view }, &mut out);
+        self.nodes[id as usize - 1] = Some(r);
+        self.handle(id, out);
+    }
+
+    fn identical(&mut self) -> bool {
+        let a = self.read(1, 0, VOL);
+        let b = self.read(2, 0, VOL);
+        let c = self.read(3, 0, VOL);
+        a == b && b == c
+    }
+
+    /// Runs an online verify on the leader to its end.
+    fn verify(&mut self, id: u64) -> triad_repl::VerifyReport {
+        let leader = self.view.leader.unwrap();
+        let mut out = Vec::new();
+        let now = self.now;
+        self.node(leader).verify(now, id, &mut out).unwrap();
+        self.handle(leader, out);
+        self.settle();
+        self.run(2000);
+        let i = self.verified.iter().position(|r| r.id == id).expect("verify finished");
+        self.verified.remove(i)
+    }
+
+    fn serving(&mut self, id: NodeId) -> bool {
+        let now = self.now;
+        self.node(id).serving(now)
+    }
+
+    fn status(&mut self, id: NodeId) -> triad_repl::ReplStatus {
+        let now = self.now;
+        self.node(id).status(now)
+    }
+
+    fn node_read(&mut self, id: NodeId, buf: &mut [u8]) -> Result<(), ClientError> {
+        let now = self.now;
+        self.node(id).read(now, 0, buf)
+    }
+
+    fn ok(&self, id: u64) -> bool {
+        self.done.iter().any(|(i, r)| *i == id && r.is_ok())
+    }
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (seed.wrapping_mul(31).wrapping_add(i as u64 / 7) % 251) as u8).collect()
+}
+
+#[test]
+fn write_commits_on_a_majority_and_all_apply() {
+    let mut c = Cluster::new();
+    c.elect(1, 1);
+    assert!(c.serving(1), "leader serves once its no-op is committed");
+    c.write(1, 7, 8192, &pattern(1, 8192));
+    assert!(c.ok(7), "write acknowledged: {:?}", c.done);
+    c.run(50);
+    assert!(c.identical());
+    assert_eq!(c.read(3, 8192, 8192), pattern(1, 8192));
+}
+
+#[test]
+fn followers_refuse_writes_and_reads() {
+    let mut c = Cluster::new();
+    c.elect(1, 1);
+    c.write(2, 1, 0, &[1u8; 4096]);
+    assert_eq!(c.done, vec![(1, Err(ClientError::NotActive))]);
+    let mut buf = [0u8; 4096];
+    assert_eq!(c.node_read(2, &mut buf), Err(ClientError::NotActive));
+}
+
+#[test]
+fn one_peer_down_still_commits_both_down_times_out() {
+    let mut c = Cluster::new();
+    c.elect(1, 1);
+    c.down[2] = true;
+    c.write(1, 1, 0, &[1u8; 4096]);
+    assert!(c.ok(1), "one peer is a majority");
+    c.down[1] = true;
+    c.write(1, 2, 4096, &[2u8; 4096]);
+    assert!(!c.done.iter().any(|(i, _)| *i == 2), "no ack without a peer");
+    c.run(6000);
+    assert!(
+        c.done.iter().any(|(i, r)| *i == 2 && matches!(r, Err(ClientError::Timeout(_)))),
+        "the write fails after the timeout: {:?}",
+        c.done
+    );
+}
+
+#[test]
+fn no_ack_outside_the_lease() {
+    let mut c = Cluster::new();
+    c.elect(1, 1);
+    let mut out = Vec::new();
+    let now = c.now;
+    // The lease ended a moment ago (the core has not stepped down yet).
+    c.node(1).set_view(now, View { epoch: 1, leader: Some(1), lease_until: Some(now) }, &mut out);
+    c.handle(1, out);
+    c.write(1, 9, 0, &[9u8; 4096]);
+    assert_eq!(c.done, vec![(9, Err(ClientError::NotActive))]);
+}
+
+#[test]
+fn lagging_follower_catches_up_from_the_journal() {
+    let mut c = Cluster::new();
+    c.elect(1, 1);
+    c.down[2] = true;
+    for i in 0..2 {
+        c.write(1, i, i * 4096, &pattern(i, 4096));
+    }
+    c.down[2] = false;
+    c.run(500);
+    assert!(c.identical());
+    assert_eq!(c.sent_bytes_to[2], 0, "records, not a block resync");
+}
+
+#[test]
+fn compaction_past_a_dead_peer_then_bitmap_resync_moves_only_changed_blocks() {
+    let mut c = Cluster::new();
+    c.elect(1, 1);
+    c.write(1, 0, 0, &pattern(0, 4096));
+    c.run(50);
+    c.stop(3);
+    // 20 distinct blocks, rewritten many times: the 32 KiB ring wraps and
+    // compacts, so node 3's records are discarded into its bitmap.
+    for round in 0..10u64 {
+        for b in 0..20u64 {
+            c.write(1, 100 + round * 20 + b, 65536 + b * 4096, &pattern(round * 100 + b, 4096));
+        }
+    }
+    let st = c.status(1);
+    assert!(st.discarded.seq > 1, "journal compacted: {st:?}");
+    let dirty = st.peers.iter().find(|p| p.node_id == 3).unwrap().bitmap_dirty_bytes;
+    // The 20 blocks, and block 0: node 3 had applied that write but not
+    // yet checkpointed it (K is what its store holds durably).
+    assert_eq!(dirty, 21 * 4096, "bitmap holds exactly the changed blocks");
+    c.start(3);
+    c.run(1000);
+    assert_eq!(c.status(3).health, Health::Consistent);
+    assert!(c.identical(), "resynced");
+    let moved = c.sent_bytes_to[2];
+    assert!(moved <= 21 * 4096 * 105 / 100, "moved {moved} bytes for {} changed", 21 * 4096);
+    assert!(moved >= 21 * 4096);
+}
+
+#[test]
+fn blank_replacement_gets_a_hash_resync() {
+    let mut c = Cluster::new();
+    c.elect(1, 1);
+    for b in 0..30u64 {
+        c.write(1, b, b * 4096, &pattern(b, 4096));
+    }
+    c.run(50);
+    c.stop(3);
+    for round in 0..8u64 {
+        for b in 0..20u64 {
+            c.write(1, 1000 + round * 20 + b, b * 8192, &pattern(round * 7 + b, 4096));
+        }
+    }
+    // Node 3 comes back with its data disk garbled and its store marked
+    // inconsistent (as after a crash mid-resync): only hashes can tell.
+    let (j, mut d, m) = c.parked[2].take().unwrap();
+    use triad_volume::Disk;
+    d.write_at(200 * 1024, &[0xEE; 4096]).unwrap();
+    let mut s = triad_volume::Store::open(d, m).unwrap();
+    s.mark_inconsistent().unwrap();
+    let (d, m) = s.into_disks();
+    c.parked[2] = Some((j, d, m));
+    c.start(3);
+    c.run(2000);
+    assert_eq!(c.status(3).health, Health::Consistent);
+    assert!(c.identical());
+    // 20 changed blocks spread over 10 regions of 16 KiB, plus the garbled one.
+    assert_eq!(c.sent_bytes_to[2], 11 * 16 * 1024, "only differing regions copied");
+}
+
+#[test]
+fn new_leader_truncates_an_uncommitted_tail_and_keeps_committed_writes() {
+    let mut c = Cluster::new();
+    c.elect(1, 1);
+    c.write(1, 1, 0, &pattern(1, 4096));
+    c.run(50);
+    // Node 1 appends a write nobody else gets, then dies.
+    c.down[1] = true;
+    c.down[2] = true;
+    c.write(1, 2, 4096, &pattern(2, 4096));
+    assert!(!c.ok(2));
+    c.stop(1);
+    c.down = [false; 3];
+    c.elect(2, 2);
+    assert!(c.serving(2));
+    c.write(2, 3, 8192, &pattern(3, 4096));
+    assert!(c.ok(3));
+    c.start(1);
+    c.run(500);
+    assert!(c.identical(), "node 1's uncommitted record was truncated, never applied");
+    assert_eq!(c.read(1, 4096, 4096), vec![0u8; 4096]);
+    assert_eq!(c.read(1, 0, 4096), pattern(1, 4096));
+    assert_eq!(c.read(1, 8192, 4096), pattern(3, 4096));
+}
+
+#[test]
+fn verify_reports_no_difference_then_finds_a_corrupted_block() {
+    let mut c = Cluster::new();
+    c.elect(1, 1);
+    for b in 0..10u64 {
+        c.write(1, b, b * 4096, &pattern(b, 4096));
+    }
+    c.run(100);
+    let r = c.verify(42);
+    assert_eq!(r.differing, vec![]);
+    assert_eq!((r.bytes, r.not_compared), (VOL as u64, 0));
+    // Corrupt one block on node 2 behind the replica's back.
+    let (j, mut d, m) = c.nodes[1].take().unwrap().into_disks();
+    use triad_volume::Disk;
+    d.write_at(5 * 4096, &[0xAB; 4096]).unwrap();
+    c.parked[1] = Some((j, d, m));
+    c.start(2);
+    c.run(100);
+    let r = c.verify(43);
+    assert_eq!(
+        r.differing,
+        vec![(2, 16 * 1024, 16 * 1024)],
+        "the region holding block 5 (bytes 20480..24576) differs on node 2"
+    );
+}
+
+#[test]
+fn split_brain_is_refused_not_merged() {
+    let mut c = Cluster::new();
+    c.elect(1, 1);
+    c.write(1, 1, 0, &pattern(1, 4096));
+    c.run(50);
+    // Forge a divergent committed record on node 3: an Append from the
+    // leader of epoch 1 whose record 2 differs from what node 3 applied.
+    let applied = c.node(3).applied();
+    assert_eq!(applied.seq, 2);
+    let forged = triad_volume::Record {
+        epoch: 1,
+        seq: 2,
+        prev: triad_volume::Position::new(1, 1),
+        offset: 4096,
+        payload: vec![7u8; 4096],
+    };
+    // Make node 3 see it as a different record: same seq, other epoch.
+    let forged = triad_volume::Record { epoch: 1, ..forged };
+    let mut out = Vec::new();
+    let now = c.now;
+    let msg = Msg::Append {
+        epoch: 1,
+        prev: triad_volume::Position::new(1, 1),
+        records: vec![triad_volume::Record { epoch: 0, ..forged }],
+        commit: 2,
+        ks: vec![],
+    };
+    c.node(3).receive(now, 1, msg, &mut out);
+    assert!(matches!(c.node(3).status(now).health, Health::SplitBrain(_)), "{:?}", c.node(3).status(now).health);
+    assert!(out.iter().any(|o| matches!(o, Out::Electable(false))));
+    assert_eq!(c.read(3, 0, 4096), pattern(1, 4096), "nothing merged");
+}
