@@ -73,13 +73,13 @@ fuzz_target!(|data: &[u8]| {
 
     // Reference: the whole stream in one extend.
     let mut whole = Vec::new();
-    let mut d = Decoder::new();
+    let mut d = Decoder::<Message>::new();
     d.extend(stream);
     drain(&mut d, &mut whole);
 
     // Same stream, cut into chunks.
     let mut chunked = Vec::new();
-    let mut d = Decoder::new();
+    let mut d = Decoder::<Message>::new();
     let mut at = 0;
     for n in chunk_lens(sel, stream.len()) {
         d.extend(&stream[at..at + n]);
@@ -101,7 +101,7 @@ fuzz_target!(|data: &[u8]| {
     for step in &whole {
         let Decoded::Frame(msg) = step else { continue };
         let frame = encode(msg).unwrap_or_else(|e| panic!("decoded {msg:?} does not re-encode: {e}"));
-        let mut d = Decoder::new();
+        let mut d = Decoder::<Message>::new();
         d.extend(&frame);
         assert_eq!(d.next_frame(), Decoded::Frame(msg.clone()), "re-encoded frame {frame:02x?}");
         assert_eq!(d.next_frame(), Decoded::NeedMore);

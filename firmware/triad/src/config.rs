@@ -193,6 +193,8 @@ pub struct Config {
     pub timing: Timing,
     /// Real-time scheduling of the supervisor.
     pub realtime: RealtimeConfig,
+    /// The replicated volume (`[volume]`); absent: this node runs no volume.
+    pub volume: Option<crate::volume::VolumeConfig>,
 }
 
 /// `[node]`.
@@ -300,6 +302,22 @@ struct RawConfig {
     tls: Option<RawTls>,
     timing: Option<RawTiming>,
     realtime: Option<RawRealtime>,
+    volume: Option<RawVolume>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVolume {
+    data: Option<PathBuf>,
+    size_mib: Option<i64>,
+    journal: Option<PathBuf>,
+    journal_mib: Option<i64>,
+    meta: Option<PathBuf>,
+    granularity_kib: Option<i64>,
+    nbd_socket: Option<PathBuf>,
+    data_port: Option<i64>,
+    write_timeout_ms: Option<i64>,
+    resync_rate_mib: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -472,7 +490,11 @@ impl TryFrom<RawConfig> for Config {
             }
         }
 
-        Ok(Config { node, cluster, tls, timing, realtime })
+        let volume = match raw.volume {
+            Some(v) => Some(volume_config(v, cluster.peer_port)?),
+            None => None,
+        };
+        Ok(Config { node, cluster, tls, timing, realtime, volume })
     }
 }
 
@@ -544,6 +566,47 @@ impl TryFrom<RawTls> for TlsConfig {
             key: absolute(required(r.key, "tls.key")?, "tls.key")?,
         })
     }
+}
+
+/// `[volume]`: paths must be absolute and distinct; sizes within what the
+/// journal and bitmaps can describe.
+fn volume_config(v: RawVolume, peer_port: u16) -> Result<crate::volume::VolumeConfig, ConfigError> {
+    let data = absolute(required(v.data, "volume.data")?, "volume.data")?;
+    let journal = absolute(required(v.journal, "volume.journal")?, "volume.journal")?;
+    let meta = absolute(required(v.meta, "volume.meta")?, "volume.meta")?;
+    let nbd_socket = absolute(required(v.nbd_socket, "volume.nbd_socket")?, "volume.nbd_socket")?;
+    if data == journal || data == meta || journal == meta {
+        return Err(invalid("volume", "data, journal and meta must be three different paths"));
+    }
+    let size_mib: u64 = int_in(required(v.size_mib, "volume.size_mib")?, "volume.size_mib", 1..=16 * 1024 * 1024)?;
+    let journal_mib: u64 = int_in(v.journal_mib.unwrap_or(64), "volume.journal_mib", 1..=64 * 1024)?;
+    let granularity_kib: u64 = int_in(v.granularity_kib.unwrap_or(64), "volume.granularity_kib", 4..=1024 * 1024)?;
+    if !granularity_kib.is_power_of_two() {
+        return Err(invalid("volume.granularity_kib", format!("must be a power of two, found {granularity_kib}")));
+    }
+    let default_port = i64::from(peer_port) + 1;
+    let data_port: u16 = int_in(v.data_port.unwrap_or(default_port), "volume.data_port", 1..=65535)?;
+    if data_port == peer_port {
+        return Err(invalid("volume.data_port", "must differ from cluster.peer_port"));
+    }
+    let write_timeout_ms: u64 = int_in(v.write_timeout_ms.unwrap_or(5000), "volume.write_timeout_ms", 100..=600_000)?;
+    let resync_rate_mib: u64 = int_in(v.resync_rate_mib.unwrap_or(100), "volume.resync_rate_mib", 0..=100_000)?;
+    let repl = triad_repl::ReplConfig {
+        write_timeout: Duration::from_millis(write_timeout_ms),
+        resync_rate: resync_rate_mib << 20,
+        ..triad_repl::ReplConfig::default()
+    };
+    Ok(crate::volume::VolumeConfig {
+        data,
+        size: size_mib << 20,
+        journal,
+        journal_size: (journal_mib << 20) + 8192,
+        meta,
+        granularity: granularity_kib << 10,
+        nbd_socket,
+        data_port,
+        repl,
+    })
 }
 
 impl TryFrom<RawRealtime> for RealtimeConfig {

@@ -117,6 +117,9 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         to: Option<NodeId>,
     },
+    /// Online verify of the replicated volume (active node): compare
+    /// region hashes across the three nodes.
+    Verify,
     /// Enter or leave standby.
     Standby {
         /// On or off.
@@ -160,7 +163,12 @@ impl TryFrom<RawRequest> for Request {
                 let on = r.on.ok_or("missing field `on` (true or false) for cmd `standby`")?;
                 Ok(Request::Standby { on })
             }
-            other => Err(format!("unknown cmd `{other}` (expected status, switchover or standby)")),
+            "verify" => {
+                no_arg("to", r.to.is_some())?;
+                no_arg("on", r.on.is_some())?;
+                Ok(Request::Verify)
+            }
+            other => Err(format!("unknown cmd `{other}` (expected status, switchover, standby or verify)")),
         }
     }
 }
@@ -174,6 +182,8 @@ pub enum Response {
     Status(Box<StatusReport>),
     /// The request was carried out.
     Done,
+    /// The request was carried out and produced a report (verify).
+    Report(serde_json::Value),
     /// The request was refused or malformed; the text says why.
     Error(String),
 }
@@ -187,26 +197,30 @@ struct WireResponse {
     status: Option<Box<StatusReport>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    report: Option<serde_json::Value>,
 }
 
 impl From<Response> for WireResponse {
     fn from(r: Response) -> WireResponse {
-        let (ok, status, error) = match r {
-            Response::Status(s) => (true, Some(s), None),
-            Response::Done => (true, None, None),
-            Response::Error(e) => (false, None, Some(e)),
+        let (ok, status, error, report) = match r {
+            Response::Status(s) => (true, Some(s), None, None),
+            Response::Done => (true, None, None, None),
+            Response::Report(v) => (true, None, None, Some(v)),
+            Response::Error(e) => (false, None, Some(e), None),
         };
-        WireResponse { ok, status, error }
+        WireResponse { ok, status, error, report }
     }
 }
 
 impl TryFrom<WireResponse> for Response {
     type Error = String;
     fn try_from(w: WireResponse) -> Result<Response, String> {
-        match (w.ok, w.status, w.error) {
-            (true, Some(s), None) => Ok(Response::Status(s)),
-            (true, None, None) => Ok(Response::Done),
-            (false, None, Some(e)) => Ok(Response::Error(e)),
+        match (w.ok, w.status, w.error, w.report) {
+            (true, Some(s), None, None) => Ok(Response::Status(s)),
+            (true, None, None, None) => Ok(Response::Done),
+            (true, None, None, Some(v)) => Ok(Response::Report(v)),
+            (false, None, Some(e), None) => Ok(Response::Error(e)),
             _ => Err("response must be ok with optional status, or not ok with an error".into()),
         }
     }
@@ -580,6 +594,7 @@ mod tests {
                     Request::Status => Response::Status(Box::new(report())),
                     Request::Switchover { to: Some(9) } => Response::Error("node 9 is not a peer".into()),
                     Request::Switchover { .. } | Request::Standby { .. } => Response::Done,
+                    Request::Verify => Response::Report(serde_json::json!({"differing": []})),
                 };
                 let _ = r.reply.send(answer);
             }

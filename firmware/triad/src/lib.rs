@@ -10,6 +10,7 @@
 //! - [`control`]: the local control socket behind `triad status`.
 //! - [`errors`]: one error chain per log line, at the edge.
 //! - [`nbd`]: the NBD export of the replicated volume (unix socket, kernel nbd).
+//! - [`volume`]: the replicated volume's thread and the NBD device over it.
 //! - [`runtime`]: the one loop that owns the core and applies each event.
 
 pub mod certs;
@@ -21,3 +22,4 @@ pub mod os;
 pub mod peer;
 pub mod runtime;
 pub mod store;
+pub mod volume;

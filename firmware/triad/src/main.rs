@@ -64,6 +64,13 @@ enum Command {
         #[arg(long)]
         to: Option<u8>,
     },
+    /// Compare the replicated volume across the three nodes (run on the
+    /// active node); exit code 1 when any range differs.
+    Verify {
+        /// Control socket of the active node.
+        #[arg(long, default_value = "/run/triad/control.sock")]
+        socket: PathBuf,
+    },
     /// Put this node in standby (it never becomes active), or release it.
     Standby {
         /// Control socket of the node.
@@ -161,6 +168,19 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Switchover { socket, to } => done(ask(&socket, &Request::Switchover { to })?),
         Command::Standby { socket, state } => done(ask(&socket, &Request::Standby { on: state == "on" })?),
+        Command::Verify { socket } => match ask(&socket, &Request::Verify)? {
+            Response::Report(v) => {
+                let text = serde_json::to_string_pretty(&v).map_err(|e| Failure::Runtime(e.to_string()))?;
+                println!("{text}");
+                let differing = v.get("differing").and_then(|d| d.as_array()).map_or(0, Vec::len);
+                if differing == 0 {
+                    Ok(())
+                } else {
+                    Err(Failure::Runtime(format!("{differing} differing range(s)")))
+                }
+            }
+            other => unexpected(other),
+        },
     }
 }
 

@@ -17,6 +17,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
@@ -33,6 +34,7 @@ use crate::os::vip::{KernelVip, VipOps, VipSpec};
 use crate::peer::tls::{client_config, server_config, Credentials};
 use crate::peer::{LinkConfig, PeerLinks};
 use crate::store::StateStore;
+use crate::volume::{VolumeEvent, VolumeHandle};
 
 /// How long the supervisor waits for its interface to appear at start.
 const LINK_WAIT: Duration = Duration::from_secs(30);
@@ -77,6 +79,12 @@ pub enum RuntimeError {
     /// Signal handlers could not be installed.
     #[error("signal handler")]
     Signal(#[source] std::io::Error),
+    /// The replicated volume could not start.
+    #[error("replicated volume")]
+    Volume(#[from] crate::volume::VolumeError),
+    /// The NBD export could not start.
+    #[error("NBD export")]
+    Nbd(#[from] crate::nbd::NbdError),
 }
 
 /// Runs the supervisor until SIGTERM/SIGINT or a fatal error.
@@ -85,6 +93,13 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
     let store = StateStore::open(cfg.state_file())?;
     let hard = store.load()?;
     info!(node = cfg.node.id, epoch = hard.epoch, standby = hard.standby, "starting");
+    let peers = [cfg.cluster.peers[0].id, cfg.cluster.peers[1].id];
+    let replica = match &cfg.volume {
+        Some(v) => Some(crate::volume::open_replica(cfg.node.id, peers, v)?),
+        None => None,
+    };
+    let position = replica.as_ref().map_or(Position::default(), |r| triad_repl::core_position(r.position()));
+    let electable = replica.as_ref().is_none_or(|r| r.electable());
 
     let netlink = Netlink::new().map_err(RuntimeError::Netlink)?;
     let interface = cfg.node.interface.clone();
@@ -112,24 +127,32 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
     let listen = SocketAddr::new(own.addr(), cfg.cluster.peer_port);
     let (links, mut inbound) = PeerLinks::start(link_cfg, listen).await?;
     let mut control_rx = control::serve(&cfg.node.control_socket)?;
+    let clock = Clock::start();
+    let (vol_tx, mut vol_events) = tokio::sync::mpsc::unbounded_channel();
+    let volume = match (replica, &cfg.volume) {
+        (Some(replica), Some(vc)) => Some(start_volume(&cfg, vc, &creds, replica, clock, vol_tx.clone()).await?),
+        _ => None,
+    };
 
     let mut term = signal(SignalKind::terminate()).map_err(RuntimeError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RuntimeError::Signal)?;
     // SIGPWR: the UPS says power is going; an orderly stop, like SIGTERM.
     let mut pwr = signal(SignalKind::from_raw(libc::SIGPWR)).map_err(RuntimeError::Signal)?;
 
-    let clock = Clock::start();
-    let peers = [cfg.cluster.peers[0].id, cfg.cluster.peers[1].id];
-    let node = Node::new(Setup {
+    let mut node = Node::new(Setup {
         id: cfg.node.id,
         peers,
         timing: cfg.timing.clone(),
         hard,
-        position: Position::default(),
+        position,
         now: clock.now(),
         seed: seed(),
     });
-    let mut shell = Shell { node, store, vip, links, clock, cfg };
+    if !electable {
+        node.handle(clock.now(), Input::Electable(false));
+    }
+    let mut shell = Shell { node, store, vip, links, clock, cfg, volume, last_view: None, _vol_tx: vol_tx };
+    shell.push_view();
 
     info!(listen = %listen, "supervisor running");
     let mut arp_resume: Option<tokio::time::Instant> = None;
@@ -140,6 +163,10 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
             biased;
             _ = tokio::time::sleep_until(deadline) => Input::Tick,
             Some((_from, msg)) = inbound.recv() => Input::Receive(msg),
+            Some(ev) = vol_events.recv() => match ev {
+                VolumeEvent::Position(p) => Input::PositionChanged(p),
+                VolumeEvent::Electable(e) => Input::Electable(e),
+            },
             Some(req) = control_rx.recv() => {
                 shell.control(req).await?;
                 continue;
@@ -180,13 +207,48 @@ struct Shell<V: VipOps> {
     links: PeerLinks,
     clock: Clock,
     cfg: Config,
+    /// The replicated volume's thread, if this node has a volume.
+    volume: Option<VolumeHandle>,
+    last_view: Option<triad_repl::View>,
+    /// Keeps the volume event channel open when there is no volume.
+    _vol_tx: tokio::sync::mpsc::UnboundedSender<VolumeEvent>,
 }
 
 impl<V: VipOps> Shell<V> {
     /// Feeds one input and carries out everything that follows from it.
     async fn step(&mut self, input: Input) -> Result<(), RuntimeError> {
         let outputs = self.node.handle(self.clock.now(), input);
-        self.carry_out(outputs).await
+        let r = self.carry_out(outputs).await;
+        self.push_view();
+        r
+    }
+
+    /// What the volume must know of leadership after a core step.
+    fn view(&self) -> triad_repl::View {
+        let now = self.clock.now();
+        let status = self.node.status(now);
+        triad_repl::View { epoch: status.epoch, leader: status.leader, lease_until: self.node.lease_until(now) }
+    }
+
+    /// Hands the volume the core's current view (when it changed).
+    fn push_view(&mut self) {
+        let view = self.view();
+        if let Some(v) = &self.volume {
+            if self.last_view != Some(view) {
+                v.set_view(view);
+                self.last_view = Some(view);
+            }
+        }
+    }
+
+    /// Before a TimeoutNow lets another node lead: the volume has stopped
+    /// serving (rule 17), confirmed by its thread.
+    async fn volume_steps_down(&mut self) {
+        let view = self.view();
+        if let Some(v) = &self.volume {
+            v.set_view_confirmed(view).await;
+            self.last_view = Some(view);
+        }
     }
 
     /// Carries out outputs in order; VIP completions are fed back to the
@@ -204,6 +266,9 @@ impl<V: VipOps> Shell<V> {
                     }
                 }
                 Output::Send { to, msg } => {
+                    if matches!(msg.body, triad_core::Body::TimeoutNow) {
+                        self.volume_steps_down().await;
+                    }
                     if let Err(e) = self.links.send(to, &msg) {
                         debug!(peer = to, error = %e, "message dropped");
                     }
@@ -242,9 +307,34 @@ impl<V: VipOps> Shell<V> {
     /// Answers one control request.
     async fn control(&mut self, req: ControlRequest) -> Result<(), RuntimeError> {
         let response = match req.request {
-            Request::Status => Response::Status(Box::new(self.report())),
+            Request::Status => {
+                let mut report = self.report();
+                if let Some(v) = &self.volume {
+                    let value = v.status().await.and_then(|s| serde_json::to_value(s).ok());
+                    report.extra.insert("volume".into(), value.unwrap_or(serde_json::Value::Null));
+                }
+                Response::Status(Box::new(report))
+            }
             Request::Switchover { to } => self.admin(AdminRequest::Switchover { to }).await?,
             Request::Standby { on } => self.admin(AdminRequest::Standby(on)).await?,
+            Request::Verify => {
+                let Some(v) = self.volume.clone() else {
+                    let _ = req.reply.send(Response::Error("this node has no replicated volume".into()));
+                    return Ok(());
+                };
+                // A verify hashes the whole volume: never on the loop.
+                tokio::spawn(async move {
+                    let response = match v.verify().await {
+                        Ok(report) => match serde_json::to_value(report) {
+                            Ok(value) => Response::Report(value),
+                            Err(e) => Response::Error(e.to_string()),
+                        },
+                        Err(e) => Response::Error(e),
+                    };
+                    let _ = req.reply.send(response);
+                });
+                return Ok(());
+            }
         };
         // The client may have gone away; that is its business.
         let _ = req.reply.send(response);
@@ -260,6 +350,7 @@ impl<V: VipOps> Shell<V> {
             _ => None,
         });
         self.carry_out(outputs).await?;
+        self.push_view();
         Ok(match refusal {
             Some(reason) => Response::Error(reason),
             None => Response::Done,
@@ -296,6 +387,7 @@ impl<V: VipOps> Shell<V> {
 /// machine (or its VM) is suspended or paused, so after a resume a leader
 /// sees its lease as expired instead of renewing a VIP that peers have long
 /// given to someone else.
+#[derive(Clone, Copy, Debug)]
 struct Clock {
     origin: Duration,
 }
@@ -332,6 +424,59 @@ fn boottime() -> Duration {
             START.get_or_init(std::time::Instant::now).elapsed()
         }
     }
+}
+
+/// Starts the volume: its thread, the data links between the replicas
+/// (their own port, so bulk data never delays a heartbeat), and the NBD
+/// export on a unix socket, answering only while this node serves.
+async fn start_volume(
+    cfg: &Config,
+    vc: &crate::volume::VolumeConfig,
+    creds: &Credentials,
+    replica: crate::volume::FileReplica,
+    clock: Clock,
+    events: tokio::sync::mpsc::UnboundedSender<VolumeEvent>,
+) -> Result<VolumeHandle, RuntimeError> {
+    let data_peers = cfg.cluster.peers.map(|p| (p.id, SocketAddr::new(p.address, vc.data_port))).to_vec();
+    let mut link_cfg = LinkConfig::new(cfg.node.id, data_peers, server_config(creds)?, client_config(creds)?);
+    // Bulk: a few hundred MiB of records may be queued toward a slow peer.
+    link_cfg.queue_len = 4096;
+    let listen = SocketAddr::new(cfg.node.address.addr(), vc.data_port);
+    let (links, mut inbound) = PeerLinks::<triad_repl::Msg>::start(link_cfg, listen).await?;
+    let links = Arc::new(links);
+    let sender = links.clone();
+    let handle = crate::volume::spawn(
+        replica,
+        move || clock.now(),
+        move |to, msg| {
+            if let Err(e) = sender.send(to, msg) {
+                debug!(peer = to, error = %e, "replication message dropped");
+            }
+        },
+        events,
+    )?;
+    let to_volume = handle.clone();
+    tokio::spawn(async move {
+        // Holding `links` here keeps the data links alive as long as this task.
+        let _links = links;
+        while let Some((from, msg)) = inbound.recv().await {
+            to_volume.peer_message(from, msg);
+        }
+    });
+    let listener = crate::nbd::server::bind_unix(&vc.nbd_socket)?;
+    let server = crate::nbd::NbdServer::new("triad", handle.device(), handle.activity());
+    tokio::spawn(async move {
+        if let Err(e) = server.serve_listener(listener).await {
+            error!(error = %chain(&e), "NBD export stopped");
+        }
+    });
+    // The NBD connections are served on this thread: it must not recurse
+    // into the writeback of the filesystem it serves.
+    if let Err(e) = crate::os::realtime::set_io_flusher() {
+        warn!(error = %chain(&e), "PR_SET_IO_FLUSHER not set on the runtime thread");
+    }
+    info!(socket = %vc.nbd_socket.display(), data_port = vc.data_port, "replicated volume running");
+    Ok(handle)
 }
 
 /// Sleeps until `at`, or forever when there is nothing to wait for.

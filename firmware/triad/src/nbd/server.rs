@@ -118,6 +118,10 @@ impl Activity {
     pub fn new(active: bool) -> Self {
         Self(Arc::new(AtomicBool::new(active)))
     }
+    /// A handle over a flag someone else sets (the volume thread).
+    pub fn from_flag(flag: Arc<AtomicBool>) -> Self {
+        Self(flag)
+    }
     /// Sets the state; requests parsed afterwards see it.
     pub fn set_active(&self, active: bool) {
         self.0.store(active, Ordering::SeqCst);

@@ -16,10 +16,45 @@
 //!
 //! Must not: allocate per a length it has not checked, or act on messages.
 
-use triad_core::{Message, PROTOCOL_VERSION};
+use std::marker::PhantomData;
 
-/// Largest accepted value of the length field (version + payload).
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use triad_core::{Message, NodeId, PROTOCOL_VERSION};
+
+/// Largest accepted value of the length field (version + payload) for the
+/// core's messages.
 pub const MAX_FRAME: usize = 64 * 1024;
+
+/// A message type one kind of link carries: its own protocol version and
+/// frame limit. The core's heartbeats and the volume's bulk replication
+/// travel on separate links, each with its own type.
+pub trait WireMessage: Serialize + DeserializeOwned + Send + std::fmt::Debug + 'static {
+    /// Protocol version in every frame.
+    const VERSION: u16;
+    /// Largest length field accepted.
+    const MAX_FRAME: usize;
+    /// The sender the message claims, if it names one (checked against
+    /// the peer's certificate).
+    fn claimed_sender(&self) -> Option<NodeId>;
+}
+
+impl WireMessage for Message {
+    const VERSION: u16 = PROTOCOL_VERSION;
+    const MAX_FRAME: usize = MAX_FRAME;
+    fn claimed_sender(&self) -> Option<NodeId> {
+        Some(self.from)
+    }
+}
+
+impl WireMessage for triad_repl::Msg {
+    const VERSION: u16 = triad_repl::REPL_PROTOCOL_VERSION;
+    // A batch of records (1 MiB) or a resync chunk, plus headers.
+    const MAX_FRAME: usize = 4 << 20;
+    fn claimed_sender(&self) -> Option<NodeId> {
+        None
+    }
+}
 
 const LEN_BYTES: usize = 4;
 const VERSION_BYTES: usize = 2;
@@ -27,8 +62,8 @@ const VERSION_BYTES: usize = 2;
 /// What was wrong with a frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
-    /// Length field above [`MAX_FRAME`]: the stream is unusable.
-    #[error("frame length {len} exceeds {MAX_FRAME}; stream unusable")]
+    /// Length field above the link's maximum: the stream is unusable.
+    #[error("frame length {len} exceeds the link's maximum; stream unusable")]
     Oversized {
         /// The length field read.
         len: u32,
@@ -61,7 +96,7 @@ pub enum FrameError {
     #[error("message does not encode")]
     Encode(#[source] postcard::Error),
     /// An encoded message exceeds [`MAX_FRAME`].
-    #[error("encoded message of {len} bytes exceeds {MAX_FRAME}")]
+    #[error("encoded message of {len} bytes exceeds the link's maximum frame")]
     TooLarge {
         /// Its size.
         len: usize,
@@ -77,25 +112,25 @@ impl FrameError {
 }
 
 /// Encodes one message as a complete frame.
-pub fn encode(msg: &Message) -> Result<Vec<u8>, FrameError> {
+pub fn encode<M: WireMessage>(msg: &M) -> Result<Vec<u8>, FrameError> {
     let payload = postcard::to_allocvec(msg).map_err(FrameError::Encode)?;
     let len = VERSION_BYTES + payload.len();
-    if len > MAX_FRAME {
+    if len > M::MAX_FRAME {
         return Err(FrameError::TooLarge { len });
     }
     let mut out = Vec::with_capacity(LEN_BYTES + len);
-    // len <= MAX_FRAME, so the cast is lossless.
+    // len <= M::MAX_FRAME (< 4 GiB), so the cast is lossless.
     out.extend_from_slice(&(len as u32).to_be_bytes());
-    out.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    out.extend_from_slice(&M::VERSION.to_be_bytes());
     out.extend_from_slice(&payload);
     Ok(out)
 }
 
 /// One step of decoding.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decoded {
+pub enum Decoded<M = Message> {
     /// A complete, valid message.
-    Frame(Message),
+    Frame(M),
     /// The buffer holds no complete frame yet.
     NeedMore,
     /// A bad frame: skipped, unless [`FrameError::is_fatal`], in which case
@@ -103,19 +138,26 @@ pub enum Decoded {
     Bad(FrameError),
 }
 
-/// Incremental decoder over a byte stream.
-#[derive(Debug, Default)]
-pub struct Decoder {
+/// Incremental decoder over a byte stream of `M` frames.
+#[derive(Debug)]
+pub struct Decoder<M = Message> {
     buf: Vec<u8>,
     /// Start of undecoded bytes in `buf`; consumed bytes are dropped lazily
     /// so a read carrying many small frames costs one copy, not one each.
     pos: usize,
     failed: Option<FrameError>,
+    _msg: PhantomData<fn() -> M>,
 }
 
-impl Decoder {
+impl<M: WireMessage> Default for Decoder<M> {
+    fn default() -> Self {
+        Decoder { buf: Vec::new(), pos: 0, failed: None, _msg: PhantomData }
+    }
+}
+
+impl<M: WireMessage> Decoder<M> {
     /// A decoder with an empty buffer.
-    pub fn new() -> Decoder {
+    pub fn new() -> Decoder<M> {
         Decoder::default()
     }
 
@@ -137,7 +179,7 @@ impl Decoder {
     }
 
     /// Decodes the next frame from the buffer.
-    pub fn next_frame(&mut self) -> Decoded {
+    pub fn next_frame(&mut self) -> Decoded<M> {
         if let Some(e) = &self.failed {
             return Decoded::Bad(e.clone());
         }
@@ -149,7 +191,7 @@ impl Decoder {
         // u32 -> usize is lossless on the 32/64-bit targets we build for;
         // saturate anyway rather than assume.
         let ulen = usize::try_from(len).unwrap_or(usize::MAX);
-        if ulen > MAX_FRAME {
+        if ulen > M::MAX_FRAME {
             let e = FrameError::Oversized { len };
             self.failed = Some(e.clone());
             self.buf = Vec::new();
@@ -165,23 +207,23 @@ impl Decoder {
     }
 }
 
-fn decode_body(body: &[u8], len: u32) -> Result<Message, FrameError> {
+fn decode_body<M: WireMessage>(body: &[u8], len: u32) -> Result<M, FrameError> {
     let Some((version, payload)) = body.split_first_chunk::<VERSION_BYTES>() else {
         return Err(FrameError::TooShort { len });
     };
     let found = u16::from_be_bytes(*version);
-    if found != PROTOCOL_VERSION {
-        return Err(FrameError::Version { found, expected: PROTOCOL_VERSION });
+    if found != M::VERSION {
+        return Err(FrameError::Version { found, expected: M::VERSION });
     }
-    let (msg, extra) = postcard::take_from_bytes::<Message>(payload).map_err(FrameError::Payload)?;
+    let (msg, extra) = postcard::take_from_bytes::<M>(payload).map_err(FrameError::Payload)?;
     if !extra.is_empty() {
         return Err(FrameError::Trailing { extra: extra.len() });
     }
     Ok(msg)
 }
 
-impl From<Result<Message, FrameError>> for Decoded {
-    fn from(r: Result<Message, FrameError>) -> Decoded {
+impl<M> From<Result<M, FrameError>> for Decoded<M> {
+    fn from(r: Result<M, FrameError>) -> Decoded<M> {
         match r {
             Ok(m) => Decoded::Frame(m),
             Err(e) => Decoded::Bad(e),
@@ -228,7 +270,7 @@ mod tests {
         for m in msgs() {
             stream.extend(encode(&m).unwrap());
         }
-        let mut d = Decoder::new();
+        let mut d = Decoder::<Message>::new();
         let mut got = Vec::new();
         for b in stream {
             d.extend(&[b]);
@@ -255,7 +297,7 @@ mod tests {
         f[3] += 1;
         stream.extend(&f);
         stream.extend(encode(&msgs()[1]).unwrap());
-        let mut d = Decoder::new();
+        let mut d = Decoder::<Message>::new();
         d.extend(&stream);
         let got = drain(&mut d);
         assert!(matches!(got[0], Decoded::Bad(FrameError::Version { found: 2, expected: 1 })));
@@ -268,13 +310,13 @@ mod tests {
 
     #[test]
     fn oversized_length_is_fatal_and_sticky() {
-        let mut d = Decoder::new();
+        let mut d = Decoder::<Message>::new();
         d.extend(&[0, 1, 0, 1]); // 65537
         assert_eq!(d.next_frame(), Decoded::Bad(FrameError::Oversized { len: 65537 }));
         d.extend(&encode(&msgs()[0]).unwrap());
         assert_eq!(d.next_frame(), Decoded::Bad(FrameError::Oversized { len: 65537 }));
         // Exactly MAX_FRAME is allowed (and waits for its bytes).
-        let mut d = Decoder::new();
+        let mut d = Decoder::<Message>::new();
         d.extend(&(MAX_FRAME as u32).to_be_bytes());
         assert_eq!(d.next_frame(), Decoded::NeedMore);
     }
@@ -282,7 +324,7 @@ mod tests {
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..20)) {
-            let mut d = Decoder::new();
+            let mut d = Decoder::<Message>::new();
             for c in &chunks {
                 d.extend(c);
                 let _ = drain(&mut d);
@@ -295,7 +337,7 @@ mod tests {
             let m = Message { from: 2, epoch, body: Body::HeartbeatAck { round } };
             let f = encode(&m).unwrap();
             let cut = cut.min(f.len());
-            let mut d = Decoder::new();
+            let mut d = Decoder::<Message>::new();
             d.extend(&f[..cut]);
             let mut got = drain(&mut d);
             d.extend(&f[cut..]);

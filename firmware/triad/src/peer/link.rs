@@ -40,7 +40,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, info, warn};
 use triad_core::{Message, NodeId};
 
-use super::frame::{self, Decoded, Decoder, FrameError};
+use super::frame::{self, Decoded, Decoder, FrameError, WireMessage};
 use super::tls::{peer_node_id, server_name};
 
 /// Timeouts and backoff of the links.
@@ -172,20 +172,22 @@ struct Outgoing {
     up: Arc<AtomicBool>,
 }
 
-/// Handle to the running links. Dropping it stops every link task.
+/// Handle to the running links for messages of type `M`. Dropping it
+/// stops every link task.
 #[derive(Debug)]
-pub struct PeerLinks {
+pub struct PeerLinks<M = Message> {
     out: Vec<Outgoing>,
     local_addr: SocketAddr,
     tasks: Vec<AbortHandle>,
+    _msg: std::marker::PhantomData<fn(M)>,
 }
 
-impl PeerLinks {
+impl<M: WireMessage> PeerLinks<M> {
     /// Binds `listen` and starts the links. Must run inside a tokio runtime.
     pub async fn start(
         cfg: LinkConfig,
         listen: SocketAddr,
-    ) -> Result<(PeerLinks, mpsc::Receiver<(NodeId, Message)>), LinkError> {
+    ) -> Result<(PeerLinks<M>, mpsc::Receiver<(NodeId, M)>), LinkError> {
         let listener = TcpListener::bind(listen).await.map_err(|source| LinkError::Bind { addr: listen, source })?;
         PeerLinks::start_with_listener(cfg, listener)
     }
@@ -195,7 +197,7 @@ impl PeerLinks {
     pub fn start_with_listener(
         cfg: LinkConfig,
         listener: TcpListener,
-    ) -> Result<(PeerLinks, mpsc::Receiver<(NodeId, Message)>), LinkError> {
+    ) -> Result<(PeerLinks<M>, mpsc::Receiver<(NodeId, M)>), LinkError> {
         let local_addr = listener.local_addr().map_err(LinkError::LocalAddr)?;
         let ids: Vec<NodeId> = cfg.peers.iter().map(|p| p.0).collect();
         for (i, id) in ids.iter().enumerate() {
@@ -214,7 +216,7 @@ impl PeerLinks {
             tasks.push(task.abort_handle());
             out.push(Outgoing { id, tx, up });
         }
-        let accept = tokio::spawn(accept_loop(
+        let accept = tokio::spawn(accept_loop::<M>(
             listener,
             TlsAcceptor::from(cfg.server.clone()),
             ids,
@@ -223,12 +225,12 @@ impl PeerLinks {
             Arc::new(Semaphore::new(cfg.max_inbound.max(1))),
         ));
         tasks.push(accept.abort_handle());
-        Ok((PeerLinks { out, local_addr, tasks }, in_rx))
+        Ok((PeerLinks { out, local_addr, tasks, _msg: std::marker::PhantomData }, in_rx))
     }
 
     /// Queues `msg` for peer `to` without waiting. Dropped (with the reason
     /// returned) if the link is down or the queue is full.
-    pub fn send(&self, to: NodeId, msg: &Message) -> Result<(), SendError> {
+    pub fn send(&self, to: NodeId, msg: &M) -> Result<(), SendError> {
         let peer = self.out.iter().find(|o| o.id == to).ok_or(SendError::UnknownPeer(to))?;
         // While down, queueing would only deliver stale heartbeats later.
         if !peer.up.load(Ordering::Acquire) {
@@ -252,7 +254,7 @@ impl PeerLinks {
     }
 }
 
-impl Drop for PeerLinks {
+impl<M> Drop for PeerLinks<M> {
     fn drop(&mut self) {
         // Aborting the accept loop drops its JoinSet, which aborts every
         // inbound connection task with it.
@@ -404,11 +406,11 @@ async fn pump<S: AsyncRead + AsyncWrite>(stream: S, rx: &mut mpsc::Receiver<Vec<
 // ---------------------------------------------------------------------------
 // Incoming.
 
-async fn accept_loop(
+async fn accept_loop<M: WireMessage>(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     peers: Vec<NodeId>,
-    inbound: mpsc::Sender<(NodeId, Message)>,
+    inbound: mpsc::Sender<(NodeId, M)>,
     timing: LinkTiming,
     limit: Arc<Semaphore>,
 ) {
@@ -445,12 +447,12 @@ async fn accept_loop(
 }
 
 /// Serves one inbound connection: handshake, identity, then frames.
-async fn serve(
+async fn serve<M: WireMessage>(
     tcp: TcpStream,
     addr: SocketAddr,
     acceptor: TlsAcceptor,
     peers: &[NodeId],
-    inbound: mpsc::Sender<(NodeId, Message)>,
+    inbound: mpsc::Sender<(NodeId, M)>,
     timing: &LinkTiming,
 ) {
     if let Err(e) = tcp.set_nodelay(true) {
@@ -475,8 +477,8 @@ async fn serve(
         }
     };
     debug!(peer = id, %addr, "inbound link up");
-    let mut dec = Decoder::new();
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut dec = Decoder::<M>::new();
+    let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match timeout(timing.idle_timeout, tls.read(&mut buf)).await {
             Err(_) => {
@@ -508,8 +510,8 @@ async fn serve(
         loop {
             match dec.next_frame() {
                 Decoded::NeedMore => break,
-                Decoded::Frame(m) if m.from != id => {
-                    warn!(peer = id, claimed = m.from, "dropped message: sender does not match certificate");
+                Decoded::Frame(m) if m.claimed_sender().is_some_and(|c| c != id) => {
+                    warn!(peer = id, claimed = ?m.claimed_sender(), "dropped message: sender does not match certificate");
                 }
                 Decoded::Frame(m) => {
                     if inbound.send((id, m)).await.is_err() {
