@@ -121,9 +121,16 @@ impl Lab {
         if dir.exists() {
             std::fs::remove_dir_all(dir).map_err(io_err(format!("removing {}", dir.display())))?;
         }
+        // A new lab is a new cluster: every node formats a blank volume.
+        let vol = Path::new(layout::VOLUME_DIR);
+        if vol.exists() {
+            std::fs::remove_dir_all(vol).map_err(io_err(format!("removing {}", vol.display())))?;
+        }
         for id in NODE_IDS {
             let nd = layout::node_dir(id);
             std::fs::create_dir_all(nd.join("state")).map_err(io_err(format!("creating {}", nd.display())))?;
+            let vd = layout::volume_dir(id);
+            std::fs::create_dir_all(&vd).map_err(io_err(format!("creating {}", vd.display())))?;
         }
         build_switch_and_client()?;
 

@@ -90,6 +90,27 @@ pub fn switch_port(id: u8) -> String {
     format!("s{id}")
 }
 /// Node `id`'s directory under the lab dir.
+/// Where a node's replicated volume lives: on a real disk, not the tmpfs
+/// of [`LAB_DIR`], so its fdatasyncs cost what they cost.
+pub const VOLUME_DIR: &str = "/var/tmp/triad-lab";
+/// Size of the lab's replicated volume.
+pub const VOLUME_MIB: u64 = 256;
+
+/// Node `id`'s volume files (data, journal, metadata).
+pub fn volume_dir(id: u8) -> PathBuf {
+    Path::new(VOLUME_DIR).join(format!("n{id}"))
+}
+
+/// The unix socket of node `id`'s NBD export (answers only on the active node).
+pub fn nbd_socket(id: u8) -> PathBuf {
+    node_dir(id).join("nbd.sock")
+}
+
+/// An NBD URI for node `id`'s export, for qemu-io, nbdinfo, nbdcopy, fio.
+pub fn nbd_uri(id: u8) -> String {
+    format!("nbd+unix:///triad?socket={}", nbd_socket(id).display())
+}
+
 pub fn node_dir(id: u8) -> PathBuf {
     Path::new(LAB_DIR).join(format!("n{id}"))
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::cmd::{self, CmdError};
-use crate::layout::{self, node_ip, NODE_IDS, PEER_PORT, PREFIX, VIP};
+use crate::layout::{self, node_ip, NODE_IDS, PEER_PORT, PREFIX, VIP, VOLUME_MIB};
 
 /// Something about the triad binary or its output went wrong.
 #[derive(Debug, thiserror::Error)]
@@ -140,7 +140,18 @@ profile = "{profile}"
 enabled = true
 priority = 50
 lock_memory = true
+
+[volume]
+data = "{vol}/data.img"
+size_mib = {VOLUME_MIB}
+journal = "{vol}/journal.img"
+journal_mib = 8
+meta = "{vol}/meta.img"
+granularity_kib = 4
+nbd_socket = "{nbd}"
 "#,
+        vol = layout::volume_dir(id).display(),
+        nbd = layout::nbd_socket(id).display(),
         iface = layout::IFACE,
         ip = node_ip(id),
         sock = dir.join("control.sock").display(),
