@@ -148,6 +148,7 @@ journal = "{vol}/journal.img"
 journal_mib = 8
 meta = "{vol}/meta.img"
 granularity_kib = 4
+resync_rate_mib = 16
 nbd_socket = "{nbd}"
 "#,
         vol = layout::volume_dir(id).display(),

@@ -692,3 +692,73 @@ fn volume_acknowledged_writes_survive_kill_9_of_the_active_node() {
     .unwrap_or_else(|| panic!("replicas still differ 30 s after node {old} returned"));
     assert_eq!((differing, bytes), (0, layout::VOLUME_MIB << 20));
 }
+
+/// The `bytes=` of the leader's "block resync finished" log lines, in order.
+fn resyncs_finished(h: &Harness, leader: u8) -> Vec<u64> {
+    let log = std::fs::read_to_string(&h.lab.node(leader).expect("node").log).unwrap_or_default();
+    strip_ansi(&log)
+        .lines()
+        .filter(|l| l.contains("block resync finished"))
+        .filter_map(|l| l.split("bytes=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn volume_returning_peer_gets_only_changed_blocks_and_survives_a_kill_during_resync() {
+    let mut h = Harness::up();
+    let l = h.leader(&NODE_IDS);
+    wait_serving(l, secs(10));
+    let f = others(l)[0];
+    h.lab.kill_node(f).unwrap_or_else(|e| panic!("{e}"));
+    // 5% of the 256 MiB volume, in 64 KiB blocks spread over all of it:
+    // more than the 8 MiB journal holds, so the peer's records are
+    // compacted into its bitmap and it must get a block resync.
+    let blocks = (layout::VOLUME_MIB << 20) / BLOCK;
+    let changed: Vec<u64> = (0..blocks).filter(|b| b % 20 == 7).collect();
+    let cmds: Vec<String> = changed.iter().map(|b| format!("write -P {} {} {BLOCK}", pat(*b), b * BLOCK)).collect();
+    let out = qemu_io(l, &cmds);
+    assert_eq!(acknowledged(&out).len(), changed.len(), "every write acknowledged with one peer down:\n{out}");
+    let changed_bytes = changed.len() as u64 * BLOCK;
+
+    h.lab.restart_node(f).unwrap_or_else(|e| panic!("{e}"));
+    let moved = wait::until(secs(60), ms(100), || resyncs_finished(&h, l).first().copied())
+        .unwrap_or_else(|| panic!("no resync finished within 60 s; {}", h.lab.describe(&NODE_IDS)));
+    eprintln!("resync moved {moved} bytes for {changed_bytes} changed ({:.3}x)", moved as f64 / changed_bytes as f64);
+    assert!(moved >= changed_bytes, "resync moved {moved} bytes, fewer than the {changed_bytes} changed");
+    assert!(moved * 100 <= changed_bytes * 105, "resync moved {moved} bytes for {changed_bytes} changed (> 1.05x)");
+    assert_eq!(triad_verify(&h, l).0, 0, "replicas differ after the resync");
+
+    // Down again, more writes, and the peer is killed in the middle of
+    // its resync: its store stays marked inconsistent, and on return it
+    // gets a fresh (hash) resync, never a catch-up by records.
+    h.lab.kill_node(f).unwrap_or_else(|e| panic!("{e}"));
+    let more: Vec<u64> = (0..blocks).filter(|b| b % 20 == 13).collect();
+    let cmds: Vec<String> = more.iter().map(|b| format!("write -P {} {} {BLOCK}", pat(*b), b * BLOCK)).collect();
+    assert_eq!(acknowledged(&qemu_io(l, &cmds)).len(), more.len());
+    h.lab.restart_node(f).unwrap_or_else(|e| panic!("{e}"));
+    let status = |h: &Harness| -> serde_json::Value {
+        let bin = h.lab.triad_bin().expect("triad payload");
+        let sock = h.lab.node(l).expect("node").control_socket.clone();
+        let out = std::process::Command::new(bin).args(["status", "--json", "--socket"]).arg(&sock).output();
+        out.ok().and_then(|o| serde_json::from_slice(&o.stdout).ok()).unwrap_or(serde_json::Value::Null)
+    };
+    wait::until(secs(20), ms(20), || {
+        let s = status(&h);
+        let peers = s["volume"]["peers"].as_array()?.clone();
+        peers.iter().any(|p| p["node_id"] == f && p["resync"]["bytes_done"].as_u64().is_some_and(|b| b > 0)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("node {f}'s second resync never showed progress"));
+    h.lab.kill_node(f).unwrap_or_else(|e| panic!("{e}"));
+    h.lab.restart_node(f).unwrap_or_else(|e| panic!("{e}"));
+    wait::until(secs(60), ms(200), || (resyncs_finished(&h, l).len() >= 2).then_some(()))
+        .unwrap_or_else(|| panic!("the resync after the kill never finished; {}", h.lab.describe(&NODE_IDS)));
+    let (differing, _) = wait::until(secs(20), ms(500), || {
+        let r = triad_verify(&h, l);
+        (r.0 == 0).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("replicas still differ after the resync that followed the kill"));
+    assert_eq!(differing, 0);
+    // And the data is what was acknowledged.
+    let all: Vec<u64> = changed.iter().chain(&more).map(|b| b * BLOCK).collect();
+    verify_blocks(l, &all);
+}
