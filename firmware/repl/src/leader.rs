@@ -164,10 +164,11 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             split: false,
             resync: None,
         };
+        let skip_noop = self.cfg.mutations.skip_noop;
         let mut l = LeaderState {
             epoch,
             noop_seq: rec.seq,
-            ready: false,
+            ready: skip_noop,
             peers: [progress(), progress()],
             writes: VecDeque::new(),
             recent: VecDeque::new(),
@@ -391,15 +392,17 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
     /// non-resyncing peer, if it is of this epoch (at or after the no-op).
     fn advance_commit(&mut self) {
         let Some(l) = self.leader.as_ref() else { return };
+        let m = self.cfg.mutations;
         let best = l
             .peers
             .iter()
-            .filter(|p| p.consistent && p.resync.is_none() && !p.split)
+            .filter(|p| m.count_resyncing_peer || (p.consistent && p.resync.is_none() && !p.split))
             .map(|p| p.matched)
             .max()
             .unwrap_or(0);
-        let c = best.min(self.journal.durable().seq);
-        if c >= l.noop_seq && c > self.commit {
+        let durable = self.journal.durable().seq;
+        let c = if m.ack_without_peer { durable } else { best.min(durable) };
+        if (c >= l.noop_seq || m.commit_old_epochs) && c > self.commit {
             self.commit = c;
         }
     }

@@ -70,6 +70,27 @@ pub struct ReplConfig {
     /// Checkpoint and compact when less than this fraction (percent) of
     /// the ring is free.
     pub compact_below_free_pct: u64,
+    /// Rules switched off on purpose, for the simulator to show each one
+    /// matters. Never set outside tests.
+    #[doc(hidden)]
+    pub mutations: Mutations,
+}
+
+/// Safety rules the simulator can switch off (each must then let it find
+/// a violation). All false in production.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mutations {
+    /// Rule 8: a new leader serves without committing its no-op first.
+    pub skip_noop: bool,
+    /// Rule 5: followers append without checking `prev`.
+    pub skip_prev_check: bool,
+    /// Raft's Figure 8: commit records of older epochs by counting replicas.
+    pub commit_old_epochs: bool,
+    /// Rule 12: a resyncing (inconsistent) peer counts toward commits.
+    pub count_resyncing_peer: bool,
+    /// Rule 6: acknowledge once durable on the leader alone.
+    pub ack_without_peer: bool,
 }
 
 impl Default for ReplConfig {
@@ -85,6 +106,7 @@ impl Default for ReplConfig {
             region: 64 << 10,
             peer_timeout: Duration::from_secs(1),
             compact_below_free_pct: 50,
+            mutations: Mutations::default(),
         }
     }
 }

@@ -334,7 +334,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             self.reply_due = Some((from, false));
             return;
         }
-        if !self.prev_matches(prev) {
+        if !self.cfg.mutations.skip_prev_check && !self.prev_matches(prev) {
             self.reply_due = Some((from, false));
             return;
         }
