@@ -21,6 +21,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use triad::peer::frame::{encode, Decoded, Decoder, MAX_FRAME};
+use triad_core::Message;
 
 const LEN_BYTES: usize = 4;
 

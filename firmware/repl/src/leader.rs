@@ -337,12 +337,13 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             return self.start_resync(slot, now, true, out);
         }
         if r.ok {
-            if r.matched > p.matched {
+            if r.matched > p.matched && r.matched <= last.seq {
                 p.matched = r.matched;
                 p.last_progress = now;
             }
-            p.next = p.next.max(r.matched + 1);
-            p.probe_from = p.probe_from.max(r.matched + 1);
+            let upto = r.matched.min(self.journal.last().seq);
+            p.next = p.next.max(upto + 1);
+            p.probe_from = p.probe_from.max(upto + 1);
         } else {
             // Find a point both journals share: the peer's last record if
             // we hold the same one, else its applied (committed) record.

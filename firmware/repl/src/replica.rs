@@ -340,7 +340,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         }
         let mut upto = prev.seq;
         for rec in records {
-            if rec.seq != upto + 1 {
+            if Some(rec.seq) != upto.checked_add(1) {
                 break; // not consecutive: malformed; keep what matched so far
             }
             match self.accept_record(from, rec, out) {
@@ -364,10 +364,19 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         self.journal.position_of(prev.seq) == Some(prev)
     }
 
-    /// Takes one record from the leader. `Ok(false)`: refused (split brain).
+    /// Takes one record from the leader. `Ok(false)`: refused (malformed,
+    /// or split brain); `Err`: this node's storage failed.
     fn accept_record(&mut self, from: NodeId, rec: Record, out: &mut Vec<Out>) -> Result<bool, String> {
         if rec.seq <= self.journal.discarded().seq {
             return Ok(true);
+        }
+        // Bad input changes nothing: a record that could never be applied
+        // is refused before it touches the journal.
+        let len = rec.payload.len() as u64;
+        if self.check_range(rec.offset, len).is_err() || len > self.journal.max_payload() {
+            let reason = format!("record {} of {len} bytes at {} does not fit the volume", rec.seq, rec.offset);
+            out.push(Out::Notice(ReplNotice::Refused { peer: from, reason }));
+            return Ok(false);
         }
         match self.journal.position_of(rec.seq) {
             Some(p) if p.epoch == rec.epoch => return Ok(true),
@@ -387,9 +396,30 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             }
             None => {}
         }
-        self.journal.append(&rec).map_err(|e| chain(&e))?;
+        match self.journal.append(&rec) {
+            Ok(()) => {}
+            Err(JournalError::Full { .. }) => {
+                self.compact()?;
+                if let Err(e) = self.journal.append(&rec) {
+                    return self.refuse_or_fail(from, &e, out);
+                }
+            }
+            Err(e) => return self.refuse_or_fail(from, &e, out),
+        }
         self.extents.push_back((rec.offset, rec.payload.len() as u64));
         Ok(true)
+    }
+
+    /// A journal refusal caused by the message (not chained, too large,
+    /// full) is the sender's problem; anything else is a storage failure.
+    fn refuse_or_fail(&mut self, from: NodeId, e: &JournalError, out: &mut Vec<Out>) -> Result<bool, String> {
+        match e {
+            JournalError::NotChained { .. } | JournalError::TooLarge { .. } | JournalError::Full { .. } => {
+                out.push(Out::Notice(ReplNotice::Refused { peer: from, reason: chain(e) }));
+                Ok(false)
+            }
+            _ => Err(chain(e)),
+        }
     }
 
     pub(crate) fn split_brain(&mut self, peer: NodeId, detail: String, out: &mut Vec<Out>) {

@@ -374,7 +374,11 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         let Some(r) = self.resync_in.as_mut().filter(|r| r.id == id && !r.finished) else {
             return self.send_resync_ack(from, id, 0, false, out);
         };
-        if n == r.expected {
+        let fits = offset.checked_add(data.len() as u64).is_some_and(|end| end <= self.store.volume_len());
+        if n == r.expected && !fits {
+            let reason = format!("resync data of {} bytes at {offset} is outside the volume", data.len());
+            out.push(Out::Notice(ReplNotice::Refused { peer: from, reason }));
+        } else if n == r.expected {
             if let Err(e) = self.store.write_resync(offset, data) {
                 return self.fail(&chain(&e), out);
             }

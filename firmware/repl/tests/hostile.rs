@@ -1,0 +1,142 @@
+//! Invariant 5 for the replication layer: whatever an (authenticated but
+//! buggy or hostile) peer sends, a replica never panics, never fails its
+//! own storage because of it, and a leader's committed data is untouched.
+#![allow(clippy::unwrap_used)]
+
+use proptest::prelude::*;
+use triad_core::Instant;
+use triad_repl::{Health, Msg, Out, ReplConfig, Replica, View};
+use triad_volume::{MemDisk, Position, Record};
+
+const VOL: usize = 64 * 1024;
+
+fn replica(id: u8) -> Replica<MemDisk, MemDisk, MemDisk> {
+    let peers = match id {
+        1 => [2, 3],
+        2 => [1, 3],
+        _ => [1, 2],
+    };
+    let meta = triad_volume::store::meta_len_needed(VOL as u64, 4096, 2) as usize;
+    let cfg = ReplConfig { region: 4096, resync_chunk: 4096, ..ReplConfig::default() };
+    Replica::format(id, peers, cfg, MemDisk::new(8192 + 16384), MemDisk::new(VOL), MemDisk::new(meta), 4096).unwrap()
+}
+
+fn pos() -> impl Strategy<Value = Position> {
+    (prop_oneof![0..4u64, Just(u64::MAX)], prop_oneof![0..8u64, Just(u64::MAX)]).prop_map(|(e, s)| Position::new(e, s))
+}
+
+fn record() -> impl Strategy<Value = Record> {
+    (0..4u64, 0..10u64, pos(), prop_oneof![0..VOL as u64, Just(u64::MAX - 10)], 0..9000usize)
+        .prop_map(|(epoch, seq, prev, offset, len)| Record { epoch, seq, prev, offset, payload: vec![0xA5; len] })
+}
+
+/// An Append that chains onto an empty journal (so it gets past the prev
+/// check), with offsets and lengths that may not fit the volume.
+fn chained_append() -> impl Strategy<Value = Msg> {
+    (
+        prop::collection::vec(
+            (prop_oneof![0..VOL as u64, Just(u64::MAX - 10), Just(VOL as u64 - 100)], 0..9000usize),
+            1..4,
+        ),
+        any::<u64>(),
+    )
+        .prop_map(|(recs, commit)| {
+            let mut prev = Position::ZERO;
+            let records = recs
+                .into_iter()
+                .map(|(offset, len)| {
+                    let r = Record { epoch: 1, seq: prev.seq + 1, prev, offset, payload: vec![0x5A; len] };
+                    prev = r.position();
+                    r
+                })
+                .collect();
+            Msg::Append { epoch: 1, prev: Position::ZERO, records, commit: commit % 8, ks: vec![] }
+        })
+}
+
+fn msg() -> impl Strategy<Value = Msg> {
+    let epoch = prop_oneof![Just(1u64), 0..4u64, Just(u64::MAX)];
+    prop_oneof![
+        chained_append(),
+        chained_append(),
+        (epoch.clone(), pos(), prop::collection::vec(record(), 0..4), any::<u64>()).prop_map(
+            |(epoch, prev, records, commit)| {
+                Msg::Append {
+                    epoch,
+                    prev,
+                    records,
+                    commit,
+                    ks: vec![(2, Position::new(1, 1)), (9, Position::new(5, 5))],
+                }
+            }
+        ),
+        (epoch.clone(), any::<bool>(), any::<u64>(), pos(), pos(), pos(), any::<bool>()).prop_map(
+            |(epoch, ok, matched, last, applied, k, consistent)| Msg::AppendReply {
+                epoch,
+                ok,
+                matched,
+                last,
+                applied,
+                k,
+                consistent
+            }
+        ),
+        (epoch.clone(), any::<u64>(), any::<bool>()).prop_map(|(epoch, id, hash)| Msg::ResyncBegin { epoch, id, hash }),
+        (epoch.clone(), 0..3u64, 0..4u64, any::<u64>(), 0..9000usize).prop_map(|(epoch, id, n, offset, len)| {
+            Msg::ResyncData { epoch, id, n, offset: offset % (2 * VOL as u64), data: vec![7; len] }
+        }),
+        (epoch.clone(), 0..3u64, 0..4u64, pos()).prop_map(|(epoch, id, n, point)| Msg::ResyncEnd {
+            epoch,
+            id,
+            n,
+            point
+        }),
+        (epoch.clone(), any::<u64>(), any::<u64>(), any::<bool>())
+            .prop_map(|(epoch, id, n, finished)| Msg::ResyncAck { epoch, id, n, finished }),
+        (epoch.clone(), any::<u64>(), any::<u64>(), any::<u32>())
+            .prop_map(|(epoch, id, offset, count)| Msg::VerifyRequest { epoch, id, offset, count }),
+        (epoch, any::<u64>(), any::<u64>(), pos(), prop::collection::vec(any::<[u8; 16]>(), 0..20))
+            .prop_map(|(epoch, id, offset, applied, hashes)| Msg::VerifyReply { epoch, id, offset, applied, hashes }),
+    ]
+}
+
+fn run(me: u8, leader: u8, msgs: Vec<(u8, Msg)>) {
+    let mut r = replica(me);
+    let mut out: Vec<Out> = Vec::new();
+    let mut now = Instant(1_000_000);
+    let lease = (me == leader).then(|| Instant(u64::MAX / 2));
+    r.set_view(now, View { epoch: 1, leader: Some(leader), lease_until: lease }, &mut out);
+    r.sync(now, &mut out);
+    if me == leader {
+        r.write(now, 1, 4096, &[1u8; 4096], &mut out);
+        r.sync(now, &mut out);
+    }
+    for (from, m) in msgs {
+        now = now.add(core::time::Duration::from_millis(3));
+        r.receive(now, from, m, &mut out);
+        r.sync(now, &mut out);
+        r.tick(now, &mut out);
+        assert!(
+            !matches!(r.status(now).health, Health::Failed(_)),
+            "peer input failed the storage: {:?}",
+            r.status(now)
+        );
+    }
+    let mut buf = vec![0u8; VOL];
+    r.store().read(0, &mut buf).unwrap();
+    assert!(r.applied().seq <= r.journal().last().seq.max(r.store().checkpointed().applied.seq));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn a_follower_survives_any_messages(msgs in prop::collection::vec((1..=3u8, msg()), 0..30)) {
+        run(2, 1, msgs);
+    }
+
+    #[test]
+    fn a_leader_survives_any_messages(msgs in prop::collection::vec((1..=3u8, msg()), 0..30)) {
+        run(1, 1, msgs);
+    }
+}
