@@ -36,6 +36,20 @@ struct Pending {
     deadline: Instant,
 }
 
+/// A client write not yet fully in the journal: the ring had no room
+/// (uncommitted records cannot be discarded). It waits for commits to free
+/// space, in arrival order, until its deadline.
+#[derive(Debug)]
+struct Blocked {
+    id: WriteId,
+    offset: u64,
+    data: Vec<u8>,
+    /// Bytes already appended as records.
+    done: usize,
+    last_seq: u64,
+    deadline: Instant,
+}
+
 /// What the leader knows of one peer.
 #[derive(Debug)]
 pub(crate) struct Progress {
@@ -64,6 +78,7 @@ pub(crate) struct LeaderState {
     pub ready: bool,
     pub peers: [Progress; 2],
     writes: VecDeque<Pending>,
+    blocked: VecDeque<Blocked>,
     recent: VecDeque<Record>,
     recent_bytes: u64,
     pub verify: Option<Verify>,
@@ -87,11 +102,14 @@ impl LeaderState {
         for w in self.writes {
             out.push(Out::WriteDone { id: w.id, result: Err(err.clone()) });
         }
+        for b in self.blocked {
+            out.push(Out::WriteDone { id: b.id, result: Err(err.clone()) });
+        }
     }
 
-    /// Writes waiting for commit.
+    /// Writes waiting for commit or for journal space.
     pub fn pending_writes(&self) -> usize {
-        self.writes.len()
+        self.writes.len() + self.blocked.len()
     }
 
     /// A record reached the store: resyncs in their copy phase must copy
@@ -108,6 +126,9 @@ impl LeaderState {
         let mut d = Instant(u64::MAX);
         if let Some(w) = self.writes.front() {
             d = d.min(w.deadline);
+        }
+        if let Some(b) = self.blocked.front() {
+            d = d.min(b.deadline);
         }
         for p in &self.peers {
             let base = p.last_sent.unwrap_or(Instant::ZERO);
@@ -171,6 +192,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             ready: skip_noop,
             peers: [progress(), progress()],
             writes: VecDeque::new(),
+            blocked: VecDeque::new(),
             recent: VecDeque::new(),
             recent_bytes: 0,
             verify: None,
@@ -185,6 +207,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
 
     /// Appends one of this leader's records; on a full ring, compacts once first.
     fn append_own(&mut self, rec: &Record) -> Result<(), String> {
+        // (The no-op of a new epoch; client writes go through `drain_blocked`.)
         match self.journal.append(rec) {
             Err(triad_volume::JournalError::Full { .. }) => {
                 self.compact()?;
@@ -199,7 +222,8 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
 
     /// A client write: refused unless this node serves; otherwise journaled
     /// as records of at most `max_record` bytes, streamed to both peers, and
-    /// finished by [`Out::WriteDone`] once committed and applied.
+    /// finished by [`Out::WriteDone`] once committed and applied. When the
+    /// ring is full of uncommitted records the write waits for room.
     pub fn write(&mut self, now: Instant, id: WriteId, offset: u64, data: &[u8], out: &mut Vec<Out>) {
         self.now = self.now.max(now);
         let refuse = self.check_serving(now).and_then(|()| self.check_range(offset, data.len() as u64));
@@ -207,36 +231,62 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             out.push(Out::WriteDone { id, result: Err(e) });
             return;
         }
-        let step = self.cfg.max_record.min(self.journal.max_payload()).max(4096) as usize;
-        let mut last_seq = 0;
-        for (i, chunk) in data.chunks(step.max(1)).enumerate() {
-            let prev = self.journal.last();
-            let rec = Record {
-                epoch: self.view.epoch,
-                seq: prev.seq + 1,
-                prev,
-                offset: offset + (i * step) as u64,
-                payload: chunk.to_vec(),
-            };
-            if let Err(e) = self.append_own(&rec) {
-                out.push(Out::WriteDone { id, result: Err(ClientError::Storage(e)) });
-                return;
-            }
-            last_seq = rec.seq;
-            if let Some(l) = self.leader.as_mut() {
-                l.remember(&rec);
-            }
-        }
         if data.is_empty() {
             out.push(Out::WriteDone { id, result: Ok(()) });
             return;
         }
         let deadline = now.add(self.cfg.write_timeout);
         if let Some(l) = self.leader.as_mut() {
-            l.writes.push_back(Pending { id, last_seq, deadline });
+            l.blocked.push_back(Blocked { id, offset, data: data.to_vec(), done: 0, last_seq: 0, deadline });
         }
-        for slot in 0..2 {
-            self.send_records(slot, now, false, out);
+        self.drain_blocked(now, out);
+    }
+
+    /// Appends waiting writes, in order, while the ring has room.
+    fn drain_blocked(&mut self, now: Instant, out: &mut Vec<Out>) {
+        let step = self.cfg.max_record.min(self.journal.max_payload()).max(4096) as usize;
+        let mut appended = false;
+        loop {
+            let Some(l) = self.leader.as_mut() else { return };
+            let Some(b) = l.blocked.front_mut() else { break };
+            let end = (b.done + step).min(b.data.len());
+            let prev = self.journal.last();
+            let rec = Record {
+                epoch: self.view.epoch,
+                seq: prev.seq + 1,
+                prev,
+                offset: b.offset + b.done as u64,
+                payload: b.data[b.done..end].to_vec(),
+            };
+            let len = rec.ring_len();
+            if len > self.journal.free_bytes() && self.store.applied().seq > self.journal.discarded().seq {
+                if let Err(e) = self.compact() {
+                    return self.fail(&e, out);
+                }
+            }
+            match self.journal.append(&rec) {
+                Ok(()) => {}
+                Err(triad_volume::JournalError::Full { .. }) => break, // wait for commits
+                Err(e) => return self.fail(&chain(&e), out),
+            }
+            self.extents.push_back((rec.offset, rec.payload.len() as u64));
+            self.needs_sync = true;
+            appended = true;
+            let Some(l) = self.leader.as_mut() else { return };
+            l.remember(&rec);
+            let Some(b) = l.blocked.front_mut() else { break };
+            b.done = end;
+            b.last_seq = rec.seq;
+            if b.done == b.data.len() {
+                if let Some(b) = l.blocked.pop_front() {
+                    l.writes.push_back(Pending { id: b.id, last_seq: b.last_seq, deadline: b.deadline });
+                }
+            }
+        }
+        if appended {
+            for slot in 0..2 {
+                self.send_records(slot, now, false, out);
+            }
         }
     }
 
@@ -384,6 +434,9 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
                 }
             }
         }
+        if self.leader.as_ref().is_some_and(|l| !l.blocked.is_empty()) {
+            self.drain_blocked(now, out);
+        }
         for slot in 0..2 {
             self.send_records(slot, now, false, out);
         }
@@ -415,6 +468,11 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         if let Some(l) = self.leader.as_mut() {
             while l.writes.front().is_some_and(|w| w.deadline <= now) {
                 if let Some(w) = l.writes.pop_front() {
+                    out.push(Out::WriteDone { id: w.id, result: Err(ClientError::Timeout(timeout_ms)) });
+                }
+            }
+            while l.blocked.front().is_some_and(|w| w.deadline <= now) {
+                if let Some(w) = l.blocked.pop_front() {
                     out.push(Out::WriteDone { id: w.id, result: Err(ClientError::Timeout(timeout_ms)) });
                 }
             }

@@ -339,19 +339,29 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             return;
         }
         let mut upto = prev.seq;
+        let mut refused = false;
         for rec in records {
             if Some(rec.seq) != upto.checked_add(1) {
                 break; // not consecutive: malformed; keep what matched so far
             }
             match self.accept_record(from, rec, out) {
                 Ok(true) => upto += 1,
-                Ok(false) => return,
+                Ok(false) => {
+                    refused = true;
+                    break;
+                }
                 Err(e) => return self.fail(&e, out),
             }
         }
+        if self.health != Health::Consistent {
+            return; // split brain: refuse to join, say nothing more
+        }
+        // The prefix that was taken still matches, and the commit point it
+        // carries still counts: a follower whose ring is full learns from it
+        // what it may apply and compact, and then has room for the rest.
         self.matched_in_epoch = self.matched_in_epoch.max(upto);
         self.commit = self.commit.max(commit.min(self.matched_in_epoch));
-        self.reply_due = Some((from, true));
+        self.reply_due = Some((from, !refused));
         self.needs_sync = true;
     }
 

@@ -428,3 +428,17 @@ fn split_brain_is_refused_not_merged() {
     assert!(out.iter().any(|o| matches!(o, Out::Electable(false))));
     assert_eq!(c.read(3, 0, 4096), pattern(1, 4096), "nothing merged");
 }
+
+#[test]
+fn a_write_larger_than_the_journal_waits_for_room_and_commits() {
+    let mut c = Cluster::new();
+    c.elect(1, 1);
+    // 128 KiB into a 32 KiB ring: the write's later records wait for the
+    // earlier ones to commit and be compacted away.
+    c.write(1, 5, 0, &pattern(5, 128 * 1024));
+    c.run(2000);
+    let st = (c.status(1), c.status(2));
+    assert!(c.ok(5), "large write acknowledged: {:?} {st:?}", c.done);
+    assert!(c.identical());
+    assert_eq!(c.read(2, 0, 128 * 1024), pattern(5, 128 * 1024));
+}
