@@ -1,4 +1,5 @@
-//! Fuzz target: `triad::peer::frame::Decoder`, fed the bytes a peer sends.
+//! Fuzz target: `triad::peer::frame::Decoder<Message>` (the core's peer
+//! links), fed the bytes a peer sends.
 //!
 //! Input: one chunking byte, then the raw stream. The chunking byte picks
 //! how the stream is cut into `extend` calls (see [`chunk_lens`]) so the

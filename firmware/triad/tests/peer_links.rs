@@ -2,7 +2,9 @@
 //!
 //! Two CAs: A (the cluster: nodes 1, 2) and B (an outsider whose cert says
 //! node 3). Checks that members exchange messages, the outsider is refused,
-//! and garbage on the listener closes only the offending connection.
+//! and garbage on the listener closes only the offending connection; and
+//! that a second instance for another message type (bulk, 2 MiB frames)
+//! carries megabyte messages next to the core's links, within its limit.
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
@@ -15,9 +17,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 use triad::certs::{create_ca, issue_node};
-use triad::peer::frame::encode;
+use triad::peer::frame::{encode, FrameError};
 use triad::peer::tls::{client_config, server_config, server_name, Credentials};
-use triad::peer::{LinkConfig, LinkTiming, PeerLinks};
+use triad::peer::{LinkConfig, LinkTiming, PeerLinks, SendError, WireMessage};
 use triad_core::{Body, Message, NodeId};
 
 struct TempDir(PathBuf);
@@ -218,4 +220,115 @@ async fn restarted_peer_is_reached_quickly() {
     let (_n2, mut rx2) = start(&c2, 2, l2, vec![(1, a1), (3, a3)]).await;
     deliver(&n1, &mut rx2, 1, 2).await;
     assert!(back.elapsed() < Duration::from_millis(900), "took {:?}", back.elapsed());
+}
+
+/// A bulk message type, as the replication link's: its own version and a
+/// 2 MiB frame limit.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Bulk {
+    from: NodeId,
+    seq: u64,
+    data: Vec<u8>,
+}
+
+impl WireMessage for Bulk {
+    const VERSION: u16 = 0x0b01;
+    const MAX_FRAME: usize = 2 << 20;
+    fn claimed_sender(&self) -> Option<NodeId> {
+        Some(self.from)
+    }
+}
+
+fn bulk(from: NodeId, seq: u64, len: usize) -> Bulk {
+    Bulk { from, seq, data: (0..len).map(|i| (i as u64 * 131 + seq) as u8).collect() }
+}
+
+async fn start_bulk(
+    c: &Credentials,
+    id: NodeId,
+    listener: TcpListener,
+    peers: Vec<(NodeId, SocketAddr)>,
+) -> (PeerLinks<Bulk>, mpsc::Receiver<(NodeId, Bulk)>) {
+    let mut cfg = LinkConfig::new(id, peers, server_config(c).unwrap(), client_config(c).unwrap());
+    cfg.timing = timing();
+    cfg.queue_len = 8;
+    cfg.inbound_len = 4;
+    PeerLinks::start_with_listener(cfg, listener).unwrap()
+}
+
+async fn wait_up<M: WireMessage>(links: &PeerLinks<M>, to: NodeId) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !links.is_up(to) {
+        assert!(Instant::now() < deadline, "link to {to} not up within 5 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn bulk_links_carry_megabytes_next_to_core_links_within_their_limit() {
+    let a = TempDir::new("bulk");
+    create_ca(&a.0).unwrap();
+    issue_node(&a.0, 1).unwrap();
+    issue_node(&a.0, 2).unwrap();
+    let (c1, c2) = (creds(&a.0, 1), creds(&a.0, 2));
+    let a3 = dead_addr().await;
+    // Core links and bulk links, each pair on its own port.
+    let (l1, l2) = (TcpListener::bind("127.0.0.1:0").await.unwrap(), TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let (a1, a2) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
+    let (n1, mut rx1) = start(&c1, 1, l1, vec![(2, a2), (3, a3)]).await;
+    let (n2, mut rx2) = start(&c2, 2, l2, vec![(1, a1), (3, a3)]).await;
+    let (d1, d2) = (TcpListener::bind("127.0.0.1:0").await.unwrap(), TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let (ad1, ad2) = (d1.local_addr().unwrap(), d2.local_addr().unwrap());
+    let (b1, mut brx1) = start_bulk(&c1, 1, d1, vec![(2, ad2), (3, a3)]).await;
+    let (b2, mut brx2) = start_bulk(&c2, 2, d2, vec![(1, ad1), (3, a3)]).await;
+
+    // 1. A 1.5 MiB message each way, byte for byte, over mutual TLS.
+    wait_up(&b1, 2).await;
+    wait_up(&b2, 1).await;
+    let big = bulk(1, 1, 1536 * 1024);
+    b1.send(2, &big).unwrap();
+    b2.send(1, &bulk(2, 2, 1536 * 1024)).unwrap();
+    let (who, got) = timeout(Duration::from_secs(10), brx2.recv()).await.unwrap().unwrap();
+    assert_eq!(who, 1);
+    assert!(got == big, "1.5 MiB message corrupted in transit");
+    let (who, got) = timeout(Duration::from_secs(10), brx1.recv()).await.unwrap().unwrap();
+    assert_eq!((who, got.seq, got.data.len()), (2, 2, 1536 * 1024));
+    // The core links, on their own ports, work alongside.
+    deliver(&n1, &mut rx2, 1, 2).await;
+    deliver(&n2, &mut rx1, 2, 1).await;
+
+    // 2. Over the limit: refused at send, nothing goes on the wire.
+    let over = bulk(1, 3, Bulk::MAX_FRAME);
+    assert!(matches!(b1.send(2, &over), Err(SendError::Frame { to: 2, source: FrameError::TooLarge { .. } })));
+    // A core message of 1.5 MiB does not exist; the core links' limit is
+    // their own (64 KiB): a 1.5 MiB frame there closes the connection.
+    let cc2 = client_config(&c2).unwrap();
+    let tcp = TcpStream::connect(a1).await.unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(cc2.clone()).connect(server_name(1).unwrap(), tcp).await.unwrap();
+    s.write_all(&encode(&bulk(2, 4, 1536 * 1024)).unwrap()).await.unwrap_or(());
+    assert!(closed_within(&mut s, Duration::from_secs(2)).await, "core link accepted a 1.5 MiB length");
+
+    // 3. Raw frames from a member on the bulk listener: a core frame (other
+    //    version) is skipped, a bulk frame just under the limit is
+    //    delivered, a length over the limit closes the connection.
+    let tcp = TcpStream::connect(ad1).await.unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(cc2).connect(server_name(1).unwrap(), tcp).await.unwrap();
+    s.write_all(&encode(&msg(2, 1)).unwrap()).await.unwrap();
+    let near = bulk(2, 5, Bulk::MAX_FRAME - 64);
+    s.write_all(&encode(&near).unwrap()).await.unwrap();
+    s.flush().await.unwrap();
+    let (who, got) = timeout(Duration::from_secs(10), brx1.recv()).await.unwrap().unwrap();
+    assert_eq!((who, got.seq), (2, 5), "the core frame was not skipped");
+    assert!(got == near);
+    let len = Bulk::MAX_FRAME as u32 + 1;
+    s.write_all(&len.to_be_bytes()).await.unwrap();
+    s.write_all(&Bulk::VERSION.to_be_bytes()).await.unwrap();
+    s.flush().await.unwrap();
+    assert!(closed_within(&mut s, Duration::from_secs(2)).await, "oversized bulk frame did not close");
+    assert!(brx1.try_recv().is_err(), "something delivered after the oversized length");
+
+    // 4. The regular bulk link is unaffected.
+    b2.send(1, &bulk(2, 6, 100)).unwrap();
+    let (who, got) = timeout(Duration::from_secs(5), brx1.recv()).await.unwrap().unwrap();
+    assert_eq!((who, got.seq), (2, 6));
 }

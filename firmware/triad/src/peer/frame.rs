@@ -1,18 +1,32 @@
-//! Wire framing of peer messages.
+//! Wire framing of peer messages, generic over the message type.
 //!
 //! ```text
 //! +----------------+----------------+---------------------------+
-//! | len: u32 BE    | version: u16 BE| postcard(Message)         |
+//! | len: u32 BE    | version: u16 BE| postcard(M)               |
 //! +----------------+----------------+---------------------------+
 //!                  |<------------- len bytes ------------------>|
 //! ```
 //!
+//! Each link carries one message type `M`, which fixes the version and the
+//! largest length field through [`WireMessage`]: the core's
+//! [`Message`] (version [`PROTOCOL_VERSION`], [`MAX_FRAME`] = 64 KiB) on the
+//! peer links, the volume's replication messages (megabytes) on the data
+//! links.
+//!
 //! Owns: encoding and an incremental decoder that never panics on any byte
 //! sequence. A frame with a readable length but a bad payload (other
 //! protocol version, postcard error, trailing bytes) is reported and
-//! skipped: the stream stays in sync. A length above [`MAX_FRAME`] means
+//! skipped: the stream stays in sync. A length above `M::MAX_FRAME` means
 //! the stream is not ours or is corrupt; the decoder then stays failed and
 //! the connection must be closed.
+//!
+//! Buffering: a caller that decodes until [`Decoded::NeedMore`] after
+//! each [`Decoder::extend`] (as the links do) has at most one partial frame
+//! plus the last chunk buffered (`M::MAX_FRAME + 4 + chunk`). Consumed
+//! bytes are dropped lazily, once per `extend`, and what moves then is only
+//! the tail of the previous chunk, so each received byte is copied a
+//! bounded number of times whatever the frame size: no quadratic copying
+//! of a multi-megabyte frame arriving in 64 KiB reads.
 //!
 //! Must not: allocate per a length it has not checked, or act on messages.
 
@@ -30,9 +44,12 @@ pub const MAX_FRAME: usize = 64 * 1024;
 /// frame limit. The core's heartbeats and the volume's bulk replication
 /// travel on separate links, each with its own type.
 pub trait WireMessage: Serialize + DeserializeOwned + Send + std::fmt::Debug + 'static {
-    /// Protocol version in every frame.
+    /// Protocol version in every frame; a frame with another is skipped.
     const VERSION: u16;
-    /// Largest length field accepted.
+    /// Largest length field (version + payload) accepted, and produced:
+    /// [`encode`] refuses a larger message, the decoder treats a larger
+    /// length as a lost stream. Also the per-connection buffer bound, so
+    /// keep it to what one message really needs (below 4 GiB).
     const MAX_FRAME: usize;
     /// The sender the message claims, if it names one (checked against
     /// the peer's certificate).
@@ -58,6 +75,9 @@ impl WireMessage for triad_repl::Msg {
 
 const LEN_BYTES: usize = 4;
 const VERSION_BYTES: usize = 2;
+/// Buffer capacity a decoder keeps once its buffer is empty; more (left by
+/// a large frame) is released.
+const KEEP_CAPACITY: usize = 128 * 1024;
 
 /// What was wrong with a frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,7 +102,7 @@ pub enum FrameError {
         /// Ours.
         expected: u16,
     },
-    /// The payload is not a postcard `Message`.
+    /// The payload is not a postcard `M`.
     #[error("payload does not decode")]
     Payload(#[source] postcard::Error),
     /// The payload decoded but left bytes over.
@@ -91,11 +111,11 @@ pub enum FrameError {
         /// Bytes left after the message.
         extra: usize,
     },
-    /// Encoding failed (cannot happen for the current `Message`; kept so the
+    /// Encoding failed (cannot happen for serde-derived types; kept so the
     /// encoder never panics).
     #[error("message does not encode")]
     Encode(#[source] postcard::Error),
-    /// An encoded message exceeds [`MAX_FRAME`].
+    /// An encoded message exceeds its type's `MAX_FRAME`.
     #[error("encoded message of {len} bytes exceeds the link's maximum frame")]
     TooLarge {
         /// Its size.
@@ -112,17 +132,17 @@ impl FrameError {
 }
 
 /// Encodes one message as a complete frame.
+///
+/// The payload is serialized straight after a placeholder header, so a
+/// bulk message is not copied once more into a frame buffer.
 pub fn encode<M: WireMessage>(msg: &M) -> Result<Vec<u8>, FrameError> {
-    let payload = postcard::to_allocvec(msg).map_err(FrameError::Encode)?;
-    let len = VERSION_BYTES + payload.len();
-    if len > M::MAX_FRAME {
-        return Err(FrameError::TooLarge { len });
-    }
-    let mut out = Vec::with_capacity(LEN_BYTES + len);
-    // len <= M::MAX_FRAME (< 4 GiB), so the cast is lossless.
-    out.extend_from_slice(&(len as u32).to_be_bytes());
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(&[0; LEN_BYTES]);
     out.extend_from_slice(&M::VERSION.to_be_bytes());
-    out.extend_from_slice(&payload);
+    let mut out = postcard::to_extend(msg, out).map_err(FrameError::Encode)?;
+    let len = out.len() - LEN_BYTES;
+    let len32 = u32::try_from(len).ok().filter(|_| len <= M::MAX_FRAME).ok_or(FrameError::TooLarge { len })?;
+    out[..LEN_BYTES].copy_from_slice(&len32.to_be_bytes());
     Ok(out)
 }
 
@@ -166,11 +186,27 @@ impl<M: WireMessage> Decoder<M> {
         if self.failed.is_some() {
             return;
         }
-        if self.pos > 0 {
+        if self.pos == self.buf.len() && self.buf.capacity() > KEEP_CAPACITY {
+            // Everything was consumed: give back what a large frame took.
+            self.buf = Vec::new();
+        } else if self.pos > 0 {
             self.buf.drain(..self.pos);
-            self.pos = 0;
+        }
+        self.pos = 0;
+        // Room for the rest of a frame whose (checked) length is already
+        // known, so a large frame grows the buffer once, not by doubling.
+        if let Some(frame) = self.pending_frame_len() {
+            self.buf.reserve_exact(frame.saturating_sub(self.buf.len()));
         }
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Size (header included) of the frame at the start of the undecoded
+    /// bytes, if its length field is readable and within `M::MAX_FRAME`.
+    fn pending_frame_len(&self) -> Option<usize> {
+        let len = self.buf.get(self.pos..)?.first_chunk::<LEN_BYTES>()?;
+        let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
+        (len <= M::MAX_FRAME).then_some(LEN_BYTES + len)
     }
 
     /// Bytes held but not yet decoded.
@@ -319,6 +355,99 @@ mod tests {
         let mut d = Decoder::<Message>::new();
         d.extend(&(MAX_FRAME as u32).to_be_bytes());
         assert_eq!(d.next_frame(), Decoded::NeedMore);
+    }
+
+    /// A second message type: bulk data with its own version and limit.
+    #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    struct Bulk {
+        seq: u64,
+        data: Vec<u8>,
+    }
+
+    impl WireMessage for Bulk {
+        const VERSION: u16 = 0x0b01;
+        const MAX_FRAME: usize = 2 << 20;
+        fn claimed_sender(&self) -> Option<NodeId> {
+            None
+        }
+    }
+
+    fn bulk(seq: u64, len: usize) -> Bulk {
+        Bulk { seq, data: (0..len).map(|i| (i * 31 + seq as usize) as u8).collect() }
+    }
+
+    #[test]
+    fn bulk_frames_decode_from_64k_reads_with_bounded_buffer() {
+        const CHUNK: usize = 64 * 1024;
+        let sent = vec![bulk(1, 1536 * 1024), bulk(2, 10), bulk(3, 1536 * 1024), bulk(4, 0)];
+        let mut stream = Vec::new();
+        for m in &sent {
+            stream.extend(encode(m).unwrap());
+        }
+        let mut d = Decoder::<Bulk>::new();
+        let mut got = Vec::new();
+        // An odd chunk size so frame ends fall inside chunks.
+        for c in stream.chunks(CHUNK - 7) {
+            d.extend(c);
+            loop {
+                match d.next_frame() {
+                    Decoded::Frame(m) => got.push(m),
+                    Decoded::NeedMore => break,
+                    Decoded::Bad(e) => panic!("{e}"),
+                }
+            }
+            assert!(d.buffered() <= Bulk::MAX_FRAME + LEN_BYTES + c.len());
+            assert!(d.buf.capacity() <= 2 * (Bulk::MAX_FRAME + LEN_BYTES + CHUNK), "{}", d.buf.capacity());
+        }
+        assert_eq!(got, sent);
+        assert_eq!(d.buffered(), 0);
+        // Once empty, the large buffer is released.
+        d.extend(&[]);
+        assert!(d.buf.capacity() <= KEEP_CAPACITY);
+    }
+
+    #[test]
+    fn each_type_has_its_own_version_and_limit() {
+        // 1.5 MiB is fatal on the core's stream, fine on the bulk one.
+        let big = encode(&bulk(1, 1536 * 1024)).unwrap();
+        let mut core = Decoder::<Message>::new();
+        core.extend(&big[..16]);
+        assert!(matches!(core.next_frame(), Decoded::Bad(FrameError::Oversized { .. })));
+        let mut d = Decoder::<Bulk>::new();
+        d.extend(&big[..16]);
+        assert_eq!(d.next_frame(), Decoded::NeedMore);
+
+        // A core frame on the bulk stream: other version, skipped, in sync.
+        let mut d = Decoder::<Bulk>::new();
+        d.extend(&encode(&msgs()[0]).unwrap());
+        d.extend(&encode(&bulk(5, 3)).unwrap());
+        assert_eq!(
+            d.next_frame(),
+            Decoded::Bad(FrameError::Version { found: PROTOCOL_VERSION, expected: Bulk::VERSION })
+        );
+        assert_eq!(d.next_frame(), Decoded::Frame(bulk(5, 3)));
+
+        // Exactly the limit waits for its bytes; one more is fatal and sticky.
+        let mut d = Decoder::<Bulk>::new();
+        d.extend(&(Bulk::MAX_FRAME as u32).to_be_bytes());
+        assert_eq!(d.next_frame(), Decoded::NeedMore);
+        let mut d = Decoder::<Bulk>::new();
+        let over = Bulk::MAX_FRAME as u32 + 1;
+        d.extend(&over.to_be_bytes());
+        assert_eq!(d.next_frame(), Decoded::Bad(FrameError::Oversized { len: over }));
+        d.extend(&encode(&bulk(6, 1)).unwrap());
+        assert_eq!(d.next_frame(), Decoded::Bad(FrameError::Oversized { len: over }));
+        assert_eq!(d.buffered(), 0);
+
+        // The encoder refuses what the decoder would: version (2) + seq (1)
+        // + length varint (4 for 2 MiB) + data.
+        assert!(matches!(encode(&bulk(0, Bulk::MAX_FRAME)), Err(FrameError::TooLarge { .. })));
+        let fits = Bulk::MAX_FRAME - 2 - 1 - 3;
+        assert_eq!(encode(&bulk(0, fits)).unwrap().len(), LEN_BYTES + Bulk::MAX_FRAME);
+        assert!(matches!(
+            encode(&bulk(0, fits + 1)),
+            Err(FrameError::TooLarge { len }) if len == Bulk::MAX_FRAME + 1
+        ));
     }
 
     proptest! {

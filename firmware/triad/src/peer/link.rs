@@ -16,9 +16,17 @@
 //! that restarts must be reached within a fraction of a second, and a
 //! refused connect costs nothing.
 //!
+//! Generic over the message type `M` ([`WireMessage`]): the core's
+//! heartbeats and the volume's bulk replication each run their own
+//! `PeerLinks` on their own port, so a megabyte in flight on one never
+//! delays a heartbeat on the other. Frames are coalesced into writes of at
+//! most 64 KiB and larger ones are written in 64 KiB pieces, each under the
+//! write timeout.
+//!
 //! Owns: connections, timeouts, identity checks at the link (the client
-//! certificate must name one of this node's two peers; every message's
-//! `from` must equal that name), and logging of refusals.
+//! certificate must name one of this node's two peers; a message that
+//! names its sender, [`WireMessage::claimed_sender`], must name that
+//! peer), and logging of refusals.
 //!
 //! Must not: block the caller of [`PeerLinks::send`] (heartbeats are best
 //! effort: a full queue or a down link drops the message), deliver a message
@@ -50,7 +58,9 @@ pub struct LinkTiming {
     pub connect_timeout: Duration,
     /// TLS handshake timeout, both directions.
     pub handshake_timeout: Duration,
-    /// A write that takes longer means the peer is stuck: reconnect.
+    /// A write of one piece (at most 64 KiB) or a flush that takes longer
+    /// means the peer is stuck: reconnect. Per piece, so a large frame on
+    /// a slow but moving link is not mistaken for a stuck peer.
     pub write_timeout: Duration,
     /// First reconnect delay.
     pub backoff_min: Duration,
@@ -87,9 +97,12 @@ pub struct LinkConfig {
     pub client: Arc<ClientConfig>,
     /// Timeouts.
     pub timing: LinkTiming,
-    /// Frames queued per peer before new ones are dropped.
+    /// Frames queued per peer before new ones are dropped. The default
+    /// suits heartbeats; a bulk link sets its own, knowing the memory it
+    /// may hold is up to `queue_len` × the frame size per peer.
     pub queue_len: usize,
-    /// Inbound messages buffered for the runtime before readers wait.
+    /// Inbound messages buffered for the runtime before readers wait (and
+    /// TCP pushes back on the sender). Bounds memory the same way.
     pub inbound_len: usize,
     /// Inbound connections served at once; more are closed at accept.
     pub max_inbound: usize,
@@ -172,6 +185,9 @@ struct Outgoing {
     up: Arc<AtomicBool>,
 }
 
+/// Messages received from the peers, each with the authenticated sender.
+pub type Inbound<M> = mpsc::Receiver<(NodeId, M)>;
+
 /// Handle to the running links for messages of type `M`. Dropping it
 /// stops every link task.
 #[derive(Debug)]
@@ -184,10 +200,7 @@ pub struct PeerLinks<M = Message> {
 
 impl<M: WireMessage> PeerLinks<M> {
     /// Binds `listen` and starts the links. Must run inside a tokio runtime.
-    pub async fn start(
-        cfg: LinkConfig,
-        listen: SocketAddr,
-    ) -> Result<(PeerLinks<M>, mpsc::Receiver<(NodeId, M)>), LinkError> {
+    pub async fn start(cfg: LinkConfig, listen: SocketAddr) -> Result<(PeerLinks<M>, Inbound<M>), LinkError> {
         let listener = TcpListener::bind(listen).await.map_err(|source| LinkError::Bind { addr: listen, source })?;
         PeerLinks::start_with_listener(cfg, listener)
     }
@@ -197,7 +210,7 @@ impl<M: WireMessage> PeerLinks<M> {
     pub fn start_with_listener(
         cfg: LinkConfig,
         listener: TcpListener,
-    ) -> Result<(PeerLinks<M>, mpsc::Receiver<(NodeId, M)>), LinkError> {
+    ) -> Result<(PeerLinks<M>, Inbound<M>), LinkError> {
         let local_addr = listener.local_addr().map_err(LinkError::LocalAddr)?;
         let ids: Vec<NodeId> = cfg.peers.iter().map(|p| p.0).collect();
         for (i, id) in ids.iter().enumerate() {
@@ -366,30 +379,46 @@ async fn connect(
     Ok(tls)
 }
 
+/// Queued frames are coalesced into one write up to this many bytes; a
+/// larger frame is written on its own, without a copy.
+const COALESCE_MAX: usize = 64 * 1024;
+
+/// Writes are issued in pieces of at most this size, each under
+/// [`LinkTiming::write_timeout`], so the timeout bounds a stall, not the
+/// time a multi-megabyte frame takes on the wire.
+const WRITE_PIECE: usize = 64 * 1024;
+
 /// Moves queued frames onto the connection until it fails or the handle
 /// is dropped.
 async fn pump<S: AsyncRead + AsyncWrite>(stream: S, rx: &mut mpsc::Receiver<Vec<u8>>, timing: &LinkTiming) -> Down {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut sink = [0u8; 512];
+    // Never holds more than COALESCE_MAX bytes.
     let mut batch = Vec::new();
     loop {
         tokio::select! {
             m = rx.recv() => {
                 let Some(first) = m else { return Down::Stopped };
-                // Coalesce whatever else is queued into one write.
-                batch.clear();
-                batch.extend_from_slice(&first);
-                while let Ok(more) = rx.try_recv() {
-                    batch.extend_from_slice(&more);
-                }
-                let write = async {
-                    wr.write_all(&batch).await?;
-                    wr.flush().await
-                };
-                match timeout(timing.write_timeout, write).await {
-                    Err(_) => return Down::WriteTimeout,
-                    Ok(Err(e)) => return Down::Io(e),
-                    Ok(Ok(())) => {}
+                let mut next = Some(first);
+                while let Some(frame) = next.take() {
+                    let bytes = if frame.len() >= COALESCE_MAX {
+                        &frame
+                    } else {
+                        // Coalesce whatever else is queued, up to the cap.
+                        batch.clear();
+                        batch.extend_from_slice(&frame);
+                        while let Ok(more) = rx.try_recv() {
+                            if batch.len() + more.len() > COALESCE_MAX {
+                                next = Some(more);
+                                break;
+                            }
+                            batch.extend_from_slice(&more);
+                        }
+                        &batch
+                    };
+                    if let Err(down) = write_frames(&mut wr, bytes, timing).await {
+                        return down;
+                    }
                 }
             }
             // The peer never writes on this connection; a read completing
@@ -401,6 +430,15 @@ async fn pump<S: AsyncRead + AsyncWrite>(stream: S, rx: &mut mpsc::Receiver<Vec<
             }
         }
     }
+}
+
+/// Writes and flushes `bytes`, each piece of at most [`WRITE_PIECE`] bytes
+/// and the flush under the write timeout.
+async fn write_frames<W: AsyncWrite + Unpin>(wr: &mut W, bytes: &[u8], timing: &LinkTiming) -> Result<(), Down> {
+    for piece in bytes.chunks(WRITE_PIECE) {
+        timeout(timing.write_timeout, wr.write_all(piece)).await.map_err(|_| Down::WriteTimeout)?.map_err(Down::Io)?;
+    }
+    timeout(timing.write_timeout, wr.flush()).await.map_err(|_| Down::WriteTimeout)?.map_err(Down::Io)
 }
 
 // ---------------------------------------------------------------------------
