@@ -439,8 +439,9 @@ async fn start_volume(
 ) -> Result<VolumeHandle, RuntimeError> {
     let data_peers = cfg.cluster.peers.map(|p| (p.id, SocketAddr::new(p.address, vc.data_port))).to_vec();
     let mut link_cfg = LinkConfig::new(cfg.node.id, data_peers, server_config(creds)?, client_config(creds)?);
-    // Bulk: a few hundred MiB of records may be queued toward a slow peer.
-    link_cfg.queue_len = 4096;
+    // Frames of up to 4 MiB: 256 of them bound what is queued toward a slow
+    // peer (the replica's own pipeline window is 16 MiB; the rest is resent).
+    link_cfg.queue_len = 256;
     let listen = SocketAddr::new(cfg.node.address.addr(), vc.data_port);
     let (links, mut inbound) = PeerLinks::<triad_repl::Msg>::start(link_cfg, listen).await?;
     let links = Arc::new(links);
