@@ -762,3 +762,75 @@ fn volume_returning_peer_gets_only_changed_blocks_and_survives_a_kill_during_res
     let all: Vec<u64> = changed.iter().chain(&more).map(|b| b * BLOCK).collect();
     verify_blocks(l, &all);
 }
+
+/// The volume as a filesystem on the host, which has no nbd driver:
+/// nbdfuse exposes the export as a file, a loop device with 4 KiB sectors
+/// (the export's minimum block) carries ext4. Unmounted and detached on drop.
+struct Mounted {
+    fuse_dir: PathBuf,
+    mnt: PathBuf,
+    loop_dev: String,
+    nbdfuse: std::process::Child,
+}
+
+impl Mounted {
+    fn attach(id: u8, mkfs: bool) -> Mounted {
+        let base = Path::new("/run/triad-lab-fs");
+        let (fuse_dir, mnt) = (base.join("fuse"), base.join("mnt"));
+        for d in [&fuse_dir, &mnt] {
+            std::fs::create_dir_all(d).expect("create mount dirs");
+        }
+        let nbdfuse = std::process::Command::new("nbdfuse")
+            .arg(&fuse_dir)
+            .arg("--unix")
+            .arg(layout::nbd_socket(id))
+            .spawn()
+            .expect("start nbdfuse (libnbd-bin)");
+        let file = fuse_dir.join("nbd");
+        wait::until(secs(10), ms(50), || file.exists().then_some(())).expect("nbdfuse exposes the export");
+        let file_arg = file.display().to_string();
+        let loop_dev = cmd::run("losetup", &["-f", "--show", "-b", "4096", "--direct-io=on", file_arg.as_str()])
+            .unwrap_or_else(|e| panic!("losetup: {e}"))
+            .trim()
+            .to_string();
+        if mkfs {
+            cmd::run("mkfs.ext4", &["-q", "-F", "-b", "4096", loop_dev.as_str()]).unwrap_or_else(|e| panic!("mkfs: {e}"));
+        }
+        let mnt_arg = mnt.display().to_string();
+        cmd::run("mount", &[loop_dev.as_str(), mnt_arg.as_str()]).unwrap_or_else(|e| panic!("mount: {e}"));
+        Mounted { fuse_dir, mnt, loop_dev, nbdfuse }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let mnt = self.mnt.display().to_string();
+        let _ = cmd::run("umount", &["-l", mnt.as_str()]);
+        let _ = cmd::run("losetup", &["-d", self.loop_dev.as_str()]);
+        let fuse = self.fuse_dir.display().to_string();
+        let _ = cmd::run("umount", &["-l", fuse.as_str()]);
+        let _ = self.nbdfuse.kill();
+        let _ = self.nbdfuse.wait();
+    }
+}
+
+#[test]
+fn volume_files_written_before_a_failover_are_readable_after_it() {
+    let h = Harness::up();
+    let old = h.leader(&NODE_IDS);
+    wait_serving(old, secs(10));
+    let content: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    {
+        let m = Mounted::attach(old, true);
+        std::fs::write(m.mnt.join("prompts.bin"), &content).expect("write a file");
+        std::fs::write(m.mnt.join("cdr.csv"), b"call,1,2,ok\n").expect("write a file");
+        cmd::run("sync", &[] as &[&str]).expect("sync");
+        // Unmounted, as the PBX's host would on demotion (rule 15).
+    }
+    h.lab.kill_node(old).unwrap_or_else(|e| panic!("{e}"));
+    let new = h.lab.wait_healthy(&others(old), secs(10)).unwrap_or_else(|e| panic!("{e}"));
+    wait_serving(new, secs(10));
+    let m = Mounted::attach(new, false);
+    assert_eq!(std::fs::read(m.mnt.join("cdr.csv")).expect("read after failover"), b"call,1,2,ok\n");
+    assert!(std::fs::read(m.mnt.join("prompts.bin")).expect("read after failover") == content, "file content differs");
+}
