@@ -5,13 +5,15 @@
 //! `lab`), launching each supervisor as PID 1 of its own PID and network
 //! namespace so that killing it is a power cut (`spawn`), the client-side
 //! prober and packet observer (`observer`), the keepalived baseline
-//! (`keepalived`), and the failover benchmark and soak (`bench`).
+//! (`keepalived`), the failover benchmark and soak (`bench`), and the
+//! replicated-volume benchmark against nbdkit (`bench_volume`).
 //!
 //! It must never touch the host's root network namespace: every link it
 //! creates lives in a namespace it created, and every command that changes
 //! links names that namespace explicitly (`ip -n`, `nsenter -t PID -n`).
 
 pub mod bench;
+pub mod bench_volume;
 pub mod cmd;
 pub mod keepalived;
 pub mod lab;

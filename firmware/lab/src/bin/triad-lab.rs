@@ -1,5 +1,6 @@
 //! `triad-lab`: start, inspect and tear down the three-node lab, and run
-//! the failover benchmark and the soak. See docs/lab.md.
+//! the failover benchmark, the soak and the volume benchmark. See
+//! docs/lab.md and docs/volume-benchmark.md.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use triad_lab::bench::{self, BenchError};
+use triad_lab::bench_volume::{self, BenchOpts, VolumeBenchError};
 use triad_lab::lab::{Lab, LabError, Payload, Profile};
 use triad_lab::layout::{layout_path, NODE_IDS};
 use triad_lab::netns::CLIENT_NS;
@@ -66,6 +68,32 @@ enum Cmd {
         #[arg(long)]
         triad: Option<PathBuf>,
     },
+    /// 4 KiB write+flush, 4 KiB writes, 1 MiB sequential, 4 KiB reads:
+    /// an NBD export against nbdkit's file plugin on the same filesystem.
+    BenchVolume {
+        /// The subject's NBD URI (nbd+unix:///?socket=PATH or nbd://HOST[:PORT]).
+        /// Its first --size bytes are overwritten.
+        #[arg(long, required_unless_present = "self_test")]
+        subject_uri: Option<String>,
+        /// The subject's column header.
+        #[arg(long, default_value = "triad")]
+        subject_label: String,
+        /// No subject: a second nbdkit stands in, labelled as a stand-in (tests the harness only).
+        #[arg(long, conflicts_with_all = ["subject_uri", "subject_label"])]
+        self_test: bool,
+        /// Directory for the baseline's file and socket: on the filesystem of the subject's backing store.
+        #[arg(long, default_value = "/var/tmp/triad-bench-volume")]
+        dir: PathBuf,
+        /// Export size (bytes, or with K, M, G): 1G, or 256M for quick runs.
+        #[arg(long, default_value = "1G", value_parser = bench_volume::parse_size)]
+        size: u64,
+        /// Seconds per run of one pattern on one side.
+        #[arg(long, default_value_t = 5.0)]
+        runtime: f64,
+        /// Runs per pattern per side, alternating nbdkit and subject; the table shows medians.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +104,8 @@ enum MainError {
     Triad(#[from] TriadError),
     #[error(transparent)]
     Bench(#[from] BenchError),
+    #[error(transparent)]
+    Volume(#[from] VolumeBenchError),
 }
 
 fn main() -> ExitCode {
@@ -168,6 +198,24 @@ fn run(cli: Cli) -> Result<(), MainError> {
         }
         Cmd::Soak { minutes, profile, triad } => {
             bench::soak(triad_payload(triad, profile)?, minutes)?;
+        }
+        Cmd::BenchVolume { subject_uri, subject_label, self_test, dir, size, runtime, reps } => {
+            if !(runtime.is_finite() && runtime > 0.0) {
+                return Err(VolumeBenchError::Opts(format!("--runtime {runtime} is not a positive number")).into());
+            }
+            let opts = BenchOpts {
+                runtime: std::time::Duration::from_secs_f64(runtime),
+                reps,
+                subject_label,
+                subject_is_stand_in: false,
+            };
+            let result = match (subject_uri, self_test) {
+                (Some(uri), false) => bench_volume::run(&dir, &uri, size, &opts)?,
+                (None, true) => bench_volume::run_self_test(&dir, size, &opts)?,
+                _ => return Err(VolumeBenchError::Opts("give --subject-uri or --self-test".into()).into()),
+            };
+            println!();
+            bench_volume::print_table(&result);
         }
     }
     Ok(())
