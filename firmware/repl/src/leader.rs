@@ -226,7 +226,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
     /// ring is full of uncommitted records the write waits for room.
     pub fn write(&mut self, now: Instant, id: WriteId, offset: u64, data: &[u8], out: &mut Vec<Out>) {
         self.now = self.now.max(now);
-        let refuse = self.check_serving(now).and_then(|()| self.check_range(offset, data.len() as u64));
+        let refuse = self.check_leading().and_then(|()| self.check_range(offset, data.len() as u64));
         if let Err(e) = refuse {
             out.push(Out::WriteDone { id, result: Err(e) });
             return;
@@ -259,12 +259,14 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
                 payload: b.data[b.done..end].to_vec(),
             };
             let len = rec.ring_len();
-            if len > self.journal.free_bytes() && self.store.applied().seq > self.journal.discarded().seq {
+            if len + crate::replica::NOOP_RESERVE > self.journal.free_bytes()
+                && self.store.applied().seq > self.journal.discarded().seq
+            {
                 if let Err(e) = self.compact() {
                     return self.fail(&e, out);
                 }
             }
-            match self.journal.append(&rec) {
+            match self.journal.append_reserving(&rec, crate::replica::NOOP_RESERVE) {
                 Ok(()) => {}
                 Err(triad_volume::JournalError::Full { .. }) => break, // wait for commits
                 Err(e) => return self.fail(&chain(&e), out),
@@ -386,11 +388,15 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         if !r.consistent {
             return self.start_resync(slot, now, true, out);
         }
+        // `matched` is a prefix the follower verified against this leader's
+        // journal and made durable: it counts even when the rest of the
+        // message was refused (a follower with a full ring must still let
+        // the commit point move, or neither side could ever free space).
+        if r.matched > p.matched && r.matched <= last.seq {
+            p.matched = r.matched;
+            p.last_progress = now;
+        }
         if r.ok {
-            if r.matched > p.matched && r.matched <= last.seq {
-                p.matched = r.matched;
-                p.last_progress = now;
-            }
             let upto = r.matched.min(self.journal.last().seq);
             p.next = p.next.max(upto + 1);
             p.probe_from = p.probe_from.max(upto + 1);
@@ -416,7 +422,18 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
     /// After the leader's own sync or a peer's progress: commit, apply,
     /// acknowledge, and keep the pipeline full.
     pub(crate) fn leader_after_sync(&mut self, now: Instant, out: &mut Vec<Out>) {
+        let before = self.commit;
         self.advance_commit();
+        if self.commit > before {
+            // The timeout is for a cluster that stopped committing (both
+            // peers gone), not for a queue that is moving: every waiting
+            // write gets the full timeout again from this progress.
+            let deadline = now.add(self.cfg.write_timeout);
+            if let Some(l) = self.leader.as_mut() {
+                l.writes.iter_mut().for_each(|w| w.deadline = w.deadline.max(deadline));
+                l.blocked.iter_mut().for_each(|w| w.deadline = w.deadline.max(deadline));
+            }
+        }
         self.apply_committed(out);
         let applied = self.store.applied().seq;
         let in_lease = self.in_lease(now);

@@ -82,6 +82,10 @@ pub struct Replica<J: Disk, D: Disk, M: Disk> {
     last_checkpoint: Instant,
 }
 
+/// Ring bytes every data record leaves free: room for a future leader's
+/// empty record (56 bytes) even where it must skip to the ring's start.
+pub(crate) const NOOP_RESERVE: u64 = 2 * triad_volume::journal::RECORD_HEADER_LEN as u64;
+
 /// Longest time between checkpoints while records are being applied.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 
@@ -196,6 +200,12 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         self.leader.as_ref().is_some_and(|l| l.ready) && self.in_lease(now)
     }
 
+    /// Leader whose first record is applied (lease not considered): may
+    /// take writes, which are acknowledged only inside the lease.
+    pub fn leading_and_ready(&self) -> bool {
+        self.leader.as_ref().is_some_and(|l| l.ready) && self.health == Health::Consistent
+    }
+
     /// The volume's size in bytes.
     pub fn volume_len(&self) -> u64 {
         self.store.volume_len()
@@ -256,6 +266,20 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         self.check_serving(now)?;
         self.check_range(offset, buf.len() as u64)?;
         self.store.read(offset, buf).map_err(|e| ClientError::Storage(crate::replica::chain(&e)))
+    }
+
+    /// Writes need leadership, not the lease: a write taken while the lease
+    /// is momentarily unconfirmed is journaled and acknowledged only once
+    /// a lease holds again (or fails at its timeout).
+    pub(crate) fn check_leading(&self) -> Result<(), ClientError> {
+        if let Health::Failed(why) = &self.health {
+            return Err(ClientError::Storage(why.clone()));
+        }
+        match &self.leader {
+            None => Err(ClientError::NotActive),
+            Some(l) if !l.ready => Err(ClientError::NotReady),
+            Some(_) => Ok(()),
+        }
     }
 
     pub(crate) fn check_serving(&self, now: Instant) -> Result<(), ClientError> {
@@ -338,6 +362,9 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             self.reply_due = Some((from, false));
             return;
         }
+        // The prefix through `prev` matches: the commit point may already
+        // count up to it, so a full ring can be compacted below.
+        self.commit = self.commit.max(commit.min(self.matched_in_epoch.max(prev.seq)));
         let mut upto = prev.seq;
         let mut refused = false;
         for rec in records {
@@ -406,11 +433,11 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             }
             None => {}
         }
-        match self.journal.append(&rec) {
+        match self.journal.append_reserving(&rec, NOOP_RESERVE) {
             Ok(()) => {}
             Err(JournalError::Full { .. }) => {
                 self.compact()?;
-                if let Err(e) = self.journal.append(&rec) {
+                if let Err(e) = self.journal.append_reserving(&rec, NOOP_RESERVE) {
                     return self.refuse_or_fail(from, &e, out);
                 }
             }
@@ -466,14 +493,17 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         }
         if self.leader.is_some() {
             self.leader_after_sync(now, out);
+            self.maybe_compact(out);
         } else {
             self.apply_committed(out);
+            // Compact before answering: a refusal for a full ring is
+            // answered with the room already made, so the resend fits.
+            self.maybe_compact(out);
             if let Some((to, ok)) = self.reply_due.take() {
                 let msg = self.append_reply(ok);
                 out.push(Out::Send { to, msg });
             }
         }
-        self.maybe_compact(out);
         self.report(out);
     }
 

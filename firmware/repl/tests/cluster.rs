@@ -267,7 +267,17 @@ fn no_ack_outside_the_lease() {
     c.node(1).set_view(now, View { epoch: 1, leader: Some(1), lease_until: Some(now) }, &mut out);
     c.handle(1, out);
     c.write(1, 9, 0, &[9u8; 4096]);
-    assert_eq!(c.done, vec![(9, Err(ClientError::NotActive))]);
+    c.run(50);
+    assert_eq!(c.done, vec![], "committed, but not acknowledged outside a lease");
+    let mut buf = [0u8; 4096];
+    assert_eq!(c.node_read(1, &mut buf), Err(ClientError::NotActive), "no reads outside the lease");
+    // The lease is renewed: the waiting acknowledgement goes out.
+    let mut out = Vec::new();
+    let now = c.now;
+    c.node(1).set_view(now, View { epoch: 1, leader: Some(1), lease_until: Some(now.add(Duration::from_secs(1))) }, &mut out);
+    c.handle(1, out);
+    c.run(10);
+    assert_eq!(c.done, vec![(9, Ok(()))]);
 }
 
 #[test]

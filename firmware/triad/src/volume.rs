@@ -37,7 +37,7 @@ pub type FileReplica = Replica<FileDisk, FileDisk, FileDisk>;
 /// Longest the thread sleeps without looking at the replica's timers.
 const MAX_WAIT: Duration = Duration::from_millis(100);
 /// Commands taken per batch before syncing (bounds a batch's latency).
-const MAX_BATCH: usize = 512;
+const MAX_BATCH: usize = 64;
 
 /// Where the volume lives and how it replicates (the `[volume]` table).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,8 +119,10 @@ pub enum VolumeEvent {
 }
 
 enum Cmd {
-    View(View),
-    ViewConfirmed(View, oneshot::Sender<()>),
+    /// A newer view is in the shared cell.
+    View,
+    /// As `View`, and answer once it is applied.
+    ViewConfirmed(oneshot::Sender<()>),
     Peer(NodeId, Msg),
     Write { offset: u64, data: Vec<u8>, reply: oneshot::Sender<Result<(), ClientError>> },
     Read { offset: u64, len: u32, reply: oneshot::Sender<Result<Vec<u8>, ClientError>> },
@@ -132,6 +134,10 @@ enum Cmd {
 #[derive(Clone, Debug)]
 pub struct VolumeHandle {
     tx: std_mpsc::Sender<Cmd>,
+    /// The core's latest view: read by the thread before every command and
+    /// every sync, so a view never waits behind queued I/O (a stale lease
+    /// end would refuse acknowledgements that are due).
+    view: Arc<std::sync::Mutex<Option<View>>>,
     serving: Arc<AtomicBool>,
     size: u64,
 }
@@ -139,7 +145,7 @@ pub struct VolumeHandle {
 impl std::fmt::Debug for Cmd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Cmd::View(_) => "View",
+            Cmd::View => "View",
             Cmd::ViewConfirmed(..) => "ViewConfirmed",
             Cmd::Peer(..) => "Peer",
             Cmd::Write { .. } => "Write",
@@ -162,19 +168,32 @@ pub fn spawn(
     let serving = Arc::new(AtomicBool::new(false));
     let size = replica.volume_len();
     let serving_flag = serving.clone();
+    let view = Arc::new(std::sync::Mutex::new(None));
+    let view_cell = view.clone();
     std::thread::Builder::new()
         .name("triad-volume".into())
         .spawn(move || {
+            // Bulk work never at the heartbeats' real-time priority.
+            if let Err(e) = crate::os::realtime::set_normal() {
+                warn!(error = %crate::errors::chain(&e), "volume thread: could not leave SCHED_FIFO");
+            }
             // This thread serves the filesystem the kernel may be flushing:
             // it must not recurse into that filesystem's writeback.
             if let Err(e) = crate::os::realtime::set_io_flusher() {
                 warn!(error = %crate::errors::chain(&e), "volume thread: PR_SET_IO_FLUSHER not set");
             }
-            let mut t = Thread { next_id: 1, writes: HashMap::new(), verifies: HashMap::new(), events, send: Box::new(send) };
+            let mut t = Thread {
+                next_id: 1,
+                writes: HashMap::new(),
+                verifies: HashMap::new(),
+                events,
+                send: Box::new(send),
+                view: view_cell,
+            };
             t.run(&mut replica, &now, &rx, &serving_flag);
         })
         .map_err(VolumeError::Thread)?;
-    Ok(VolumeHandle { tx, serving, size })
+    Ok(VolumeHandle { tx, view, serving, size })
 }
 
 struct Thread {
@@ -183,9 +202,21 @@ struct Thread {
     verifies: HashMap<u64, oneshot::Sender<Result<VerifyReport, ClientError>>>,
     events: mpsc::UnboundedSender<VolumeEvent>,
     send: Box<dyn Fn(NodeId, &Msg) + Send>,
+    view: Arc<std::sync::Mutex<Option<View>>>,
 }
 
 impl Thread {
+    /// Applies the core's latest view, if a newer one arrived.
+    fn fresh_view(&self, r: &mut FileReplica, now: Instant, out: &mut Vec<Out>) {
+        let latest = match self.view.lock() {
+            Ok(mut g) => g.take(),
+            Err(p) => p.into_inner().take(),
+        };
+        if let Some(v) = latest {
+            r.set_view(now, v, out);
+        }
+    }
+
     fn run(&mut self, r: &mut FileReplica, now: &dyn Fn() -> Instant, rx: &std_mpsc::Receiver<Cmd>, serving: &AtomicBool) {
         let mut out = Vec::new();
         r.set_view(now(), View::default(), &mut out);
@@ -202,20 +233,21 @@ impl Thread {
                 self.command(r, now(), cmd, &mut out);
             }
             let t = now();
+            self.fresh_view(r, t, &mut out);
             if r.next_deadline().is_some_and(|d| d <= t) {
                 r.tick(t, &mut out);
             }
             r.sync(t, &mut out);
             self.carry_out(&mut out);
-            serving.store(r.serving(now()), Ordering::SeqCst);
+            serving.store(r.leading_and_ready(), Ordering::SeqCst);
         }
     }
 
     fn command(&mut self, r: &mut FileReplica, now: Instant, cmd: Cmd, out: &mut Vec<Out>) {
+        self.fresh_view(r, now, out);
         match cmd {
-            Cmd::View(v) => r.set_view(now, v, out),
-            Cmd::ViewConfirmed(v, done) => {
-                r.set_view(now, v, out);
+            Cmd::View => {}
+            Cmd::ViewConfirmed(done) => {
                 let _ = done.send(());
             }
             Cmd::Peer(from, msg) => r.receive(now, from, msg, out),
@@ -291,19 +323,30 @@ fn log_notice(n: &ReplNotice) {
 impl VolumeHandle {
     /// The core's view after a step.
     pub fn set_view(&self, view: View) {
-        let _ = self.tx.send(Cmd::View(view));
+        self.put_view(view);
+        let _ = self.tx.send(Cmd::View);
+    }
+
+    fn put_view(&self, view: View) {
+        match self.view.lock() {
+            Ok(mut g) => *g = Some(view),
+            Err(p) => *p.into_inner() = Some(view),
+        }
     }
 
     /// The view, returning once the volume thread has taken it (before a
     /// handover lets another node serve).
     pub async fn set_view_confirmed(&self, view: View) {
         let (done, rx) = oneshot::channel();
-        if self.tx.send(Cmd::ViewConfirmed(view, done)).is_ok() {
+        self.put_view(view);
+        if self.tx.send(Cmd::ViewConfirmed(done)).is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
         }
     }
 
-    /// The NBD server's activity flag: true exactly while this node serves.
+    /// The NBD server's activity flag: true while this node leads and its
+    /// epoch's first record is applied (the replica itself checks the
+    /// lease on every read and acknowledgement).
     pub fn activity(&self) -> crate::nbd::Activity {
         crate::nbd::Activity::from_flag(self.serving.clone())
     }

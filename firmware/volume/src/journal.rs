@@ -328,6 +328,14 @@ impl<D: Disk> Journal<D> {
     /// Append the next record: written to the disk (the page cache), not
     /// durable until [`Journal::sync`]. It must chain to [`Journal::last`].
     pub fn append(&mut self, rec: &Record) -> Result<(), JournalError> {
+        self.append_reserving(rec, 0)
+    }
+
+    /// Like [`Journal::append`], but fails with `Full` unless `reserve`
+    /// bytes stay free afterwards: the replication layer keeps room for a
+    /// new leader's empty record, which must fit even in a ring full of
+    /// uncommitted records (only it can get them committed).
+    pub fn append_reserving(&mut self, rec: &Record, reserve: u64) -> Result<(), JournalError> {
         self.check_ok()?;
         let last = self.last();
         if rec.prev != last || Some(rec.seq) != last.seq.checked_add(1) || rec.epoch < last.epoch {
@@ -342,8 +350,8 @@ impl<D: Disk> Journal<D> {
         // Records never straddle the ring's end: skip the rest of it.
         let skip = if len > room { room } else { 0 };
         let free = self.free_bytes();
-        if skip + len > free {
-            return Err(JournalError::Full { needed: skip + len, free });
+        if skip + len + reserve > free {
+            return Err(JournalError::Full { needed: skip + len + reserve, free });
         }
         if skip >= RECORD_HEADER_LEN as u64 {
             self.write_ring(phys, &encode_pad(last))?;

@@ -126,6 +126,20 @@ pub fn set_realtime(priority: i32) -> Result<(), RealtimeError> {
     Ok(())
 }
 
+/// Puts the *calling thread* back under the normal scheduler (SCHED_OTHER).
+/// Threads inherit SCHED_FIFO from the thread that creates them; bulk work
+/// (the volume thread's checksums, copies and fsyncs) must not run at the
+/// heartbeats' priority, or a busy volume starves the lease.
+pub fn set_normal() -> Result<(), RealtimeError> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: as in `set_realtime`: a valid sched_param, pid 0 = this thread.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+    if rc != 0 {
+        return Err(RealtimeError::SchedSetscheduler { priority: 0, source: io::Error::last_os_error() });
+    }
+    Ok(())
+}
+
 /// Rejects priorities SCHED_FIFO would refuse, with a clearer message than
 /// EINVAL.
 fn check_priority(priority: i32) -> Result<(), RealtimeError> {
