@@ -154,6 +154,11 @@ impl LeaderState {
         }
     }
 
+    /// A recently appended record, cloned (for applying).
+    pub fn recent_record(&self, seq: u64) -> Option<Record> {
+        self.recent(seq).cloned()
+    }
+
     fn recent(&self, seq: u64) -> Option<&Record> {
         let first = self.recent.front()?.seq;
         self.recent.get(usize::try_from(seq.checked_sub(first)?).ok()?)

@@ -79,12 +79,19 @@ pub struct Replica<J: Disk, D: Disk, M: Disk> {
     reported_electable: Option<bool>,
     /// The journal has unsynced appends.
     pub(crate) needs_sync: bool,
+    /// Follower: records taken from the leader and not yet applied, kept in
+    /// RAM (bounded) so applying them does not re-read the journal.
+    received: VecDeque<Record>,
+    received_bytes: u64,
     last_checkpoint: Instant,
 }
 
 /// Ring bytes every data record leaves free: room for a future leader's
 /// empty record (56 bytes) even where it must skip to the ring's start.
 pub(crate) const NOOP_RESERVE: u64 = 2 * triad_volume::journal::RECORD_HEADER_LEN as u64;
+
+/// Bytes of received records a follower keeps in RAM until applied.
+const RECEIVED_BYTES: u64 = 32 << 20;
 
 /// Longest time between checkpoints while records are being applied.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
@@ -176,6 +183,8 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             reported_position: None,
             reported_electable: None,
             needs_sync: false,
+            received: VecDeque::new(),
+            received_bytes: 0,
             last_checkpoint: Instant::ZERO,
         })
     }
@@ -444,7 +453,41 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             Err(e) => return self.refuse_or_fail(from, &e, out),
         }
         self.extents.push_back((rec.offset, rec.payload.len() as u64));
+        self.remember_received(rec);
         Ok(true)
+    }
+
+    /// Keeps a record taken from the leader for applying (bounded; a
+    /// truncation or a gap just means the journal is read instead).
+    fn remember_received(&mut self, rec: Record) {
+        if self.received.back().is_some_and(|b| Some(b.seq) != rec.seq.checked_sub(1)) {
+            self.received.clear();
+            self.received_bytes = 0;
+        }
+        self.received_bytes += rec.payload.len() as u64;
+        self.received.push_back(rec);
+        while self.received_bytes > RECEIVED_BYTES {
+            match self.received.pop_front() {
+                Some(r) => self.received_bytes -= r.payload.len() as u64,
+                None => break,
+            }
+        }
+    }
+
+    /// Forgets received records (the journal was reset by a resync).
+    pub(crate) fn clear_received(&mut self) {
+        self.received.clear();
+        self.received_bytes = 0;
+    }
+
+    /// A received record by seq, if still in RAM; older ones are dropped.
+    fn received(&mut self, seq: u64) -> Option<Record> {
+        while self.received.front().is_some_and(|r| r.seq < seq) {
+            if let Some(r) = self.received.pop_front() {
+                self.received_bytes -= r.payload.len() as u64;
+            }
+        }
+        self.received.front().filter(|r| r.seq == seq).cloned()
     }
 
     /// A journal refusal caused by the message (not chained, too large,
@@ -527,9 +570,14 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         let upto = self.commit.min(self.journal.durable().seq);
         while self.store.applied().seq < upto {
             let seq = self.store.applied().seq + 1;
-            let rec = match self.journal.read(seq) {
-                Ok(r) => r,
-                Err(e) => return self.fail(&chain(&e), out),
+            // Recently appended records are still in RAM: no re-read of the journal.
+            let cached = self.leader.as_ref().and_then(|l| l.recent_record(seq)).or_else(|| self.received(seq));
+            let rec = match cached {
+                Some(r) => r,
+                None => match self.journal.read(seq) {
+                    Ok(r) => r,
+                    Err(e) => return self.fail(&chain(&e), out),
+                },
             };
             if let Err(e) = self.store.apply(&rec) {
                 return self.fail(&chain(&e), out);

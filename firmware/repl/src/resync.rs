@@ -411,6 +411,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             }
             self.extents.clear();
         }
+        self.clear_received();
         if let Err(e) = self.store.finish_resync(point) {
             return self.fail(&chain(&e), out);
         }
