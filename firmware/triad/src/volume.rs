@@ -87,9 +87,13 @@ pub enum VolumeError {
 pub fn open_replica(id: NodeId, peers: [NodeId; 2], cfg: &VolumeConfig) -> Result<FileReplica, VolumeError> {
     let fresh = !cfg.meta.exists();
     let meta_len = triad_volume::store::meta_len_needed(cfg.size, cfg.granularity, 2);
-    let journal = open_file(&cfg.journal, cfg.journal_size, fresh)?;
-    let data = open_file(&cfg.data, cfg.size, fresh)?;
-    let meta = open_file(&cfg.meta, meta_len, fresh)?;
+    // The journal and metadata are written with zeroes when created, not
+    // left sparse: an fdatasync after writing into a hole must also commit
+    // the filesystem's block allocation, which is what every write's
+    // latency would then pay for. The data file may stay sparse.
+    let journal = open_file(&cfg.journal, cfg.journal_size, fresh, true)?;
+    let data = open_file(&cfg.data, cfg.size, fresh, false)?;
+    let meta = open_file(&cfg.meta, meta_len, fresh, true)?;
     let r = if fresh {
         info!(data = %cfg.data.display(), size = cfg.size, "formatting a new volume replica");
         Replica::format(id, peers, cfg.repl.clone(), journal, data, meta, cfg.granularity)?
@@ -99,11 +103,22 @@ pub fn open_replica(id: NodeId, peers: [NodeId; 2], cfg: &VolumeConfig) -> Resul
     Ok(r)
 }
 
-fn open_file(path: &Path, len: u64, create: bool) -> Result<FileDisk, VolumeError> {
+fn open_file(path: &Path, len: u64, create: bool, fill: bool) -> Result<FileDisk, VolumeError> {
     let err = |source| VolumeError::Open { path: path.to_owned(), source };
     if create && !path.exists() {
-        let f = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(err)?;
-        f.set_len(len).map_err(err)?;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(err)?;
+        if fill {
+            use std::io::Write;
+            let zeroes = vec![0u8; 1 << 20];
+            let mut left = len;
+            while left > 0 {
+                let n = left.min(zeroes.len() as u64) as usize;
+                f.write_all(&zeroes[..n]).map_err(err)?;
+                left -= n as u64;
+            }
+        } else {
+            f.set_len(len).map_err(err)?;
+        }
         f.sync_all().map_err(err)?;
     }
     FileDisk::open(path).map_err(err)
