@@ -660,11 +660,8 @@ fn triad_verify(h: &Harness, id: u8) -> (usize, u64) {
 fn triad_verify_once(h: &Harness, id: u8) -> (usize, u64, u64) {
     let bin = h.lab.triad_bin().expect("triad payload");
     let sock = h.lab.node(id).expect("node").control_socket.clone();
-    let out = std::process::Command::new(bin)
-        .args(["verify", "--socket"])
-        .arg(&sock)
-        .output()
-        .expect("run triad verify");
+    let out =
+        std::process::Command::new(bin).args(["verify", "--socket"]).arg(&sock).output().expect("run triad verify");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("triad verify printed no report ({e}): {}", String::from_utf8_lossy(&out.stderr)));
     let differing = v["differing"].as_array().map_or(usize::MAX, Vec::len);
@@ -755,7 +752,10 @@ fn volume_returning_peer_gets_only_changed_blocks_and_survives_a_kill_during_res
     wait::until(secs(20), ms(20), || {
         let s = status(&h);
         let peers = s["volume"]["peers"].as_array()?.clone();
-        peers.iter().any(|p| p["node_id"] == f && p["resync"]["bytes_done"].as_u64().is_some_and(|b| b > 0)).then_some(())
+        peers
+            .iter()
+            .any(|p| p["node_id"] == f && p["resync"]["bytes_done"].as_u64().is_some_and(|b| b > 0))
+            .then_some(())
     })
     .unwrap_or_else(|| panic!("node {f}'s second resync never showed progress"));
     h.lab.kill_node(f).unwrap_or_else(|e| panic!("{e}"));
@@ -804,7 +804,8 @@ impl Mounted {
             .trim()
             .to_string();
         if mkfs {
-            cmd::run("mkfs.ext4", &["-q", "-F", "-b", "4096", loop_dev.as_str()]).unwrap_or_else(|e| panic!("mkfs: {e}"));
+            cmd::run("mkfs.ext4", &["-q", "-F", "-b", "4096", loop_dev.as_str()])
+                .unwrap_or_else(|e| panic!("mkfs: {e}"));
         }
         let mnt_arg = mnt.display().to_string();
         cmd::run("mount", &[loop_dev.as_str(), mnt_arg.as_str()]).unwrap_or_else(|e| panic!("mount: {e}"));

@@ -178,17 +178,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             for (offset, count) in hashes {
                 out.push(Out::Send { to, msg: Msg::VerifyRequest { epoch, id, offset, count } });
             }
-            for (n, offset, len) in again {
-                let mut data = vec![0u8; len as usize];
-                if let Err(e) = self.store.read(offset, &mut data) {
-                    return self.fail(&chain(&e), out);
-                }
-                out.push(Out::Send { to, msg: Msg::ResyncData { epoch, id, n, offset, data } });
-            }
-            if let Some((n, point)) = end {
-                out.push(Out::Send { to, msg: Msg::ResyncEnd { epoch, id, n, point } });
-            }
-            return;
+            return self.send_resync_stream(to, id, &again, end, out);
         }
         self.resync_pump(slot, now, out);
     }
@@ -254,12 +244,26 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             r.last_send = now;
             end = r.end;
         }
-        for (n, offset, len) in sends {
-            let mut data = vec![0u8; len as usize];
-            if let Err(e) = self.store.read(offset, &mut data) {
+        self.send_resync_stream(to, id, &sends, end, out);
+    }
+
+    /// Sends data messages `(n, offset, len)`, read from the store now, and
+    /// the end message if there is one.
+    fn send_resync_stream(
+        &mut self,
+        to: NodeId,
+        id: u64,
+        data: &[(u64, u64, u64)],
+        end: Option<(u64, Position)>,
+        out: &mut Vec<Out>,
+    ) {
+        let epoch = self.view.epoch;
+        for &(n, offset, len) in data {
+            let mut bytes = vec![0u8; len as usize];
+            if let Err(e) = self.store.read(offset, &mut bytes) {
                 return self.fail(&chain(&e), out);
             }
-            out.push(Out::Send { to, msg: Msg::ResyncData { epoch, id, n, offset, data } });
+            out.push(Out::Send { to, msg: Msg::ResyncData { epoch, id, n, offset, data: bytes } });
         }
         if let Some((n, point)) = end {
             out.push(Out::Send { to, msg: Msg::ResyncEnd { epoch, id, n, point } });

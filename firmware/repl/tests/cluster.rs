@@ -274,7 +274,11 @@ fn no_ack_outside_the_lease() {
     // The lease is renewed: the waiting acknowledgement goes out.
     let mut out = Vec::new();
     let now = c.now;
-    c.node(1).set_view(now, View { epoch: 1, leader: Some(1), lease_until: Some(now.add(Duration::from_secs(1))) }, &mut out);
+    c.node(1).set_view(
+        now,
+        View { epoch: 1, leader: Some(1), lease_until: Some(now.add(Duration::from_secs(1))) },
+        &mut out,
+    );
     c.handle(1, out);
     c.run(10);
     assert_eq!(c.done, vec![(9, Ok(()))]);

@@ -104,7 +104,7 @@ fn run(me: u8, leader: u8, msgs: Vec<(u8, Msg)>) {
     let mut r = replica(me);
     let mut out: Vec<Out> = Vec::new();
     let mut now = Instant(1_000_000);
-    let lease = (me == leader).then(|| Instant(u64::MAX / 2));
+    let lease = (me == leader).then_some(Instant(u64::MAX / 2));
     r.set_view(now, View { epoch: 1, leader: Some(leader), lease_until: lease }, &mut out);
     r.sync(now, &mut out);
     if me == leader {

@@ -407,7 +407,7 @@ impl Clock {
 
     /// The tokio instant at which the core's `at` comes: computed as a
     /// delay from now, since tokio's timers run on CLOCK_MONOTONIC.
-    fn to_tokio(&self, at: triad_core::Instant) -> tokio::time::Instant {
+    fn to_tokio(self, at: triad_core::Instant) -> tokio::time::Instant {
         let delay = at.since(self.now()).min(MAX_SLEEP);
         tokio::time::Instant::now() + delay
     }

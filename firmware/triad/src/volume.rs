@@ -139,10 +139,22 @@ enum Cmd {
     /// As `View`, and answer once it is applied.
     ViewConfirmed(oneshot::Sender<()>),
     Peer(NodeId, Msg),
-    Write { offset: u64, data: Vec<u8>, reply: oneshot::Sender<Result<(), ClientError>> },
-    Read { offset: u64, len: u32, reply: oneshot::Sender<Result<Vec<u8>, ClientError>> },
-    Verify { reply: oneshot::Sender<Result<VerifyReport, ClientError>> },
-    Status { reply: oneshot::Sender<ReplStatus> },
+    Write {
+        offset: u64,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), ClientError>>,
+    },
+    Read {
+        offset: u64,
+        len: u32,
+        reply: oneshot::Sender<Result<Vec<u8>, ClientError>>,
+    },
+    Verify {
+        reply: oneshot::Sender<Result<VerifyReport, ClientError>>,
+    },
+    Status {
+        reply: oneshot::Sender<ReplStatus>,
+    },
 }
 
 /// Handle to the volume thread; cheap to clone.
@@ -211,12 +223,15 @@ pub fn spawn(
     Ok(VolumeHandle { tx, view, serving, size })
 }
 
+/// Puts a message on the data link to a peer (non-blocking, may drop).
+type SendFn = Box<dyn Fn(NodeId, &Msg) + Send>;
+
 struct Thread {
     next_id: u64,
     writes: HashMap<u64, oneshot::Sender<Result<(), ClientError>>>,
     verifies: HashMap<u64, oneshot::Sender<Result<VerifyReport, ClientError>>>,
     events: mpsc::UnboundedSender<VolumeEvent>,
-    send: Box<dyn Fn(NodeId, &Msg) + Send>,
+    send: SendFn,
     view: Arc<std::sync::Mutex<Option<View>>>,
 }
 
@@ -232,7 +247,13 @@ impl Thread {
         }
     }
 
-    fn run(&mut self, r: &mut FileReplica, now: &dyn Fn() -> Instant, rx: &std_mpsc::Receiver<Cmd>, serving: &AtomicBool) {
+    fn run(
+        &mut self,
+        r: &mut FileReplica,
+        now: &dyn Fn() -> Instant,
+        rx: &std_mpsc::Receiver<Cmd>,
+        serving: &AtomicBool,
+    ) {
         let mut out = Vec::new();
         r.set_view(now(), View::default(), &mut out);
         self.carry_out(&mut out);
