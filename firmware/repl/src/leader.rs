@@ -83,6 +83,13 @@ pub(crate) struct LeaderState {
     recent_bytes: u64,
     pub verify: Option<Verify>,
     pub resync_counter: u64,
+    /// Ring bytes of records after the commit point (see `max_uncommitted`).
+    uncommitted: u64,
+}
+
+/// Ring bytes a record of `len` payload bytes takes (header, payload, alignment).
+fn ring_bytes(len: u64) -> u64 {
+    (triad_volume::journal::RECORD_HEADER_LEN as u64 + len).div_ceil(8) * 8
 }
 
 /// An AppendReply's fields.
@@ -122,7 +129,7 @@ impl LeaderState {
         }
     }
 
-    pub fn next_deadline(&self, cfg: &ReplConfig) -> Instant {
+    pub fn next_deadline(&self, cfg: &ReplConfig, now: Instant) -> Instant {
         let mut d = Instant(u64::MAX);
         if let Some(w) = self.writes.front() {
             d = d.min(w.deadline);
@@ -131,7 +138,7 @@ impl LeaderState {
             d = d.min(b.deadline);
         }
         for p in &self.peers {
-            let base = p.last_sent.unwrap_or(Instant::ZERO);
+            let base = p.last_sent.unwrap_or(now);
             d = d.min(base.add(cfg.retransmit));
             if p.sent_commit < self.noop_seq.max(1) || p.resync.is_some() {
                 d = d.min(base.add(core::time::Duration::from_micros(COMMIT_PROBE_US)));
@@ -202,8 +209,18 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             recent_bytes: 0,
             verify: None,
             resync_counter: 0,
+            uncommitted: 0,
         };
         l.remember(&rec);
+        // Everything after the commit point, the inherited tail included.
+        let base = self.journal.discarded().seq + 1;
+        l.uncommitted = self
+            .extents
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| base + *i as u64 > self.commit)
+            .map(|(_, e)| ring_bytes(e.1))
+            .sum();
         self.leader = Some(l);
         for slot in 0..2 {
             self.send_records(slot, now, true, out);
@@ -264,6 +281,12 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
                 payload: b.data[b.done..end].to_vec(),
             };
             let len = rec.ring_len();
+            // Bound the uncommitted span to half the ring: a follower (whose
+            // ring is laid out differently) can then always hold a leader's
+            // whole uncommitted tail, and a later leader's no-op after it.
+            if l_uncommitted(&self.leader) + len > self.journal.ring_len() / 2 {
+                break;
+            }
             if len + crate::replica::NOOP_RESERVE > self.journal.free_bytes()
                 && self.store.applied().seq > self.journal.discarded().seq
             {
@@ -281,6 +304,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             appended = true;
             let Some(l) = self.leader.as_mut() else { return };
             l.remember(&rec);
+            l.uncommitted += len;
             let Some(b) = l.blocked.front_mut() else { break };
             b.done = end;
             b.last_seq = rec.seq;
@@ -479,7 +503,15 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         let durable = self.journal.durable().seq;
         let c = if m.ack_without_peer { durable } else { best.min(durable) };
         if (c >= l.noop_seq || m.commit_old_epochs) && c > self.commit {
+            let base = self.journal.discarded().seq + 1;
+            let freed: u64 = (self.commit.max(base - 1) + 1..=c)
+                .filter_map(|seq| self.extents.get((seq - base) as usize))
+                .map(|e| ring_bytes(e.1))
+                .sum();
             self.commit = c;
+            if let Some(l) = self.leader.as_mut() {
+                l.uncommitted = l.uncommitted.saturating_sub(freed);
+            }
         }
     }
 
@@ -534,4 +566,9 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             && !p.split
             && p.last_heard.is_some_and(|t| now.since(t) < self.cfg.peer_timeout)
     }
+}
+
+/// The leader's uncommitted ring bytes (0 when not leading).
+fn l_uncommitted(l: &Option<LeaderState>) -> u64 {
+    l.as_ref().map_or(0, |l| l.uncommitted)
 }

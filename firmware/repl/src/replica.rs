@@ -90,6 +90,9 @@ pub struct Replica<J: Disk, D: Disk, M: Disk> {
 /// empty record (56 bytes) even where it must skip to the ring's start.
 pub(crate) const NOOP_RESERVE: u64 = 2 * triad_volume::journal::RECORD_HEADER_LEN as u64;
 
+/// Shortest time between two ticks the replica asks for.
+const MIN_TICK: Duration = Duration::from_millis(1);
+
 /// Bytes of received records a follower keeps in RAM until applied.
 const RECEIVED_BYTES: u64 = 32 << 20;
 
@@ -691,12 +694,15 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             }
         };
         if let Some(l) = &self.leader {
-            consider(Some(l.next_deadline(&self.cfg)));
+            consider(Some(l.next_deadline(&self.cfg, self.now)));
         }
-        if self.store.applied() != self.store.checkpointed().applied {
+        if self.health == Health::Consistent && self.store.applied() != self.store.checkpointed().applied {
             consider(Some(self.last_checkpoint.add(CHECKPOINT_EVERY)));
         }
-        d
+        // Never a deadline in the past: a timer that cannot be served (a
+        // peer nothing can be sent to, say) must not spin the driver; the
+        // replica is ticked at most once a millisecond.
+        d.map(|d| d.max(self.now.add(MIN_TICK)))
     }
 
     fn report(&mut self, out: &mut Vec<Out>) {
