@@ -10,9 +10,12 @@
 //! - [`net`]: drop, delay, duplicate, reorder, partition;
 //! - [`scenario`]: named fault mixes and the mutations;
 //! - [`world`]: the event loop and the runtime model around each core;
-//! - [`invariants`]: the properties and the history they need.
+//! - [`invariants`]: the properties and the history they need;
+//! - [`data`]: the data world: the replicated volume (`triad-repl` over
+//!   in-memory disks with power cuts) under the same network and faults.
 
 pub mod clock;
+pub mod data;
 pub mod invariants;
 pub mod net;
 pub mod scenario;

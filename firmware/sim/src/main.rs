@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Instant as WallClock;
+use triad_sim::data::{data_replay_command, run_data, DataMutation, DataOutcome, DataScenario};
 use triad_sim::{replay_command, run, Check, Mutation, Outcome, Scenario};
 
 #[derive(Parser, Debug)]
@@ -65,6 +66,24 @@ enum Cmd {
         /// the real runtime's biased select does (see finding F1).
         #[arg(long)]
         faithful_spin: bool,
+    },
+    /// The data world (replicated volume): run a seed range, or replay one seed.
+    Data {
+        /// Seeds as A..B (B excluded).
+        #[arg(long, default_value = "0..200")]
+        seeds: String,
+        /// Replay this one seed instead (with `--trace`, every event).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Run only this scenario (default: the mix, round robin by seed).
+        #[arg(long)]
+        scenario: Option<String>,
+        /// A glue bug on purpose (repeatable; see docs/simulator.md).
+        #[arg(long)]
+        mutation: Vec<String>,
+        /// Print every event (replay).
+        #[arg(long)]
+        trace: bool,
     },
 }
 
@@ -180,9 +199,145 @@ fn run_range(range: &str, opts: &Opts) -> Result<bool, String> {
     Ok(ok)
 }
 
+fn data_scenario(seed: u64, name: Option<&str>, mutations: &[DataMutation]) -> Result<DataScenario, String> {
+    let mut sc = match name {
+        Some(n) => DataScenario::named(n).ok_or_else(|| {
+            let names: Vec<_> = DataScenario::all().iter().chain(&DataScenario::extra()).map(|s| s.name).collect();
+            format!("unknown data scenario {n:?}; known: {}", names.join(", "))
+        })?,
+        None => DataScenario::for_seed(seed),
+    };
+    sc.mutations = mutations.to_vec();
+    Ok(sc)
+}
+
+fn parse_data_mutations(ms: &[String]) -> Result<Vec<DataMutation>, String> {
+    ms.iter()
+        .map(|m| {
+            DataMutation::parse(m).ok_or_else(|| {
+                let names: Vec<_> = DataMutation::ALL.iter().map(|m| m.name()).collect();
+                format!("unknown data mutation {m:?}; known: {}", names.join(", "))
+            })
+        })
+        .collect()
+}
+
+fn data_failure(o: &DataOutcome, sc: &DataScenario) {
+    if let Some(v) = &o.violation {
+        println!("seed {} ({}): {v}", o.seed, o.scenario);
+        println!("  replay: {}", data_replay_command(o.seed, sc));
+    }
+}
+
+#[derive(Default)]
+struct DataRow {
+    seeds: u64,
+    events: u64,
+    writes: u64,
+    acked: u64,
+    leaderships: u64,
+    checks: u64,
+    bitmap: u64,
+    hash: u64,
+    kills: u64,
+    cuts: u64,
+    full_cuts: u64,
+    compacted: u64,
+    worst_converge: u64,
+    failed: u64,
+}
+
+fn data_main(seeds: &str, one: Option<u64>, name: Option<&str>, mutations: &[String], trace: bool) -> Result<bool, String> {
+    let mutations = parse_data_mutations(mutations)?;
+    if let Some(seed) = one {
+        let sc = data_scenario(seed, name, &mutations)?;
+        let o = run_data(seed, sc.clone(), trace);
+        if !trace {
+            for line in &o.trace_tail {
+                println!("{line}");
+            }
+        }
+        println!(
+            "seed {} ({}): {} events, {} writes ({} acknowledged, {} failed), {} serving leaderships, {} read checks, resyncs {} bitmap / {} hash ({} finished), converged in {:?} ms",
+            o.seed,
+            o.scenario,
+            o.events,
+            o.writes,
+            o.acked,
+            o.failed,
+            o.leaderships,
+            o.read_checks,
+            o.bitmap_resyncs,
+            o.hash_resyncs,
+            o.resyncs_done,
+            o.converge.map(|c| c / 1000)
+        );
+        data_failure(&o, &sc);
+        return Ok(o.violation.is_none());
+    }
+    let (a, b) = seeds.split_once("..").ok_or("--seeds must look like A..B")?;
+    let a: u64 = a.parse().map_err(|_| "bad start seed")?;
+    let b: u64 = b.parse().map_err(|_| "bad end seed")?;
+    let started = WallClock::now();
+    let mut rows: BTreeMap<&'static str, DataRow> = BTreeMap::new();
+    for seed in a..b {
+        let sc = data_scenario(seed, name, &mutations)?;
+        let o = run_data(seed, sc.clone(), false);
+        let r = rows.entry(o.scenario).or_default();
+        r.seeds += 1;
+        r.events += o.events;
+        r.writes += o.writes;
+        r.acked += o.acked;
+        r.leaderships += o.leaderships;
+        r.checks += o.read_checks;
+        r.bitmap += o.bitmap_resyncs;
+        r.hash += o.hash_resyncs;
+        r.kills += o.kills;
+        r.cuts += o.power_cuts;
+        r.full_cuts += o.full_power_cuts;
+        r.compacted += o.compacted_nodes;
+        r.worst_converge = r.worst_converge.max(o.converge.unwrap_or(0));
+        if o.violation.is_some() {
+            r.failed += 1;
+            data_failure(&o, &sc);
+        }
+    }
+    println!(
+        "{:<14} {:>5} {:>9} {:>7} {:>7} {:>6} {:>6} {:>6} {:>5} {:>5} {:>5} {:>5} {:>9} {:>9} {:>6}",
+        "scenario", "seeds", "events", "writes", "acked", "leads", "checks", "bitmap", "hash", "kills", "cuts", "full", "compacted", "converge", "failed"
+    );
+    let mut ok = true;
+    for (name, r) in &rows {
+        println!(
+            "{:<14} {:>5} {:>9} {:>7} {:>7} {:>6} {:>6} {:>6} {:>5} {:>5} {:>5} {:>5} {:>9} {:>6} ms {:>6}",
+            name,
+            r.seeds,
+            r.events,
+            r.writes,
+            r.acked,
+            r.leaderships,
+            r.checks,
+            r.bitmap,
+            r.hash,
+            r.kills,
+            r.cuts,
+            r.full_cuts,
+            r.compacted,
+            r.worst_converge / 1000,
+            r.failed
+        );
+        ok &= r.failed == 0;
+    }
+    println!("{} seeds in {:.1} s", b.saturating_sub(a), started.elapsed().as_secs_f64());
+    Ok(ok)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
+        Cmd::Data { seeds, seed, scenario, mutation, trace } => {
+            data_main(&seeds, seed, scenario.as_deref(), &mutation, trace)
+        }
         Cmd::Run { seeds, scenario, mutation, no_tolerate, tolerate } => (|| {
             let opts = Opts {
                 name: scenario.as_deref(),

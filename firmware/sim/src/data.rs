@@ -1,0 +1,1404 @@
+//! The data world: the replicated volume's data path under faults.
+//!
+//! Three hosts, each running a model of the supervisor: the unmodified
+//! `triad_core::Node` (election, lease) on the runtime loop and the
+//! unmodified `triad_repl::Replica` over three in-memory disks (journal,
+//! data, metadata) on its volume thread, glued as
+//! `firmware/triad/src/volume.rs` does:
+//!
+//! - after every core step the runtime builds a `View` (epoch, leader —
+//!   itself when it leads —, lease end) and hands it to the volume thread;
+//! - the volume thread takes everything queued (views, peer messages,
+//!   client writes) as one batch, ticks the replica if its deadline has
+//!   come, then calls `sync` once (group commit) and carries out the
+//!   outputs: `Send` to the network, `WriteDone` to the client,
+//!   `Position` and `Electable` to the core;
+//! - the fdatasync takes 20–400 µs, during which the thread is busy and
+//!   new commands queue up; a batch's outputs go out only after its sync
+//!   (the supervisor now sends records before its own sync; sending later
+//!   only delays commits, so the model is the more conservative one);
+//! - the thread wakes at the replica's deadline and at least every 100 ms.
+//!
+//! Core and replication messages both cross the faulty network (loss,
+//! duplication, delay and reordering, directional cuts). The VIP is not
+//! modelled (VIP actions complete at once; the VIP world covers them).
+//! Faults: process kills (page cache kept), power cuts of one node or of
+//! all three (`MemDisk::power_cut`: unsynced sectors lost, torn or
+//! reordered), partitions, long follower outages (the leader compacts the
+//! follower's range away), crashes aimed into block resyncs and at the
+//! journal sync, operator switchovers, a replaced box with blank disks.
+//!
+//! A simulated NBD client writes to whichever node serves and checks what
+//! it reads back ([`client`]). Checks after every event: every
+//! acknowledged write is readable on each new serving leader (also after a
+//! power cut of all three), at most one node serves at any instant and
+//! only inside a lease its core holds, no split brain or storage failure;
+//! at the end, after healing, all three stores are byte-identical at one
+//! applied position.
+
+pub mod client;
+pub mod scenario;
+
+pub use scenario::{DataMutation, DataScenario};
+
+use crate::clock::{Clock, Rng};
+use crate::net::Net;
+use client::{Client, BLOCK};
+use core::time::Duration;
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, VecDeque};
+use std::fmt;
+use std::io;
+use triad_core::{AdminRequest, Body, HardState, Input, Instant, Message, Node, NodeId, Notice, Output, Role, Setup};
+use triad_repl::{core_position, Health, Msg, Out, ReplNotice, Replica, View};
+use triad_volume::{Disk, MemDisk};
+
+/// Trace lines kept for a failure report.
+const TRACE_TAIL: usize = 150;
+/// The volume thread looks at its timers at least this often (volume.rs `MAX_WAIT`), µs.
+const VOL_MAX_WAIT: u64 = 100_000;
+/// Commands per batch (volume.rs `MAX_BATCH`).
+const VOL_MAX_BATCH: usize = 512;
+/// A serving leader's volume is read back and checked this often, µs.
+const RECHECK_EVERY: u64 = 1_000_000;
+/// Convergence is looked for this often after the writes stop, µs.
+const CONVERGE_POLL: u64 = 50_000;
+/// Lease overrun of the `LeaseOverrun` mutation, µs.
+const OVERRUN: u64 = 1_000_000;
+
+/// A disk of the simulated node: a `MemDisk`, whose fdatasync a mutation
+/// can turn into a no-op.
+#[derive(Clone, Debug)]
+pub struct SimDisk {
+    mem: MemDisk,
+    sync_skipped: bool,
+}
+
+impl SimDisk {
+    fn new(len: u64, sync_skipped: bool) -> SimDisk {
+        SimDisk { mem: MemDisk::new(len as usize), sync_skipped }
+    }
+}
+
+impl Disk for SimDisk {
+    fn len(&self) -> u64 {
+        self.mem.len()
+    }
+    fn read_at(&self, off: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.mem.read_at(off, buf)
+    }
+    fn write_at(&mut self, off: u64, data: &[u8]) -> io::Result<()> {
+        self.mem.write_at(off, data)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        if self.sync_skipped {
+            Ok(())
+        } else {
+            self.mem.sync()
+        }
+    }
+}
+
+/// The replica as the simulator runs it.
+pub type SimReplica = Replica<SimDisk, SimDisk, SimDisk>;
+type Disks = (SimDisk, SimDisk, SimDisk);
+
+/// One checked property of the data world.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DataCheck {
+    /// A serving leader reads back every acknowledged write (per block: the
+    /// last acknowledged content, or that of a later unacknowledged write).
+    AckedReadable,
+    /// The same, on the first leader after a power cut of all three nodes.
+    AckedAfterPowerCut,
+    /// At most one node serves at any real instant.
+    OneServing,
+    /// A node serves only inside a lease its core holds (or while the view
+    /// that ends it is queued for the volume thread), never past the end
+    /// of any lease its core granted.
+    ServingInLease,
+    /// A serving replica's read failed.
+    ReadFailed,
+    /// After healing and with writes stopped, all three nodes reach one
+    /// applied position, consistent, with a serving leader.
+    Converged,
+    /// At one applied position, the three stores are byte-identical.
+    Diverged,
+    /// A replica reported split brain (rule 14: should be unreachable).
+    SplitBrain,
+    /// A replica's storage failed (no disk faults are injected).
+    StorageFailed,
+    /// A replica could not be opened after a restart.
+    OpenFailed,
+    /// A core's persisted epoch went down.
+    EpochMonotonic,
+    /// After a tick the replica's deadline is still not in the future (the
+    /// volume thread would spin).
+    VolumeSpin,
+}
+
+/// A broken data-world invariant.
+#[derive(Clone, Debug)]
+pub struct DataViolation {
+    /// Which property.
+    pub check: DataCheck,
+    /// Real time, µs.
+    pub at: u64,
+    /// What exactly.
+    pub detail: String,
+}
+
+impl fmt::Display for DataViolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?} violated at t={:.6}s: {}", self.check, self.at as f64 / 1e6, self.detail)
+    }
+}
+
+/// What one data-world run produced.
+#[derive(Debug, Default)]
+pub struct DataOutcome {
+    /// The seed.
+    pub seed: u64,
+    /// The scenario's name.
+    pub scenario: &'static str,
+    /// Events processed.
+    pub events: u64,
+    /// Client writes issued, acknowledged, failed.
+    pub writes: u64,
+    /// Acknowledged writes.
+    pub acked: u64,
+    /// Failed or lost writes.
+    pub failed: u64,
+    /// Leaderships that reached serving.
+    pub leaderships: u64,
+    /// Whole-volume read checks on serving leaders.
+    pub read_checks: u64,
+    /// Block resyncs started (bitmap, hash) and finished.
+    pub bitmap_resyncs: u64,
+    /// Hash resyncs started.
+    pub hash_resyncs: u64,
+    /// Resyncs finished.
+    pub resyncs_done: u64,
+    /// Kills, single-node power cuts, full power cuts.
+    pub kills: u64,
+    /// Single-node power cuts.
+    pub power_cuts: u64,
+    /// Power cuts of all three nodes.
+    pub full_power_cuts: u64,
+    /// Nodes whose journal had discarded records at the end.
+    pub compacted_nodes: u64,
+    /// Time from the end of writes to convergence, µs.
+    pub converge: Option<u64>,
+    /// The first broken invariant.
+    pub violation: Option<DataViolation>,
+    /// The last events before the end (or the violation).
+    pub trace_tail: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+enum Wire {
+    Core(Message),
+    Repl(Msg),
+}
+
+#[derive(Clone, Debug)]
+enum Ev {
+    CoreWake { node: NodeId, inc: u64 },
+    VolWake { node: NodeId, inc: u64 },
+    VolDone { node: NodeId, inc: u64 },
+    Deliver { to: NodeId, from: NodeId, wire: Wire },
+    Client,
+    Chaos,
+    Restart { node: NodeId },
+    Kill { node: NodeId, power: bool },
+    HealLinks { gen: u64 },
+    Heal,
+    StopWrites,
+    Check,
+}
+
+#[derive(Debug)]
+struct Item {
+    at: u64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Item {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Item {}
+impl PartialOrd for Item {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Item {
+    fn cmp(&self, o: &Self) -> Ordering {
+        (o.at, o.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// A command for the volume thread.
+#[derive(Debug)]
+enum Cmd {
+    View(View),
+    Peer(NodeId, Msg),
+    Write { id: u64, offset: u64, data: Vec<u8> },
+}
+
+/// The volume thread of one process.
+#[derive(Debug)]
+struct Vol {
+    r: SimReplica,
+    inbox: VecDeque<Cmd>,
+    /// In a step: its fdatasync is under way; `outs` wait for it.
+    busy: bool,
+    outs: Vec<Out>,
+    /// The view last handed to the replica.
+    view: View,
+    /// A wake is scheduled for this real time.
+    wake_at: u64,
+    /// A wake for queued commands is pending.
+    kicked: bool,
+    /// The next periodic wake (`VOL_MAX_WAIT`).
+    periodic_at: u64,
+}
+
+/// One supervisor process.
+#[derive(Debug)]
+struct Proc {
+    inc: u64,
+    node: Node,
+    core_wake_at: u64,
+    /// The last view the runtime built (handed over or not).
+    built: Option<View>,
+    /// The latest lease end the core ever reported in this process.
+    lease_bound: Option<Instant>,
+    vol: Vol,
+}
+
+#[derive(Debug)]
+struct Host {
+    id: NodeId,
+    clock: Clock,
+    hard: HardState,
+    /// The disks while no process runs.
+    parked: Option<Disks>,
+    proc: Option<Proc>,
+    /// Real time the current (or last) serving period ends.
+    serving_end: u64,
+    /// (incarnation, epoch) of the last read check, and when.
+    checked: Option<(u64, u64)>,
+    last_check: u64,
+    /// Disks whose fdatasync is skipped (mutations), by role.
+    lying: (bool, bool),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Faults,
+    Writing,
+    Quiet,
+}
+
+/// One data-world run.
+pub struct DataWorld {
+    sc: DataScenario,
+    seed: u64,
+    rng: Rng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Item>,
+    hosts: Vec<Host>,
+    net: Net,
+    net_gen: u64,
+    client: Client,
+    phase: Phase,
+    quiet_at: u64,
+    blanked: bool,
+    next_inc: u64,
+    full_cut_unchecked: bool,
+    stats: DataOutcome,
+    trace: VecDeque<String>,
+    print_trace: bool,
+    done: bool,
+}
+
+impl fmt::Debug for DataWorld {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DataWorld").field("seed", &self.seed).field("scenario", &self.sc.name).finish()
+    }
+}
+
+fn peers_of(id: NodeId) -> [NodeId; 2] {
+    match id {
+        1 => [2, 3],
+        2 => [1, 3],
+        _ => [1, 2],
+    }
+}
+
+fn idx(id: NodeId) -> usize {
+    usize::from(id) - 1
+}
+
+type Res = Result<(), DataViolation>;
+
+impl DataWorld {
+    /// A freshly formatted cluster for `seed` under `sc`.
+    pub fn new(seed: u64, sc: DataScenario, print_trace: bool) -> DataWorld {
+        let mut rng = Rng::new(seed ^ 0xDA7A_0000_0000_0000);
+        let bound = i64::from(sc.timing.drift_ppm);
+        let lying = (sc.has(DataMutation::JournalSyncSkipped), sc.has(DataMutation::StoreSyncSkipped));
+        let hosts = (1..=3u8)
+            .map(|id| {
+                let ppm = if rng.chance(0.5) {
+                    if rng.chance(0.5) {
+                        bound
+                    } else {
+                        -bound
+                    }
+                } else {
+                    rng.range(0, 2 * bound as u64) as i64 - bound
+                };
+                let clock = Clock::new(ppm, 0, rng.range(1_000_000, 50_000_000));
+                Host {
+                    id,
+                    clock,
+                    hard: HardState::default(),
+                    parked: None,
+                    proc: None,
+                    serving_end: 0,
+                    checked: None,
+                    last_check: 0,
+                    lying,
+                }
+            })
+            .collect();
+        let net = Net::new(sc.net.clone());
+        let client = Client::new(sc.volume);
+        let mut w = DataWorld {
+            sc,
+            seed,
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            hosts,
+            net,
+            net_gen: 0,
+            client,
+            phase: Phase::Faults,
+            quiet_at: 0,
+            blanked: false,
+            next_inc: 0,
+            full_cut_unchecked: false,
+            stats: DataOutcome::default(),
+            trace: VecDeque::new(),
+            print_trace,
+            done: false,
+        };
+        for id in 1..=3u8 {
+            // Cluster creation: every node formatted over the same zeroes.
+            let disks = w.format_disks(id);
+            w.hosts[idx(id)].parked = Some(disks);
+            let at = w.rng.range(0, 300_000);
+            w.push(at, Ev::Restart { node: id });
+        }
+        w.push(w.sc.chaos_every, Ev::Chaos);
+        w.push(400_000, Ev::Client);
+        w.push(w.sc.fault_phase, Ev::Heal);
+        w
+    }
+
+    fn format_disks(&self, id: NodeId) -> Disks {
+        let sc = &self.sc;
+        let (lj, ld) = self.hosts[idx(id)].lying;
+        let meta = triad_volume::store::meta_len_needed(sc.volume, sc.granularity, 2);
+        let r = SimReplica::format(
+            id,
+            peers_of(id),
+            sc.repl.clone(),
+            SimDisk::new(sc.ring + 8192, lj),
+            SimDisk::new(sc.volume, ld),
+            SimDisk::new(meta, false),
+            sc.granularity,
+        )
+        .expect("formatting in-memory disks works");
+        let (mut j, mut d, mut m) = r.into_disks();
+        // The new cluster's disks are durable before anything starts.
+        for disk in [&mut j.mem, &mut d.mem, &mut m.mem] {
+            disk.sync().expect("a fresh MemDisk syncs");
+        }
+        (j, d, m)
+    }
+
+    fn push(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Item { at, seq: self.seq, ev });
+    }
+
+    fn note(&mut self, line: impl FnOnce() -> String) {
+        if !self.print_trace && self.done {
+            return;
+        }
+        let s = format!("{:>10.6}s {}", self.now as f64 / 1e6, line());
+        if self.print_trace {
+            println!("{s}");
+        }
+        if self.trace.len() == TRACE_TAIL {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(s);
+    }
+
+    fn fail(&self, check: DataCheck, detail: String) -> Res {
+        Err(DataViolation { check, at: self.now, detail })
+    }
+
+    fn local(&self, id: NodeId) -> Instant {
+        self.hosts[idx(id)].clock.local(self.now)
+    }
+
+    /// Runs to the end or the first violation.
+    pub fn run(mut self) -> DataOutcome {
+        let violation = loop {
+            let Some(item) = self.queue.pop() else { break None };
+            self.now = item.at;
+            self.stats.events += 1;
+            let r = self.step(item.ev).and_then(|()| self.check_serving());
+            if let Err(v) = r {
+                break Some(v);
+            }
+            if self.done {
+                break None;
+            }
+        };
+        if let Some(v) = &violation {
+            let msg = v.to_string();
+            self.note(|| format!("VIOLATION {msg}"));
+            let d = self.describe();
+            self.note(|| format!("state: {d}"));
+        }
+        let mut o = std::mem::take(&mut self.stats);
+        o.seed = self.seed;
+        o.scenario = self.sc.name;
+        o.writes = self.client.writes.len() as u64 - 1;
+        o.acked = self.client.acked;
+        o.failed = self.client.failed;
+        o.violation = violation;
+        o.trace_tail = self.trace.into_iter().collect();
+        o
+    }
+
+    fn describe(&self) -> String {
+        let mut s = Vec::new();
+        for h in &self.hosts {
+            let local = h.clock.local(self.now);
+            s.push(match &h.proc {
+                None => format!("n{}: down", h.id),
+                Some(p) => {
+                    let st = p.vol.r.status(local);
+                    format!(
+                        "n{}: {:?}@{} lease={} | repl {:?} serving={} last={:?} durable={:?} commit={} applied={:?} k={:?} discarded={:?} view={:?}/{:?} busy={} inbox={}",
+                        h.id,
+                        p.node.role(),
+                        p.node.epoch(),
+                        p.node.lease_until(local).is_some(),
+                        st.health,
+                        st.serving,
+                        (st.last.epoch, st.last.seq),
+                        (st.durable.epoch, st.durable.seq),
+                        st.commit,
+                        (st.applied.epoch, st.applied.seq),
+                        (st.k.epoch, st.k.seq),
+                        (st.discarded.epoch, st.discarded.seq),
+                        p.vol.view.epoch,
+                        p.vol.view.leader,
+                        p.vol.busy,
+                        p.vol.inbox.len()
+                    )
+                }
+            });
+        }
+        s.join("; ")
+    }
+
+    fn step(&mut self, ev: Ev) -> Res {
+        match ev {
+            Ev::CoreWake { node, inc } => {
+                let local = self.local(node);
+                let Some(p) = self.proc(node, inc) else { return Ok(()) };
+                if local >= p.node.next_deadline() {
+                    self.core_input(node, Input::Tick)?;
+                } else {
+                    self.core_schedule(node, false);
+                }
+            }
+            Ev::VolWake { node, inc } => {
+                if self.proc(node, inc).is_some() {
+                    self.vol_wake(node)?;
+                }
+            }
+            Ev::VolDone { node, inc } => {
+                if self.proc(node, inc).is_some() {
+                    self.vol_done(node)?;
+                }
+            }
+            Ev::Deliver { to, from, wire } => self.deliver(to, from, wire)?,
+            Ev::Client => self.client_tick(),
+            Ev::Chaos => self.chaos()?,
+            Ev::Restart { node } => self.restart(node)?,
+            Ev::Kill { node, power } => {
+                if self.phase == Phase::Faults && self.hosts[idx(node)].proc.is_some() {
+                    self.take_down(node, power);
+                    let d = self.rng.range(self.sc.restart_delay.0, self.sc.restart_delay.1);
+                    self.push(self.now + d, Ev::Restart { node });
+                }
+            }
+            Ev::HealLinks { gen } => {
+                if gen == self.net_gen && self.net.partitioned() {
+                    self.net.heal();
+                    self.note(|| "links healed".into());
+                }
+            }
+            Ev::Heal => {
+                self.phase = Phase::Writing;
+                self.net.heal();
+                self.note(|| "HEAL: links healed, every node up; writes go on".into());
+                for id in 1..=3 {
+                    self.restart(id)?;
+                }
+                let at = self.now + self.sc.write_after_heal;
+                self.push(at, Ev::StopWrites);
+            }
+            Ev::StopWrites => {
+                self.phase = Phase::Quiet;
+                self.quiet_at = self.now;
+                self.note(|| "writes stopped; waiting for convergence".into());
+                self.push(self.now + CONVERGE_POLL, Ev::Check);
+            }
+            Ev::Check => self.converge_check()?,
+        }
+        Ok(())
+    }
+
+    /// The running process of `node` if it is incarnation `inc`.
+    fn proc(&self, node: NodeId, inc: u64) -> Option<&Proc> {
+        self.hosts[idx(node)].proc.as_ref().filter(|p| p.inc == inc)
+    }
+
+    // ---- the core on the runtime loop ----
+
+    fn build_view(&self, id: NodeId, local: Instant) -> Option<View> {
+        let p = self.hosts[idx(id)].proc.as_ref()?;
+        let n = &p.node;
+        let leader = if n.role() == Role::Leader { Some(id) } else { n.status(local).leader };
+        Some(View { epoch: n.epoch(), leader, lease_until: n.lease_until(local) })
+    }
+
+    /// Feeds `input` to the core of `id`, carries out its outputs in order
+    /// and hands the view to the volume thread; VIP actions complete at once.
+    fn core_input(&mut self, id: NodeId, input: Input) -> Res {
+        let i = idx(id);
+        let mut inputs = VecDeque::from([input]);
+        while let Some(input) = inputs.pop_front() {
+            let local = self.local(id);
+            if self.print_trace && input != Input::Tick {
+                let s = format!("n{id} core <- {input:?}");
+                self.note(|| s);
+            }
+            let is_tick = input == Input::Tick;
+            let Some(p) = self.hosts[i].proc.as_mut() else { return Ok(()) };
+            let outs = p.node.handle(local, input);
+            if let Some(u) = p.node.lease_until(local) {
+                p.lease_bound = Some(p.lease_bound.map_or(u, |b| b.max(u)));
+            }
+            for o in outs {
+                match o {
+                    Output::Persist(hard) => {
+                        let prev = self.hosts[i].hard.epoch;
+                        if hard.epoch < prev {
+                            return self.fail(
+                                DataCheck::EpochMonotonic,
+                                format!("node {id} persisted epoch {} over {prev}", hard.epoch),
+                            );
+                        }
+                        self.hosts[i].hard = hard;
+                    }
+                    Output::Send { to, msg } => {
+                        if matches!(msg.body, Body::TimeoutNow | Body::Vote { .. }) {
+                            let s = format!("n{id} -> n{to} {:?} epoch {}", msg.body, msg.epoch);
+                            self.note(|| s);
+                        }
+                        self.send(id, to, Wire::Core(msg));
+                    }
+                    Output::Vip(action) => inputs.push_back(Input::VipDone { action, ok: true }),
+                    Output::Notice(n) => {
+                        if !matches!(n, Notice::VipFailed { .. }) {
+                            self.note(|| format!("n{id} core {n:?}"));
+                        }
+                    }
+                }
+            }
+            if let Some(view) = self.build_view(id, local) {
+                self.hand_view(id, view);
+            }
+            self.core_schedule(id, is_tick);
+        }
+        Ok(())
+    }
+
+    /// The runtime hands the view to the volume thread (mutations may drop or bend it).
+    fn hand_view(&mut self, id: NodeId, view: View) {
+        let i = idx(id);
+        let overrun = self.sc.has(DataMutation::LeaseOverrun);
+        let no_change = self.sc.has(DataMutation::NoViewOnLeaderChange);
+        let Some(p) = self.hosts[i].proc.as_mut() else { return };
+        if p.built == Some(view) {
+            return;
+        }
+        p.built = Some(view);
+        // What the replica will have once everything queued is taken.
+        let last = p.vol.inbox.iter().rev().find_map(|c| match c {
+            Cmd::View(v) => Some(*v),
+            _ => None,
+        });
+        let last = last.unwrap_or(p.vol.view);
+        let mut view = view;
+        if overrun {
+            view.lease_until = view.lease_until.map(|u| u.add(Duration::from_micros(OVERRUN)));
+            if last.leader == Some(id) && view.leader != Some(id) && view.epoch == last.epoch {
+                return;
+            }
+        }
+        if no_change && last != View::default() && (view.leader != last.leader || view.epoch != last.epoch) {
+            return;
+        }
+        p.vol.inbox.push_back(Cmd::View(view));
+        self.vol_kick(id);
+    }
+
+    fn core_schedule(&mut self, id: NodeId, after_tick: bool) {
+        let now = self.now;
+        let h = &mut self.hosts[idx(id)];
+        let Some(p) = h.proc.as_mut() else { return };
+        let d = p.node.next_deadline();
+        let mut at = h.clock.real_of(d).max(now);
+        if at == now && after_tick {
+            at = now + 1000; // the VIP world checks the core's progress
+        }
+        if p.core_wake_at != at || at == now {
+            p.core_wake_at = at;
+            let inc = p.inc;
+            self.push(at, Ev::CoreWake { node: id, inc });
+        }
+    }
+
+    fn send(&mut self, from: NodeId, to: NodeId, wire: Wire) {
+        for d in self.net.plan(&mut self.rng, from, to) {
+            self.push(self.now + d, Ev::Deliver { to, from, wire: wire.clone() });
+        }
+    }
+
+    fn deliver(&mut self, to: NodeId, from: NodeId, wire: Wire) -> Res {
+        if self.hosts[idx(to)].proc.is_none() {
+            return Ok(());
+        }
+        match wire {
+            Wire::Core(msg) => self.core_input(to, Input::Receive(msg)),
+            Wire::Repl(msg) => {
+                let stale = self.sc.has(DataMutation::AcceptStaleAppends);
+                let Some(p) = self.hosts[idx(to)].proc.as_mut() else { return Ok(()) };
+                let (mut from, mut msg) = (from, msg);
+                if let (true, Msg::Append { epoch, .. }) = (stale, &mut msg) {
+                    let v = p.vol.view;
+                    if *epoch < v.epoch {
+                        if let Some(l) = v.leader.filter(|l| *l != to) {
+                            *epoch = v.epoch;
+                            from = l;
+                        }
+                    }
+                }
+                p.vol.inbox.push_back(Cmd::Peer(from, msg));
+                self.vol_kick(to);
+                Ok(())
+            }
+        }
+    }
+
+    // ---- the volume thread ----
+
+    fn vol_kick(&mut self, id: NodeId) {
+        let Some(p) = self.hosts[idx(id)].proc.as_mut() else { return };
+        if !p.vol.busy && !p.vol.kicked {
+            p.vol.kicked = true;
+            let inc = p.inc;
+            self.push(self.now, Ev::VolWake { node: id, inc });
+        }
+    }
+
+    fn vol_schedule(&mut self, id: NodeId) {
+        let now = self.now;
+        let h = &mut self.hosts[idx(id)];
+        let Some(p) = h.proc.as_mut() else { return };
+        let mut at = p.vol.periodic_at;
+        if let Some(d) = p.vol.r.next_deadline() {
+            at = at.min(h.clock.real_of(d));
+        }
+        let at = at.max(now);
+        if p.vol.wake_at != at {
+            p.vol.wake_at = at;
+            let inc = p.inc;
+            self.push(at, Ev::VolWake { node: id, inc });
+        }
+    }
+
+    /// One pass of the volume thread's loop up to its fdatasync.
+    fn vol_wake(&mut self, id: NodeId) -> Res {
+        let i = idx(id);
+        let now = self.now;
+        let local = self.local(id);
+        let ack_on_submit = self.sc.has(DataMutation::AckOnSubmit);
+        let Some(p) = self.hosts[i].proc.as_mut() else { return Ok(()) };
+        p.vol.kicked = false;
+        if p.vol.busy {
+            return Ok(());
+        }
+        let due = p.vol.r.next_deadline().is_some_and(|d| d <= local);
+        if p.vol.inbox.is_empty() && !due && now < p.vol.periodic_at {
+            self.vol_schedule(id);
+            return Ok(());
+        }
+        let mut outs = Vec::new();
+        let mut submitted = Vec::new();
+        let n = p.vol.inbox.len().min(VOL_MAX_BATCH);
+        let mut lines = Vec::new();
+        for cmd in p.vol.inbox.drain(..n).collect::<Vec<_>>() {
+            match cmd {
+                Cmd::View(v) => {
+                    if self.print_trace || v.epoch != p.vol.view.epoch || v.leader != p.vol.view.leader {
+                        lines.push(format!("n{id} vol view epoch {} leader {:?} lease {:?}", v.epoch, v.leader, v.lease_until));
+                    }
+                    p.vol.r.set_view(local, v, &mut outs);
+                    p.vol.view = v;
+                }
+                Cmd::Peer(from, msg) => {
+                    if self.print_trace {
+                        lines.push(format!("n{id} vol <- n{from} {}", brief(&msg)));
+                    }
+                    p.vol.r.receive(local, from, msg, &mut outs);
+                }
+                Cmd::Write { id: wid, offset, data } => {
+                    let before = outs.len();
+                    p.vol.r.write(local, wid, offset, &data, &mut outs);
+                    let refused = outs[before..].iter().any(|o| matches!(o, Out::WriteDone { id, .. } if *id == wid));
+                    if ack_on_submit && !refused {
+                        submitted.push(wid);
+                    }
+                }
+            }
+        }
+        let mut spin = None;
+        if p.vol.r.next_deadline().is_some_and(|d| d <= local) {
+            p.vol.r.tick(local, &mut outs);
+            if let Some(d) = p.vol.r.next_deadline().filter(|d| *d <= local) {
+                spin = Some(d);
+            }
+        }
+        p.vol.busy = true;
+        p.vol.outs = outs;
+        p.vol.periodic_at = now + VOL_MAX_WAIT;
+        let inc = p.inc;
+        for l in lines {
+            self.note(|| l);
+        }
+        for wid in submitted {
+            self.client.done(wid, true);
+        }
+        if let Some(d) = spin {
+            return self.fail(
+                DataCheck::VolumeSpin,
+                format!("node {id}: after tick at {local:?} the replica's next deadline is {d:?}"),
+            );
+        }
+        let d = self.rng.range(20, 400);
+        self.push(now + d, Ev::VolDone { node: id, inc });
+        Ok(())
+    }
+
+    /// The batch's fdatasync returns: sync, then carry out every output.
+    fn vol_done(&mut self, id: NodeId) -> Res {
+        let i = idx(id);
+        let local = self.local(id);
+        if self.phase == Phase::Faults && self.rng.chance(self.sc.crash_at_sync_p) {
+            let power = self.rng.chance(0.5);
+            if power {
+                self.note(|| format!("n{id} POWER CUT during its journal sync"));
+            } else {
+                let Some(p) = self.hosts[i].proc.as_mut() else { return Ok(()) };
+                let mut outs = Vec::new();
+                p.vol.r.sync(local, &mut outs);
+                self.note(|| format!("n{id} KILLED right after its journal sync, before its replies"));
+            }
+            self.take_down(id, power);
+            let d = self.rng.range(self.sc.restart_delay.0, self.sc.restart_delay.1);
+            self.push(self.now + d, Ev::Restart { node: id });
+            return Ok(());
+        }
+        let Some(p) = self.hosts[i].proc.as_mut() else { return Ok(()) };
+        let mut outs = std::mem::take(&mut p.vol.outs);
+        p.vol.r.sync(local, &mut outs);
+        p.vol.busy = false;
+        self.carry_vol(id, outs)?;
+        if self.hosts[i].proc.is_some() {
+            self.vol_wake(id)?;
+        }
+        Ok(())
+    }
+
+    fn carry_vol(&mut self, id: NodeId, outs: Vec<Out>) -> Res {
+        for o in outs {
+            match o {
+                Out::Send { to, msg } => {
+                    if self.print_trace {
+                        let s = format!("n{id} vol -> n{to} {}", brief(&msg));
+                        self.note(|| s);
+                    }
+                    self.send(id, to, Wire::Repl(msg));
+                }
+                Out::WriteDone { id: wid, result } => {
+                    if self.client.done(wid, result.is_ok()) && (self.print_trace || result.is_err()) {
+                        self.note(|| format!("n{id} write {wid} done: {result:?}"));
+                    }
+                }
+                Out::Position(pos) => {
+                    if !self.sc.has(DataMutation::NoPositionToCore) {
+                        self.core_input(id, Input::PositionChanged(pos))?;
+                    }
+                }
+                Out::Electable(e) => {
+                    self.note(|| format!("n{id} vol electable {e}"));
+                    if !self.sc.has(DataMutation::IgnoreElectable) {
+                        self.core_input(id, Input::Electable(e))?;
+                    }
+                }
+                Out::VerifyDone(r) => self.note(|| format!("n{id} verify done {r:?}")),
+                Out::Notice(n) => self.repl_notice(id, n)?,
+            }
+            if self.hosts[idx(id)].proc.is_none() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn repl_notice(&mut self, id: NodeId, n: ReplNotice) -> Res {
+        let line = format!("n{id} vol {n:?}");
+        self.note(|| line);
+        match n {
+            ReplNotice::SplitBrain { peer, detail } => {
+                self.fail(DataCheck::SplitBrain, format!("node {id} reports split brain with node {peer}: {detail}"))
+            }
+            ReplNotice::StorageFailed { detail } => {
+                self.fail(DataCheck::StorageFailed, format!("node {id}: storage failed: {detail}"))
+            }
+            ReplNotice::ResyncStarted { peer, hash, .. } => {
+                if hash {
+                    self.stats.hash_resyncs += 1;
+                } else {
+                    self.stats.bitmap_resyncs += 1;
+                }
+                if self.phase == Phase::Faults && self.rng.chance(self.sc.crash_in_resync_p) {
+                    let node = if self.rng.chance(0.7) { peer } else { id };
+                    let power = self.rng.chance(0.3);
+                    let d = self.rng.range(1_000, 400_000);
+                    self.push(self.now + d, Ev::Kill { node, power });
+                }
+                Ok(())
+            }
+            ReplNotice::ResyncFinished { .. } => {
+                self.stats.resyncs_done += 1;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    // ---- client ----
+
+    fn serving_node(&self) -> Option<NodeId> {
+        self.hosts.iter().find_map(|h| {
+            let local = h.clock.local(self.now);
+            h.proc.as_ref().filter(|p| p.vol.r.serving(local)).map(|_| h.id)
+        })
+    }
+
+    fn client_tick(&mut self) {
+        if self.phase == Phase::Quiet {
+            return;
+        }
+        let gap = self.rng.range(self.sc.write_gap.0, self.sc.write_gap.1);
+        self.push(self.now + gap, Ev::Client);
+        if self.client.inflight >= self.sc.max_inflight {
+            return;
+        }
+        let target = match self.serving_node() {
+            Some(n) => Some(n),
+            // No one serves: now and then a write goes to some node anyway
+            // (the client's idea of the active node is stale).
+            None if self.rng.chance(0.1) => Some(self.rng.range(1, 3) as NodeId),
+            None => None,
+        };
+        let Some(target) = target else { return };
+        let Some(inc) = self.hosts[idx(target)].proc.as_ref().map(|p| p.inc) else { return };
+        if self.rng.chance(0.05) {
+            // FLUSH: completes at once, every acknowledged write is committed.
+            self.client.flushes += 1;
+            if self.print_trace {
+                self.note(|| format!("client FLUSH on n{target}"));
+            }
+        }
+        let blocks_total = self.sc.volume / BLOCK;
+        let blocks = self.rng.range(1, self.sc.max_write_blocks.min(blocks_total));
+        let block = self.rng.range(0, blocks_total - blocks);
+        let (wid, data) = self.client.issue(target, inc, block, blocks, self.now);
+        if self.print_trace {
+            self.note(|| format!("client write {wid} to n{target}: blocks {block}..{}", block + blocks));
+        }
+        let p = self.hosts[idx(target)].proc.as_mut().expect("target runs");
+        p.vol.inbox.push_back(Cmd::Write { id: wid, offset: block * BLOCK, data });
+        self.vol_kick(target);
+    }
+
+    // ---- faults ----
+
+    /// The serving node, else the core leader with the highest epoch.
+    fn leader(&self) -> Option<NodeId> {
+        self.serving_node().or_else(|| {
+            self.hosts
+                .iter()
+                .filter_map(|h| {
+                    h.proc.as_ref().filter(|p| p.node.role() == Role::Leader).map(|p| (p.node.epoch(), h.id))
+                })
+                .max()
+                .map(|(_, id)| id)
+        })
+    }
+
+    fn target(&mut self) -> NodeId {
+        match self.leader() {
+            Some(l) if self.rng.chance(self.sc.leader_bias) => l,
+            _ => self.rng.range(1, 3) as NodeId,
+        }
+    }
+
+    fn chaos(&mut self) -> Res {
+        if self.phase != Phase::Faults {
+            return Ok(());
+        }
+        self.push(self.now + self.sc.chaos_every, Ev::Chaos);
+        let delay = |w: &mut DataWorld| w.rng.range(w.sc.restart_delay.0, w.sc.restart_delay.1);
+        if self.rng.chance(self.sc.kill_p) {
+            let n = self.target();
+            if self.hosts[idx(n)].proc.is_some() {
+                self.take_down(n, false);
+                let d = delay(self);
+                self.push(self.now + d, Ev::Restart { node: n });
+            }
+        }
+        if self.rng.chance(self.sc.power_cut_p) {
+            let n = self.target();
+            let was_up = self.hosts[idx(n)].proc.is_some();
+            self.take_down(n, true);
+            if was_up {
+                let d = delay(self);
+                self.push(self.now + d, Ev::Restart { node: n });
+            }
+        }
+        if self.rng.chance(self.sc.full_power_cut_p) {
+            self.note(|| "POWER CUT OF ALL THREE NODES".into());
+            self.stats.full_power_cuts += 1;
+            self.full_cut_unchecked = true;
+            for n in 1..=3u8 {
+                let was_up = self.hosts[idx(n)].proc.is_some();
+                self.take_down(n, true);
+                if was_up {
+                    let d = self.rng.range(50_000, 800_000);
+                    self.push(self.now + d, Ev::Restart { node: n });
+                }
+            }
+        }
+        if self.rng.chance(self.sc.long_outage_p) {
+            let leader = self.leader();
+            let followers: Vec<NodeId> =
+                (1..=3u8).filter(|n| Some(*n) != leader && self.hosts[idx(*n)].proc.is_some()).collect();
+            if !followers.is_empty() && !self.net.partitioned() {
+                let f = followers[self.rng.range(0, followers.len() as u64 - 1) as usize];
+                let d = self.rng.range(self.sc.long_outage.0, self.sc.long_outage.1);
+                if self.rng.chance(0.5) {
+                    self.note(|| format!("n{f} goes away for {} ms (long outage)", d / 1000));
+                    self.take_down(f, false);
+                    self.push(self.now + d, Ev::Restart { node: f });
+                } else {
+                    self.net.isolate(f);
+                    self.net_gen += 1;
+                    self.note(|| format!("n{f} ISOLATED for {} ms (long outage)", d / 1000));
+                    let gen = self.net_gen;
+                    self.push(self.now + d, Ev::HealLinks { gen });
+                }
+            }
+        }
+        if self.rng.chance(self.sc.partition_p) {
+            if self.net.partitioned() {
+                self.net.heal();
+                self.note(|| "links healed".into());
+            } else {
+                let n = self.target();
+                let o = if n == 3 { 1 } else { n + 1 };
+                match self.rng.range(0, 2) {
+                    0 => {
+                        self.net.isolate(n);
+                        self.note(|| format!("n{n} ISOLATED"));
+                    }
+                    1 => {
+                        self.net.set_cut(n, o, true);
+                        self.note(|| format!("one-way cut n{n} -> n{o}"));
+                    }
+                    _ => {
+                        self.net.set_cut(o, n, true);
+                        self.net.set_cut(n, o, true);
+                        self.note(|| format!("link n{n} <-> n{o} cut"));
+                    }
+                }
+                self.net_gen += 1;
+                let gen = self.net_gen;
+                let d = self.rng.range(self.sc.partition_len.0, self.sc.partition_len.1);
+                self.push(self.now + d, Ev::HealLinks { gen });
+            }
+        }
+        if self.rng.chance(self.sc.switchover_p) {
+            if let Some(l) = self.leader() {
+                self.note(|| format!("operator asks n{l} to switch over"));
+                self.core_input(l, Input::Admin(AdminRequest::Switchover { to: None }))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Kills the process of `id` (page cache kept), with `power` also cuts
+    /// the power of its disks (unsynced writes lost, torn, reordered).
+    /// Works on a node that is already down, too (its parked disks).
+    fn take_down(&mut self, id: NodeId, power: bool) {
+        let i = idx(id);
+        let now = self.now;
+        if let Some(p) = self.hosts[i].proc.take() {
+            let (mut j, mut d, mut m) = p.vol.r.into_disks();
+            for disk in [&mut j.mem, &mut d.mem, &mut m.mem] {
+                disk.crash();
+            }
+            self.hosts[i].parked = Some((j, d, m));
+            self.hosts[i].serving_end = self.hosts[i].serving_end.min(now);
+            let lost = self.client.lost(id, p.inc);
+            if !power {
+                self.stats.kills += 1;
+                self.note(|| format!("n{id} KILLED ({lost} writes in flight lost)"));
+            }
+        }
+        if power {
+            self.stats.power_cuts += 1;
+            self.note(|| format!("n{id} POWER CUT"));
+            let rng = &mut self.rng;
+            if let Some((j, d, m)) = self.hosts[i].parked.as_mut() {
+                let mut bits = || rng.u64();
+                for disk in [&mut j.mem, &mut d.mem, &mut m.mem] {
+                    disk.power_cut(&mut bits);
+                }
+            }
+        }
+    }
+
+    fn restart(&mut self, id: NodeId) -> Res {
+        let i = idx(id);
+        if self.hosts[i].proc.is_some() {
+            return Ok(());
+        }
+        let Some((j, d, m)) = self.hosts[i].parked.take() else { return Ok(()) };
+        self.next_inc += 1;
+        let inc = self.next_inc;
+        let origin = self.rng.range(1_000_000, 50_000_000);
+        let seed = self.rng.u64();
+        let now = self.now;
+        let r = match SimReplica::open(id, peers_of(id), self.sc.repl.clone(), j, d, m) {
+            Ok(r) => r,
+            Err(e) => {
+                let mut s = e.to_string();
+                let mut cur = std::error::Error::source(&e);
+                while let Some(c) = cur {
+                    s.push_str(": ");
+                    s.push_str(&c.to_string());
+                    cur = c.source();
+                }
+                return self.fail(DataCheck::OpenFailed, format!("node {id}: Replica::open failed: {s}"));
+            }
+        };
+        let h = &mut self.hosts[i];
+        h.clock.reorigin(now, origin);
+        let local = h.clock.local(now);
+        let position = core_position(r.position());
+        let node = Node::new(Setup {
+            id,
+            peers: peers_of(id),
+            timing: self.sc.timing.clone(),
+            hard: h.hard,
+            position,
+            now: local,
+            seed,
+        });
+        let mut inbox = VecDeque::new();
+        // volume.rs: the thread starts with an empty view.
+        inbox.push_back(Cmd::View(View::default()));
+        h.proc = Some(Proc {
+            inc,
+            node,
+            core_wake_at: 0,
+            built: None,
+            lease_bound: None,
+            vol: Vol {
+                r,
+                inbox,
+                busy: false,
+                outs: Vec::new(),
+                view: View::default(),
+                wake_at: 0,
+                kicked: false,
+                periodic_at: now,
+            },
+        });
+        let hard = h.hard;
+        self.note(|| format!("n{id} STARTED (incarnation {inc}) from {hard:?}, journal at {position:?}"));
+        self.vol_kick(id);
+        self.core_schedule(id, false);
+        Ok(())
+    }
+
+    /// A replaced box: blank formatted disks, core state kept.
+    fn blank(&mut self, id: NodeId) -> Res {
+        self.take_down(id, false);
+        let disks = self.format_disks(id);
+        self.hosts[idx(id)].parked = Some(disks);
+        self.note(|| format!("n{id} REPLACED: blank disks (core state kept)"));
+        self.restart(id)
+    }
+
+    // ---- checks ----
+
+    /// After every event: who serves, inside which lease; a read check on
+    /// every new serving leadership and now and then.
+    fn check_serving(&mut self) -> Res {
+        let now = self.now;
+        for i in 0..3 {
+            let h = &self.hosts[i];
+            let id = h.id;
+            let Some(p) = h.proc.as_ref() else { continue };
+            let local = h.clock.local(now);
+            if !p.vol.r.serving(local) {
+                let h = &mut self.hosts[i];
+                h.serving_end = h.serving_end.min(now);
+                continue;
+            }
+            let view_end = p.vol.view.lease_until.unwrap_or(local);
+            let end = h.clock.real_of(view_end);
+            let core_lease = p.node.lease_until(local);
+            let view_queued = p.vol.inbox.iter().any(|c| matches!(c, Cmd::View(_)));
+            let within = p.lease_bound.is_some_and(|b| local < b);
+            if !within || (core_lease.is_none() && !view_queued) {
+                return self.fail(
+                    DataCheck::ServingInLease,
+                    format!(
+                        "node {id} serves at local {local:?} (view lease until {view_end:?}) but its core's lease is {core_lease:?} (latest lease end it ever reported {:?}, a newer view queued: {view_queued})",
+                        p.lease_bound
+                    ),
+                );
+            }
+            for o in 0..3 {
+                if o != i && self.hosts[o].serving_end > now {
+                    let oe = self.hosts[o].serving_end;
+                    return self.fail(
+                        DataCheck::OneServing,
+                        format!(
+                            "node {id} serves (until t={end}µs) while node {} may serve until t={oe}µs",
+                            self.hosts[o].id
+                        ),
+                    );
+                }
+            }
+            let key = (p.inc, p.vol.view.epoch);
+            let fresh = h.checked != Some(key);
+            let due = fresh || now >= h.last_check + RECHECK_EVERY;
+            self.hosts[i].serving_end = end;
+            if fresh {
+                self.stats.leaderships += 1;
+                self.note(|| format!("n{id} SERVING in epoch {}", key.1));
+            }
+            if due {
+                self.hosts[i].checked = Some(key);
+                self.hosts[i].last_check = now;
+                self.read_check(id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the whole volume through the serving replica and checks it.
+    fn read_check(&mut self, id: NodeId) -> Res {
+        let local = self.local(id);
+        let Some(p) = self.hosts[idx(id)].proc.as_ref() else { return Ok(()) };
+        let mut image = vec![0u8; self.sc.volume as usize];
+        if let Err(e) = p.vol.r.read(local, 0, &mut image) {
+            return self.fail(DataCheck::ReadFailed, format!("node {id} serves but its read failed: {e}"));
+        }
+        self.stats.read_checks += 1;
+        if let Some(bad) = self.client.check(&image) {
+            let check = if self.full_cut_unchecked { DataCheck::AckedAfterPowerCut } else { DataCheck::AckedReadable };
+            return self.fail(check, format!("node {id} serving: {bad}"));
+        }
+        if self.full_cut_unchecked {
+            self.full_cut_unchecked = false;
+            self.note(|| format!("n{id}: every acknowledged write survived the power cut of all three"));
+        }
+        Ok(())
+    }
+
+    /// After the writes stop: one applied position everywhere, identical stores.
+    fn converge_check(&mut self) -> Res {
+        let now = self.now;
+        let ready = self.client.inflight == 0 && self.serving_node().is_some() && {
+            let mut applied = Vec::new();
+            for h in &self.hosts {
+                let Some(p) = h.proc.as_ref() else { break };
+                let st = p.vol.r.status(h.clock.local(now));
+                if st.health != Health::Consistent {
+                    break;
+                }
+                applied.push(st.applied);
+            }
+            applied.len() == 3 && applied.iter().all(|a| *a == applied[0])
+        };
+        if !ready {
+            if now > self.quiet_at + self.sc.converge_bound {
+                let d = self.describe();
+                return self.fail(
+                    DataCheck::Converged,
+                    format!(
+                        "not converged {} ms after the writes stopped ({} writes in flight): {d}",
+                        (now - self.quiet_at) / 1000,
+                        self.client.inflight
+                    ),
+                );
+            }
+            self.push(now + CONVERGE_POLL, Ev::Check);
+            return Ok(());
+        }
+        let len = self.sc.volume as usize;
+        let mut images = Vec::new();
+        for h in &self.hosts {
+            let p = h.proc.as_ref().expect("all up");
+            let mut img = vec![0u8; len];
+            if let Err(e) = p.vol.r.store().read(0, &mut img) {
+                return self.fail(DataCheck::ReadFailed, format!("node {}: store read failed: {e}", h.id));
+            }
+            images.push(img);
+        }
+        for k in 1..3 {
+            if images[k] != images[0] {
+                let b = images[0]
+                    .chunks_exact(BLOCK as usize)
+                    .zip(images[k].chunks_exact(BLOCK as usize))
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(0);
+                let word = |img: &Vec<u8>| {
+                    let o = b * BLOCK as usize;
+                    u64::from_le_bytes(img[o..o + 8].try_into().unwrap_or([0; 8]))
+                };
+                let d = self.describe();
+                return self.fail(
+                    DataCheck::Diverged,
+                    format!(
+                        "at one applied position, nodes 1 and {} differ first at block {b}: write {} vs write {}; {d}",
+                        k + 1,
+                        word(&images[0]),
+                        word(&images[k])
+                    ),
+                );
+            }
+        }
+        if let Some(bad) = self.client.check(&images[0]) {
+            return self.fail(DataCheck::AckedReadable, format!("converged stores: {bad}"));
+        }
+        self.stats.converge = Some(now - self.quiet_at);
+        let ms = (now - self.quiet_at) / 1000;
+        self.note(|| format!("CONVERGED: three identical stores, {ms} ms after the writes stopped"));
+        if self.sc.blank_disk && !self.blanked {
+            self.blanked = true;
+            let n = self.rng.range(1, 3) as NodeId;
+            self.blank(n)?;
+            self.phase = Phase::Writing;
+            self.push(now + 10, Ev::Client);
+            let at = now + self.sc.write_after_heal * 2;
+            self.push(at, Ev::StopWrites);
+            return Ok(());
+        }
+        self.stats.compacted_nodes = self
+            .hosts
+            .iter()
+            .filter(|h| h.proc.as_ref().is_some_and(|p| p.vol.r.journal().discarded().seq > 0))
+            .count() as u64;
+        self.done = true;
+        Ok(())
+    }
+}
+
+/// One line for a replication message (no payloads).
+fn brief(m: &Msg) -> String {
+    match m {
+        Msg::Append { epoch, prev, records, commit, .. } => {
+            let seqs = match (records.first(), records.last()) {
+                (Some(a), Some(b)) => format!("{}..={}", a.seq, b.seq),
+                _ => "none".into(),
+            };
+            format!("Append e{epoch} prev {}/{} records {seqs} commit {commit}", prev.epoch, prev.seq)
+        }
+        Msg::AppendReply { epoch, ok, matched, last, applied, k, consistent } => format!(
+            "AppendReply e{epoch} ok={ok} matched {matched} last {}/{} applied {}/{} k {}/{} consistent={consistent}",
+            last.epoch, last.seq, applied.epoch, applied.seq, k.epoch, k.seq
+        ),
+        Msg::ResyncData { epoch, id, n, offset, data } => {
+            format!("ResyncData e{epoch} id {id} n {n} at {offset} len {}", data.len())
+        }
+        Msg::VerifyReply { epoch, id, offset, applied, hashes } => format!(
+            "VerifyReply e{epoch} id {id} at {offset} applied {}/{} ({} hashes)",
+            applied.epoch,
+            applied.seq,
+            hashes.len()
+        ),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Runs `seed` under `sc`.
+pub fn run_data(seed: u64, sc: DataScenario, print_trace: bool) -> DataOutcome {
+    DataWorld::new(seed, sc, print_trace).run()
+}
+
+/// The command that replays `seed` of the data world under `sc`.
+pub fn data_replay_command(seed: u64, sc: &DataScenario) -> String {
+    let mut extra = String::new();
+    for m in &sc.mutations {
+        extra.push_str(&format!(" --mutation {}", m.name()));
+    }
+    format!("cargo run --release -p triad-sim -- data --seed {seed} --scenario {}{extra} --trace", sc.name)
+}

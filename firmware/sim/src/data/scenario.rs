@@ -1,0 +1,325 @@
+//! Scenarios of the data world: geometry, replication tunables, client
+//! load and fault rates; plus the glue *mutations* (a supervisor bug
+//! emulated around the unmodified core and replica) that show the checks
+//! bite.
+
+use crate::net::NetConfig;
+use core::time::Duration;
+use triad_core::Timing;
+use triad_repl::ReplConfig;
+
+/// A supervisor (glue) bug, emulated by the data world's driver around the
+/// unmodified `triad-core` and `triad-repl`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataMutation {
+    /// The replication fence removed in the driver: an Append from an
+    /// older epoch is relabelled with the receiver's epoch and leader
+    /// before it reaches the replica (as if the link layer accepted it).
+    AcceptStaleAppends,
+    /// The driver tells the client its write is done as soon as the
+    /// replica has taken it, without waiting for `Out::WriteDone` (a
+    /// write-back cache in front of the replication).
+    AckOnSubmit,
+    /// The journal disk's fdatasync does nothing: replies and
+    /// acknowledgements go out after a `sync` that made nothing durable.
+    JournalSyncSkipped,
+    /// The data disk's fdatasync does nothing: checkpoints persist K over
+    /// block-store data still in the page cache.
+    StoreSyncSkipped,
+    /// `Out::Position` is never fed to the core: votes compare the
+    /// position the node started with.
+    NoPositionToCore,
+    /// `Out::Electable` is never fed to the core: a node whose store is
+    /// being resynced may stand for election.
+    IgnoreElectable,
+    /// Views that change the epoch or the leader are never handed to the
+    /// replica (only lease renewals get through).
+    NoViewOnLeaderChange,
+    /// The view's lease end is pushed 1 s beyond the core's, and the view
+    /// that demotes the node (leader no longer itself, same epoch) is not
+    /// delivered: the replica serves past the core's lease.
+    LeaseOverrun,
+}
+
+impl DataMutation {
+    /// Every mutation.
+    pub const ALL: [DataMutation; 8] = [
+        DataMutation::AcceptStaleAppends,
+        DataMutation::AckOnSubmit,
+        DataMutation::JournalSyncSkipped,
+        DataMutation::StoreSyncSkipped,
+        DataMutation::NoPositionToCore,
+        DataMutation::IgnoreElectable,
+        DataMutation::NoViewOnLeaderChange,
+        DataMutation::LeaseOverrun,
+    ];
+
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            DataMutation::AcceptStaleAppends => "accept-stale-appends",
+            DataMutation::AckOnSubmit => "ack-on-submit",
+            DataMutation::JournalSyncSkipped => "journal-sync-skipped",
+            DataMutation::StoreSyncSkipped => "store-sync-skipped",
+            DataMutation::NoPositionToCore => "no-position-to-core",
+            DataMutation::IgnoreElectable => "ignore-electable",
+            DataMutation::NoViewOnLeaderChange => "no-view-on-leader-change",
+            DataMutation::LeaseOverrun => "lease-overrun",
+        }
+    }
+
+    /// Parses a command-line name.
+    pub fn parse(s: &str) -> Option<DataMutation> {
+        DataMutation::ALL.into_iter().find(|m| m.name() == s)
+    }
+}
+
+/// Everything that defines one data-world run besides its seed.
+#[derive(Clone, Debug)]
+pub struct DataScenario {
+    /// Name used by `--scenario`.
+    pub name: &'static str,
+    /// Core timing.
+    pub timing: Timing,
+    /// Network quality (partitions come from the chaos process).
+    pub net: NetConfig,
+    /// Replication tunables.
+    pub repl: ReplConfig,
+    /// Volume size in bytes (a multiple of 4096).
+    pub volume: u64,
+    /// Journal ring bytes (the journal disk is this plus its two 4 KiB headers).
+    pub ring: u64,
+    /// Dirty-bitmap granularity.
+    pub granularity: u64,
+    /// Length of the fault phase, µs.
+    pub fault_phase: u64,
+    /// Chaos process period, µs.
+    pub chaos_every: u64,
+    /// Per chaos tick: kill a process (page cache kept).
+    pub kill_p: f64,
+    /// Probability that a kill (or a power cut) is aimed at the serving leader.
+    pub leader_bias: f64,
+    /// Per chaos tick: power cut of one node (unsynced writes lost, torn, reordered).
+    pub power_cut_p: f64,
+    /// Per chaos tick: power cut of all three nodes at once.
+    pub full_power_cut_p: f64,
+    /// How long a killed or cut node stays down, µs.
+    pub restart_delay: (u64, u64),
+    /// Per chaos tick: a partition change (isolate a node, cut a link, one-way cut).
+    pub partition_p: f64,
+    /// How long a partition lasts, µs.
+    pub partition_len: (u64, u64),
+    /// Per chaos tick: a follower goes away (killed or isolated) long
+    /// enough for the leader to compact its range away.
+    pub long_outage_p: f64,
+    /// Length of such an outage, µs.
+    pub long_outage: (u64, u64),
+    /// When a block resync starts: probability of killing (or cutting the
+    /// power of) the resyncing peer or the leader shortly afterwards.
+    pub crash_in_resync_p: f64,
+    /// Per volume step: a kill right after the journal sync, before any of
+    /// its replies or acknowledgements go out (or, half the time, a power
+    /// cut right before it).
+    pub crash_at_sync_p: f64,
+    /// Per chaos tick: an operator switchover.
+    pub switchover_p: f64,
+    /// After the first convergence, replace one node's three disks by
+    /// blank formatted ones (a replaced box that kept its core state) and
+    /// converge again.
+    pub blank_disk: bool,
+    /// Gap between client write attempts, µs.
+    pub write_gap: (u64, u64),
+    /// Client writes in flight at most.
+    pub max_inflight: usize,
+    /// Largest write, in 4 KiB blocks.
+    pub max_write_blocks: u64,
+    /// After healing, the client keeps writing this long, µs.
+    pub write_after_heal: u64,
+    /// After the writes stop, all three stores must be identical within this, µs.
+    pub converge_bound: u64,
+    /// The glue bugs applied.
+    pub mutations: Vec<DataMutation>,
+}
+
+/// Replication tunables for a small volume: resync chunks and hash
+/// regions of 16 KiB, records of at most 8 KiB (a multiple of the block
+/// size, so a record boundary never splits a 4 KiB block), a pipeline
+/// shorter than half the ring.
+pub fn small_repl(ring: u64) -> ReplConfig {
+    let max_record = ((ring / 4 - 64) / 4096 * 4096).clamp(4096, 8192);
+    ReplConfig {
+        write_timeout: Duration::from_millis(1500),
+        retransmit: Duration::from_millis(60),
+        max_batch_bytes: 16 << 10,
+        max_inflight_bytes: ring / 2,
+        max_record,
+        resync_rate: 2 << 20,
+        resync_chunk: 16 << 10,
+        region: 16 << 10,
+        peer_timeout: Duration::from_millis(500),
+        compact_below_free_pct: 50,
+        mutations: Default::default(),
+    }
+}
+
+impl DataScenario {
+    fn base(name: &'static str) -> DataScenario {
+        let ring = 64 << 10;
+        DataScenario {
+            name,
+            timing: Timing::default(),
+            net: NetConfig::default(),
+            repl: small_repl(ring),
+            volume: 512 << 10,
+            ring,
+            granularity: 4096,
+            fault_phase: 5_000_000,
+            chaos_every: 200_000,
+            kill_p: 0.03,
+            leader_bias: 0.5,
+            power_cut_p: 0.0,
+            full_power_cut_p: 0.0,
+            restart_delay: (100_000, 1_500_000),
+            partition_p: 0.03,
+            partition_len: (200_000, 2_000_000),
+            long_outage_p: 0.0,
+            long_outage: (1_500_000, 3_500_000),
+            crash_in_resync_p: 0.0,
+            crash_at_sync_p: 0.0,
+            switchover_p: 0.0,
+            blank_disk: false,
+            write_gap: (500, 6_000),
+            max_inflight: 4,
+            max_write_blocks: 16,
+            write_after_heal: 500_000,
+            converge_bound: 8_000_000,
+            mutations: Vec::new(),
+        }
+    }
+
+    /// The scenario mix the seed test cycles through.
+    pub fn all() -> Vec<DataScenario> {
+        let small_ring = 32 << 10;
+        vec![
+            DataScenario::base("steady"),
+            DataScenario {
+                // A follower away long enough that the leader's journal
+                // discards its range: bitmap resync on its return.
+                long_outage_p: 0.15,
+                kill_p: 0.01,
+                partition_p: 0.01,
+                ring: small_ring,
+                repl: small_repl(small_ring),
+                write_gap: (300, 3_000),
+                ..DataScenario::base("compaction")
+            },
+            DataScenario {
+                power_cut_p: 0.05,
+                full_power_cut_p: 0.02,
+                kill_p: 0.03,
+                crash_at_sync_p: 0.002,
+                ..DataScenario::base("power")
+            },
+            DataScenario {
+                // Kills aimed at the leader while writes stream, quick restarts.
+                kill_p: 0.12,
+                leader_bias: 0.9,
+                restart_delay: (20_000, 600_000),
+                crash_at_sync_p: 0.003,
+                partition_p: 0.0,
+                write_gap: (200, 2_000),
+                max_inflight: 8,
+                ..DataScenario::base("leader-kill")
+            },
+            DataScenario {
+                // Long outages force block resyncs; slow resync; crashes
+                // and power cuts aimed into them.
+                long_outage_p: 0.12,
+                crash_in_resync_p: 0.6,
+                power_cut_p: 0.02,
+                kill_p: 0.02,
+                ring: small_ring,
+                repl: ReplConfig { resync_rate: 256 << 10, ..small_repl(small_ring) },
+                ..DataScenario::base("resync-crash")
+            },
+            DataScenario {
+                net: NetConfig { drop: 0.15, dup: 0.1, long_p: 0.05, ..NetConfig::default() },
+                partition_p: 0.08,
+                kill_p: 0.02,
+                ..DataScenario::base("lossy")
+            },
+            DataScenario {
+                timing: Timing::fast(),
+                partition_p: 0.2,
+                partition_len: (100_000, 1_000_000),
+                kill_p: 0.02,
+                ..DataScenario::base("partition")
+            },
+            DataScenario {
+                kill_p: 0.05,
+                power_cut_p: 0.03,
+                full_power_cut_p: 0.01,
+                partition_p: 0.05,
+                long_outage_p: 0.05,
+                crash_in_resync_p: 0.3,
+                crash_at_sync_p: 0.002,
+                net: NetConfig { drop: 0.03, dup: 0.03, long_p: 0.02, ..NetConfig::default() },
+                volume: 256 << 10,
+                ring: small_ring,
+                repl: small_repl(small_ring),
+                ..DataScenario::base("chaos")
+            },
+        ]
+    }
+
+    /// Scenarios not in the mix (see docs/simulator.md, data world).
+    pub fn extra() -> Vec<DataScenario> {
+        vec![
+            DataScenario {
+                // Operator switchovers (TimeoutNow) while writes stream.
+                switchover_p: 0.1,
+                kill_p: 0.01,
+                partition_p: 0.01,
+                net: NetConfig { latency: (100, 2_000), ..NetConfig::default() },
+                ..DataScenario::base("switchover")
+            },
+            DataScenario {
+                blank_disk: true,
+                kill_p: 0.02,
+                ring: 32 << 10,
+                repl: small_repl(32 << 10),
+                ..DataScenario::base("blank-disk")
+            },
+            DataScenario {
+                // The pipeline longer than the followers' rings.
+                repl: ReplConfig {
+                    max_inflight_bytes: 1 << 20,
+                    max_batch_bytes: 256 << 10,
+                    ..small_repl(32 << 10)
+                },
+                ring: 32 << 10,
+                kill_p: 0.02,
+                long_outage_p: 0.05,
+                write_gap: (200, 1_000),
+                max_inflight: 8,
+                ..DataScenario::base("wide-pipeline")
+            },
+        ]
+    }
+
+    /// The scenario called `name` (mix or extra).
+    pub fn named(name: &str) -> Option<DataScenario> {
+        DataScenario::all().into_iter().chain(DataScenario::extra()).find(|s| s.name == name)
+    }
+
+    /// The scenario a seed runs when none is named: the mix, round robin.
+    pub fn for_seed(seed: u64) -> DataScenario {
+        let all = DataScenario::all();
+        all[(seed % all.len() as u64) as usize].clone()
+    }
+
+    /// Whether `m` is applied.
+    pub fn has(&self, m: DataMutation) -> bool {
+        self.mutations.contains(&m)
+    }
+}
