@@ -309,7 +309,10 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
                 p.next = point.seq + 1;
                 p.probe_from = point.seq + 1;
                 p.last_progress = now;
-                self.bitmaps[slot].reset(point);
+                // Not reset here: records discarded after the end point was
+                // fixed have bits in this bitmap and the peer still needs
+                // them. `peer_k_advanced` clears the bitmap once the peer's
+                // K covers everything discarded.
                 self.peer_k_advanced(slot, point);
                 out.push(Out::Notice(ReplNotice::ResyncFinished { peer: from, point, bytes }));
                 return self.send_records(slot, now, true, out);
