@@ -421,7 +421,7 @@ impl DataWorld {
         let r = SimReplica::format(
             id,
             peers_of(id),
-            sc.repl.clone(),
+            sc.repl_config(),
             SimDisk::new(sc.ring + 8192, lj),
             SimDisk::new(sc.volume, ld),
             SimDisk::new(meta, false),
@@ -1132,7 +1132,7 @@ impl DataWorld {
         let origin = self.rng.range(1_000_000, 50_000_000);
         let seed = self.rng.u64();
         let now = self.now;
-        let r = match SimReplica::open(id, peers_of(id), self.sc.repl.clone(), j, d, m) {
+        let r = match SimReplica::open(id, peers_of(id), self.sc.repl_config(), j, d, m) {
             Ok(r) => r,
             Err(e) => {
                 let mut s = e.to_string();

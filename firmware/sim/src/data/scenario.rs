@@ -39,11 +39,22 @@ pub enum DataMutation {
     /// that demotes the node (leader no longer itself, same epoch) is not
     /// delivered: the replica serves past the core's lease.
     LeaseOverrun,
+    /// Rule removed inside `triad-repl` (`Mutations::skip_noop`): a new
+    /// leader serves before committing its epoch's empty record.
+    ReplSkipNoop,
+    /// `Mutations::commit_old_epochs`: commit by counting replicas of older
+    /// epochs' records (Raft's Figure 8).
+    ReplCommitOldEpochs,
+    /// `Mutations::count_resyncing_peer`: an inconsistent peer counts
+    /// toward commits.
+    ReplCountResyncingPeer,
+    /// `Mutations::ack_without_peer`: acknowledge once durable on the leader.
+    ReplAckWithoutPeer,
 }
 
 impl DataMutation {
     /// Every mutation.
-    pub const ALL: [DataMutation; 8] = [
+    pub const ALL: [DataMutation; 12] = [
         DataMutation::AcceptStaleAppends,
         DataMutation::AckOnSubmit,
         DataMutation::JournalSyncSkipped,
@@ -52,6 +63,10 @@ impl DataMutation {
         DataMutation::IgnoreElectable,
         DataMutation::NoViewOnLeaderChange,
         DataMutation::LeaseOverrun,
+        DataMutation::ReplSkipNoop,
+        DataMutation::ReplCommitOldEpochs,
+        DataMutation::ReplCountResyncingPeer,
+        DataMutation::ReplAckWithoutPeer,
     ];
 
     /// The command-line name.
@@ -65,6 +80,10 @@ impl DataMutation {
             DataMutation::IgnoreElectable => "ignore-electable",
             DataMutation::NoViewOnLeaderChange => "no-view-on-leader-change",
             DataMutation::LeaseOverrun => "lease-overrun",
+            DataMutation::ReplSkipNoop => "repl-skip-noop",
+            DataMutation::ReplCommitOldEpochs => "repl-commit-old-epochs",
+            DataMutation::ReplCountResyncingPeer => "repl-count-resyncing-peer",
+            DataMutation::ReplAckWithoutPeer => "repl-ack-without-peer",
         }
     }
 
@@ -316,6 +335,16 @@ impl DataScenario {
     pub fn for_seed(seed: u64) -> DataScenario {
         let all = DataScenario::all();
         all[(seed % all.len() as u64) as usize].clone()
+    }
+
+    /// The replication config with this scenario's rule removals applied.
+    pub fn repl_config(&self) -> ReplConfig {
+        let mut cfg = self.repl.clone();
+        cfg.mutations.skip_noop = self.has(DataMutation::ReplSkipNoop);
+        cfg.mutations.commit_old_epochs = self.has(DataMutation::ReplCommitOldEpochs);
+        cfg.mutations.count_resyncing_peer = self.has(DataMutation::ReplCountResyncingPeer);
+        cfg.mutations.ack_without_peer = self.has(DataMutation::ReplAckWithoutPeer);
+        cfg
     }
 
     /// Whether `m` is applied.
