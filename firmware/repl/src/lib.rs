@@ -32,7 +32,7 @@ pub mod replica;
 mod resync;
 mod verify;
 
-pub use msg::{Msg, RegionHash, REPL_PROTOCOL_VERSION};
+pub use msg::{Msg, RegionHash, ResyncState, REPL_PROTOCOL_VERSION};
 pub use replica::{Replica, ReplicaError};
 
 use core::time::Duration;

@@ -13,7 +13,7 @@ use triad_core::NodeId;
 use triad_volume::{Position, Record};
 
 /// Wire version of [`Msg`].
-pub const REPL_PROTOCOL_VERSION: u16 = 1;
+pub const REPL_PROTOCOL_VERSION: u16 = 2;
 
 /// A 128-bit region hash (XXH3-128 of the region's bytes).
 pub type RegionHash = [u8; 16];
@@ -91,17 +91,16 @@ pub enum Msg {
         /// The leader's applied position the copy corresponds to.
         point: Position,
     },
-    /// Follower → leader: stream received in order through `n`;
-    /// `finished` once the resync ended durably.
+    /// Follower → leader: where the follower is in resync `id`.
     ResyncAck {
         /// The follower's epoch.
         epoch: u64,
         /// The resync.
         id: u64,
-        /// Last data message written.
+        /// Last data message written in order (0 with [`ResyncState::Unknown`]).
         n: u64,
-        /// The follower holds the leader's store at the end point.
-        finished: bool,
+        /// Whether the follower has this resync, and whether it ended.
+        state: ResyncState,
     },
     /// Leader → follower: hash `count` regions from `offset` (online verify,
     /// and the comparison phase of a hash resync; `id` tells which).
@@ -129,6 +128,22 @@ pub enum Msg {
         /// One hash per region.
         hashes: Vec<RegionHash>,
     },
+}
+
+/// A follower's answer about a resync it is asked about.
+///
+/// `Unknown` is distinct from "receiving, nothing in order yet" so that a
+/// reordered data message (n > 1 before n = 1) is not mistaken for a
+/// follower that restarted and lost the resync (which makes the leader
+/// start over).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResyncState {
+    /// No such resync here: never begun, or lost in a restart.
+    Unknown,
+    /// Begun; data taken in order through `n`.
+    Receiving,
+    /// Ended durably: the store holds the leader's at the end point.
+    Finished,
 }
 
 impl Msg {

@@ -340,7 +340,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
                 let reply = crate::leader::Reply { ok, matched, last, applied, k, consistent };
                 self.on_append_reply(now, from, reply, out)
             }
-            Msg::ResyncAck { id, n, finished, .. } => self.on_resync_ack(now, from, id, n, finished, out),
+            Msg::ResyncAck { id, n, state, .. } => self.on_resync_ack(now, from, id, n, state, out),
             Msg::VerifyReply { id, offset, applied, hashes, .. } => {
                 self.on_verify_reply(from, id, offset, applied, &hashes, out)
             }
@@ -633,10 +633,15 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             if peer_k.seq >= through {
                 continue;
             }
+            // A clean bitmap starts over from where its bits will start:
+            // it can vouch for nothing this journal discarded before (a
+            // resync may have reset the journal, and peer_k may be a
+            // restart's ZERO), so its base never goes below `discarded`.
+            let from = if peer_k.seq > discarded { peer_k } else { self.journal.discarded() };
             if self.bitmaps[slot].is_clean() {
-                self.bitmaps[slot].reset(peer_k);
+                self.bitmaps[slot].reset(from);
             }
-            let from = discarded.max(peer_k.seq);
+            let from = from.seq;
             for seq in from + 1..=through {
                 let i = (seq - discarded - 1) as usize;
                 if let Some(&(off, len)) = self.extents.get(i) {

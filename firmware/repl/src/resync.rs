@@ -7,22 +7,25 @@
 //!  leader                                         peer
 //!  ResyncBegin{id, hash} ──────────────────────▶ mark store inconsistent (durable),
 //!                                                 journal nothing, count toward no commit
-//!      ◀──────────────────────────────────────── ResyncAck{n: 0}
+//!      ◀──────────────────────────────────────── ResyncAck{n: 0, Receiving}
 //!  hash mode: VerifyRequest{id} per batch ─────▶ hashes of its regions (store is frozen)
 //!      ◀──────────────────────────────────────── VerifyReply → differing regions join the work set
 //!  work set = bitmap ∪ retained applied records (bitmap mode) or differing regions (hash mode),
 //!            ∪ every record applied while the copy runs (same thread as applies: rule 12's lock)
 //!  ResyncData{n, offset, bytes} in order, rate-limited ──▶ written as they are (only in order)
-//!      ◀──────────────────────────────────────── ResyncAck{n} (go-back-N on silence)
+//!      ◀──────────────────────────────────────── ResyncAck{n, Receiving} (go-back-N on silence)
 //!  work set empty, all acked: ResyncEnd{n, point = applied} ──▶ fsync store; journal kept if
-//!                                                 it holds `point`, else reset at `point`;
-//!      ◀──────────────────────────────────────── persist "consistent, K = point"; ResyncAck{finished}
+//!                                                 it holds `point`, else reset at `point`
+//!                                                 (bitmaps rebased to `point` first);
+//!      ◀──────────────────────────────────────── persist "consistent, K = point"; ResyncAck{Finished}
 //!  then ordinary catch-up by records from point + 1
 //! ```
 //!
 //! A resync interrupted by a crash or a new leader is not resumed: the
 //! peer's store stays marked inconsistent, and the next leader restarts a
-//! hash resync from scratch (rule 11: never "catch up by records").
+//! hash resync from scratch (rule 11: never "catch up by records"). A peer
+//! asked about a resync it does not have answers `ResyncAck{Unknown}`,
+//! which is how the leader learns that it lost one.
 
 use std::collections::VecDeque;
 
@@ -30,7 +33,7 @@ use triad_core::{Instant, NodeId};
 use triad_volume::{DirtyBitmap, Disk, Position};
 
 use crate::hash::region_hashes;
-use crate::msg::Msg;
+use crate::msg::{Msg, ResyncState};
 use crate::replica::{chain, Replica};
 use crate::{Health, Out, ReplNotice, ResyncProgress};
 
@@ -105,6 +108,16 @@ pub(crate) struct FollowerResync {
     finished: bool,
 }
 
+impl FollowerResync {
+    fn state(&self) -> ResyncState {
+        if self.finished {
+            ResyncState::Finished
+        } else {
+            ResyncState::Receiving
+        }
+    }
+}
+
 impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
     /// Starts a block resync of peer `slot`: from the bitmap when its base
     /// is at or below the peer's K, otherwise by hash comparison.
@@ -131,7 +144,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         }
         let Some(l) = self.leader.as_mut() else { return };
         l.resync_counter += 1;
-        let id = (l.epoch << 20) | (l.resync_counter & 0xF_FFFF);
+        let id = (l.epoch << 32) | (l.resync_counter & 0xFFFF_FFFF);
         let r = LeaderResync {
             id,
             hash,
@@ -277,7 +290,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         from: NodeId,
         id: u64,
         n: u64,
-        finished: bool,
+        state: ResyncState,
         out: &mut Vec<Out>,
     ) {
         let Some(slot) = self.slot(from) else { return };
@@ -288,19 +301,18 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         if r.id != id {
             return;
         }
-        r.last_ack = now;
-        if n == 0 && !finished {
-            if r.begun && (r.next_n > 1 || r.end.is_some()) {
-                // The peer lost the resync (it restarted): start over.
-                p.resync = None;
-                return self.start_resync(slot, now, true, out);
-            }
-            r.begun = true;
+        if state == ResyncState::Unknown {
+            // The peer lost this resync (it restarted, or dropped it at a
+            // view change): start over.
+            p.resync = None;
+            return self.start_resync(slot, now, true, out);
         }
+        r.begun = true;
+        r.last_ack = now;
         while r.unacked.front().is_some_and(|u| u.0 <= n) {
             r.unacked.pop_front();
         }
-        if finished {
+        if state == ResyncState::Finished {
             if let Some((_, point)) = r.end {
                 let bytes = r.bytes_done;
                 p.resync = None;
@@ -356,16 +368,21 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
 
     /// Peer: a resync begins; durably mark the store inconsistent first.
     pub(crate) fn on_resync_begin(&mut self, from: NodeId, id: u64, _hash: bool, out: &mut Vec<Out>) {
-        if self.resync_in.as_ref().is_some_and(|r| r.id == id) {
-            let n = self.resync_in.as_ref().map_or(0, |r| r.expected - 1);
-            return self.send_resync_ack(from, id, n, false, out);
+        if let Some(r) = self.resync_in.as_ref().filter(|r| r.id == id) {
+            let (n, state) = (r.expected - 1, r.state());
+            return self.send_resync_ack(from, id, n, state, out);
         }
-        if let Err(e) = self.store.mark_inconsistent() {
+        // Ids grow (epoch in the high bits): one at or below the last this
+        // store began is a late copy of a Begin for a resync already lost.
+        if id <= self.store.checkpointed().resync_id {
+            return self.send_resync_ack(from, id, 0, ResyncState::Unknown, out);
+        }
+        if let Err(e) = self.store.mark_inconsistent(id) {
             return self.fail(&chain(&e), out);
         }
         self.health = Health::Resyncing;
         self.resync_in = Some(FollowerResync { id, leader: from, expected: 1, finished: false });
-        self.send_resync_ack(from, id, 0, false, out);
+        self.send_resync_ack(from, id, 0, ResyncState::Receiving, out);
     }
 
     /// Peer: resync data, taken strictly in order.
@@ -378,9 +395,13 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         data: &[u8],
         out: &mut Vec<Out>,
     ) {
-        let Some(r) = self.resync_in.as_mut().filter(|r| r.id == id && !r.finished) else {
-            return self.send_resync_ack(from, id, 0, false, out);
+        let Some(r) = self.resync_in.as_mut().filter(|r| r.id == id) else {
+            return self.send_resync_ack(from, id, 0, ResyncState::Unknown, out);
         };
+        if r.finished {
+            let n = r.expected - 1;
+            return self.send_resync_ack(from, id, n, ResyncState::Finished, out);
+        }
         let fits = offset.checked_add(data.len() as u64).is_some_and(|end| end <= self.store.volume_len());
         if n == r.expected && !fits {
             let reason = format!("resync data of {} bytes at {offset} is outside the volume", data.len());
@@ -392,20 +413,20 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             r.expected += 1;
         }
         let done = r.expected - 1;
-        self.send_resync_ack(from, id, done, false, out);
+        self.send_resync_ack(from, id, done, ResyncState::Receiving, out);
     }
 
     /// Peer: the end of the stream; finish durably (rule 12's point p).
     pub(crate) fn on_resync_end(&mut self, from: NodeId, id: u64, n: u64, point: Position, out: &mut Vec<Out>) {
         let Some(r) = self.resync_in.as_ref().filter(|r| r.id == id) else {
-            return self.send_resync_ack(from, id, 0, false, out);
+            return self.send_resync_ack(from, id, 0, ResyncState::Unknown, out);
         };
         if r.finished {
-            return self.send_resync_ack(from, id, n, true, out);
+            return self.send_resync_ack(from, id, n, ResyncState::Finished, out);
         }
         if n != r.expected - 1 {
             let done = r.expected - 1;
-            return self.send_resync_ack(from, id, done, false, out);
+            return self.send_resync_ack(from, id, done, ResyncState::Receiving, out);
         }
         // Keep the journal only if it holds the leader's record at `point`
         // (the records after it may be a committed suffix, Raft's
@@ -413,6 +434,17 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         // first, then "consistent, K = point": a crash between the two
         // leaves an inconsistent store, resynced again.
         if self.journal.position_of(point.seq) != Some(point) {
+            // This node will no longer know which blocks the records
+            // through `point` touched: its bitmaps can only start there (a
+            // peer with a lower K gets a hash resync from it, not a short
+            // one). Bitmaps first: a crash before the journal reset leaves
+            // a base above what the journal discarded, which is harmless.
+            for slot in 0..2 {
+                self.bitmaps[slot].reset(point);
+                if let Err(e) = self.store.persist_bitmap(slot as u32, &self.bitmaps[slot]) {
+                    return self.fail(&chain(&e), out);
+                }
+            }
             if let Err(e) = self.journal.reset_at(point) {
                 return self.fail(&chain(&e), out);
             }
@@ -428,11 +460,11 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         if let Some(r) = self.resync_in.as_mut() {
             r.finished = true;
         }
-        self.send_resync_ack(from, id, n, true, out);
+        self.send_resync_ack(from, id, n, ResyncState::Finished, out);
     }
 
-    fn send_resync_ack(&self, to: NodeId, id: u64, n: u64, finished: bool, out: &mut Vec<Out>) {
-        out.push(Out::Send { to, msg: Msg::ResyncAck { epoch: self.view.epoch, id, n, finished } });
+    fn send_resync_ack(&self, to: NodeId, id: u64, n: u64, state: ResyncState, out: &mut Vec<Out>) {
+        out.push(Out::Send { to, msg: Msg::ResyncAck { epoch: self.view.epoch, id, n, state } });
     }
 
     /// A resync from a leader that is no longer the leader is abandoned

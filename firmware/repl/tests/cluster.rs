@@ -347,7 +347,7 @@ fn blank_replacement_gets_a_hash_resync() {
     use triad_volume::Disk;
     d.write_at(200 * 1024, &[0xEE; 4096]).unwrap();
     let mut s = triad_volume::Store::open(d, m).unwrap();
-    s.mark_inconsistent().unwrap();
+    s.mark_inconsistent(0).unwrap();
     let (d, m) = s.into_disks();
     c.parked[2] = Some((j, d, m));
     c.start(3);

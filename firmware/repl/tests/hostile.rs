@@ -5,7 +5,7 @@
 
 use proptest::prelude::*;
 use triad_core::Instant;
-use triad_repl::{Health, Msg, Out, ReplConfig, Replica, View};
+use triad_repl::{Health, Msg, Out, ReplConfig, Replica, ResyncState, View};
 use triad_volume::{MemDisk, Position, Record};
 
 const VOL: usize = 64 * 1024;
@@ -91,8 +91,12 @@ fn msg() -> impl Strategy<Value = Msg> {
             n,
             point
         }),
-        (epoch.clone(), any::<u64>(), any::<u64>(), any::<bool>())
-            .prop_map(|(epoch, id, n, finished)| Msg::ResyncAck { epoch, id, n, finished }),
+        (epoch.clone(), any::<u64>(), any::<u64>(), 0..3u8).prop_map(|(epoch, id, n, s)| Msg::ResyncAck {
+            epoch,
+            id,
+            n,
+            state: [ResyncState::Unknown, ResyncState::Receiving, ResyncState::Finished][usize::from(s)]
+        }),
         (epoch.clone(), any::<u64>(), any::<u64>(), any::<u32>())
             .prop_map(|(epoch, id, offset, count)| Msg::VerifyRequest { epoch, id, offset, count }),
         (epoch, any::<u64>(), any::<u64>(), pos(), prop::collection::vec(any::<[u8; 16]>(), 0..20))

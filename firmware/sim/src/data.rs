@@ -286,8 +286,6 @@ struct Vol {
     periodic_at: u64,
     /// Views that changed the epoch or the leader, so far.
     view_changes: u64,
-    /// The store was consistent when the current step began.
-    step_consistent: bool,
     /// Recent Appends received (for the `NoEpochFence` mutation).
     old_appends: VecDeque<(NodeId, Msg)>,
 }
@@ -332,9 +330,6 @@ struct Host {
     /// Per peer: a block resync this node leads, started in (incarnation,
     /// epoch) while the peer was (incarnation, view changes).
     resyncing: [Option<ResyncKey>; 3],
-    /// The highest point this node's store was block-resynced to (its
-    /// journal may restart there; disk state, kept across restarts).
-    resynced_to: Option<triad_volume::Position>,
 }
 
 type ResyncKey = (u64, u64, Option<(u64, u64)>);
@@ -420,7 +415,6 @@ impl DataWorld {
                     last_check: 0,
                     lying,
                     resyncing: [None; 3],
-                    resynced_to: None,
                 }
             })
             .collect();
@@ -925,7 +919,6 @@ impl DataWorld {
             return Ok(());
         }
         let v = &mut p.vol;
-        v.step_consistent = v.r.store().checkpointed().consistent;
         let mut outs = Vec::new();
         let mut submitted = Vec::new();
         let mut lines = Vec::new();
@@ -1007,13 +1000,6 @@ impl DataWorld {
         let mut outs = Vec::new();
         p.vol.r.sync(local, &mut outs);
         p.vol.busy = false;
-        // This step is done: a store that became consistent again was
-        // block-resynced to its new K.
-        let cp = p.vol.r.store().checkpointed();
-        if cp.consistent && !p.vol.step_consistent {
-            let r = &mut self.hosts[i].resynced_to;
-            *r = Some(r.map_or(cp.applied, |q| q.max(cp.applied)));
-        }
         self.carry_vol(id, outs)?;
         if self.hosts[i].proc.is_some() {
             self.vol_wake(id)?;
@@ -1098,21 +1084,6 @@ impl DataWorld {
                     self.stats.hash_resyncs += 1;
                 } else {
                     self.stats.bitmap_resyncs += 1;
-                    // Known bug D1: this node's bitmaps know nothing of the
-                    // blocks it got by a resync to `p`; a peer whose K is
-                    // below `p` misses them.
-                    let peer_k = self.hosts[idx(peer)].proc.as_ref().map(|p| p.vol.r.store().checkpointed().applied);
-                    if let (Some(p), Some(k)) = (self.hosts[idx(id)].resynced_to, peer_k) {
-                        let bug = scenario::KNOWN_REPL_BUGS[0];
-                        if k.seq < p.seq && !self.stats.known_bugs.contains(&bug) {
-                            self.note(|| {
-                                format!(
-                                    "KNOWN BUG D1 set off: n{id} (resynced to {p:?}) bitmap-resyncs n{peer} (K {k:?})"
-                                )
-                            });
-                            self.stats.known_bugs.push(bug);
-                        }
-                    }
                 }
                 if self.phase == Phase::Faults && self.rng.chance(self.sc.crash_in_resync_p) {
                     let node = if self.rng.chance(0.7) { peer } else { id };
@@ -1300,11 +1271,6 @@ impl DataWorld {
         let i = idx(id);
         let now = self.now;
         if let Some(p) = self.hosts[i].proc.take() {
-            let cp = p.vol.r.store().checkpointed();
-            if cp.consistent && !p.vol.step_consistent {
-                let r = &mut self.hosts[i].resynced_to;
-                *r = Some(r.map_or(cp.applied, |q| q.max(cp.applied)));
-            }
             let (mut j, mut d, mut m) = p.vol.r.into_disks();
             for disk in [&mut j.mem, &mut d.mem, &mut m.mem] {
                 disk.crash();
@@ -1392,7 +1358,6 @@ impl DataWorld {
                 periodic_at: now,
                 view_changes: 0,
                 old_appends: VecDeque::new(),
-                step_consistent: true,
             },
         });
         let hard = h.hard;
@@ -1409,7 +1374,7 @@ impl DataWorld {
         let (j, d, m) = self.format_disks(id);
         let (d, m) = if how == Blank::Marked {
             let mut s = triad_volume::Store::open(d, m).expect("a formatted store opens");
-            s.mark_inconsistent().expect("in-memory metadata writes");
+            s.mark_inconsistent(0).expect("in-memory metadata writes");
             s.into_disks()
         } else {
             (d, m)

@@ -1,8 +1,8 @@
 //! The data world: the replicated volume (`triad-repl` over in-memory
 //! disks with power cuts) under the simulator's faults, with the real core
 //! electing. Over a thousand seeds of the scenario mix; proof that the
-//! checks bite (glue mutations); and the triad-repl bugs the simulator
-//! found, as ignored tests that pass once the bugs are fixed.
+//! checks bite (glue mutations); the triad-repl bugs the simulator found,
+//! as regression tests, and the one known gap (rule 18) as an ignored test.
 //!
 //! `TRIAD_SIM_DATA_SEEDS=20000 cargo test -p triad-sim --test data` runs more.
 //!
@@ -179,36 +179,19 @@ fn passes(cases: &[(u64, &str)]) {
 }
 
 #[test]
-#[ignore = "triad-repl bug D1: a node whose journal a block resync reset (on_resync_end -> reset_at(point)) keeps \
-            bitmaps that claim to cover the records before `point` (a clean bitmap is rebased down to the peer's \
-            K at the next discard); leading later, it bitmap-resyncs a peer whose K is below `point` without the \
-            blocks of (K, point]: the stores diverge, and an acknowledged write can read as lost on a later \
-            leader. See docs/simulator.md"]
-fn known_bug_d1_bitmap_resync_from_a_node_that_was_itself_resynced() {
+fn a_node_that_was_itself_block_resynced_resyncs_others_by_hash_below_its_reset_point() {
+    // Bug D1 (fixed): such a node rebased a clean bitmap down to a lagging
+    // peer's K and bitmap-resynced it without the blocks of (K, point].
     passes(&[(4804, "resync-crash"), (7441, "compaction"), (3455, "chaos"), (9746, "power"), (7500, "resync-crash")]);
 }
 
 #[test]
-fn known_bug_d1_is_recognised_and_tolerated_in_the_mix() {
-    // Fails once D1 is fixed (the run then has nothing to tolerate): empty
-    // KNOWN_REPL_BUGS, drop the tolerance and un-ignore the test above.
-    let sc = DataScenario::named("resync-crash").expect("scenario exists");
-    let o = run_data(4804, sc, false);
-    assert!(o.violation.is_none(), "{:?}", o.violation);
-    let (v, bug) = o.tolerated.expect("seed 4804 sets off D1 and the stores diverge");
-    assert!(bug.starts_with("D1"), "{bug}");
-    assert_eq!(v.check, DataCheck::Diverged);
-}
-
-#[test]
-#[ignore = "triad-repl bug D2: a follower answers ResyncAck{n: 0} both when it has the resync but nothing in \
-            order yet (ResyncData n > 1 arrived first) and when it lost the resync; the leader takes any n = 0 \
-            after sending data as 'the peer restarted' and starts over with a hash resync. See docs/simulator.md"]
-fn known_bug_d2_a_reordered_resync_message_restarts_the_resync() {
-    let mut sc = DataScenario::named("resync-restart").expect("scenario exists");
-    sc.tolerate_known_bugs = false;
+fn a_reordered_resync_message_does_not_restart_the_resync() {
+    // Bug D2 (fixed): ResyncAck{n: 0} meant both "nothing in order yet" and
+    // "I lost the resync"; ResyncState::Unknown now says the latter.
+    let sc = DataScenario::named("resync-restart").expect("scenario exists");
     let mut failures = Vec::new();
-    for seed in 0..20 {
+    for seed in 0..40 {
         let o = run_data(seed, sc.clone(), false);
         failures.extend(failure(seed, &sc, &o));
     }
@@ -222,7 +205,7 @@ fn known_bug_d2_a_reordered_resync_message_restarts_the_resync() {
             from the old box's position: the stores diverge, whether the new store is marked inconsistent or \
             not. See docs/simulator.md"]
 fn known_gap_rule_18_a_replaced_box_is_caught_up_as_the_old_one() {
-    passes(&[(259, "blank-disk"), (268, "blank-disk"), (259, "blank-disk-unmarked"), (268, "blank-disk-unmarked")]);
+    passes(&[(78, "blank-disk"), (361, "blank-disk"), (78, "blank-disk-unmarked"), (361, "blank-disk-unmarked")]);
 }
 
 #[test]

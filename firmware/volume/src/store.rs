@@ -17,7 +17,8 @@
 //!
 //! Checkpoint payload (little-endian): version u32, flags u32 (bit 0:
 //! consistent), K epoch u64, K seq u64, volume length u64, bitmap
-//! granularity u64.
+//! granularity u64, then (version 2) the id of the last block resync this
+//! store began u64. Version 1 checkpoints (no resync id) open as id 0.
 
 use crate::bitmap::{BitmapError, DirtyBitmap};
 use crate::codec::{get_u32, get_u64, put_u32, put_u64};
@@ -32,8 +33,9 @@ use std::io;
 pub const BLOCK_SIZE: u64 = 4096;
 const CHECKPOINT_SLOT_LEN: u64 = 4096;
 const BITMAP_BASE: u64 = 2 * CHECKPOINT_SLOT_LEN;
-const VERSION: u32 = 1;
-const PAYLOAD_LEN: usize = 40;
+const VERSION: u32 = 2;
+const PAYLOAD_LEN: usize = 48;
+const PAYLOAD_LEN_V1: usize = 40;
 const FLAG_CONSISTENT: u32 = 1;
 
 /// What can go wrong in the block store.
@@ -86,6 +88,10 @@ pub struct Checkpoint {
     pub applied: Position,
     /// False while a block resync is in progress (rule 12).
     pub consistent: bool,
+    /// The last block resync this store began (0: none). A restarted
+    /// peer knows from it that a late `ResyncBegin` is for a resync it
+    /// already lost, not a new one.
+    pub resync_id: u64,
 }
 
 /// Bytes of one bitmap slot for this geometry (two per peer).
@@ -126,7 +132,7 @@ impl<D: Disk, M: Disk> Store<D, M> {
         }
         let slots = SlotPair::new(0, CHECKPOINT_SLOT_LEN, KIND_CHECKPOINT);
         slots.wipe(&mut meta).map_err(StoreError::Meta)?;
-        let checkpoint = Checkpoint { applied: Position::ZERO, consistent: true };
+        let checkpoint = Checkpoint { applied: Position::ZERO, consistent: true, resync_id: 0 };
         let mut s = Store {
             data,
             meta,
@@ -146,7 +152,8 @@ impl<D: Disk, M: Disk> Store<D, M> {
     pub fn open(data: D, meta: M) -> Result<Self, StoreError> {
         let slots = SlotPair::new(0, CHECKPOINT_SLOT_LEN, KIND_CHECKPOINT);
         let (generation, p) = slots.load(&meta).map_err(StoreError::Meta)?.ok_or(StoreError::NoCheckpoint)?;
-        if p.len() != PAYLOAD_LEN || get_u32(&p, 0) != VERSION {
+        let v1 = p.len() == PAYLOAD_LEN_V1 && get_u32(&p, 0) == 1;
+        if !v1 && (p.len() != PAYLOAD_LEN || get_u32(&p, 0) != VERSION) {
             return Err(StoreError::BadCheckpoint { reason: "unknown version" });
         }
         let volume_len = get_u64(&p, 24);
@@ -158,6 +165,7 @@ impl<D: Disk, M: Disk> Store<D, M> {
         let checkpoint = Checkpoint {
             applied: Position::new(get_u64(&p, 8), get_u64(&p, 16)),
             consistent: get_u32(&p, 4) & FLAG_CONSISTENT != 0,
+            resync_id: if v1 { 0 } else { get_u64(&p, 40) },
         };
         Ok(Store {
             data,
@@ -242,15 +250,16 @@ impl<D: Disk, M: Disk> Store<D, M> {
             self.failed = true;
             return Err(StoreError::Io { op: "sync", offset: 0, source });
         }
-        self.persist(Checkpoint { applied: k, consistent: self.checkpoint.consistent })?;
+        self.persist(Checkpoint { applied: k, ..self.checkpoint })?;
         Ok(k)
     }
 
-    /// Durably mark the store inconsistent before a block resync starts
-    /// (rule 12); a restart then knows the store is not to be trusted.
-    pub fn mark_inconsistent(&mut self) -> Result<(), StoreError> {
+    /// Durably mark the store inconsistent before block resync
+    /// `resync_id` starts (rule 12); a restart then knows the store is not
+    /// to be trusted, and which resync it had begun.
+    pub fn mark_inconsistent(&mut self, resync_id: u64) -> Result<(), StoreError> {
         self.check_ok()?;
-        self.persist(Checkpoint { applied: self.checkpoint.applied, consistent: false })
+        self.persist(Checkpoint { applied: self.checkpoint.applied, consistent: false, resync_id })
     }
 
     /// Write resync data straight into the volume (rule 12): allowed only
@@ -277,7 +286,7 @@ impl<D: Disk, M: Disk> Store<D, M> {
             self.failed = true;
             return Err(StoreError::Io { op: "sync", offset: 0, source });
         }
-        self.persist(Checkpoint { applied: point, consistent: true })?;
+        self.persist(Checkpoint { applied: point, consistent: true, ..self.checkpoint })?;
         self.applied = point;
         Ok(())
     }
@@ -325,6 +334,7 @@ impl<D: Disk, M: Disk> Store<D, M> {
         put_u64(&mut p, 16, c.applied.seq);
         put_u64(&mut p, 24, self.volume_len);
         put_u64(&mut p, 32, self.granularity);
+        put_u64(&mut p, 40, c.resync_id);
         let generation = self.generation + 1;
         let slots = SlotPair::new(0, CHECKPOINT_SLOT_LEN, KIND_CHECKPOINT);
         if let Err(e) = slots.store(&mut self.meta, generation, &p) {
@@ -414,7 +424,7 @@ mod tests {
     #[test]
     fn inconsistent_mark_and_bitmaps_persist() {
         let mut s = store();
-        s.mark_inconsistent().unwrap();
+        s.mark_inconsistent(7).unwrap();
         let mut bm = DirtyBitmap::new(VOL as u64, DEFAULT_GRANULARITY, Position::new(1, 7)).unwrap();
         bm.set_range(70000, 10).unwrap();
         s.persist_bitmap(1, &bm).unwrap();
@@ -424,7 +434,24 @@ mod tests {
         let (d, m) = s.into_disks();
         let s = Store::open(d, m).unwrap();
         assert!(!s.checkpointed().consistent);
+        assert_eq!(s.checkpointed().resync_id, 7);
         assert_eq!(s.load_bitmap(1).unwrap(), Some(bm));
         assert_eq!(s.load_bitmap(0).unwrap(), None);
+    }
+
+    #[test]
+    fn a_version_1_checkpoint_opens_with_no_resync_id() {
+        let (d, mut m) = store().into_disks();
+        let mut p = [0u8; PAYLOAD_LEN_V1];
+        put_u32(&mut p, 0, 1);
+        put_u32(&mut p, 4, FLAG_CONSISTENT);
+        put_u64(&mut p, 8, 3);
+        put_u64(&mut p, 16, 9);
+        put_u64(&mut p, 24, VOL as u64);
+        put_u64(&mut p, 32, DEFAULT_GRANULARITY);
+        SlotPair::new(0, CHECKPOINT_SLOT_LEN, KIND_CHECKPOINT).store(&mut m, 5, &p).unwrap();
+        let s = Store::open(d, m).unwrap();
+        let want = Checkpoint { applied: Position::new(3, 9), consistent: true, resync_id: 0 };
+        assert_eq!(s.checkpointed(), want);
     }
 }

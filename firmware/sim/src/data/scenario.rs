@@ -180,11 +180,8 @@ pub struct DataScenario {
 /// triad-repl bugs the data world found and still tolerates (see
 /// docs/simulator.md, data world): a run in which the world saw one set
 /// off reports its violation as tolerated, so the mix keeps checking
-/// everything else. Empty this once they are fixed (the `known_bug_*`
-/// tests in tests/data.rs then pass).
-pub const KNOWN_REPL_BUGS: [&str; 1] = [
-    "D1: a bitmap resync led by a node whose journal a block resync reset, to a peer whose K is below that reset point",
-];
+/// everything else while a fix is made. Empty: D1 and D2 are fixed.
+pub const KNOWN_REPL_BUGS: [&str; 0] = [];
 
 /// How a replaced box's blank disks are presented.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
