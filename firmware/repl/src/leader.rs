@@ -70,6 +70,24 @@ pub(crate) struct Progress {
     pub resync: Option<LeaderResync>,
 }
 
+impl Progress {
+    /// A peer nothing is known of yet: probe from `next`.
+    pub(crate) fn new(next: u64, now: Instant) -> Progress {
+        Progress {
+            matched: 0,
+            next,
+            probe_from: next,
+            last_heard: None,
+            last_sent: None,
+            last_progress: now,
+            sent_commit: 0,
+            consistent: true,
+            split: false,
+            resync: None,
+        }
+    }
+}
+
 /// State that exists only while this node leads.
 #[derive(Debug)]
 pub(crate) struct LeaderState {
@@ -185,18 +203,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         if let Err(e) = self.append_own(&rec) {
             return self.fail(&e, out);
         }
-        let progress = || Progress {
-            matched: 0,
-            next: rec.seq,
-            probe_from: rec.seq,
-            last_heard: None,
-            last_sent: None,
-            last_progress: now,
-            sent_commit: 0,
-            consistent: true,
-            split: false,
-            resync: None,
-        };
+        let progress = || Progress::new(rec.seq, now);
         let skip_noop = self.cfg.mutations.skip_noop;
         let mut l = LeaderState {
             epoch,

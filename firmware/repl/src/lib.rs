@@ -218,6 +218,16 @@ pub enum ReplNotice {
         /// What failed.
         detail: String,
     },
+    /// A peer box answers with a new incarnation: it was replaced (blank
+    /// disks). What was known of the old box is forgotten (rule 18).
+    PeerReplaced {
+        /// The peer.
+        peer: NodeId,
+        /// The incarnation heard before.
+        old: u64,
+        /// The incarnation heard now.
+        new: u64,
+    },
     /// A peer's reply was out of epoch or otherwise refused.
     Refused {
         /// The peer.

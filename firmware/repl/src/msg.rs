@@ -40,6 +40,9 @@ pub enum Msg {
     AppendReply {
         /// The follower's epoch.
         epoch: u64,
+        /// The follower box's incarnation (rule 18: late replies of a
+        /// replaced box are told from its replacement's).
+        inc: u64,
         /// Whether the last Append's prev matched.
         ok: bool,
         /// Highest seq durable in the follower's journal *and* known to
@@ -95,6 +98,8 @@ pub enum Msg {
     ResyncAck {
         /// The follower's epoch.
         epoch: u64,
+        /// The follower box's incarnation (as in `AppendReply`).
+        inc: u64,
         /// The resync.
         id: u64,
         /// Last data message written in order (0 with [`ResyncState::Unknown`]).
@@ -119,6 +124,8 @@ pub enum Msg {
     VerifyReply {
         /// The follower's epoch.
         epoch: u64,
+        /// The follower box's incarnation (as in `AppendReply`).
+        inc: u64,
         /// The verify run.
         id: u64,
         /// First region's offset.
@@ -158,6 +165,14 @@ impl Msg {
             | Msg::ResyncAck { epoch, .. }
             | Msg::VerifyRequest { epoch, .. }
             | Msg::VerifyReply { epoch, .. } => *epoch,
+        }
+    }
+
+    /// The sending box's incarnation, on replies (follower → leader).
+    pub fn incarnation(&self) -> Option<u64> {
+        match self {
+            Msg::AppendReply { inc, .. } | Msg::ResyncAck { inc, .. } | Msg::VerifyReply { inc, .. } => Some(*inc),
+            _ => None,
         }
     }
 

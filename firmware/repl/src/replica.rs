@@ -74,6 +74,10 @@ pub struct Replica<J: Disk, D: Disk, M: Disk> {
     pub(crate) bitmaps: [DirtyBitmap; 2],
     /// Last known checkpoint K of each peer.
     pub(crate) peer_k: [Position; 2],
+    /// Each peer box's incarnation as last heard, and the ones it
+    /// replaced (whose late replies are ignored), newest last.
+    peer_inc: [Option<u64>; 2],
+    retired_inc: [Vec<u64>; 2],
     /// Outputs already reported, to emit changes only.
     reported_position: Option<Position>,
     reported_electable: Option<bool>,
@@ -89,6 +93,9 @@ pub struct Replica<J: Disk, D: Disk, M: Disk> {
 /// Ring bytes every data record leaves free: room for a future leader's
 /// empty record (56 bytes) even where it must skip to the ring's start.
 pub(crate) const NOOP_RESERVE: u64 = 2 * triad_volume::journal::RECORD_HEADER_LEN as u64;
+
+/// Retired incarnations remembered per peer (boxes replaced in a row).
+const MAX_RETIRED: usize = 4;
 
 /// Shortest time between two ticks the replica asks for.
 const MIN_TICK: Duration = Duration::from_millis(1);
@@ -110,9 +117,10 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         data: D,
         meta: M,
         granularity: u64,
+        incarnation: u64,
     ) -> Result<Self, ReplicaError> {
         let journal = Journal::format(journal)?;
-        let store = Store::format(data, meta, granularity)?;
+        let store = Store::format(data, meta, granularity, incarnation)?;
         Self::assemble(id, peers, cfg, journal, store)
     }
 
@@ -183,6 +191,8 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             resync_in: None,
             bitmaps,
             peer_k: [Position::ZERO; 2],
+            peer_inc: [None; 2],
+            retired_inc: [Vec::new(), Vec::new()],
             reported_position: None,
             reported_electable: None,
             needs_sync: false,
@@ -195,6 +205,11 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
     /// This node.
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// This box's incarnation (drawn at format).
+    pub fn incarnation(&self) -> u64 {
+        self.store.checkpointed().incarnation
     }
 
     /// The journal's last position (what votes compare).
@@ -330,6 +345,11 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         if msg.from_leader() != from_my_leader {
             return;
         }
+        if let Some(inc) = msg.incarnation() {
+            if !self.admit_incarnation(now, from, inc, out) {
+                return;
+            }
+        }
         match msg {
             Msg::Append { prev, records, commit, ks, .. } => self.on_append(from, prev, records, commit, &ks, out),
             Msg::ResyncBegin { id, hash, .. } => self.on_resync_begin(from, id, hash, out),
@@ -346,6 +366,38 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             }
         }
         self.report(out);
+    }
+
+    /// Rule 18: a reply from a peer box carries its incarnation. The
+    /// first one heard is adopted; a different one means the box was
+    /// replaced: everything known of the old box (its matched position,
+    /// its K, a resync in progress) is forgotten and the old incarnation is
+    /// retired, so its late replies cannot speak for the new box. Returns
+    /// whether to act on the message.
+    fn admit_incarnation(&mut self, now: Instant, from: NodeId, inc: u64, out: &mut Vec<Out>) -> bool {
+        let Some(slot) = self.slot(from) else { return false };
+        let old = match self.peer_inc[slot] {
+            None => {
+                self.peer_inc[slot] = Some(inc);
+                return true;
+            }
+            Some(known) if known == inc => return true,
+            Some(_) if self.retired_inc[slot].contains(&inc) => return false,
+            Some(old) => old,
+        };
+        let retired = &mut self.retired_inc[slot];
+        if retired.len() == MAX_RETIRED {
+            retired.remove(0);
+        }
+        retired.push(old);
+        self.peer_inc[slot] = Some(inc);
+        self.peer_k[slot] = Position::ZERO;
+        let next = self.journal.last().seq + 1;
+        if let Some(l) = self.leader.as_mut() {
+            l.peers[slot] = crate::leader::Progress::new(next, now);
+        }
+        out.push(Out::Notice(ReplNotice::PeerReplaced { peer: from, old, new: inc }));
+        true
     }
 
     /// Rule 5 on a follower: accept records only if `prev` matches; a
@@ -556,6 +608,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
     pub(crate) fn append_reply(&self, ok: bool) -> Msg {
         Msg::AppendReply {
             epoch: self.view.epoch,
+            inc: self.incarnation(),
             ok,
             matched: self.matched_in_epoch.min(self.journal.durable().seq),
             last: self.journal.last(),

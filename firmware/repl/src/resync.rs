@@ -464,7 +464,10 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
     }
 
     fn send_resync_ack(&self, to: NodeId, id: u64, n: u64, state: ResyncState, out: &mut Vec<Out>) {
-        out.push(Out::Send { to, msg: Msg::ResyncAck { epoch: self.view.epoch, id, n, state } });
+        out.push(Out::Send {
+            to,
+            msg: Msg::ResyncAck { epoch: self.view.epoch, inc: self.incarnation(), id, n, state },
+        });
     }
 
     /// A resync from a leader that is no longer the leader is abandoned

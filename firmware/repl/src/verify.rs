@@ -120,10 +120,10 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         let count = count.min(MAX_REGIONS);
         match region_hashes(&self.store, offset, count, self.cfg.region) {
             Ok(hashes) => {
-                let applied = self.store.applied();
+                let (applied, inc) = (self.store.applied(), self.incarnation());
                 out.push(Out::Send {
                     to: from,
-                    msg: Msg::VerifyReply { epoch: self.view.epoch, id, offset, applied, hashes },
+                    msg: Msg::VerifyReply { epoch: self.view.epoch, inc, id, offset, applied, hashes },
                 });
             }
             Err(e) => self.fail(&e, out),

@@ -49,8 +49,17 @@ impl Cluster {
         let nodes = (1..=3)
             .map(|id| {
                 Some(
-                    R::format(id, peers(id), cfg(), MemDisk::new(RING), MemDisk::new(VOL), MemDisk::new(meta), GRAN)
-                        .unwrap(),
+                    R::format(
+                        id,
+                        peers(id),
+                        cfg(),
+                        MemDisk::new(RING),
+                        MemDisk::new(VOL),
+                        MemDisk::new(meta),
+                        GRAN,
+                        id.into(),
+                    )
+                    .unwrap(),
                 )
             })
             .collect();

@@ -18,7 +18,17 @@ fn replica(id: u8) -> Replica<MemDisk, MemDisk, MemDisk> {
     };
     let meta = triad_volume::store::meta_len_needed(VOL as u64, 4096, 2) as usize;
     let cfg = ReplConfig { region: 4096, resync_chunk: 4096, ..ReplConfig::default() };
-    Replica::format(id, peers, cfg, MemDisk::new(8192 + 16384), MemDisk::new(VOL), MemDisk::new(meta), 4096).unwrap()
+    Replica::format(
+        id,
+        peers,
+        cfg,
+        MemDisk::new(8192 + 16384),
+        MemDisk::new(VOL),
+        MemDisk::new(meta),
+        4096,
+        u64::from(id),
+    )
+    .unwrap()
 }
 
 fn pos() -> impl Strategy<Value = Position> {
@@ -70,9 +80,10 @@ fn msg() -> impl Strategy<Value = Msg> {
                 }
             }
         ),
-        (epoch.clone(), any::<bool>(), any::<u64>(), pos(), pos(), pos(), any::<bool>()).prop_map(
-            |(epoch, ok, matched, last, applied, k, consistent)| Msg::AppendReply {
+        (epoch.clone(), any::<bool>(), any::<u64>(), pos(), pos(), pos(), any::<bool>(), 0..3u64).prop_map(
+            |(epoch, ok, matched, last, applied, k, consistent, inc)| Msg::AppendReply {
                 epoch,
+                inc,
                 ok,
                 matched,
                 last,
@@ -91,16 +102,20 @@ fn msg() -> impl Strategy<Value = Msg> {
             n,
             point
         }),
-        (epoch.clone(), any::<u64>(), any::<u64>(), 0..3u8).prop_map(|(epoch, id, n, s)| Msg::ResyncAck {
-            epoch,
-            id,
-            n,
-            state: [ResyncState::Unknown, ResyncState::Receiving, ResyncState::Finished][usize::from(s)]
+        (epoch.clone(), any::<u64>(), any::<u64>(), 0..3u8, 0..3u64).prop_map(|(epoch, id, n, s, inc)| {
+            Msg::ResyncAck {
+                epoch,
+                inc,
+                id,
+                n,
+                state: [ResyncState::Unknown, ResyncState::Receiving, ResyncState::Finished][usize::from(s)],
+            }
         }),
         (epoch.clone(), any::<u64>(), any::<u64>(), any::<u32>())
             .prop_map(|(epoch, id, offset, count)| Msg::VerifyRequest { epoch, id, offset, count }),
-        (epoch, any::<u64>(), any::<u64>(), pos(), prop::collection::vec(any::<[u8; 16]>(), 0..20))
-            .prop_map(|(epoch, id, offset, applied, hashes)| Msg::VerifyReply { epoch, id, offset, applied, hashes }),
+        (epoch, any::<u64>(), any::<u64>(), pos(), prop::collection::vec(any::<[u8; 16]>(), 0..20)).prop_map(
+            |(epoch, id, offset, applied, hashes)| Msg::VerifyReply { epoch, inc: 1, id, offset, applied, hashes }
+        ),
     ]
 }
 

@@ -319,6 +319,8 @@ struct Host {
     hard: HardState,
     /// The disks while no process runs.
     parked: Option<Disks>,
+    /// Times this box was replaced by one with blank disks.
+    replacements: u64,
     proc: Option<Proc>,
     /// Real time the current (or last) serving period ends.
     serving_end: u64,
@@ -409,6 +411,7 @@ impl DataWorld {
                     clock,
                     hard: HardState::default(),
                     parked: None,
+                    replacements: 0,
                     proc: None,
                     serving_end: 0,
                     checked: None,
@@ -444,7 +447,7 @@ impl DataWorld {
         };
         for id in 1..=3u8 {
             // Cluster creation: every node formatted over the same zeroes.
-            let disks = w.format_disks(id);
+            let disks = w.format_disks(id, 0);
             w.hosts[idx(id)].parked = Some(disks);
             let at = w.rng.range(0, 300_000);
             w.push(at, Ev::Restart { node: id });
@@ -455,7 +458,9 @@ impl DataWorld {
         w
     }
 
-    fn format_disks(&self, id: NodeId) -> Disks {
+    /// Blank disks for node `id`; its box's `generation`-th (0 at cluster
+    /// creation, then one more per replacement) gives the incarnation.
+    fn format_disks(&self, id: NodeId, generation: u64) -> Disks {
         let sc = &self.sc;
         let (lj, ld) = self.hosts[idx(id)].lying;
         let meta = triad_volume::store::meta_len_needed(sc.volume, sc.granularity, 2);
@@ -467,6 +472,7 @@ impl DataWorld {
             SimDisk::new(sc.volume, ld),
             SimDisk::new(meta, false),
             sc.granularity,
+            (u64::from(id) << 32) | generation,
         )
         .expect("formatting in-memory disks works");
         let (mut j, mut d, mut m) = r.into_disks();
@@ -1371,7 +1377,8 @@ impl DataWorld {
     /// `Blank::Marked` the store is marked inconsistent first.
     fn blank(&mut self, id: NodeId, how: Blank) -> Res {
         self.take_down(id, false);
-        let (j, d, m) = self.format_disks(id);
+        self.hosts[idx(id)].replacements += 1;
+        let (j, d, m) = self.format_disks(id, self.hosts[idx(id)].replacements);
         let (d, m) = if how == Blank::Marked {
             let mut s = triad_volume::Store::open(d, m).expect("a formatted store opens");
             s.mark_inconsistent(0).expect("in-memory metadata writes");
@@ -1576,15 +1583,15 @@ fn brief(m: &Msg) -> String {
             };
             format!("Append e{epoch} prev {}/{} records {seqs} commit {commit}", prev.epoch, prev.seq)
         }
-        Msg::AppendReply { epoch, ok, matched, last, applied, k, consistent } => format!(
-            "AppendReply e{epoch} ok={ok} matched {matched} last {}/{} applied {}/{} k {}/{} consistent={consistent}",
+        Msg::AppendReply { epoch, inc, ok, matched, last, applied, k, consistent } => format!(
+            "AppendReply e{epoch} inc {inc:x} ok={ok} matched {matched} last {}/{} applied {}/{} k {}/{} consistent={consistent}",
             last.epoch, last.seq, applied.epoch, applied.seq, k.epoch, k.seq
         ),
         Msg::ResyncData { epoch, id, n, offset, data } => {
             format!("ResyncData e{epoch} id {id} n {n} at {offset} len {}", data.len())
         }
-        Msg::VerifyReply { epoch, id, offset, applied, hashes } => format!(
-            "VerifyReply e{epoch} id {id} at {offset} applied {}/{} ({} hashes)",
+        Msg::VerifyReply { epoch, inc, id, offset, applied, hashes } => format!(
+            "VerifyReply e{epoch} inc {inc:x} id {id} at {offset} applied {}/{} ({} hashes)",
             applied.epoch,
             applied.seq,
             hashes.len()

@@ -146,7 +146,7 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
         hard,
         position,
         now: clock.now(),
-        seed: seed(),
+        seed: random_u64(),
     });
     if !electable {
         node.handle(clock.now(), Input::Electable(false));
@@ -532,8 +532,9 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
-/// A seed for election-timeout jitter: different on every start and node.
-fn seed() -> u64 {
+/// A random number (election-timeout jitter seeds, box incarnations):
+/// from the kernel, or from the clock and pid if that fails.
+pub(crate) fn random_u64() -> u64 {
     let mut buf = [0u8; 8];
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
         use std::io::Read;

@@ -96,7 +96,10 @@ pub fn open_replica(id: NodeId, peers: [NodeId; 2], cfg: &VolumeConfig) -> Resul
     let meta = open_file(&cfg.meta, meta_len, fresh, true)?;
     let r = if fresh {
         info!(data = %cfg.data.display(), size = cfg.size, "formatting a new volume replica");
-        Replica::format(id, peers, cfg.repl.clone(), journal, data, meta, cfg.granularity)?
+        // The box's incarnation (rule 18): peers tell this box from the one
+        // it may replace by it. 0 means "unknown" (version 1 metadata).
+        let incarnation = crate::runtime::random_u64().max(1);
+        Replica::format(id, peers, cfg.repl.clone(), journal, data, meta, cfg.granularity, incarnation)?
     } else {
         Replica::open(id, peers, cfg.repl.clone(), journal, data, meta)?
     };
@@ -356,6 +359,14 @@ fn log_notice(n: &ReplNotice) {
         }
         ReplNotice::StorageFailed { detail } => tracing::error!(%detail, "volume: storage failed; not serving"),
         ReplNotice::Refused { peer, reason } => warn!(peer, %reason, "volume: message refused"),
+        ReplNotice::PeerReplaced { peer, old, new } => {
+            warn!(
+                peer,
+                old = format!("{old:x}"),
+                new = format!("{new:x}"),
+                "volume: peer box replaced (new incarnation)"
+            )
+        }
     }
 }
 

@@ -18,7 +18,9 @@
 //! Checkpoint payload (little-endian): version u32, flags u32 (bit 0:
 //! consistent), K epoch u64, K seq u64, volume length u64, bitmap
 //! granularity u64, then (version 2) the id of the last block resync this
-//! store began u64. Version 1 checkpoints (no resync id) open as id 0.
+//! store began u64 and the box incarnation u64 (random, chosen at format:
+//! tells a replaced box from the one it replaced). Version 1 checkpoints
+//! open with both 0.
 
 use crate::bitmap::{BitmapError, DirtyBitmap};
 use crate::codec::{get_u32, get_u64, put_u32, put_u64};
@@ -34,7 +36,7 @@ pub const BLOCK_SIZE: u64 = 4096;
 const CHECKPOINT_SLOT_LEN: u64 = 4096;
 const BITMAP_BASE: u64 = 2 * CHECKPOINT_SLOT_LEN;
 const VERSION: u32 = 2;
-const PAYLOAD_LEN: usize = 48;
+const PAYLOAD_LEN: usize = 56;
 const PAYLOAD_LEN_V1: usize = 40;
 const FLAG_CONSISTENT: u32 = 1;
 
@@ -92,6 +94,8 @@ pub struct Checkpoint {
     /// peer knows from it that a late `ResyncBegin` is for a resync it
     /// already lost, not a new one.
     pub resync_id: u64,
+    /// This box's incarnation, fixed at format (rule 18).
+    pub incarnation: u64,
 }
 
 /// Bytes of one bitmap slot for this geometry (two per peer).
@@ -120,8 +124,9 @@ pub struct Store<D: Disk, M: Disk> {
 
 impl<D: Disk, M: Disk> Store<D, M> {
     /// Format: the volume is the data disk rounded down to whole blocks;
-    /// K = (0, 0), consistent. Data content is left as it is.
-    pub fn format(data: D, mut meta: M, granularity: u64) -> Result<Self, StoreError> {
+    /// K = (0, 0), consistent, this box's `incarnation` (a random number
+    /// the caller draws). Data content is left as it is.
+    pub fn format(data: D, mut meta: M, granularity: u64, incarnation: u64) -> Result<Self, StoreError> {
         let volume_len = data.len() / BLOCK_SIZE * BLOCK_SIZE;
         if volume_len == 0 {
             return Err(StoreError::TooSmall { len: data.len() });
@@ -132,7 +137,7 @@ impl<D: Disk, M: Disk> Store<D, M> {
         }
         let slots = SlotPair::new(0, CHECKPOINT_SLOT_LEN, KIND_CHECKPOINT);
         slots.wipe(&mut meta).map_err(StoreError::Meta)?;
-        let checkpoint = Checkpoint { applied: Position::ZERO, consistent: true, resync_id: 0 };
+        let checkpoint = Checkpoint { applied: Position::ZERO, consistent: true, resync_id: 0, incarnation };
         let mut s = Store {
             data,
             meta,
@@ -166,6 +171,7 @@ impl<D: Disk, M: Disk> Store<D, M> {
             applied: Position::new(get_u64(&p, 8), get_u64(&p, 16)),
             consistent: get_u32(&p, 4) & FLAG_CONSISTENT != 0,
             resync_id: if v1 { 0 } else { get_u64(&p, 40) },
+            incarnation: if v1 { 0 } else { get_u64(&p, 48) },
         };
         Ok(Store {
             data,
@@ -259,7 +265,7 @@ impl<D: Disk, M: Disk> Store<D, M> {
     /// to be trusted, and which resync it had begun.
     pub fn mark_inconsistent(&mut self, resync_id: u64) -> Result<(), StoreError> {
         self.check_ok()?;
-        self.persist(Checkpoint { applied: self.checkpoint.applied, consistent: false, resync_id })
+        self.persist(Checkpoint { consistent: false, resync_id, ..self.checkpoint })
     }
 
     /// Write resync data straight into the volume (rule 12): allowed only
@@ -335,6 +341,7 @@ impl<D: Disk, M: Disk> Store<D, M> {
         put_u64(&mut p, 24, self.volume_len);
         put_u64(&mut p, 32, self.granularity);
         put_u64(&mut p, 40, c.resync_id);
+        put_u64(&mut p, 48, c.incarnation);
         let generation = self.generation + 1;
         let slots = SlotPair::new(0, CHECKPOINT_SLOT_LEN, KIND_CHECKPOINT);
         if let Err(e) = slots.store(&mut self.meta, generation, &p) {
@@ -367,7 +374,7 @@ mod tests {
 
     fn store() -> Store<MemDisk, MemDisk> {
         let meta = MemDisk::new(meta_len_needed(VOL as u64, DEFAULT_GRANULARITY, 2) as usize);
-        Store::format(MemDisk::new(VOL), meta, DEFAULT_GRANULARITY).unwrap()
+        Store::format(MemDisk::new(VOL), meta, DEFAULT_GRANULARITY, 42).unwrap()
     }
 
     fn rec(seq: u64, offset: u64, payload: &[u8]) -> Record {
@@ -451,7 +458,7 @@ mod tests {
         put_u64(&mut p, 32, DEFAULT_GRANULARITY);
         SlotPair::new(0, CHECKPOINT_SLOT_LEN, KIND_CHECKPOINT).store(&mut m, 5, &p).unwrap();
         let s = Store::open(d, m).unwrap();
-        let want = Checkpoint { applied: Position::new(3, 9), consistent: true, resync_id: 0 };
+        let want = Checkpoint { applied: Position::new(3, 9), consistent: true, resync_id: 0, incarnation: 0 };
         assert_eq!(s.checkpointed(), want);
     }
 }
