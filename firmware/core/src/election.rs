@@ -29,7 +29,7 @@
 //!   failover once the replicated volume supplies real positions.
 
 use crate::config::Timing;
-use crate::io::{HardState, Notice, Output, Role};
+use crate::io::{HardState, Membership, Notice, Output, Role};
 use crate::message::{Body, Epoch, Message, NodeId, Position};
 use crate::node::Setup;
 use crate::rng::SplitMix64;
@@ -70,6 +70,8 @@ pub struct Election {
     position: Position,
     /// False while the data layer forbids standing for election.
     electable: bool,
+    /// Rule 18: a learner's votes are limited (see [`Membership`]).
+    membership: Membership,
     rng: SplitMix64,
 }
 
@@ -92,6 +94,7 @@ impl Election {
             fence_until: None,
             position,
             electable: true,
+            membership: Membership::default(),
             rng: SplitMix64::new(seed),
         };
         e.deadline = quiet_until;
@@ -156,6 +159,34 @@ impl Election {
         }
     }
 
+    /// Rule 18: the data layer's word on this box's vote; a learner's
+    /// campaign (there should be none) is abandoned.
+    pub fn set_membership(&mut self, now: Instant, membership: Membership, out: &mut Vec<Output>) {
+        self.membership = membership;
+        if membership == Membership::Learner && matches!(self.role, Role::PreCandidate | Role::Candidate) {
+            self.become_follower(now, None, out);
+        }
+    }
+
+    /// The data layer's word on this box's vote.
+    pub fn membership(&self) -> Membership {
+        self.membership
+    }
+
+    /// Whether this node may grant a (pre-)vote in `epoch` (on top of
+    /// Raft's rules): a learner never, a voter from its floor on.
+    fn may_grant(&self, epoch: Epoch) -> bool {
+        match self.membership {
+            Membership::Learner => false,
+            Membership::Voter { votes_from } => epoch >= votes_from,
+        }
+    }
+
+    /// A learner never stands for election.
+    fn may_campaign(&self) -> bool {
+        self.membership != Membership::Learner
+    }
+
     /// While the VIP may still be on this node's interface (until `until`),
     /// the node must not help elect anyone else: set by the node from the
     /// VIP state before every message.
@@ -173,7 +204,7 @@ impl Election {
         if self.role == Role::Leader || now < self.deadline {
             return Transition::None;
         }
-        if self.hard.standby || !self.electable || now < self.quiet_until {
+        if self.hard.standby || !self.electable || !self.may_campaign() || now < self.quiet_until {
             self.reset_deadline(now);
             return Transition::None;
         }
@@ -199,7 +230,10 @@ impl Election {
         match msg.body {
             // PreVote never changes the receiver's state, whatever its epoch.
             Body::PreVote { position } => {
-                let granted = msg.epoch > self.hard.epoch && position >= self.position && !self.sticky(now);
+                let granted = msg.epoch > self.hard.epoch
+                    && position >= self.position
+                    && !self.sticky(now)
+                    && self.may_grant(msg.epoch);
                 self.send(msg.from, msg.epoch, Body::PreVoteReply { granted }, out);
                 Transition::None
             }
@@ -256,7 +290,8 @@ impl Election {
             self.become_follower(now, None, out);
             dirty = true;
         }
-        let granted = self.hard.voted_for.is_none_or(|v| v == msg.from) && position >= self.position;
+        let granted =
+            self.hard.voted_for.is_none_or(|v| v == msg.from) && position >= self.position && self.may_grant(msg.epoch);
         if granted {
             if self.hard.voted_for.is_none() {
                 self.hard.voted_for = Some(msg.from);
@@ -316,7 +351,8 @@ impl Election {
 
     fn on_timeout_now(&mut self, now: Instant, msg: &Message, out: &mut Vec<Output>) {
         let from_my_leader = msg.epoch == self.hard.epoch && self.leader == Some(msg.from);
-        if from_my_leader && self.role == Role::Follower && !self.hard.standby && self.electable {
+        if from_my_leader && self.role == Role::Follower && !self.hard.standby && self.electable && self.may_campaign()
+        {
             self.start_election(now, true, out);
         }
     }

@@ -46,8 +46,38 @@ pub enum Input {
     /// must never lead (DESIGN invariant 4). Not persisted: the replication
     /// layer derives it from its own durable state at every start.
     Electable(bool),
+    /// Rule 18, from the replication layer: may this box vote and
+    /// campaign. Not persisted by the core either: the replication layer
+    /// keeps it with its own durable state and reports it at every start,
+    /// before the node takes any message.
+    Membership(Membership),
     /// An operator's request.
     Admin(AdminRequest),
+}
+
+/// Rule 18: a box's right to vote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Membership {
+    /// A replaced box (blank disks) that has not yet caught up with the
+    /// cluster's committed data: it neither votes nor stands for election,
+    /// so it can neither help elect a peer missing acknowledged writes (its
+    /// own position says nothing of what the box it replaced acknowledged)
+    /// nor vote again in an epoch that box voted in. Cost: until it is a
+    /// voter, the two others must both be up to elect a leader.
+    Learner,
+    /// A full member, granting votes only in epochs from `votes_from` on
+    /// (a former learner: above the epoch in which it first held a
+    /// committed record).
+    Voter {
+        /// The lowest epoch it may vote in.
+        votes_from: Epoch,
+    },
+}
+
+impl Default for Membership {
+    fn default() -> Self {
+        Membership::Voter { votes_from: 0 }
+    }
 }
 
 /// Operator requests.
@@ -108,6 +138,13 @@ pub enum Notice {
     /// The lease ran out (CheckQuorum): the active node lost its majority.
     LeaseLost {
         /// The epoch whose lease was lost.
+        epoch: Epoch,
+    },
+    /// The replication layer said this node must not lead (its storage
+    /// failed, or its journal syncs stopped completing: sketch rule 16): the
+    /// active node stepped down rather than keep a lease it cannot use.
+    SteppedDownUnfit {
+        /// The epoch it gave up.
         epoch: Epoch,
     },
     /// An admin request could not be carried out.

@@ -24,7 +24,9 @@ pub mod time;
 pub mod vip;
 
 pub use config::Timing;
-pub use io::{AdminRequest, HardState, Input, Notice, Output, PeerStatus, Role, Status, VipAction, VipPhase};
+pub use io::{
+    AdminRequest, HardState, Input, Membership, Notice, Output, PeerStatus, Role, Status, VipAction, VipPhase,
+};
 pub use message::{Body, Epoch, Message, NodeId, Position, PROTOCOL_VERSION};
 pub use node::{Node, Setup};
 pub use time::Instant;

@@ -114,7 +114,18 @@ impl Node {
             }
             Input::VipConflict { .. } => {}
             Input::PositionChanged(p) => self.election.set_position(p),
-            Input::Electable(e) => self.election.set_electable(now, e, &mut out),
+            Input::Electable(e) => {
+                self.election.set_electable(now, e, &mut out);
+                // Rule 16: a leader whose storage cannot serve gives its
+                // lease up now rather than hold the VIP for nothing. Its
+                // voters' stickiness still covers the lease it announced.
+                if !e && self.role() == Role::Leader {
+                    out.push(Output::Notice(Notice::SteppedDownUnfit { epoch: self.epoch() }));
+                    let t = self.election.step_down(now, &mut out);
+                    self.on_transition(now, t);
+                }
+            }
+            Input::Membership(m) => self.election.set_membership(now, m, &mut out),
             Input::Admin(req) => self.admin(now, req, &mut out),
         }
         self.settle(now, &mut out);

@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 use triad_core::{
-    AdminRequest, Body, HardState, Input, Instant, Message, Node, Notice, Output, Position, Role, Setup, Timing,
-    VipAction,
+    AdminRequest, Body, HardState, Input, Instant, Membership, Message, Node, Notice, Output, Position, Role, Setup,
+    Timing, VipAction,
 };
 
 const MS: u64 = 1000;
@@ -157,6 +157,35 @@ fn a_voter_refuses_a_candidate_with_older_data() {
 }
 
 #[test]
+fn a_learner_neither_votes_nor_campaigns_and_a_former_learner_votes_only_from_its_floor() {
+    let data = Position { epoch: 3, seq: 10 };
+    // A replaced box: blank disks, blank core state.
+    let mut n2 = node(2, HardState::default());
+    n2.handle(at(0), Input::Membership(Membership::Learner));
+    let out = n2.handle(at(800), msg(1, 4, Body::PreVote { position: data }));
+    assert_eq!(sends(&out)[0].1.body, Body::PreVoteReply { granted: false });
+    let out = n2.handle(at(800), msg(1, 4, Body::Vote { position: data, transfer: false }));
+    assert_eq!(sends(&out)[0].1.body, Body::VoteReply { granted: false });
+    let mut now = at(0);
+    for _ in 0..50 {
+        now = n2.next_deadline().max(now);
+        let out = n2.handle(now, Input::Tick);
+        assert!(!sends(&out).iter().any(|(_, m)| matches!(m.body, Body::PreVote { .. })), "campaigned at {now:?}");
+    }
+
+    // Caught up in epoch 6: a voter, but not in epoch 6 (the box it
+    // replaced may have voted there).
+    let mut n2 = node(2, HardState { epoch: 6, voted_for: None, standby: false });
+    n2.handle(at(0), Input::Membership(Membership::Voter { votes_from: 7 }));
+    n2.handle(at(0), Input::PositionChanged(Position { epoch: 6, seq: 1 }));
+    let p = Position { epoch: 6, seq: 5 };
+    let out = n2.handle(at(800), msg(1, 6, Body::Vote { position: p, transfer: false }));
+    assert_eq!(sends(&out)[0].1.body, Body::VoteReply { granted: false });
+    let out = n2.handle(at(801), msg(1, 7, Body::Vote { position: p, transfer: false }));
+    assert_eq!(sends(&out)[0].1.body, Body::VoteReply { granted: true });
+}
+
+#[test]
 fn leader_raises_the_vip_only_after_a_majority_acked_a_heartbeat() {
     let mut n1 = node(1, HardState::default());
     let now = elect_node1(&mut n1);
@@ -166,6 +195,29 @@ fn leader_raises_the_vip_only_after_a_majority_acked_a_heartbeat() {
     assert_eq!(out, vec![Output::Vip(VipAction::Announce)], "first gratuitous ARP at once");
     assert!(n1.status(now).vip_held);
     assert_eq!(n1.lease_until(now), Some(now.add(Timing::default().lease_duration())));
+}
+
+#[test]
+fn a_leader_whose_volume_cannot_serve_steps_down_and_drops_the_vip_at_once() {
+    // Rule 16: storage failed or journal syncs stalled (the supervisor
+    // reports both as "not electable").
+    let mut n1 = node(1, HardState::default());
+    let t0 = elect_node1(&mut n1);
+    n1.handle(t0, msg(2, 1, Body::HeartbeatAck { round: 1 }));
+    n1.handle(t0, Input::VipDone { action: VipAction::Add, ok: true });
+    assert!(n1.lease_until(t0).is_some());
+    let out = n1.handle(t0.add(Duration::from_millis(5)), Input::Electable(false));
+    assert!(out.contains(&Output::Notice(Notice::SteppedDownUnfit { epoch: 1 })), "{out:?}");
+    assert!(out.contains(&Output::Vip(VipAction::Remove)), "{out:?}");
+    assert_eq!(n1.role(), Role::Follower);
+    assert_eq!(n1.lease_until(t0), None);
+    // And it does not campaign while unfit.
+    let mut now = t0;
+    for _ in 0..50 {
+        now = n1.next_deadline().max(now);
+        let out = n1.handle(now, Input::Tick);
+        assert!(!sends(&out).iter().any(|(_, m)| matches!(m.body, Body::PreVote { .. })), "campaigned at {now:?}");
+    }
 }
 
 #[test]

@@ -150,6 +150,8 @@ meta = "{vol}/meta.img"
 granularity_kib = 4
 resync_rate_mib = 16
 nbd_socket = "{nbd}"
+# The lab creates a new cluster: all three volumes are formatted as voters.
+new_cluster = true
 "#,
         vol = layout::volume_dir(id).display(),
         nbd = layout::nbd_socket(id).display(),

@@ -65,6 +65,8 @@ pub(crate) struct Progress {
     sent_commit: u64,
     /// The peer's store is consistent (as it last said).
     pub consistent: bool,
+    /// The peer is a learner (rule 18, as it last said).
+    pub learner: bool,
     /// The peer's journal disagrees with a committed record here.
     pub split: bool,
     pub resync: Option<LeaderResync>,
@@ -82,6 +84,7 @@ impl Progress {
             last_progress: now,
             sent_commit: 0,
             consistent: true,
+            learner: false,
             split: false,
             resync: None,
         }
@@ -119,6 +122,7 @@ pub(crate) struct Reply {
     pub applied: Position,
     pub k: Position,
     pub consistent: bool,
+    pub learner: bool,
 }
 
 impl LeaderState {
@@ -370,7 +374,8 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             (self.peers[0], self.peer_k[0]),
             (self.peers[1], self.peer_k[1]),
         ];
-        let msg = Msg::Append { epoch: self.view.epoch, prev, records, commit, ks };
+        let peer_inc = self.peer_incarnation(slot);
+        let msg = Msg::Append { epoch: self.view.epoch, prev, records, commit, ks, peer_inc };
         let to = self.peers[slot];
         if let Some(l) = self.leader.as_mut() {
             let p = &mut l.peers[slot];
@@ -418,6 +423,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         let p = &mut l.peers[slot];
         p.last_heard = Some(now);
         p.consistent = r.consistent;
+        p.learner = r.learner;
         if p.resync.is_some() {
             return; // replies from before the resync began
         }
@@ -503,7 +509,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         let best = l
             .peers
             .iter()
-            .filter(|p| m.count_resyncing_peer || (p.consistent && p.resync.is_none() && !p.split))
+            .filter(|p| m.count_resyncing_peer || (p.consistent && p.resync.is_none() && !p.split && !p.learner))
             .map(|p| p.matched)
             .max()
             .unwrap_or(0);
@@ -571,6 +577,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         p.consistent
             && p.resync.is_none()
             && !p.split
+            && !p.learner
             && p.last_heard.is_some_and(|t| now.since(t) < self.cfg.peer_timeout)
     }
 }

@@ -172,6 +172,9 @@ pub enum Out {
     /// Whether the node may stand for election (false while resyncing,
     /// failed, or after split brain was detected).
     Electable(bool),
+    /// Rule 18: whether this box is a learner, and from which epoch it
+    /// may vote (feed to the core as `Input::Membership`).
+    Membership(triad_core::Membership),
     /// An online verify finished.
     VerifyDone(VerifyReport),
     /// Worth logging.
@@ -326,6 +329,8 @@ pub struct ReplStatus {
     pub journal_free: u64,
     /// Client writes waiting for commit.
     pub pending_writes: usize,
+    /// Rule 18: a blank box that has not held a committed record yet.
+    pub learner: bool,
     /// Per peer.
     pub peers: Vec<PeerRepl>,
 }

@@ -35,6 +35,10 @@ pub enum Msg {
         /// Every node's checkpoint K as the leader knows it (rule 10:
         /// followers keep bitmaps too and must know whom a discard leaves behind).
         ks: Vec<(NodeId, Position)>,
+        /// The recipient box's incarnation as the leader last heard it (0:
+        /// not yet). Rule 18: a learner that sees its own knows that
+        /// `commit` no longer counts the replies of the box it replaced.
+        peer_inc: u64,
     },
     /// Follower → leader, after its journal sync: where it stands.
     AppendReply {
@@ -56,6 +60,8 @@ pub enum Msg {
         k: Position,
         /// False while the follower's store is marked inconsistent.
         consistent: bool,
+        /// Rule 18: a replaced box not yet caught up; it counts toward no commit.
+        learner: bool,
     },
     /// Leader → follower: a block resync begins (rule 11). The follower
     /// durably marks its store inconsistent, then acknowledges with

@@ -78,9 +78,13 @@ pub struct Replica<J: Disk, D: Disk, M: Disk> {
     /// replaced (whose late replies are ignored), newest last.
     peer_inc: [Option<u64>; 2],
     retired_inc: [Vec<u64>; 2],
+    /// Rule 18, a learner: the (epoch, commit) of the last Append that
+    /// echoed this box's incarnation; applied through it, it is a voter.
+    learner_target: Option<(u64, u64)>,
     /// Outputs already reported, to emit changes only.
     reported_position: Option<Position>,
     reported_electable: Option<bool>,
+    reported_membership: Option<triad_core::Membership>,
     /// The journal has unsynced appends.
     pub(crate) needs_sync: bool,
     /// Follower: records taken from the leader and not yet applied, kept in
@@ -118,9 +122,10 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         meta: M,
         granularity: u64,
         incarnation: u64,
+        learner: bool,
     ) -> Result<Self, ReplicaError> {
         let journal = Journal::format(journal)?;
-        let store = Store::format(data, meta, granularity, incarnation)?;
+        let store = Store::format(data, meta, granularity, incarnation, learner)?;
         Self::assemble(id, peers, cfg, journal, store)
     }
 
@@ -193,8 +198,10 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             peer_k: [Position::ZERO; 2],
             peer_inc: [None; 2],
             retired_inc: [Vec::new(), Vec::new()],
+            learner_target: None,
             reported_position: None,
             reported_electable: None,
+            reported_membership: None,
             needs_sync: false,
             received: VecDeque::new(),
             received_bytes: 0,
@@ -351,13 +358,21 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             }
         }
         match msg {
-            Msg::Append { prev, records, commit, ks, .. } => self.on_append(from, prev, records, commit, &ks, out),
+            Msg::Append { prev, records, commit, ks, peer_inc, .. } => {
+                // The first such Append fixes the target: later commits
+                // cannot have counted the replaced box.
+                let echoed = peer_inc == self.incarnation() && self.learner_target.is_none();
+                if echoed && self.store.checkpointed().learner {
+                    self.learner_target = Some((self.view.epoch, commit));
+                }
+                self.on_append(from, prev, records, commit, &ks, out)
+            }
             Msg::ResyncBegin { id, hash, .. } => self.on_resync_begin(from, id, hash, out),
             Msg::ResyncData { id, n, offset, data, .. } => self.on_resync_data(from, id, n, offset, &data, out),
             Msg::ResyncEnd { id, n, point, .. } => self.on_resync_end(from, id, n, point, out),
             Msg::VerifyRequest { id, offset, count, .. } => self.on_verify_request(from, id, offset, count, out),
-            Msg::AppendReply { ok, matched, last, applied, k, consistent, .. } => {
-                let reply = crate::leader::Reply { ok, matched, last, applied, k, consistent };
+            Msg::AppendReply { ok, matched, last, applied, k, consistent, learner, .. } => {
+                let reply = crate::leader::Reply { ok, matched, last, applied, k, consistent, learner };
                 self.on_append_reply(now, from, reply, out)
             }
             Msg::ResyncAck { id, n, state, .. } => self.on_resync_ack(now, from, id, n, state, out),
@@ -615,6 +630,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             applied: self.store.applied(),
             k: self.store.checkpointed().applied,
             consistent: self.health == Health::Consistent,
+            learner: self.store.checkpointed().learner,
         }
     }
 
@@ -641,6 +657,37 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             if let Some(l) = self.leader.as_mut() {
                 l.on_applied(&rec);
             }
+        }
+        self.maybe_end_learner(out);
+    }
+
+    /// Rule 18: a learner becomes a voter once it has applied the commit
+    /// point of an Append of epoch E sent after the leader heard this box
+    /// (its incarnation echoed): commits up to there may have counted the
+    /// replaced box's replies, later ones cannot. It votes from E + 1 on
+    /// (the box it replaced may have voted in E).
+    pub(crate) fn maybe_end_learner(&mut self, out: &mut Vec<Out>) {
+        let Some((epoch, commit)) = self.learner_target else { return };
+        if self.store.checkpointed().learner && self.store.applied().seq >= commit {
+            self.learner_target = None;
+            if let Err(e) = self.store.end_learner(epoch + 1) {
+                self.fail(&chain(&e), out);
+            }
+        }
+    }
+
+    /// The incarnation last heard from the peer in `slot` (0: none yet).
+    pub(crate) fn peer_incarnation(&self, slot: usize) -> u64 {
+        self.peer_inc[slot].unwrap_or(0)
+    }
+
+    /// Rule 18: what the core may do with this box's vote.
+    pub fn membership(&self) -> triad_core::Membership {
+        let c = self.store.checkpointed();
+        if c.learner {
+            triad_core::Membership::Learner
+        } else {
+            triad_core::Membership::Voter { votes_from: c.votes_from }
         }
     }
 
@@ -774,6 +821,11 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             self.reported_electable = Some(e);
             out.push(Out::Electable(e));
         }
+        let m = self.membership();
+        if self.reported_membership != Some(m) {
+            self.reported_membership = Some(m);
+            out.push(Out::Membership(m));
+        }
     }
 
     /// A snapshot for status.
@@ -790,6 +842,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             volume_len: self.store.volume_len(),
             journal_free: self.journal.free_bytes(),
             pending_writes: self.leader.as_ref().map_or(0, |l| l.pending_writes()),
+            learner: self.store.checkpointed().learner,
             peers: (0..2)
                 .map(|slot| {
                     let lp = self.leader.as_ref().map(|l| &l.peers[slot]);

@@ -58,6 +58,7 @@ impl Cluster {
                         MemDisk::new(meta),
                         GRAN,
                         id.into(),
+                        false,
                     )
                     .unwrap(),
                 )
@@ -445,6 +446,7 @@ fn split_brain_is_refused_not_merged() {
         records: vec![triad_volume::Record { epoch: 0, ..forged }],
         commit: 2,
         ks: vec![],
+        peer_inc: 0,
     };
     c.node(3).receive(now, 1, msg, &mut out);
     assert!(matches!(c.node(3).status(now).health, Health::SplitBrain(_)), "{:?}", c.node(3).status(now).health);

@@ -27,6 +27,7 @@ fn replica(id: u8) -> Replica<MemDisk, MemDisk, MemDisk> {
         MemDisk::new(meta),
         4096,
         u64::from(id),
+        id == 2,
     )
     .unwrap()
 }
@@ -60,7 +61,14 @@ fn chained_append() -> impl Strategy<Value = Msg> {
                     r
                 })
                 .collect();
-            Msg::Append { epoch: 1, prev: Position::ZERO, records, commit: commit % 8, ks: vec![] }
+            Msg::Append {
+                epoch: 1,
+                prev: Position::ZERO,
+                records,
+                commit: commit % 8,
+                ks: vec![],
+                peer_inc: commit % 3,
+            }
         })
 }
 
@@ -77,11 +85,12 @@ fn msg() -> impl Strategy<Value = Msg> {
                     records,
                     commit,
                     ks: vec![(2, Position::new(1, 1)), (9, Position::new(5, 5))],
+                    peer_inc: commit % 3,
                 }
             }
         ),
-        (epoch.clone(), any::<bool>(), any::<u64>(), pos(), pos(), pos(), any::<bool>(), 0..3u64).prop_map(
-            |(epoch, ok, matched, last, applied, k, consistent, inc)| Msg::AppendReply {
+        (epoch.clone(), any::<bool>(), any::<u64>(), pos(), pos(), pos(), any::<bool>(), 0..3u64, any::<bool>())
+            .prop_map(|(epoch, ok, matched, last, applied, k, consistent, inc, learner)| Msg::AppendReply {
                 epoch,
                 inc,
                 ok,
@@ -89,9 +98,9 @@ fn msg() -> impl Strategy<Value = Msg> {
                 last,
                 applied,
                 k,
-                consistent
-            }
-        ),
+                consistent,
+                learner
+            }),
         (epoch.clone(), any::<u64>(), any::<bool>()).prop_map(|(epoch, id, hash)| Msg::ResyncBegin { epoch, id, hash }),
         (epoch.clone(), 0..3u64, 0..4u64, any::<u64>(), 0..9000usize).prop_map(|(epoch, id, n, offset, len)| {
             Msg::ResyncData { epoch, id, n, offset: offset % (2 * VOL as u64), data: vec![7; len] }

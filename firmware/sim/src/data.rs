@@ -217,15 +217,42 @@ enum Wire {
 
 #[derive(Clone, Debug)]
 enum Ev {
-    CoreWake { node: NodeId, inc: u64 },
-    VolWake { node: NodeId, inc: u64 },
-    VolDone { node: NodeId, inc: u64 },
-    Deliver { to: NodeId, from: NodeId, wire: Wire },
+    CoreWake {
+        node: NodeId,
+        inc: u64,
+    },
+    VolWake {
+        node: NodeId,
+        inc: u64,
+    },
+    VolDone {
+        node: NodeId,
+        inc: u64,
+    },
+    Deliver {
+        to: NodeId,
+        from: NodeId,
+        wire: Wire,
+    },
     Client,
     Chaos,
-    Restart { node: NodeId },
-    Kill { node: NodeId, power: bool },
-    HealLinks { gen: u64 },
+    Restart {
+        node: NodeId,
+    },
+    Kill {
+        node: NodeId,
+        power: bool,
+    },
+    HealLinks {
+        gen: u64,
+    },
+    /// `replace_then_failover`, second step: replace `replaced`, kill
+    /// `leader`, let `lagging` back.
+    ReplaceAndFailover {
+        leader: NodeId,
+        lagging: NodeId,
+        replaced: NodeId,
+    },
     Heal,
     StopWrites,
     Check,
@@ -473,6 +500,8 @@ impl DataWorld {
             SimDisk::new(meta, false),
             sc.granularity,
             (u64::from(id) << 32) | generation,
+            // Rule 18: a replacement box is a learner; a new cluster's are voters.
+            generation > 0,
         )
         .expect("formatting in-memory disks works");
         let (mut j, mut d, mut m) = r.into_disks();
@@ -615,6 +644,14 @@ impl DataWorld {
                     self.net.heal();
                     self.note(|| "links healed".into());
                 }
+            }
+            Ev::ReplaceAndFailover { leader, lagging, replaced } => {
+                self.blank(replaced, Blank::Unmarked)?;
+                self.note(|| format!("n{leader} KILLED for 2.5 s; n{lagging} back"));
+                self.take_down(leader, false);
+                self.push(self.now + 2_500_000, Ev::Restart { node: leader });
+                self.net.heal();
+                let _ = lagging;
             }
             Ev::Heal => {
                 self.phase = Phase::Writing;
@@ -1048,6 +1085,12 @@ impl DataWorld {
                         self.core_input(id, Input::Electable(e))?;
                     }
                 }
+                Out::Membership(m) => {
+                    self.note(|| format!("n{id} vol membership {m:?}"));
+                    if !self.sc.has(DataMutation::IgnoreMembership) {
+                        self.core_input(id, Input::Membership(m))?;
+                    }
+                }
                 Out::VerifyDone(r) => self.note(|| format!("n{id} verify done {r:?}")),
                 Out::Notice(n) => self.repl_notice(id, n)?,
             }
@@ -1331,7 +1374,7 @@ impl DataWorld {
         h.clock.reorigin(now, origin);
         let local = h.clock.local(now);
         let position = core_position(r.position());
-        let node = Node::new(Setup {
+        let mut node = Node::new(Setup {
             id,
             peers: peers_of(id),
             timing: self.sc.timing.clone(),
@@ -1340,6 +1383,13 @@ impl DataWorld {
             now: local,
             seed,
         });
+        // As the supervisor does, before the first message.
+        if !r.electable() && !self.sc.has(DataMutation::IgnoreElectable) {
+            node.handle(local, Input::Electable(false));
+        }
+        if !self.sc.has(DataMutation::IgnoreMembership) {
+            node.handle(local, Input::Membership(r.membership()));
+        }
         let inbox = VecDeque::new();
         h.proc = Some(Proc {
             inc,
@@ -1373,10 +1423,12 @@ impl DataWorld {
         Ok(())
     }
 
-    /// A replaced box: blank formatted disks, core state kept; with
-    /// `Blank::Marked` the store is marked inconsistent first.
+    /// A replaced box: blank formatted disks and a blank core state (epoch
+    /// 0, no vote), as a new appliance has; with `Blank::Marked` the store
+    /// is marked inconsistent first.
     fn blank(&mut self, id: NodeId, how: Blank) -> Res {
         self.take_down(id, false);
+        self.hosts[idx(id)].hard = HardState::default();
         self.hosts[idx(id)].replacements += 1;
         let (j, d, m) = self.format_disks(id, self.hosts[idx(id)].replacements);
         let (d, m) = if how == Blank::Marked {
@@ -1387,7 +1439,7 @@ impl DataWorld {
             (d, m)
         };
         self.hosts[idx(id)].parked = Some((j, d, m));
-        self.note(|| format!("n{id} REPLACED: blank disks ({how:?}; core state kept)"));
+        self.note(|| format!("n{id} REPLACED: blank disks ({how:?}) and core state"));
         self.restart(id)
     }
 
@@ -1539,6 +1591,24 @@ impl DataWorld {
         self.stats.converge = Some(now - self.quiet_at);
         let ms = (now - self.quiet_at) / 1000;
         self.note(|| format!("CONVERGED: three identical stores, {ms} ms after the writes stopped"));
+        if let (true, false, Some(leader)) = (self.sc.replace_then_failover, self.blanked, self.leader()) {
+            // Rule 18's hazard, aimed: a follower falls behind (isolated)
+            // while writes commit on the leader and the other follower; that
+            // one is replaced by a blank box and the leader dies. Only the
+            // blank box's vote could now elect the lagging node.
+            self.blanked = true;
+            let lagging = if leader == 3 { 1 } else { leader + 1 };
+            let replaced = 6 - leader - lagging;
+            self.net.isolate(lagging);
+            self.net_gen += 1;
+            self.note(|| format!("n{lagging} ISOLATED; n{replaced} will be replaced, n{leader} killed"));
+            self.phase = Phase::Writing;
+            self.push(now + 10, Ev::Client);
+            self.push(now + 500_000, Ev::ReplaceAndFailover { leader, lagging, replaced });
+            let at = now + 500_000 + self.sc.write_after_heal * 2;
+            self.push(at, Ev::StopWrites);
+            return Ok(());
+        }
         if let (Some(how), false) = (self.sc.blank_disk, self.blanked) {
             self.blanked = true;
             let n = self.rng.range(1, 3) as NodeId;
@@ -1583,8 +1653,8 @@ fn brief(m: &Msg) -> String {
             };
             format!("Append e{epoch} prev {}/{} records {seqs} commit {commit}", prev.epoch, prev.seq)
         }
-        Msg::AppendReply { epoch, inc, ok, matched, last, applied, k, consistent } => format!(
-            "AppendReply e{epoch} inc {inc:x} ok={ok} matched {matched} last {}/{} applied {}/{} k {}/{} consistent={consistent}",
+        Msg::AppendReply { epoch, inc, ok, matched, last, applied, k, consistent, learner } => format!(
+            "AppendReply e{epoch} inc {inc:x} ok={ok} matched {matched} last {}/{} applied {}/{} k {}/{} consistent={consistent} learner={learner}",
             last.epoch, last.seq, applied.epoch, applied.seq, k.epoch, k.seq
         ),
         Msg::ResyncData { epoch, id, n, offset, data } => {

@@ -216,6 +216,25 @@ fn a_replaced_box_is_told_from_the_old_one_by_its_incarnation() {
 }
 
 #[test]
+fn a_replaced_box_cannot_elect_a_peer_missing_acknowledged_writes() {
+    // Rule 18's learner: a follower lags, writes commit on the leader and
+    // the other follower, that one is replaced by a blank box, the leader
+    // dies. The blank box must not vote the lagging node in.
+    let sc = DataScenario::named("replace-failover").expect("scenario exists");
+    for seed in 0..30 {
+        let o = run_data(seed, sc.clone(), false);
+        if let Some(f) = failure(seed, &sc, &o) {
+            panic!("{f}");
+        }
+    }
+}
+
+#[test]
+fn a_replaced_box_voting_at_once_loses_acknowledged_writes() {
+    finds("replace-failover", &[DataMutation::IgnoreMembership], &LOST_DATA, 5);
+}
+
+#[test]
 fn a_calm_cluster_needs_no_block_resync() {
     // In-order links, no faults, a ring 16 times the largest write: every
     // follower keeps up from the journal.

@@ -318,6 +318,7 @@ struct RawVolume {
     data_port: Option<i64>,
     write_timeout_ms: Option<i64>,
     resync_rate_mib: Option<i64>,
+    new_cluster: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -606,6 +607,7 @@ fn volume_config(v: RawVolume, peer_port: u16) -> Result<crate::volume::VolumeCo
         nbd_socket,
         data_port,
         repl,
+        new_cluster: v.new_cluster.unwrap_or(false),
     })
 }
 

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, error, info, warn};
-use triad_core::{AdminRequest, Input, Node, Notice, Output, Position, Setup, VipAction};
+use triad_core::{AdminRequest, Input, Membership, Node, Notice, Output, Position, Setup, VipAction};
 
 use crate::config::Config;
 use crate::control::{self, ControlRequest, Request, Response, StatusReport};
@@ -100,6 +100,7 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
     };
     let position = replica.as_ref().map_or(Position::default(), |r| triad_repl::core_position(r.position()));
     let electable = replica.as_ref().is_none_or(|r| r.electable());
+    let membership = replica.as_ref().map_or(Membership::default(), |r| r.membership());
 
     let netlink = Netlink::new().map_err(RuntimeError::Netlink)?;
     let interface = cfg.node.interface.clone();
@@ -151,6 +152,8 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
     if !electable {
         node.handle(clock.now(), Input::Electable(false));
     }
+    // Before the first message: a learner must not vote even once.
+    node.handle(clock.now(), Input::Membership(membership));
     let mut shell = Shell { node, store, vip, links, clock, cfg, volume, last_view: None, _vol_tx: vol_tx };
     shell.push_view();
 
@@ -166,6 +169,7 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
             Some(ev) = vol_events.recv() => match ev {
                 VolumeEvent::Position(p) => Input::PositionChanged(p),
                 VolumeEvent::Electable(e) => Input::Electable(e),
+                VolumeEvent::Membership(m) => Input::Membership(m),
             },
             Some(req) = control_rx.recv() => {
                 shell.control(req).await?;
@@ -518,6 +522,9 @@ fn log_notice(n: &Notice) {
     match n {
         Notice::RoleChanged { role, epoch } => info!(?role, epoch, "role changed"),
         Notice::LeaseLost { epoch } => warn!(epoch, "lease lost: no majority; stepping down"),
+        Notice::SteppedDownUnfit { epoch } => {
+            error!(epoch, "volume cannot serve (storage failed or journal syncs stalled); stepping down")
+        }
         Notice::AdminRefused { reason } => warn!(%reason, "admin request refused"),
         Notice::VipFailed { action } => warn!(?action, "VIP action failed"),
         Notice::HandingOverVipFailures { failures, to } => {

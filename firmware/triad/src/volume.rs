@@ -60,6 +60,10 @@ pub struct VolumeConfig {
     pub data_port: u16,
     /// Replication tunables.
     pub repl: ReplConfig,
+    /// Format a missing volume as a member of a new cluster (a voter from
+    /// the start) rather than as a replacement box (a learner until caught
+    /// up, rule 18). Only for the three boxes of a cluster being created.
+    pub new_cluster: bool,
 }
 
 /// Why the volume could not start.
@@ -83,7 +87,9 @@ pub enum VolumeError {
 }
 
 /// Opens the node's replica, formatting it on the first start (all three
-/// files absent: a new cluster, every node starting from the same zeroes).
+/// files absent): as a member of a new cluster (every node starting from
+/// the same zeroes) with `new_cluster`, else as a replacement box, a
+/// learner that neither votes nor stands until it has caught up.
 pub fn open_replica(id: NodeId, peers: [NodeId; 2], cfg: &VolumeConfig) -> Result<FileReplica, VolumeError> {
     let fresh = !cfg.meta.exists();
     let meta_len = triad_volume::store::meta_len_needed(cfg.size, cfg.granularity, 2);
@@ -99,8 +105,15 @@ pub fn open_replica(id: NodeId, peers: [NodeId; 2], cfg: &VolumeConfig) -> Resul
         // The box's incarnation (rule 18): peers tell this box from the one
         // it may replace by it. 0 means "unknown" (version 1 metadata).
         let incarnation = crate::runtime::random_u64().max(1);
-        Replica::format(id, peers, cfg.repl.clone(), journal, data, meta, cfg.granularity, incarnation)?
+        let learner = !cfg.new_cluster;
+        if learner {
+            warn!("new volume formatted as a replacement box: a learner until a leader has caught it up (set volume.new_cluster = true on all three boxes of a new cluster)");
+        }
+        Replica::format(id, peers, cfg.repl.clone(), journal, data, meta, cfg.granularity, incarnation, learner)?
     } else {
+        if cfg.new_cluster {
+            warn!("volume.new_cluster is set but the volume exists: remove the setting, or a replaced box would be formatted as a voter before it holds the cluster's data");
+        }
         Replica::open(id, peers, cfg.repl.clone(), journal, data, meta)?
     };
     Ok(r)
@@ -134,6 +147,8 @@ pub enum VolumeEvent {
     Position(triad_core::Position),
     /// Feed to the core as `Input::Electable`.
     Electable(bool),
+    /// Feed to the core as `Input::Membership`.
+    Membership(triad_core::Membership),
 }
 
 enum Cmd {
@@ -335,6 +350,9 @@ impl Thread {
                 }
                 Out::Electable(e) => {
                     let _ = self.events.send(VolumeEvent::Electable(e));
+                }
+                Out::Membership(m) => {
+                    let _ = self.events.send(VolumeEvent::Membership(m));
                 }
                 Out::VerifyDone(report) => {
                     if let Some(reply) = self.verifies.remove(&report.id) {

@@ -16,11 +16,12 @@
 //! | 8192.. | bitmap pair for peer slot 0, then 1, ... each two slots of [`bitmap_slot_len`] bytes (kind 3) |
 //!
 //! Checkpoint payload (little-endian): version u32, flags u32 (bit 0:
-//! consistent), K epoch u64, K seq u64, volume length u64, bitmap
-//! granularity u64, then (version 2) the id of the last block resync this
-//! store began u64 and the box incarnation u64 (random, chosen at format:
-//! tells a replaced box from the one it replaced). Version 1 checkpoints
-//! open with both 0.
+//! consistent, bit 1: learner), K epoch u64, K seq u64, volume length u64,
+//! bitmap granularity u64, then (version 2) the id of the last block
+//! resync this store began u64, the box incarnation u64 (random, chosen at
+//! format: tells a replaced box from the one it replaced) and the lowest
+//! epoch this box may vote in u64 (rule 18). Version 1 checkpoints open
+//! with those three 0 and as a voter.
 
 use crate::bitmap::{BitmapError, DirtyBitmap};
 use crate::codec::{get_u32, get_u64, put_u32, put_u64};
@@ -36,9 +37,10 @@ pub const BLOCK_SIZE: u64 = 4096;
 const CHECKPOINT_SLOT_LEN: u64 = 4096;
 const BITMAP_BASE: u64 = 2 * CHECKPOINT_SLOT_LEN;
 const VERSION: u32 = 2;
-const PAYLOAD_LEN: usize = 56;
+const PAYLOAD_LEN: usize = 64;
 const PAYLOAD_LEN_V1: usize = 40;
 const FLAG_CONSISTENT: u32 = 1;
+const FLAG_LEARNER: u32 = 2;
 
 /// What can go wrong in the block store.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +98,11 @@ pub struct Checkpoint {
     pub resync_id: u64,
     /// This box's incarnation, fixed at format (rule 18).
     pub incarnation: u64,
+    /// Rule 18: set at format on a replacement box, cleared once it has
+    /// caught up; a learner does not vote (`triad_core::Membership`).
+    pub learner: bool,
+    /// Rule 18: the lowest epoch this box may vote in (once not a learner).
+    pub votes_from: u64,
 }
 
 /// Bytes of one bitmap slot for this geometry (two per peer).
@@ -125,8 +132,9 @@ pub struct Store<D: Disk, M: Disk> {
 impl<D: Disk, M: Disk> Store<D, M> {
     /// Format: the volume is the data disk rounded down to whole blocks;
     /// K = (0, 0), consistent, this box's `incarnation` (a random number
-    /// the caller draws). Data content is left as it is.
-    pub fn format(data: D, mut meta: M, granularity: u64, incarnation: u64) -> Result<Self, StoreError> {
+    /// the caller draws), a `learner` (rule 18: a replacement box) or a
+    /// voter (a member of a new cluster). Data content is left as it is.
+    pub fn format(data: D, mut meta: M, granularity: u64, incarnation: u64, learner: bool) -> Result<Self, StoreError> {
         let volume_len = data.len() / BLOCK_SIZE * BLOCK_SIZE;
         if volume_len == 0 {
             return Err(StoreError::TooSmall { len: data.len() });
@@ -137,7 +145,8 @@ impl<D: Disk, M: Disk> Store<D, M> {
         }
         let slots = SlotPair::new(0, CHECKPOINT_SLOT_LEN, KIND_CHECKPOINT);
         slots.wipe(&mut meta).map_err(StoreError::Meta)?;
-        let checkpoint = Checkpoint { applied: Position::ZERO, consistent: true, resync_id: 0, incarnation };
+        let checkpoint =
+            Checkpoint { applied: Position::ZERO, consistent: true, resync_id: 0, incarnation, learner, votes_from: 0 };
         let mut s = Store {
             data,
             meta,
@@ -172,6 +181,8 @@ impl<D: Disk, M: Disk> Store<D, M> {
             consistent: get_u32(&p, 4) & FLAG_CONSISTENT != 0,
             resync_id: if v1 { 0 } else { get_u64(&p, 40) },
             incarnation: if v1 { 0 } else { get_u64(&p, 48) },
+            learner: get_u32(&p, 4) & FLAG_LEARNER != 0,
+            votes_from: if v1 { 0 } else { get_u64(&p, 56) },
         };
         Ok(Store {
             data,
@@ -268,6 +279,13 @@ impl<D: Disk, M: Disk> Store<D, M> {
         self.persist(Checkpoint { consistent: false, resync_id, ..self.checkpoint })
     }
 
+    /// Rule 18: the store holds a committed record; the box becomes a
+    /// voter from epoch `votes_from` on (durably, before it is told).
+    pub fn end_learner(&mut self, votes_from: u64) -> Result<(), StoreError> {
+        self.check_ok()?;
+        self.persist(Checkpoint { learner: false, votes_from, ..self.checkpoint })
+    }
+
     /// Write resync data straight into the volume (rule 12): allowed only
     /// while the store is durably marked inconsistent, so a crash in the
     /// middle leaves a store that is known not to be trusted.
@@ -335,13 +353,15 @@ impl<D: Disk, M: Disk> Store<D, M> {
     fn persist(&mut self, c: Checkpoint) -> Result<(), StoreError> {
         let mut p = [0u8; PAYLOAD_LEN];
         put_u32(&mut p, 0, VERSION);
-        put_u32(&mut p, 4, if c.consistent { FLAG_CONSISTENT } else { 0 });
+        let flags = if c.consistent { FLAG_CONSISTENT } else { 0 } | if c.learner { FLAG_LEARNER } else { 0 };
+        put_u32(&mut p, 4, flags);
         put_u64(&mut p, 8, c.applied.epoch);
         put_u64(&mut p, 16, c.applied.seq);
         put_u64(&mut p, 24, self.volume_len);
         put_u64(&mut p, 32, self.granularity);
         put_u64(&mut p, 40, c.resync_id);
         put_u64(&mut p, 48, c.incarnation);
+        put_u64(&mut p, 56, c.votes_from);
         let generation = self.generation + 1;
         let slots = SlotPair::new(0, CHECKPOINT_SLOT_LEN, KIND_CHECKPOINT);
         if let Err(e) = slots.store(&mut self.meta, generation, &p) {
@@ -374,7 +394,7 @@ mod tests {
 
     fn store() -> Store<MemDisk, MemDisk> {
         let meta = MemDisk::new(meta_len_needed(VOL as u64, DEFAULT_GRANULARITY, 2) as usize);
-        Store::format(MemDisk::new(VOL), meta, DEFAULT_GRANULARITY, 42).unwrap()
+        Store::format(MemDisk::new(VOL), meta, DEFAULT_GRANULARITY, 42, true).unwrap()
     }
 
     fn rec(seq: u64, offset: u64, payload: &[u8]) -> Record {
@@ -429,6 +449,19 @@ mod tests {
     }
 
     #[test]
+    fn a_new_store_is_a_learner_until_told_and_that_persists() {
+        let mut s = store();
+        assert!(s.checkpointed().learner);
+        assert_eq!(s.checkpointed().incarnation, 42);
+        s.end_learner(8).unwrap();
+        let (d, m) = s.into_disks();
+        let s = Store::open(d, m).unwrap();
+        assert!(!s.checkpointed().learner);
+        assert_eq!(s.checkpointed().votes_from, 8);
+        assert_eq!(s.checkpointed().incarnation, 42);
+    }
+
+    #[test]
     fn inconsistent_mark_and_bitmaps_persist() {
         let mut s = store();
         s.mark_inconsistent(7).unwrap();
@@ -458,7 +491,14 @@ mod tests {
         put_u64(&mut p, 32, DEFAULT_GRANULARITY);
         SlotPair::new(0, CHECKPOINT_SLOT_LEN, KIND_CHECKPOINT).store(&mut m, 5, &p).unwrap();
         let s = Store::open(d, m).unwrap();
-        let want = Checkpoint { applied: Position::new(3, 9), consistent: true, resync_id: 0, incarnation: 0 };
+        let want = Checkpoint {
+            applied: Position::new(3, 9),
+            consistent: true,
+            resync_id: 0,
+            incarnation: 0,
+            learner: false,
+            votes_from: 0,
+        };
         assert_eq!(s.checkpointed(), want);
     }
 }

@@ -53,11 +53,14 @@ pub enum DataMutation {
     ReplAckWithoutPeer,
     /// `Mutations::skip_prev_check`: followers append without checking `prev` (rule 5).
     ReplSkipPrevCheck,
+    /// `Out::Membership` is never fed to the core (rule 18 removed): a
+    /// replaced box votes as a full member from its first message.
+    IgnoreMembership,
 }
 
 impl DataMutation {
     /// Every mutation.
-    pub const ALL: [DataMutation; 13] = [
+    pub const ALL: [DataMutation; 14] = [
         DataMutation::NoEpochFence,
         DataMutation::AckOnSubmit,
         DataMutation::JournalSyncSkipped,
@@ -71,6 +74,7 @@ impl DataMutation {
         DataMutation::ReplCountResyncingPeer,
         DataMutation::ReplAckWithoutPeer,
         DataMutation::ReplSkipPrevCheck,
+        DataMutation::IgnoreMembership,
     ];
 
     /// The command-line name.
@@ -89,6 +93,7 @@ impl DataMutation {
             DataMutation::ReplCountResyncingPeer => "repl-count-resyncing-peer",
             DataMutation::ReplAckWithoutPeer => "repl-ack-without-peer",
             DataMutation::ReplSkipPrevCheck => "repl-skip-prev-check",
+            DataMutation::IgnoreMembership => "ignore-membership",
         }
     }
 
@@ -151,6 +156,10 @@ pub struct DataScenario {
     /// blank formatted ones (a replaced box that kept its core state) and
     /// converge again.
     pub blank_disk: Option<Blank>,
+    /// After the first convergence: isolate a follower, let writes commit
+    /// on the other two, replace the other follower by a blank box (disks
+    /// and core state) and kill the leader for 2.5 s (rule 18's hazard).
+    pub replace_then_failover: bool,
     /// Links deliver in order, as one TCP connection does (no
     /// reordering; loss and duplication still as `net` says).
     pub fifo_links: bool,
@@ -241,6 +250,7 @@ impl DataScenario {
             crash_at_sync_p: 0.0,
             switchover_p: 0.0,
             blank_disk: None,
+            replace_then_failover: false,
             no_resync_expected: false,
             fifo_links: false,
             strict_resync: false,
@@ -361,6 +371,14 @@ impl DataScenario {
                 ring: 32 << 10,
                 repl: small_repl(32 << 10),
                 ..DataScenario::base("blank-disk")
+            },
+            DataScenario {
+                replace_then_failover: true,
+                kill_p: 0.0,
+                partition_p: 0.0,
+                ring: 32 << 10,
+                repl: small_repl(32 << 10),
+                ..DataScenario::base("replace-failover")
             },
             DataScenario {
                 blank_disk: Some(Blank::Unmarked),
