@@ -37,6 +37,7 @@
 //! applied position.
 
 pub mod client;
+mod figure8;
 pub mod scenario;
 
 pub use scenario::{Blank, DataMutation, DataScenario, KNOWN_REPL_BUGS};
@@ -253,6 +254,8 @@ enum Ev {
         lagging: NodeId,
         replaced: NodeId,
     },
+    /// The `figure8` scenario's timed steps.
+    Figure8(figure8::Figure8Step),
     Heal,
     StopWrites,
     Check,
@@ -387,6 +390,8 @@ pub struct DataWorld {
     phase: Phase,
     quiet_at: u64,
     blanked: bool,
+    /// The `figure8` scenario's script state.
+    figure8: Option<figure8::Figure8>,
     next_inc: u64,
     full_cut_unchecked: bool,
     stats: DataOutcome,
@@ -465,6 +470,7 @@ impl DataWorld {
             phase: Phase::Faults,
             quiet_at: 0,
             blanked: false,
+            figure8: None,
             next_inc: 0,
             full_cut_unchecked: false,
             stats: DataOutcome::default(),
@@ -653,6 +659,7 @@ impl DataWorld {
                 self.net.heal();
                 let _ = lagging;
             }
+            Ev::Figure8(step) => self.figure8_step(step)?,
             Ev::Heal => {
                 self.phase = Phase::Writing;
                 self.net.heal();
@@ -765,6 +772,9 @@ impl DataWorld {
                     if !matches!(n, Notice::VipFailed { .. }) {
                         self.note(|| format!("n{id} core {n:?}"));
                     }
+                    if matches!(n, Notice::RoleChanged { role: Role::Leader, .. }) {
+                        self.figure8_on_leader(id);
+                    }
                 }
             }
         }
@@ -861,6 +871,7 @@ impl DataWorld {
         match wire {
             Wire::Core(msg) => self.core_input(to, Input::Receive(msg)),
             Wire::Repl(msg) => {
+                self.figure8_on_deliver(to, from, &msg);
                 let unfenced = self.sc.has(DataMutation::NoEpochFence);
                 let Some(p) = self.hosts[idx(to)].proc.as_mut() else { return Ok(()) };
                 let (mut from, mut msg) = (from, msg);
@@ -1591,6 +1602,14 @@ impl DataWorld {
         self.stats.converge = Some(now - self.quiet_at);
         let ms = (now - self.quiet_at) / 1000;
         self.note(|| format!("CONVERGED: three identical stores, {ms} ms after the writes stopped"));
+        if let (true, false, Some(leader)) = (self.sc.figure8, self.blanked, self.leader()) {
+            self.blanked = true;
+            self.figure8_start(leader);
+            self.phase = Phase::Writing;
+            self.push(now + 10, Ev::Client);
+            self.push(now + 8_000_000, Ev::StopWrites);
+            return Ok(());
+        }
         if let (true, false, Some(leader)) = (self.sc.replace_then_failover, self.blanked, self.leader()) {
             // Rule 18's hazard, aimed: a follower falls behind (isolated)
             // while writes commit on the leader and the other follower; that

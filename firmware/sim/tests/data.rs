@@ -6,11 +6,9 @@
 //!
 //! `TRIAD_SIM_DATA_SEEDS=20000 cargo test -p triad-sim --test data` runs more.
 //!
-//! Not found (so not tested here; docs/simulator.md): the triad-repl knobs
-//! `commit_old_epochs` (Figure 8 needs an aimed crash sequence; old-epoch
-//! writes are failed at the leadership change, so at most a split brain
-//! could follow) and `count_resyncing_peer` (a resyncing peer's `matched`
-//! is frozen at what it held before the resync).
+//! Not found (so not tested here; docs/simulator.md): the triad-repl knob
+//! `count_resyncing_peer` (a resyncing peer's `matched` is frozen at what
+//! it held before the resync, so counting it adds nothing).
 
 use std::time::Instant as WallClock;
 use triad_sim::data::{data_replay_command, run_data, DataCheck, DataMutation, DataScenario};
@@ -232,6 +230,24 @@ fn a_replaced_box_cannot_elect_a_peer_missing_acknowledged_writes() {
 #[test]
 fn a_replaced_box_voting_at_once_loses_acknowledged_writes() {
     finds("replace-failover", &[DataMutation::IgnoreMembership], &LOST_DATA, 5);
+}
+
+#[test]
+fn figure_8_leaves_the_stores_identical() {
+    let sc = DataScenario::named("figure8").expect("scenario exists");
+    for seed in 0..40 {
+        let o = run_data(seed, sc.clone(), false);
+        if let Some(f) = failure(seed, &sc, &o) {
+            panic!("{f}");
+        }
+    }
+}
+
+#[test]
+fn committing_old_epochs_records_loses_them_in_figure_8() {
+    // triad-repl knob `Mutations::commit_old_epochs` (rule 6, Figure 8),
+    // under the aimed crash sequence of data/figure8.rs.
+    finds("figure8", &[DataMutation::ReplCommitOldEpochs], &LOST_DATA, 150);
 }
 
 #[test]

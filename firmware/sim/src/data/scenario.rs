@@ -160,6 +160,9 @@ pub struct DataScenario {
     /// on the other two, replace the other follower by a blank box (disks
     /// and core state) and kill the leader for 2.5 s (rule 18's hazard).
     pub replace_then_failover: bool,
+    /// After the first convergence: Raft's Figure 8 as an aimed crash
+    /// sequence (`data/figure8.rs`).
+    pub figure8: bool,
     /// Links deliver in order, as one TCP connection does (no
     /// reordering; loss and duplication still as `net` says).
     pub fifo_links: bool,
@@ -251,6 +254,7 @@ impl DataScenario {
             switchover_p: 0.0,
             blank_disk: None,
             replace_then_failover: false,
+            figure8: false,
             no_resync_expected: false,
             fifo_links: false,
             strict_resync: false,
@@ -371,6 +375,18 @@ impl DataScenario {
                 ring: 32 << 10,
                 repl: small_repl(32 << 10),
                 ..DataScenario::base("blank-disk")
+            },
+            DataScenario {
+                // Small records in small batches, so a new leader's first
+                // batches hold old-epoch records without its no-op.
+                figure8: true,
+                kill_p: 0.0,
+                partition_p: 0.0,
+                net: NetConfig { drop: 0.0, dup: 0.0, long_p: 0.0, ..NetConfig::default() },
+                max_write_blocks: 1,
+                repl: ReplConfig { max_batch_bytes: 8 << 10, ..small_repl(256 << 10) },
+                ring: 256 << 10,
+                ..DataScenario::base("figure8")
             },
             DataScenario {
                 replace_then_failover: true,
