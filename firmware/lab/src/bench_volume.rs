@@ -723,6 +723,8 @@ const CMD_FLUSH: u16 = 3;
 /// A connected NBD client in transmission phase.
 struct NbdConn {
     s: Box<dyn Stream>,
+    /// The same socket, for timeouts (unix sockets only).
+    unix: Option<UnixStream>,
     uri: String,
     size: u64,
     tflags: u16,
@@ -739,9 +741,12 @@ impl NbdConn {
     fn connect(uri: &str) -> Result<NbdConn> {
         let parsed = parse_nbd_uri(uri)?;
         let fail = |why: String| VolumeBenchError::Nbd { uri: uri.into(), why };
+        let mut unix = None;
         let mut s: Box<dyn Stream> = match &parsed.addr {
             NbdAddr::Unix(p) => {
-                Box::new(UnixStream::connect(p).map_err(|e| fail(format!("connect {}: {e}", p.display())))?)
+                let u = UnixStream::connect(p).map_err(|e| fail(format!("connect {}: {e}", p.display())))?;
+                unix = u.try_clone().ok();
+                Box::new(u)
             }
             NbdAddr::Tcp(a) => {
                 let addrs: Vec<_> = a.to_socket_addrs().map_err(|e| fail(format!("resolve {a}: {e}")))?.collect();
@@ -751,7 +756,7 @@ impl NbdConn {
             }
         };
         let (size, tflags) = Self::handshake(&mut *s, &parsed.export).map_err(|e| fail(format!("handshake: {e}")))?;
-        Ok(NbdConn { s, uri: uri.into(), size, tflags, cookie: 0 })
+        Ok(NbdConn { s, unix, uri: uri.into(), size, tflags, cookie: 0 })
     }
 
     /// Fixed newstyle with NBD_OPT_GO; returns (export size, transmission flags).
@@ -833,6 +838,77 @@ impl NbdConn {
 
     fn disconnect(mut self) {
         let _ = self.request(CMD_DISC, 0, &[]);
+    }
+}
+
+const CMD_READ: u16 = 0;
+
+/// A minimal blocking NBD client (fixed newstyle, `NBD_OPT_GO`, simple
+/// replies, one request at a time), for the lab tests.
+pub struct NbdClient {
+    conn: NbdConn,
+}
+
+impl NbdClient {
+    /// Connects and negotiates (`nbd+unix:///EXPORT?socket=PATH` or `nbd://HOST[:PORT]`).
+    pub fn connect(uri: &str) -> Result<NbdClient> {
+        Ok(NbdClient { conn: NbdConn::connect(uri)? })
+    }
+
+    /// The export's size.
+    pub fn size(&self) -> u64 {
+        self.conn.size
+    }
+
+    /// WRITE and its reply.
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        self.conn.request(CMD_WRITE, offset, data)?;
+        self.conn.reply("WRITE")
+    }
+
+    /// READ of `len` bytes and its reply.
+    pub fn read(&mut self, offset: u64, len: u32) -> Result<Vec<u8>> {
+        self.conn.cookie += 1;
+        let mut msg = Vec::with_capacity(28);
+        msg.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
+        msg.extend_from_slice(&0u16.to_be_bytes());
+        msg.extend_from_slice(&CMD_READ.to_be_bytes());
+        msg.extend_from_slice(&self.conn.cookie.to_be_bytes());
+        msg.extend_from_slice(&offset.to_be_bytes());
+        msg.extend_from_slice(&len.to_be_bytes());
+        let fail = |why: String| VolumeBenchError::Nbd { uri: self.conn.uri.clone(), why };
+        self.conn.s.write_all(&msg).map_err(|e| fail(format!("send: {e}")))?;
+        self.conn.reply("READ")?;
+        let mut data = vec![0u8; len as usize];
+        self.conn.s.read_exact(&mut data).map_err(|e| fail(format!("READ data: {e}")))?;
+        Ok(data)
+    }
+
+    /// Whether the server closes the connection within `within`, without
+    /// this client sending anything (unix sockets only; false otherwise).
+    pub fn closed_by_server_within(&mut self, within: Duration) -> bool {
+        let Some(u) = &self.conn.unix else { return false };
+        let deadline = Instant::now() + within;
+        let mut b = [0u8; 1];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || u.set_read_timeout(Some(left)).is_err() {
+                return false;
+            }
+            match (&*u).read(&mut b) {
+                Ok(0) => return true,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return true,
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // Unsolicited bytes or another error: not a clean close.
+                _ => return false,
+            }
+        }
+    }
+
+    /// Sends DISC and drops the connection.
+    pub fn disconnect(self) {
+        self.conn.disconnect();
     }
 }
 

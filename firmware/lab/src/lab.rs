@@ -52,8 +52,10 @@ impl Profile {
 /// What runs on the nodes.
 #[derive(Debug, Clone)]
 pub enum Payload {
-    /// The triad supervisor at `bin` with a timing profile.
-    Triad { bin: PathBuf, profile: Profile },
+    /// The triad supervisor at `bin` with a timing profile and a journal
+    /// of `journal_mib` MiB per node ([`layout::JOURNAL_MIB`] unless a
+    /// test needs a small one that fills, e.g. to force compaction).
+    Triad { bin: PathBuf, profile: Profile, journal_mib: u64 },
     /// keepalived with `advert` seconds between VRRP adverts ("1", "0.1").
     Keepalived { advert: String },
 }
@@ -135,7 +137,7 @@ impl Lab {
         build_switch_and_client()?;
 
         let (payload_name, profile, triad_bin) = match &payload {
-            Payload::Triad { bin, profile } => {
+            Payload::Triad { bin, profile, .. } => {
                 let certs = dir.join("certs");
                 std::fs::create_dir_all(&certs).map_err(io_err("creating the certs dir"))?;
                 triad::make_certs(bin, &certs, &NODE_IDS)?;
@@ -147,7 +149,9 @@ impl Lab {
         for id in NODE_IDS {
             let nd = layout::node_dir(id);
             let config = match &payload {
-                Payload::Triad { bin: _, profile } => triad::write_config(id, profile.as_str(), &dir.join("certs"))?,
+                Payload::Triad { bin: _, profile, journal_mib } => {
+                    triad::write_config(id, profile.as_str(), *journal_mib, &dir.join("certs"))?
+                }
                 Payload::Keepalived { advert } => keepalived::write_config(id, advert)
                     .map_err(io_err(format!("writing keepalived config of node {id}")))?,
             };
@@ -202,6 +206,8 @@ impl Lab {
             ("triad", Some(bin)) => Payload::Triad {
                 bin: bin.clone(),
                 profile: if layout.profile == "fast" { Profile::Fast } else { Profile::Default },
+                // Only `up` writes configs; a loaded lab keeps its files.
+                journal_mib: layout::JOURNAL_MIB,
             },
             _ => Payload::Keepalived { advert: layout.profile.trim_start_matches("advert-").to_string() },
         };

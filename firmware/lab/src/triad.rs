@@ -108,7 +108,7 @@ pub fn make_certs(bin: &Path, dir: &Path, nodes: &[u8]) -> Result<(), TriadError
 }
 
 /// The TOML config of node `id`. `certs` holds ca.pem and node-ID.{pem,key}.
-pub fn config_text(id: u8, profile: &str, certs: &Path) -> String {
+pub fn config_text(id: u8, profile: &str, journal_mib: u64, certs: &Path) -> String {
     let dir = layout::node_dir(id);
     let mut peers = String::new();
     for p in NODE_IDS.iter().filter(|p| **p != id) {
@@ -145,7 +145,7 @@ lock_memory = true
 data = "{vol}/data.img"
 size_mib = {VOLUME_MIB}
 journal = "{vol}/journal.img"
-journal_mib = 8
+journal_mib = {journal_mib}
 meta = "{vol}/meta.img"
 granularity_kib = 4
 resync_rate_mib = 16
@@ -166,9 +166,9 @@ new_cluster = true
 }
 
 /// Writes node `id`'s config to its node dir and returns the path.
-pub fn write_config(id: u8, profile: &str, certs: &Path) -> Result<PathBuf, TriadError> {
+pub fn write_config(id: u8, profile: &str, journal_mib: u64, certs: &Path) -> Result<PathBuf, TriadError> {
     let path = layout::node_dir(id).join("triad.toml");
-    std::fs::write(&path, config_text(id, profile, certs))
+    std::fs::write(&path, config_text(id, profile, journal_mib, certs))
         .map_err(|source| TriadError::Write { path: path.clone(), source })?;
     Ok(path)
 }

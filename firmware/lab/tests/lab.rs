@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{Flock, FlockArg};
 
 use triad_lab::bench::FROZEN_VIP_BOUND;
+use triad_lab::bench_volume::NbdClient;
 use triad_lab::lab::{Lab, Payload, Profile};
 use triad_lab::layout::{self, node_ip, node_mac, Mac, NODE_IDS, PEER_PORT, VIP};
 use triad_lab::netns::{self, CLIENT_NS};
@@ -85,8 +86,13 @@ struct Harness {
 
 impl Harness {
     fn up() -> Harness {
+        Harness::up_with_journal(layout::JOURNAL_MIB)
+    }
+
+    /// A lab whose nodes have `journal_mib` MiB journals.
+    fn up_with_journal(journal_mib: u64) -> Harness {
         let ex = exclusive();
-        let lab = Lab::up(Payload::Triad { bin: triad_bin(), profile: profile() })
+        let lab = Lab::up(Payload::Triad { bin: triad_bin(), profile: profile(), journal_mib })
             .unwrap_or_else(|e| panic!("lab up failed: {e}"));
         let obs = Observer::start(CLIENT_NS).unwrap_or_else(|e| panic!("observer: {e}"));
         Harness { lab, obs: Some(obs), _ex: ex }
@@ -348,7 +354,8 @@ fn a_peer_with_a_foreign_ca_certificate_is_refused() {
     std::fs::create_dir_all(&foreign).expect("mkdir foreign-ca");
     triad::make_certs(&triad_bin(), &foreign, &[f]).unwrap_or_else(|e| panic!("{e}"));
     let conf = layout::node_dir(f).join("impostor.toml");
-    std::fs::write(&conf, triad::config_text(f, profile().as_str(), &foreign)).expect("write impostor config");
+    std::fs::write(&conf, triad::config_text(f, profile().as_str(), layout::JOURNAL_MIB, &foreign))
+        .expect("write impostor config");
     let genuine = h.lab.node(f).expect("node").config.clone();
     h.lab.layout.node_mut(f).expect("node").config = conf;
     let marks: Vec<(u8, u64)> = NODE_IDS.iter().map(|i| (*i, h.log_len(*i))).collect();
@@ -478,7 +485,7 @@ fn an_invalid_config_is_refused_naming_the_field() {
     let bin = triad_bin();
     let dir = Path::new("/run/triad-lab-config-test");
     std::fs::create_dir_all(dir).expect("mkdir");
-    let good = triad::config_text(1, "default", Path::new("/nonexistent-certs"));
+    let good = triad::config_text(1, "default", layout::JOURNAL_MIB, Path::new("/nonexistent-certs"));
     let cases: Vec<(&str, String, &str)> = vec![
         ("unknown field", good.replace("init = false", "init = false\ncolour = \"blue\""), "colour"),
         ("bad vip", good.replace(&format!("vip = \"{VIP}/24\""), "vip = \"10.77.0.300/24\""), "vip"),
@@ -700,6 +707,37 @@ fn volume_acknowledged_writes_survive_kill_9_of_the_active_node() {
     assert_eq!((differing, bytes), (0, layout::VOLUME_MIB << 20));
 }
 
+#[test]
+fn volume_nbd_connections_close_when_the_node_stops_serving() {
+    let h = Harness::up();
+    let old = h.leader(&NODE_IDS);
+    wait_serving(old, secs(10));
+    let mut c = NbdClient::connect(&layout::nbd_uri(old)).unwrap_or_else(|e| panic!("{e}"));
+    let mut idle = NbdClient::connect(&layout::nbd_uri(old)).unwrap_or_else(|e| panic!("{e}"));
+    c.write(1 << 20, &[0x5a; 4096]).unwrap_or_else(|e| panic!("write on the active node: {e}"));
+    assert_eq!(c.read(1 << 20, 4096).unwrap_or_else(|e| panic!("read: {e}")), vec![0x5a; 4096]);
+    // Hand the active role over; the old node's connections must be
+    // closed by the server itself (the clients send nothing more).
+    let bin = h.lab.triad_bin().expect("triad payload");
+    let sock = h.lab.node(old).expect("node").control_socket.clone();
+    let out = std::process::Command::new(bin).args(["switchover", "--socket"]).arg(&sock).output().expect("switchover");
+    assert!(out.status.success(), "switchover failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(c.closed_by_server_within(secs(10)), "the used connection stayed open after the switchover");
+    assert!(idle.closed_by_server_within(secs(2)), "the idle connection stayed open after the switchover");
+    // The new active node serves what was acknowledged on the old one.
+    let new = wait::until(secs(10), ms(100), || {
+        let l = h.lab.wait_healthy(&NODE_IDS, secs(2)).ok()?;
+        (l != old).then_some(l)
+    })
+    .unwrap_or_else(|| panic!("no new active node after the switchover; {}", h.lab.describe(&NODE_IDS)));
+    wait_serving(new, secs(10));
+    let mut c = NbdClient::connect(&layout::nbd_uri(new)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.read(1 << 20, 4096).unwrap_or_else(|e| panic!("read on the new node: {e}")), vec![0x5a; 4096]);
+    c.disconnect();
+    // The old node, now a follower, refuses new clients at the handshake.
+    assert!(NbdClient::connect(&layout::nbd_uri(old)).is_err(), "the old node must refuse NBD clients");
+}
+
 /// The `bytes=` of the leader's "block resync finished" log lines, in order.
 fn resyncs_finished(h: &Harness, leader: u8) -> Vec<u64> {
     let log = std::fs::read_to_string(&h.lab.node(leader).expect("node").log).unwrap_or_default();
@@ -712,7 +750,8 @@ fn resyncs_finished(h: &Harness, leader: u8) -> Vec<u64> {
 
 #[test]
 fn volume_returning_peer_gets_only_changed_blocks_and_survives_a_kill_during_resync() {
-    let mut h = Harness::up();
+    // An 8 MiB journal, so the writes below overflow it.
+    let mut h = Harness::up_with_journal(8);
     let l = h.leader(&NODE_IDS);
     wait_serving(l, secs(10));
     let f = others(l)[0];

@@ -452,6 +452,7 @@ async fn start_volume(
     let sender = links.clone();
     let handle = crate::volume::spawn(
         replica,
+        &vc.data,
         move || clock.now(),
         move |to, msg| {
             if let Err(e) = sender.send(to, msg) {

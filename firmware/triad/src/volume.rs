@@ -7,20 +7,39 @@
 //! ```text
 //!  runtime loop ──View (after every core step)──┐
 //!  data links (inbound Msg) ────────────────────┤   volume thread: drain commands,
-//!  NBD requests (Write/Read, with a reply) ─────┼─▶ one journal sync for the batch
+//!  NBD writes (pool buffers, with a reply) ─────┼─▶ one journal sync for the batch
 //!  triad status / verify ───────────────────────┘   (group commit), carry out outputs
 //!        ◀── Position / Electable (core inputs), replies, Msg to data links
+//!
+//!  NBD reads: pread of the data file on the NBD task itself, no hand-off,
+//!  between two checks of the serving state (below)
 //! ```
+//!
+//! Reads (rule 15: only a serving leader inside its lease) do not go
+//! through the thread: the store holds only committed, applied records and
+//! is written with plain pwrite, so a pread of the data file sees exactly
+//! what `Store::read` would. What the replica would check is kept in
+//! [`ServeState`]: the volume thread publishes the epoch in which it is a
+//! ready, consistent leader; the runtime publishes each view it hands over
+//! (epoch and lease end) the moment it does so, before the thread takes it.
+//! A read is served only if, both before and after its pread, the two
+//! epochs agree and the lease has not ended: so the data is what a serving
+//! leader held at some instant inside its lease. A step-down (a view that
+//! is not ours) stops reads at once, even before the thread takes it, and
+//! the handover's TimeoutNow is sent only after that.
 //!
 //! Must not: decide anything (the replica does), or run on the runtime
 //! thread. A replica error is reported by the replica as a failed health
 //! and refused requests; the thread itself never panics on input.
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -30,6 +49,7 @@ use triad_repl::{ClientError, Msg, Out, ReplConfig, ReplNotice, ReplStatus, Repl
 use triad_volume::{FileDisk, Position};
 
 use crate::nbd::device::{BlockDevice, DevResult, DeviceError};
+use crate::nbd::{Activity, IoBuf};
 
 /// The replica the supervisor runs.
 pub type FileReplica = Replica<FileDisk, FileDisk, FileDisk>;
@@ -38,6 +58,9 @@ pub type FileReplica = Replica<FileDisk, FileDisk, FileDisk>;
 const MAX_WAIT: Duration = Duration::from_millis(100);
 /// Commands taken per batch before syncing (bounds a batch's latency).
 const MAX_BATCH: usize = 64;
+/// WRITE_ZEROES is written from one buffer of zeroes this long, allocated
+/// when the thread starts (one replication record).
+const ZEROES_LEN: usize = 1 << 20;
 
 /// Where the volume lives and how it replicates (the `[volume]` table).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -157,15 +180,17 @@ enum Cmd {
     /// As `View`, and answer once it is applied.
     ViewConfirmed(oneshot::Sender<()>),
     Peer(NodeId, Msg),
+    /// A client write in the NBD server's buffers (returned to its pool
+    /// once the replica has copied them into records).
     Write {
         offset: u64,
-        data: Vec<u8>,
+        data: IoBuf,
         reply: oneshot::Sender<Result<(), ClientError>>,
     },
-    Read {
+    WriteZeroes {
         offset: u64,
-        len: u32,
-        reply: oneshot::Sender<Result<Vec<u8>, ClientError>>,
+        len: u64,
+        reply: oneshot::Sender<Result<(), ClientError>>,
     },
     Verify {
         reply: oneshot::Sender<Result<VerifyReport, ClientError>>,
@@ -176,15 +201,48 @@ enum Cmd {
 }
 
 /// Handle to the volume thread; cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct VolumeHandle {
     tx: std_mpsc::Sender<Cmd>,
     /// The core's latest view: read by the thread before every command and
     /// every sync, so a view never waits behind queued I/O (a stale lease
     /// end would refuse acknowledgements that are due).
-    view: Arc<std::sync::Mutex<Option<View>>>,
-    serving: Arc<AtomicBool>,
+    view: Arc<Mutex<Option<View>>>,
+    /// Serving: the NBD server's flag (set by the thread) and what a direct read checks.
+    activity: Activity,
+    serve: Arc<Mutex<ServeState>>,
+    /// The data file, read-only, for direct reads.
+    data: Arc<File>,
+    /// RWF_NOWAIT works on the data file (else every read goes to the blocking pool).
+    nowait: Arc<AtomicBool>,
+    now: Arc<dyn Fn() -> Instant + Send + Sync>,
     size: u64,
+}
+
+impl std::fmt::Debug for VolumeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VolumeHandle").field("size", &self.size).field("serving", &self.serving()).finish()
+    }
+}
+
+/// What a direct read must know (module doc): the view the runtime handed
+/// over last, and the epoch in which the thread's replica is a ready leader.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServeState {
+    /// Epoch of the latest view handed to the volume.
+    pub view_epoch: u64,
+    /// Its lease end, if that view makes this node the leader.
+    pub lease_until: Option<Instant>,
+    /// The epoch in which the replica (as the thread last saw it) leads,
+    /// has its first record applied, and is consistent.
+    pub ready_epoch: Option<u64>,
+}
+
+impl ServeState {
+    /// Whether a read may be served at `now`.
+    pub fn serves(&self, now: Instant) -> bool {
+        self.ready_epoch == Some(self.view_epoch) && self.lease_until.is_some_and(|t| now < t)
+    }
 }
 
 impl std::fmt::Debug for Cmd {
@@ -194,7 +252,7 @@ impl std::fmt::Debug for Cmd {
             Cmd::ViewConfirmed(..) => "ViewConfirmed",
             Cmd::Peer(..) => "Peer",
             Cmd::Write { .. } => "Write",
-            Cmd::Read { .. } => "Read",
+            Cmd::WriteZeroes { .. } => "WriteZeroes",
             Cmd::Verify { .. } => "Verify",
             Cmd::Status { .. } => "Status",
         })
@@ -202,19 +260,32 @@ impl std::fmt::Debug for Cmd {
 }
 
 /// Starts the volume thread. `now` is the core's clock; `send` puts a
-/// message on the data link to a peer (non-blocking, may drop).
+/// message on the data link to a peer (non-blocking, may drop); `data` is
+/// the replica's data file, opened again read-only for direct reads.
 pub fn spawn(
     mut replica: FileReplica,
-    now: impl Fn() -> Instant + Send + 'static,
+    data: &Path,
+    now: impl Fn() -> Instant + Send + Sync + 'static,
     send: impl Fn(NodeId, &Msg) + Send + 'static,
     events: mpsc::UnboundedSender<VolumeEvent>,
 ) -> Result<VolumeHandle, VolumeError> {
+    let reader = File::open(data).map_err(|source| VolumeError::Open { path: data.to_owned(), source })?;
     let (tx, rx) = std_mpsc::channel::<Cmd>();
-    let serving = Arc::new(AtomicBool::new(false));
     let size = replica.volume_len();
-    let serving_flag = serving.clone();
-    let view = Arc::new(std::sync::Mutex::new(None));
-    let view_cell = view.clone();
+    let activity = Activity::new(false);
+    let serve = Arc::new(Mutex::new(ServeState::default()));
+    let view = Arc::new(Mutex::new(None));
+    let now: Arc<dyn Fn() -> Instant + Send + Sync> = Arc::new(now);
+    let handle = VolumeHandle {
+        tx,
+        view: view.clone(),
+        activity: activity.clone(),
+        serve: serve.clone(),
+        data: Arc::new(reader),
+        nowait: Arc::new(AtomicBool::new(true)),
+        now: now.clone(),
+        size,
+    };
     std::thread::Builder::new()
         .name("triad-volume".into())
         .spawn(move || {
@@ -229,51 +300,80 @@ pub fn spawn(
             }
             let mut t = Thread {
                 next_id: 1,
-                writes: HashMap::new(),
+                pieces: HashMap::new(),
+                groups: HashMap::new(),
                 verifies: HashMap::new(),
                 events,
                 send: Box::new(send),
-                view: view_cell,
+                view,
+                activity,
+                serve,
+                epoch: 0,
+                zeroes: vec![0u8; ZEROES_LEN],
             };
-            t.run(&mut replica, &now, &rx, &serving_flag);
+            t.run(&mut replica, &*now, &rx);
         })
         .map_err(VolumeError::Thread)?;
-    Ok(VolumeHandle { tx, view, serving, size })
+    Ok(handle)
 }
 
 /// Puts a message on the data link to a peer (non-blocking, may drop).
 type SendFn = Box<dyn Fn(NodeId, &Msg) + Send>;
 
+/// One client write, which may be several replica writes (one per pool
+/// buffer, or per piece of zeroes); answered when all are done.
+struct Group {
+    left: usize,
+    result: Result<(), ClientError>,
+    reply: Option<oneshot::Sender<Result<(), ClientError>>>,
+}
+
 struct Thread {
     next_id: u64,
-    writes: HashMap<u64, oneshot::Sender<Result<(), ClientError>>>,
+    /// Replica write id → its group.
+    pieces: HashMap<u64, u64>,
+    groups: HashMap<u64, Group>,
     verifies: HashMap<u64, oneshot::Sender<Result<VerifyReport, ClientError>>>,
     events: mpsc::UnboundedSender<VolumeEvent>,
     send: SendFn,
-    view: Arc<std::sync::Mutex<Option<View>>>,
+    view: Arc<Mutex<Option<View>>>,
+    activity: Activity,
+    serve: Arc<Mutex<ServeState>>,
+    /// Epoch of the last view given to the replica.
+    epoch: u64,
+    zeroes: Vec<u8>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
 }
 
 impl Thread {
     /// Applies the core's latest view, if a newer one arrived.
-    fn fresh_view(&self, r: &mut FileReplica, now: Instant, out: &mut Vec<Out>) {
-        let latest = match self.view.lock() {
-            Ok(mut g) => g.take(),
-            Err(p) => p.into_inner().take(),
-        };
+    fn fresh_view(&mut self, r: &mut FileReplica, now: Instant, out: &mut Vec<Out>) {
+        let latest = lock(&self.view).take();
         if let Some(v) = latest {
             r.set_view(now, v, out);
+            self.epoch = v.epoch;
+            self.publish(r);
         }
     }
 
-    fn run(
-        &mut self,
-        r: &mut FileReplica,
-        now: &dyn Fn() -> Instant,
-        rx: &std_mpsc::Receiver<Cmd>,
-        serving: &AtomicBool,
-    ) {
+    /// Tells direct reads and the NBD server whether this replica serves:
+    /// a ready leader in the epoch of the view it last took.
+    fn publish(&self, r: &FileReplica) {
+        let ready = r.leading_and_ready();
+        lock(&self.serve).ready_epoch = ready.then_some(self.epoch);
+        self.activity.set_active(ready);
+    }
+
+    fn run(&mut self, r: &mut FileReplica, now: &dyn Fn() -> Instant, rx: &std_mpsc::Receiver<Cmd>) {
         let mut out = Vec::new();
         r.set_view(now(), View::default(), &mut out);
+        self.publish(r);
         self.carry_out(&mut out);
         loop {
             let t = now();
@@ -296,7 +396,44 @@ impl Thread {
             self.carry_out(&mut out);
             r.sync(t, &mut out);
             self.carry_out(&mut out);
-            serving.store(r.leading_and_ready(), Ordering::SeqCst);
+            self.publish(r);
+        }
+    }
+
+    /// Starts a group of `n` replica writes; returns its id.
+    fn group(&mut self, n: usize, reply: oneshot::Sender<Result<(), ClientError>>) -> u64 {
+        let g = self.next_id;
+        self.next_id += 1;
+        self.groups.insert(g, Group { left: n, result: Ok(()), reply: Some(reply) });
+        g
+    }
+
+    /// One replica write belonging to group `g`.
+    fn piece(&mut self, r: &mut FileReplica, now: Instant, g: u64, offset: u64, data: &[u8], out: &mut Vec<Out>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.pieces.insert(id, g);
+        r.write(now, id, offset, data, out);
+        // A refusal comes back at once: answer it now, so a failed group
+        // does not wait for the next carry_out.
+        self.carry_out(out);
+    }
+
+    fn piece_done(&mut self, id: u64, result: Result<(), ClientError>) {
+        let Some(g) = self.pieces.remove(&id) else { return };
+        let Some(group) = self.groups.get_mut(&g) else { return };
+        if let Err(e) = result {
+            if group.result.is_ok() {
+                group.result = Err(e);
+            }
+        }
+        group.left = group.left.saturating_sub(1);
+        if group.left == 0 {
+            if let Some(mut group) = self.groups.remove(&g) {
+                if let Some(reply) = group.reply.take() {
+                    let _ = reply.send(group.result);
+                }
+            }
         }
     }
 
@@ -309,14 +446,30 @@ impl Thread {
             }
             Cmd::Peer(from, msg) => r.receive(now, from, msg, out),
             Cmd::Write { offset, data, reply } => {
-                let id = self.next_id;
-                self.next_id += 1;
-                self.writes.insert(id, reply);
-                r.write(now, id, offset, &data, out);
+                let g = self.group(data.chunks().count().max(1), reply);
+                if data.is_empty() {
+                    return self.piece(r, now, g, offset, &[], out);
+                }
+                let mut at = offset;
+                for c in data.chunks() {
+                    self.piece(r, now, g, at, c, out);
+                    at += c.len() as u64;
+                }
             }
-            Cmd::Read { offset, len, reply } => {
-                let mut buf = vec![0u8; len as usize];
-                let _ = reply.send(r.read(now, offset, &mut buf).map(|()| buf));
+            Cmd::WriteZeroes { offset, len, reply } => {
+                let n = usize::try_from(len.div_ceil(ZEROES_LEN as u64)).unwrap_or(usize::MAX).max(1);
+                let g = self.group(n, reply);
+                let zeroes = std::mem::take(&mut self.zeroes);
+                let mut at = 0;
+                loop {
+                    let k = (len - at).min(ZEROES_LEN as u64) as usize;
+                    self.piece(r, now, g, offset + at, zeroes.get(..k).unwrap_or_default(), out);
+                    at += k as u64;
+                    if at >= len {
+                        break;
+                    }
+                }
+                self.zeroes = zeroes;
             }
             Cmd::Verify { reply } => {
                 let id = self.next_id;
@@ -340,11 +493,7 @@ impl Thread {
         for o in out.drain(..) {
             match o {
                 Out::Send { to, msg } => (self.send)(to, &msg),
-                Out::WriteDone { id, result } => {
-                    if let Some(reply) = self.writes.remove(&id) {
-                        let _ = reply.send(result);
-                    }
-                }
+                Out::WriteDone { id, result } => self.piece_done(id, result),
                 Out::Position(p) => {
                     let _ = self.events.send(VolumeEvent::Position(p));
                 }
@@ -396,10 +545,15 @@ impl VolumeHandle {
     }
 
     fn put_view(&self, view: View) {
-        match self.view.lock() {
-            Ok(mut g) => *g = Some(view),
-            Err(p) => *p.into_inner() = Some(view),
+        // Direct reads see the new view at once: a view that is not this
+        // node's leadership (or a later epoch) stops them before the
+        // thread has even taken it.
+        {
+            let mut s = lock(&self.serve);
+            s.view_epoch = view.epoch;
+            s.lease_until = view.lease_until.filter(|_| view.leader.is_some());
         }
+        *lock(&self.view) = Some(view);
     }
 
     /// The view, returning once the volume thread has taken it (before a
@@ -414,9 +568,10 @@ impl VolumeHandle {
 
     /// The NBD server's activity flag: true while this node leads and its
     /// epoch's first record is applied (the replica itself checks the
-    /// lease on every read and acknowledgement).
-    pub fn activity(&self) -> crate::nbd::Activity {
-        crate::nbd::Activity::from_flag(self.serving.clone())
+    /// lease on every acknowledgement, direct reads through [`ServeState`]).
+    /// Going false closes the open NBD connections.
+    pub fn activity(&self) -> Activity {
+        self.activity.clone()
     }
 
     /// A message from a peer's data link.
@@ -424,9 +579,9 @@ impl VolumeHandle {
         let _ = self.tx.send(Cmd::Peer(from, msg));
     }
 
-    /// Whether this node serves the volume now (leader, no-op committed, in lease).
+    /// Whether this node serves the volume now (leader, no-op committed).
     pub fn serving(&self) -> bool {
-        self.serving.load(Ordering::SeqCst)
+        self.activity.is_active()
     }
 
     /// The replica's status.
@@ -451,6 +606,18 @@ impl VolumeHandle {
     pub fn device(&self) -> ReplicatedDevice {
         ReplicatedDevice { handle: self.clone() }
     }
+
+    /// Whether a read may be served now (rule 15, module doc).
+    fn check_serving(&self) -> Result<(), ClientError> {
+        let s = *lock(&self.serve);
+        if s.serves((self.now)()) {
+            Ok(())
+        } else if s.lease_until.is_some() && s.ready_epoch != Some(s.view_epoch) {
+            Err(ClientError::NotReady) // leading, first record not applied yet
+        } else {
+            Err(ClientError::NotActive)
+        }
+    }
 }
 
 /// The NBD export's block device: every write is committed on a majority
@@ -464,16 +631,90 @@ fn client_err(op: &'static str, offset: u64, len: u64, e: ClientError) -> Device
     DeviceError::Io { op, offset, len, source: std::io::Error::other(e.to_string()) }
 }
 
+/// Reads as much of `buf` as the page cache holds without blocking
+/// (`preadv2(RWF_NOWAIT)`); returns the bytes read. `Err` only for a real
+/// error; "would block" and "not supported" end the attempt with what it got.
+fn pread_nowait(file: &File, offset: u64, buf: &mut [u8], nowait: &AtomicBool) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() && nowait.load(Ordering::Relaxed) {
+        let rest = buf.get_mut(got..).unwrap_or_default();
+        let iov = libc::iovec { iov_base: rest.as_mut_ptr().cast(), iov_len: rest.len() };
+        let Ok(off) = libc::off_t::try_from(offset + got as u64) else { break };
+        // SAFETY: iov points at `rest`, which is valid for writes of
+        // iov_len bytes and outlives the call; the fd is open.
+        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
+        match n {
+            0 => break, // end of file: the blocking read reports it
+            n if n > 0 => got += n as usize,
+            _ => {
+                let e = std::io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) => break,
+                    Some(libc::EINTR) => continue,
+                    Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS) => {
+                        nowait.store(false, Ordering::Relaxed);
+                        break;
+                    }
+                    _ => return Err(e),
+                }
+            }
+        }
+    }
+    Ok(got)
+}
+
 impl ReplicatedDevice {
-    async fn write(&self, op: &'static str, offset: u64, data: Vec<u8>) -> DevResult<()> {
-        let len = data.len() as u64;
-        let (reply, rx) = oneshot::channel();
-        self.handle.tx.send(Cmd::Write { offset, data, reply }).map_err(|_| DeviceError::Worker { op })?;
+    async fn send_write(
+        &self,
+        op: &'static str,
+        offset: u64,
+        len: u64,
+        cmd: Cmd,
+        rx: oneshot::Receiver<Result<(), ClientError>>,
+    ) -> DevResult<()> {
+        self.handle.tx.send(cmd).map_err(|_| DeviceError::Worker { op })?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(client_err(op, offset, len, e)),
             Err(_) => Err(DeviceError::Worker { op }),
         }
+    }
+
+    /// Fills `buf` from the data file: from the page cache on this task if
+    /// it can, else on the blocking pool (a disk read must not stall the
+    /// runtime thread, which also carries the heartbeats).
+    async fn pread(&self, offset: u64, mut buf: IoBuf) -> DevResult<IoBuf> {
+        let len = buf.len() as u64;
+        let io = |e| DeviceError::Io { op: "read", offset, len, source: e };
+        let (file, nowait) = (&self.handle.data, &self.handle.nowait);
+        let mut done = 0u64;
+        let mut complete = true;
+        for c in buf.chunks_mut() {
+            let got = pread_nowait(file, offset + done, c, nowait).map_err(io)?;
+            done += got as u64;
+            if got < c.len() {
+                complete = false;
+                break;
+            }
+        }
+        if complete {
+            return Ok(buf);
+        }
+        let file = Arc::clone(&self.handle.data);
+        let blocking = tokio::task::spawn_blocking(move || {
+            let mut at = 0u64;
+            for c in buf.chunks_mut() {
+                let end = at + c.len() as u64;
+                if end > done {
+                    let skip = done.saturating_sub(at) as usize;
+                    let rest = c.get_mut(skip..).unwrap_or_default();
+                    file.read_exact_at(rest, offset + at + skip as u64)?;
+                }
+                at = end;
+            }
+            Ok::<_, std::io::Error>(buf)
+        });
+        blocking.await.map_err(|_| DeviceError::Worker { op: "read" })?.map_err(io)
     }
 }
 
@@ -482,19 +723,25 @@ impl BlockDevice for ReplicatedDevice {
         self.handle.size
     }
 
-    async fn read_at(&self, offset: u64, len: u32) -> DevResult<Vec<u8>> {
-        let (reply, rx) = oneshot::channel();
-        self.handle.tx.send(Cmd::Read { offset, len, reply }).map_err(|_| DeviceError::Worker { op: "read" })?;
-        match rx.await {
-            Ok(Ok(data)) => Ok(data),
-            Ok(Err(e)) => Err(client_err("read", offset, u64::from(len), e)),
-            Err(_) => Err(DeviceError::Worker { op: "read" }),
+    async fn read_at(&self, offset: u64, buf: IoBuf) -> DevResult<IoBuf> {
+        let len = buf.len() as u64;
+        if offset.checked_add(len).is_none_or(|end| end > self.handle.size) {
+            return Err(DeviceError::Range { op: "read", offset, len });
         }
+        let refused = |e| client_err("read", offset, len, e);
+        // Before: no point reading for a refusal. After: the bytes read are
+        // what a serving leader held at an instant inside its lease.
+        self.handle.check_serving().map_err(refused)?;
+        let buf = self.pread(offset, buf).await?;
+        self.handle.check_serving().map_err(refused)?;
+        Ok(buf)
     }
 
-    async fn write_at(&self, offset: u64, data: Vec<u8>, _fua: bool) -> DevResult<()> {
+    async fn write_at(&self, offset: u64, data: IoBuf, _fua: bool) -> DevResult<()> {
         // Returned = committed on a majority: FUA holds already.
-        self.write("write", offset, data).await
+        let len = data.len() as u64;
+        let (reply, rx) = oneshot::channel();
+        self.send_write("write", offset, len, Cmd::Write { offset, data, reply }, rx).await
     }
 
     async fn flush(&self) -> DevResult<()> {
@@ -508,7 +755,9 @@ impl BlockDevice for ReplicatedDevice {
     }
 
     async fn write_zeroes(&self, offset: u64, len: u32, _fua: bool, _no_hole: bool) -> DevResult<()> {
-        self.write("write-zeroes", offset, vec![0u8; len as usize]).await
+        let len = u64::from(len);
+        let (reply, rx) = oneshot::channel();
+        self.send_write("write-zeroes", offset, len, Cmd::WriteZeroes { offset, len, reply }, rx).await
     }
 }
 

@@ -446,11 +446,16 @@ fn not_active_node_refuses_with_message_then_serves_when_active() {
         assert!(Instant::now() < deadline, "never served after activation: {}", text(&o));
         std::thread::sleep(Duration::from_millis(50));
     }
-    // Stepping down mid-connection: writes are refused with EPERM.
+    // Stepping down mid-connection closes the connection: the client
+    // learns at once to reconnect (to the new active node), instead of
+    // getting errors on a socket that will never serve again.
     let mut s = connect_go(&srv.sock);
+    send(&mut s, Cmd::Read, 0, 1, 0, 4096, &[]);
+    assert_eq!(reply(&mut s).expect("read while active"), (0, 1));
+    let mut data = [0u8; 4096];
+    s.read_exact(&mut data).expect("read data");
     srv.activity.set_active(false);
-    send(&mut s, Cmd::Write, 0, 1, 0, 4096, &[1u8; 4096]);
-    assert_eq!(reply(&mut s).expect("write on standby"), (1, 1));
-    send(&mut s, Cmd::Read, 0, 2, 0, 4096, &[]);
-    assert_eq!(reply(&mut s).expect("read on standby"), (108, 2));
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut b = [0u8; 1];
+    assert!(matches!(s.read(&mut b), Ok(0)), "the server must close the connection at a step-down");
 }

@@ -36,6 +36,9 @@ enum Cmd {
         /// keepalived advert interval in seconds.
         #[arg(long, default_value = "1")]
         keepalived_advert: String,
+        /// Journal size per node, MiB (the supervisor's default is 64).
+        #[arg(long, default_value_t = triad_lab::layout::JOURNAL_MIB)]
+        journal_mib: u64,
     },
     /// Tear the lab down (idempotent; also cleans up after a crashed run).
     Down,
@@ -131,17 +134,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn triad_payload(triad: Option<PathBuf>, profile: Profile) -> Result<Payload, MainError> {
-    Ok(Payload::Triad { bin: triad::locate(triad.as_deref())?, profile })
+fn triad_payload(triad: Option<PathBuf>, profile: Profile, journal_mib: u64) -> Result<Payload, MainError> {
+    Ok(Payload::Triad { bin: triad::locate(triad.as_deref())?, profile, journal_mib })
 }
 
 fn run(cli: Cli) -> Result<(), MainError> {
     match cli.cmd {
-        Cmd::Up { profile, triad, keepalived, keepalived_advert } => {
+        Cmd::Up { profile, triad, keepalived, keepalived_advert, journal_mib } => {
             let payload = if keepalived {
                 Payload::Keepalived { advert: keepalived_advert }
             } else {
-                triad_payload(triad, profile)?
+                triad_payload(triad, profile, journal_mib)?
             };
             let lab = Lab::up(payload)?;
             let leader = lab.wait_healthy(&NODE_IDS, std::time::Duration::from_secs(5))?;
@@ -184,7 +187,7 @@ fn run(cli: Cli) -> Result<(), MainError> {
         Cmd::BenchFailover { runs, profile, keepalived_advert, triad, skip_triad, skip_keepalived } => {
             let mut series = Vec::new();
             if !skip_triad {
-                let p = triad_payload(triad, profile)?;
+                let p = triad_payload(triad, profile, triad_lab::layout::JOURNAL_MIB)?;
                 series.push(bench::failover_series(p, &format!("triad {}", profile.as_str()), runs)?);
                 bench::print_table(&series);
             }
@@ -197,7 +200,7 @@ fn run(cli: Cli) -> Result<(), MainError> {
             bench::print_table(&series);
         }
         Cmd::Soak { minutes, profile, triad } => {
-            bench::soak(triad_payload(triad, profile)?, minutes)?;
+            bench::soak(triad_payload(triad, profile, triad_lab::layout::JOURNAL_MIB)?, minutes)?;
         }
         Cmd::BenchVolume { subject_uri, subject_label, self_test, dir, size, runtime, reps } => {
             if !(runtime.is_finite() && runtime > 0.0) {

@@ -36,6 +36,7 @@ use std::sync::{Arc, Mutex};
 
 use nix::fcntl::{fallocate, FallocateFlags};
 
+use super::pool::IoBuf;
 use super::proto::Errno;
 pub use super::proto::BLOCK_SIZE;
 
@@ -114,10 +115,12 @@ pub type DevResult<T> = Result<T, DeviceError>;
 pub trait BlockDevice: Send + Sync + 'static {
     /// Size in bytes; fixed for the device's lifetime.
     fn size(&self) -> u64;
-    /// Reads `len` bytes at `offset`.
-    fn read_at(&self, offset: u64, len: u32) -> impl Future<Output = DevResult<Vec<u8>>> + Send;
-    /// Writes `data` at `offset`; durable before returning if `fua`.
-    fn write_at(&self, offset: u64, data: Vec<u8>, fua: bool) -> impl Future<Output = DevResult<()>> + Send;
+    /// Fills `buf` (the server's preallocated buffer, `buf.len()` bytes)
+    /// from `offset` and hands it back.
+    fn read_at(&self, offset: u64, buf: IoBuf) -> impl Future<Output = DevResult<IoBuf>> + Send;
+    /// Writes `data` at `offset`; durable before returning if `fua`. The
+    /// buffer goes back to the server's pool when dropped.
+    fn write_at(&self, offset: u64, data: IoBuf, fua: bool) -> impl Future<Output = DevResult<()>> + Send;
     /// Makes every write that returned before this call durable.
     fn flush(&self) -> impl Future<Output = DevResult<()>> + Send;
     /// Hint that a range is unused; contents afterwards are unspecified.
@@ -230,21 +233,29 @@ impl BlockDevice for FileDevice {
         self.size
     }
 
-    async fn read_at(&self, offset: u64, len: u32) -> DevResult<Vec<u8>> {
-        self.range("read", offset, u64::from(len))?;
+    async fn read_at(&self, offset: u64, mut buf: IoBuf) -> DevResult<IoBuf> {
+        let len = buf.len() as u64;
+        self.range("read", offset, len)?;
         self.blocking("read", move |f| {
-            let mut buf = vec![0u8; len as usize];
-            f.read_exact_at(&mut buf, offset).map_err(io_err("read", offset, u64::from(len)))?;
+            let mut at = offset;
+            for c in buf.chunks_mut() {
+                f.read_exact_at(c, at).map_err(io_err("read", offset, len))?;
+                at += c.len() as u64;
+            }
             Ok(buf)
         })
         .await
     }
 
-    async fn write_at(&self, offset: u64, data: Vec<u8>, fua: bool) -> DevResult<()> {
+    async fn write_at(&self, offset: u64, data: IoBuf, fua: bool) -> DevResult<()> {
         let len = data.len() as u64;
         self.range("write", offset, len)?;
         self.blocking("write", move |f| {
-            f.write_all_at(&data, offset).map_err(io_err("write", offset, len))?;
+            let mut at = offset;
+            for c in data.chunks() {
+                f.write_all_at(c, at).map_err(io_err("write", offset, len))?;
+                at += c.len() as u64;
+            }
             sync(f, fua, offset, len)
         })
         .await
@@ -309,12 +320,19 @@ impl BlockDevice for MemDevice {
         self.data.lock().map(|d| d.len() as u64).unwrap_or(0)
     }
 
-    async fn read_at(&self, offset: u64, len: u32) -> DevResult<Vec<u8>> {
-        self.with("read", offset, u64::from(len), |r| r.to_vec())
+    async fn read_at(&self, offset: u64, mut buf: IoBuf) -> DevResult<IoBuf> {
+        self.with("read", offset, buf.len() as u64, |r| buf.copy_from(r))?;
+        Ok(buf)
     }
 
-    async fn write_at(&self, offset: u64, data: Vec<u8>, _fua: bool) -> DevResult<()> {
-        self.with("write", offset, data.len() as u64, |r| r.copy_from_slice(&data))
+    async fn write_at(&self, offset: u64, data: IoBuf, _fua: bool) -> DevResult<()> {
+        self.with("write", offset, data.len() as u64, |r| {
+            let mut at = 0;
+            for c in data.chunks() {
+                r[at..at + c.len()].copy_from_slice(c);
+                at += c.len();
+            }
+        })
     }
 
     async fn flush(&self) -> DevResult<()> {
@@ -338,20 +356,40 @@ mod tests {
         std::env::temp_dir().join(format!("triad-nbd-dev-{tag}-{}", std::process::id()))
     }
 
+    use super::super::pool::{BufPool, PoolSize};
+
+    /// A small pool: 8 KiB buffers, and 4 KiB large ones so a request of
+    /// more than 8 KiB is a chain (the chunking is exercised).
+    fn pool() -> std::sync::Arc<BufPool> {
+        BufPool::new(PoolSize { small: (8192, 4), large: (4096, 8) })
+    }
+
+    async fn buf(len: usize, fill: u8) -> IoBuf {
+        let mut b = pool().acquire(len).await.expect("buffers");
+        b.copy_from(&vec![fill; len]);
+        b
+    }
+
+    async fn read(d: &impl BlockDevice, offset: u64, len: usize) -> DevResult<Vec<u8>> {
+        d.read_at(offset, buf(len, 0xee).await).await.map(|b| b.to_vec())
+    }
+
     #[tokio::test]
     async fn file_device_round_trip_zero_trim() -> Result<(), DeviceError> {
         let path = temp("rt");
         let d = FileDevice::create(&path, 1 << 20)?;
         assert_eq!(d.size(), 1 << 20);
-        d.write_at(4096, vec![0xab; 8192], true).await?;
-        assert_eq!(d.read_at(4096, 8192).await?, vec![0xab; 8192]);
+        d.write_at(4096, buf(8192, 0xab).await, true).await?;
+        assert_eq!(read(&d, 4096, 8192).await?, vec![0xab; 8192]);
+        d.write_at(65536, buf(20480, 0xcd).await, false).await?;
+        assert_eq!(read(&d, 65536, 20480).await?, vec![0xcd; 20480]);
         d.write_zeroes(4096, 4096, false, false).await?;
         d.write_zeroes(8192, 4096, false, true).await?;
-        assert_eq!(d.read_at(4096, 8192).await?, vec![0; 8192]);
-        d.write_at(0, vec![1; 4096], false).await?;
+        assert_eq!(read(&d, 4096, 8192).await?, vec![0; 8192]);
+        d.write_at(0, buf(4096, 1).await, false).await?;
         d.trim(0, 4096, true).await?;
         d.flush().await?;
-        assert!(matches!(d.read_at((1 << 20) - 4096, 8192).await, Err(DeviceError::Range { .. })));
+        assert!(matches!(read(&d, (1 << 20) - 4096, 8192).await, Err(DeviceError::Range { .. })));
         let reopened = FileDevice::open(&path)?;
         assert_eq!(reopened.size(), 1 << 20);
         let _ = std::fs::remove_file(&path);
@@ -378,12 +416,14 @@ mod tests {
 
     #[tokio::test]
     async fn mem_device() -> Result<(), DeviceError> {
-        let d = MemDevice::new(8192);
-        d.write_at(0, vec![7; 4096], false).await?;
-        assert_eq!(d.read_at(0, 4096).await?, vec![7; 4096]);
+        let d = MemDevice::new(32768);
+        d.write_at(0, buf(4096, 7).await, false).await?;
+        assert_eq!(read(&d, 0, 4096).await?, vec![7; 4096]);
+        d.write_at(8192, buf(12288, 9).await, false).await?;
+        assert_eq!(read(&d, 8192, 12288).await?, vec![9; 12288]);
         d.write_zeroes(0, 4096, false, false).await?;
-        assert_eq!(d.read_at(0, 4096).await?, vec![0; 4096]);
-        assert!(d.read_at(4096, 8192).await.is_err());
+        assert_eq!(read(&d, 0, 4096).await?, vec![0; 4096]);
+        assert!(read(&d, 28672, 8192).await.is_err());
         Ok(())
     }
 }

@@ -6,6 +6,7 @@
 //! - [`handshake`]: option haggling as a pure function of one option.
 //! - [`device`]: the [`BlockDevice`] seam, a file-backed device and an
 //!   in-memory fake.
+//! - [`pool`]: the I/O buffers, preallocated per server.
 //! - [`server`]: the tokio server: unix-socket accept loop, handshake,
 //!   pipelined transmission, and a transmission-only entry point for the
 //!   kernel nbd driver.
@@ -19,9 +20,11 @@
 
 pub mod device;
 pub mod handshake;
+pub mod pool;
 pub mod proto;
 pub mod request;
 pub mod server;
 
 pub use device::{BlockDevice, DeviceError, FileDevice, MemDevice};
+pub use pool::{BufPool, IoBuf, PoolSize};
 pub use server::{Activity, NbdError, NbdServer};

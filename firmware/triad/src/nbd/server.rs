@@ -11,10 +11,20 @@
 //!                 replies channel (mpsc) ──▶ writer task ──▶ socket
 //! ```
 //! Replies complete in any order (the spec allows it; cookies match them
-//! up). Memory is bounded per connection by a budget of buffer units
-//! ([`BUDGET_UNITS`] × 4 KiB) taken before a payload is read or a read is
-//! started, and given back only once its reply is written: a client that
-//! stops reading replies stops being read, instead of growing our memory.
+//! up). Memory: every payload and read buffer comes from the server's
+//! [`BufPool`], allocated when the server is built (see `pool.rs` for why:
+//! the filesystem the kernel is flushing may live on this export). A
+//! request takes its buffers before its payload is read or its read is
+//! started, and gives them back only once its reply is written, so a
+//! client that stops reading replies stops being read instead of growing
+//! our memory. Requests without a buffer (FLUSH, TRIM, WRITE_ZEROES) are
+//! bounded per connection by [`MAX_INFLIGHT`].
+//!
+//! Step-down: when the [`Activity`] flag goes false (this node stops being
+//! the active node), every open connection is closed at once: requests
+//! still in flight are abandoned (the replica fails its pending writes),
+//! and the client learns on its socket, not from a stream of errors, that
+//! it must reconnect to the new active node.
 //!
 //! FLUSH ordering: every WRITE/TRIM/WRITE_ZEROES task holds a clone of the
 //! current "write gate" sender. A FLUSH swaps in a new gate and waits until
@@ -43,13 +53,13 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use super::device::BlockDevice;
 use super::handshake::{on_option, ExportView, Next};
+use super::pool::{BufPool, IoBuf, PoolSize};
 use super::proto::{
-    greeting, simple_reply, ClientFlags, Geometry, OptionHeader, ProtoError, MAX_PAYLOAD, OPTION_HEADER_LEN,
-    REQUEST_LEN,
+    greeting, simple_reply, ClientFlags, Geometry, OptionHeader, ProtoError, OPTION_HEADER_LEN, REQUEST_LEN,
 };
 use super::request::{check, Cmd, Command, RequestHeader};
 
@@ -58,10 +68,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Options accepted per connection before it is treated as a denial of
 /// service and closed (real clients send fewer than ten).
 pub const MAX_OPTIONS: usize = 256;
-/// Per-connection buffer budget, in 4 KiB units: 64 MiB, twice the largest
-/// request, so one maximal request never waits for itself.
-pub const BUDGET_UNITS: u32 = 16 * 1024;
-const UNIT: u32 = 4096;
+/// Requests in flight per connection (each holds a task and a reply slot;
+/// the buffers are bounded by the pool).
+pub const MAX_INFLIGHT: usize = 1024;
 
 /// What failed while serving NBD.
 #[derive(Debug, thiserror::Error)]
@@ -102,33 +111,70 @@ pub enum NbdError {
     /// More than [`MAX_OPTIONS`] options.
     #[error("more than {MAX_OPTIONS} options")]
     TooManyOptions,
+    /// The node stopped being the active node: the connection is closed.
+    #[error("this node stopped serving the volume; connection closed")]
+    NotActive,
+    /// No buffers for a request (a request larger than the pool).
+    #[error("no I/O buffers for the request")]
+    Pool(#[from] super::pool::PoolError),
 }
 
 fn io_err(during: &'static str) -> impl FnOnce(io::Error) -> NbdError {
     move |source| NbdError::Io { during, source }
 }
 
-/// Whether this node serves the volume; shared with whoever decides it
-/// (the supervisor's loop, later), read by every request.
-#[derive(Debug, Clone, Default)]
-pub struct Activity(Arc<AtomicBool>);
+/// Whether this node serves the volume; set by whoever decides it (the
+/// volume thread), read by every request, and watched by every connection
+/// so a step-down closes them.
+#[derive(Debug, Clone)]
+pub struct Activity {
+    flag: Arc<AtomicBool>,
+    /// (active, number of times it went from true to false): a connection
+    /// closes when the count moves, even if the flag is back to true by
+    /// the time it looks (leadership lost and regained).
+    changes: Arc<watch::Sender<(bool, u64)>>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity::new(false)
+    }
+}
 
 impl Activity {
     /// A handle starting in the given state.
     pub fn new(active: bool) -> Self {
-        Self(Arc::new(AtomicBool::new(active)))
+        let (tx, _) = watch::channel((active, 0));
+        Self { flag: Arc::new(AtomicBool::new(active)), changes: Arc::new(tx) }
     }
-    /// A handle over a flag someone else sets (the volume thread).
-    pub fn from_flag(flag: Arc<AtomicBool>) -> Self {
-        Self(flag)
-    }
-    /// Sets the state; requests parsed afterwards see it.
+    /// Sets the state; requests parsed afterwards see it, and a change to
+    /// false closes every open connection.
     pub fn set_active(&self, active: bool) {
-        self.0.store(active, Ordering::SeqCst);
+        self.flag.store(active, Ordering::SeqCst);
+        self.changes.send_if_modified(|(a, losses)| {
+            if *a == active {
+                return false;
+            }
+            if *a && !active {
+                *losses += 1;
+            }
+            *a = active;
+            true
+        });
     }
     /// Current state.
     pub fn is_active(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.flag.load(Ordering::SeqCst)
+    }
+    /// Completes once the node stops being active after this call (at
+    /// once if it is not active now).
+    pub fn lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.changes.subscribe();
+        let start = rx.borrow().1;
+        async move {
+            // An error means the sender is gone: nobody can make us active again.
+            let _ = rx.wait_for(|(a, losses)| !*a || *losses != start).await;
+        }
     }
 }
 
@@ -138,20 +184,27 @@ pub struct NbdServer<D> {
     name: String,
     device: Arc<D>,
     activity: Activity,
+    pool: Arc<BufPool>,
 }
 
 impl<D> Clone for NbdServer<D> {
     fn clone(&self) -> Self {
-        Self { name: self.name.clone(), device: Arc::clone(&self.device), activity: self.activity.clone() }
+        Self {
+            name: self.name.clone(),
+            device: Arc::clone(&self.device),
+            activity: self.activity.clone(),
+            pool: Arc::clone(&self.pool),
+        }
     }
 }
 
-/// A reply on its way to the writer, holding its share of the budget.
+/// A reply on its way to the writer, holding its buffers (read data) and
+/// its request slot until it is written.
 struct Reply {
     cookie: u64,
     error: u32,
-    data: Vec<u8>,
-    _permit: OwnedSemaphorePermit,
+    data: Option<IoBuf>,
+    _slot: OwnedSemaphorePermit,
 }
 
 /// Ends when every holder of a clone of its sender is done.
@@ -168,9 +221,25 @@ impl WriteGate {
 }
 
 impl<D: BlockDevice> NbdServer<D> {
-    /// A server for `device` under the export name `name`.
+    /// A server for `device` under the export name `name`, with the
+    /// default buffer pool ([`PoolSize::default`], 64 MiB) allocated now.
     pub fn new(name: impl Into<String>, device: D, activity: Activity) -> Self {
-        Self { name: name.into(), device: Arc::new(device), activity }
+        Self::with_pool(name, device, activity, PoolSize::default())
+    }
+
+    /// The same with a pool of `size`; requests larger than the pool's
+    /// largest are refused (and that maximum is what the handshake offers).
+    pub fn with_pool(name: impl Into<String>, device: D, activity: Activity, size: PoolSize) -> Self {
+        Self { name: name.into(), device: Arc::new(device), activity, pool: BufPool::new(size) }
+    }
+
+    /// The export's geometry: its size, and the largest payload the pool serves.
+    fn geometry(&self) -> Geometry {
+        let mut g = Geometry::new(self.device.size());
+        let pool_max = u32::try_from(self.pool.max_request()).unwrap_or(u32::MAX);
+        // A multiple of the block size, so the advertised maximum is itself valid.
+        g.max_payload = g.max_payload.min(pool_max / g.min_block.max(1) * g.min_block.max(1));
+        g
     }
 
     /// Binds `path` and serves `device` there until an accept error.
@@ -220,11 +289,7 @@ impl<D: BlockDevice> NbdServer<D> {
             // len <= MAX_OPTION_DATA (64 KiB), checked by parse.
             let mut data = vec![0u8; hdr.len as usize];
             s.read_exact(&mut data).await.map_err(io_err("option data"))?;
-            let export = ExportView {
-                name: &self.name,
-                geometry: Geometry::new(self.device.size()),
-                active: self.activity.is_active(),
-            };
+            let export = ExportView { name: &self.name, geometry: self.geometry(), active: self.activity.is_active() };
             let out = on_option(hdr.option, &data, &export, flags.no_zeroes);
             s.write_all(&out.reply).await.map_err(io_err("option reply"))?;
             s.flush().await.map_err(io_err("option reply"))?;
@@ -242,15 +307,33 @@ impl<D: BlockDevice> NbdServer<D> {
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
+        let lost = self.activity.lost();
         let (mut rd, wr) = tokio::io::split(stream);
         let (tx, rx) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(write_replies(wr, rx));
-        let result = self.read_requests(&mut rd, &tx).await;
+        let mut writer = tokio::spawn(write_replies(wr, rx));
+        let result = tokio::select! {
+            biased;
+            () = lost => {
+                // Stepped down: close now. Aborting the writer drops the
+                // write half; returning drops the read half: the socket closes.
+                writer.abort();
+                return Err(NbdError::NotActive);
+            }
+            r = self.read_requests(&mut rd, &tx) => r,
+        };
         // In-flight requests finish and are answered (spec: DISC "MUST
         // handle all outstanding requests"); the writer ends with the last
-        // sender.
+        // sender, or the connection closes at a step-down meanwhile.
         drop(tx);
-        let written = writer.await.unwrap_or(Ok(()));
+        let lost = self.activity.lost();
+        let written = tokio::select! {
+            biased;
+            () = lost => {
+                writer.abort();
+                return Err(NbdError::NotActive);
+            }
+            w = &mut writer => w.unwrap_or(Ok(())),
+        };
         result?;
         written.map_err(io_err("reply"))
     }
@@ -260,30 +343,35 @@ impl<D: BlockDevice> NbdServer<D> {
         rd: &mut R,
         tx: &mpsc::UnboundedSender<Reply>,
     ) -> Result<(), NbdError> {
-        let geometry = Geometry::new(self.device.size());
-        let budget = Arc::new(Semaphore::new(BUDGET_UNITS as usize));
+        let geometry = self.geometry();
+        let slots = Arc::new(Semaphore::new(MAX_INFLIGHT));
         let mut gate = WriteGate::new();
         loop {
             let Some(hdr) = read_header(rd).await? else { return Ok(()) };
             let h = RequestHeader::parse(&hdr)?;
-            let payload_len = h.payload_len(MAX_PAYLOAD)?;
-            // Reads and writes cost their buffer (capped: an oversized read
-            // is refused below without a buffer); everything else one unit.
-            let buffered = h.kind == Cmd::Read.to_wire() || h.kind == Cmd::Write.to_wire();
-            let bytes = if buffered { h.len.min(MAX_PAYLOAD) } else { 0 };
-            let units = bytes.div_ceil(UNIT).max(1);
-            let permit = Arc::clone(&budget)
-                .acquire_many_owned(units)
+            let payload_len = h.payload_len(geometry.max_payload)?;
+            let slot = Arc::clone(&slots)
+                .acquire_owned()
                 .await
-                .map_err(|_| NbdError::Io { during: "budget", source: io::Error::other("budget semaphore closed") })?;
-            let mut payload = vec![0u8; payload_len];
-            rd.read_exact(&mut payload).await.map_err(io_err("write payload"))?;
+                .map_err(|_| NbdError::Io { during: "slots", source: io::Error::other("request slots closed") })?;
+            // A write's payload is read into pool buffers (even one that is
+            // refused below: the stream must stay in step); a read takes its
+            // buffers now if it is within the maximum (else it is refused
+            // below, without any).
+            let is_read = h.kind == Cmd::Read.to_wire();
+            let want = if is_read && h.len <= geometry.max_payload { h.len as usize } else { payload_len };
+            let mut buf = self.pool.acquire(want).await?;
+            if payload_len > 0 {
+                for c in buf.chunks_mut() {
+                    rd.read_exact(c).await.map_err(io_err("write payload"))?;
+                }
+            }
             let cmd = match check(&h, &geometry, self.activity.is_active()) {
                 Ok(cmd) => cmd,
                 Err(e) => {
                     tracing::debug!(cookie = h.cookie, error = %e, "nbd request refused");
-                    let _ =
-                        tx.send(Reply { cookie: h.cookie, error: e.errno().code(), data: Vec::new(), _permit: permit });
+                    drop(buf);
+                    let _ = tx.send(Reply { cookie: h.cookie, error: e.errno().code(), data: None, _slot: slot });
                     continue;
                 }
             };
@@ -304,16 +392,16 @@ impl<D: BlockDevice> NbdServer<D> {
             let device = Arc::clone(&self.device);
             let tx = tx.clone();
             tokio::spawn(async move {
-                let result = execute(&*device, cmd, payload, gate_hold).await;
+                let result = execute(&*device, cmd, buf, gate_hold).await;
                 let (error, data) = match result {
                     Ok(data) => (0, data),
                     Err(e) => {
                         tracing::warn!(cookie = h.cookie, error = %crate::errors::chain(&e), "nbd request failed on the device");
-                        (e.errno().code(), Vec::new())
+                        (e.errno().code(), None)
                     }
                 };
                 // The writer is gone only if the client is: nothing to do.
-                let _ = tx.send(Reply { cookie: h.cookie, error, data, _permit: permit });
+                let _ = tx.send(Reply { cookie: h.cookie, error, data, _slot: slot });
             });
         }
     }
@@ -327,12 +415,13 @@ enum GateUse {
     Wait(mpsc::Receiver<()>),
 }
 
+/// Runs one request; a read's data comes back in `buf`.
 async fn execute<D: BlockDevice>(
     device: &D,
     cmd: Command,
-    payload: Vec<u8>,
+    buf: IoBuf,
     gate: Option<GateUse>,
-) -> Result<Vec<u8>, super::device::DeviceError> {
+) -> Result<Option<IoBuf>, super::device::DeviceError> {
     let _hold = match gate {
         Some(GateUse::Wait(mut rx)) => {
             // Nothing is ever sent: recv returns None once all holders left.
@@ -343,14 +432,14 @@ async fn execute<D: BlockDevice>(
         None => None,
     };
     match cmd {
-        Command::Read { offset, len } => device.read_at(offset, len).await,
-        Command::Write { offset, fua, .. } => device.write_at(offset, payload, fua).await.map(|()| Vec::new()),
-        Command::Flush => device.flush().await.map(|()| Vec::new()),
-        Command::Trim { offset, len, fua } => device.trim(offset, len, fua).await.map(|()| Vec::new()),
+        Command::Read { offset, .. } => device.read_at(offset, buf).await.map(Some),
+        Command::Write { offset, fua, .. } => device.write_at(offset, buf, fua).await.map(|()| None),
+        Command::Flush => device.flush().await.map(|()| None),
+        Command::Trim { offset, len, fua } => device.trim(offset, len, fua).await.map(|()| None),
         Command::WriteZeroes { offset, len, fua, no_hole } => {
-            device.write_zeroes(offset, len, fua, no_hole).await.map(|()| Vec::new())
+            device.write_zeroes(offset, len, fua, no_hole).await.map(|()| None)
         }
-        Command::Disc => Ok(Vec::new()),
+        Command::Disc => Ok(None),
     }
 }
 
@@ -377,8 +466,12 @@ async fn write_replies<W: AsyncWrite + Unpin>(wr: W, mut rx: mpsc::UnboundedRece
     let mut w = BufWriter::with_capacity(256 * 1024, wr);
     while let Some(reply) = rx.recv().await {
         w.write_all(&simple_reply(reply.error, reply.cookie)).await?;
-        w.write_all(&reply.data).await?;
-        // Dropping the reply returns its budget.
+        if let Some(data) = &reply.data {
+            for c in data.chunks() {
+                w.write_all(c).await?;
+            }
+        }
+        // Dropping the reply returns its buffers and its slot.
         drop(reply);
         if rx.is_empty() {
             w.flush().await?;
@@ -406,12 +499,13 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener, NbdError> {
 mod tests {
     use super::super::device::MemDevice;
     use super::super::proto::{
-        Errno, InfoRequest, CMD_FLAG_FUA, INFO_BLOCK_SIZE, OPT_GO, REP_ACK, SIMPLE_REPLY_LEN, SIMPLE_REPLY_MAGIC,
+        Errno, InfoRequest, CMD_FLAG_FUA, INFO_BLOCK_SIZE, MAX_PAYLOAD, OPT_GO, REP_ACK, SIMPLE_REPLY_LEN,
+        SIMPLE_REPLY_MAGIC,
     };
     use super::*;
     use tokio::io::DuplexStream;
 
-    const SIZE: usize = 1 << 20;
+    const SIZE: usize = 4 << 20;
 
     fn req(cmd: Cmd, flags: u16, cookie: u64, offset: u64, len: u32) -> Vec<u8> {
         RequestHeader { flags, kind: cmd.to_wire(), cookie, offset, len }.encode().to_vec()
@@ -430,7 +524,9 @@ mod tests {
 
     fn start(active: bool) -> (DuplexStream, tokio::task::JoinHandle<Result<(), NbdError>>, Activity) {
         let activity = Activity::new(active);
-        let server = NbdServer::new("vol", MemDevice::new(SIZE), activity.clone());
+        // 4 MiB of buffers: 1 MiB requests and larger chains are exercised.
+        let pool = PoolSize { small: (256 << 10, 4), large: (1 << 20, 4) };
+        let server = NbdServer::with_pool("vol", MemDevice::new(SIZE), activity.clone(), pool);
         let (client, srv) = tokio::io::duplex(1 << 20);
         let task = tokio::spawn(async move { server.serve_transmission(srv).await });
         (client, task, activity)
@@ -457,13 +553,46 @@ mod tests {
         assert_eq!(reply(&mut c, 0).await.0, Errno::Inval.code());
         c.write_all(&RequestHeader { flags: 0, kind: 99, cookie: 6, offset: 0, len: 0 }.encode()).await.expect("send");
         assert_eq!(reply(&mut c, 0).await, (Errno::Inval.code(), 6, vec![]));
+        // A read larger than the pool can hold is refused, not served.
+        c.write_all(&req(Cmd::Read, 0, 7, 0, 8 << 20)).await.expect("send");
+        assert_eq!(reply(&mut c, 0).await, (Errno::Inval.code(), 7, vec![]));
+        // A 3 MiB write and read: chains of pool buffers.
+        let big: Vec<u8> = (0..3u32 << 20).map(|i| (i / 4096) as u8).collect();
+        let mut w = req(Cmd::Write, 0, 8, 0, big.len() as u32);
+        w.extend(&big);
+        c.write_all(&w).await.expect("send");
+        assert_eq!(reply(&mut c, 0).await, (0, 8, vec![]));
+        c.write_all(&req(Cmd::Read, 0, 9, 0, big.len() as u32)).await.expect("send");
+        assert!(reply(&mut c, big.len()).await == (0, 9, big));
+        c.write_all(&req(Cmd::Disc, 0, 10, 0, 0)).await.expect("send");
+        assert!(task.await.expect("join").is_ok());
+        drop(activity);
+    }
+
+    #[tokio::test]
+    async fn stepping_down_closes_the_connection() {
+        let (mut c, task, activity) = start(true);
+        c.write_all(&req(Cmd::Read, 0, 1, 0, 4096)).await.expect("send");
+        assert_eq!(reply(&mut c, 4096).await.0, 0);
         activity.set_active(false);
-        let mut w = req(Cmd::Write, 0, 7, 0, 4096);
+        assert!(matches!(task.await.expect("join"), Err(NbdError::NotActive)));
+        let mut rest = Vec::new();
+        assert_eq!(c.read_to_end(&mut rest).await.expect("eof"), 0, "closed, nothing more sent");
+        // Lost and regained before the connection looked: still closed.
+        let (mut c, task, activity) = start(true);
+        c.write_all(&req(Cmd::Read, 0, 1, 0, 4096)).await.expect("send");
+        assert_eq!(reply(&mut c, 4096).await.0, 0);
+        activity.set_active(false);
+        activity.set_active(true);
+        assert!(matches!(task.await.expect("join"), Err(NbdError::NotActive)));
+        assert_eq!(c.read_to_end(&mut rest).await.expect("eof"), 0);
+        // A request that arrives in the window before the close is refused.
+        let (mut c, _task, activity) = start(true);
+        activity.flag.store(false, Ordering::SeqCst);
+        let mut w = req(Cmd::Write, 0, 2, 0, 4096);
         w.extend(vec![0; 4096]);
         c.write_all(&w).await.expect("send");
         assert_eq!(reply(&mut c, 0).await.0, Errno::Perm.code());
-        c.write_all(&req(Cmd::Disc, 0, 8, 0, 0)).await.expect("send");
-        assert!(task.await.expect("join").is_ok());
     }
 
     #[tokio::test]
