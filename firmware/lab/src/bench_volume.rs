@@ -849,6 +849,12 @@ pub struct NbdClient {
     conn: NbdConn,
 }
 
+impl std::fmt::Debug for NbdClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NbdClient").field("uri", &self.conn.uri).field("size", &self.conn.size).finish()
+    }
+}
+
 impl NbdClient {
     /// Connects and negotiates (`nbd+unix:///EXPORT?socket=PATH` or `nbd://HOST[:PORT]`).
     pub fn connect(uri: &str) -> Result<NbdClient> {
@@ -876,7 +882,8 @@ impl NbdClient {
         msg.extend_from_slice(&self.conn.cookie.to_be_bytes());
         msg.extend_from_slice(&offset.to_be_bytes());
         msg.extend_from_slice(&len.to_be_bytes());
-        let fail = |why: String| VolumeBenchError::Nbd { uri: self.conn.uri.clone(), why };
+        let uri = self.conn.uri.clone();
+        let fail = |why: String| VolumeBenchError::Nbd { uri: uri.clone(), why };
         self.conn.s.write_all(&msg).map_err(|e| fail(format!("send: {e}")))?;
         self.conn.reply("READ")?;
         let mut data = vec![0u8; len as usize];
