@@ -720,8 +720,15 @@ fn volume_nbd_connections_close_when_the_node_stops_serving() {
     // closed by the server itself (the clients send nothing more).
     let bin = h.lab.triad_bin().expect("triad payload");
     let sock = h.lab.node(old).expect("node").control_socket.clone();
-    let out = std::process::Command::new(bin).args(["switchover", "--socket"]).arg(&sock).output().expect("switchover");
-    assert!(out.status.success(), "switchover failed: {}", String::from_utf8_lossy(&out.stderr));
+    // The core hears the peers' positions with their heartbeat replies: until
+    // then, right after a write, no peer looks up to date.
+    let mut last = String::new();
+    wait::until(secs(10), ms(100), || {
+        let out = std::process::Command::new(bin).args(["switchover", "--socket"]).arg(&sock).output().ok()?;
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        out.status.success().then_some(())
+    })
+    .unwrap_or_else(|| panic!("switchover never succeeded: {last}"));
     assert!(c.closed_by_server_within(secs(10)), "the used connection stayed open after the switchover");
     assert!(idle.closed_by_server_within(secs(2)), "the idle connection stayed open after the switchover");
     // The new active node serves what was acknowledged on the old one.
