@@ -11,6 +11,7 @@
 //! - [`errors`]: one error chain per log line, at the edge.
 //! - [`nbd`]: the NBD export of the replicated volume (unix socket, kernel nbd).
 //! - [`volume`]: the replicated volume's thread and the NBD device over it.
+//! - [`sync_watch`]: rule 16, a stuck journal sync makes the node unfit to lead.
 //! - [`runtime`]: the one loop that owns the core and applies each event.
 
 pub mod certs;
@@ -22,4 +23,5 @@ pub mod os;
 pub mod peer;
 pub mod runtime;
 pub mod store;
+pub mod sync_watch;
 pub mod volume;

@@ -1,0 +1,125 @@
+//! Rule 16's watchdog on the journal: a leader renews its lease only while
+//! its journal syncs complete.
+//!
+//! The volume thread calls the blocking `fdatasync`; if the disk hangs, the
+//! thread hangs with it and can report nothing. So it marks each sync's
+//! start and end in a [`SyncWatch`] shared with the runtime loop, which
+//! checks the mark on every turn (and on a short timer): a sync outstanding
+//! for longer than the limit makes the node unfit to lead (`Input::Electable
+//! (false)`), and the core steps down at once, dropping the VIP, instead of
+//! holding a lease for a cluster that cannot commit. When the sync returns,
+//! the node is fit again (if the replica says so).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// When the journal sync in progress started (none: idle).
+#[derive(Debug)]
+pub struct SyncWatch {
+    origin: Instant,
+    /// Microseconds since `origin` + 1 at the start of the sync in
+    /// progress; 0 while no sync runs.
+    started: AtomicU64,
+}
+
+impl Default for SyncWatch {
+    fn default() -> Self {
+        SyncWatch { origin: Instant::now(), started: AtomicU64::new(0) }
+    }
+}
+
+impl SyncWatch {
+    /// The volume thread is about to sync.
+    pub fn begin(&self) {
+        self.begin_at(Instant::now());
+    }
+
+    /// The sync returned (successfully or not).
+    pub fn end(&self) {
+        self.started.store(0, Ordering::Release);
+    }
+
+    /// Whether a sync has been outstanding for longer than `limit`.
+    pub fn stalled(&self, limit: Duration) -> bool {
+        self.stalled_at(Instant::now(), limit)
+    }
+
+    fn begin_at(&self, now: Instant) {
+        let us = u64::try_from(now.saturating_duration_since(self.origin).as_micros()).unwrap_or(u64::MAX - 1);
+        self.started.store(us + 1, Ordering::Release);
+    }
+
+    fn stalled_at(&self, now: Instant, limit: Duration) -> bool {
+        let started = self.started.load(Ordering::Acquire);
+        if started == 0 {
+            return false;
+        }
+        let began = self.origin + Duration::from_micros(started - 1);
+        now.saturating_duration_since(began) > limit
+    }
+}
+
+/// What the core is told: fit to lead only while the replica says so and
+/// no journal sync is stuck. Feeds `Input::Electable` on changes only.
+#[derive(Debug, Default)]
+pub struct Fitness {
+    replica: Option<bool>,
+    stalled: bool,
+    told: Option<bool>,
+}
+
+impl Fitness {
+    /// The replica reported electable (or not).
+    pub fn replica(&mut self, electable: bool) -> Option<bool> {
+        self.replica = Some(electable);
+        self.change()
+    }
+
+    /// The watch was looked at.
+    pub fn stall(&mut self, stalled: bool) -> Option<bool> {
+        self.stalled = stalled;
+        self.change()
+    }
+
+    /// The value to feed the core, if it changed.
+    fn change(&mut self) -> Option<bool> {
+        let fit = self.replica.unwrap_or(true) && !self.stalled;
+        (self.told != Some(fit)).then(|| {
+            self.told = Some(fit);
+            fit
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sync_is_stalled_only_while_outstanding_past_the_limit() {
+        let w = SyncWatch::default();
+        let t0 = w.origin + Duration::from_secs(5);
+        let limit = Duration::from_secs(2);
+        assert!(!w.stalled_at(t0, limit), "idle");
+        w.begin_at(t0);
+        assert!(!w.stalled_at(t0 + Duration::from_millis(1999), limit));
+        assert!(w.stalled_at(t0 + Duration::from_millis(2001), limit));
+        w.end();
+        assert!(!w.stalled_at(t0 + Duration::from_secs(60), limit), "the sync returned");
+        // A sync that starts at the origin itself is still a sync.
+        w.begin_at(w.origin);
+        assert!(w.stalled_at(w.origin + Duration::from_secs(3), limit));
+    }
+
+    #[test]
+    fn the_core_is_told_fit_only_when_both_agree_and_only_on_changes() {
+        let mut f = Fitness::default();
+        assert_eq!(f.stall(false), Some(true));
+        assert_eq!(f.replica(true), None);
+        assert_eq!(f.stall(true), Some(false), "a stuck sync makes the node unfit");
+        assert_eq!(f.replica(true), None, "still stuck");
+        assert_eq!(f.stall(false), Some(true));
+        assert_eq!(f.replica(false), Some(false));
+        assert_eq!(f.stall(false), None);
+    }
+}
