@@ -141,6 +141,9 @@ pub enum DataCheck {
     /// After a tick the replica's deadline is still not in the future (the
     /// volume thread would spin).
     VolumeSpin,
+    /// Rule 16: a leader whose journal sync has been stuck for longer than
+    /// the stall limit plus half a second still leads.
+    StalledLeader,
 }
 
 /// A broken data-world invariant.
@@ -318,6 +321,15 @@ struct Vol {
     view_changes: u64,
     /// Recent Appends received (for the `NoEpochFence` mutation).
     old_appends: VecDeque<(NodeId, Msg)>,
+    /// Real time the step's sync began (while `busy`).
+    sync_since: u64,
+    /// The next step's sync hangs this long (a stuck disk), µs.
+    stall_next: Option<u64>,
+    /// sync_watch.rs `Fitness`: what the replica last said, whether the
+    /// watch saw a stuck sync, what the core was last told.
+    fit_replica: bool,
+    fit_stalled: bool,
+    fit_told: Option<bool>,
 }
 
 /// One supervisor process.
@@ -697,9 +709,40 @@ impl DataWorld {
 
     /// Feeds `input` to the core of `id`, carries out its outputs in order
     /// and hands the view to the volume thread; VIP actions complete at once.
+    /// sync_watch.rs: a journal sync outstanding past the limit makes the
+    /// node unfit to lead; the value to feed the core if it changed.
+    fn watch_sync(&mut self, id: NodeId) -> Option<bool> {
+        if self.sc.has(DataMutation::NoSyncWatch) {
+            return None;
+        }
+        let (now, limit) = (self.now, self.sc.sync_stall_limit);
+        let p = self.hosts[idx(id)].proc.as_mut()?;
+        let stalled = p.vol.busy && now.saturating_sub(p.vol.sync_since) > limit;
+        if stalled == p.vol.fit_stalled {
+            return None;
+        }
+        p.vol.fit_stalled = stalled;
+        self.note(|| format!("n{id} sync watch: stalled={stalled}"));
+        self.fitness_change(id)
+    }
+
+    /// sync_watch.rs `Fitness::change`.
+    fn fitness_change(&mut self, id: NodeId) -> Option<bool> {
+        let p = self.hosts[idx(id)].proc.as_mut()?;
+        let fit = p.vol.fit_replica && !p.vol.fit_stalled;
+        (p.vol.fit_told != Some(fit)).then(|| {
+            p.vol.fit_told = Some(fit);
+            fit
+        })
+    }
+
     fn core_input(&mut self, id: NodeId, input: Input) -> Res {
         let i = idx(id);
         let mut inputs = VecDeque::from([input]);
+        // runtime.rs: the sync watch is looked at on every turn of the loop.
+        if let Some(fit) = self.watch_sync(id) {
+            inputs.push_front(Input::Electable(fit));
+        }
         while let Some(input) = inputs.pop_front() {
             let local = self.local(id);
             let Some(p) = self.hosts[i].proc.as_mut() else { return Ok(()) };
@@ -1025,7 +1068,14 @@ impl DataWorld {
                 format!("node {id}: after tick at {local:?} the replica's next deadline is {d:?}"),
             );
         }
-        let d = self.rng.range(20, 400);
+        let mut d = self.rng.range(20, 400);
+        if let Some(stall) = self.hosts[i].proc.as_mut().and_then(|p| p.vol.stall_next.take()) {
+            d = stall;
+            self.note(|| format!("n{id} journal disk HANGS for {} ms", stall / 1000));
+        }
+        if let Some(p) = self.hosts[i].proc.as_mut() {
+            p.vol.sync_since = now;
+        }
         self.push(now + d, Ev::VolDone { node: id, inc });
         self.carry_vol(id, outs)?;
         self.release_held(id)
@@ -1093,7 +1143,12 @@ impl DataWorld {
                 Out::Electable(e) => {
                     self.note(|| format!("n{id} vol electable {e}"));
                     if !self.sc.has(DataMutation::IgnoreElectable) {
-                        self.core_input(id, Input::Electable(e))?;
+                        if let Some(p) = self.hosts[idx(id)].proc.as_mut() {
+                            p.vol.fit_replica = e;
+                        }
+                        if let Some(fit) = self.fitness_change(id) {
+                            self.core_input(id, Input::Electable(fit))?;
+                        }
                     }
                 }
                 Out::Membership(m) => {
@@ -1315,6 +1370,13 @@ impl DataWorld {
                 self.push(self.now + d, Ev::HealLinks { gen });
             }
         }
+        if self.rng.chance(self.sc.disk_stall_p) {
+            let n = self.target();
+            let d = self.rng.range(self.sc.disk_stall.0, self.sc.disk_stall.1);
+            if let Some(p) = self.hosts[idx(n)].proc.as_mut() {
+                p.vol.stall_next = Some(d);
+            }
+        }
         if self.rng.chance(self.sc.switchover_p) {
             if let Some(l) = self.leader() {
                 self.note(|| format!("operator asks n{l} to switch over"));
@@ -1425,6 +1487,11 @@ impl DataWorld {
                 periodic_at: now,
                 view_changes: 0,
                 old_appends: VecDeque::new(),
+                sync_since: 0,
+                stall_next: None,
+                fit_replica: true,
+                fit_stalled: false,
+                fit_told: None,
             },
         });
         let hard = h.hard;
@@ -1460,6 +1527,18 @@ impl DataWorld {
     /// every new serving leadership and now and then.
     fn check_serving(&mut self) -> Res {
         let now = self.now;
+        let bound = self.sc.sync_stall_limit + 500_000;
+        for h in &self.hosts {
+            let Some(p) = h.proc.as_ref() else { continue };
+            let stuck = now.saturating_sub(p.vol.sync_since);
+            if p.vol.busy && stuck > bound && p.node.role() == Role::Leader {
+                let id = h.id;
+                return self.fail(
+                    DataCheck::StalledLeader,
+                    format!("node {id} still leads with its journal sync stuck for {} ms", stuck / 1000),
+                );
+            }
+        }
         for i in 0..3 {
             let h = &self.hosts[i];
             let id = h.id;

@@ -251,6 +251,23 @@ fn committing_old_epochs_records_loses_them_in_figure_8() {
 }
 
 #[test]
+fn a_leader_with_a_stuck_journal_disk_steps_down() {
+    // Rule 16 through the glue's sync watch (sync_watch.rs).
+    let sc = DataScenario::named("disk-stall").expect("scenario exists");
+    for seed in 0..40 {
+        let o = run_data(seed, sc.clone(), false);
+        if let Some(f) = failure(seed, &sc, &o) {
+            panic!("{f}");
+        }
+    }
+}
+
+#[test]
+fn without_the_sync_watch_a_stuck_leader_keeps_leading() {
+    finds("disk-stall", &[DataMutation::NoSyncWatch], &[DataCheck::StalledLeader], 20);
+}
+
+#[test]
 fn a_calm_cluster_needs_no_block_resync() {
     // In-order links, no faults, a ring 16 times the largest write: every
     // follower keeps up from the journal.

@@ -56,11 +56,14 @@ pub enum DataMutation {
     /// `Out::Membership` is never fed to the core (rule 18 removed): a
     /// replaced box votes as a full member from its first message.
     IgnoreMembership,
+    /// The glue never looks at its sync watch (rule 16 removed): a leader
+    /// with a stuck journal disk keeps its lease.
+    NoSyncWatch,
 }
 
 impl DataMutation {
     /// Every mutation.
-    pub const ALL: [DataMutation; 14] = [
+    pub const ALL: [DataMutation; 15] = [
         DataMutation::NoEpochFence,
         DataMutation::AckOnSubmit,
         DataMutation::JournalSyncSkipped,
@@ -75,6 +78,7 @@ impl DataMutation {
         DataMutation::ReplAckWithoutPeer,
         DataMutation::ReplSkipPrevCheck,
         DataMutation::IgnoreMembership,
+        DataMutation::NoSyncWatch,
     ];
 
     /// The command-line name.
@@ -94,6 +98,7 @@ impl DataMutation {
             DataMutation::ReplAckWithoutPeer => "repl-ack-without-peer",
             DataMutation::ReplSkipPrevCheck => "repl-skip-prev-check",
             DataMutation::IgnoreMembership => "ignore-membership",
+            DataMutation::NoSyncWatch => "no-sync-watch",
         }
     }
 
@@ -152,6 +157,13 @@ pub struct DataScenario {
     pub crash_at_sync_p: f64,
     /// Per chaos tick: an operator switchover.
     pub switchover_p: f64,
+    /// Per chaos tick: a node's next journal sync hangs (a stuck disk).
+    pub disk_stall_p: f64,
+    /// How long such a sync hangs, µs.
+    pub disk_stall: (u64, u64),
+    /// sync_watch.rs: a sync outstanding longer than this makes the node
+    /// unfit to lead, µs.
+    pub sync_stall_limit: u64,
     /// After the first convergence, replace one node's three disks by
     /// blank formatted ones (a replaced box that kept its core state) and
     /// converge again.
@@ -252,6 +264,9 @@ impl DataScenario {
             crash_in_resync_p: 0.0,
             crash_at_sync_p: 0.0,
             switchover_p: 0.0,
+            disk_stall_p: 0.0,
+            disk_stall: (1_500_000, 4_000_000),
+            sync_stall_limit: 1_000_000,
             blank_disk: None,
             replace_then_failover: false,
             figure8: false,
@@ -358,6 +373,16 @@ impl DataScenario {
                 net: NetConfig { drop: 0.0, dup: 0.0, long_p: 0.0, ..NetConfig::default() },
                 no_resync_expected: true,
                 ..DataScenario::base("calm")
+            },
+            DataScenario {
+                // Stuck journal disks (rule 16), mostly the leader's. A
+                // node that hung for seconds may need a block resync on a
+                // reordering network afterwards: a longer bound to converge.
+                disk_stall_p: 0.05,
+                leader_bias: 0.8,
+                kill_p: 0.005,
+                converge_bound: 12_000_000,
+                ..DataScenario::base("disk-stall")
             },
             DataScenario {
                 // Operator switchovers (TimeoutNow) while writes stream.
