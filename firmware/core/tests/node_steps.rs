@@ -72,6 +72,17 @@ fn tick_until_prevote(n: &mut Node) -> (Instant, Vec<Output>) {
     panic!("no prevote");
 }
 
+/// Ticks `n` through 50 deadlines from `from`: no PreVote or Vote goes out.
+fn never_campaigns(n: &mut Node, from: Instant) {
+    let mut now = from;
+    for _ in 0..50 {
+        now = n.next_deadline().max(now);
+        let out = n.handle(now, Input::Tick);
+        let campaigned = sends(&out).iter().any(|(_, m)| matches!(m.body, Body::PreVote { .. } | Body::Vote { .. }));
+        assert!(!campaigned, "campaigned at {now:?}");
+    }
+}
+
 /// Drives node 1 to leadership with node 2's help; returns the time.
 fn elect_node1(n1: &mut Node) -> Instant {
     let (now, _) = tick_until_prevote(n1);
@@ -166,12 +177,7 @@ fn a_learner_neither_votes_nor_campaigns_and_a_former_learner_votes_only_from_it
     assert_eq!(sends(&out)[0].1.body, Body::PreVoteReply { granted: false });
     let out = n2.handle(at(800), msg(1, 4, Body::Vote { position: data, transfer: false }));
     assert_eq!(sends(&out)[0].1.body, Body::VoteReply { granted: false });
-    let mut now = at(0);
-    for _ in 0..50 {
-        now = n2.next_deadline().max(now);
-        let out = n2.handle(now, Input::Tick);
-        assert!(!sends(&out).iter().any(|(_, m)| matches!(m.body, Body::PreVote { .. })), "campaigned at {now:?}");
-    }
+    never_campaigns(&mut n2, at(0));
 
     // Caught up in epoch 6: a voter, but not in epoch 6 (the box it
     // replaced may have voted there).
@@ -212,12 +218,7 @@ fn a_leader_whose_volume_cannot_serve_steps_down_and_drops_the_vip_at_once() {
     assert_eq!(n1.role(), Role::Follower);
     assert_eq!(n1.lease_until(t0), None);
     // And it does not campaign while unfit.
-    let mut now = t0;
-    for _ in 0..50 {
-        now = n1.next_deadline().max(now);
-        let out = n1.handle(now, Input::Tick);
-        assert!(!sends(&out).iter().any(|(_, m)| matches!(m.body, Body::PreVote { .. })), "campaigned at {now:?}");
-    }
+    never_campaigns(&mut n1, t0);
 }
 
 #[test]
@@ -352,11 +353,7 @@ fn a_standby_node_never_campaigns_and_ignores_timeout_now() {
     let mut n = node(3, HardState::default());
     let out = n.handle(at(1), Input::Admin(AdminRequest::Standby(true)));
     assert_eq!(persists(&out), vec![HardState { epoch: 0, voted_for: None, standby: true }]);
-    for _ in 0..50 {
-        let now = n.next_deadline();
-        let out = n.handle(now, Input::Tick);
-        assert!(!sends(&out).iter().any(|(_, m)| matches!(m.body, Body::PreVote { .. } | Body::Vote { .. })));
-    }
+    never_campaigns(&mut n, at(1));
     n.handle(at(5000), msg(1, 0, Body::Heartbeat { round: 1 }));
     n.handle(at(5001), msg(1, 0, Body::TimeoutNow));
     assert_eq!(n.role(), Role::Follower);

@@ -35,6 +35,14 @@ fn cfg() -> ReplConfig {
     ReplConfig { resync_chunk: 16 * 1024, region: 16 * 1024, resync_rate: 0, ..ReplConfig::default() }
 }
 
+/// Freshly formatted disks of box `id`: a new cluster's (voter) or a
+/// replacement's (`learner`).
+fn blank_disks(id: NodeId, incarnation: u64, learner: bool) -> (MemDisk, MemDisk, MemDisk) {
+    let meta = triad_volume::store::meta_len_needed(VOL as u64, GRAN, 2) as usize;
+    let (j, d, m) = (MemDisk::new(RING), MemDisk::new(VOL), MemDisk::new(meta));
+    R::format(id, peers(id), cfg(), j, d, m, GRAN, incarnation, learner).unwrap().into_disks()
+}
+
 fn peers(id: NodeId) -> [NodeId; 2] {
     match id {
         1 => [2, 3],
@@ -45,23 +53,10 @@ fn peers(id: NodeId) -> [NodeId; 2] {
 
 impl Cluster {
     fn new() -> Cluster {
-        let meta = triad_volume::store::meta_len_needed(VOL as u64, GRAN, 2) as usize;
         let nodes = (1..=3)
             .map(|id| {
-                Some(
-                    R::format(
-                        id,
-                        peers(id),
-                        cfg(),
-                        MemDisk::new(RING),
-                        MemDisk::new(VOL),
-                        MemDisk::new(meta),
-                        GRAN,
-                        id.into(),
-                        false,
-                    )
-                    .unwrap(),
-                )
+                let (j, d, m) = blank_disks(id, id.into(), false);
+                Some(R::open(id, peers(id), cfg(), j, d, m).unwrap())
             })
             .collect();
         Cluster {
@@ -379,11 +374,7 @@ fn a_replaced_box_is_a_learner_until_caught_up_then_a_voter_from_the_next_epoch(
     // Box 3 is replaced: blank disks, a new incarnation, a learner.
     c.stop(3);
     c.parked[2] = None;
-    let meta = triad_volume::store::meta_len_needed(VOL as u64, GRAN, 2) as usize;
-    let blank =
-        R::format(3, peers(3), cfg(), MemDisk::new(RING), MemDisk::new(VOL), MemDisk::new(meta), GRAN, 33, true)
-            .unwrap();
-    c.parked[2] = Some(blank.into_disks());
+    c.parked[2] = Some(blank_disks(3, 33, true));
     c.start(3);
     assert_eq!(c.node(3).membership(), triad_core::Membership::Learner);
     // With box 2 away, a write commits only once box 3 has caught up (it
@@ -438,11 +429,7 @@ fn late_replies_of_a_replaced_box_are_ignored() {
     // Box 3 (incarnation 3) is replaced by a learner with incarnation 99,
     // which the leader hears from.
     c.stop(3);
-    let meta = triad_volume::store::meta_len_needed(VOL as u64, GRAN, 2) as usize;
-    let blank =
-        R::format(3, peers(3), cfg(), MemDisk::new(RING), MemDisk::new(VOL), MemDisk::new(meta), GRAN, 99, true)
-            .unwrap();
-    c.parked[2] = Some(blank.into_disks());
+    c.parked[2] = Some(blank_disks(3, 99, true));
     c.start(3);
     c.run(200);
     // A late reply of the old box saying "my store is inconsistent" would

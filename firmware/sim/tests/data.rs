@@ -154,16 +154,21 @@ fn a_replica_never_told_of_a_new_leader_stalls_the_cluster() {
 
 #[test]
 fn switchovers_keep_one_serving_node() {
-    let sc = DataScenario::named("switchover").expect("scenario exists");
-    for seed in 0..40 {
-        let o = run_data(seed, sc.clone(), false);
-        if let Some(f) = failure(seed, &sc, &o) {
-            panic!("{f}");
-        }
-    }
+    clean("switchover", 40);
 }
 
 // ---- triad-repl bugs found by the simulator (docs/simulator.md, data world) ----
+
+/// Seeds `0..seeds` of scenario `name` hold every invariant.
+fn clean(name: &str, seeds: u64) {
+    let sc = DataScenario::named(name).expect("scenario exists");
+    let mut failures = Vec::new();
+    for seed in 0..seeds {
+        let o = run_data(seed, sc.clone(), false);
+        failures.extend(failure(seed, &sc, &o));
+    }
+    assert!(failures.is_empty(), "{} seeds of {name} failed:\n{}", failures.len(), failures.join("\n"));
+}
 
 fn passes(cases: &[(u64, &str)]) {
     let mut failures = Vec::new();
@@ -187,13 +192,7 @@ fn a_node_that_was_itself_block_resynced_resyncs_others_by_hash_below_its_reset_
 fn a_reordered_resync_message_does_not_restart_the_resync() {
     // Bug D2 (fixed): ResyncAck{n: 0} meant both "nothing in order yet" and
     // "I lost the resync"; ResyncState::Unknown now says the latter.
-    let sc = DataScenario::named("resync-restart").expect("scenario exists");
-    let mut failures = Vec::new();
-    for seed in 0..40 {
-        let o = run_data(seed, sc.clone(), false);
-        failures.extend(failure(seed, &sc, &o));
-    }
-    assert!(failures.is_empty(), "{} seeds failed:\n{}", failures.len(), failures.join("\n"));
+    clean("resync-restart", 40);
 }
 
 #[test]
@@ -202,15 +201,8 @@ fn a_replaced_box_is_told_from_the_old_one_by_its_incarnation() {
     // replies (a finished resync, its matched and K) for the new box's and
     // bitmap-resynced the blank box from the old box's position.
     passes(&[(78, "blank-disk"), (361, "blank-disk"), (78, "blank-disk-unmarked"), (361, "blank-disk-unmarked")]);
-    for name in ["blank-disk", "blank-disk-unmarked"] {
-        let sc = DataScenario::named(name).expect("scenario exists");
-        for seed in 0..40 {
-            let o = run_data(seed, sc.clone(), false);
-            if let Some(f) = failure(seed, &sc, &o) {
-                panic!("{f}");
-            }
-        }
-    }
+    clean("blank-disk", 40);
+    clean("blank-disk-unmarked", 40);
 }
 
 #[test]
@@ -218,13 +210,7 @@ fn a_replaced_box_cannot_elect_a_peer_missing_acknowledged_writes() {
     // Rule 18's learner: a follower lags, writes commit on the leader and
     // the other follower, that one is replaced by a blank box, the leader
     // dies. The blank box must not vote the lagging node in.
-    let sc = DataScenario::named("replace-failover").expect("scenario exists");
-    for seed in 0..30 {
-        let o = run_data(seed, sc.clone(), false);
-        if let Some(f) = failure(seed, &sc, &o) {
-            panic!("{f}");
-        }
-    }
+    clean("replace-failover", 30);
 }
 
 #[test]
@@ -234,13 +220,7 @@ fn a_replaced_box_voting_at_once_loses_acknowledged_writes() {
 
 #[test]
 fn figure_8_leaves_the_stores_identical() {
-    let sc = DataScenario::named("figure8").expect("scenario exists");
-    for seed in 0..40 {
-        let o = run_data(seed, sc.clone(), false);
-        if let Some(f) = failure(seed, &sc, &o) {
-            panic!("{f}");
-        }
-    }
+    clean("figure8", 40);
 }
 
 #[test]
@@ -253,13 +233,7 @@ fn committing_old_epochs_records_loses_them_in_figure_8() {
 #[test]
 fn a_leader_with_a_stuck_journal_disk_steps_down() {
     // Rule 16 through the glue's sync watch (sync_watch.rs).
-    let sc = DataScenario::named("disk-stall").expect("scenario exists");
-    for seed in 0..40 {
-        let o = run_data(seed, sc.clone(), false);
-        if let Some(f) = failure(seed, &sc, &o) {
-            panic!("{f}");
-        }
-    }
+    clean("disk-stall", 40);
 }
 
 #[test]
@@ -271,11 +245,5 @@ fn without_the_sync_watch_a_stuck_leader_keeps_leading() {
 fn a_calm_cluster_needs_no_block_resync() {
     // In-order links, no faults, a ring 16 times the largest write: every
     // follower keeps up from the journal.
-    let sc = DataScenario::named("calm").expect("scenario exists");
-    for seed in 0..40 {
-        let o = run_data(seed, sc.clone(), false);
-        if let Some(f) = failure(seed, &sc, &o) {
-            panic!("{f}");
-        }
-    }
+    clean("calm", 40);
 }
