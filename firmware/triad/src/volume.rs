@@ -765,3 +765,23 @@ impl BlockDevice for ReplicatedDevice {
 pub fn show(p: Position) -> String {
     format!("{}/{}", p.epoch, p.seq)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_need_the_ready_epoch_to_be_the_views_and_the_lease() {
+        let lease = Some(Instant(1_000));
+        let s = ServeState { view_epoch: 3, lease_until: lease, ready_epoch: Some(3) };
+        assert!(s.serves(Instant(999)));
+        assert!(!s.serves(Instant(1_000)), "the lease end is exclusive");
+        // The runtime handed over a newer view; the thread has not taken it yet.
+        assert!(!ServeState { view_epoch: 4, ..s }.serves(Instant(10)));
+        // Stepped down (a view that is not this node's leadership).
+        assert!(!ServeState { lease_until: None, ..s }.serves(Instant(10)));
+        // Leading, but the epoch's first record is not applied (or storage failed).
+        assert!(!ServeState { ready_epoch: None, ..s }.serves(Instant(10)));
+        assert!(!ServeState::default().serves(Instant(0)));
+    }
+}
