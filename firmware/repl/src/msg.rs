@@ -85,7 +85,8 @@ pub enum Msg {
         n: u64,
         /// Volume byte offset.
         offset: u64,
-        /// The bytes.
+        /// The bytes (one byte string on the wire: see `triad_volume::serde_bytes`).
+        #[serde(with = "triad_volume::serde_bytes")]
         data: Vec<u8>,
     },
     /// Leader → follower: all data up to `n` describes the leader's store

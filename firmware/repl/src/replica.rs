@@ -699,6 +699,16 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         if free_pct >= self.cfg.compact_below_free_pct || self.health != Health::Consistent {
             return;
         }
+        // Nothing to gain (no K can move past the discarded point) unless
+        // the ring is short enough for `compact` to discard through this
+        // node's own K: then skip, or every sync in this band would fsync
+        // the store for nothing.
+        let discarded = self.journal.discarded().seq;
+        let everyone =
+            self.store.applied().seq.min(self.journal.durable().seq).min(self.peer_k[0].seq).min(self.peer_k[1].seq);
+        if everyone <= discarded && !self.journal_short() {
+            return;
+        }
         if let Err(e) = self.compact() {
             self.fail(&e, out);
         }
@@ -713,12 +723,17 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         let own = k.seq.min(self.journal.durable().seq);
         let everyone = own.min(self.peer_k[0].seq).min(self.peer_k[1].seq);
         self.discard_through(everyone)?;
-        let free_pct = self.journal.free_bytes() * 100 / self.journal.ring_len().max(1);
-        if free_pct < self.cfg.compact_below_free_pct / 2 || self.journal.free_bytes() < self.journal.max_payload() * 2
-        {
+        if self.journal_short() {
             self.discard_through(own)?;
         }
         Ok(())
+    }
+
+    /// The ring is short enough to discard past lagging peers (recording
+    /// what they miss in their bitmaps).
+    fn journal_short(&self) -> bool {
+        let free_pct = self.journal.free_bytes() * 100 / self.journal.ring_len().max(1);
+        free_pct < self.cfg.compact_below_free_pct / 2 || self.journal.free_bytes() < self.journal.max_payload() * 2
     }
 
     /// Rule 10: discard through `through`, after recording in the bitmap of

@@ -15,6 +15,7 @@ pub mod bitmap;
 mod codec;
 pub mod disk;
 pub mod journal;
+pub mod serde_bytes;
 pub mod slots;
 pub mod store;
 

@@ -260,9 +260,13 @@ impl<D: Disk, M: Disk> Store<D, M> {
 
     /// Rule 9: take K (the applied position now), fsync the store, then
     /// persist K. Returns K. On a failed fsync the store is failed for good.
+    /// Nothing applied since the last checkpoint: nothing to do (no fsync).
     pub fn checkpoint(&mut self) -> Result<Position, StoreError> {
         self.check_ok()?;
         let k = self.applied;
+        if k == self.checkpoint.applied && self.checkpoint.consistent {
+            return Ok(k);
+        }
         if let Err(source) = self.data.sync() {
             self.failed = true;
             return Err(StoreError::Io { op: "sync", offset: 0, source });

@@ -43,6 +43,7 @@ pub struct Record {
     /// Byte offset in the volume the payload is written to.
     pub offset: u64,
     /// The data (empty for a no-op record).
+    #[serde(with = "crate::serde_bytes")]
     pub payload: Vec<u8>,
 }
 
