@@ -319,6 +319,7 @@ struct RawVolume {
     write_timeout_ms: Option<i64>,
     resync_rate_mib: Option<i64>,
     new_cluster: Option<bool>,
+    sync_stall_ms: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -608,6 +609,11 @@ fn volume_config(v: RawVolume, peer_port: u16) -> Result<crate::volume::VolumeCo
         data_port,
         repl,
         new_cluster: v.new_cluster.unwrap_or(false),
+        sync_stall: Duration::from_millis(int_in(
+            v.sync_stall_ms.unwrap_or(2000),
+            "volume.sync_stall_ms",
+            100..=600_000,
+        )?),
     })
 }
 

@@ -34,6 +34,7 @@ use crate::os::vip::{KernelVip, VipOps, VipSpec};
 use crate::peer::tls::{client_config, server_config, Credentials};
 use crate::peer::{LinkConfig, PeerLinks};
 use crate::store::StateStore;
+use crate::sync_watch::Fitness;
 use crate::volume::{VolumeEvent, VolumeHandle};
 
 /// How long the supervisor waits for its interface to appear at start.
@@ -149,9 +150,14 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
         now: clock.now(),
         seed: random_u64(),
     });
-    if !electable {
-        node.handle(clock.now(), Input::Electable(false));
+    // Fit to lead: the replica says so and no journal sync is stuck (rule 16).
+    let mut fitness = Fitness::default();
+    if let Some(fit) = fitness.replica(electable) {
+        node.handle(clock.now(), Input::Electable(fit));
     }
+    let sync_stall = cfg.volume.as_ref().map(|v| v.sync_stall);
+    let mut stall_check = tokio::time::interval(sync_stall.map_or(Duration::from_secs(3600), |d| d / 4));
+    stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Before the first message: a learner must not vote even once.
     node.handle(clock.now(), Input::Membership(membership));
     let mut shell = Shell { node, store, vip, links, clock, cfg, volume, last_view: None, _vol_tx: vol_tx };
@@ -160,6 +166,19 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
     info!(listen = %listen, "supervisor running");
     let mut arp_resume: Option<tokio::time::Instant> = None;
     loop {
+        // Rule 16, on every turn: a journal sync stuck past the limit makes
+        // this node unfit to lead (the core steps down at once).
+        if let (Some(v), Some(limit)) = (&shell.volume, sync_stall) {
+            let stalled = v.sync_stalled(limit);
+            if let Some(fit) = fitness.stall(stalled) {
+                if stalled {
+                    error!(limit_ms = limit.as_millis() as u64, "journal sync stuck; not fit to lead");
+                } else {
+                    info!("journal syncs complete again");
+                }
+                shell.step(Input::Electable(fit)).await?;
+            }
+        }
         let deadline = shell.clock.to_tokio(shell.node.next_deadline());
         let input = tokio::select! {
             // Timers first: a lease end must not wait behind a message burst.
@@ -168,7 +187,10 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
             Some((_from, msg)) = inbound.recv() => Input::Receive(msg),
             Some(ev) = vol_events.recv() => match ev {
                 VolumeEvent::Position(p) => Input::PositionChanged(p),
-                VolumeEvent::Electable(e) => Input::Electable(e),
+                VolumeEvent::Electable(e) => match fitness.replica(e) {
+                    Some(fit) => Input::Electable(fit),
+                    None => continue,
+                },
                 VolumeEvent::Membership(m) => Input::Membership(m),
             },
             Some(req) = control_rx.recv() => {
@@ -189,6 +211,7 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
                 arp_resume = None;
                 continue;
             }
+            _ = stall_check.tick() => continue,
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = pwr.recv() => break,

@@ -50,6 +50,7 @@ use triad_volume::{FileDisk, Position};
 
 use crate::nbd::device::{BlockDevice, DevResult, DeviceError};
 use crate::nbd::{Activity, IoBuf};
+use crate::sync_watch::SyncWatch;
 
 /// The replica the supervisor runs.
 pub type FileReplica = Replica<FileDisk, FileDisk, FileDisk>;
@@ -87,6 +88,9 @@ pub struct VolumeConfig {
     /// the start) rather than as a replacement box (a learner until caught
     /// up, rule 18). Only for the three boxes of a cluster being created.
     pub new_cluster: bool,
+    /// Rule 16: a journal sync outstanding this long makes the node step
+    /// down (`sync_watch.rs`).
+    pub sync_stall: std::time::Duration,
 }
 
 /// Why the volume could not start.
@@ -217,6 +221,8 @@ pub struct VolumeHandle {
     nowait: Arc<AtomicBool>,
     now: Arc<dyn Fn() -> Instant + Send + Sync>,
     size: u64,
+    /// Rule 16: when the thread's sync in progress began (sync_watch.rs).
+    sync_watch: Arc<SyncWatch>,
 }
 
 impl std::fmt::Debug for VolumeHandle {
@@ -276,6 +282,7 @@ pub fn spawn(
     let serve = Arc::new(Mutex::new(ServeState::default()));
     let view = Arc::new(Mutex::new(None));
     let now: Arc<dyn Fn() -> Instant + Send + Sync> = Arc::new(now);
+    let sync_watch = Arc::new(SyncWatch::default());
     let handle = VolumeHandle {
         tx,
         view: view.clone(),
@@ -285,6 +292,7 @@ pub fn spawn(
         nowait: Arc::new(AtomicBool::new(true)),
         now: now.clone(),
         size,
+        sync_watch: sync_watch.clone(),
     };
     std::thread::Builder::new()
         .name("triad-volume".into())
@@ -310,6 +318,7 @@ pub fn spawn(
                 serve,
                 epoch: 0,
                 zeroes: vec![0u8; ZEROES_LEN],
+                sync_watch,
             };
             t.run(&mut replica, &*now, &rx);
         })
@@ -342,6 +351,7 @@ struct Thread {
     /// Epoch of the last view given to the replica.
     epoch: u64,
     zeroes: Vec<u8>,
+    sync_watch: Arc<SyncWatch>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -394,7 +404,11 @@ impl Thread {
             // Records go to the peers *before* this node's own fsync, so the
             // two journal syncs of a commit overlap instead of adding up.
             self.carry_out(&mut out);
+            // The journal's fdatasync (and a checkpoint's) under the
+            // runtime's eye: if it hangs, the node steps down (rule 16).
+            self.sync_watch.begin();
             r.sync(t, &mut out);
+            self.sync_watch.end();
             self.carry_out(&mut out);
             self.publish(r);
         }
@@ -538,6 +552,12 @@ fn log_notice(n: &ReplNotice) {
 }
 
 impl VolumeHandle {
+    /// Rule 16: the thread's journal sync has been outstanding for longer
+    /// than `limit` (the disk hangs).
+    pub fn sync_stalled(&self, limit: std::time::Duration) -> bool {
+        self.sync_watch.stalled(limit)
+    }
+
     /// The core's view after a step.
     pub fn set_view(&self, view: View) {
         self.put_view(view);
