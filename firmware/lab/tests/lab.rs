@@ -819,6 +819,57 @@ fn volume_returning_peer_gets_only_changed_blocks_and_survives_a_kill_during_res
     verify_blocks(l, &all);
 }
 
+#[test]
+fn volume_a_replaced_box_joins_as_a_learner_and_is_caught_up() {
+    let mut h = Harness::up();
+    let l = h.leader(&NODE_IDS);
+    wait_serving(l, secs(10));
+    let blocks: Vec<u64> = (0..64u64).map(|i| i * 61 + 5).collect();
+    let cmds: Vec<String> = blocks.iter().map(|b| format!("write -P {} {} {BLOCK}", pat(*b), b * BLOCK)).collect();
+    assert_eq!(acknowledged(&qemu_io(l, &cmds)).len(), blocks.len());
+
+    // Box f is replaced: blank disks, blank core state, and the config of a
+    // box joining a running cluster (no `new_cluster`).
+    let f = others(l)[0];
+    h.lab.kill_node(f).unwrap_or_else(|e| panic!("{e}"));
+    for file in ["data.img", "journal.img", "meta.img"] {
+        std::fs::remove_file(layout::volume_dir(f).join(file)).unwrap_or_else(|e| panic!("remove {file}: {e}"));
+    }
+    let state = layout::node_dir(f).join("state").join("state.redb");
+    std::fs::remove_file(&state).unwrap_or_else(|e| panic!("remove {}: {e}", state.display()));
+    let config = h.lab.node(f).expect("node").config.clone();
+    let text = std::fs::read_to_string(&config).expect("read the config");
+    assert!(text.contains("new_cluster = true\n"), "the lab config formats new clusters:\n{text}");
+    std::fs::write(&config, text.replace("new_cluster = true\n", "")).expect("write the config");
+    h.lab.restart_node(f).unwrap_or_else(|e| panic!("{e}"));
+
+    let log_of = |h: &Harness, id: u8| {
+        strip_ansi(&std::fs::read_to_string(&h.lab.node(id).expect("node").log).unwrap_or_default())
+    };
+    wait::until(secs(10), ms(100), || log_of(&h, f).contains("formatted as a replacement box").then_some(()))
+        .unwrap_or_else(|| panic!("node {f} did not format as a replacement box:\n{}", log_of(&h, f)));
+    let status = |h: &Harness, id: u8| -> serde_json::Value {
+        let bin = h.lab.triad_bin().expect("triad payload");
+        let sock = h.lab.node(id).expect("node").control_socket.clone();
+        let out = std::process::Command::new(bin).args(["status", "--json", "--socket"]).arg(&sock).output();
+        out.ok().and_then(|o| serde_json::from_slice(&o.stdout).ok()).unwrap_or(serde_json::Value::Null)
+    };
+    wait::until(secs(60), ms(200), || (status(&h, f)["volume"]["learner"] == false).then_some(()))
+        .unwrap_or_else(|| panic!("node {f} is still a learner after 60 s; {}", h.lab.describe(&NODE_IDS)));
+    assert!(log_of(&h, l).contains("peer box replaced"), "the leader did not see a new incarnation");
+    assert_eq!(triad_verify(&h, l).0, 0, "replicas differ after the replaced box was caught up");
+
+    // The replaced box now counts: the old active node dies, a new one
+    // serves every acknowledged write.
+    h.lab.kill_node(l).unwrap_or_else(|e| panic!("{e}"));
+    let n = wait::until(secs(15), ms(100), || {
+        others(l).into_iter().find(|id| cmd::run("nbdinfo", &[layout::nbd_uri(*id)]).is_ok())
+    })
+    .unwrap_or_else(|| panic!("no node serves after the active one died; {}", h.lab.describe(&NODE_IDS)));
+    let offsets: Vec<u64> = blocks.iter().map(|b| b * BLOCK).collect();
+    verify_blocks(n, &offsets);
+}
+
 /// The volume as a filesystem on the host, which has no nbd driver:
 /// nbdfuse exposes the export as a file, a loop device with 4 KiB sectors
 /// (the export's minimum block) carries ext4. Unmounted and detached on drop.
