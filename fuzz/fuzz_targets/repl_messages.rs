@@ -22,7 +22,8 @@ const VOL: usize = 64 * 1024;
 fn replica(id: u8, peers: [u8; 2]) -> Replica<MemDisk, MemDisk, MemDisk> {
     let meta = triad_volume::store::meta_len_needed(VOL as u64, 4096, 2) as usize;
     let cfg = ReplConfig { region: 4096, resync_chunk: 4096, ..ReplConfig::default() };
-    match Replica::format(id, peers, cfg, MemDisk::new(8192 + 16384), MemDisk::new(VOL), MemDisk::new(meta), 4096, u64::from(id), false) {
+    let format = triad_volume::store::Format { granularity: 4096, incarnation: u64::from(id), learner: false };
+    match Replica::format(id, peers, cfg, MemDisk::new(8192 + 16384), MemDisk::new(VOL), MemDisk::new(meta), format) {
         Ok(r) => r,
         Err(e) => panic!("format: {e}"),
     }

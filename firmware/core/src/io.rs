@@ -66,8 +66,7 @@ pub enum Membership {
     /// voter, the two others must both be up to elect a leader.
     Learner,
     /// A full member, granting votes only in epochs from `votes_from` on
-    /// (a former learner: above the epoch in which it first held a
-    /// committed record).
+    /// (a former learner: above the epoch in which it caught up).
     Voter {
         /// The lowest epoch it may vote in.
         votes_from: Epoch,

@@ -25,6 +25,7 @@
 //! compaction), `leader` (write path, commit rule, catch-up), `resync`
 //! (block resync, both sides), `verify` (online verify), `hash`.
 
+mod fitness;
 mod hash;
 mod leader;
 pub mod msg;
@@ -32,6 +33,7 @@ pub mod replica;
 mod resync;
 mod verify;
 
+pub use fitness::Fitness;
 pub use msg::{Msg, RegionHash, ResyncState, REPL_PROTOCOL_VERSION};
 pub use replica::{Replica, ReplicaError};
 
@@ -329,7 +331,7 @@ pub struct ReplStatus {
     pub journal_free: u64,
     /// Client writes waiting for commit.
     pub pending_writes: usize,
-    /// Rule 18: a blank box that has not held a committed record yet.
+    /// Rule 18: a replaced box that has not caught up yet.
     pub learner: bool,
     /// Per peer.
     pub peers: Vec<PeerRepl>,

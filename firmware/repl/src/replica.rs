@@ -78,7 +78,7 @@ pub struct Replica<J: Disk, D: Disk, M: Disk> {
     /// replaced (whose late replies are ignored), newest last.
     peer_inc: [Option<u64>; 2],
     retired_inc: [Vec<u64>; 2],
-    /// Rule 18, a learner: the (epoch, commit) of the last Append that
+    /// Rule 18, a learner: the (epoch, commit) of the first Append that
     /// echoed this box's incarnation; applied through it, it is a voter.
     learner_target: Option<(u64, u64)>,
     /// Outputs already reported, to emit changes only.
@@ -120,12 +120,10 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         journal: J,
         data: D,
         meta: M,
-        granularity: u64,
-        incarnation: u64,
-        learner: bool,
+        format: triad_volume::store::Format,
     ) -> Result<Self, ReplicaError> {
         let journal = Journal::format(journal)?;
-        let store = Store::format(data, meta, granularity, incarnation, learner)?;
+        let store = Store::format(data, meta, format)?;
         Self::assemble(id, peers, cfg, journal, store)
     }
 
@@ -695,8 +693,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
     /// (K = applied, fsynced), record in each lagging peer's bitmap what
     /// the discard drops, persist those bitmaps, then discard through K.
     pub(crate) fn maybe_compact(&mut self, out: &mut Vec<Out>) {
-        let free_pct = self.journal.free_bytes() * 100 / self.journal.ring_len().max(1);
-        if free_pct >= self.cfg.compact_below_free_pct || self.health != Health::Consistent {
+        if self.journal_free_pct() >= self.cfg.compact_below_free_pct || self.health != Health::Consistent {
             return;
         }
         // Nothing to gain (no K can move past the discarded point) unless
@@ -732,8 +729,12 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
     /// The ring is short enough to discard past lagging peers (recording
     /// what they miss in their bitmaps).
     fn journal_short(&self) -> bool {
-        let free_pct = self.journal.free_bytes() * 100 / self.journal.ring_len().max(1);
-        free_pct < self.cfg.compact_below_free_pct / 2 || self.journal.free_bytes() < self.journal.max_payload() * 2
+        self.journal_free_pct() < self.cfg.compact_below_free_pct / 2
+            || self.journal.free_bytes() < self.journal.max_payload() * 2
+    }
+
+    fn journal_free_pct(&self) -> u64 {
+        self.journal.free_bytes() * 100 / self.journal.ring_len().max(1)
     }
 
     /// Rule 10: discard through `through`, after recording in the bitmap of

@@ -40,7 +40,8 @@ fn cfg() -> ReplConfig {
 fn blank_disks(id: NodeId, incarnation: u64, learner: bool) -> (MemDisk, MemDisk, MemDisk) {
     let meta = triad_volume::store::meta_len_needed(VOL as u64, GRAN, 2) as usize;
     let (j, d, m) = (MemDisk::new(RING), MemDisk::new(VOL), MemDisk::new(meta));
-    R::format(id, peers(id), cfg(), j, d, m, GRAN, incarnation, learner).unwrap().into_disks()
+    let format = triad_volume::store::Format { granularity: GRAN, incarnation, learner };
+    R::format(id, peers(id), cfg(), j, d, m, format).unwrap().into_disks()
 }
 
 fn peers(id: NodeId) -> [NodeId; 2] {

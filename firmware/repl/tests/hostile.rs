@@ -6,6 +6,7 @@
 use proptest::prelude::*;
 use triad_core::Instant;
 use triad_repl::{Health, Msg, Out, ReplConfig, Replica, ResyncState, View};
+use triad_volume::store::Format;
 use triad_volume::{MemDisk, Position, Record};
 
 const VOL: usize = 64 * 1024;
@@ -25,9 +26,7 @@ fn replica(id: u8) -> Replica<MemDisk, MemDisk, MemDisk> {
         MemDisk::new(8192 + 16384),
         MemDisk::new(VOL),
         MemDisk::new(meta),
-        4096,
-        u64::from(id),
-        id == 2,
+        Format { granularity: 4096, incarnation: u64::from(id), learner: id == 2 },
     )
     .unwrap()
 }

@@ -325,11 +325,10 @@ struct Vol {
     sync_since: u64,
     /// The next step's sync hangs this long (a stuck disk), µs.
     stall_next: Option<u64>,
-    /// sync_watch.rs `Fitness`: what the replica last said, whether the
-    /// watch saw a stuck sync, what the core was last told.
-    fit_replica: bool,
-    fit_stalled: bool,
-    fit_told: Option<bool>,
+    /// Whether the core is told this node is fit to lead (runtime.rs).
+    fitness: triad_repl::Fitness,
+    /// The sync watch saw a stuck sync at its last look.
+    stalled: bool,
 }
 
 /// One supervisor process.
@@ -516,10 +515,12 @@ impl DataWorld {
             SimDisk::new(sc.ring + 8192, lj),
             SimDisk::new(sc.volume, ld),
             SimDisk::new(meta, false),
-            sc.granularity,
-            (u64::from(id) << 32) | generation,
-            // Rule 18: a replacement box is a learner; a new cluster's are voters.
-            generation > 0,
+            triad_volume::store::Format {
+                granularity: sc.granularity,
+                incarnation: (u64::from(id) << 32) | generation,
+                // Rule 18: a replacement box is a learner; a new cluster's are voters.
+                learner: generation > 0,
+            },
         )
         .expect("formatting in-memory disks works");
         let (mut j, mut d, mut m) = r.into_disks();
@@ -669,7 +670,6 @@ impl DataWorld {
                 self.take_down(leader, false);
                 self.push(self.now + 2_500_000, Ev::Restart { node: leader });
                 self.net.heal();
-                let _ = lagging;
             }
             Ev::Figure8(step) => self.figure8_step(step)?,
             Ev::Heal => {
@@ -718,22 +718,13 @@ impl DataWorld {
         let (now, limit) = (self.now, self.sc.sync_stall_limit);
         let p = self.hosts[idx(id)].proc.as_mut()?;
         let stalled = p.vol.busy && now.saturating_sub(p.vol.sync_since) > limit;
-        if stalled == p.vol.fit_stalled {
+        if stalled == p.vol.stalled {
             return None;
         }
-        p.vol.fit_stalled = stalled;
+        p.vol.stalled = stalled;
+        let fit = p.vol.fitness.stall(stalled);
         self.note(|| format!("n{id} sync watch: stalled={stalled}"));
-        self.fitness_change(id)
-    }
-
-    /// sync_watch.rs `Fitness::change`.
-    fn fitness_change(&mut self, id: NodeId) -> Option<bool> {
-        let p = self.hosts[idx(id)].proc.as_mut()?;
-        let fit = p.vol.fit_replica && !p.vol.fit_stalled;
-        (p.vol.fit_told != Some(fit)).then(|| {
-            p.vol.fit_told = Some(fit);
-            fit
-        })
+        fit
     }
 
     fn core_input(&mut self, id: NodeId, input: Input) -> Res {
@@ -1143,10 +1134,8 @@ impl DataWorld {
                 Out::Electable(e) => {
                     self.note(|| format!("n{id} vol electable {e}"));
                     if !self.sc.has(DataMutation::IgnoreElectable) {
-                        if let Some(p) = self.hosts[idx(id)].proc.as_mut() {
-                            p.vol.fit_replica = e;
-                        }
-                        if let Some(fit) = self.fitness_change(id) {
+                        let fit = self.hosts[idx(id)].proc.as_mut().and_then(|p| p.vol.fitness.replica(e));
+                        if let Some(fit) = fit {
                             self.core_input(id, Input::Electable(fit))?;
                         }
                     }
@@ -1489,9 +1478,8 @@ impl DataWorld {
                 old_appends: VecDeque::new(),
                 sync_since: 0,
                 stall_next: None,
-                fit_replica: true,
-                fit_stalled: false,
-                fit_told: None,
+                fitness: triad_repl::Fitness::default(),
+                stalled: false,
             },
         });
         let hard = h.hard;

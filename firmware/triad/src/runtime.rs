@@ -34,7 +34,6 @@ use crate::os::vip::{KernelVip, VipOps, VipSpec};
 use crate::peer::tls::{client_config, server_config, Credentials};
 use crate::peer::{LinkConfig, PeerLinks};
 use crate::store::StateStore;
-use crate::sync_watch::Fitness;
 use crate::volume::{VolumeEvent, VolumeHandle};
 
 /// How long the supervisor waits for its interface to appear at start.
@@ -151,7 +150,7 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
         seed: random_u64(),
     });
     // Fit to lead: the replica says so and no journal sync is stuck (rule 16).
-    let mut fitness = Fitness::default();
+    let mut fitness = triad_repl::Fitness::default();
     if let Some(fit) = fitness.replica(electable) {
         node.handle(clock.now(), Input::Electable(fit));
     }

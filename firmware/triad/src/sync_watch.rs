@@ -8,7 +8,8 @@
 //! for longer than the limit makes the node unfit to lead (`Input::Electable
 //! (false)`), and the core steps down at once, dropping the VIP, instead of
 //! holding a lease for a cluster that cannot commit. When the sync returns,
-//! the node is fit again (if the replica says so).
+//! the node is fit again (if the replica says so): `triad_repl::Fitness`
+//! combines the two.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -59,38 +60,6 @@ impl SyncWatch {
     }
 }
 
-/// What the core is told: fit to lead only while the replica says so and
-/// no journal sync is stuck. Feeds `Input::Electable` on changes only.
-#[derive(Debug, Default)]
-pub struct Fitness {
-    replica: Option<bool>,
-    stalled: bool,
-    told: Option<bool>,
-}
-
-impl Fitness {
-    /// The replica reported electable (or not).
-    pub fn replica(&mut self, electable: bool) -> Option<bool> {
-        self.replica = Some(electable);
-        self.change()
-    }
-
-    /// The watch was looked at.
-    pub fn stall(&mut self, stalled: bool) -> Option<bool> {
-        self.stalled = stalled;
-        self.change()
-    }
-
-    /// The value to feed the core, if it changed.
-    fn change(&mut self) -> Option<bool> {
-        let fit = self.replica.unwrap_or(true) && !self.stalled;
-        (self.told != Some(fit)).then(|| {
-            self.told = Some(fit);
-            fit
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,17 +78,5 @@ mod tests {
         // A sync that starts at the origin itself is still a sync.
         w.begin_at(w.origin);
         assert!(w.stalled_at(w.origin + Duration::from_secs(3), limit));
-    }
-
-    #[test]
-    fn the_core_is_told_fit_only_when_both_agree_and_only_on_changes() {
-        let mut f = Fitness::default();
-        assert_eq!(f.stall(false), Some(true));
-        assert_eq!(f.replica(true), None);
-        assert_eq!(f.stall(true), Some(false), "a stuck sync makes the node unfit");
-        assert_eq!(f.replica(true), None, "still stuck");
-        assert_eq!(f.stall(false), Some(true));
-        assert_eq!(f.replica(false), Some(false));
-        assert_eq!(f.stall(false), None);
     }
 }

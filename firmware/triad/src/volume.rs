@@ -136,7 +136,8 @@ pub fn open_replica(id: NodeId, peers: [NodeId; 2], cfg: &VolumeConfig) -> Resul
         if learner {
             warn!("new volume formatted as a replacement box: a learner until a leader has caught it up (set volume.new_cluster = true on all three boxes of a new cluster)");
         }
-        Replica::format(id, peers, cfg.repl.clone(), journal, data, meta, cfg.granularity, incarnation, learner)?
+        let format = triad_volume::store::Format { granularity: cfg.granularity, incarnation, learner };
+        Replica::format(id, peers, cfg.repl.clone(), journal, data, meta, format)?
     } else {
         if cfg.new_cluster {
             warn!("volume.new_cluster is set but the volume exists: remove the setting, or a replaced box would be formatted as a voter before it holds the cluster's data");

@@ -105,6 +105,17 @@ pub struct Checkpoint {
     pub votes_from: u64,
 }
 
+/// What a new store is: the rest is zeroes and K = (0, 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Format {
+    /// Bytes per dirty-bitmap bit.
+    pub granularity: u64,
+    /// This box's incarnation (a random number the caller draws, rule 18).
+    pub incarnation: u64,
+    /// A replacement box (rule 18's learner) rather than a member of a new cluster.
+    pub learner: bool,
+}
+
 /// Bytes of one bitmap slot for this geometry (two per peer).
 pub fn bitmap_slot_len(volume_len: u64, granularity: u64) -> u64 {
     let raw = (SLOT_HEADER_LEN + DirtyBitmap::encoded_len(volume_len, granularity)) as u64;
@@ -131,10 +142,9 @@ pub struct Store<D: Disk, M: Disk> {
 
 impl<D: Disk, M: Disk> Store<D, M> {
     /// Format: the volume is the data disk rounded down to whole blocks;
-    /// K = (0, 0), consistent, this box's `incarnation` (a random number
-    /// the caller draws), a `learner` (rule 18: a replacement box) or a
-    /// voter (a member of a new cluster). Data content is left as it is.
-    pub fn format(data: D, mut meta: M, granularity: u64, incarnation: u64, learner: bool) -> Result<Self, StoreError> {
+    /// K = (0, 0), consistent, as `format` says. Data content is left as it is.
+    pub fn format(data: D, mut meta: M, format: Format) -> Result<Self, StoreError> {
+        let Format { granularity, incarnation, learner } = format;
         let volume_len = data.len() / BLOCK_SIZE * BLOCK_SIZE;
         if volume_len == 0 {
             return Err(StoreError::TooSmall { len: data.len() });
@@ -283,8 +293,8 @@ impl<D: Disk, M: Disk> Store<D, M> {
         self.persist(Checkpoint { consistent: false, resync_id, ..self.checkpoint })
     }
 
-    /// Rule 18: the store holds a committed record; the box becomes a
-    /// voter from epoch `votes_from` on (durably, before it is told).
+    /// Rule 18: the learner has caught up; the box becomes a voter from
+    /// epoch `votes_from` on (durably, before the core is told).
     pub fn end_learner(&mut self, votes_from: u64) -> Result<(), StoreError> {
         self.check_ok()?;
         self.persist(Checkpoint { learner: false, votes_from, ..self.checkpoint })
@@ -398,7 +408,8 @@ mod tests {
 
     fn store() -> Store<MemDisk, MemDisk> {
         let meta = MemDisk::new(meta_len_needed(VOL as u64, DEFAULT_GRANULARITY, 2) as usize);
-        Store::format(MemDisk::new(VOL), meta, DEFAULT_GRANULARITY, 42, true).unwrap()
+        let format = Format { granularity: DEFAULT_GRANULARITY, incarnation: 42, learner: true };
+        Store::format(MemDisk::new(VOL), meta, format).unwrap()
     }
 
     fn rec(seq: u64, offset: u64, payload: &[u8]) -> Record {

@@ -1,0 +1,55 @@
+//! Rule 16's verdict for the core: is this node fit to lead?
+//!
+//! Two sources: the replica's own `Out::Electable` (resyncing, failed,
+//! split brain) and the glue's watch on journal syncs (a sync stuck past
+//! a limit: the disk hangs, and the volume thread with it, so only the
+//! glue can tell). The core gets `Input::Electable(fit)` on changes only.
+
+/// What the core is told: fit to lead only while the replica says so and
+/// no journal sync is stuck. Feeds `Input::Electable` on changes only.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Fitness {
+    replica: Option<bool>,
+    stalled: bool,
+    told: Option<bool>,
+}
+
+impl Fitness {
+    /// The replica reported electable (or not).
+    pub fn replica(&mut self, electable: bool) -> Option<bool> {
+        self.replica = Some(electable);
+        self.change()
+    }
+
+    /// The watch was looked at.
+    pub fn stall(&mut self, stalled: bool) -> Option<bool> {
+        self.stalled = stalled;
+        self.change()
+    }
+
+    /// The value to feed the core, if it changed.
+    fn change(&mut self) -> Option<bool> {
+        let fit = self.replica.unwrap_or(true) && !self.stalled;
+        (self.told != Some(fit)).then(|| {
+            self.told = Some(fit);
+            fit
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_core_is_told_fit_only_when_both_agree_and_only_on_changes() {
+        let mut f = Fitness::default();
+        assert_eq!(f.stall(false), Some(true));
+        assert_eq!(f.replica(true), None);
+        assert_eq!(f.stall(true), Some(false), "a stuck sync makes the node unfit");
+        assert_eq!(f.replica(true), None, "still stuck");
+        assert_eq!(f.stall(false), Some(true));
+        assert_eq!(f.replica(false), Some(false));
+        assert_eq!(f.stall(false), None);
+    }
+}
