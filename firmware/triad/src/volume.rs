@@ -46,7 +46,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 use triad_core::{Instant, NodeId};
 use triad_repl::{ClientError, Msg, Out, ReplConfig, ReplNotice, ReplStatus, Replica, VerifyReport, View};
-use triad_volume::{FileDisk, Position};
+use triad_volume::{Disk, FileDisk, Position};
 
 use crate::nbd::device::{BlockDevice, DevResult, DeviceError};
 use crate::nbd::{Activity, IoBuf};
@@ -269,13 +269,18 @@ impl std::fmt::Debug for Cmd {
 /// Starts the volume thread. `now` is the core's clock; `send` puts a
 /// message on the data link to a peer (non-blocking, may drop); `data` is
 /// the replica's data file, opened again read-only for direct reads.
-pub fn spawn(
-    mut replica: FileReplica,
+pub fn spawn<J, D, M>(
+    mut replica: Replica<J, D, M>,
     data: &Path,
     now: impl Fn() -> Instant + Send + Sync + 'static,
     send: impl Fn(NodeId, &Msg) + Send + 'static,
     events: mpsc::UnboundedSender<VolumeEvent>,
-) -> Result<VolumeHandle, VolumeError> {
+) -> Result<VolumeHandle, VolumeError>
+where
+    J: Disk + Send + 'static,
+    D: Disk + Send + 'static,
+    M: Disk + Send + 'static,
+{
     let reader = File::open(data).map_err(|source| VolumeError::Open { path: data.to_owned(), source })?;
     let (tx, rx) = std_mpsc::channel::<Cmd>();
     let size = replica.volume_len();
@@ -364,7 +369,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Thread {
     /// Applies the core's latest view, if a newer one arrived.
-    fn fresh_view(&mut self, r: &mut FileReplica, now: Instant, out: &mut Vec<Out>) {
+    fn fresh_view<J: Disk, D: Disk, M: Disk>(&mut self, r: &mut Replica<J, D, M>, now: Instant, out: &mut Vec<Out>) {
         let latest = lock(&self.view).take();
         if let Some(v) = latest {
             r.set_view(now, v, out);
@@ -375,13 +380,13 @@ impl Thread {
 
     /// Tells direct reads and the NBD server whether this replica serves:
     /// a ready leader in the epoch of the view it last took.
-    fn publish(&self, r: &FileReplica) {
+    fn publish<J: Disk, D: Disk, M: Disk>(&self, r: &Replica<J, D, M>) {
         let ready = r.leading_and_ready();
         lock(&self.serve).ready_epoch = ready.then_some(self.epoch);
         self.activity.set_active(ready);
     }
 
-    fn run(&mut self, r: &mut FileReplica, now: &dyn Fn() -> Instant, rx: &std_mpsc::Receiver<Cmd>) {
+    fn run<J: Disk, D: Disk, M: Disk>(&mut self, r: &mut Replica<J, D, M>, now: &dyn Fn() -> Instant, rx: &std_mpsc::Receiver<Cmd>) {
         let mut out = Vec::new();
         r.set_view(now(), View::default(), &mut out);
         self.publish(r);
@@ -424,7 +429,7 @@ impl Thread {
     }
 
     /// One replica write belonging to group `g`.
-    fn piece(&mut self, r: &mut FileReplica, now: Instant, g: u64, offset: u64, data: &[u8], out: &mut Vec<Out>) {
+    fn piece<J: Disk, D: Disk, M: Disk>(&mut self, r: &mut Replica<J, D, M>, now: Instant, g: u64, offset: u64, data: &[u8], out: &mut Vec<Out>) {
         let id = self.next_id;
         self.next_id += 1;
         self.pieces.insert(id, g);
@@ -452,7 +457,7 @@ impl Thread {
         }
     }
 
-    fn command(&mut self, r: &mut FileReplica, now: Instant, cmd: Cmd, out: &mut Vec<Out>) {
+    fn command<J: Disk, D: Disk, M: Disk>(&mut self, r: &mut Replica<J, D, M>, now: Instant, cmd: Cmd, out: &mut Vec<Out>) {
         self.fresh_view(r, now, out);
         match cmd {
             Cmd::View => {}
@@ -806,3 +811,7 @@ mod tests {
         assert!(!ServeState::default().serves(Instant(0)));
     }
 }
+
+#[cfg(test)]
+#[path = "volume_thread_tests.rs"]
+mod thread_tests;

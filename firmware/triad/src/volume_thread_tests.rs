@@ -1,0 +1,302 @@
+//! The volume thread as it ships (`spawn`, `Thread::run`), driven over
+//! in-memory disks whose syncs a test can slow down or hang, with a clock
+//! the test moves and peers played by the test's `send` closure. These pin
+//! the glue's ordering rules that the replica's own tests cannot see: the
+//! lease is judged with the time after a sync, the core hears a position
+//! before any peer is told of it, and every disk sync is under the watch.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use triad_core::{Instant, NodeId};
+use triad_repl::{ClientError, Msg, ReplConfig, Replica, View};
+use triad_volume::store::Format;
+use triad_volume::{Disk, MemDisk, Position};
+
+use super::{Cmd, VolumeEvent, VolumeHandle};
+
+const VOL: u64 = 1 << 20;
+const GRAN: u64 = 4096;
+
+/// The test's clock, in core microseconds.
+#[derive(Clone, Default)]
+pub(crate) struct TestClock(Arc<AtomicU64>);
+
+impl TestClock {
+    pub(crate) fn now(&self) -> Instant {
+        Instant(self.0.load(Ordering::SeqCst))
+    }
+    pub(crate) fn advance(&self, d: Duration) {
+        self.0.fetch_add(d.as_micros() as u64, Ordering::SeqCst);
+    }
+}
+
+/// What a [`TestDisk`]'s next sync does.
+#[derive(Default)]
+pub(crate) struct SyncFault {
+    /// Move the clock by this much during the next sync (a slow fdatasync,
+    /// or the process frozen inside it).
+    slow: Mutex<Option<Duration>>,
+    /// Block every sync until released (a hung disk).
+    hang: Mutex<bool>,
+    released: Condvar,
+    /// A sync is blocked right now.
+    hanging: AtomicBool,
+    syncs: AtomicU64,
+}
+
+impl SyncFault {
+    pub(crate) fn slow_next(&self, d: Duration) {
+        *super::lock(&self.slow) = Some(d);
+    }
+    pub(crate) fn hang(&self) {
+        *super::lock(&self.hang) = true;
+    }
+    pub(crate) fn release(&self) {
+        *super::lock(&self.hang) = false;
+        self.released.notify_all();
+    }
+    pub(crate) fn slow_pending(&self) -> bool {
+        super::lock(&self.slow).is_some()
+    }
+    pub(crate) fn hanging(&self) -> bool {
+        self.hanging.load(Ordering::SeqCst)
+    }
+    pub(crate) fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::SeqCst)
+    }
+}
+
+/// A `MemDisk` whose syncs obey a [`SyncFault`].
+pub(crate) struct TestDisk {
+    mem: MemDisk,
+    fault: Arc<SyncFault>,
+    clock: TestClock,
+}
+
+impl Disk for TestDisk {
+    fn len(&self) -> u64 {
+        self.mem.len()
+    }
+    fn read_at(&self, off: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.mem.read_at(off, buf)
+    }
+    fn write_at(&mut self, off: u64, data: &[u8]) -> std::io::Result<()> {
+        self.mem.write_at(off, data)
+    }
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.fault.syncs.fetch_add(1, Ordering::SeqCst);
+        if let Some(d) = super::lock(&self.fault.slow).take() {
+            self.clock.advance(d);
+        }
+        let mut hang = super::lock(&self.fault.hang);
+        while *hang {
+            self.fault.hanging.store(true, Ordering::SeqCst);
+            hang = match self.fault.released.wait(hang) {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+        }
+        self.fault.hanging.store(false, Ordering::SeqCst);
+        drop(hang);
+        self.mem.sync()
+    }
+}
+
+/// One volume thread (node 1, peers 2 and 3) and the test's levers.
+pub(crate) struct Rig {
+    pub handle: VolumeHandle,
+    pub clock: TestClock,
+    pub journal: Arc<SyncFault>,
+    pub data: Arc<SyncFault>,
+    pub events: Arc<Mutex<mpsc::UnboundedReceiver<VolumeEvent>>>,
+    /// Positions the core has been sent, in order (drained from `events`).
+    pub positions: Arc<Mutex<Vec<triad_core::Position>>>,
+    /// Every message the thread sent, with the positions the core had been
+    /// sent by then.
+    pub sent: Arc<Mutex<Vec<(NodeId, Msg, Option<triad_core::Position>)>>>,
+    _dir: TempDir,
+}
+
+/// A directory removed on drop (the direct-read file).
+pub(crate) struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Peers played by the test: `auto_ack` makes both answer every Append at
+/// once with its last record as durable (a fast, healthy follower).
+pub(crate) fn rig(auto_ack: bool) -> Rig {
+    let clock = TestClock::default();
+    let journal = Arc::new(SyncFault::default());
+    let data = Arc::new(SyncFault::default());
+    let meta = Arc::new(SyncFault::default());
+    let disk = |len: u64, fault: &Arc<SyncFault>| TestDisk {
+        mem: MemDisk::new(len as usize),
+        fault: fault.clone(),
+        clock: clock.clone(),
+    };
+    let meta_len = triad_volume::store::meta_len_needed(VOL, GRAN, 2);
+    let cfg = ReplConfig { region: GRAN, resync_chunk: GRAN, ..ReplConfig::default() };
+    let format = Format { granularity: GRAN, incarnation: 1, learner: false };
+    let replica =
+        Replica::format(1, [2, 3], cfg, disk(4 << 20, &journal), disk(VOL, &data), disk(meta_len, &meta), format)
+            .expect("format");
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!("triad-vol-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let data_file = dir.join("data");
+    std::fs::write(&data_file, vec![0u8; VOL as usize]).unwrap();
+
+    let (tx, rx) = mpsc::unbounded_channel();
+    let events = Arc::new(Mutex::new(rx));
+    let positions = Arc::new(Mutex::new(Vec::new()));
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    // The peers answer through the handle, which exists only after spawn.
+    let handle_cell: Arc<Mutex<Option<VolumeHandle>>> = Arc::new(Mutex::new(None));
+    let send = {
+        let (events, positions, sent, handle_cell) = (events.clone(), positions.clone(), sent.clone(), handle_cell.clone());
+        move |to: NodeId, msg: &Msg| {
+            // What the core has been told by the time this leaves.
+            let seen = {
+                let mut ev = super::lock(&events);
+                let mut ps = super::lock(&positions);
+                while let Ok(e) = ev.try_recv() {
+                    if let VolumeEvent::Position(p) = e {
+                        ps.push(p);
+                    }
+                }
+                ps.last().copied()
+            };
+            super::lock(&sent).push((to, msg.clone(), seen));
+            if let (true, Msg::Append { epoch, prev, records, .. }) = (auto_ack, msg) {
+                let last = records.last().map_or(*prev, |r| r.position());
+                let reply = Msg::AppendReply {
+                    epoch: *epoch,
+                    inc: 100 + u64::from(to),
+                    ok: true,
+                    matched: last.seq,
+                    last,
+                    applied: Position::ZERO,
+                    k: Position::ZERO,
+                    consistent: true,
+                    learner: false,
+                };
+                if let Some(h) = super::lock(&handle_cell).as_ref() {
+                    h.peer_message(to, reply);
+                }
+            }
+        }
+    };
+    let now = {
+        let c = clock.clone();
+        move || c.now()
+    };
+    let handle = super::spawn(replica, &data_file, now, send, tx).expect("spawn");
+    *super::lock(&handle_cell) = Some(handle.clone());
+    Rig { handle, clock, journal, data, events, positions, sent, _dir: TempDir(dir) }
+}
+
+impl Rig {
+    /// Leads epoch 1 with a lease until `lease_until`, and waits until the
+    /// epoch's first record is committed (the peers must auto-ack).
+    pub(crate) fn lead(&self, lease_until: Instant) {
+        self.handle.set_view(View { epoch: 1, leader: Some(1), lease_until: Some(lease_until) });
+        wait_until("leader ready", || self.handle.serving());
+    }
+
+    /// Queues a write of `len` zero bytes at `offset`.
+    pub(crate) fn write(&self, offset: u64, len: u64) -> oneshot::Receiver<Result<(), ClientError>> {
+        let (reply, rx) = oneshot::channel();
+        self.handle.tx.send(Cmd::WriteZeroes { offset, len, reply }).expect("thread alive");
+        rx
+    }
+
+    /// A round trip through the thread's queue: everything queued before
+    /// has been handled, and the batch it was in has been carried out.
+    pub(crate) fn round_trip(&self) {
+        let (reply, rx) = oneshot::channel();
+        self.handle.tx.send(Cmd::Status { reply }).expect("thread alive");
+        rx.blocking_recv().expect("status");
+    }
+}
+
+pub(crate) fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A write is acknowledged only if the lease holds at the instant the
+/// acknowledgement is decided: after the journal sync that made it
+/// durable, not at the time read before that sync. Here a fast peer's
+/// reply is taken in the same batch as the write, so the leader's own
+/// journal sync is what commits it, and that sync outlasts the lease.
+#[test]
+fn no_acknowledgement_when_the_lease_ends_during_the_journal_sync() {
+    let rig = rig(true);
+    rig.lead(Instant(1_000_000));
+    rig.journal.slow_next(Duration::from_secs(2));
+    let mut reply = rig.write(0, 4096);
+    wait_until("the slow sync ran", || !rig.journal.slow_pending());
+    rig.round_trip();
+    assert!(rig.clock.now() >= Instant(1_000_000), "the lease has ended during the sync");
+    match reply.try_recv() {
+        Err(oneshot::error::TryRecvError::Empty) => {}
+        other => panic!("the write was answered after the lease ended: {other:?}"),
+    }
+    // Stepping down fails it, as it must.
+    rig.handle.set_view(View { epoch: 2, leader: None, lease_until: None });
+    assert_eq!(reply.blocking_recv().expect("answered"), Err(ClientError::NotActive));
+}
+
+/// Rule 1 across the glue: a follower's journal position reaches its core
+/// (which judges votes with it) before the AppendReply that tells the
+/// leader it holds those records, so the core never votes with a
+/// position older than what this node acknowledged.
+#[test]
+fn the_core_hears_a_position_before_the_leader_hears_it_acknowledged() {
+    let rig = rig(false);
+    rig.handle.set_view(View { epoch: 1, leader: Some(2), lease_until: None });
+    let noop = triad_volume::Record { epoch: 1, seq: 1, prev: Position::ZERO, offset: 0, payload: Vec::new() };
+    let append = Msg::Append { epoch: 1, prev: Position::ZERO, records: vec![noop], commit: 0, ks: Vec::new(), peer_inc: 1 };
+    rig.handle.peer_message(2, append);
+    wait_until("a reply", || super::lock(&rig.sent).iter().any(|(_, m, _)| matches!(m, Msg::AppendReply { .. })));
+    let sent = super::lock(&rig.sent);
+    for (to, msg, seen) in sent.iter() {
+        if let Msg::AppendReply { matched, .. } = msg {
+            let told = seen.map_or(0, |p| p.seq);
+            assert!(told >= *matched, "reply to n{to} acknowledges seq {matched}, the core was told only {seen:?}");
+        }
+    }
+}
+
+/// Rule 16 covers every sync of the volume, not only the journal's: a
+/// store checkpoint that hangs (here the periodic one, from `tick`) is
+/// seen by the watch, so the node stops leading instead of renewing its
+/// lease with every write hanging behind the stuck thread.
+#[test]
+fn a_hung_store_checkpoint_is_seen_by_the_sync_watch() {
+    let rig = rig(true);
+    rig.lead(Instant(3_600_000_000));
+    let reply = rig.write(0, 4096);
+    assert_eq!(reply.blocking_recv().expect("answered"), Ok(()));
+    let before = rig.data.syncs();
+    rig.data.hang();
+    // Past the periodic checkpoint's interval: the next tick checkpoints.
+    rig.clock.advance(Duration::from_secs(3));
+    wait_until("the checkpoint's store sync hangs", || rig.data.hanging());
+    assert!(rig.data.syncs() > before);
+    std::thread::sleep(Duration::from_millis(20));
+    let stalled = rig.handle.sync_stalled(Duration::from_millis(10));
+    rig.data.release();
+    assert!(stalled, "a store sync hung for 20 ms and the watch (limit 10 ms) did not see it");
+}
