@@ -588,19 +588,40 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         self.report(out);
     }
 
-    /// Group commit: one journal sync for everything appended since the
-    /// last call, then what depends on durability: replies (follower),
-    /// commits and acknowledgements (leader), applying, compaction.
+    /// Group commit in one call, for drivers whose clock cannot move
+    /// during the sync (tests, the simulator's instantaneous disks):
+    /// [`Replica::sync_journal`] then [`Replica::after_sync`] at `now`.
     pub fn sync(&mut self, now: Instant, out: &mut Vec<Out>) {
-        self.now = self.now.max(now);
-        if matches!(self.health, Health::Failed(_)) {
+        self.sync_journal(out);
+        self.after_sync(now, out);
+    }
+
+    /// Group commit, first half: one journal fdatasync for everything
+    /// appended since the last call. It may block for long; the driver
+    /// reads its clock (and hands over the core's latest view) only after
+    /// it returns, then calls [`Replica::after_sync`]: a lease judged with
+    /// a time read before a slow sync would acknowledge writes after the
+    /// lease has ended, when another node may already serve.
+    pub fn sync_journal(&mut self, out: &mut Vec<Out>) {
+        if matches!(self.health, Health::Failed(_)) || !self.needs_sync {
             return;
         }
-        if self.needs_sync {
-            if let Err(e) = self.journal.sync() {
-                return self.fail(&chain(&e), out);
-            }
-            self.needs_sync = false;
+        if let Err(e) = self.journal.sync() {
+            return self.fail(&chain(&e), out);
+        }
+        self.needs_sync = false;
+    }
+
+    /// Group commit, second half, with `now` read after the sync: what
+    /// depends on durability: replies (follower), commits and
+    /// acknowledgements inside the lease (leader), applying, compaction.
+    pub fn after_sync(&mut self, now: Instant, out: &mut Vec<Out>) {
+        self.now = self.now.max(now);
+        // Everything below goes by the journal's durable position, so it is
+        // right even if records were appended since the sync (a view taken
+        // in between made this node leader and appended its no-op).
+        if matches!(self.health, Health::Failed(_)) {
+            return;
         }
         if self.leader.is_some() {
             self.leader_after_sync(now, out);

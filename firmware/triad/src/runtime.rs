@@ -94,8 +94,9 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
     let hard = store.load()?;
     info!(node = cfg.node.id, epoch = hard.epoch, standby = hard.standby, "starting");
     let peers = [cfg.cluster.peers[0].id, cfg.cluster.peers[1].id];
+    let sync_watch = Arc::new(crate::sync_watch::SyncWatch::default());
     let replica = match &cfg.volume {
-        Some(v) => Some(crate::volume::open_replica(cfg.node.id, peers, v)?),
+        Some(v) => Some(crate::volume::open_replica(cfg.node.id, peers, v, &sync_watch)?),
         None => None,
     };
     let position = replica.as_ref().map_or(Position::default(), |r| triad_repl::core_position(r.position()));
@@ -131,7 +132,9 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
     let clock = Clock::start();
     let (vol_tx, mut vol_events) = tokio::sync::mpsc::unbounded_channel();
     let volume = match (replica, &cfg.volume) {
-        (Some(replica), Some(vc)) => Some(start_volume(&cfg, vc, &creds, replica, clock, vol_tx.clone()).await?),
+        (Some(replica), Some(vc)) => {
+            Some(start_volume(&cfg, vc, &creds, replica, clock, vol_tx.clone(), sync_watch).await?)
+        }
         _ => None,
     };
 
@@ -462,6 +465,7 @@ async fn start_volume(
     replica: crate::volume::FileReplica,
     clock: Clock,
     events: tokio::sync::mpsc::UnboundedSender<VolumeEvent>,
+    sync_watch: Arc<crate::sync_watch::SyncWatch>,
 ) -> Result<VolumeHandle, RuntimeError> {
     let data_peers = cfg.cluster.peers.map(|p| (p.id, SocketAddr::new(p.address, vc.data_port))).to_vec();
     let mut link_cfg = LinkConfig::new(cfg.node.id, data_peers, server_config(creds)?, client_config(creds)?);
@@ -482,6 +486,7 @@ async fn start_volume(
             }
         },
         events,
+        sync_watch,
     )?;
     let to_volume = handle.clone();
     tokio::spawn(async move {

@@ -1,17 +1,23 @@
-//! Rule 16's watchdog on the journal: a leader renews its lease only while
-//! its journal syncs complete.
+//! Rule 16's watchdog on the volume's disks: a leader renews its lease
+//! only while its syncs complete.
 //!
-//! The volume thread calls the blocking `fdatasync`; if the disk hangs, the
-//! thread hangs with it and can report nothing. So it marks each sync's
-//! start and end in a [`SyncWatch`] shared with the runtime loop, which
-//! checks the mark on every turn (and on a short timer): a sync outstanding
-//! for longer than the limit makes the node unfit to lead (`Input::Electable
-//! (false)`), and the core steps down at once, dropping the VIP, instead of
-//! holding a lease for a cluster that cannot commit. When the sync returns,
-//! the node is fit again (if the replica says so): `triad_repl::Fitness`
-//! combines the two.
+//! The volume thread calls the blocking `fdatasync`s (the journal's at
+//! every group commit; the block store's and the metadata's at every
+//! checkpoint, compaction and bitmap persist); if a disk hangs, the thread
+//! hangs with it and can report nothing. So every disk the replica owns is
+//! a [`Watched`] disk, which marks each sync's start and end in one
+//! [`SyncWatch`] shared with the runtime loop; the loop checks the mark on
+//! every turn (and on a short timer): a sync outstanding for longer than
+//! the limit makes the node unfit to lead (`Input::Electable(false)`), and
+//! the core steps down at once, dropping the VIP, instead of holding a
+//! lease for a cluster that cannot commit. When the sync returns, the node
+//! is fit again (if the replica says so): `triad_repl::Fitness` combines
+//! the two. Marking at the disk, not around chosen calls, is what makes
+//! "every sync" hold as the replica changes: a sync added anywhere in
+//! `triad-repl` or `triad-volume` is watched without anyone remembering to.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// When the journal sync in progress started (none: idle).
@@ -57,6 +63,41 @@ impl SyncWatch {
         }
         let began = self.origin + Duration::from_micros(started - 1);
         now.saturating_duration_since(began) > limit
+    }
+}
+
+/// A disk whose every sync is marked in a [`SyncWatch`].
+#[derive(Debug)]
+pub struct Watched<D> {
+    disk: D,
+    watch: Arc<SyncWatch>,
+}
+
+impl<D> Watched<D> {
+    /// `disk`, its syncs marked in `watch`.
+    pub fn new(disk: D, watch: Arc<SyncWatch>) -> Self {
+        Watched { disk, watch }
+    }
+}
+
+impl<D: triad_volume::Disk> triad_volume::Disk for Watched<D> {
+    fn len(&self) -> u64 {
+        self.disk.len()
+    }
+
+    fn read_at(&self, off: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.disk.read_at(off, buf)
+    }
+
+    fn write_at(&mut self, off: u64, data: &[u8]) -> std::io::Result<()> {
+        self.disk.write_at(off, data)
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.watch.begin();
+        let result = self.disk.sync();
+        self.watch.end();
+        result
     }
 }
 

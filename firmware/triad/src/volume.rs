@@ -50,10 +50,14 @@ use triad_volume::{Disk, FileDisk, Position};
 
 use crate::nbd::device::{BlockDevice, DevResult, DeviceError};
 use crate::nbd::{Activity, IoBuf};
-use crate::sync_watch::SyncWatch;
+use crate::sync_watch::{SyncWatch, Watched};
+
+/// A disk of the supervisor's replica: a file or partition whose every
+/// sync is watched (rule 16, `sync_watch.rs`).
+pub type VolumeDisk = Watched<FileDisk>;
 
 /// The replica the supervisor runs.
-pub type FileReplica = Replica<FileDisk, FileDisk, FileDisk>;
+pub type FileReplica = Replica<VolumeDisk, VolumeDisk, VolumeDisk>;
 
 /// Longest the thread sleeps without looking at the replica's timers.
 const MAX_WAIT: Duration = Duration::from_millis(100);
@@ -88,8 +92,8 @@ pub struct VolumeConfig {
     /// the start) rather than as a replacement box (a learner until caught
     /// up, rule 18). Only for the three boxes of a cluster being created.
     pub new_cluster: bool,
-    /// Rule 16: a journal sync outstanding this long makes the node step
-    /// down (`sync_watch.rs`).
+    /// Rule 16: a sync of any of the volume's disks outstanding this long
+    /// makes the node step down (`sync_watch.rs`).
     pub sync_stall: std::time::Duration,
 }
 
@@ -117,16 +121,23 @@ pub enum VolumeError {
 /// files absent): as a member of a new cluster (every node starting from
 /// the same zeroes) with `new_cluster`, else as a replacement box, a
 /// learner that neither votes nor stands until it has caught up.
-pub fn open_replica(id: NodeId, peers: [NodeId; 2], cfg: &VolumeConfig) -> Result<FileReplica, VolumeError> {
+/// Every sync of its disks is marked in `watch`.
+pub fn open_replica(
+    id: NodeId,
+    peers: [NodeId; 2],
+    cfg: &VolumeConfig,
+    watch: &Arc<SyncWatch>,
+) -> Result<FileReplica, VolumeError> {
     let fresh = !cfg.meta.exists();
     let meta_len = triad_volume::store::meta_len_needed(cfg.size, cfg.granularity, 2);
     // The journal and metadata are written with zeroes when created, not
     // left sparse: an fdatasync after writing into a hole must also commit
     // the filesystem's block allocation, which is what every write's
     // latency would then pay for. The data file may stay sparse.
-    let journal = open_file(&cfg.journal, cfg.journal_size, fresh, true)?;
-    let data = open_file(&cfg.data, cfg.size, fresh, false)?;
-    let meta = open_file(&cfg.meta, meta_len, fresh, true)?;
+    let watched = |disk| Watched::new(disk, watch.clone());
+    let journal = watched(open_file(&cfg.journal, cfg.journal_size, fresh, true)?);
+    let data = watched(open_file(&cfg.data, cfg.size, fresh, false)?);
+    let meta = watched(open_file(&cfg.meta, meta_len, fresh, true)?);
     let r = if fresh {
         info!(data = %cfg.data.display(), size = cfg.size, "formatting a new volume replica");
         // The box's incarnation (rule 18): peers tell this box from the one
@@ -222,7 +233,8 @@ pub struct VolumeHandle {
     nowait: Arc<AtomicBool>,
     now: Arc<dyn Fn() -> Instant + Send + Sync>,
     size: u64,
-    /// Rule 16: when the thread's sync in progress began (sync_watch.rs).
+    /// Rule 16: when the sync in progress on the replica's disks began
+    /// (sync_watch.rs; the disks mark it).
     sync_watch: Arc<SyncWatch>,
 }
 
@@ -268,13 +280,15 @@ impl std::fmt::Debug for Cmd {
 
 /// Starts the volume thread. `now` is the core's clock; `send` puts a
 /// message on the data link to a peer (non-blocking, may drop); `data` is
-/// the replica's data file, opened again read-only for direct reads.
+/// the replica's data file, opened again read-only for direct reads;
+/// `sync_watch` is the watch the replica's disks mark their syncs in.
 pub fn spawn<J, D, M>(
     mut replica: Replica<J, D, M>,
     data: &Path,
     now: impl Fn() -> Instant + Send + Sync + 'static,
     send: impl Fn(NodeId, &Msg) + Send + 'static,
     events: mpsc::UnboundedSender<VolumeEvent>,
+    sync_watch: Arc<SyncWatch>,
 ) -> Result<VolumeHandle, VolumeError>
 where
     J: Disk + Send + 'static,
@@ -288,7 +302,6 @@ where
     let serve = Arc::new(Mutex::new(ServeState::default()));
     let view = Arc::new(Mutex::new(None));
     let now: Arc<dyn Fn() -> Instant + Send + Sync> = Arc::new(now);
-    let sync_watch = Arc::new(SyncWatch::default());
     let handle = VolumeHandle {
         tx,
         view: view.clone(),
@@ -324,7 +337,6 @@ where
                 serve,
                 epoch: 0,
                 zeroes: vec![0u8; ZEROES_LEN],
-                sync_watch,
             };
             t.run(&mut replica, &*now, &rx);
         })
@@ -357,7 +369,6 @@ struct Thread {
     /// Epoch of the last view given to the replica.
     epoch: u64,
     zeroes: Vec<u8>,
-    sync_watch: Arc<SyncWatch>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -386,7 +397,12 @@ impl Thread {
         self.activity.set_active(ready);
     }
 
-    fn run<J: Disk, D: Disk, M: Disk>(&mut self, r: &mut Replica<J, D, M>, now: &dyn Fn() -> Instant, rx: &std_mpsc::Receiver<Cmd>) {
+    fn run<J: Disk, D: Disk, M: Disk>(
+        &mut self,
+        r: &mut Replica<J, D, M>,
+        now: &dyn Fn() -> Instant,
+        rx: &std_mpsc::Receiver<Cmd>,
+    ) {
         let mut out = Vec::new();
         r.set_view(now(), View::default(), &mut out);
         self.publish(r);
@@ -410,11 +426,13 @@ impl Thread {
             // Records go to the peers *before* this node's own fsync, so the
             // two journal syncs of a commit overlap instead of adding up.
             self.carry_out(&mut out);
-            // The journal's fdatasync (and a checkpoint's) under the
-            // runtime's eye: if it hangs, the node steps down (rule 16).
-            self.sync_watch.begin();
-            r.sync(t, &mut out);
-            self.sync_watch.end();
+            // The fdatasync may take long (or the process may be frozen in
+            // it): the lease is judged with the time after it, under the
+            // latest view, never with `t`.
+            r.sync_journal(&mut out);
+            let t = now();
+            self.fresh_view(r, t, &mut out);
+            r.after_sync(t, &mut out);
             self.carry_out(&mut out);
             self.publish(r);
         }
@@ -429,7 +447,15 @@ impl Thread {
     }
 
     /// One replica write belonging to group `g`.
-    fn piece<J: Disk, D: Disk, M: Disk>(&mut self, r: &mut Replica<J, D, M>, now: Instant, g: u64, offset: u64, data: &[u8], out: &mut Vec<Out>) {
+    fn piece<J: Disk, D: Disk, M: Disk>(
+        &mut self,
+        r: &mut Replica<J, D, M>,
+        now: Instant,
+        g: u64,
+        offset: u64,
+        data: &[u8],
+        out: &mut Vec<Out>,
+    ) {
         let id = self.next_id;
         self.next_id += 1;
         self.pieces.insert(id, g);
@@ -457,7 +483,13 @@ impl Thread {
         }
     }
 
-    fn command<J: Disk, D: Disk, M: Disk>(&mut self, r: &mut Replica<J, D, M>, now: Instant, cmd: Cmd, out: &mut Vec<Out>) {
+    fn command<J: Disk, D: Disk, M: Disk>(
+        &mut self,
+        r: &mut Replica<J, D, M>,
+        now: Instant,
+        cmd: Cmd,
+        out: &mut Vec<Out>,
+    ) {
         self.fresh_view(r, now, out);
         match cmd {
             Cmd::View => {}
@@ -558,8 +590,8 @@ fn log_notice(n: &ReplNotice) {
 }
 
 impl VolumeHandle {
-    /// Rule 16: the thread's journal sync has been outstanding for longer
-    /// than `limit` (the disk hangs).
+    /// Rule 16: a sync of one of the replica's disks has been outstanding
+    /// for longer than `limit` (the disk hangs).
     pub fn sync_stalled(&self, limit: std::time::Duration) -> bool {
         self.sync_watch.stalled(limit)
     }

@@ -17,6 +17,7 @@ use triad_volume::store::Format;
 use triad_volume::{Disk, MemDisk, Position};
 
 use super::{Cmd, VolumeEvent, VolumeHandle};
+use crate::sync_watch::{SyncWatch, Watched};
 
 const VOL: u64 = 1 << 20;
 const GRAN: u64 = 4096;
@@ -112,9 +113,6 @@ pub(crate) struct Rig {
     pub clock: TestClock,
     pub journal: Arc<SyncFault>,
     pub data: Arc<SyncFault>,
-    pub events: Arc<Mutex<mpsc::UnboundedReceiver<VolumeEvent>>>,
-    /// Positions the core has been sent, in order (drained from `events`).
-    pub positions: Arc<Mutex<Vec<triad_core::Position>>>,
     /// Every message the thread sent, with the positions the core had been
     /// sent by then.
     pub sent: Arc<Mutex<Vec<(NodeId, Msg, Option<triad_core::Position>)>>>,
@@ -137,10 +135,11 @@ pub(crate) fn rig(auto_ack: bool) -> Rig {
     let journal = Arc::new(SyncFault::default());
     let data = Arc::new(SyncFault::default());
     let meta = Arc::new(SyncFault::default());
-    let disk = |len: u64, fault: &Arc<SyncFault>| TestDisk {
-        mem: MemDisk::new(len as usize),
-        fault: fault.clone(),
-        clock: clock.clone(),
+    // Watched as the supervisor's disks are (volume::VolumeDisk).
+    let watch = Arc::new(SyncWatch::default());
+    let disk = |len: u64, fault: &Arc<SyncFault>| {
+        let disk = TestDisk { mem: MemDisk::new(len as usize), fault: fault.clone(), clock: clock.clone() };
+        Watched::new(disk, watch.clone())
     };
     let meta_len = triad_volume::store::meta_len_needed(VOL, GRAN, 2);
     let cfg = ReplConfig { region: GRAN, resync_chunk: GRAN, ..ReplConfig::default() };
@@ -149,7 +148,8 @@ pub(crate) fn rig(auto_ack: bool) -> Rig {
         Replica::format(1, [2, 3], cfg, disk(4 << 20, &journal), disk(VOL, &data), disk(meta_len, &meta), format)
             .expect("format");
     static N: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!("triad-vol-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    let dir =
+        std::env::temp_dir().join(format!("triad-vol-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
     std::fs::create_dir_all(&dir).unwrap();
     let data_file = dir.join("data");
     std::fs::write(&data_file, vec![0u8; VOL as usize]).unwrap();
@@ -161,7 +161,8 @@ pub(crate) fn rig(auto_ack: bool) -> Rig {
     // The peers answer through the handle, which exists only after spawn.
     let handle_cell: Arc<Mutex<Option<VolumeHandle>>> = Arc::new(Mutex::new(None));
     let send = {
-        let (events, positions, sent, handle_cell) = (events.clone(), positions.clone(), sent.clone(), handle_cell.clone());
+        let (events, positions, sent, handle_cell) =
+            (events.clone(), positions.clone(), sent.clone(), handle_cell.clone());
         move |to: NodeId, msg: &Msg| {
             // What the core has been told by the time this leaves.
             let seen = {
@@ -198,9 +199,9 @@ pub(crate) fn rig(auto_ack: bool) -> Rig {
         let c = clock.clone();
         move || c.now()
     };
-    let handle = super::spawn(replica, &data_file, now, send, tx).expect("spawn");
+    let handle = super::spawn(replica, &data_file, now, send, tx, watch).expect("spawn");
     *super::lock(&handle_cell) = Some(handle.clone());
-    Rig { handle, clock, journal, data, events, positions, sent, _dir: TempDir(dir) }
+    Rig { handle, clock, journal, data, sent, _dir: TempDir(dir) }
 }
 
 impl Rig {
@@ -267,7 +268,8 @@ fn the_core_hears_a_position_before_the_leader_hears_it_acknowledged() {
     let rig = rig(false);
     rig.handle.set_view(View { epoch: 1, leader: Some(2), lease_until: None });
     let noop = triad_volume::Record { epoch: 1, seq: 1, prev: Position::ZERO, offset: 0, payload: Vec::new() };
-    let append = Msg::Append { epoch: 1, prev: Position::ZERO, records: vec![noop], commit: 0, ks: Vec::new(), peer_inc: 1 };
+    let append =
+        Msg::Append { epoch: 1, prev: Position::ZERO, records: vec![noop], commit: 0, ks: Vec::new(), peer_inc: 1 };
     rig.handle.peer_message(2, append);
     wait_until("a reply", || super::lock(&rig.sent).iter().any(|(_, m, _)| matches!(m, Msg::AppendReply { .. })));
     let sent = super::lock(&rig.sent);
