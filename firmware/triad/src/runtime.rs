@@ -40,6 +40,9 @@ use crate::volume::{VolumeEvent, VolumeHandle};
 const LINK_WAIT: Duration = Duration::from_secs(30);
 /// How long a stopping leader lets its links send the TimeoutNow.
 const HANDOVER_FLUSH: Duration = Duration::from_millis(100);
+/// How long a handing-over leader waits for its volume thread to confirm
+/// the step-down before it gives up on sending TimeoutNow.
+const VOLUME_STEP_DOWN_WAIT: Duration = Duration::from_secs(2);
 /// Pause of the ARP watch after a receive error.
 const ARP_WATCH_RETRY: Duration = Duration::from_secs(1);
 
@@ -271,13 +274,13 @@ impl<V: VipOps> Shell<V> {
     }
 
     /// Before a TimeoutNow lets another node lead: the volume has stopped
-    /// serving (rule 17), confirmed by its thread.
-    async fn volume_steps_down(&mut self) {
+    /// serving (rule 17), confirmed by its thread. False if the thread did
+    /// not confirm in time (stuck in a sync): the handover must not happen.
+    async fn volume_steps_down(&mut self) -> bool {
         let view = self.view();
-        if let Some(v) = &self.volume {
-            v.set_view_confirmed(view).await;
-            self.last_view = Some(view);
-        }
+        let Some(v) = &self.volume else { return true };
+        self.last_view = Some(view);
+        v.set_view_confirmed(view, VOLUME_STEP_DOWN_WAIT).await
     }
 
     /// Carries out outputs in order; VIP completions are fed back to the
@@ -295,8 +298,14 @@ impl<V: VipOps> Shell<V> {
                     }
                 }
                 Output::Send { to, msg } => {
-                    if matches!(msg.body, triad_core::Body::TimeoutNow) {
-                        self.volume_steps_down().await;
+                    if matches!(msg.body, triad_core::Body::TimeoutNow) && !self.volume_steps_down().await {
+                        // Rule 17: TimeoutNow waives the target's lease
+                        // stickiness, so it may only go once nothing here
+                        // can acknowledge. Without it the target is elected
+                        // the ordinary way, after this node's lease, which
+                        // this node has given up for good anyway.
+                        error!(to, "volume did not confirm the step-down; switchover continues without TimeoutNow");
+                        continue;
                     }
                     if let Err(e) = self.links.send(to, &msg) {
                         debug!(peer = to, error = %e, "message dropped");

@@ -614,14 +614,17 @@ impl VolumeHandle {
         *lock(&self.view) = Some(view);
     }
 
-    /// The view, returning once the volume thread has taken it (before a
-    /// handover lets another node serve).
-    pub async fn set_view_confirmed(&self, view: View) {
+    /// The view, returning whether the volume thread took it within
+    /// `limit`. A handover (TimeoutNow) may let another node serve only
+    /// after `true`: a thread stuck in a sync has not seen the step-down
+    /// and could still acknowledge writes once the sync returns.
+    pub async fn set_view_confirmed(&self, view: View, limit: Duration) -> bool {
         let (done, rx) = oneshot::channel();
         self.put_view(view);
-        if self.tx.send(Cmd::ViewConfirmed(done)).is_ok() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
+        if self.tx.send(Cmd::ViewConfirmed(done)).is_err() {
+            return false;
         }
+        matches!(tokio::time::timeout(limit, rx).await, Ok(Ok(())))
     }
 
     /// The NBD server's activity flag: true while this node leads and its

@@ -302,3 +302,28 @@ fn a_hung_store_checkpoint_is_seen_by_the_sync_watch() {
     rig.data.release();
     assert!(stalled, "a store sync hung for 20 ms and the watch (limit 10 ms) did not see it");
 }
+
+/// Rule 17: a handover may only proceed once the volume thread has taken
+/// the step-down. A thread stuck in a sync has not, and says so when the
+/// wait runs out (the runtime then does not send TimeoutNow); once the
+/// sync returns, the thread confirms.
+#[test]
+fn a_step_down_is_not_confirmed_while_the_thread_is_stuck_in_a_sync() {
+    let rig = rig(true);
+    rig.lead(Instant(3_600_000_000));
+    rig.journal.hang();
+    let reply = rig.write(0, 4096);
+    wait_until("the journal sync hangs", || rig.journal.hanging());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+    let down = View { epoch: 1, leader: Some(1), lease_until: None };
+    let confirmed = rt.block_on(rig.handle.set_view_confirmed(down, Duration::from_millis(50)));
+    assert!(!confirmed, "confirmed while the thread was stuck in a sync");
+    rig.journal.release();
+    let confirmed = rt.block_on(rig.handle.set_view_confirmed(down, Duration::from_secs(5)));
+    assert!(confirmed, "not confirmed after the sync returned");
+    // The write taken before the step-down is not acknowledged after it;
+    // the next epoch fails it.
+    rig.round_trip();
+    rig.handle.set_view(View { epoch: 2, leader: Some(2), lease_until: None });
+    assert_eq!(reply.blocking_recv().expect("answered"), Err(ClientError::NotActive));
+}
