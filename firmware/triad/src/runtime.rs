@@ -30,7 +30,7 @@ use crate::errors::chain;
 use crate::os::arp_watch::ArpWatch;
 use crate::os::netlink::Netlink;
 use crate::os::realtime;
-use crate::os::vip::{KernelVip, VipOps, VipSpec};
+use crate::os::vip::{apply_in_lease, KernelVip, Lease, VipError, VipOps, VipSpec};
 use crate::peer::tls::{client_config, server_config, Credentials};
 use crate::peer::{LinkConfig, PeerLinks};
 use crate::store::StateStore;
@@ -189,14 +189,18 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
             // Timers first: a lease end must not wait behind a message burst.
             biased;
             _ = tokio::time::sleep_until(deadline) => Input::Tick,
-            Some((_from, msg)) = inbound.recv() => Input::Receive(msg),
-            Some(ev) = vol_events.recv() => match ev {
-                VolumeEvent::Position(p) => Input::PositionChanged(p),
-                VolumeEvent::Electable(e) => match fitness.replica(e) {
-                    Some(fit) => Input::Electable(fit),
-                    None => continue,
-                },
-                VolumeEvent::Membership(m) => Input::Membership(m),
+            Some((_from, msg)) = inbound.recv() => {
+                // A vote is judged against this node's position: every
+                // position the volume reported before now (so before any
+                // AppendReply that acknowledged it left) goes in first.
+                for input in volume_inputs(&mut vol_events, &mut fitness) {
+                    shell.step(input).await?;
+                }
+                Input::Receive(msg)
+            }
+            Some(ev) = vol_events.recv() => match volume_input(ev, &mut fitness) {
+                Some(input) => input,
+                None => continue,
             },
             Some(req) = control_rx.recv() => {
                 shell.control(req).await?;
@@ -311,21 +315,24 @@ impl<V: VipOps> Shell<V> {
                         debug!(peer = to, error = %e, "message dropped");
                     }
                 }
-                Output::Vip(action)
-                    if action != VipAction::Remove && self.node.lease_until(self.clock.now()).is_none() =>
-                {
-                    // Decided earlier in this batch, but the lease has ended
-                    // since (a VIP completion was fed back in between). Never
-                    // raise, renew or announce outside a lease; a skipped Add
-                    // is reported failed so the core cleans up.
-                    debug!(?action, "VIP action skipped: lease ended");
-                    if action == VipAction::Add {
-                        queue.extend(self.node.handle(self.clock.now(), Input::VipDone { action, ok: false }));
-                    }
-                }
                 Output::Vip(action) => {
-                    let ok = match self.vip.apply(action).await {
+                    // Decided earlier in this batch, the lease may have ended
+                    // since (a VIP completion was fed back in between), or
+                    // may end during the netlink round trip: never raise,
+                    // renew or announce outside a lease (os/vip.rs). A
+                    // skipped Add is reported failed so the core cleans up.
+                    let clock = self.clock;
+                    let now = move || clock.now();
+                    let lease = Lease { until: self.node.lease_until(clock.now()), now: &now };
+                    let ok = match apply_in_lease(&mut self.vip, action, &lease).await {
                         Ok(()) => true,
+                        Err(e @ VipError::LeaseEnded { .. }) => {
+                            debug!(?action, error = %chain(&e), "VIP action skipped");
+                            if action == VipAction::Add {
+                                queue.extend(self.node.handle(self.clock.now(), Input::VipDone { action, ok: false }));
+                            }
+                            continue;
+                        }
                         Err(e) => {
                             warn!(?action, error = %chain(&e), "VIP action failed");
                             false
@@ -521,6 +528,27 @@ async fn start_volume(
     Ok(handle)
 }
 
+/// The core input a volume event becomes (none when fitness is unchanged).
+fn volume_input(ev: VolumeEvent, fitness: &mut triad_repl::Fitness) -> Option<Input> {
+    match ev {
+        VolumeEvent::Position(p) => Some(Input::PositionChanged(p)),
+        VolumeEvent::Electable(e) => fitness.replica(e).map(Input::Electable),
+        VolumeEvent::Membership(m) => Some(Input::Membership(m)),
+    }
+}
+
+/// Every volume event already queued, as core inputs, in order.
+fn volume_inputs(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<VolumeEvent>,
+    fitness: &mut triad_repl::Fitness,
+) -> Vec<Input> {
+    let mut inputs = Vec::new();
+    while let Ok(ev) = events.try_recv() {
+        inputs.extend(volume_input(ev, fitness));
+    }
+    inputs
+}
+
 /// Sleeps until `at`, or forever when there is nothing to wait for.
 async fn sleep_until_or_never(at: Option<tokio::time::Instant>) {
     match at {
@@ -588,4 +616,36 @@ pub(crate) fn random_u64() -> u64 {
     }
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     t ^ u64::from(std::process::id()).rotate_left(32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queued_volume_events_become_inputs_in_order_and_fitness_filters_electable() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut fitness = triad_repl::Fitness::default();
+        let p = |seq| Position { epoch: 1, seq };
+        for ev in [
+            VolumeEvent::Position(p(1)),
+            VolumeEvent::Electable(true),
+            VolumeEvent::Electable(true),
+            VolumeEvent::Position(p(2)),
+            VolumeEvent::Membership(Membership::Learner),
+        ] {
+            tx.send(ev).expect("open");
+        }
+        let inputs = volume_inputs(&mut rx, &mut fitness);
+        assert_eq!(
+            inputs,
+            [
+                Input::PositionChanged(p(1)),
+                Input::Electable(true),
+                Input::PositionChanged(p(2)),
+                Input::Membership(Membership::Learner),
+            ]
+        );
+        assert!(volume_inputs(&mut rx, &mut fitness).is_empty(), "drained");
+    }
 }

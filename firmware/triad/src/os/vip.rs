@@ -74,6 +74,13 @@ pub enum VipError {
         #[source]
         source: AnnounceError,
     },
+    /// The lease ended before the action could go out, or while it was
+    /// under way (then the VIP was removed again at once).
+    #[error("VIP action {action:?} not carried out: the lease ended")]
+    LeaseEnded {
+        /// The action.
+        action: VipAction,
+    },
     /// A failure injected into [`FakeVip`].
     #[error("injected failure of {action:?}")]
     Injected {
@@ -90,6 +97,54 @@ pub trait VipOps {
     /// Carries out `action`; the runtime reports the result to the core as
     /// `Input::VipDone`.
     fn apply(&mut self, action: VipAction) -> impl Future<Output = Result<(), VipError>>;
+}
+
+/// The lease a VIP action is carried out under: the end the core gave
+/// (none: no lease) and the core's clock.
+pub struct Lease<'a> {
+    /// The lease's end, if the core holds one.
+    pub until: Option<triad_core::Instant>,
+    /// The core's clock.
+    pub now: &'a dyn Fn() -> triad_core::Instant,
+}
+
+impl std::fmt::Debug for Lease<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease").field("until", &self.until).finish()
+    }
+}
+
+impl Lease<'_> {
+    /// Whether the lease holds at this instant.
+    pub fn holds(&self) -> bool {
+        self.until.is_some_and(|t| (self.now)() < t)
+    }
+}
+
+/// Carries out `action` only inside `lease` (invariant 1), whatever the
+/// adapter: the lease is checked right before the action (no await
+/// between the check and an announcement's send, which is synchronous),
+/// and, for an action that leaves the VIP on the interface (Add, Renew:
+/// a renew re-creates a lapsed address), again after its await: a freeze
+/// or a slow netlink round trip that outlasted the lease is undone by an
+/// immediate Remove. A Remove always goes out. The window that remains
+/// (inside one syscall, or a freeze between the check and the send) is
+/// the lease fence's to close in the kernel.
+pub async fn apply_in_lease<V: VipOps>(vip: &mut V, action: VipAction, lease: &Lease<'_>) -> Result<(), VipError> {
+    if action == VipAction::Remove {
+        return vip.apply(action).await;
+    }
+    if !lease.holds() {
+        return Err(VipError::LeaseEnded { action });
+    }
+    let result = vip.apply(action).await;
+    if matches!(action, VipAction::Add | VipAction::Renew) && !lease.holds() {
+        if let Err(e) = vip.apply(VipAction::Remove).await {
+            tracing::error!(error = %crate::errors::chain(&e), "cannot remove the VIP after its lease ended; the kernel lifetime will");
+        }
+        return Err(VipError::LeaseEnded { action });
+    }
+    result
 }
 
 /// The VIP on a real interface: netlink for the addresses, a raw socket
@@ -155,8 +210,11 @@ impl VipOps for KernelVip {
 
 /// An in-memory VIP for runtime tests: records every action and tracks
 /// whether the VIP would be held.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct FakeVip {
+    /// Runs inside every action, as if it took time (a test moves its
+    /// clock here: a slow netlink round trip, or a freeze in the await).
+    pub during: Option<std::sync::Arc<dyn Fn(VipAction) + Send + Sync>>,
     /// Every action applied, in order, failed ones included.
     pub log: Vec<VipAction>,
     /// Whether the VIP is currently "on the interface".
@@ -168,6 +226,9 @@ pub struct FakeVip {
 impl VipOps for FakeVip {
     async fn apply(&mut self, action: VipAction) -> Result<(), VipError> {
         self.log.push(action);
+        if let Some(during) = &self.during {
+            during(action);
+        }
         if std::mem::take(&mut self.fail_next) {
             return Err(VipError::Injected { action });
         }
@@ -181,9 +242,72 @@ impl VipOps for FakeVip {
     }
 }
 
+impl std::fmt::Debug for FakeVip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeVip").field("log", &self.log).field("held", &self.held).finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use triad_core::Instant;
+
+    /// A clock a FakeVip moves by `step` µs inside every action.
+    fn slow_vip(step: u64) -> (FakeVip, Arc<AtomicU64>) {
+        let clock = Arc::new(AtomicU64::new(0));
+        let c = clock.clone();
+        let vip = FakeVip {
+            during: Some(Arc::new(move |_| {
+                c.fetch_add(step, Ordering::SeqCst);
+            })),
+            ..FakeVip::default()
+        };
+        (vip, clock)
+    }
+
+    #[test]
+    fn an_add_or_renew_that_outlasts_the_lease_is_undone() {
+        for action in [VipAction::Add, VipAction::Renew] {
+            let (mut vip, clock) = slow_vip(600);
+            let now = || Instant(clock.load(Ordering::SeqCst));
+            let lease = Lease { until: Some(Instant(500)), now: &now };
+            let r = run(apply_in_lease(&mut vip, action, &lease));
+            assert!(matches!(r, Err(VipError::LeaseEnded { .. })), "{action:?}: {r:?}");
+            assert!(!vip.held, "{action:?}: the VIP stayed after the lease ended during the action");
+            assert_eq!(vip.log, [action, VipAction::Remove]);
+        }
+    }
+
+    #[test]
+    fn nothing_but_remove_goes_out_without_a_lease() {
+        let (mut vip, clock) = slow_vip(0);
+        clock.store(500, Ordering::SeqCst);
+        let now = || Instant(clock.load(Ordering::SeqCst));
+        for until in [None, Some(Instant(500))] {
+            let lease = Lease { until, now: &now };
+            for action in [VipAction::Add, VipAction::Renew, VipAction::Announce] {
+                let r = run(apply_in_lease(&mut vip, action, &lease));
+                assert!(matches!(r, Err(VipError::LeaseEnded { .. })), "{action:?}: {r:?}");
+            }
+            run(apply_in_lease(&mut vip, VipAction::Remove, &lease)).expect("remove");
+        }
+        assert_eq!(vip.log, [VipAction::Remove, VipAction::Remove]);
+    }
+
+    #[test]
+    fn inside_the_lease_actions_go_out_as_named() {
+        let (mut vip, clock) = slow_vip(10);
+        let now = || Instant(clock.load(Ordering::SeqCst));
+        let lease = Lease { until: Some(Instant(1_000)), now: &now };
+        for action in [VipAction::Add, VipAction::Announce, VipAction::Renew] {
+            run(apply_in_lease(&mut vip, action, &lease)).expect("inside the lease");
+        }
+        assert!(vip.held);
+        assert_eq!(vip.log, [VipAction::Add, VipAction::Announce, VipAction::Renew]);
+    }
 
     fn run<F: Future>(future: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread().build().expect("runtime").block_on(future)
