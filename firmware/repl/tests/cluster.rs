@@ -29,6 +29,8 @@ struct Cluster {
     sent_bytes_to: [u64; 3],
     view: View,
     verified: Vec<triad_repl::VerifyReport>,
+    /// The last `Out::Electable` of each node.
+    electable: [Option<bool>; 3],
 }
 
 fn cfg() -> ReplConfig {
@@ -70,6 +72,7 @@ impl Cluster {
             sent_bytes_to: [0; 3],
             view: View::default(),
             verified: Vec::new(),
+            electable: [None; 3],
         }
     }
 
@@ -88,6 +91,7 @@ impl Cluster {
                 }
                 Out::WriteDone { id, result } => self.done.push((id, result)),
                 Out::VerifyDone(r) => self.verified.push(r),
+                Out::Electable(e) => self.electable[from as usize - 1] = Some(e),
                 _ => {}
             }
         }
@@ -288,6 +292,35 @@ fn no_ack_outside_the_lease() {
     c.handle(1, out);
     c.run(10);
     assert_eq!(c.done, vec![(9, Ok(()))]);
+}
+
+/// `ReplConfig::write_timeout`'s promise: a leader that cannot commit
+/// steps down. CheckQuorum counts the core's heartbeats only, so a leader
+/// whose data links to both peers fail would otherwise keep its lease with
+/// every write timing out. After a write timeout without a word from
+/// either peer on the data links it reports itself unfit (the core steps
+/// down at once), and stands again only a write timeout later, so the
+/// peers can elect one of themselves first.
+#[test]
+fn a_leader_cut_off_on_its_data_links_steps_down_and_stands_again_later() {
+    let mut c = Cluster::new();
+    c.elect(1, 1);
+    assert_eq!(c.electable[0], Some(true));
+    c.down[1] = true;
+    c.down[2] = true;
+    c.run(4_900);
+    assert_eq!(c.electable[0], Some(true), "not before the write timeout");
+    c.run(200);
+    assert_eq!(c.electable[0], Some(false), "a leader with silent peers for the write timeout must step down");
+    // The core stepped down; another node leads epoch 2 (unreachable here).
+    let mut out = Vec::new();
+    let now = c.now;
+    c.node(1).set_view(now, View { epoch: 2, leader: Some(2), lease_until: None }, &mut out);
+    c.handle(1, out);
+    c.run(4_500);
+    assert_eq!(c.electable[0], Some(false), "held off for a write timeout after stepping down");
+    c.run(700);
+    assert_eq!(c.electable[0], Some(true), "stands again after the hold-off");
 }
 
 #[test]
