@@ -106,6 +106,9 @@ pub(crate) struct LeaderState {
     pub resync_counter: u64,
     /// Ring bytes of records after the commit point (see `max_uncommitted`).
     uncommitted: u64,
+    /// When this node became leader (the data links' silence counts from
+    /// here until a peer is first heard).
+    since: Instant,
 }
 
 /// Ring bytes a record of `len` payload bytes takes (header, payload, alignment).
@@ -159,6 +162,7 @@ impl LeaderState {
         if let Some(b) = self.blocked.front() {
             d = d.min(b.deadline);
         }
+        d = d.min(self.last_data_contact().add(cfg.write_timeout));
         for p in &self.peers {
             let base = p.last_sent.unwrap_or(now);
             d = d.min(base.add(cfg.retransmit));
@@ -170,6 +174,12 @@ impl LeaderState {
             d = d.min(v.deadline());
         }
         d
+    }
+
+    /// The last time either peer was heard on the data links (or when
+    /// leadership began, if neither has been yet).
+    pub fn last_data_contact(&self) -> Instant {
+        self.peers.iter().filter_map(|p| p.last_heard).fold(self.since, Instant::max)
     }
 
     fn remember(&mut self, rec: &Record) {
@@ -221,6 +231,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             verify: None,
             resync_counter: 0,
             uncommitted: 0,
+            since: now,
         };
         l.remember(&rec);
         // Everything after the commit point, the inherited tail included.
@@ -546,6 +557,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         }
         // Acks that waited for the lease (or a commit) go out now if they can.
         self.leader_after_sync(now, out);
+        self.check_data_links(now, out);
         let last = self.journal.last().seq;
         let retransmit = micros(self.cfg.retransmit);
         for slot in 0..2 {
@@ -568,6 +580,26 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             }
         }
         self.verify_tick(now, out);
+    }
+
+    /// `write_timeout`'s promise: a leader that has heard neither peer on
+    /// the data links for that long cannot commit anything, whatever the
+    /// core's heartbeats say (CheckQuorum counts those only). It reports
+    /// itself unfit, so the core steps down and drops the VIP, rather than
+    /// hold a lease with every write timing out; and it stays unfit for
+    /// another write timeout (or until a peer is heard), so the two peers,
+    /// which may still reach each other, elect one of themselves first
+    /// instead of this node winning again on its longer journal. Peers that
+    /// answer but are resyncing keep it leading: only a leader can finish
+    /// their resync (rule 13), and stepping down would leave no one electable.
+    fn check_data_links(&mut self, now: Instant, out: &mut Vec<Out>) {
+        let Some(l) = self.leader.as_ref() else { return };
+        if self.data_links_silent_until.is_some() || now.since(l.last_data_contact()) < self.cfg.write_timeout {
+            return;
+        }
+        let until = now.add(self.cfg.write_timeout);
+        self.data_links_silent_until = Some(until);
+        out.push(Out::Notice(ReplNotice::DataLinksSilent { epoch: l.epoch, until }));
     }
 
     /// The peer is reachable and can count toward a commit.

@@ -233,6 +233,15 @@ pub enum ReplNotice {
         /// The incarnation heard now.
         new: u64,
     },
+    /// Leader: neither peer answered on the data links for the write
+    /// timeout; this node cannot commit, reports itself unfit (the core
+    /// steps down) and stands again at `until`.
+    DataLinksSilent {
+        /// The epoch it led.
+        epoch: u64,
+        /// When it may stand for election again (if no peer is heard first).
+        until: Instant,
+    },
     /// A peer's reply was out of epoch or otherwise refused.
     Refused {
         /// The peer.

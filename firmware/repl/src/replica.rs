@@ -92,6 +92,10 @@ pub struct Replica<J: Disk, D: Disk, M: Disk> {
     received: VecDeque<Record>,
     received_bytes: u64,
     last_checkpoint: Instant,
+    /// Set when, as leader, this node heard neither peer on the data links
+    /// for the write timeout: unfit to lead until then (`leader.rs`
+    /// `check_data_links`), or until a peer is heard after stepping down.
+    pub(crate) data_links_silent_until: Option<Instant>,
 }
 
 /// Ring bytes every data record leaves free: room for a future leader's
@@ -204,6 +208,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             received: VecDeque::new(),
             received_bytes: 0,
             last_checkpoint: Instant::ZERO,
+            data_links_silent_until: None,
         })
     }
 
@@ -222,9 +227,10 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         self.journal.last()
     }
 
-    /// Whether the node may stand for election.
+    /// Whether the node may stand for election: consistent, and not a
+    /// leader that just found its data links silent (`check_data_links`).
     pub fn electable(&self) -> bool {
-        self.health == Health::Consistent
+        self.health == Health::Consistent && self.data_links_silent_until.is_none()
     }
 
     /// Leader whose first record is applied, inside its lease: may serve.
@@ -354,6 +360,10 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             if !self.admit_incarnation(now, from, inc, out) {
                 return;
             }
+        }
+        if self.leader.is_none() {
+            // A peer is heard on the data links again: stand again.
+            self.data_links_silent_until = None;
         }
         match msg {
             Msg::Append { prev, records, commit, ks, peer_inc, .. } => {
@@ -824,6 +834,9 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         }
         self.follower_resync_tick(out);
         self.maybe_checkpoint(now, out);
+        if self.leader.is_none() && self.data_links_silent_until.is_some_and(|t| now >= t) {
+            self.data_links_silent_until = None;
+        }
         self.report(out);
     }
 
@@ -840,6 +853,9 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         }
         if self.health == Health::Consistent && self.store.applied() != self.store.checkpointed().applied {
             consider(Some(self.last_checkpoint.add(CHECKPOINT_EVERY)));
+        }
+        if self.leader.is_none() {
+            consider(self.data_links_silent_until);
         }
         // Never a deadline in the past: a timer that cannot be served (a
         // peer nothing can be sent to, say) must not spin the driver; the

@@ -577,6 +577,9 @@ fn log_notice(n: &ReplNotice) {
             tracing::error!(peer, %detail, "volume: divergent committed history; refusing to join")
         }
         ReplNotice::StorageFailed { detail } => tracing::error!(%detail, "volume: storage failed; not serving"),
+        ReplNotice::DataLinksSilent { epoch, until } => {
+            tracing::error!(epoch, until = ?until, "volume: no peer heard on the data links for the write timeout; stepping down")
+        }
         ReplNotice::Refused { peer, reason } => warn!(peer, %reason, "volume: message refused"),
         ReplNotice::PeerReplaced { peer, old, new } => {
             warn!(
