@@ -71,14 +71,15 @@ impl SyncFault {
     }
 }
 
-/// A `MemDisk` whose syncs obey a [`SyncFault`].
-pub(crate) struct TestDisk {
-    mem: MemDisk,
+/// A disk (in memory, or the real data file for direct reads) whose
+/// syncs obey a [`SyncFault`].
+pub(crate) struct TestDisk<I = MemDisk> {
+    mem: I,
     fault: Arc<SyncFault>,
     clock: TestClock,
 }
 
-impl Disk for TestDisk {
+impl<I: Disk> Disk for TestDisk<I> {
     fn len(&self) -> u64 {
         self.mem.len()
     }
@@ -141,18 +142,22 @@ pub(crate) fn rig(auto_ack: bool) -> Rig {
         let disk = TestDisk { mem: MemDisk::new(len as usize), fault: fault.clone(), clock: clock.clone() };
         Watched::new(disk, watch.clone())
     };
-    let meta_len = triad_volume::store::meta_len_needed(VOL, GRAN, 2);
-    let cfg = ReplConfig { region: GRAN, resync_chunk: GRAN, ..ReplConfig::default() };
-    let format = Format { granularity: GRAN, incarnation: 1, learner: false };
-    let replica =
-        Replica::format(1, [2, 3], cfg, disk(4 << 20, &journal), disk(VOL, &data), disk(meta_len, &meta), format)
-            .expect("format");
     static N: AtomicU64 = AtomicU64::new(0);
     let dir =
         std::env::temp_dir().join(format!("triad-vol-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
     std::fs::create_dir_all(&dir).unwrap();
+    // The block store is a real file, as in the supervisor: direct reads
+    // pread it.
     let data_file = dir.join("data");
-    std::fs::write(&data_file, vec![0u8; VOL as usize]).unwrap();
+    let data_disk = {
+        let file = triad_volume::FileDisk::create(&data_file, VOL).unwrap();
+        Watched::new(TestDisk { mem: file, fault: data.clone(), clock: clock.clone() }, watch.clone())
+    };
+    let meta_len = triad_volume::store::meta_len_needed(VOL, GRAN, 2);
+    let cfg = ReplConfig { region: GRAN, resync_chunk: GRAN, ..ReplConfig::default() };
+    let format = Format { granularity: GRAN, incarnation: 1, learner: false };
+    let replica = Replica::format(1, [2, 3], cfg, disk(4 << 20, &journal), data_disk, disk(meta_len, &meta), format)
+        .expect("format");
 
     let (tx, rx) = mpsc::unbounded_channel();
     let events = Arc::new(Mutex::new(rx));
@@ -326,4 +331,61 @@ fn a_step_down_is_not_confirmed_while_the_thread_is_stuck_in_a_sync() {
     rig.round_trip();
     rig.handle.set_view(View { epoch: 2, leader: Some(2), lease_until: None });
     assert_eq!(reply.blocking_recv().expect("answered"), Err(ClientError::NotActive));
+}
+
+/// Rule 15 on the direct-read path as it ships (`ReplicatedDevice::
+/// read_at`: a pread of the data file between two checks of the serving
+/// state, no hand-off to the thread): reads return what was acknowledged
+/// while this node serves, and are refused at once when the runtime hands
+/// over a view that ends the leadership (before the thread has taken it),
+/// when the lease ends with no view change at all, and while a new
+/// epoch's first record is not yet committed.
+#[test]
+fn direct_reads_serve_only_a_ready_leader_inside_its_lease() {
+    use crate::nbd::device::BlockDevice;
+    let rig = rig(true);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+    let pool = crate::nbd::pool::BufPool::new(crate::nbd::pool::PoolSize::default());
+    let dev = rig.handle.device();
+    let pattern: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+    let read = |len: usize| rt.block_on(async { dev.read_at(8192, pool.acquire(len).await.expect("buffer")).await });
+    // (Never prints the buffer: its Debug shows the whole pool.)
+    let refused = |r: Result<crate::nbd::pool::IoBuf, crate::nbd::device::DeviceError>, why: &str| match r {
+        Ok(_) => panic!("served, but should be refused because {why}"),
+        Err(e) => {
+            let text = format!("{e:?}");
+            assert!(text.contains(why), "refused, but not because {why}: {text}");
+        }
+    };
+
+    rig.lead(Instant(10_000_000));
+    let mut buf = rt.block_on(pool.acquire(4096)).expect("buffer");
+    buf.copy_from(&pattern);
+    rt.block_on(dev.write_at(8192, buf, false)).expect("acknowledged");
+    assert_eq!(read(4096).map(|b| b.to_vec()).ok(), Some(pattern.clone()), "a read returns the acknowledged write");
+
+    // Stepped down: refused at once, even before the thread takes the view
+    // (the thread is stuck in a sync here).
+    rig.journal.hang();
+    let _stuck = rig.write(0, 4096);
+    wait_until("the journal sync hangs", || rig.journal.hanging());
+    rig.handle.set_view(View { epoch: 2, leader: Some(2), lease_until: None });
+    refused(read(4096), "not the active node");
+    rig.journal.release();
+
+    // Leading epoch 3, ready, then the lease runs out with no new view.
+    rig.handle.set_view(View { epoch: 3, leader: Some(1), lease_until: Some(Instant(20_000_000)) });
+    wait_until("serving in epoch 3", || read(512).is_ok());
+    rig.clock.advance(Duration::from_secs(20));
+    refused(read(4096), "not the active node");
+
+    // Epoch 4's first record cannot commit (the journal hangs): not ready.
+    rig.journal.hang();
+    let lease = Instant(rig.clock.now().0 + 60_000_000);
+    rig.handle.set_view(View { epoch: 4, leader: Some(1), lease_until: Some(lease) });
+    wait_until("the no-op's sync hangs", || rig.journal.hanging());
+    refused(read(4096), "not ready");
+    rig.journal.release();
+    wait_until("serving in epoch 4", || read(512).is_ok());
+    assert_eq!(read(4096).map(|b| b.to_vec()).ok(), Some(pattern.clone()));
 }
