@@ -13,7 +13,10 @@
 //!   come, then calls `sync` once (group commit) and carries out the
 //!   outputs: `Send` to the network, `WriteDone` to the client,
 //!   `Position` and `Electable` to the core;
-//! - the fdatasync takes 20–400 µs, during which the thread is busy and
+//! - the fdatasync takes 20–400 µs (or hangs for seconds: the `disk-stall`
+//!   scenario hangs a journal, store or metadata sync, the latter two only
+//!   in a step that syncs that disk, in its tick or commands or in the
+//!   compaction after the journal sync), during which the thread is busy and
 //!   new commands queue up; a batch's outputs go out only after its sync
 //!   (the supervisor now sends records before its own sync; sending later
 //!   only delays commits, so the model is the more conservative one);
@@ -46,10 +49,12 @@ use crate::clock::{Clock, Rng};
 use crate::net::Net;
 use client::{Client, BLOCK};
 use core::time::Duration;
+use std::cell::Cell;
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 use std::io;
+use std::rc::Rc;
 use triad_core::{AdminRequest, Body, HardState, Input, Instant, Message, Node, NodeId, Notice, Output, Role, Setup};
 use triad_repl::{core_position, Health, Msg, Out, ReplNotice, Replica, View};
 use triad_volume::{Disk, MemDisk};
@@ -67,17 +72,43 @@ const CONVERGE_POLL: u64 = 50_000;
 /// Lease overrun of the `LeaseOverrun` mutation, µs.
 const OVERRUN: u64 = 1_000_000;
 
+/// Which of a node's three disks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskKind {
+    /// The journal ring (synced at every group commit).
+    Journal,
+    /// The block store (synced at checkpoints and compaction).
+    Data,
+    /// Checkpoint, bitmaps, header (synced at checkpoints, compaction,
+    /// bitmap persists, learner and resync marks).
+    Meta,
+}
+
+impl DiskKind {
+    fn bit(self) -> u8 {
+        match self {
+            DiskKind::Journal => 1,
+            DiskKind::Data => 2,
+            DiskKind::Meta => 4,
+        }
+    }
+}
+
 /// A disk of the simulated node: a `MemDisk`, whose fdatasync a mutation
-/// can turn into a no-op.
+/// can turn into a no-op. Every sync sets its kind's bit in the host's
+/// `synced` mask, so the volume thread's model knows which disks a step
+/// synced (a stall is injected into a step that synced the stalled disk).
 #[derive(Clone, Debug)]
 pub struct SimDisk {
     mem: MemDisk,
     sync_skipped: bool,
+    kind: DiskKind,
+    synced: Rc<Cell<u8>>,
 }
 
 impl SimDisk {
-    fn new(len: u64, sync_skipped: bool) -> SimDisk {
-        SimDisk { mem: MemDisk::new(len as usize), sync_skipped }
+    fn new(len: u64, sync_skipped: bool, kind: DiskKind, synced: Rc<Cell<u8>>) -> SimDisk {
+        SimDisk { mem: MemDisk::new(len as usize), sync_skipped, kind, synced }
     }
 }
 
@@ -92,6 +123,7 @@ impl Disk for SimDisk {
         self.mem.write_at(off, data)
     }
     fn sync(&mut self) -> io::Result<()> {
+        self.synced.set(self.synced.get() | self.kind.bit());
         if self.sync_skipped {
             Ok(())
         } else {
@@ -323,8 +355,14 @@ struct Vol {
     old_appends: VecDeque<(NodeId, Msg)>,
     /// Real time the step's sync began (while `busy`).
     sync_since: u64,
-    /// The next step's sync hangs this long (a stuck disk), µs.
-    stall_next: Option<u64>,
+    /// The next step that syncs this disk hangs this long in that sync
+    /// (a stuck disk), µs.
+    stall_next: Option<(u64, DiskKind)>,
+    /// The disk the current step hangs on, if it does.
+    stalled_on: Option<DiskKind>,
+    /// Outputs of a step whose post-sync work (compaction) hangs: carried
+    /// out when the hang ends.
+    held: Vec<Out>,
     /// Whether the core is told this node is fit to lead (runtime.rs).
     fitness: triad_repl::Fitness,
     /// The sync watch saw a stuck sync at its last look.
@@ -373,6 +411,8 @@ struct Host {
     /// Per peer: a block resync this node leads, started in (incarnation,
     /// epoch) while the peer was (incarnation, view changes).
     resyncing: [Option<ResyncKey>; 3],
+    /// Kinds of disk synced since the volume thread's model last looked.
+    synced: Rc<Cell<u8>>,
 }
 
 type ResyncKey = (u64, u64, Option<(u64, u64)>);
@@ -461,6 +501,7 @@ impl DataWorld {
                     last_check: 0,
                     lying,
                     resyncing: [None; 3],
+                    synced: Rc::new(Cell::new(0)),
                 }
             })
             .collect();
@@ -508,13 +549,14 @@ impl DataWorld {
         let sc = &self.sc;
         let (lj, ld) = self.hosts[idx(id)].lying;
         let meta = triad_volume::store::meta_len_needed(sc.volume, sc.granularity, 2);
+        let synced = self.hosts[idx(id)].synced.clone();
         let r = SimReplica::format(
             id,
             peers_of(id),
             sc.repl_config(),
-            SimDisk::new(sc.ring + 8192, lj),
-            SimDisk::new(sc.volume, ld),
-            SimDisk::new(meta, false),
+            SimDisk::new(sc.ring + 8192, lj, DiskKind::Journal, synced.clone()),
+            SimDisk::new(sc.volume, ld, DiskKind::Data, synced.clone()),
+            SimDisk::new(meta, false, DiskKind::Meta, synced),
             triad_volume::store::Format {
                 granularity: sc.granularity,
                 incarnation: (u64::from(id) << 32) | generation,
@@ -717,7 +759,13 @@ impl DataWorld {
         }
         let (now, limit) = (self.now, self.sc.sync_stall_limit);
         let p = self.hosts[idx(id)].proc.as_mut()?;
-        let stalled = p.vol.busy && now.saturating_sub(p.vol.sync_since) > limit;
+        let mut stalled = p.vol.busy && now.saturating_sub(p.vol.sync_since) > limit;
+        if self.sc.has(DataMutation::SyncWatchJournalOnly)
+            && matches!(p.vol.stalled_on, Some(k) if k != DiskKind::Journal)
+        {
+            // The watch as it was: around the journal sync only.
+            stalled = false;
+        }
         if stalled == p.vol.stalled {
             return None;
         }
@@ -1006,6 +1054,8 @@ impl DataWorld {
             self.vol_schedule(id);
             return Ok(());
         }
+        self.hosts[i].synced.set(0);
+        let Some(p) = self.hosts[i].proc.as_mut() else { return Ok(()) };
         let v = &mut p.vol;
         let mut outs = Vec::new();
         let mut submitted = Vec::new();
@@ -1060,12 +1110,25 @@ impl DataWorld {
             );
         }
         let mut d = self.rng.range(20, 400);
-        if let Some(stall) = self.hosts[i].proc.as_mut().and_then(|p| p.vol.stall_next.take()) {
-            d = stall;
-            self.note(|| format!("n{id} journal disk HANGS for {} ms", stall / 1000));
+        // A journal stall hangs this step's group-commit sync; a data or
+        // metadata stall hangs the step only if it synced that disk (a
+        // checkpoint in the tick, compaction while taking records).
+        let synced = self.hosts[i].synced.get();
+        let stall = self.hosts[i].proc.as_mut().and_then(|p| {
+            let (len, kind) = p.vol.stall_next?;
+            let hit = kind == DiskKind::Journal || synced & kind.bit() != 0;
+            hit.then(|| {
+                p.vol.stall_next = None;
+                (len, kind)
+            })
+        });
+        if let Some((len, kind)) = stall {
+            d = len;
+            self.note(|| format!("n{id} {kind:?} disk HANGS for {} ms", len / 1000));
         }
         if let Some(p) = self.hosts[i].proc.as_mut() {
             p.vol.sync_since = now;
+            p.vol.stalled_on = stall.map(|s| s.1);
         }
         self.push(now + d, Ev::VolDone { node: id, inc });
         self.carry_vol(id, outs)?;
@@ -1091,10 +1154,26 @@ impl DataWorld {
             self.push(self.now + d, Ev::Restart { node: id });
             return Ok(());
         }
+        self.hosts[i].synced.set(0);
         let Some(p) = self.hosts[i].proc.as_mut() else { return Ok(()) };
-        let mut outs = Vec::new();
+        let mut outs = std::mem::take(&mut p.vol.held);
         p.vol.r.sync(local, &mut outs);
+        // Compaction after the sync may sync the store and metadata: a
+        // stall there keeps the thread (and these outputs) stuck.
+        let synced = self.hosts[i].synced.get();
+        let Some(p) = self.hosts[i].proc.as_mut() else { return Ok(()) };
+        if let Some((len, kind)) = p.vol.stall_next.filter(|(_, k)| *k != DiskKind::Journal && synced & k.bit() != 0) {
+            p.vol.stall_next = None;
+            p.vol.held = outs;
+            p.vol.sync_since = self.now;
+            p.vol.stalled_on = Some(kind);
+            let inc = p.inc;
+            self.note(|| format!("n{id} {kind:?} disk HANGS for {} ms after the journal sync", len / 1000));
+            self.push(self.now + len, Ev::VolDone { node: id, inc });
+            return Ok(());
+        }
         p.vol.busy = false;
+        p.vol.stalled_on = None;
         self.carry_vol(id, outs)?;
         if self.hosts[i].proc.is_some() {
             self.vol_wake(id)?;
@@ -1362,8 +1441,13 @@ impl DataWorld {
         if self.rng.chance(self.sc.disk_stall_p) {
             let n = self.target();
             let d = self.rng.range(self.sc.disk_stall.0, self.sc.disk_stall.1);
+            let kind = match self.rng.range(0, 3) {
+                0 => DiskKind::Journal,
+                1 => DiskKind::Data,
+                _ => DiskKind::Meta,
+            };
             if let Some(p) = self.hosts[idx(n)].proc.as_mut() {
-                p.vol.stall_next = Some(d);
+                p.vol.stall_next = Some((d, kind));
             }
         }
         if self.rng.chance(self.sc.switchover_p) {
@@ -1478,6 +1562,8 @@ impl DataWorld {
                 old_appends: VecDeque::new(),
                 sync_since: 0,
                 stall_next: None,
+                stalled_on: None,
+                held: Vec::new(),
                 fitness: triad_repl::Fitness::default(),
                 stalled: false,
             },
@@ -1523,7 +1609,11 @@ impl DataWorld {
                 let id = h.id;
                 return self.fail(
                     DataCheck::StalledLeader,
-                    format!("node {id} still leads with its journal sync stuck for {} ms", stuck / 1000),
+                    format!(
+                        "node {id} still leads with a {:?} sync stuck for {} ms",
+                        p.vol.stalled_on.unwrap_or(DiskKind::Journal),
+                        stuck / 1000
+                    ),
                 );
             }
         }

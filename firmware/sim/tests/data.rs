@@ -241,6 +241,14 @@ fn without_the_sync_watch_a_stuck_leader_keeps_leading() {
     finds("disk-stall", &[DataMutation::NoSyncWatch], &[DataCheck::StalledLeader], 20);
 }
 
+/// Issue 8: the watch must cover every sync, not only the journal's group
+/// commit: a checkpoint or compaction stuck on the store or metadata disk
+/// hangs the volume thread just the same.
+#[test]
+fn a_sync_watch_on_the_journal_only_misses_stuck_store_and_metadata_syncs() {
+    finds("disk-stall", &[DataMutation::SyncWatchJournalOnly], &[DataCheck::StalledLeader], 40);
+}
+
 #[test]
 fn a_calm_cluster_needs_no_block_resync() {
     // In-order links, no faults, a ring 16 times the largest write: every

@@ -59,11 +59,15 @@ pub enum DataMutation {
     /// The glue never looks at its sync watch (rule 16 removed): a leader
     /// with a stuck journal disk keeps its lease.
     NoSyncWatch,
+    /// The sync watch as it was before issue 8: around the journal's group
+    /// commit only, so a hung store or metadata sync (a checkpoint,
+    /// compaction) leaves a stuck leader fit.
+    SyncWatchJournalOnly,
 }
 
 impl DataMutation {
     /// Every mutation.
-    pub const ALL: [DataMutation; 15] = [
+    pub const ALL: [DataMutation; 16] = [
         DataMutation::NoEpochFence,
         DataMutation::AckOnSubmit,
         DataMutation::JournalSyncSkipped,
@@ -79,6 +83,7 @@ impl DataMutation {
         DataMutation::ReplSkipPrevCheck,
         DataMutation::IgnoreMembership,
         DataMutation::NoSyncWatch,
+        DataMutation::SyncWatchJournalOnly,
     ];
 
     /// The command-line name.
@@ -99,6 +104,7 @@ impl DataMutation {
             DataMutation::ReplSkipPrevCheck => "repl-skip-prev-check",
             DataMutation::IgnoreMembership => "ignore-membership",
             DataMutation::NoSyncWatch => "no-sync-watch",
+            DataMutation::SyncWatchJournalOnly => "sync-watch-journal-only",
         }
     }
 
@@ -375,9 +381,10 @@ impl DataScenario {
                 ..DataScenario::base("calm")
             },
             DataScenario {
-                // Stuck journal disks (rule 16), mostly the leader's. A
-                // node that hung for seconds may need a block resync on a
-                // reordering network afterwards: a longer bound to converge.
+                // Stuck disks (rule 16): a journal, store or metadata sync
+                // hangs, mostly on the leader. A node that hung for seconds
+                // may need a block resync on a reordering network
+                // afterwards: a longer bound to converge.
                 disk_stall_p: 0.05,
                 leader_bias: 0.8,
                 kill_p: 0.005,
