@@ -436,7 +436,10 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             return; // replies from before the resync began
         }
         if !r.consistent {
-            return self.start_resync(slot, now, true, out);
+            if !self.cfg.mutations.resume_resync_by_records {
+                return self.start_resync(slot, now, true, out);
+            }
+            p.consistent = true;
         }
         // `matched` is a prefix the follower verified against this leader's
         // journal and made durable: it counts even when the rest of the

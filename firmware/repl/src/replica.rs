@@ -150,6 +150,9 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         if !covered {
             journal.reset_at(k)?;
         }
+        if cfg.mutations.forget_discarded && journal.last() == journal.discarded() {
+            journal.reset_at(Position::ZERO)?;
+        }
         Self::assemble(id, peers, cfg, journal, store)
     }
 
@@ -432,6 +435,16 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             if let Some(s) = self.slot(*node) {
                 self.peer_k[s] = *k;
             }
+        }
+        // (Mutation: a resync of an earlier epoch is given up and the store
+        // declared consistent at its old K. Resync ids carry their epoch.)
+        let earlier = self.resync_in.as_ref().is_none_or(|r| r.id >> 32 < self.view.epoch);
+        if self.cfg.mutations.resume_resync_by_records && earlier && self.health == Health::Resyncing {
+            if let Err(e) = self.store.finish_resync(self.store.applied()) {
+                return self.fail(&chain(&e), out);
+            }
+            self.resync_in = None;
+            self.health = Health::Consistent;
         }
         if self.health != Health::Consistent {
             // Rule 12: a resyncing node journals nothing; its reply says so.

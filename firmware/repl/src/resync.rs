@@ -102,7 +102,7 @@ impl LeaderResync {
 /// The peer's side of one resync.
 #[derive(Debug)]
 pub(crate) struct FollowerResync {
-    id: u64,
+    pub(crate) id: u64,
     leader: NodeId,
     expected: u64,
     finished: bool,
