@@ -457,6 +457,23 @@ impl DataScenario {
                 ..DataScenario::base("blank-old-data")
             },
             DataScenario {
+                // Rule 10's persisted last-discarded position: compaction
+                // whenever anything is in the ring and pauses in the writes
+                // longer than the 2 s checkpoint period, so journals are
+                // emptied; nodes are killed and restarted with nothing in
+                // them but that position.
+                write_gap: (500_000, 2_500_000),
+                max_inflight: 1,
+                max_write_blocks: 8,
+                kill_p: 0.1,
+                restart_delay: (20_000, 300_000),
+                partition_p: 0.0,
+                fault_phase: 8_000_000,
+                ring: 32 << 10,
+                repl: ReplConfig { compact_below_free_pct: 100, ..small_repl(32 << 10) },
+                ..DataScenario::base("idle-restart")
+            },
+            DataScenario {
                 // Block resyncs are frequent (small ring, long outages) and
                 // must not restart unless the peer restarted or its view changed.
                 strict_resync: true,
