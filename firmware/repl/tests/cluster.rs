@@ -599,6 +599,11 @@ fn a_peer_whose_k_went_down_is_not_resynced_from_a_bitmap_that_skipped_it() {
             }
         }
     }
-    assert_eq!(missing, Vec::<u64>::new(), "blocks missing on the new box 3 (node 2 discarded through {:?})", st.discarded);
+    assert_eq!(
+        missing,
+        Vec::<u64>::new(),
+        "blocks missing on the new box 3 (node 2 discarded through {:?})",
+        st.discarded
+    );
     assert!(c.identical());
 }
