@@ -244,6 +244,11 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             .map(|(_, e)| ring_bytes(e.1))
             .sum();
         self.leader = Some(l);
+        // K's heard before this epoch (relayed by another leader, or from
+        // an earlier term) may be above what a peer holds now: a resync
+        // may have ended below them, or the box was replaced (issue 8).
+        // Only the peers' own replies in this epoch count.
+        self.peer_k = [Position::ZERO; 2];
         for slot in 0..2 {
             self.send_records(slot, now, true, out);
         }
@@ -427,7 +432,10 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             }
             return;
         }
-        self.peer_k_advanced(slot, r.k);
+        if r.consistent {
+            // An inconsistent store's K says nothing: it is being overwritten.
+            self.peer_k_advanced(slot, r.k);
+        }
         let discarded = self.journal.discarded();
         let bitmap_covers = self.bitmaps[slot].base().seq <= r.k.seq;
         let Some(l) = self.leader.as_mut() else { return };
@@ -439,7 +447,10 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             return; // replies from before the resync began
         }
         if !r.consistent {
-            return self.start_resync(slot, now, true, out);
+            if !self.cfg.mutations.resume_resync_by_records {
+                return self.start_resync(slot, now, true, out);
+            }
+            p.consistent = true;
         }
         // `matched` is a prefix the follower verified against this leader's
         // journal and made durable: it counts even when the rest of the

@@ -93,6 +93,14 @@ pub struct Mutations {
     pub count_resyncing_peer: bool,
     /// Rule 6: acknowledge once durable on the leader alone.
     pub ack_without_peer: bool,
+    /// Rule 11's frozen base: a peer found mid-resync (its store marked
+    /// inconsistent, no resync of this leader running) is caught up by
+    /// records from its K instead of getting a fresh block resync; the
+    /// peer declares its half-copied store consistent at its old K.
+    pub resume_resync_by_records: bool,
+    /// Rule 10: the last discarded (epoch, seq) is not persisted: after a
+    /// restart an emptied journal has lost its position ((0, 0)).
+    pub forget_discarded: bool,
 }
 
 impl Default for ReplConfig {

@@ -154,6 +154,9 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         if !covered {
             journal.reset_at(k)?;
         }
+        if cfg.mutations.forget_discarded && journal.last() == journal.discarded() {
+            journal.reset_at(Position::ZERO)?;
+        }
         Self::assemble(id, peers, cfg, journal, store)
     }
 
@@ -435,10 +438,23 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         ks: &[(NodeId, Position)],
         out: &mut Vec<Out>,
     ) {
+        // The leader's word on every K replaces what was known: a K can go
+        // down (issue 8). A stale value from a reordered Append is harmless:
+        // discards never trust a bitmap below the K they skipped.
         for (node, k) in ks {
             if let Some(s) = self.slot(*node) {
-                self.peer_k[s] = self.peer_k[s].max(*k);
+                self.peer_k[s] = *k;
             }
+        }
+        // (Mutation: a resync of an earlier epoch is given up and the store
+        // declared consistent at its old K. Resync ids carry their epoch.)
+        let earlier = self.resync_in.as_ref().is_none_or(|r| r.id >> 32 < self.view.epoch);
+        if self.cfg.mutations.resume_resync_by_records && earlier && self.health == Health::Resyncing {
+            if let Err(e) = self.store.finish_resync(self.store.applied()) {
+                return self.fail(&chain(&e), out);
+            }
+            self.resync_in = None;
+            self.health = Health::Consistent;
         }
         if self.health != Health::Consistent {
             // Rule 12: a resyncing node journals nothing; its reply says so.
@@ -777,15 +793,26 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         }
         for slot in 0..2 {
             let peer_k = self.peer_k[slot];
-            if peer_k.seq >= through {
-                continue;
-            }
-            // A clean bitmap starts over from where its bits will start:
-            // it can vouch for nothing this journal discarded before (a
-            // resync may have reset the journal, and peer_k may be a
-            // restart's ZERO), so its base never goes below `discarded`.
-            let from = if peer_k.seq > discarded { peer_k } else { self.journal.discarded() };
-            if self.bitmaps[slot].is_clean() {
+            // Records the peer's K covers get no bits. A K can go down (a
+            // resync ending below it, a replaced box), so the bitmap then
+            // vouches only for what is discarded after them: its base
+            // rises to the last record skipped, and a peer whose K is
+            // below that gets a hash resync (issue 8). Bits below the new
+            // base are dropped: a peer at or past the base does not need them.
+            let from = if peer_k.seq >= through {
+                let at = self.journal.position_of(through);
+                at.ok_or_else(|| format!("record {through} to discard is not in the journal"))?
+            } else if peer_k.seq > discarded {
+                peer_k
+            } else {
+                // A clean bitmap starts over from where its bits will
+                // start: it can vouch for nothing this journal discarded
+                // before (a resync may have reset the journal, and peer_k
+                // may be a new leader's ZERO), so its base never goes
+                // below `discarded`.
+                self.journal.discarded()
+            };
+            if from.seq > discarded || self.bitmaps[slot].is_clean() {
                 self.bitmaps[slot].reset(from);
             }
             let from = from.seq;
@@ -816,8 +843,13 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         }
     }
 
-    /// A peer's K moved: a bitmap whose every bit is for records at or
-    /// below that K is no longer needed.
+    /// A peer reported its K (a consistent AppendReply of this leader's
+    /// epoch): a bitmap whose every bit is for records at or below that K
+    /// is no longer needed. Within one epoch a consistent peer's K only
+    /// grows (a resync this leader starts ends past it), so the highest
+    /// one heard is its latest even when replies come reordered; across
+    /// epochs it can go down, which is why a new leader starts from ZERO
+    /// (`become_leader`) and the end of a resync sets it outright.
     pub(crate) fn peer_k_advanced(&mut self, slot: usize, k: Position) {
         self.peer_k[slot] = self.peer_k[slot].max(k);
         if !self.bitmaps[slot].is_clean() && self.peer_k[slot].seq >= self.journal.discarded().seq {

@@ -102,7 +102,7 @@ impl LeaderResync {
 /// The peer's side of one resync.
 #[derive(Debug)]
 pub(crate) struct FollowerResync {
-    id: u64,
+    pub(crate) id: u64,
     leader: NodeId,
     expected: u64,
     finished: bool,
@@ -325,6 +325,8 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
                 // fixed have bits in this bitmap and the peer still needs
                 // them. `peer_k_advanced` clears the bitmap once the peer's
                 // K covers everything discarded.
+                // Its K is now `point`, even if below what it was (issue 8).
+                self.peer_k[slot] = point;
                 self.peer_k_advanced(slot, point);
                 out.push(Out::Notice(ReplNotice::ResyncFinished { peer: from, point, bytes }));
                 return self.send_records(slot, now, true, out);

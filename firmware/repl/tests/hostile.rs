@@ -127,6 +127,25 @@ fn msg() -> impl Strategy<Value = Msg> {
     ]
 }
 
+/// A leader's committed state: its store's bytes, its applied position,
+/// its commit point and the committed records its journal holds.
+#[derive(Debug, PartialEq, Eq)]
+struct Committed {
+    store: Vec<u8>,
+    applied: Position,
+    commit: u64,
+    records: Vec<Record>,
+}
+
+fn committed(r: &Replica<MemDisk, MemDisk, MemDisk>, now: Instant) -> Committed {
+    let mut store = vec![0u8; VOL];
+    r.store().read(0, &mut store).unwrap();
+    let commit = r.status(now).commit;
+    let first = r.journal().discarded().seq + 1;
+    let records = (first..=commit).map(|seq| r.journal().read(seq).unwrap()).collect();
+    Committed { store, applied: r.applied(), commit, records }
+}
+
 fn run(me: u8, leader: u8, msgs: Vec<(u8, Msg)>) {
     let mut r = replica(me);
     let mut out: Vec<Out> = Vec::new();
@@ -134,9 +153,36 @@ fn run(me: u8, leader: u8, msgs: Vec<(u8, Msg)>) {
     let lease = (me == leader).then_some(Instant(u64::MAX / 2));
     r.set_view(now, View { epoch: 1, leader: Some(leader), lease_until: lease }, &mut out);
     r.sync(now, &mut out);
+    let mut before = None;
     if me == leader {
-        r.write(now, 1, 4096, &[1u8; 4096], &mut out);
+        // The no-op, then a write, each committed by node 3's honest reply
+        // and applied: the committed state the hostile messages must leave
+        // untouched.
+        let honest = |last: Position| Msg::AppendReply {
+            epoch: 1,
+            inc: 3,
+            ok: true,
+            matched: last.seq,
+            last,
+            applied: Position::ZERO,
+            k: Position::ZERO,
+            consistent: true,
+            learner: false,
+        };
+        r.receive(now, 3, honest(r.journal().last()), &mut out);
         r.sync(now, &mut out);
+        // (2 KiB: this ring's records hold at most 4040 bytes, and a
+        // larger write is cut into 4 KiB records, which fails the leader.)
+        r.write(now, 1, 4096, &[1u8; 2048], &mut out);
+        r.sync(now, &mut out);
+        let last = r.journal().last();
+        r.receive(now, 3, honest(last), &mut out);
+        r.sync(now, &mut out);
+        let c = committed(&r, now);
+        assert_eq!((c.applied, c.commit, c.records.len()), (last, last.seq, 2), "no-op and write committed, applied");
+        assert_eq!(&c.store[4096..6144], &[1u8; 2048][..]);
+        assert!(!matches!(r.status(now).health, Health::Failed(_)));
+        before = Some(c);
     }
     for (from, m) in msgs {
         now = now.add(core::time::Duration::from_millis(3));
@@ -152,6 +198,16 @@ fn run(me: u8, leader: u8, msgs: Vec<(u8, Msg)>) {
     let mut buf = vec![0u8; VOL];
     r.store().read(0, &mut buf).unwrap();
     assert!(r.applied().seq <= r.journal().last().seq.max(r.store().checkpointed().applied.seq));
+    if let Some(before) = before {
+        // No client writes came in: nothing may have changed what was
+        // committed (its store, its applied position, its records), nor
+        // moved the commit point past them.
+        let after = committed(&r, now);
+        assert_eq!(after.commit, before.commit, "the commit point moved");
+        assert_eq!(after.applied, before.applied, "the applied position moved");
+        assert!(after.records == before.records, "committed records changed: {:?}", r.status(now));
+        assert!(after.store == before.store, "the store changed: {:?}", r.status(now));
+    }
 }
 
 proptest! {

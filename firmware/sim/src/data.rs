@@ -1582,8 +1582,14 @@ impl DataWorld {
         self.take_down(id, false);
         self.hosts[idx(id)].hard = HardState::default();
         self.hosts[idx(id)].replacements += 1;
-        let (j, d, m) = self.format_disks(id, self.hosts[idx(id)].replacements);
-        let (d, m) = if how == Blank::Marked {
+        let (j, mut d, m) = self.format_disks(id, self.hosts[idx(id)].replacements);
+        if how == Blank::MarkedOldData {
+            // What the disk held before (formatting leaves data as it is).
+            let old: Vec<u8> = (0..self.sc.volume).map(|i| (i / 4096 % 251) as u8 | 1).collect();
+            d.mem.write_at(0, &old).expect("in-memory writes");
+            d.mem.sync().expect("a MemDisk syncs");
+        }
+        let (d, m) = if how != Blank::Unmarked {
             let mut s = triad_volume::Store::open(d, m).expect("a formatted store opens");
             s.mark_inconsistent(0).expect("in-memory metadata writes");
             s.into_disks()

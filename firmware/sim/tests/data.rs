@@ -250,6 +250,35 @@ fn a_sync_watch_on_the_journal_only_misses_stuck_store_and_metadata_syncs() {
 }
 
 #[test]
+fn a_replaced_box_with_old_data_is_block_resynced() {
+    // Rule 11: a peer found mid-resync (here a replaced box over a disk of
+    // old data, marked inconsistent) gets a block resync, even when the
+    // leader's journal could replay every record from its K.
+    clean("blank-old-data", 40);
+}
+
+#[test]
+fn catching_up_a_peer_found_mid_resync_by_records_diverges() {
+    // triad-repl knob `Mutations::resume_resync_by_records` (rule 11's
+    // frozen base); the mix never finds it (docs/simulator.md).
+    finds("blank-old-data", &[DataMutation::ReplResumeResyncByRecords], &LOST_DATA, 60);
+}
+
+#[test]
+fn emptied_journals_keep_their_position_across_restarts() {
+    // Rule 10's persisted last-discarded position.
+    clean("idle-restart", 60);
+}
+
+#[test]
+fn an_emptied_journal_that_forgets_its_position_splits_the_histories() {
+    // triad-repl knob `Mutations::forget_discarded` (rule 10): a node
+    // restarted with an emptied journal at (0, 0) is elected and reuses
+    // committed seqs (split brain), or is never caught up (Converged).
+    finds("idle-restart", &[DataMutation::ReplForgetDiscarded], &LOST_DATA, 60);
+}
+
+#[test]
 fn a_calm_cluster_needs_no_block_resync() {
     // In-order links, no faults, a ring 16 times the largest write: every
     // follower keeps up from the journal.

@@ -53,6 +53,13 @@ pub enum DataMutation {
     ReplAckWithoutPeer,
     /// `Mutations::skip_prev_check`: followers append without checking `prev` (rule 5).
     ReplSkipPrevCheck,
+    /// `Mutations::resume_resync_by_records`: a peer found mid-resync is
+    /// caught up by records from its K, not resynced afresh (rule 11's
+    /// frozen base).
+    ReplResumeResyncByRecords,
+    /// `Mutations::forget_discarded`: the last discarded position is not
+    /// persisted; an emptied journal restarts at (0, 0) (rule 10).
+    ReplForgetDiscarded,
     /// `Out::Membership` is never fed to the core (rule 18 removed): a
     /// replaced box votes as a full member from its first message.
     IgnoreMembership,
@@ -67,7 +74,7 @@ pub enum DataMutation {
 
 impl DataMutation {
     /// Every mutation.
-    pub const ALL: [DataMutation; 16] = [
+    pub const ALL: [DataMutation; 18] = [
         DataMutation::NoEpochFence,
         DataMutation::AckOnSubmit,
         DataMutation::JournalSyncSkipped,
@@ -81,6 +88,8 @@ impl DataMutation {
         DataMutation::ReplCountResyncingPeer,
         DataMutation::ReplAckWithoutPeer,
         DataMutation::ReplSkipPrevCheck,
+        DataMutation::ReplResumeResyncByRecords,
+        DataMutation::ReplForgetDiscarded,
         DataMutation::IgnoreMembership,
         DataMutation::NoSyncWatch,
         DataMutation::SyncWatchJournalOnly,
@@ -102,6 +111,8 @@ impl DataMutation {
             DataMutation::ReplCountResyncingPeer => "repl-count-resyncing-peer",
             DataMutation::ReplAckWithoutPeer => "repl-ack-without-peer",
             DataMutation::ReplSkipPrevCheck => "repl-skip-prev-check",
+            DataMutation::ReplResumeResyncByRecords => "repl-resume-resync-by-records",
+            DataMutation::ReplForgetDiscarded => "repl-forget-discarded",
             DataMutation::IgnoreMembership => "ignore-membership",
             DataMutation::NoSyncWatch => "no-sync-watch",
             DataMutation::SyncWatchJournalOnly => "sync-watch-journal-only",
@@ -222,6 +233,9 @@ pub enum Blank {
     Marked,
     /// `Replica::format` only: K = (0, 0), consistent, as at cluster creation.
     Unmarked,
+    /// As `Marked`, over a data disk full of old data: only a block resync
+    /// (by hash) makes it the volume; records from K = (0, 0) do not.
+    MarkedOldData,
 }
 
 /// Replication tunables for a small volume: resync chunks and hash
@@ -436,6 +450,37 @@ impl DataScenario {
                 ..DataScenario::base("blank-disk-unmarked")
             },
             DataScenario {
+                // Rule 11's frozen base: a replaced box with old data on its
+                // disk, marked inconsistent, beside journals long enough (8
+                // MiB) to still hold every record from (0, 0). Leaders
+                // (killed now and then) must block-resync it, never catch it
+                // up by records from its K.
+                blank_disk: Some(Blank::MarkedOldData),
+                kill_p: 0.02,
+                fault_phase: 2_000_000,
+                max_write_blocks: 4,
+                ring: 8 << 20,
+                repl: small_repl(8 << 20),
+                ..DataScenario::base("blank-old-data")
+            },
+            DataScenario {
+                // Rule 10's persisted last-discarded position: compaction
+                // whenever anything is in the ring and pauses in the writes
+                // longer than the 2 s checkpoint period, so journals are
+                // emptied; nodes are killed and restarted with nothing in
+                // them but that position.
+                write_gap: (500_000, 2_500_000),
+                max_inflight: 1,
+                max_write_blocks: 8,
+                kill_p: 0.1,
+                restart_delay: (20_000, 300_000),
+                partition_p: 0.0,
+                fault_phase: 8_000_000,
+                ring: 32 << 10,
+                repl: ReplConfig { compact_below_free_pct: 100, ..small_repl(32 << 10) },
+                ..DataScenario::base("idle-restart")
+            },
+            DataScenario {
                 // Block resyncs are frequent (small ring, long outages) and
                 // must not restart unless the peer restarted or its view changed.
                 strict_resync: true,
@@ -478,6 +523,8 @@ impl DataScenario {
         cfg.mutations.count_resyncing_peer = self.has(DataMutation::ReplCountResyncingPeer);
         cfg.mutations.ack_without_peer = self.has(DataMutation::ReplAckWithoutPeer);
         cfg.mutations.skip_prev_check = self.has(DataMutation::ReplSkipPrevCheck);
+        cfg.mutations.resume_resync_by_records = self.has(DataMutation::ReplResumeResyncByRecords);
+        cfg.mutations.forget_discarded = self.has(DataMutation::ReplForgetDiscarded);
         cfg
     }
 
