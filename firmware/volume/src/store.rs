@@ -454,7 +454,7 @@ mod tests {
     fn failed_fsync_is_never_retried() {
         let mut s = store();
         s.apply(&rec(1, 0, b"x")).unwrap();
-        s.data_mut().fail_next_sync();
+        s.data_mut().fail_next_sync(crate::disk::SyncFault::DropPages);
         assert!(s.checkpoint().is_err());
         assert!(matches!(s.checkpoint(), Err(StoreError::Failed)));
         // K was not persisted.

@@ -121,7 +121,7 @@ fn emptied_journal_keeps_its_position() {
 fn failed_sync_is_never_retried() {
     let mut j = journal(8192);
     j.append_next(1, 0, b"a").unwrap();
-    j.disk_mut().fail_next_sync();
+    j.disk_mut().fail_next_sync(crate::disk::SyncFault::KeepClean);
     assert!(j.sync().is_err());
     assert!(j.is_failed());
     assert!(matches!(j.sync(), Err(JournalError::Failed)));
