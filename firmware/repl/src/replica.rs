@@ -258,6 +258,13 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         &self.journal
     }
 
+    /// The journal, data and metadata disks, in place: fault injection
+    /// in tests and the simulator (a `MemDisk`'s next sync fails).
+    pub fn disks_mut(&mut self) -> (&mut J, &mut D, &mut M) {
+        let (d, m) = self.store.disks_mut();
+        (self.journal.disk_mut(), d, m)
+    }
+
     /// Gives the disks back (the simulator crashes and reopens nodes).
     pub fn into_disks(self) -> (J, D, M) {
         let (d, m) = self.store.into_disks();

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 
 use triad_core::{Instant, NodeId};
 use triad_repl::{ClientError, Health, Msg, Out, ReplConfig, Replica, View};
-use triad_volume::MemDisk;
+use triad_volume::{MemDisk, SyncFault};
 
 const VOL: usize = 256 * 1024;
 const RING: usize = 8192 + 32 * 1024;
@@ -555,4 +555,63 @@ fn a_write_larger_than_the_journal_waits_for_room_and_commits() {
     assert!(c.ok(5), "large write acknowledged: {:?} {st:?}", c.done);
     assert!(c.identical());
     assert_eq!(c.read(2, 0, 128 * 1024), pattern(5, 128 * 1024));
+}
+
+// ---- rule 9: a failed fdatasync, MemDisk behaving as Linux does ----
+
+/// Node 2's journal sync fails (pages kept in the cache, marked clean:
+/// the next sync "succeeds" without them) while it takes write 2 from
+/// leader 1, node 3 being unreachable; then node 2's process is restarted
+/// on the same disks (page cache kept). Returns the position node 2 had
+/// synced before the failure.
+fn follower_journal_sync_fails_then_restarts(c: &mut Cluster) -> triad_volume::Position {
+    c.elect(1, 1);
+    c.write(1, 1, 0, &pattern(1, 4096));
+    c.run(50);
+    let synced = c.status(2).durable;
+    c.down[2] = true;
+    c.node(2).disks_mut().0.fail_next_sync(SyncFault::KeepClean);
+    c.write(1, 2, 8192, &pattern(2, 4096));
+    assert!(matches!(c.status(2).health, Health::Failed(_)), "{:?}", c.status(2).health);
+    assert!(!c.ok(2), "nothing acknowledged without a durable copy on a peer");
+    c.stop(2);
+    c.start(2);
+    synced
+}
+
+#[test]
+fn a_follower_restarted_after_a_failed_journal_sync_claims_only_what_it_synced() {
+    let mut c = Cluster::new();
+    let synced = follower_journal_sync_fails_then_restarts(&mut c);
+    let st = c.status(2);
+    assert!(
+        st.durable.seq <= synced.seq,
+        "node 2 reports records durable through {:?}; only {synced:?} reached its medium",
+        st.durable
+    );
+    assert!(!c.node(2).electable(), "a node whose storage failed is not electable until resynced: {:?}", st.health);
+}
+
+#[test]
+fn a_write_whose_follower_journal_sync_failed_survives_that_follower_and_a_power_cut() {
+    let mut c = Cluster::new();
+    follower_journal_sync_fails_then_restarts(&mut c);
+    // Less than a checkpoint interval (2 s from the start, at 1 s): the
+    // record lives only in journals, no store has it durably.
+    c.run(500);
+    assert!(c.ok(2), "write 2 is acknowledged once a peer holds it durably: {:?}", c.done);
+    // Node 2 loses power, node 1 is gone for good, node 3 is back.
+    c.stop(2);
+    let (j, d, m) = c.parked[1].as_mut().unwrap();
+    for disk in [j, d, m] {
+        disk.power_cut(&mut || 0);
+    }
+    c.stop(1);
+    c.down = [false; 3];
+    c.start(2);
+    c.elect(2, 2);
+    c.run(500);
+    assert!(c.serving(2), "node 2 leads: {:?}", c.status(2));
+    let held = c.read(2, 8192, 4096);
+    assert!(held == pattern(2, 4096), "acknowledged write 2 lost: node 2 serves {:?}...", &held[..8]);
 }

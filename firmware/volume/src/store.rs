@@ -396,6 +396,11 @@ impl<D: Disk, M: Disk> Store<D, M> {
     pub fn data_mut(&mut self) -> &mut D {
         &mut self.data
     }
+
+    /// The data and metadata disks (fault injection in tests and the simulator).
+    pub fn disks_mut(&mut self) -> (&mut D, &mut M) {
+        (&mut self.data, &mut self.meta)
+    }
 }
 
 #[cfg(test)]
