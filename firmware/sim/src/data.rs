@@ -26,13 +26,16 @@
 //! all three (`MemDisk::power_cut`: unsynced sectors lost, torn or
 //! reordered), partitions, long follower outages (the leader compacts the
 //! follower's range away), crashes aimed into block resyncs and at the
-//! journal sync, operator switchovers, a replaced box with blank disks.
+//! journal sync, operator switchovers, a replaced box with blank disks,
+//! fdatasyncs that fail as Linux's do (rule 9, `disk-faults`).
 //!
 //! A simulated NBD client writes to whichever node serves and checks what
 //! it reads back ([`client`]). Checks after every event: every
 //! acknowledged write is readable on each new serving leader (also after a
 //! power cut of all three), at most one node serves at any instant and
-//! only inside a lease its core holds, no split brain or storage failure;
+//! only inside a lease its core holds, no split brain, no storage failure
+//! but where an injected disk fault fired (that node is then reopened or
+//! rebooted, as `Replica::recovery` says, and must be resynced);
 //! at the end, after healing, all three stores are byte-identical at one
 //! applied position.
 
