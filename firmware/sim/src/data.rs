@@ -1363,7 +1363,9 @@ impl DataWorld {
             m.fault = Some(fault_meta);
         }
         self.hosts[idx(n)].tainted = true;
-        self.note(|| format!("n{n}: next {name} fdatasync fails ({fault:?}){}", if meta_too { ", metadata's too" } else { "" }));
+        self.note(|| {
+            format!("n{n}: next {name} fdatasync fails ({fault:?}){}", if meta_too { ", metadata's too" } else { "" })
+        });
     }
 
     // ---- client ----

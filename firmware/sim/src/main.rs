@@ -388,7 +388,10 @@ fn data_main(
     }
     for (name, r) in rows.iter().filter(|(_, r)| r.disk_faults > 0) {
         let [reopened, rebooted] = r.recoveries;
-        println!("  {name:<14} {} failed fdatasyncs; failed nodes reopened {reopened}, rebooted {rebooted}", r.disk_faults);
+        println!(
+            "  {name:<14} {} failed fdatasyncs; failed nodes reopened {reopened}, rebooted {rebooted}",
+            r.disk_faults
+        );
     }
     println!("{} seeds in {:.1} s", b.saturating_sub(a), started.elapsed().as_secs_f64());
     Ok(ok)
