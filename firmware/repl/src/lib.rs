@@ -35,7 +35,7 @@ mod verify;
 
 pub use fitness::Fitness;
 pub use msg::{Msg, RegionHash, ResyncState, REPL_PROTOCOL_VERSION};
-pub use replica::{Replica, ReplicaError};
+pub use replica::{Recovery, Replica, ReplicaError};
 
 use core::time::Duration;
 use serde::{Deserialize, Serialize};

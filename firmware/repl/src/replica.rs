@@ -45,6 +45,25 @@ pub enum ReplicaError {
     Peers([NodeId; 2]),
 }
 
+/// What the driver does with a replica whose storage failed (rule 9,
+/// `docs/replication.md`). Either way the failed replica itself refuses
+/// everything: a disk that failed an fsync is never trusted again in the
+/// same open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recovery {
+    /// The "inconsistent, failed" mark reached the metadata disk: drop
+    /// this replica and [`Replica::open`] the disks again (new file
+    /// descriptors; a process restart will do). It comes back inconsistent,
+    /// its journal cut to what it had synced, and is block-resynced with
+    /// every region copied.
+    Reopen,
+    /// The mark could not be written: nothing on disk says the page cache
+    /// lies, so a reopen over the same cache could report records and
+    /// blocks no medium holds. Reboot the box: without the page cache the
+    /// disks read back only what reached the medium, all of it honest.
+    Reboot,
+}
+
 /// One node's replica of the volume.
 #[derive(Debug)]
 pub struct Replica<J: Disk, D: Disk, M: Disk> {
@@ -61,6 +80,8 @@ pub struct Replica<J: Disk, D: Disk, M: Disk> {
     /// Highest seq known committed.
     pub(crate) commit: u64,
     pub(crate) health: Health,
+    /// Rule 9: set when storage failed, saying how to come back.
+    recovery: Option<Recovery>,
     /// Present while this node leads (and its store is consistent).
     pub(crate) leader: Option<LeaderState>,
     /// Follower: highest seq known to match the current leader's journal.
@@ -143,8 +164,13 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         data: D,
         meta: M,
     ) -> Result<Self, ReplicaError> {
-        let mut journal = Journal::open(journal)?;
         let store = Store::open(data, meta)?;
+        // Rule 9: after a storage failure the journal is trusted only as
+        // far as it had been synced (the page cache may show more).
+        let mut journal = match store.checkpointed().failed {
+            Some(vouched) => Journal::open_vouched(journal, vouched)?,
+            None => Journal::open(journal)?,
+        };
         let k = store.checkpointed().applied;
         // The journal must contain K (or have discarded past it). It does
         // not only after a crash between "journal reset" and "consistent,
@@ -195,6 +221,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             now: Instant::ZERO,
             commit,
             health,
+            recovery: None,
             leader: None,
             matched_in_epoch: 0,
             reply_due: None,
@@ -228,6 +255,12 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
     /// The journal's last position (what votes compare).
     pub fn position(&self) -> Position {
         self.journal.last()
+    }
+
+    /// Rule 9: after a storage failure, what the driver must do to bring
+    /// this node back; `None` while its storage works.
+    pub fn recovery(&self) -> Option<Recovery> {
+        self.recovery
     }
 
     /// Whether the node may stand for election: consistent, and not a
@@ -265,6 +298,13 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
     /// The journal (tests and the simulator).
     pub fn journal(&self) -> &Journal<J> {
         &self.journal
+    }
+
+    /// The journal, data and metadata disks, in place: fault injection
+    /// in tests and the simulator (a `MemDisk`'s next sync fails).
+    pub fn disks_mut(&mut self) -> (&mut J, &mut D, &mut M) {
+        let (d, m) = self.store.disks_mut();
+        (self.journal.disk_mut(), d, m)
     }
 
     /// Gives the disks back (the simulator crashes and reopens nodes).
@@ -604,8 +644,23 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         }
     }
 
-    /// Storage failed: rule 9, never retried; the node serves nothing.
+    /// Storage failed: rule 9, never retried; the node serves nothing. The
+    /// "inconsistent, failed" mark goes to the metadata disk before
+    /// anything else, vouching for the journal only as far as it was
+    /// synced (no later record was ever reported durable: replies follow
+    /// syncs). See [`Recovery`].
     pub(crate) fn fail(&mut self, detail: &str, out: &mut Vec<Out>) {
+        if matches!(self.health, Health::Failed(_)) {
+            return;
+        }
+        let recovery = match self.store.mark_failed(self.journal.durable()) {
+            Ok(()) => Recovery::Reopen,
+            Err(e) => {
+                out.push(Out::Notice(ReplNotice::StorageFailed { detail: format!("failure mark: {}", chain(&e)) }));
+                Recovery::Reboot
+            }
+        };
+        self.recovery = Some(recovery);
         out.push(Out::Notice(ReplNotice::StorageFailed { detail: detail.to_string() }));
         self.health = Health::Failed(detail.to_string());
         if let Some(l) = self.leader.take() {

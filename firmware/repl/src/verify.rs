@@ -119,7 +119,17 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
     pub(crate) fn on_verify_request(&mut self, from: NodeId, id: u64, offset: u64, count: u32, out: &mut Vec<Out>) {
         let count = count.min(MAX_REGIONS);
         match region_hashes(&self.store, offset, count, self.cfg.region) {
-            Ok(hashes) => {
+            Ok(mut hashes) => {
+                // Rule 9: after a storage failure this page cache may show
+                // bytes no medium holds, so its hashes could match the
+                // leader's over blocks that are not on disk. Hashes that
+                // match nothing make the leader copy every region; each is
+                // then written anew and synced at the resync's end.
+                if self.store.checkpointed().failed.is_some() {
+                    for h in &mut hashes {
+                        h.iter_mut().for_each(|b| *b = !*b);
+                    }
+                }
                 let (applied, inc) = (self.store.applied(), self.incarnation());
                 out.push(Out::Send {
                     to: from,

@@ -9,8 +9,8 @@ use core::time::Duration;
 use std::collections::VecDeque;
 
 use triad_core::{Instant, NodeId};
-use triad_repl::{ClientError, Health, Msg, Out, ReplConfig, Replica, View};
-use triad_volume::MemDisk;
+use triad_repl::{ClientError, Health, Msg, Out, Recovery, ReplConfig, Replica, View};
+use triad_volume::{MemDisk, SyncFault};
 
 const VOL: usize = 256 * 1024;
 const RING: usize = 8192 + 32 * 1024;
@@ -638,5 +638,138 @@ fn a_peer_whose_k_went_down_is_not_resynced_from_a_bitmap_that_skipped_it() {
         "blocks missing on the new box 3 (node 2 discarded through {:?})",
         st.discarded
     );
+    assert!(c.identical());
+}
+
+// ---- rule 9: a failed fdatasync, MemDisk behaving as Linux does ----
+
+/// Node 2's journal sync fails (pages kept in the cache, marked clean:
+/// the next sync "succeeds" without them) while it takes write 2 from
+/// leader 1, node 3 being unreachable; then node 2's process is restarted
+/// on the same disks (page cache kept). Returns the position node 2 had
+/// synced before the failure.
+fn follower_journal_sync_fails_then_restarts(c: &mut Cluster) -> triad_volume::Position {
+    c.elect(1, 1);
+    c.write(1, 1, 0, &pattern(1, 4096));
+    c.run(50);
+    let synced = c.status(2).durable;
+    c.down[2] = true;
+    c.node(2).disks_mut().0.fail_next_sync(SyncFault::KeepClean);
+    c.write(1, 2, 8192, &pattern(2, 4096));
+    assert!(matches!(c.status(2).health, Health::Failed(_)), "{:?}", c.status(2).health);
+    assert!(!c.ok(2), "nothing acknowledged without a durable copy on a peer");
+    assert_eq!(c.node(2).recovery(), Some(Recovery::Reopen));
+    c.stop(2);
+    c.start(2);
+    synced
+}
+
+#[test]
+fn a_follower_restarted_after_a_failed_journal_sync_claims_only_what_it_synced() {
+    let mut c = Cluster::new();
+    let synced = follower_journal_sync_fails_then_restarts(&mut c);
+    let st = c.status(2);
+    assert!(
+        st.durable.seq <= synced.seq,
+        "node 2 reports records durable through {:?}; only {synced:?} reached its medium",
+        st.durable
+    );
+    assert!(!c.node(2).electable(), "a node whose storage failed is not electable until resynced: {:?}", st.health);
+}
+
+#[test]
+fn a_write_whose_follower_journal_sync_failed_survives_that_follower_and_a_power_cut() {
+    let mut c = Cluster::new();
+    follower_journal_sync_fails_then_restarts(&mut c);
+    // Less than a checkpoint interval (2 s from the start, at 1 s): the
+    // record lives only in journals, no store has it durably.
+    c.run(500);
+    assert!(c.ok(2), "write 2 is acknowledged once a peer holds it durably: {:?}", c.done);
+    assert_eq!(c.status(2).health, Health::Consistent);
+    assert!(c.sent_bytes_to[1] >= VOL as u64, "its cache is not trusted: every block copied");
+    // Node 2 loses power, node 1 is gone for good, node 3 is back.
+    c.stop(2);
+    let (j, d, m) = c.parked[1].as_mut().unwrap();
+    for disk in [j, d, m] {
+        disk.power_cut(&mut || 0);
+    }
+    c.stop(1);
+    c.down = [false; 3];
+    c.start(2);
+    c.elect(2, 2);
+    c.run(500);
+    assert!(c.serving(2), "node 2 leads: {:?}", c.status(2));
+    let held = c.read(2, 8192, 4096);
+    assert!(held == pattern(2, 4096), "acknowledged write 2 lost: node 2 serves {:?}...", &held[..8]);
+}
+
+#[test]
+fn a_leader_whose_journal_sync_fails_acknowledges_nothing_and_is_resynced_after_a_reopen() {
+    for fault in [SyncFault::KeepClean, SyncFault::DropPages] {
+        let mut c = Cluster::new();
+        c.elect(1, 1);
+        c.write(1, 1, 0, &pattern(1, 4096));
+        c.node(1).disks_mut().0.fail_next_sync(fault);
+        c.write(1, 2, 4096, &pattern(2, 4096));
+        assert!(!c.ok(2), "{fault:?}: {:?}", c.done);
+        assert!(matches!(c.status(1).health, Health::Failed(_)));
+        assert!(!c.node(1).electable());
+        c.elect(2, 2);
+        c.write(2, 3, 8192, &pattern(3, 4096));
+        assert!(c.ok(3));
+        c.stop(1);
+        c.start(1);
+        assert_eq!(c.status(1).health, Health::Resyncing, "{fault:?}");
+        c.run(1000);
+        assert_eq!(c.status(1).health, Health::Consistent, "{fault:?}");
+        assert!(c.identical(), "{fault:?}");
+        assert_eq!(c.read(1, 8192, 4096), pattern(3, 4096));
+    }
+}
+
+#[test]
+fn a_store_or_metadata_sync_failure_marks_the_node_too() {
+    for disk in [1, 2] {
+        let mut c = Cluster::new();
+        c.elect(1, 1);
+        c.write(1, 1, 0, &pattern(1, 4096));
+        c.run(50);
+        let (_, d, m) = c.node(3).disks_mut();
+        let target = if disk == 1 { d } else { m };
+        target.fail_next_sync(SyncFault::KeepClean);
+        c.run(3000); // the next checkpoint syncs both
+        assert!(matches!(c.status(3).health, Health::Failed(_)), "disk {disk}");
+        assert_eq!(c.node(3).recovery(), Some(Recovery::Reopen));
+        c.stop(3);
+        c.start(3);
+        c.run(1000);
+        assert_eq!(c.status(3).health, Health::Consistent, "disk {disk}");
+        assert!(c.identical());
+    }
+}
+
+#[test]
+fn when_the_failure_mark_cannot_be_written_the_node_asks_for_a_reboot() {
+    let mut c = Cluster::new();
+    c.elect(1, 1);
+    c.write(1, 1, 0, &pattern(1, 4096));
+    c.run(50);
+    let (j, _, m) = c.node(2).disks_mut();
+    j.fail_next_sync(SyncFault::KeepClean);
+    m.fail_next_sync(SyncFault::Sticky);
+    // The metadata disk fails only at its next sync: the mark's.
+    c.write(1, 2, 8192, &pattern(2, 4096));
+    assert!(matches!(c.status(2).health, Health::Failed(_)));
+    assert_eq!(c.node(2).recovery(), Some(Recovery::Reboot));
+    // The reboot: the page cache is gone, the disks read what reached the medium.
+    c.stop(2);
+    let (j, d, m) = c.parked[1].as_mut().unwrap();
+    for disk in [j, d, m] {
+        disk.power_cut(&mut || 0);
+    }
+    c.start(2);
+    assert!(c.status(2).durable.seq <= 2, "{:?}", c.status(2));
+    c.run(1000);
+    assert!(c.ok(2));
     assert!(c.identical());
 }

@@ -29,13 +29,16 @@
 //! all three (`MemDisk::power_cut`: unsynced sectors lost, torn or
 //! reordered), partitions, long follower outages (the leader compacts the
 //! follower's range away), crashes aimed into block resyncs and at the
-//! journal sync, operator switchovers, a replaced box with blank disks.
+//! journal sync, operator switchovers, a replaced box with blank disks,
+//! fdatasyncs that fail as Linux's do (rule 9, `disk-faults`).
 //!
 //! A simulated NBD client writes to whichever node serves and checks what
 //! it reads back ([`client`]). Checks after every event: every
 //! acknowledged write is readable on each new serving leader (also after a
 //! power cut of all three), at most one node serves at any instant and
-//! only inside a lease its core holds, no split brain or storage failure;
+//! only inside a lease its core holds, no split brain, no storage failure
+//! but where an injected disk fault fired (that node is then reopened or
+//! rebooted, as `Replica::recovery` says, and must be resynced);
 //! at the end, after healing, all three stores are byte-identical at one
 //! applied position.
 
@@ -57,7 +60,7 @@ use std::io;
 use std::rc::Rc;
 use triad_core::{AdminRequest, Body, HardState, Input, Instant, Message, Node, NodeId, Notice, Output, Role, Setup};
 use triad_repl::{core_position, Health, Msg, Out, ReplNotice, Replica, View};
-use triad_volume::{Disk, MemDisk};
+use triad_volume::{Disk, MemDisk, SyncFault};
 
 /// Trace lines kept for a failure report.
 const TRACE_TAIL: usize = 150;
@@ -95,20 +98,23 @@ impl DiskKind {
 }
 
 /// A disk of the simulated node: a `MemDisk`, whose fdatasync a mutation
-/// can turn into a no-op. Every sync sets its kind's bit in the host's
-/// `synced` mask, so the volume thread's model knows which disks a step
-/// synced (a stall is injected into a step that synced the stalled disk).
+/// can turn into a no-op, and whose next fdatasync the chaos process can
+/// make fail (for the running process only: a restart disarms it). Every
+/// sync sets its kind's bit in the host's `synced` mask, so the volume
+/// thread's model knows which disks a step synced (a stall is injected
+/// into a step that synced the stalled disk).
 #[derive(Clone, Debug)]
 pub struct SimDisk {
     mem: MemDisk,
     sync_skipped: bool,
+    fault: Option<SyncFault>,
     kind: DiskKind,
     synced: Rc<Cell<u8>>,
 }
 
 impl SimDisk {
     fn new(len: u64, sync_skipped: bool, kind: DiskKind, synced: Rc<Cell<u8>>) -> SimDisk {
-        SimDisk { mem: MemDisk::new(len as usize), sync_skipped, kind, synced }
+        SimDisk { mem: MemDisk::new(len as usize), sync_skipped, fault: None, kind, synced }
     }
 }
 
@@ -125,11 +131,23 @@ impl Disk for SimDisk {
     fn sync(&mut self) -> io::Result<()> {
         self.synced.set(self.synced.get() | self.kind.bit());
         if self.sync_skipped {
-            Ok(())
-        } else {
-            self.mem.sync()
+            return Ok(());
         }
+        if let Some(f) = self.fault.take() {
+            self.mem.fail_next_sync(f);
+        }
+        self.mem.sync()
     }
+}
+
+/// Injected sync failures that fired on a node's disks so far.
+fn faults(j: &SimDisk, d: &SimDisk, m: &SimDisk) -> u64 {
+    j.mem.faults() + d.mem.faults() + m.mem.faults()
+}
+
+/// Rule 9: the replica's storage failed, or it has not been resynced since.
+fn marked(r: &SimReplica) -> bool {
+    r.recovery().is_some() || r.store().checkpointed().failed.is_some()
 }
 
 /// The replica as the simulator runs it.
@@ -159,7 +177,9 @@ pub enum DataCheck {
     Diverged,
     /// A replica reported split brain (rule 14: should be unreachable).
     SplitBrain,
-    /// A replica's storage failed (no disk faults are injected).
+    /// A replica's storage failed although no injected disk fault fired
+    /// on that node (rule 9's recovery for injected ones is checked by
+    /// convergence: the node must come back and be resynced).
     StorageFailed,
     /// A replica could not be opened after a restart.
     OpenFailed,
@@ -231,6 +251,10 @@ pub struct DataOutcome {
     pub full_power_cuts: u64,
     /// Nodes whose journal had discarded records at the end.
     pub compacted_nodes: u64,
+    /// Injected fdatasync failures that fired.
+    pub disk_faults: u64,
+    /// Failed nodes brought back: reopened (mark durable), rebooted (mark lost).
+    pub recoveries: [u64; 2],
     /// Messages a mutation bent (relabelled, dropped, delayed).
     pub mutated: u64,
     /// Time from the end of writes to convergence, µs.
@@ -274,6 +298,11 @@ enum Ev {
     Chaos,
     Restart {
         node: NodeId,
+    },
+    /// Rule 9: the supervisor brings back a replica whose storage failed.
+    Recover {
+        node: NodeId,
+        inc: u64,
     },
     Kill {
         node: NodeId,
@@ -365,6 +394,10 @@ struct Vol {
     held: Vec<Out>,
     /// Whether the core is told this node is fit to lead (runtime.rs).
     fitness: triad_repl::Fitness,
+    /// A storage failure was seen and its recovery scheduled.
+    recovering: bool,
+    /// Injected sync failures on these disks before this process started.
+    faults_before: u64,
     /// The sync watch saw a stuck sync at its last look.
     stalled: bool,
 }
@@ -408,6 +441,10 @@ struct Host {
     last_check: u64,
     /// Disks whose fdatasync is skipped (mutations), by role.
     lying: (bool, bool),
+    /// A disk fault was armed here and the node has not been resynced
+    /// since (or the fault never fired): no fault is armed anywhere else
+    /// meanwhile, as three nodes tolerate one failed node, not two.
+    tainted: bool,
     /// Per peer: a block resync this node leads, started in (incarnation,
     /// epoch) while the peer was (incarnation, view changes).
     resyncing: [Option<ResyncKey>; 3],
@@ -500,6 +537,7 @@ impl DataWorld {
                     checked: None,
                     last_check: 0,
                     lying,
+                    tainted: false,
                     resyncing: [None; 3],
                     synced: Rc::new(Cell::new(0)),
                 }
@@ -620,6 +658,17 @@ impl DataWorld {
             let d = self.describe();
             self.note(|| format!("state: {d}"));
         }
+        for h in &mut self.hosts {
+            let n = match (h.proc.as_mut(), h.parked.as_ref()) {
+                (Some(p), _) => {
+                    let (j, d, m) = p.vol.r.disks_mut();
+                    faults(j, d, m)
+                }
+                (None, Some((j, d, m))) => faults(j, d, m),
+                (None, None) => 0,
+            };
+            self.stats.disk_faults += n;
+        }
         let mut o = std::mem::take(&mut self.stats);
         if let (Some(v), true, Some(bug)) = (&violation, self.sc.tolerate_known_bugs, o.known_bugs.first()) {
             o.tolerated = Some((v.clone(), bug));
@@ -693,6 +742,7 @@ impl DataWorld {
             Ev::Client => self.client_tick(),
             Ev::Chaos => self.chaos()?,
             Ev::Restart { node } => self.restart(node)?,
+            Ev::Recover { node, inc } => self.recover(node, inc),
             Ev::Kill { node, power } => {
                 if self.phase == Phase::Faults && self.hosts[idx(node)].proc.is_some() {
                     self.take_down(node, power);
@@ -1043,6 +1093,9 @@ impl DataWorld {
         let local = self.local(id);
         let ack_on_submit = self.sc.has(DataMutation::AckOnSubmit);
         let print = self.print_trace;
+        if self.hosts[i].proc.as_ref().is_some_and(|p| !p.vol.busy) {
+            self.disk_fault_atlas(id);
+        }
         let Some(p) = self.hosts[i].proc.as_mut() else { return Ok(()) };
         p.vol.kicked = false;
         if p.vol.busy {
@@ -1139,6 +1192,7 @@ impl DataWorld {
     fn vol_done(&mut self, id: NodeId) -> Res {
         let i = idx(id);
         let local = self.local(id);
+        self.disk_fault_atlas(id);
         if self.phase == Phase::Faults && self.rng.chance(self.sc.crash_at_sync_p) {
             let power = self.rng.chance(0.5);
             if power {
@@ -1242,9 +1296,7 @@ impl DataWorld {
             ReplNotice::SplitBrain { peer, detail } => {
                 self.fail(DataCheck::SplitBrain, format!("node {id} reports split brain with node {peer}: {detail}"))
             }
-            ReplNotice::StorageFailed { detail } => {
-                self.fail(DataCheck::StorageFailed, format!("node {id}: storage failed: {detail}"))
-            }
+            ReplNotice::StorageFailed { detail } => self.storage_failed(id, detail),
             ReplNotice::ResyncStarted { peer, hash, bytes } => {
                 if self.sc.no_resync_expected {
                     return self.fail(
@@ -1278,12 +1330,122 @@ impl DataWorld {
             }
             ReplNotice::ResyncFinished { peer, point, .. } => {
                 self.hosts[idx(id)].resyncing[idx(peer)] = None;
+                let p = &self.hosts[idx(peer)].proc;
+                if p.as_ref().is_some_and(|p| !marked(&p.vol.r)) {
+                    self.hosts[idx(peer)].tainted = false;
+                }
                 let _ = point;
                 self.stats.resyncs_done += 1;
                 Ok(())
             }
             _ => Ok(()),
         }
+    }
+
+    // ---- rule 9: storage failures ----
+
+    /// Injected sync failures that fired on the running process of `id`.
+    fn faults_fired(&mut self, id: NodeId) -> u64 {
+        let Some(p) = self.hosts[idx(id)].proc.as_mut() else { return 0 };
+        let before = p.vol.faults_before;
+        let (j, d, m) = p.vol.r.disks_mut();
+        faults(j, d, m) - before
+    }
+
+    /// A replica reports a storage failure: expected only where an
+    /// injected fault fired; the supervisor then brings it back (a few
+    /// tens of ms later, as a restart of the process or a reboot).
+    fn storage_failed(&mut self, id: NodeId, detail: String) -> Res {
+        if self.faults_fired(id) == 0 {
+            return self.fail(DataCheck::StorageFailed, format!("node {id}: storage failed: {detail}"));
+        }
+        let Some(p) = self.hosts[idx(id)].proc.as_mut() else { return Ok(()) };
+        if !p.vol.recovering {
+            p.vol.recovering = true;
+            let inc = p.inc;
+            let d = self.rng.range(10_000, 300_000);
+            self.push(self.now + d, Ev::Recover { node: id, inc });
+        }
+        Ok(())
+    }
+
+    /// `Replica::recovery`: a durable mark means reopen (modelled as a
+    /// restart of the process, page cache kept: the hard case); a lost
+    /// mark means reboot (a power cut of the node: the page cache goes).
+    fn recover(&mut self, id: NodeId, inc: u64) {
+        let Some(p) = self.proc(id, inc) else { return };
+        let Some(how) = p.vol.r.recovery() else { return };
+        let reboot = how == triad_repl::Recovery::Reboot;
+        self.stats.recoveries[usize::from(reboot)] += 1;
+        self.note(|| format!("n{id} storage failed: supervisor recovers it ({how:?})"));
+        self.take_down(id, reboot);
+        let d = if reboot { self.rng.range(self.sc.restart_delay.0, self.sc.restart_delay.1) } else { 20_000 };
+        self.push(self.now + d, Ev::Restart { node: id });
+    }
+
+    /// The fault atlas (TigerBeetle's, in spirit): a fault fires only
+    /// while another node is up, consistent, untouched by faults and able
+    /// to win a vote (its journal at least as far as the failed node's
+    /// durable position, which that node will vote with, or as the third
+    /// node's): a good copy always survives to lead and resync the rest. A failed
+    /// node never leads again before a resync, so failing the last good
+    /// copy stalls the cluster until an operator steps in (see
+    /// docs/replication.md, rule 9). Called before every step of the
+    /// volume thread: a fault whose moment came at a bad time is disarmed.
+    fn disk_fault_atlas(&mut self, id: NodeId) {
+        let Some(mine) = self.hosts[idx(id)].proc.as_ref().map(|p| p.vol.r.journal().durable()) else { return };
+        let position = |h: &Host| h.proc.as_ref().map(|p| p.vol.r.position());
+        let spare = self.hosts.iter().any(|h| {
+            let third = self.hosts.iter().find(|t| t.id != id && t.id != h.id).and_then(position);
+            let good = |p: &Proc| {
+                let pos = p.vol.r.position();
+                p.vol.r.electable() && (pos >= mine || third.is_some_and(|t| pos >= t))
+            };
+            h.id != id && !h.tainted && h.proc.as_ref().is_some_and(good)
+        });
+        if spare {
+            return;
+        }
+        let Some(p) = self.hosts[idx(id)].proc.as_mut() else { return };
+        let (j, d, m) = p.vol.r.disks_mut();
+        if [&*j, &*d, &*m].iter().all(|disk| disk.fault.is_none()) {
+            return;
+        }
+        for disk in [j, d, m] {
+            disk.fault = None;
+        }
+        let tainted = marked(&p.vol.r);
+        self.hosts[idx(id)].tainted = tainted;
+        self.note(|| format!("n{id}: armed disk fault withdrawn: no other consistent node"));
+    }
+
+    /// Chaos: arm a Linux-style failure of the next fdatasync of one disk
+    /// of a running node (and now and then of its metadata disk too).
+    fn arm_disk_fault(&mut self) {
+        let n = self.target();
+        if self.hosts.iter().any(|h| h.tainted) {
+            return;
+        }
+        let which = self.rng.range(0, 2);
+        let meta_too = self.rng.chance(self.sc.disk_fault_meta_too);
+        let fault = SyncFault::linux(self.rng.chance(0.5));
+        let fault_meta = SyncFault::linux(self.rng.chance(0.5));
+        let Some(p) = self.hosts[idx(n)].proc.as_mut() else { return };
+        let (j, d, m) = p.vol.r.disks_mut();
+        let disk = match which {
+            0 => j,
+            1 => d,
+            _ => &mut *m,
+        };
+        disk.fault = Some(fault);
+        let name = ["journal", "data", "metadata"][which as usize];
+        if meta_too {
+            m.fault = Some(fault_meta);
+        }
+        self.hosts[idx(n)].tainted = true;
+        self.note(|| {
+            format!("n{n}: next {name} fdatasync fails ({fault:?}){}", if meta_too { ", metadata's too" } else { "" })
+        });
     }
 
     // ---- client ----
@@ -1450,6 +1612,10 @@ impl DataWorld {
                 p.vol.stall_next = Some((d, kind));
             }
         }
+        // Drawn only where faults are on, so other scenarios' seeds replay as before.
+        if self.sc.disk_fault_p > 0.0 && self.rng.chance(self.sc.disk_fault_p) {
+            self.arm_disk_fault();
+        }
         if self.rng.chance(self.sc.switchover_p) {
             if let Some(l) = self.leader() {
                 self.note(|| format!("operator asks n{l} to switch over"));
@@ -1466,9 +1632,13 @@ impl DataWorld {
         let i = idx(id);
         let now = self.now;
         if let Some(p) = self.hosts[i].proc.take() {
+            // Disarmed below; still tainted if its storage failed.
+            self.hosts[i].tainted = marked(&p.vol.r);
             let (mut j, mut d, mut m) = p.vol.r.into_disks();
-            for disk in [&mut j.mem, &mut d.mem, &mut m.mem] {
-                disk.crash();
+            for disk in [&mut j, &mut d, &mut m] {
+                disk.mem.crash();
+                // An armed fault was for that process's next sync.
+                disk.fault = None;
             }
             self.hosts[i].parked = Some((j, d, m));
             self.hosts[i].serving_end = self.hosts[i].serving_end.min(now);
@@ -1498,6 +1668,7 @@ impl DataWorld {
             return Ok(());
         }
         let Some((j, d, m)) = self.hosts[i].parked.take() else { return Ok(()) };
+        let faults_before = faults(&j, &d, &m);
         self.next_inc += 1;
         let inc = self.next_inc;
         let origin = self.rng.range(1_000_000, 50_000_000);
@@ -1565,6 +1736,8 @@ impl DataWorld {
                 stalled_on: None,
                 held: Vec::new(),
                 fitness: triad_repl::Fitness::default(),
+                recovering: false,
+                faults_before,
                 stalled: false,
             },
         });

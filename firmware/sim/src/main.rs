@@ -256,6 +256,8 @@ struct DataRow {
     failed: u64,
     tolerated: u64,
     errors: [u64; 4],
+    disk_faults: u64,
+    recoveries: [u64; 2],
 }
 
 fn data_main(
@@ -329,6 +331,10 @@ fn data_main(
         for (a, b) in r.errors.iter_mut().zip(o.write_errors) {
             *a += b;
         }
+        r.disk_faults += o.disk_faults;
+        for (a, b) in r.recoveries.iter_mut().zip(o.recoveries) {
+            *a += b;
+        }
         if o.violation.is_some() {
             r.failed += 1;
             data_failure(&o, &sc);
@@ -379,6 +385,13 @@ fn data_main(
     println!("failed writes (not active/ready, timeout, storage, lost with their node):");
     for (name, r) in &rows {
         println!("  {:<14} {:?}", name, r.errors);
+    }
+    for (name, r) in rows.iter().filter(|(_, r)| r.disk_faults > 0) {
+        let [reopened, rebooted] = r.recoveries;
+        println!(
+            "  {name:<14} {} failed fdatasyncs; failed nodes reopened {reopened}, rebooted {rebooted}",
+            r.disk_faults
+        );
     }
     println!("{} seeds in {:.1} s", b.saturating_sub(a), started.elapsed().as_secs_f64());
     Ok(ok)

@@ -6,16 +6,20 @@
 //! cut ([`MemDisk`]). A `Disk` is a fixed-size array of bytes; writes are
 //! durable only after [`Disk::sync`] returns `Ok`.
 //!
-//! Contract (rule 9 of the protocol sketch): once `sync` has failed, the
-//! disk is failed for good and every later call errors. A retried fsync
-//! can report success for data the kernel already dropped, so the only
-//! safe reaction is to stop and resync the node.
+//! Contract (rule 9 of the protocol sketch): a failed `sync` is never
+//! retried. [`FileDisk`] refuses every later call on its descriptor; the
+//! kernel underneath does not: after a writeback error a later fsync
+//! succeeds, whether the pages it could not write were dropped from the
+//! page cache or kept there marked clean (reads then see bytes no medium
+//! holds, until a reboot). [`MemDisk`] models both. The caller reacts by
+//! marking the node inconsistent and resyncing it, never by trusting what
+//! the cache shows (`docs/replication.md`, rule 9).
 
 mod file;
 mod mem;
 
 pub use file::FileDisk;
-pub use mem::{MemDisk, SECTOR};
+pub use mem::{MemDisk, SyncFault, SECTOR};
 
 use std::io;
 
@@ -36,7 +40,8 @@ pub trait Disk {
     fn write_at(&mut self, off: u64, data: &[u8]) -> io::Result<()>;
 
     /// Make every earlier write durable (fdatasync). After a failure the
-    /// disk is failed forever: never retry.
+    /// data written before it is not to be trusted, whatever later calls
+    /// report: never retry.
     fn sync(&mut self) -> io::Result<()>;
 }
 

@@ -170,6 +170,38 @@ impl<D: Disk> Journal<D> {
     /// Never panics on garbage: a disk without a valid header is
     /// [`JournalError::NoHeader`]; garbage in the ring ends the scan.
     pub fn open(disk: D) -> Result<Self, JournalError> {
+        let mut j = Self::load(disk)?;
+        // After a process kill the records found may still be only in the
+        // page cache. Sync once, so the recovered position is durable and
+        // may be reported (and voted with) as such.
+        j.sync()?;
+        Ok(j)
+    }
+
+    /// Open the journal of a node whose storage failed (rule 9), vouching
+    /// only for the records through `vouched`, the position it had synced
+    /// before the failure. After a failed fsync the page cache may hold
+    /// records (and a header) no medium does, marked clean, which a sync
+    /// would not write; so the scan's word is not taken past `vouched`:
+    /// later records are cut, the slot after the tail is zeroed and the
+    /// header written anew, and only then is the disk synced. The writes
+    /// are new dirty data, so that sync puts them on the medium (or
+    /// fails). Records through `vouched` were synced before the failure.
+    pub fn open_vouched(disk: D, vouched: Position) -> Result<Self, JournalError> {
+        let mut j = Self::load(disk)?;
+        // `vouched` is at least what the header discarded (discards need
+        // durability) unless a reset to a resync's end point failed: then
+        // the reset's base stands, which the leader had committed.
+        let keep = vouched.seq.clamp(j.discarded.seq, j.last().seq);
+        j.truncate_after(keep)?;
+        j.fence_tail()?;
+        j.store_header(j.start_pos, j.discarded)?;
+        j.durable = j.last();
+        Ok(j)
+    }
+
+    /// Read the header and scan the ring: the recovery rule, no sync.
+    fn load(disk: D) -> Result<Self, JournalError> {
         let header = SlotPair::new(0, HEADER_SLOT_LEN, KIND_JOURNAL);
         let (generation, payload) = header.load(&disk).map_err(JournalError::Header)?.ok_or(JournalError::NoHeader)?;
         if payload.len() != HEADER_PAYLOAD_LEN || get_u32(&payload, 0) != HEADER_MAGIC {
@@ -203,10 +235,6 @@ impl<D: Disk> Journal<D> {
             failed: false,
         };
         j.scan()?;
-        // After a process kill the records found may still be only in the
-        // page cache. Sync once, so the recovered position is durable and
-        // may be reported (and voted with) as such.
-        j.sync()?;
         Ok(j)
     }
 
@@ -401,6 +429,14 @@ impl<D: Disk> Journal<D> {
         }
         self.index.truncate((seq - self.discarded.seq) as usize);
         self.tail = self.index.back().map_or(self.start_pos, |e| e.pos + e.len);
+        self.fence_tail()?;
+        self.durable = self.durable.min(self.last());
+        Ok(())
+    }
+
+    /// Zero the record header the scan would read after the tail, so no
+    /// record written there earlier can chain back in after a restart.
+    fn fence_tail(&mut self) -> Result<(), JournalError> {
         let room = self.ring_len - self.tail % self.ring_len;
         let next = if room < RECORD_HEADER_LEN as u64 { self.tail + room } else { self.tail };
         // Only if those bytes are free: otherwise the scan meets the bound
@@ -408,7 +444,6 @@ impl<D: Disk> Journal<D> {
         if next + RECORD_HEADER_LEN as u64 <= self.start_pos + self.ring_len {
             self.write_ring(next % self.ring_len, &[0u8; RECORD_HEADER_LEN])?;
         }
-        self.durable = self.durable.min(self.last());
         Ok(())
     }
 

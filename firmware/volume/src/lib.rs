@@ -20,7 +20,7 @@ pub mod slots;
 pub mod store;
 
 pub use bitmap::{BitmapError, DirtyBitmap};
-pub use disk::{Disk, FileDisk, MemDisk};
+pub use disk::{Disk, FileDisk, MemDisk, SyncFault};
 pub use journal::{Journal, JournalError, Record};
 pub use store::{Checkpoint, Store, StoreError};
 

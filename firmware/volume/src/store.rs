@@ -21,7 +21,11 @@
 //! resync this store began u64, the box incarnation u64 (random, chosen at
 //! format: tells a replaced box from the one it replaced) and the lowest
 //! epoch this box may vote in u64 (rule 18). Version 1 checkpoints open
-//! with those three 0 and as a voter.
+//! with those three 0 and as a voter. Version 3 is version 2 with flag
+//! bit 2 (a storage failure marked the store, rule 9) and the journal
+//! position the node still vouches for, epoch u64 and seq u64; it is
+//! written only while that mark is set, so a firmware that reads only
+//! version 2 opens every store that has not failed.
 
 use crate::bitmap::{BitmapError, DirtyBitmap};
 use crate::codec::{get_u32, get_u64, put_u32, put_u64};
@@ -38,9 +42,12 @@ const CHECKPOINT_SLOT_LEN: u64 = 4096;
 const BITMAP_BASE: u64 = 2 * CHECKPOINT_SLOT_LEN;
 const VERSION: u32 = 2;
 const PAYLOAD_LEN: usize = 64;
+const VERSION_FAILED: u32 = 3;
+const PAYLOAD_LEN_FAILED: usize = 80;
 const PAYLOAD_LEN_V1: usize = 40;
 const FLAG_CONSISTENT: u32 = 1;
 const FLAG_LEARNER: u32 = 2;
+const FLAG_FAILED: u32 = 4;
 
 /// What can go wrong in the block store.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +110,14 @@ pub struct Checkpoint {
     pub learner: bool,
     /// Rule 18: the lowest epoch this box may vote in (once not a learner).
     pub votes_from: u64,
+    /// Rule 9: a write or sync of the journal, the store or the metadata
+    /// failed. The journal is vouched for only through this position
+    /// (what had been synced before), and the disks' page cache may still
+    /// show bytes no medium holds (Linux keeps unwritten pages after a
+    /// failed fsync, marked clean): the next block resync copies every
+    /// region rather than trusting hashes of that cache. Set with
+    /// `consistent: false`; cleared when that resync ends.
+    pub failed: Option<Position>,
 }
 
 /// What a new store is: the rest is zeroes and K = (0, 0).
@@ -155,8 +170,15 @@ impl<D: Disk, M: Disk> Store<D, M> {
         }
         let slots = SlotPair::new(0, CHECKPOINT_SLOT_LEN, KIND_CHECKPOINT);
         slots.wipe(&mut meta).map_err(StoreError::Meta)?;
-        let checkpoint =
-            Checkpoint { applied: Position::ZERO, consistent: true, resync_id: 0, incarnation, learner, votes_from: 0 };
+        let checkpoint = Checkpoint {
+            applied: Position::ZERO,
+            consistent: true,
+            resync_id: 0,
+            incarnation,
+            learner,
+            votes_from: 0,
+            failed: None,
+        };
         let mut s = Store {
             data,
             meta,
@@ -177,9 +199,11 @@ impl<D: Disk, M: Disk> Store<D, M> {
         let slots = SlotPair::new(0, CHECKPOINT_SLOT_LEN, KIND_CHECKPOINT);
         let (generation, p) = slots.load(&meta).map_err(StoreError::Meta)?.ok_or(StoreError::NoCheckpoint)?;
         let v1 = p.len() == PAYLOAD_LEN_V1 && get_u32(&p, 0) == 1;
-        if !v1 && (p.len() != PAYLOAD_LEN || get_u32(&p, 0) != VERSION) {
+        let v3 = p.len() == PAYLOAD_LEN_FAILED && get_u32(&p, 0) == VERSION_FAILED;
+        if !v1 && !v3 && (p.len() != PAYLOAD_LEN || get_u32(&p, 0) != VERSION) {
             return Err(StoreError::BadCheckpoint { reason: "unknown version" });
         }
+        let failed = v3 && get_u32(&p, 4) & FLAG_FAILED != 0;
         let volume_len = get_u64(&p, 24);
         let granularity = get_u64(&p, 32);
         if volume_len == 0 || volume_len > data.len() || !volume_len.is_multiple_of(BLOCK_SIZE) {
@@ -193,6 +217,7 @@ impl<D: Disk, M: Disk> Store<D, M> {
             incarnation: if v1 { 0 } else { get_u64(&p, 48) },
             learner: get_u32(&p, 4) & FLAG_LEARNER != 0,
             votes_from: if v1 { 0 } else { get_u64(&p, 56) },
+            failed: failed.then(|| Position::new(get_u64(&p, 64), get_u64(&p, 72))),
         };
         Ok(Store {
             data,
@@ -293,6 +318,17 @@ impl<D: Disk, M: Disk> Store<D, M> {
         self.persist(Checkpoint { consistent: false, resync_id, ..self.checkpoint })
     }
 
+    /// Rule 9: a write or sync of any of this node's disks failed. Durably
+    /// mark the store inconsistent and failed, vouching for the journal
+    /// only through `vouched` (its durable position before the failure),
+    /// before anything else happens. Tried even when this store is the
+    /// one that failed: the mark is new data on the metadata disk, whose
+    /// sync succeeds only if the mark reached the medium. K is the last
+    /// persisted one (a failed checkpoint never persisted its K).
+    pub fn mark_failed(&mut self, vouched: Position) -> Result<(), StoreError> {
+        self.persist(Checkpoint { consistent: false, failed: Some(vouched), ..self.checkpoint })
+    }
+
     /// Rule 18: the learner has caught up; the box becomes a voter from
     /// epoch `votes_from` on (durably, before the core is told).
     pub fn end_learner(&mut self, votes_from: u64) -> Result<(), StoreError> {
@@ -324,7 +360,7 @@ impl<D: Disk, M: Disk> Store<D, M> {
             self.failed = true;
             return Err(StoreError::Io { op: "sync", offset: 0, source });
         }
-        self.persist(Checkpoint { applied: point, consistent: true, ..self.checkpoint })?;
+        self.persist(Checkpoint { applied: point, consistent: true, failed: None, ..self.checkpoint })?;
         self.applied = point;
         Ok(())
     }
@@ -365,9 +401,22 @@ impl<D: Disk, M: Disk> Store<D, M> {
     }
 
     fn persist(&mut self, c: Checkpoint) -> Result<(), StoreError> {
-        let mut p = [0u8; PAYLOAD_LEN];
-        put_u32(&mut p, 0, VERSION);
-        let flags = if c.consistent { FLAG_CONSISTENT } else { 0 } | if c.learner { FLAG_LEARNER } else { 0 };
+        let mut p = [0u8; PAYLOAD_LEN_FAILED];
+        let len = match c.failed {
+            Some(v) => {
+                put_u32(&mut p, 0, VERSION_FAILED);
+                put_u64(&mut p, 64, v.epoch);
+                put_u64(&mut p, 72, v.seq);
+                PAYLOAD_LEN_FAILED
+            }
+            None => {
+                put_u32(&mut p, 0, VERSION);
+                PAYLOAD_LEN
+            }
+        };
+        let flags = if c.consistent { FLAG_CONSISTENT } else { 0 }
+            | if c.learner { FLAG_LEARNER } else { 0 }
+            | if c.failed.is_some() { FLAG_FAILED } else { 0 };
         put_u32(&mut p, 4, flags);
         put_u64(&mut p, 8, c.applied.epoch);
         put_u64(&mut p, 16, c.applied.seq);
@@ -378,7 +427,7 @@ impl<D: Disk, M: Disk> Store<D, M> {
         put_u64(&mut p, 56, c.votes_from);
         let generation = self.generation + 1;
         let slots = SlotPair::new(0, CHECKPOINT_SLOT_LEN, KIND_CHECKPOINT);
-        if let Err(e) = slots.store(&mut self.meta, generation, &p) {
+        if let Err(e) = slots.store(&mut self.meta, generation, &p[..len]) {
             self.failed = true;
             return Err(StoreError::Meta(e));
         }
@@ -395,6 +444,11 @@ impl<D: Disk, M: Disk> Store<D, M> {
     /// The data disk (fault injection in tests and the simulator).
     pub fn data_mut(&mut self) -> &mut D {
         &mut self.data
+    }
+
+    /// The data and metadata disks (fault injection in tests and the simulator).
+    pub fn disks_mut(&mut self) -> (&mut D, &mut M) {
+        (&mut self.data, &mut self.meta)
     }
 }
 
@@ -454,7 +508,7 @@ mod tests {
     fn failed_fsync_is_never_retried() {
         let mut s = store();
         s.apply(&rec(1, 0, b"x")).unwrap();
-        s.data_mut().fail_next_sync();
+        s.data_mut().fail_next_sync(crate::disk::SyncFault::DropPages);
         assert!(s.checkpoint().is_err());
         assert!(matches!(s.checkpoint(), Err(StoreError::Failed)));
         // K was not persisted.
@@ -513,7 +567,31 @@ mod tests {
             incarnation: 0,
             learner: false,
             votes_from: 0,
+            failed: None,
         };
         assert_eq!(s.checkpointed(), want);
+    }
+
+    #[test]
+    fn the_failure_mark_persists_even_after_the_data_disk_failed_and_a_resync_clears_it() {
+        let mut s = store();
+        s.apply(&rec(1, 0, b"x")).unwrap();
+        s.data_mut().fail_next_sync(crate::disk::SyncFault::KeepClean);
+        assert!(s.checkpoint().is_err());
+        s.mark_failed(Position::new(1, 1)).unwrap();
+        let (d, m) = s.into_disks();
+        let mut s = Store::open(d, m).unwrap();
+        let c = s.checkpointed();
+        assert!(!c.consistent);
+        assert_eq!(c.failed, Some(Position::new(1, 1)));
+        assert_eq!(c.applied, Position::ZERO, "the failed checkpoint's K was never persisted");
+        assert_eq!(c.incarnation, 42);
+        s.mark_inconsistent(9).unwrap();
+        assert_eq!(s.checkpointed().failed, Some(Position::new(1, 1)), "a resync begins: still failed");
+        s.finish_resync(Position::new(1, 1)).unwrap();
+        let (d, m) = s.into_disks();
+        let s = Store::open(d, m).unwrap();
+        assert!(s.checkpointed().consistent);
+        assert_eq!(s.checkpointed().failed, None);
     }
 }

@@ -178,6 +178,14 @@ pub struct DataScenario {
     pub disk_stall_p: f64,
     /// How long such a sync hangs, µs.
     pub disk_stall: (u64, u64),
+    /// Per chaos tick: the next fdatasync of one disk (journal, data or
+    /// metadata) of a running node fails as on Linux (error once; the
+    /// unwritten pages dropped or kept clean, at random). Rule 9: the node
+    /// marks itself and is reopened (or rebooted) and fully resynced.
+    pub disk_fault_p: f64,
+    /// Of those faults, the share that also arms the metadata disk's next
+    /// sync, so the failure mark itself may fail (the node reboots).
+    pub disk_fault_meta_too: f64,
     /// sync_watch.rs: a sync outstanding longer than this makes the node
     /// unfit to lead, µs.
     pub sync_stall_limit: u64,
@@ -286,6 +294,8 @@ impl DataScenario {
             switchover_p: 0.0,
             disk_stall_p: 0.0,
             disk_stall: (1_500_000, 4_000_000),
+            disk_fault_p: 0.0,
+            disk_fault_meta_too: 0.0,
             sync_stall_limit: 1_000_000,
             blank_disk: None,
             replace_then_failover: false,
@@ -404,6 +414,17 @@ impl DataScenario {
                 kill_p: 0.005,
                 converge_bound: 12_000_000,
                 ..DataScenario::base("disk-stall")
+            },
+            DataScenario {
+                // Rule 9: failed fdatasyncs of any disk, mostly the
+                // leader's, amid kills and power cuts. A failed node is
+                // reopened or rebooted and copied in full by a resync.
+                disk_fault_p: 0.1,
+                disk_fault_meta_too: 0.2,
+                power_cut_p: 0.02,
+                kill_p: 0.02,
+                converge_bound: 12_000_000,
+                ..DataScenario::base("disk-faults")
             },
             DataScenario {
                 // Operator switchovers (TimeoutNow) while writes stream.

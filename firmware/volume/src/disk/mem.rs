@@ -12,6 +12,18 @@
 //! [`MemDisk::crash`] models a process kill: the page cache survives, so
 //! nothing is lost and pending writes stay pending.
 //!
+//! A failed fdatasync ([`MemDisk::fail_next_sync`]) behaves as Linux does
+//! after a writeback error: the failing sync returns the error once, and
+//! the pages it could not write are either dropped from the cache (reads
+//! see the medium's old content again) or kept in the cache but marked
+//! clean (reads still see the new bytes, which are on no medium and which
+//! no later sync will write). Either way the next sync succeeds: the trap
+//! rule 9 exists for. [`SyncFault::Sticky`] is the older test mode (the
+//! disk refuses everything until a power cut), which is what [`FileDisk`]
+//! does on its own descriptor.
+//!
+//! [`FileDisk`]: super::FileDisk
+//!
 //! It must not draw randomness itself: the caller hands in the generator,
 //! so a simulator seed replays the same cut.
 
@@ -22,6 +34,33 @@ use std::io;
 /// The unit a power cut keeps or drops: a 512-byte sector.
 pub const SECTOR: u64 = 512;
 
+/// How an injected fdatasync failure leaves the disk (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncFault {
+    /// Linux: the unwritten pages are dropped from the cache; reads see
+    /// the medium's content again. Later syncs succeed.
+    DropPages,
+    /// Linux: the unwritten pages stay in the cache, marked clean; reads
+    /// see bytes no medium holds, a later sync succeeds without writing
+    /// them and a power cut loses them.
+    KeepClean,
+    /// Test mode: every later call fails until a power cut (the cache is
+    /// left as it was). What `FileDisk` does to its own descriptor.
+    Sticky,
+}
+
+impl SyncFault {
+    /// One of the two Linux behaviours, chosen by the caller's random bit
+    /// (a simulator passes its seeded generator's; `MemDisk` draws nothing).
+    pub fn linux(drop_pages: bool) -> SyncFault {
+        if drop_pages {
+            SyncFault::DropPages
+        } else {
+            SyncFault::KeepClean
+        }
+    }
+}
+
 /// An in-memory disk that can lose unsynced writes.
 #[derive(Clone, Debug)]
 pub struct MemDisk {
@@ -31,10 +70,13 @@ pub struct MemDisk {
     cache: Vec<u8>,
     /// Writes since the last sync, oldest first.
     pending: Vec<(u64, Vec<u8>)>,
-    /// Fault injection: the next sync fails.
-    fail_next_sync: bool,
-    /// A sync failed; the disk refuses everything (rule 9).
+    /// Fault injection: the next sync fails, leaving the disk so.
+    fail_next_sync: Option<SyncFault>,
+    /// A sticky sync failure: the disk refuses everything until a power cut.
     failed: bool,
+    /// Sync failures injected so far (the simulator tells an expected
+    /// storage failure from a bug by it).
+    faults: u64,
     /// Number of successful syncs, for tests that count fdatasyncs.
     syncs: u64,
 }
@@ -46,8 +88,9 @@ impl MemDisk {
             durable: vec![0; len],
             cache: vec![0; len],
             pending: Vec::new(),
-            fail_next_sync: false,
+            fail_next_sync: None,
             failed: false,
+            faults: 0,
             syncs: 0,
         }
     }
@@ -101,12 +144,40 @@ impl MemDisk {
         self.cache.clone_from(&self.durable);
         // Power comes back: a new boot, a working disk.
         self.failed = false;
-        self.fail_next_sync = false;
+        self.fail_next_sync = None;
     }
 
-    /// Fault injection: make the next `sync` fail (and the disk with it).
-    pub fn fail_next_sync(&mut self) {
-        self.fail_next_sync = true;
+    /// Fault injection: make the next `sync` fail and leave the disk as
+    /// `fault` says.
+    pub fn fail_next_sync(&mut self, fault: SyncFault) {
+        self.fail_next_sync = Some(fault);
+    }
+
+    /// Whether a sync failure is armed and has not happened yet.
+    pub fn sync_fault_armed(&self) -> bool {
+        self.fail_next_sync.is_some()
+    }
+
+    /// How many injected sync failures have happened.
+    pub fn faults(&self) -> u64 {
+        self.faults
+    }
+
+    /// The failing sync: nothing pending reaches the medium, and the cache
+    /// ends up as `fault` says.
+    fn fail_sync(&mut self, fault: SyncFault) -> io::Error {
+        self.faults += 1;
+        match fault {
+            SyncFault::DropPages => {
+                for (off, data) in self.pending.drain(..) {
+                    let o = off as usize;
+                    self.cache[o..o + data.len()].copy_from_slice(&self.durable[o..o + data.len()]);
+                }
+            }
+            SyncFault::KeepClean => self.pending.clear(),
+            SyncFault::Sticky => self.failed = true,
+        }
+        io::Error::other("injected fdatasync failure")
     }
 
     /// How many syncs succeeded so far.
@@ -160,11 +231,8 @@ impl Disk for MemDisk {
         if self.failed {
             return Err(failed_disk());
         }
-        if self.fail_next_sync {
-            // Like Linux after a writeback error: the dirty data is gone
-            // from the cache's point of view and the disk is not trusted.
-            self.failed = true;
-            return Err(io::Error::other("injected fdatasync failure"));
+        if let Some(fault) = self.fail_next_sync.take() {
+            return Err(self.fail_sync(fault));
         }
         for (off, data) in self.pending.drain(..) {
             let o = off as usize;
@@ -236,11 +304,61 @@ mod tests {
     }
 
     #[test]
-    fn failed_sync_is_sticky() {
+    fn a_sticky_failed_sync_refuses_everything_until_power_comes_back() {
         let mut d = MemDisk::new(1024);
-        d.fail_next_sync();
+        d.fail_next_sync(SyncFault::Sticky);
         assert!(d.sync().is_err());
         assert!(d.sync().is_err());
         assert!(d.write_at(0, b"a").is_err());
+        d.power_cut(&mut counter(vec![0]));
+        d.write_at(0, b"a").unwrap();
+        d.sync().unwrap();
+    }
+
+    fn read3(d: &MemDisk, off: u64) -> [u8; 3] {
+        let mut b = [0u8; 3];
+        d.read_at(off, &mut b).unwrap();
+        b
+    }
+
+    #[test]
+    fn after_a_failed_sync_with_dropped_pages_reads_see_the_medium_and_the_next_sync_succeeds() {
+        let mut d = MemDisk::new(4096);
+        d.write_at(10, b"abc").unwrap();
+        d.sync().unwrap();
+        d.write_at(10, b"xyz").unwrap();
+        d.write_at(600, b"new").unwrap();
+        d.fail_next_sync(SyncFault::DropPages);
+        assert!(d.sync().is_err());
+        assert_eq!(d.faults(), 1);
+        assert_eq!(d.pending_writes(), 0);
+        assert_eq!(&read3(&d, 10), b"abc");
+        assert_eq!(read3(&d, 600), [0; 3]);
+        // The trap: the next sync reports success, and the disk works.
+        d.sync().unwrap();
+        d.write_at(20, b"ok!").unwrap();
+        d.sync().unwrap();
+        assert_eq!(&d.durable_bytes()[20..23], b"ok!");
+    }
+
+    #[test]
+    fn after_a_failed_sync_with_clean_pages_reads_see_data_no_medium_holds() {
+        let mut d = MemDisk::new(4096);
+        d.write_at(10, b"abc").unwrap();
+        d.sync().unwrap();
+        d.write_at(10, b"xyz").unwrap();
+        d.fail_next_sync(SyncFault::KeepClean);
+        assert!(d.sync().is_err());
+        assert_eq!(d.pending_writes(), 0);
+        assert_eq!(&read3(&d, 10), b"xyz");
+        // The next sync succeeds without writing them ...
+        d.sync().unwrap();
+        assert_eq!(&d.durable_bytes()[10..13], b"abc");
+        // ... a process kill keeps the cache ...
+        d.crash();
+        assert_eq!(&read3(&d, 10), b"xyz");
+        // ... and a power cut shows what the medium holds.
+        d.power_cut(&mut counter(vec![1]));
+        assert_eq!(&read3(&d, 10), b"abc");
     }
 }

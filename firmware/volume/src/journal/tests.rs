@@ -121,11 +121,38 @@ fn emptied_journal_keeps_its_position() {
 fn failed_sync_is_never_retried() {
     let mut j = journal(8192);
     j.append_next(1, 0, b"a").unwrap();
-    j.disk_mut().fail_next_sync();
+    j.disk_mut().fail_next_sync(crate::disk::SyncFault::KeepClean);
     assert!(j.sync().is_err());
     assert!(j.is_failed());
     assert!(matches!(j.sync(), Err(JournalError::Failed)));
     assert!(matches!(j.append_next(1, 0, b"b"), Err(JournalError::Failed)));
+}
+
+#[test]
+fn after_a_failed_sync_a_reopen_vouches_only_for_what_was_synced() {
+    use crate::disk::SyncFault;
+    for fault in [SyncFault::KeepClean, SyncFault::DropPages] {
+        let mut j = journal(8192);
+        j.append_next(1, 0, b"a").unwrap();
+        let vouched = j.sync().unwrap();
+        j.append_next(1, 0, b"b").unwrap();
+        j.disk_mut().fail_next_sync(fault);
+        assert!(j.sync().is_err());
+        let mut d = j.into_disk();
+        d.crash();
+        // A plain open would take the cached record for durable (KeepClean).
+        let j = Journal::open_vouched(d, vouched).unwrap();
+        assert_eq!(j.last(), vouched, "{fault:?}");
+        assert_eq!(j.durable(), vouched);
+        // The cut is on the medium: a power cut changes nothing.
+        let mut d = j.into_disk();
+        d.power_cut(&mut || 0);
+        let mut j = Journal::open(d).unwrap();
+        assert_eq!(j.last(), vouched, "{fault:?}");
+        j.append_next(2, 0, b"c").unwrap();
+        j.sync().unwrap();
+        assert_eq!(reopen(j).last(), Position::new(2, 2));
+    }
 }
 
 #[test]
