@@ -502,7 +502,16 @@ async fn start_volume(
             }
         },
         events,
-        sync_watch,
+        sync_watch.clone(),
+        {
+            let (id, peers, vc) = (cfg.node.id, [cfg.cluster.peers[0].id, cfg.cluster.peers[1].id], vc.clone());
+            move |failed: crate::volume::FileReplica| {
+                // Rule 9: new descriptors (the old ones refuse everything
+                // after a failed sync), after the old ones are closed.
+                drop(failed);
+                crate::volume::open_replica(id, peers, &vc, &sync_watch)
+            }
+        },
     )?;
     let to_volume = handle.clone();
     tokio::spawn(async move {

@@ -45,7 +45,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 use triad_core::{Instant, NodeId};
-use triad_repl::{ClientError, Msg, Out, ReplConfig, ReplNotice, ReplStatus, Replica, VerifyReport, View};
+use triad_repl::{ClientError, Msg, Out, Recovery, ReplConfig, ReplNotice, ReplStatus, Replica, VerifyReport, View};
 use triad_volume::{Disk, FileDisk, Position};
 
 use crate::nbd::device::{BlockDevice, DevResult, DeviceError};
@@ -281,14 +281,17 @@ impl std::fmt::Debug for Cmd {
 /// Starts the volume thread. `now` is the core's clock; `send` puts a
 /// message on the data link to a peer (non-blocking, may drop); `data` is
 /// the replica's data file, opened again read-only for direct reads;
-/// `sync_watch` is the watch the replica's disks mark their syncs in.
+/// `sync_watch` is the watch the replica's disks mark their syncs in;
+/// `reopen` takes a replica whose storage failed (rule 9) and opens its
+/// disks again (`Recovery::Reopen`).
 pub fn spawn<J, D, M>(
-    mut replica: Replica<J, D, M>,
+    replica: Replica<J, D, M>,
     data: &Path,
     now: impl Fn() -> Instant + Send + Sync + 'static,
     send: impl Fn(NodeId, &Msg) + Send + 'static,
     events: mpsc::UnboundedSender<VolumeEvent>,
     sync_watch: Arc<SyncWatch>,
+    reopen: impl FnMut(Replica<J, D, M>) -> Result<Replica<J, D, M>, VolumeError> + Send + 'static,
 ) -> Result<VolumeHandle, VolumeError>
 where
     J: Disk + Send + 'static,
@@ -336,9 +339,11 @@ where
                 activity,
                 serve,
                 epoch: 0,
+                view_taken: View::default(),
+                reboot_logged: false,
                 zeroes: vec![0u8; ZEROES_LEN],
             };
-            t.run(&mut replica, &*now, &rx);
+            t.run(replica, &*now, &rx, reopen);
         })
         .map_err(VolumeError::Thread)?;
     Ok(handle)
@@ -368,6 +373,10 @@ struct Thread {
     serve: Arc<Mutex<ServeState>>,
     /// Epoch of the last view given to the replica.
     epoch: u64,
+    /// That view (a reopened replica starts from it).
+    view_taken: View,
+    /// Rule 9's "reboot" has been asked for in the log.
+    reboot_logged: bool,
     zeroes: Vec<u8>,
 }
 
@@ -385,6 +394,7 @@ impl Thread {
         if let Some(v) = latest {
             r.set_view(now, v, out);
             self.epoch = v.epoch;
+            self.view_taken = v;
             self.publish(r);
         }
     }
@@ -399,15 +409,36 @@ impl Thread {
 
     fn run<J: Disk, D: Disk, M: Disk>(
         &mut self,
-        r: &mut Replica<J, D, M>,
+        mut replica: Replica<J, D, M>,
         now: &dyn Fn() -> Instant,
         rx: &std_mpsc::Receiver<Cmd>,
+        mut reopen: impl FnMut(Replica<J, D, M>) -> Result<Replica<J, D, M>, VolumeError>,
     ) {
         let mut out = Vec::new();
-        r.set_view(now(), View::default(), &mut out);
-        self.publish(r);
+        replica.set_view(now(), View::default(), &mut out);
+        self.publish(&replica);
         self.carry_out(&mut out);
         loop {
+            // Rule 9: a replica whose storage failed has durably marked
+            // itself inconsistent; it comes back only through its disks
+            // opened again (journal cut to what it synced) and a resync.
+            match replica.recovery() {
+                Some(Recovery::Reopen) => {
+                    replica = match self.reopen(replica, &mut reopen, now(), &mut out) {
+                        Some(r) => r,
+                        None => return,
+                    };
+                }
+                Some(Recovery::Reboot) if !self.reboot_logged => {
+                    // Nothing on disk says the page cache lies: only a reboot
+                    // makes the disks honest again. The supervisor is not PID
+                    // 1 yet (issue 11): it stays failed, unfit, serving nothing.
+                    tracing::error!("volume: storage failed and the failure could not be recorded on disk; this box must be rebooted");
+                    self.reboot_logged = true;
+                }
+                _ => {}
+            }
+            let r = &mut replica;
             let t = now();
             let wait = r.next_deadline().map_or(MAX_WAIT, |d| d.since(t).min(MAX_WAIT));
             match rx.recv_timeout(wait) {
@@ -435,6 +466,39 @@ impl Thread {
             r.after_sync(t, &mut out);
             self.carry_out(&mut out);
             self.publish(r);
+        }
+    }
+
+    /// Drops a failed replica and opens its disks again, under the view it
+    /// had. `None` if they cannot be opened: the thread stops, the node
+    /// stays unfit (its last report) and serves nothing.
+    fn reopen<J: Disk, D: Disk, M: Disk>(
+        &mut self,
+        failed: Replica<J, D, M>,
+        reopen: &mut impl FnMut(Replica<J, D, M>) -> Result<Replica<J, D, M>, VolumeError>,
+        now: Instant,
+        out: &mut Vec<Out>,
+    ) -> Option<Replica<J, D, M>> {
+        warn!("volume: storage failed; reopening the replica's disks (it will be resynced)");
+        // Writes still waiting belong to the failed replica: they fail.
+        let waiting: Vec<u64> = self.pieces.keys().copied().collect();
+        for id in waiting {
+            self.piece_done(id, Err(ClientError::Storage("the volume's storage failed".into())));
+        }
+        match reopen(failed) {
+            Ok(mut r) => {
+                r.set_view(now, self.view_taken, out);
+                self.publish(&r);
+                self.carry_out(out);
+                info!(position = %show(r.position()), "volume: replica reopened after a storage failure");
+                Some(r)
+            }
+            Err(e) => {
+                tracing::error!(error = %crate::errors::chain(&e), "volume: cannot reopen the replica after a storage failure; not serving until restarted");
+                self.activity.set_active(false);
+                lock(&self.serve).ready_epoch = None;
+                None
+            }
         }
     }
 

@@ -47,6 +47,8 @@ pub(crate) struct SyncFault {
     /// A sync is blocked right now.
     hanging: AtomicBool,
     syncs: AtomicU64,
+    /// Fail the next sync (an I/O error from fdatasync).
+    fail: AtomicBool,
 }
 
 impl SyncFault {
@@ -59,6 +61,9 @@ impl SyncFault {
     pub(crate) fn release(&self) {
         *super::lock(&self.hang) = false;
         self.released.notify_all();
+    }
+    pub(crate) fn fail_next(&self) {
+        self.fail.store(true, Ordering::SeqCst);
     }
     pub(crate) fn slow_pending(&self) -> bool {
         super::lock(&self.slow).is_some()
@@ -91,6 +96,9 @@ impl<I: Disk> Disk for TestDisk<I> {
     }
     fn sync(&mut self) -> std::io::Result<()> {
         self.fault.syncs.fetch_add(1, Ordering::SeqCst);
+        if self.fault.fail.swap(false, Ordering::SeqCst) {
+            return Err(std::io::Error::other("injected fdatasync failure"));
+        }
         if let Some(d) = super::lock(&self.fault.slow).take() {
             self.clock.advance(d);
         }
@@ -156,8 +164,15 @@ pub(crate) fn rig(auto_ack: bool) -> Rig {
     let meta_len = triad_volume::store::meta_len_needed(VOL, GRAN, 2);
     let cfg = ReplConfig { region: GRAN, resync_chunk: GRAN, ..ReplConfig::default() };
     let format = Format { granularity: GRAN, incarnation: 1, learner: false };
-    let replica = Replica::format(1, [2, 3], cfg, disk(4 << 20, &journal), data_disk, disk(meta_len, &meta), format)
-        .expect("format");
+    let replica =
+        Replica::format(1, [2, 3], cfg.clone(), disk(4 << 20, &journal), data_disk, disk(meta_len, &meta), format)
+            .expect("format");
+    // Rule 9's reopen, as the supervisor does it with files: the same
+    // disks, opened again.
+    let reopen = move |failed: Replica<_, _, _>| {
+        let (j, d, m) = failed.into_disks();
+        Ok(Replica::open(1, [2, 3], cfg.clone(), j, d, m)?)
+    };
 
     let (tx, rx) = mpsc::unbounded_channel();
     let events = Arc::new(Mutex::new(rx));
@@ -204,7 +219,7 @@ pub(crate) fn rig(auto_ack: bool) -> Rig {
         let c = clock.clone();
         move || c.now()
     };
-    let handle = super::spawn(replica, &data_file, now, send, tx, watch).expect("spawn");
+    let handle = super::spawn(replica, &data_file, now, send, tx, watch, reopen).expect("spawn");
     *super::lock(&handle_cell) = Some(handle.clone());
     Rig { handle, clock, journal, data, sent, _dir: TempDir(dir) }
 }
@@ -388,4 +403,34 @@ fn direct_reads_serve_only_a_ready_leader_inside_its_lease() {
     rig.journal.release();
     wait_until("serving in epoch 4", || read(512).is_ok());
     assert_eq!(read(4096).map(|b| b.to_vec()).ok(), Some(pattern.clone()));
+}
+
+/// Rule 9 in the supervisor: after a failed fdatasync the replica marks
+/// itself failed on disk; the volume thread then opens its disks again
+/// (`Recovery::Reopen`), so the node comes back inconsistent (to be block
+/// resynced by the leader) without a process restart, instead of staying
+/// failed and refusing everything until someone restarts it.
+#[test]
+fn a_failed_journal_sync_reopens_the_replica_for_a_resync() {
+    let rig = rig(false);
+    rig.handle.set_view(View { epoch: 1, leader: Some(2), lease_until: None });
+    rig.journal.fail_next();
+    let noop = triad_volume::Record { epoch: 1, seq: 1, prev: Position::ZERO, offset: 0, payload: Vec::new() };
+    let append =
+        Msg::Append { epoch: 1, prev: Position::ZERO, records: vec![noop], commit: 0, ks: Vec::new(), peer_inc: 1 };
+    rig.handle.peer_message(2, append);
+    wait_until("the journal sync failed", || !rig.journal.fail.load(Ordering::SeqCst));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+    let mut health = None;
+    wait_until("the replica is reopened", || {
+        health = rt.block_on(rig.handle.status()).map(|s| s.health);
+        health == Some(triad_repl::Health::Resyncing)
+    });
+    // The leader's next Append is answered "not consistent": it will resync this node.
+    let probe =
+        Msg::Append { epoch: 1, prev: Position::ZERO, records: Vec::new(), commit: 0, ks: Vec::new(), peer_inc: 1 };
+    rig.handle.peer_message(2, probe);
+    wait_until("an inconsistent reply", || {
+        super::lock(&rig.sent).iter().any(|(_, m, _)| matches!(m, Msg::AppendReply { consistent: false, .. }))
+    });
 }
