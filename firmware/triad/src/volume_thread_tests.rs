@@ -116,6 +116,10 @@ impl<I: Disk> Disk for TestDisk<I> {
     }
 }
 
+/// A message the thread sent, and the last position the core had been
+/// sent by then.
+pub(crate) type Sent = (NodeId, Msg, Option<triad_core::Position>);
+
 /// One volume thread (node 1, peers 2 and 3) and the test's levers.
 pub(crate) struct Rig {
     pub handle: VolumeHandle,
@@ -124,7 +128,7 @@ pub(crate) struct Rig {
     pub data: Arc<SyncFault>,
     /// Every message the thread sent, with the positions the core had been
     /// sent by then.
-    pub sent: Arc<Mutex<Vec<(NodeId, Msg, Option<triad_core::Position>)>>>,
+    pub sent: Arc<Mutex<Vec<Sent>>>,
     _dir: TempDir,
 }
 
