@@ -27,6 +27,11 @@ impl Fitness {
         self.change()
     }
 
+    /// Whether the watch last saw a stuck sync.
+    pub fn sync_stalled(&self) -> bool {
+        self.stalled
+    }
+
     /// The value to feed the core, if it changed.
     fn change(&mut self) -> Option<bool> {
         let fit = self.replica.unwrap_or(true) && !self.stalled;

@@ -1,0 +1,373 @@
+//! triad-host: the supervisor's decisions at the boundary between the
+//! election core, the replicated volume and the operating system, as a
+//! sans-IO state machine (no clock, no I/O: time comes in with every event,
+//! decisions go out as [`Command`]s). The supervisor's runtime only carries
+//! the commands out and reports what happened; the simulator drives this
+//! same code.
+//!
+//! ```text
+//!   executor (runtime.rs, the simulator)                       Host
+//!   peer message, timer, operator, ARP watch ──Event──▶  core (Node) ── outputs ──┐
+//!   volume: position, electable, membership ──Event──▶  fitness ──▶ core         │
+//!   sync watch: a sync stuck past the limit  ──Event──▶  fitness ──▶ core         │
+//!   VIP action finished / refused (lease)    ──Event──▶  core                     │
+//!   volume confirmed the step-down           ──Event──▶  held TimeoutNow          │
+//!                                                                                 ▼
+//!   ◀──Command: Persist · Send · Vip{action, lease_until} · VolumeView · ConfirmStepDown · Notice
+//! ```
+//!
+//! The ordering rules kept here, each with the failure it prevents:
+//! - **Persist before send.** Commands are carried out in order and the
+//!   core puts a `Persist` before anything that depends on it; an executor
+//!   whose persist fails carries out nothing after it (a vote sent but not
+//!   on disk could elect two leaders after a crash).
+//! - **No VIP action outside the lease.** Every `Vip` command carries the
+//!   lease end the core held when it was decided; the executor carries out
+//!   Add, Renew and Announce only while [`vip_allowed`] says so, checked
+//!   right before the action and, for Add and Renew, again after it (a
+//!   renewal that outlasted the lease is undone). A refused action is
+//!   reported as [`VipResult::LeaseEnded`]: a refused Add counts as failed
+//!   for the core, so it cleans up.
+//! - **The volume follows the core.** After every event the volume is
+//!   handed the core's view (epoch, leader, lease end) if it changed, so it
+//!   acknowledges and serves only inside a lease the core holds.
+//! - **TimeoutNow only after the volume stepped down** (sketch rule 17).
+//!   TimeoutNow waives the target's lease stickiness; it is held until the
+//!   volume confirms it has taken the step-down view. Without the
+//!   confirmation (the volume is stuck in a sync and could still
+//!   acknowledge when the sync returns) it is dropped: the target is then
+//!   elected the ordinary way, after this node's lease. While a handover
+//!   waits, every later command and event waits with it (the executor is
+//!   blocked in the confirmation, as the runtime is).
+//! - **Fitness** (rule 16): the core is told this node may lead only while
+//!   the replica says so and no disk sync is stuck (`triad_repl::Fitness`).
+//!
+//! Must not: do I/O, read a clock, or hold state the core or the replica
+//! already own (it asks them).
+
+use std::collections::VecDeque;
+
+use triad_core::{
+    AdminRequest, Body, Input, Instant, Membership, Message, Node, NodeId, Notice, Output, Position, Role, Setup,
+    Status, VipAction,
+};
+use triad_repl::{Fitness, View};
+
+pub use triad_core::HardState;
+
+/// What the host is told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Time passed; due at or after [`Host::next_deadline`].
+    Tick,
+    /// A message from an authenticated peer's core.
+    Peer(Message),
+    /// An operator's request.
+    Admin(AdminRequest),
+    /// Another host answered ARP/NDP for the VIP.
+    VipConflict {
+        /// Its MAC.
+        mac: [u8; 6],
+    },
+    /// A [`Command::Vip`] was carried out, failed, or refused.
+    VipDone {
+        /// The action.
+        action: VipAction,
+        /// How it ended.
+        result: VipResult,
+    },
+    /// The volume's journal position moved (votes weigh it).
+    VolumePosition(Position),
+    /// Whether the replica may stand for election.
+    VolumeElectable(bool),
+    /// Rule 18: whether this box may vote, and from which epoch.
+    VolumeMembership(Membership),
+    /// The sync watch was looked at: whether a disk sync has been stuck
+    /// past the limit.
+    SyncStalled(bool),
+    /// Answer to [`Command::ConfirmStepDown`]: whether the volume took the
+    /// step-down view in time.
+    StepDownConfirmed(bool),
+}
+
+/// How a VIP action ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VipResult {
+    /// Carried out.
+    Done,
+    /// The OS refused it (netlink or socket error).
+    Failed,
+    /// Not carried out, or undone at once: the lease had ended.
+    LeaseEnded,
+}
+
+/// What the executor must do, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Make the core's state durable; on failure, carry out nothing after it.
+    Persist(HardState),
+    /// Send a message to a peer's core (best effort).
+    Send {
+        /// The peer.
+        to: NodeId,
+        /// The message.
+        msg: Message,
+    },
+    /// Act on the VIP, only while [`vip_allowed`] (checked right before,
+    /// and for Add and Renew again after); report with [`Event::VipDone`].
+    Vip {
+        /// The action.
+        action: VipAction,
+        /// The lease end the core held when it decided.
+        lease_until: Option<Instant>,
+    },
+    /// Hand the volume the core's view.
+    VolumeView(View),
+    /// Hand the volume this (step-down) view and report, with
+    /// [`Event::StepDownConfirmed`], whether it took it in time. Nothing
+    /// else happens meanwhile.
+    ConfirmStepDown(View),
+    /// Worth logging.
+    Notice(HostNotice),
+}
+
+/// Events for the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostNotice {
+    /// From the core.
+    Core(Notice),
+    /// The fitness verdict the core was given changed.
+    Fitness {
+        /// Fit to lead.
+        fit: bool,
+        /// Whether a disk sync is stuck.
+        sync_stalled: bool,
+    },
+    /// The volume did not confirm the step-down: the handover goes on
+    /// without TimeoutNow.
+    HandoverWithoutTimeoutNow {
+        /// The intended successor.
+        to: NodeId,
+    },
+}
+
+/// Whether a VIP action may go out at `now` under a lease ending at
+/// `lease_until` (invariant 1). A Remove always may.
+pub fn vip_allowed(action: VipAction, lease_until: Option<Instant>, now: Instant) -> bool {
+    action == VipAction::Remove || lease_until.is_some_and(|end| now < end)
+}
+
+/// What the volume reported at start (its durable state), if there is one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VolumeStart {
+    /// The journal's position.
+    pub position: Position,
+    /// Whether the replica may stand for election.
+    pub electable: bool,
+    /// Rule 18: may this box vote.
+    pub membership: Membership,
+}
+
+/// The host of one node.
+#[derive(Debug)]
+pub struct Host {
+    node: Node,
+    id: NodeId,
+    fitness: Fitness,
+    /// The node has a replicated volume.
+    volume: bool,
+    /// The view the volume was last handed.
+    view_given: Option<View>,
+    /// A handover waiting for the volume's confirmation: the TimeoutNow,
+    /// the rest of its batch, and the events that came meanwhile.
+    handover: Option<Handover>,
+}
+
+#[derive(Debug)]
+struct Handover {
+    to: NodeId,
+    msg: Message,
+    rest: VecDeque<Output>,
+    events: VecDeque<Event>,
+}
+
+impl Host {
+    /// A host starting from `setup`, with the volume's durable state if
+    /// the node has a volume. Returns the commands of the start (the
+    /// volume's first view); fitness and membership reach the core before
+    /// any message does, so a learner never votes even once.
+    pub fn new(setup: Setup, volume: Option<VolumeStart>) -> (Host, Vec<Command>) {
+        let now = setup.now;
+        let id = setup.id;
+        let position = volume.map_or(setup.position, |v| v.position);
+        let node = Node::new(Setup { position, ..setup });
+        let mut host =
+            Host { node, id, fitness: Fitness::default(), volume: volume.is_some(), view_given: None, handover: None };
+        let mut out = Vec::new();
+        let mut inputs = VecDeque::new();
+        if let Some(fit) = host.fitness.replica(volume.is_none_or(|v| v.electable)) {
+            inputs.push_back(Input::Electable(fit));
+        }
+        if let Some(v) = volume {
+            inputs.push_back(Input::Membership(v.membership));
+        }
+        host.run_core(now, inputs, &mut out);
+        host.push_view(now, &mut out);
+        (host, out)
+    }
+
+    /// Applies one event at `now`; the commands must be carried out in order.
+    pub fn handle(&mut self, now: Instant, event: Event) -> Vec<Command> {
+        let mut out = Vec::new();
+        if let Some(h) = self.handover.as_mut() {
+            match event {
+                Event::StepDownConfirmed(confirmed) => self.end_handover(now, confirmed, &mut out),
+                // The executor is blocked in the confirmation: whatever
+                // arrives meanwhile waits for it.
+                other => h.events.push_back(other),
+            }
+            return out;
+        }
+        self.event(now, event, &mut out);
+        out
+    }
+
+    fn event(&mut self, now: Instant, event: Event, out: &mut Vec<Command>) {
+        let input = match event {
+            Event::Tick => Some(Input::Tick),
+            Event::Peer(msg) => Some(Input::Receive(msg)),
+            Event::Admin(req) => Some(Input::Admin(req)),
+            Event::VipConflict { mac } => Some(Input::VipConflict { mac }),
+            Event::VipDone { action, result } => match result {
+                VipResult::Done => Some(Input::VipDone { action, ok: true }),
+                VipResult::Failed => Some(Input::VipDone { action, ok: false }),
+                // A refused Add is a failed Add (the core cleans up); a
+                // refused Renew or Announce changes nothing: the core ends
+                // the lease on its own clock.
+                VipResult::LeaseEnded if action == VipAction::Add => Some(Input::VipDone { action, ok: false }),
+                VipResult::LeaseEnded => None,
+            },
+            Event::VolumePosition(p) => Some(Input::PositionChanged(p)),
+            Event::VolumeElectable(e) => {
+                let changed = self.fitness.replica(e);
+                self.fit(changed, out)
+            }
+            Event::VolumeMembership(m) => Some(Input::Membership(m)),
+            Event::SyncStalled(s) => {
+                let changed = self.fitness.stall(s);
+                self.fit(changed, out)
+            }
+            // No handover waits (a late or repeated answer).
+            Event::StepDownConfirmed(_) => None,
+        };
+        self.run_core(now, input.into_iter().collect(), out);
+        self.push_view(now, out);
+    }
+
+    /// A fitness change becomes the core's `Electable` (and a notice).
+    fn fit(&mut self, changed: Option<bool>, out: &mut Vec<Command>) -> Option<Input> {
+        let fit = changed?;
+        out.push(Command::Notice(HostNotice::Fitness { fit, sync_stalled: self.fitness.sync_stalled() }));
+        Some(Input::Electable(fit))
+    }
+
+    /// Feeds inputs to the core and turns its outputs into commands, until
+    /// a handover must wait.
+    fn run_core(&mut self, now: Instant, inputs: VecDeque<Input>, out: &mut Vec<Command>) {
+        for input in inputs {
+            let outputs: VecDeque<Output> = self.node.handle(now, input).into();
+            self.outputs(now, outputs, out);
+            if self.handover.is_some() {
+                return;
+            }
+        }
+    }
+
+    fn outputs(&mut self, now: Instant, mut outputs: VecDeque<Output>, out: &mut Vec<Command>) {
+        while let Some(o) = outputs.pop_front() {
+            match o {
+                Output::Persist(hard) => out.push(Command::Persist(hard)),
+                Output::Send { to, msg } if self.volume && matches!(msg.body, Body::TimeoutNow) => {
+                    // Rule 17: the volume first, then the message.
+                    let view = self.view(now);
+                    self.view_given = Some(view);
+                    out.push(Command::ConfirmStepDown(view));
+                    self.handover = Some(Handover { to, msg, rest: outputs, events: VecDeque::new() });
+                    return;
+                }
+                Output::Send { to, msg } => out.push(Command::Send { to, msg }),
+                Output::Vip(action) => out.push(Command::Vip { action, lease_until: self.node.lease_until(now) }),
+                Output::Notice(n) => out.push(Command::Notice(HostNotice::Core(n))),
+            }
+        }
+    }
+
+    /// The volume answered: send the TimeoutNow (or drop it), then carry
+    /// on with what waited.
+    fn end_handover(&mut self, now: Instant, confirmed: bool, out: &mut Vec<Command>) {
+        let Some(h) = self.handover.take() else { return };
+        if confirmed {
+            out.push(Command::Send { to: h.to, msg: h.msg });
+        } else {
+            out.push(Command::Notice(HostNotice::HandoverWithoutTimeoutNow { to: h.to }));
+        }
+        self.outputs(now, h.rest, out);
+        let mut events = h.events;
+        if self.handover.is_none() {
+            self.push_view(now, out);
+        }
+        while let Some(e) = events.pop_front() {
+            if let Some(h) = self.handover.as_mut() {
+                h.events.push_back(e);
+                continue;
+            }
+            self.event(now, e, out);
+        }
+    }
+
+    /// What the volume must know of leadership now.
+    fn view(&self, now: Instant) -> View {
+        let leader = if self.node.role() == Role::Leader { Some(self.id) } else { self.node.status(now).leader };
+        View { epoch: self.node.epoch(), leader, lease_until: self.node.lease_until(now) }
+    }
+
+    /// Hands the volume the core's view when it changed.
+    fn push_view(&mut self, now: Instant, out: &mut Vec<Command>) {
+        if !self.volume || self.handover.is_some() {
+            return;
+        }
+        let view = self.view(now);
+        if self.view_given != Some(view) {
+            self.view_given = Some(view);
+            out.push(Command::VolumeView(view));
+        }
+    }
+
+    /// The earliest instant at which [`Event::Tick`] has work.
+    pub fn next_deadline(&self) -> Instant {
+        self.node.next_deadline()
+    }
+
+    /// A snapshot for status.
+    pub fn status(&self, now: Instant) -> Status {
+        self.node.status(now)
+    }
+
+    /// The core (read-only: status, role, lease).
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// A handover waits for the volume's confirmation.
+    pub fn handing_over(&self) -> bool {
+        self.handover.is_some()
+    }
+}
+
+/// The admin request was refused: the reason, from the commands.
+pub fn admin_refusal(commands: &[Command]) -> Option<String> {
+    commands.iter().find_map(|c| match c {
+        Command::Notice(HostNotice::Core(Notice::AdminRefused { reason })) => Some(reason.clone()),
+        _ => None,
+    })
+}

@@ -1,0 +1,210 @@
+//! Exact commands for events: the host's ordering rules, step by step.
+//!
+//! Each test drives one host by hand (peers played by the test) and asserts
+//! the precise commands that come out, in order: the volume's view after
+//! every core step, VIP actions tagged with the lease they were decided
+//! under, TimeoutNow held until the volume confirms its step-down (and
+//! dropped without it), fitness from the replica and the sync watch.
+
+use triad_core::{
+    AdminRequest, Body, HardState, Instant, Membership, Message, Notice, Position, Role, Setup, Timing, VipAction,
+};
+use triad_host::{admin_refusal, vip_allowed, Command, Event, Host, HostNotice, VipResult, VolumeStart};
+use triad_repl::View;
+
+const MS: u64 = 1000;
+
+fn at(ms: u64) -> Instant {
+    Instant(ms * MS)
+}
+
+fn msg(from: u8, epoch: u64, body: Body) -> Event {
+    Event::Peer(Message { from, epoch, body })
+}
+
+fn setup(hard: HardState) -> Setup {
+    Setup { id: 1, peers: [2, 3], timing: Timing::default(), hard, position: Position::default(), now: at(0), seed: 1 }
+}
+
+fn volume() -> Option<VolumeStart> {
+    Some(VolumeStart { position: Position::default(), electable: true, membership: Membership::default() })
+}
+
+/// Commands without the periodic liveness pings.
+fn no_pings(cmds: Vec<Command>) -> Vec<Command> {
+    cmds.into_iter()
+        .filter(|c| !matches!(c, Command::Send { msg, .. } if matches!(msg.body, Body::Ping { .. })))
+        .collect()
+}
+
+/// Ticks until node 1 has sent PreVotes; returns that instant.
+fn tick_until_prevote(h: &mut Host) -> Instant {
+    let mut now = at(0);
+    for _ in 0..1000 {
+        now = h.next_deadline().max(now);
+        let out = h.handle(now, Event::Tick);
+        if out.iter().any(|c| matches!(c, Command::Send { msg, .. } if matches!(msg.body, Body::PreVote { .. }))) {
+            return now;
+        }
+    }
+    panic!("no prevote");
+}
+
+/// Drives node 1 to leadership (node 2 votes) and through its first
+/// acknowledged heartbeat (the lease) and VIP Add; returns the time and
+/// the lease end.
+fn lead(h: &mut Host) -> (Instant, Instant) {
+    let now = tick_until_prevote(h);
+    h.handle(now, msg(2, 1, Body::PreVoteReply { granted: true }));
+    h.handle(now, msg(2, 1, Body::VoteReply { granted: true }));
+    assert_eq!(h.node().role(), Role::Leader);
+    let out = h.handle(now, msg(2, 1, Body::HeartbeatAck { round: 1 }));
+    let lease = h.node().lease_until(now).expect("a lease");
+    assert!(out.contains(&Command::Vip { action: VipAction::Add, lease_until: Some(lease) }), "{out:?}");
+    h.handle(now, Event::VipDone { action: VipAction::Add, result: VipResult::Done });
+    (now, lease)
+}
+
+#[test]
+fn at_start_the_volume_gets_the_empty_view_and_a_learner_never_votes() {
+    let start = VolumeStart { membership: Membership::Learner, ..volume().unwrap() };
+    let (mut h, out) = Host::new(setup(HardState::default()), Some(start));
+    assert_eq!(no_pings(out), vec![Command::VolumeView(View { epoch: 0, leader: None, lease_until: None })]);
+    // Past the quiet period after start, a voter would grant this vote.
+    let out = h.handle(at(5_000), msg(2, 1, Body::Vote { position: Position::default(), transfer: false }));
+    let granted =
+        out.iter().any(|c| matches!(c, Command::Send { msg, .. } if msg.body == Body::VoteReply { granted: true }));
+    assert!(!granted, "a learner voted: {out:?}");
+    // Without a volume there is no view to hand over.
+    let (_, out) = Host::new(setup(HardState::default()), None);
+    assert_eq!(no_pings(out), vec![]);
+}
+
+#[test]
+fn every_core_step_that_changes_leadership_hands_the_volume_its_view_after_the_persist() {
+    let (mut h, _) = Host::new(setup(HardState::default()), volume());
+    let now = tick_until_prevote(&mut h);
+    let out = no_pings(h.handle(now, msg(2, 1, Body::PreVoteReply { granted: true })));
+    // Candidate: epoch 1 persisted, votes asked, then the view of epoch 1
+    // (no leader known) for the volume.
+    assert_eq!(out[0], Command::Persist(HardState { epoch: 1, voted_for: Some(1), standby: false }));
+    let vote = out.iter().position(|c| matches!(c, Command::Send { msg, .. } if matches!(msg.body, Body::Vote { .. })));
+    assert!(vote.is_some_and(|v| v > 0), "votes asked after the persist: {out:?}");
+    assert_eq!(out.last(), Some(&Command::VolumeView(View { epoch: 1, leader: None, lease_until: None })));
+    // Leader, no lease yet: the volume knows it leads but may not acknowledge.
+    let out = h.handle(now, msg(2, 1, Body::VoteReply { granted: true }));
+    assert_eq!(out.last(), Some(&Command::VolumeView(View { epoch: 1, leader: Some(1), lease_until: None })));
+    // The first acknowledged heartbeat: a lease, the VIP under it, and the
+    // lease end in the view.
+    let out = h.handle(now, msg(2, 1, Body::HeartbeatAck { round: 1 }));
+    let lease = h.node().lease_until(now).expect("lease");
+    assert_eq!(
+        out,
+        vec![
+            Command::Vip { action: VipAction::Add, lease_until: Some(lease) },
+            Command::VolumeView(View { epoch: 1, leader: Some(1), lease_until: Some(lease) }),
+        ]
+    );
+    // An unchanged view is not handed over again.
+    let out = h.handle(now, Event::VolumePosition(Position { epoch: 1, seq: 1 }));
+    assert_eq!(out, vec![]);
+}
+
+#[test]
+fn vip_actions_carry_their_lease_and_a_refused_add_counts_as_failed() {
+    let (mut h, _) = Host::new(setup(HardState::default()), volume());
+    let now = tick_until_prevote(&mut h);
+    h.handle(now, msg(2, 1, Body::PreVoteReply { granted: true }));
+    h.handle(now, msg(2, 1, Body::VoteReply { granted: true }));
+    let out = h.handle(now, msg(2, 1, Body::HeartbeatAck { round: 1 }));
+    let lease = h.node().lease_until(now).expect("lease");
+    assert!(out.contains(&Command::Vip { action: VipAction::Add, lease_until: Some(lease) }));
+    // The executor found the lease over when it got to the Add: the core
+    // hears a failed Add (and retries or cleans up on its own clock).
+    let out = h.handle(lease, Event::VipDone { action: VipAction::Add, result: VipResult::LeaseEnded });
+    assert!(
+        !out.iter().any(|c| matches!(c, Command::Vip { action: VipAction::Add | VipAction::Renew, .. })),
+        "{out:?}"
+    );
+    assert!(out.contains(&Command::Notice(HostNotice::Core(Notice::VipFailed { action: VipAction::Add }))), "{out:?}");
+    // The executor's rule, in one place for the runtime and the simulator.
+    assert!(vip_allowed(VipAction::Renew, Some(lease), Instant(lease.0 - 1)));
+    assert!(!vip_allowed(VipAction::Renew, Some(lease), lease), "the lease end is exclusive");
+    assert!(!vip_allowed(VipAction::Announce, None, at(0)));
+    assert!(!vip_allowed(VipAction::Add, None, at(0)));
+    assert!(vip_allowed(VipAction::Remove, None, at(0)));
+}
+
+#[test]
+fn timeout_now_waits_for_the_volumes_confirmation_and_everything_else_waits_with_it() {
+    let (mut h, _) = Host::new(setup(HardState::default()), volume());
+    let (now, _) = lead(&mut h);
+    h.handle(now, msg(2, 1, Body::Ping { position: Position::default(), standby: false }));
+    let out = h.handle(now, Event::Admin(AdminRequest::Switchover { to: Some(2) }));
+    assert_eq!(admin_refusal(&out), None);
+    assert!(out.contains(&Command::Vip { action: VipAction::Remove, lease_until: None }), "{out:?}");
+    let out = no_pings(h.handle(now, Event::VipDone { action: VipAction::Remove, result: VipResult::Done }));
+    // The volume first: the step-down view (no lease), to be confirmed.
+    assert_eq!(out, vec![Command::ConfirmStepDown(View { epoch: 1, leader: None, lease_until: None })]);
+    assert!(h.handing_over());
+    // Events meanwhile wait (the runtime is blocked in the confirmation).
+    assert_eq!(h.handle(now, msg(3, 1, Body::Ping { position: Position::default(), standby: false })), vec![]);
+    assert_eq!(h.handle(now, Event::SyncStalled(false)), vec![]);
+    // Confirmed: the TimeoutNow goes, then what waited.
+    let out = h.handle(now, Event::StepDownConfirmed(true));
+    assert_eq!(out[0], Command::Send { to: 2, msg: Message { from: 1, epoch: 1, body: Body::TimeoutNow } });
+    assert!(!h.handing_over());
+}
+
+#[test]
+fn without_the_volumes_confirmation_no_timeout_now_is_sent() {
+    let (mut h, _) = Host::new(setup(HardState::default()), volume());
+    let (now, _) = lead(&mut h);
+    h.handle(now, msg(2, 1, Body::Ping { position: Position::default(), standby: false }));
+    h.handle(now, Event::Admin(AdminRequest::Switchover { to: Some(2) }));
+    let out = h.handle(now, Event::VipDone { action: VipAction::Remove, result: VipResult::Done });
+    assert!(out.iter().any(|c| matches!(c, Command::ConfirmStepDown(_))), "{out:?}");
+    let out = h.handle(now, Event::StepDownConfirmed(false));
+    assert!(!out.iter().any(|c| matches!(c, Command::Send { msg, .. } if msg.body == Body::TimeoutNow)), "{out:?}");
+    assert_eq!(out[0], Command::Notice(HostNotice::HandoverWithoutTimeoutNow { to: 2 }));
+    assert!(!h.handing_over());
+    assert_eq!(h.node().lease_until(now), None, "the lease stays given up");
+    // A late confirmation changes nothing.
+    assert!(!h.handle(now, Event::StepDownConfirmed(true)).iter().any(|c| matches!(c, Command::Send { .. })));
+}
+
+#[test]
+fn without_a_volume_timeout_now_goes_at_once() {
+    let (mut h, _) = Host::new(setup(HardState::default()), None);
+    let (now, _) = lead(&mut h);
+    h.handle(now, msg(2, 1, Body::Ping { position: Position::default(), standby: false }));
+    h.handle(now, Event::Admin(AdminRequest::Switchover { to: Some(2) }));
+    let out = h.handle(now, Event::VipDone { action: VipAction::Remove, result: VipResult::Done });
+    assert!(
+        out.contains(&Command::Send { to: 2, msg: Message { from: 1, epoch: 1, body: Body::TimeoutNow } }),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_stuck_sync_makes_the_leader_step_down_and_a_returned_one_makes_it_fit_again() {
+    let (mut h, _) = Host::new(setup(HardState::default()), volume());
+    let (now, _) = lead(&mut h);
+    let out = h.handle(now, Event::SyncStalled(true));
+    assert_eq!(out[0], Command::Notice(HostNotice::Fitness { fit: false, sync_stalled: true }));
+    assert!(out.contains(&Command::Notice(HostNotice::Core(Notice::SteppedDownUnfit { epoch: 1 }))), "{out:?}");
+    assert!(out.contains(&Command::Vip { action: VipAction::Remove, lease_until: None }), "{out:?}");
+    assert_eq!(out.last(), Some(&Command::VolumeView(View { epoch: 1, leader: None, lease_until: None })));
+    assert_eq!(h.node().role(), Role::Follower);
+    // Looked at again, still stuck: nothing new.
+    assert_eq!(h.handle(now, Event::SyncStalled(true)), vec![]);
+    // The replica's own verdict does not override the stuck sync...
+    assert_eq!(h.handle(now, Event::VolumeElectable(true)), vec![]);
+    // ...and the sync's return does, once.
+    assert_eq!(
+        h.handle(now, Event::SyncStalled(false)),
+        vec![Command::Notice(HostNotice::Fitness { fit: true, sync_stalled: false })]
+    );
+    let out = h.handle(now, Event::VolumeElectable(false));
+    assert_eq!(out, vec![Command::Notice(HostNotice::Fitness { fit: false, sync_stalled: false })]);
+}
