@@ -1,19 +1,28 @@
-//! The supervisor's one loop: it owns the core and every adapter, waits for
-//! the next event (a timer, a peer message, a control request, an ARP
-//! conflict, a signal), hands it to the core, and carries out the core's
-//! outputs in order before taking the next event.
+//! The supervisor's one loop, an executor of the host (`triad-host`): it
+//! owns the host and every adapter, waits for the next event (a timer, a
+//! peer message, a volume report, a control request, an ARP conflict, a
+//! signal), hands it to the host, and carries out the host's commands in
+//! order before taking the next event. The decisions and their ordering
+//! rules (the volume's view, VIP actions only inside the lease, TimeoutNow
+//! only after the volume's confirmation, fitness) are the host's; this
+//! file only carries them out.
 //!
-//! One owner, one loop: no state is shared between tasks, so the core's
+//! One owner, one loop: no state is shared between tasks, so the host's
 //! decisions and the world's state cannot drift apart. The tasks around it
 //! (peer links, the control socket) only move bytes into channels.
 //!
-//! Ordering guarantees kept here, which the core relies on:
-//! - a `Persist` is durable (redb commit, fsync) before any later output;
-//!   if it fails, the remaining outputs are dropped and the supervisor
+//! What carrying out in order means here:
+//! - a `Persist` is durable (redb commit, fsync) before any later command;
+//!   if it fails, the remaining commands are dropped and the supervisor
 //!   stops, because sending a vote that is not on disk could elect two
 //!   leaders after a crash;
-//! - a VIP action completes (and is reported back) before later outputs,
-//!   so "VIP removed, then TimeoutNow sent" holds on the wire.
+//! - a VIP action completes (and is reported back) before later commands,
+//!   so "VIP removed, then TimeoutNow sent" holds on the wire; it goes out
+//!   only inside its lease (`os/vip.rs` `apply_in_lease`);
+//! - a step-down confirmation is awaited before anything else happens;
+//! - every queued volume report reaches the host before a peer message, so
+//!   a vote is never judged against a position older than one this node
+//!   has already acknowledged to the leader.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -22,7 +31,8 @@ use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, error, info, warn};
-use triad_core::{AdminRequest, Input, Membership, Node, Notice, Output, Position, Setup, VipAction};
+use triad_core::{AdminRequest, Membership, Notice, Position, Setup, VipAction};
+use triad_host::{admin_refusal, Command, Event, Host, HostNotice, VipResult, VolumeStart};
 
 use crate::config::Config;
 use crate::control::{self, ControlRequest, Request, Response, StatusReport};
@@ -146,7 +156,7 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
     // SIGPWR: the UPS says power is going; an orderly stop, like SIGTERM.
     let mut pwr = signal(SignalKind::from_raw(libc::SIGPWR)).map_err(RuntimeError::Signal)?;
 
-    let mut node = Node::new(Setup {
+    let setup = Setup {
         id: cfg.node.id,
         peers,
         timing: cfg.timing.clone(),
@@ -154,60 +164,51 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
         position,
         now: clock.now(),
         seed: random_u64(),
-    });
-    // Fit to lead: the replica says so and no journal sync is stuck (rule 16).
-    let mut fitness = triad_repl::Fitness::default();
-    if let Some(fit) = fitness.replica(electable) {
-        node.handle(clock.now(), Input::Electable(fit));
-    }
+    };
+    // Before the first message: fitness and membership (a learner must
+    // not vote even once), and the volume's first view.
+    let volume_start = volume.as_ref().map(|_| VolumeStart { position, electable, membership });
+    let (host, start) = Host::new(setup, volume_start);
     let sync_stall = cfg.volume.as_ref().map(|v| v.sync_stall);
     let mut stall_check = tokio::time::interval(sync_stall.map_or(Duration::from_secs(3600), |d| d / 4));
     stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Before the first message: a learner must not vote even once.
-    node.handle(clock.now(), Input::Membership(membership));
-    let mut shell = Shell { node, store, vip, links, clock, cfg, volume, last_view: None, _vol_tx: vol_tx };
-    shell.push_view();
+    let mut shell = Shell { host, store, vip, links, clock, cfg, volume, _vol_tx: vol_tx };
+    shell.execute(start).await?;
+    let mut stalled_seen = None;
 
     info!(listen = %listen, "supervisor running");
     let mut arp_resume: Option<tokio::time::Instant> = None;
     loop {
-        // Rule 16, on every turn: a journal sync stuck past the limit makes
-        // this node unfit to lead (the core steps down at once).
+        // Rule 16, on every turn: a sync stuck past the limit makes this
+        // node unfit to lead (the host tells the core, which steps down).
         if let (Some(v), Some(limit)) = (&shell.volume, sync_stall) {
             let stalled = v.sync_stalled(limit);
-            if let Some(fit) = fitness.stall(stalled) {
-                if stalled {
-                    error!(limit_ms = limit.as_millis() as u64, "journal sync stuck; not fit to lead");
-                } else {
-                    info!("journal syncs complete again");
-                }
-                shell.step(Input::Electable(fit)).await?;
+            if stalled_seen != Some(stalled) {
+                stalled_seen = Some(stalled);
+                shell.step(Event::SyncStalled(stalled)).await?;
             }
         }
-        let deadline = shell.clock.to_tokio(shell.node.next_deadline());
-        let input = tokio::select! {
+        let deadline = shell.clock.to_tokio(shell.host.next_deadline());
+        let event = tokio::select! {
             // Timers first: a lease end must not wait behind a message burst.
             biased;
-            _ = tokio::time::sleep_until(deadline) => Input::Tick,
+            _ = tokio::time::sleep_until(deadline) => Event::Tick,
             Some((_from, msg)) = inbound.recv() => {
                 // A vote is judged against this node's position: every
                 // position the volume reported before now (so before any
                 // AppendReply that acknowledged it left) goes in first.
-                for input in volume_inputs(&mut vol_events, &mut fitness) {
-                    shell.step(input).await?;
+                for event in volume_events(&mut vol_events) {
+                    shell.step(event).await?;
                 }
-                Input::Receive(msg)
+                Event::Peer(msg)
             }
-            Some(ev) = vol_events.recv() => match volume_input(ev, &mut fitness) {
-                Some(input) => input,
-                None => continue,
-            },
+            Some(ev) = vol_events.recv() => volume_event(ev),
             Some(req) = control_rx.recv() => {
                 shell.control(req).await?;
                 continue;
             }
             conflict = arp_watch.next_conflict(), if arp_resume.is_none() => match conflict {
-                Ok(mac) => Input::VipConflict { mac },
+                Ok(mac) => Event::VipConflict { mac },
                 Err(e) => {
                     // Pause rather than spin on a persistent error (a link
                     // that went away) at real-time priority.
@@ -225,7 +226,7 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
             _ = int.recv() => break,
             _ = pwr.recv() => break,
         };
-        shell.step(input).await?;
+        shell.step(event).await?;
     }
     shell.hand_over_before_exit().await?;
     info!("shutting down: removing the VIP");
@@ -235,9 +236,9 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-/// The core plus the adapters that carry out its outputs.
+/// The host plus the adapters that carry out its commands.
 struct Shell<V: VipOps> {
-    node: Node,
+    host: Host,
     store: StateStore,
     vip: V,
     links: PeerLinks,
@@ -245,55 +246,25 @@ struct Shell<V: VipOps> {
     cfg: Config,
     /// The replicated volume's thread, if this node has a volume.
     volume: Option<VolumeHandle>,
-    last_view: Option<triad_repl::View>,
     /// Keeps the volume event channel open when there is no volume.
     _vol_tx: tokio::sync::mpsc::UnboundedSender<VolumeEvent>,
 }
 
 impl<V: VipOps> Shell<V> {
-    /// Feeds one input and carries out everything that follows from it.
-    async fn step(&mut self, input: Input) -> Result<(), RuntimeError> {
-        let outputs = self.node.handle(self.clock.now(), input);
-        let r = self.carry_out(outputs).await;
-        self.push_view();
-        r
+    /// Feeds one event to the host and carries out its commands.
+    async fn step(&mut self, event: Event) -> Result<(), RuntimeError> {
+        let commands = self.host.handle(self.clock.now(), event);
+        self.execute(commands).await
     }
 
-    /// What the volume must know of leadership after a core step.
-    fn view(&self) -> triad_repl::View {
-        let now = self.clock.now();
-        let status = self.node.status(now);
-        triad_repl::View { epoch: status.epoch, leader: status.leader, lease_until: self.node.lease_until(now) }
-    }
-
-    /// Hands the volume the core's current view (when it changed).
-    fn push_view(&mut self) {
-        let view = self.view();
-        if let Some(v) = &self.volume {
-            if self.last_view != Some(view) {
-                v.set_view(view);
-                self.last_view = Some(view);
-            }
-        }
-    }
-
-    /// Before a TimeoutNow lets another node lead: the volume has stopped
-    /// serving (rule 17), confirmed by its thread. False if the thread did
-    /// not confirm in time (stuck in a sync): the handover must not happen.
-    async fn volume_steps_down(&mut self) -> bool {
-        let view = self.view();
-        let Some(v) = &self.volume else { return true };
-        self.last_view = Some(view);
-        v.set_view_confirmed(view, VOLUME_STEP_DOWN_WAIT).await
-    }
-
-    /// Carries out outputs in order; VIP completions are fed back to the
-    /// core at once and what they produce joins the queue.
-    async fn carry_out(&mut self, outputs: Vec<Output>) -> Result<(), RuntimeError> {
-        let mut queue: VecDeque<Output> = outputs.into();
-        while let Some(output) = queue.pop_front() {
-            match output {
-                Output::Persist(hard) => {
+    /// Carries out commands in order; what a VIP action or a step-down
+    /// confirmation reports goes back to the host at once, and what that
+    /// produces joins the queue.
+    async fn execute(&mut self, commands: Vec<Command>) -> Result<(), RuntimeError> {
+        let mut queue: VecDeque<Command> = commands.into();
+        while let Some(command) = queue.pop_front() {
+            match command {
+                Command::Persist(hard) => {
                     if let Err(e) = self.store.save(&hard) {
                         // Nothing after this may happen: it could depend on it.
                         error!(error = %chain(&e), "cannot persist state; stopping");
@@ -301,49 +272,44 @@ impl<V: VipOps> Shell<V> {
                         return Err(e.into());
                     }
                 }
-                Output::Send { to, msg } => {
-                    if matches!(msg.body, triad_core::Body::TimeoutNow) && !self.volume_steps_down().await {
-                        // Rule 17: TimeoutNow waives the target's lease
-                        // stickiness, so it may only go once nothing here
-                        // can acknowledge. Without it the target is elected
-                        // the ordinary way, after this node's lease, which
-                        // this node has given up for good anyway.
-                        error!(to, "volume did not confirm the step-down; switchover continues without TimeoutNow");
-                        continue;
-                    }
+                Command::Send { to, msg } => {
                     if let Err(e) = self.links.send(to, &msg) {
                         debug!(peer = to, error = %e, "message dropped");
                     }
                 }
-                Output::Vip(action) => {
-                    // Decided earlier in this batch, the lease may have ended
-                    // since (a VIP completion was fed back in between), or
-                    // may end during the netlink round trip: never raise,
-                    // renew or announce outside a lease (os/vip.rs). A
-                    // skipped Add is reported failed so the core cleans up.
+                Command::Vip { action, lease_until } => {
                     let clock = self.clock;
                     let now = move || clock.now();
-                    let lease = Lease { until: self.node.lease_until(clock.now()), now: &now };
-                    let ok = match apply_in_lease(&mut self.vip, action, &lease).await {
-                        Ok(()) => true,
+                    let lease = Lease { until: lease_until, now: &now };
+                    let result = match apply_in_lease(&mut self.vip, action, &lease).await {
+                        Ok(()) => VipResult::Done,
                         Err(e @ VipError::LeaseEnded { .. }) => {
                             debug!(?action, error = %chain(&e), "VIP action skipped");
-                            if action == VipAction::Add {
-                                queue.extend(self.node.handle(self.clock.now(), Input::VipDone { action, ok: false }));
-                            }
-                            continue;
+                            VipResult::LeaseEnded
                         }
                         Err(e) => {
                             warn!(?action, error = %chain(&e), "VIP action failed");
-                            false
+                            VipResult::Failed
                         }
                     };
                     if matches!(action, VipAction::Add | VipAction::Remove) {
-                        info!(?action, ok, "VIP");
+                        info!(?action, ?result, "VIP");
                     }
-                    queue.extend(self.node.handle(self.clock.now(), Input::VipDone { action, ok }));
+                    queue.extend(self.host.handle(self.clock.now(), Event::VipDone { action, result }));
                 }
-                Output::Notice(n) => log_notice(&n),
+                Command::VolumeView(view) => {
+                    if let Some(v) = &self.volume {
+                        v.set_view(view);
+                    }
+                }
+                Command::ConfirmStepDown(view) => {
+                    let confirmed = match &self.volume {
+                        Some(v) => v.set_view_confirmed(view, VOLUME_STEP_DOWN_WAIT).await,
+                        None => true,
+                    };
+                    queue.extend(self.host.handle(self.clock.now(), Event::StepDownConfirmed(confirmed)));
+                }
+                Command::Notice(n) => log_notice(&n),
             }
         }
         Ok(())
@@ -389,13 +355,9 @@ impl<V: VipOps> Shell<V> {
     /// Runs an operator request; a refusal becomes the error response.
     async fn admin(&mut self, request: AdminRequest) -> Result<Response, RuntimeError> {
         info!(?request, "admin request");
-        let outputs = self.node.handle(self.clock.now(), Input::Admin(request));
-        let refusal = outputs.iter().find_map(|o| match o {
-            Output::Notice(Notice::AdminRefused { reason }) => Some(reason.clone()),
-            _ => None,
-        });
-        self.carry_out(outputs).await?;
-        self.push_view();
+        let commands = self.host.handle(self.clock.now(), Event::Admin(request));
+        let refusal = admin_refusal(&commands);
+        self.execute(commands).await?;
         Ok(match refusal {
             Some(reason) => Response::Error(reason),
             None => Response::Done,
@@ -406,7 +368,7 @@ impl<V: VipOps> Shell<V> {
     /// VIP goes, then TimeoutNow), so a restart costs a few milliseconds
     /// instead of an election timeout. Without an eligible peer it just stops.
     async fn hand_over_before_exit(&mut self) -> Result<(), RuntimeError> {
-        if self.node.role() != triad_core::Role::Leader {
+        if self.host.node().role() != triad_core::Role::Leader {
             return Ok(());
         }
         match self.admin(AdminRequest::Switchover { to: None }).await? {
@@ -421,7 +383,7 @@ impl<V: VipOps> Shell<V> {
     }
 
     fn report(&self) -> StatusReport {
-        let status = self.node.status(self.clock.now());
+        let status = self.host.status(self.clock.now());
         let peers = self.cfg.cluster.peers.map(|p| (p.id, p.address.to_string()));
         StatusReport::from_core(&status, self.cfg.cluster.vip.to_string(), &peers)
     }
@@ -537,25 +499,22 @@ async fn start_volume(
     Ok(handle)
 }
 
-/// The core input a volume event becomes (none when fitness is unchanged).
-fn volume_input(ev: VolumeEvent, fitness: &mut triad_repl::Fitness) -> Option<Input> {
+/// The host event a volume report becomes.
+fn volume_event(ev: VolumeEvent) -> Event {
     match ev {
-        VolumeEvent::Position(p) => Some(Input::PositionChanged(p)),
-        VolumeEvent::Electable(e) => fitness.replica(e).map(Input::Electable),
-        VolumeEvent::Membership(m) => Some(Input::Membership(m)),
+        VolumeEvent::Position(p) => Event::VolumePosition(p),
+        VolumeEvent::Electable(e) => Event::VolumeElectable(e),
+        VolumeEvent::Membership(m) => Event::VolumeMembership(m),
     }
 }
 
-/// Every volume event already queued, as core inputs, in order.
-fn volume_inputs(
-    events: &mut tokio::sync::mpsc::UnboundedReceiver<VolumeEvent>,
-    fitness: &mut triad_repl::Fitness,
-) -> Vec<Input> {
-    let mut inputs = Vec::new();
+/// Every volume report already queued, as host events, in order.
+fn volume_events(events: &mut tokio::sync::mpsc::UnboundedReceiver<VolumeEvent>) -> Vec<Event> {
+    let mut out = Vec::new();
     while let Ok(ev) = events.try_recv() {
-        inputs.extend(volume_input(ev, fitness));
+        out.push(volume_event(ev));
     }
-    inputs
+    out
 }
 
 /// Sleeps until `at`, or forever when there is nothing to wait for.
@@ -592,7 +551,20 @@ fn apply_realtime(cfg: &Config) {
     }
 }
 
-fn log_notice(n: &Notice) {
+fn log_notice(n: &HostNotice) {
+    match n {
+        HostNotice::Core(n) => log_core_notice(n),
+        HostNotice::Fitness { fit: false, sync_stalled: true } => {
+            error!("a volume disk sync is stuck; not fit to lead")
+        }
+        HostNotice::Fitness { fit, sync_stalled } => info!(fit, sync_stalled, "fitness to lead changed"),
+        HostNotice::HandoverWithoutTimeoutNow { to } => {
+            error!(to, "volume did not confirm the step-down; switchover continues without TimeoutNow")
+        }
+    }
+}
+
+fn log_core_notice(n: &Notice) {
     match n {
         Notice::RoleChanged { role, epoch } => info!(?role, epoch, "role changed"),
         Notice::LeaseLost { epoch } => warn!(epoch, "lease lost: no majority; stepping down"),
@@ -632,29 +604,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn queued_volume_events_become_inputs_in_order_and_fitness_filters_electable() {
+    fn queued_volume_reports_become_host_events_in_order() {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut fitness = triad_repl::Fitness::default();
         let p = |seq| Position { epoch: 1, seq };
         for ev in [
             VolumeEvent::Position(p(1)),
-            VolumeEvent::Electable(true),
             VolumeEvent::Electable(true),
             VolumeEvent::Position(p(2)),
             VolumeEvent::Membership(Membership::Learner),
         ] {
             tx.send(ev).expect("open");
         }
-        let inputs = volume_inputs(&mut rx, &mut fitness);
         assert_eq!(
-            inputs,
+            volume_events(&mut rx),
             [
-                Input::PositionChanged(p(1)),
-                Input::Electable(true),
-                Input::PositionChanged(p(2)),
-                Input::Membership(Membership::Learner),
+                Event::VolumePosition(p(1)),
+                Event::VolumeElectable(true),
+                Event::VolumePosition(p(2)),
+                Event::VolumeMembership(Membership::Learner),
             ]
         );
-        assert!(volume_inputs(&mut rx, &mut fitness).is_empty(), "drained");
+        assert!(volume_events(&mut rx).is_empty(), "drained");
     }
 }
