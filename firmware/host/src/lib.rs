@@ -343,6 +343,14 @@ impl Host {
         }
     }
 
+    /// The lease a VIP action tagged with `tagged` may use when it is
+    /// carried out at `now`: the one it was decided under, and only while
+    /// the core still holds a lease (a step-down decided in between, from
+    /// a completion fed back, ends it at once).
+    pub fn vip_lease(&self, tagged: Option<Instant>, now: Instant) -> Option<Instant> {
+        tagged.min(self.node.lease_until(now))
+    }
+
     /// The earliest instant at which [`Event::Tick`] has work.
     pub fn next_deadline(&self) -> Instant {
         self.node.next_deadline()

@@ -127,6 +127,13 @@ fn vip_actions_carry_their_lease_and_a_refused_add_counts_as_failed() {
         "{out:?}"
     );
     assert!(out.contains(&Command::Notice(HostNotice::Core(Notice::VipFailed { action: VipAction::Add }))), "{out:?}");
+    // A Renew decided under the lease may not be used once the core gave
+    // the lease up (here: stepped down for a stuck sync).
+    let (mut h, _) = Host::new(setup(HardState::default()), volume());
+    let (now, lease) = lead(&mut h);
+    assert_eq!(h.vip_lease(Some(lease), now), Some(lease));
+    h.handle(now, Event::SyncStalled(true));
+    assert_eq!(h.vip_lease(Some(lease), now), None);
     // The executor's rule, in one place for the runtime and the simulator.
     assert!(vip_allowed(VipAction::Renew, Some(lease), Instant(lease.0 - 1)));
     assert!(!vip_allowed(VipAction::Renew, Some(lease), lease), "the lease end is exclusive");

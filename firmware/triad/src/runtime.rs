@@ -280,7 +280,8 @@ impl<V: VipOps> Shell<V> {
                 Command::Vip { action, lease_until } => {
                     let clock = self.clock;
                     let now = move || clock.now();
-                    let lease = Lease { until: lease_until, now: &now };
+                    let until = self.host.vip_lease(lease_until, clock.now());
+                    let lease = Lease { until, now: &now };
                     let result = match apply_in_lease(&mut self.vip, action, &lease).await {
                         Ok(()) => VipResult::Done,
                         Err(e @ VipError::LeaseEnded { .. }) => {
