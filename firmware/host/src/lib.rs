@@ -23,11 +23,13 @@
 //!   on disk could elect two leaders after a crash).
 //! - **No VIP action outside the lease.** Every `Vip` command carries the
 //!   lease end the core held when it was decided; the executor carries out
-//!   Add, Renew and Announce only while [`vip_allowed`] says so, checked
-//!   right before the action and, for Add and Renew, again after it (a
-//!   renewal that outlasted the lease is undone). A refused action is
-//!   reported as [`VipResult::LeaseEnded`]: a refused Add counts as failed
-//!   for the core, so it cleans up.
+//!   Add, Renew and Announce only while [`vip_allowed`] says so for the
+//!   lease [`Host::vip_lease`] gives it, checked right before the action
+//!   and, for Add and Renew, again after it (a renewal that outlasted the
+//!   lease is undone). A refused action is reported as
+//!   [`VipResult::LeaseEnded`]: a refused Add counts as failed for the
+//!   core, so it cleans up; a refused Renew or Announce gives the core its
+//!   timer at once, so it acts on the lease end.
 //! - **The volume follows the core.** After every event the volume is
 //!   handed the core's view (epoch, leader, lease end) if it changed, so it
 //!   acknowledges and serves only inside a lease the core holds.
@@ -241,11 +243,12 @@ impl Host {
             Event::VipDone { action, result } => match result {
                 VipResult::Done => Some(Input::VipDone { action, ok: true }),
                 VipResult::Failed => Some(Input::VipDone { action, ok: false }),
-                // A refused Add is a failed Add (the core cleans up); a
-                // refused Renew or Announce changes nothing: the core ends
-                // the lease on its own clock.
+                // A refused Add is a failed Add (the core cleans up). A
+                // refused Renew or Announce means the lease has ended: the
+                // core gets its timer at once, so it acts on the lease end
+                // (drops the VIP, steps down) before anything else.
                 VipResult::LeaseEnded if action == VipAction::Add => Some(Input::VipDone { action, ok: false }),
-                VipResult::LeaseEnded => None,
+                VipResult::LeaseEnded => Some(Input::Tick),
             },
             Event::VolumePosition(p) => Some(Input::PositionChanged(p)),
             Event::VolumeElectable(e) => {

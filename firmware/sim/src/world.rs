@@ -2,13 +2,17 @@
 //! event queue ordered by (real time, sequence) so every run is a pure
 //! function of its seed.
 //!
-//! Each host runs a model of the supervisor's runtime loop
-//! (firmware/triad/src/runtime.rs), because the core's guarantees depend on
-//! how outputs are carried out:
-//! - outputs run one at a time, in order; a `Persist` is durable when it is
-//!   reached and takes a little fsync time, a VIP action takes netlink time
-//!   and its `VipDone` is fed back at once, its outputs queued *behind* the
-//!   rest of the batch (as `queue.extend` does there);
+//! Each host runs the supervisor's own host state machine (`triad-host`,
+//! the code `firmware/triad/src/runtime.rs` carries out) under a model of
+//! the runtime's executor, because the guarantees depend on how commands
+//! are carried out:
+//! - commands run one at a time, in order; a `Persist` is durable when it
+//!   is reached and takes a little fsync time, a VIP action takes netlink
+//!   time and its `VipDone` is fed back at once, its commands queued
+//!   *behind* the rest of the batch (as `queue.extend` does there); a VIP
+//!   action goes out only while `triad_host::vip_allowed` holds for the
+//!   lease `Host::vip_lease` gives it, and an Add or Renew that completes
+//!   after that lease is undone at once (`os/vip.rs` `apply_in_lease`);
 //! - between batches, a due timer wins over queued messages (`biased;`);
 //! - a process kill can land anywhere in a batch (and is aimed right after
 //!   a `Persist` in crash storms); a restart removes any leftover VIP first;
@@ -29,9 +33,9 @@ use crate::scenario::{Mutation, Scenario};
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 use triad_core::{
-    AdminRequest, Body, HardState, Input, Instant, Message, Node, NodeId, Notice, Output, Position, Role, Setup,
-    VipAction, VipPhase,
+    AdminRequest, Body, HardState, Instant, Message, NodeId, Notice, Position, Role, Setup, VipAction, VipPhase,
 };
+use triad_host::{vip_allowed, Command, Event, Host as HostMachine, HostNotice, VipResult};
 
 /// Trace lines kept for a failure report.
 const TRACE_TAIL: usize = 80;
@@ -94,6 +98,13 @@ enum Ev {
         action: VipAction,
         ok: bool,
     },
+    /// The removal that undid a late Add or Renew returns: the host hears
+    /// the action as refused.
+    VipUndone {
+        node: NodeId,
+        inc: u64,
+        action: VipAction,
+    },
     /// The kernel lifetime of the VIP may have run out.
     Expire {
         node: NodeId,
@@ -141,22 +152,24 @@ impl Ord for Item {
 /// A running supervisor process.
 #[derive(Debug)]
 struct Proc {
-    node: Node,
+    host: HostMachine,
     inc: u64,
-    /// Outputs not yet carried out.
-    queue: VecDeque<Output>,
+    /// Commands not yet carried out.
+    queue: VecDeque<Command>,
     /// Waiting on an fsync or a netlink call.
     busy: bool,
-    /// A netlink call returned; fed to the core when the process runs.
-    done: Option<(VipAction, bool)>,
-    /// Inputs waiting (socket buffers, operator requests).
-    inbox: VecDeque<Input>,
+    /// A netlink call returned; fed to the host when the process runs.
+    done: Option<(VipAction, VipResult)>,
+    /// Events waiting (socket buffers, operator requests).
+    inbox: VecDeque<Event>,
     wake_at: u64,
     /// Set while the core's deadline stays in the past after a Tick: the
     /// sim then ticks once a millisecond instead of spinning forever.
     spin: Option<Instant>,
     /// Highest epoch seen in RAM in this incarnation.
     ram_epoch: u64,
+    /// The lease the VIP action in flight was carried out under.
+    vip_lease: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -341,10 +354,10 @@ impl World {
                 Some(p) => format!(
                     "{}:{:?}@{} lease={} vip={:?}{}",
                     h.id,
-                    p.node.role(),
-                    p.node.epoch(),
-                    p.node.lease_until(local).is_some(),
-                    p.node.vip_phase(),
+                    p.host.node().role(),
+                    p.host.node().epoch(),
+                    p.host.node().lease_until(local).is_some(),
+                    p.host.node().vip_phase(),
                     if h.frozen { " frozen" } else { "" }
                 ),
             });
@@ -369,14 +382,15 @@ impl World {
             }
             Ev::Deliver { to, msg } => {
                 if let Some(p) = self.hosts[Self::idx(to)].proc.as_mut() {
-                    p.inbox.push_back(Input::Receive(msg));
+                    p.inbox.push_back(Event::Peer(msg));
                     self.pump(to)?;
                 }
             }
             Ev::VipEffect { node, inc, action, ok, legit } => self.vip_effect(node, inc, action, ok, legit),
-            Ev::VipDone { node, inc, action, ok } => {
+            Ev::VipDone { node, inc, action, ok } => self.vip_done(node, inc, action, ok)?,
+            Ev::VipUndone { node, inc, action } => {
                 if let Some(p) = self.hosts[Self::idx(node)].proc.as_mut().filter(|p| p.inc == inc) {
-                    p.done = Some((action, ok));
+                    p.done = Some((action, VipResult::LeaseEnded));
                     self.pump(node)?;
                 }
             }
@@ -422,9 +436,9 @@ impl World {
             }
             let local = h.clock.local(now);
             let Some(p) = h.proc.as_mut() else { return Ok(()) };
-            if let Some((action, ok)) = p.done.take() {
+            if let Some((action, result)) = p.done.take() {
                 p.busy = false;
-                self.handle(id, local, Input::VipDone { action, ok })?;
+                self.handle(id, local, Event::VipDone { action, result })?;
                 continue;
             }
             if p.busy {
@@ -434,7 +448,7 @@ impl World {
                 self.carry(id, o)?;
                 continue;
             }
-            let deadline = p.node.next_deadline();
+            let deadline = p.host.next_deadline();
             let spin_gap = if self.sc.faithful_spin { 10 } else { 1000 };
             let due = match p.spin {
                 Some(last) => local.0 >= last.0 + spin_gap,
@@ -442,7 +456,7 @@ impl World {
             };
             let starved = self.sc.faithful_spin && p.spin.is_some();
             let input = if due {
-                Input::Tick
+                Event::Tick
             } else if let Some(input) = p.inbox.pop_front().filter(|_| !starved) {
                 input
             } else {
@@ -459,59 +473,55 @@ impl World {
         }
     }
 
-    /// Feeds one input to the core of `id` and checks what follows from it.
-    fn handle(&mut self, id: NodeId, local: Instant, input: Input) -> Result<(), Violation> {
+    /// Feeds one event to the host of `id` and checks what follows from it.
+    fn handle(&mut self, id: NodeId, local: Instant, input: Event) -> Result<(), Violation> {
         let i = Self::idx(id);
         let now = self.now;
-        let is_tick = input == Input::Tick;
+        let is_tick = input == Event::Tick;
         // Mutation: node 1's runtime acks heartbeats behind its core's back.
         let mut extra_ack = None;
         let input = match input {
-            Input::Receive(Message { from, epoch, body: Body::Heartbeat { round } })
+            Event::Peer(Message { from, epoch, body: Body::Heartbeat { round } })
                 if self.sc.has(Mutation::AckWithoutStickiness) && id == 1 =>
             {
                 let p = self.hosts[i].proc.as_ref().expect("pumped process exists");
-                if epoch >= p.node.epoch() {
-                    extra_ack = Some(Output::Send {
+                if epoch >= p.host.node().epoch() {
+                    extra_ack = Some(Command::Send {
                         to: from,
                         msg: Message { from: id, epoch, body: Body::HeartbeatAck { round } },
                     });
                 }
-                Input::Receive(Message {
-                    from,
-                    epoch,
-                    body: Body::Ping { position: Position::default(), standby: false },
-                })
+                Event::Peer(Message { from, epoch, body: Body::Ping { position: Position::default(), standby: false } })
             }
             other => other,
         };
-        if self.print_trace || !matches!(input, Input::Tick) {
+        if self.print_trace || !matches!(input, Event::Tick) {
             let s = format!("n{id} <- {input:?}");
             self.note(|| s);
         }
         let h = &mut self.hosts[i];
         let p = h.proc.as_mut().expect("pumped process exists");
-        let mut outs = p.node.handle(local, input);
+        let mut outs = p.host.handle(local, input);
         outs.extend(extra_ack);
         if self.sc.has(Mutation::SendBeforePersist) {
             // Stable: persists move to the end of the batch.
-            let (persist, rest): (Vec<_>, Vec<_>) = outs.into_iter().partition(|o| matches!(o, Output::Persist(_)));
+            let (persist, rest): (Vec<_>, Vec<_>) = outs.into_iter().partition(|o| matches!(o, Command::Persist(_)));
             outs = rest.into_iter().chain(persist).collect();
         }
-        let epoch = p.node.epoch();
+        let epoch = p.host.node().epoch();
         let ram_before = p.ram_epoch;
         p.ram_epoch = epoch.max(ram_before);
-        let role = p.node.role();
-        let lease = p.node.lease_until(local);
-        let phase = p.node.vip_phase();
-        let deadline = p.node.next_deadline();
+        let role = p.host.node().role();
+        let lease = p.host.node().lease_until(local);
+        let phase = p.host.node().vip_phase();
+        let deadline = p.host.next_deadline();
         if is_tick {
             p.spin = (deadline <= local).then_some(local);
         }
         let lease_real = lease.map(|u| h.clock.real_of(u));
         p.queue.extend(outs.iter().cloned());
         for o in &outs {
-            if let Output::Notice(Notice::RoleChanged { role: Role::Leader, epoch }) = o {
+            if let Command::Notice(HostNotice::Core(Notice::RoleChanged { role: Role::Leader, epoch })) = o {
                 self.checker.leader(now, id, *epoch)?;
             }
         }
@@ -526,7 +536,7 @@ impl World {
         // inside its lease (checked when decided; the runtime re-checks when
         // it carries them out, see `carry`).
         if let Some(action) = outs.iter().find_map(|o| match o {
-            Output::Vip(a) if *a != VipAction::Remove => Some(*a),
+            Command::Vip { action, .. } if *action != VipAction::Remove => Some(*action),
             _ => None,
         }) {
             if role != Role::Leader || lease.is_none() {
@@ -564,7 +574,7 @@ impl World {
         for h in self.hosts.iter().filter(|h| h.id != id) {
             let Some(p) = h.proc.as_ref() else { return Ok(()) };
             let local = h.clock.local(self.now);
-            match p.node.refuses_votes_until(local) {
+            match p.host.node().refuses_votes_until(local) {
                 Some(u) if u.0 == u64::MAX || h.clock.real_of(u) >= end => return Ok(()),
                 Some(u) => why.push(format!("node {} refuses votes only until t={}µs", h.id, h.clock.real_of(u))),
                 None => why.push(format!("node {} would vote now", h.id)),
@@ -577,12 +587,12 @@ impl World {
         )
     }
 
-    /// Carries out one output the way the runtime does.
-    fn carry(&mut self, id: NodeId, o: Output) -> Result<(), Violation> {
+    /// Carries out one command the way the runtime does.
+    fn carry(&mut self, id: NodeId, o: Command) -> Result<(), Violation> {
         let i = Self::idx(id);
         let now = self.now;
         match o {
-            Output::Persist(hard) => {
+            Command::Persist(hard) => {
                 // Kills aimed at the persist: half land just before it (the
                 // rest of the batch, and this write, lost), half just after.
                 let aimed = self.now < self.sc.fault_phase && self.rng.chance(self.sc.crash_at_persist_p);
@@ -611,7 +621,7 @@ impl World {
                 let inc = p.inc;
                 self.push(now + d, Ev::Synced { node: id, inc });
             }
-            Output::Send { to, msg } => {
+            Command::Send { to, msg } => {
                 let disk = self.hosts[i].disk;
                 match msg.body {
                     Body::PreVote { .. } | Body::PreVoteReply { .. } => {}
@@ -631,24 +641,25 @@ impl World {
                     self.push(now + d, Ev::Deliver { to, msg: msg.clone() });
                 }
             }
-            Output::Vip(action) => {
+            Command::Vip { action, lease_until } => {
                 let h = &self.hosts[i];
                 let local = h.clock.local(now);
                 let p = h.proc.as_ref().expect("carrying process exists");
-                let legit = p.node.role() == Role::Leader && p.node.lease_until(local).is_some();
+                // The executor's check before the action (runtime.rs, os/vip.rs).
+                let lease = p.host.vip_lease(lease_until, local);
+                let legit = vip_allowed(action, lease, local) && action != VipAction::Remove;
                 let inc = p.inc;
-                let (role, phase) = (p.node.role(), p.node.vip_phase());
+                let (role, phase) = (p.host.node().role(), p.host.node().vip_phase());
                 self.note(|| format!("n{id} carries out VIP {action:?} (leader with lease: {legit})"));
                 if action != VipAction::Remove && !legit {
-                    // As runtime.rs does: an action decided earlier in the
-                    // batch, whose lease ended since, is skipped; a skipped
-                    // Add is reported failed so the core cleans up.
+                    // An action decided earlier in the batch, whose lease
+                    // ended since, is refused; the host hears LeaseEnded.
                     self.note(|| format!("n{id} skips VIP {action:?}: lease ended ({role:?}, phase {phase:?})"));
-                    if action == VipAction::Add {
-                        self.hosts[i].proc.as_mut().expect("carrying process exists").done = Some((action, false));
-                    }
+                    self.hosts[i].proc.as_mut().expect("carrying process exists").done =
+                        Some((action, VipResult::LeaseEnded));
                     return Ok(());
                 }
+                self.hosts[i].proc.as_mut().expect("carrying process exists").vip_lease = lease;
                 // Netlink usually answers within a few ms; sometimes it is
                 // slow, but within the lease guard the timing assumes.
                 let d = if self.rng.chance(0.05) { self.rng.range(5_000, 25_000) } else { self.rng.range(200, 5_000) };
@@ -661,13 +672,43 @@ impl World {
                 self.hosts[i].proc.as_mut().expect("carrying process exists").busy = true;
                 self.push(now + d, Ev::VipDone { node: id, inc, action, ok: ok || skip });
             }
-            Output::Notice(n) => {
-                if !matches!(n, Notice::VipFailed { .. }) {
+            Command::Notice(n) => {
+                if !matches!(n, HostNotice::Core(Notice::VipFailed { .. })) {
                     self.note(|| format!("n{id} notice {n:?}"));
                 }
             }
+            // The control world has no volume.
+            Command::VolumeView(_) => {}
+            Command::ConfirmStepDown(_) => {
+                self.hosts[i]
+                    .proc
+                    .as_mut()
+                    .expect("carrying process exists")
+                    .inbox
+                    .push_front(Event::StepDownConfirmed(true));
+            }
         }
         Ok(())
+    }
+
+    /// A netlink call returned. As `apply_in_lease` does: an Add or Renew
+    /// that completed after its lease is undone at once (a Remove, taking
+    /// netlink time of its own) and only then reported, as `LeaseEnded`.
+    fn vip_done(&mut self, node: NodeId, inc: u64, action: VipAction, ok: bool) -> Result<(), Violation> {
+        let i = Self::idx(node);
+        let local = self.hosts[i].clock.local(self.now);
+        let Some(p) = self.hosts[i].proc.as_mut().filter(|p| p.inc == inc) else { return Ok(()) };
+        let late = matches!(action, VipAction::Add | VipAction::Renew) && !vip_allowed(action, p.vip_lease, local);
+        if late {
+            self.note(|| format!("n{node} VIP {action:?} completed after its lease: removed at once"));
+            let d = self.rng.range(200, 5_000);
+            let at = self.now + self.rng.range(0, d);
+            self.push(at, Ev::VipEffect { node, inc, action: VipAction::Remove, ok: true, legit: true });
+            self.push(self.now + d, Ev::VipUndone { node, inc, action });
+            return Ok(());
+        }
+        p.done = Some((action, if ok { VipResult::Done } else { VipResult::Failed }));
+        self.pump(node)
     }
 
     fn vip_effect(&mut self, id: NodeId, inc: u64, action: VipAction, ok: bool, legit: bool) {
@@ -736,9 +777,9 @@ impl World {
                 h.vip_on
                     && !h.frozen
                     && h.proc.as_ref().is_some_and(|p| {
-                        p.node.role() == Role::Leader
-                            && p.node.lease_until(local).is_some()
-                            && p.node.vip_phase() == VipPhase::Held
+                        p.host.node().role() == Role::Leader
+                            && p.host.node().lease_until(local).is_some()
+                            && p.host.node().vip_phase() == VipPhase::Held
                     })
             });
             match (self.recovered, up) {
@@ -769,7 +810,9 @@ impl World {
     fn leader(&self) -> Option<NodeId> {
         self.hosts
             .iter()
-            .filter_map(|h| h.proc.as_ref().filter(|p| p.node.role() == Role::Leader).map(|p| (p.node.epoch(), h.id)))
+            .filter_map(|h| {
+                h.proc.as_ref().filter(|p| p.host.node().role() == Role::Leader).map(|p| (p.host.node().epoch(), h.id))
+            })
             .max()
             .map(|(_, id)| id)
     }
@@ -858,7 +901,7 @@ impl World {
             if let Some(l) = self.leader() {
                 self.note(|| format!("operator asks n{l} to switch over"));
                 let p = self.hosts[Self::idx(l)].proc.as_mut().expect("leader runs");
-                p.inbox.push_back(Input::Admin(AdminRequest::Switchover { to: None }));
+                p.inbox.push_back(Event::Admin(AdminRequest::Switchover { to: None }));
                 self.pump(l)?;
             }
         }
@@ -900,26 +943,21 @@ impl World {
         if self.sc.has(Mutation::NoQuietAfterStart) {
             start = Instant(start.0 - quiet);
         }
-        let node = Node::new(Setup {
-            id,
-            peers: peers_of(id),
-            timing,
-            hard: h.disk,
-            position: Position::default(),
-            now: start,
-            seed,
-        });
-        let epoch = node.epoch();
+        let setup =
+            Setup { id, peers: peers_of(id), timing, hard: h.disk, position: Position::default(), now: start, seed };
+        let (host, start_cmds) = HostMachine::new(setup, None);
+        let epoch = host.node().epoch();
         h.proc = Some(Proc {
-            node,
+            host,
             inc,
-            queue: VecDeque::new(),
+            queue: start_cmds.into(),
             busy: false,
             done: None,
             inbox: VecDeque::new(),
             wake_at: 0,
             spin: None,
             ram_epoch: epoch,
+            vip_lease: None,
         });
         let disk = h.disk;
         self.note(|| format!("n{id} STARTED (incarnation {inc}) from {disk:?}"));
