@@ -58,7 +58,8 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 use std::io;
 use std::rc::Rc;
-use triad_core::{AdminRequest, Body, HardState, Input, Instant, Message, Node, NodeId, Notice, Output, Role, Setup};
+use triad_core::{AdminRequest, Body, HardState, Instant, Membership, Message, NodeId, Notice, Role, Setup};
+use triad_host::{Command, Event, Host as HostMachine, HostNotice, VipResult, VolumeStart};
 use triad_repl::{core_position, Health, Msg, Out, ReplNotice, Replica, View};
 use triad_volume::{Disk, MemDisk, SyncFault};
 
@@ -67,11 +68,14 @@ const TRACE_TAIL: usize = 150;
 /// The volume thread looks at its timers at least this often (volume.rs `MAX_WAIT`), µs.
 const VOL_MAX_WAIT: u64 = 100_000;
 /// Commands per batch (volume.rs `MAX_BATCH`).
-const VOL_MAX_BATCH: usize = 512;
+const VOL_MAX_BATCH: usize = 64;
 /// A serving leader's volume is read back and checked this often, µs.
 const RECHECK_EVERY: u64 = 1_000_000;
 /// Convergence is looked for this often after the writes stop, µs.
 const CONVERGE_POLL: u64 = 50_000;
+/// How long the runtime waits for the volume to confirm a step-down
+/// (runtime.rs `VOLUME_STEP_DOWN_WAIT`), µs.
+const STEP_DOWN_WAIT: u64 = 2_000_000;
 /// Lease overrun of the `LeaseOverrun` mutation, µs.
 const OVERRUN: u64 = 1_000_000;
 
@@ -281,6 +285,11 @@ enum Ev {
         node: NodeId,
         inc: u64,
     },
+    /// The runtime's wait for a step-down confirmation runs out.
+    ConfirmTimeout {
+        node: NodeId,
+        inc: u64,
+    },
     VolWake {
         node: NodeId,
         inc: u64,
@@ -392,8 +401,6 @@ struct Vol {
     /// Outputs of a step whose post-sync work (compaction) hangs: carried
     /// out when the hang ends.
     held: Vec<Out>,
-    /// Whether the core is told this node is fit to lead (runtime.rs).
-    fitness: triad_repl::Fitness,
     /// A storage failure was seen and its recovery scheduled.
     recovering: bool,
     /// Injected sync failures on these disks before this process started.
@@ -406,19 +413,14 @@ struct Vol {
 #[derive(Debug)]
 struct Proc {
     inc: u64,
-    node: Node,
+    /// The supervisor's host (`triad-host`), as it ships.
+    host: HostMachine,
     core_wake_at: u64,
-    /// The last view the runtime built (handed over or not), and how many.
-    built: Option<View>,
+    /// Views handed to the volume so far.
     view_seq: u64,
-    /// Messages held until the volume thread has taken view `.0`: a
-    /// TimeoutNow waits for the replica to stop serving (runtime.rs
-    /// `volume_steps_down`).
-    held: Option<(u64, Vec<Output>)>,
-    /// The TimeoutNow at the head of a released batch goes out without waiting again.
-    confirmed_for: Option<()>,
-    /// Inputs that arrived while the runtime waited.
-    backlog: VecDeque<Input>,
+    /// The runtime waits (runtime.rs, `ConfirmStepDown`) until the volume
+    /// thread has taken view number `.0`, or gives up at real time `.1`.
+    confirm: Option<(u64, u64)>,
     /// The latest lease end the core ever reported in this process.
     lease_bound: Option<Instant>,
     vol: Vol,
@@ -695,9 +697,9 @@ impl DataWorld {
                     format!(
                         "n{}: {:?}@{} lease={} | repl {:?} serving={} last={:?} durable={:?} commit={} applied={:?} k={:?} discarded={:?} view={:?}/{:?} busy={} inbox={}",
                         h.id,
-                        p.node.role(),
-                        p.node.epoch(),
-                        p.node.lease_until(local).is_some(),
+                        p.host.node().role(),
+                        p.host.node().epoch(),
+                        p.host.node().lease_until(local).is_some(),
                         st.health,
                         st.serving,
                         (st.last.epoch, st.last.seq),
@@ -722,8 +724,8 @@ impl DataWorld {
             Ev::CoreWake { node, inc } => {
                 let local = self.local(node);
                 let Some(p) = self.proc(node, inc) else { return Ok(()) };
-                if local >= p.node.next_deadline() {
-                    self.core_input(node, Input::Tick)?;
+                if local >= p.host.next_deadline() {
+                    self.core_input(node, Event::Tick)?;
                 } else {
                     self.core_schedule(node, false);
                 }
@@ -731,6 +733,11 @@ impl DataWorld {
             Ev::VolWake { node, inc } => {
                 if self.proc(node, inc).is_some() {
                     self.vol_wake(node)?;
+                }
+            }
+            Ev::ConfirmTimeout { node, inc } => {
+                if self.proc(node, inc).is_some() {
+                    self.release_held(node)?;
                 }
             }
             Ev::VolDone { node, inc } => {
@@ -792,17 +799,8 @@ impl DataWorld {
 
     // ---- the core on the runtime loop ----
 
-    fn build_view(&self, id: NodeId, local: Instant) -> Option<View> {
-        let p = self.hosts[idx(id)].proc.as_ref()?;
-        let n = &p.node;
-        let leader = if n.role() == Role::Leader { Some(id) } else { n.status(local).leader };
-        Some(View { epoch: n.epoch(), leader, lease_until: n.lease_until(local) })
-    }
-
-    /// Feeds `input` to the core of `id`, carries out its outputs in order
-    /// and hands the view to the volume thread; VIP actions complete at once.
-    /// sync_watch.rs: a journal sync outstanding past the limit makes the
-    /// node unfit to lead; the value to feed the core if it changed.
+    /// sync_watch.rs: a sync outstanding past the limit; the value to hand
+    /// the host when it changed.
     fn watch_sync(&mut self, id: NodeId) -> Option<bool> {
         if self.sc.has(DataMutation::NoSyncWatch) {
             return None;
@@ -820,50 +818,48 @@ impl DataWorld {
             return None;
         }
         p.vol.stalled = stalled;
-        let fit = p.vol.fitness.stall(stalled);
         self.note(|| format!("n{id} sync watch: stalled={stalled}"));
-        fit
+        Some(stalled)
     }
 
-    fn core_input(&mut self, id: NodeId, input: Input) -> Res {
+    /// Feeds `event` to the host of `id` (the shipping `triad-host`) and
+    /// carries out its commands in order, as runtime.rs does; VIP actions
+    /// complete at once (the VIP world covers them).
+    fn core_input(&mut self, id: NodeId, event: Event) -> Res {
         let i = idx(id);
-        let mut inputs = VecDeque::from([input]);
+        let mut events = VecDeque::from([event]);
         // runtime.rs: the sync watch is looked at on every turn of the loop.
-        if let Some(fit) = self.watch_sync(id) {
-            inputs.push_front(Input::Electable(fit));
+        if let Some(stalled) = self.watch_sync(id) {
+            events.push_front(Event::SyncStalled(stalled));
         }
-        while let Some(input) = inputs.pop_front() {
+        while let Some(event) = events.pop_front() {
             let local = self.local(id);
             let Some(p) = self.hosts[i].proc.as_mut() else { return Ok(()) };
-            if p.held.is_some() {
-                // The runtime is blocked in `volume_steps_down`.
-                p.backlog.push_back(input);
-                continue;
-            }
-            let is_tick = input == Input::Tick;
-            let outs = p.node.handle(local, input.clone());
-            if let Some(u) = p.node.lease_until(local) {
+            let is_tick = event == Event::Tick;
+            let trace = self.print_trace && !is_tick;
+            let line = trace.then(|| format!("n{id} host <- {event:?}"));
+            let cmds = p.host.handle(local, event);
+            if let Some(u) = p.host.node().lease_until(local) {
                 p.lease_bound = Some(p.lease_bound.map_or(u, |b| b.max(u)));
             }
-            if self.print_trace && !is_tick {
-                let s = format!("n{id} core <- {input:?}");
-                self.note(|| s);
+            if let Some(l) = line {
+                self.note(|| l);
             }
-            self.carry_core(id, outs.into(), &mut inputs)?;
+            self.carry_core(id, cmds.into(), &mut events)?;
             self.core_schedule(id, is_tick);
         }
         Ok(())
     }
 
-    /// Carries out the core's outputs in order (runtime.rs `carry_out`),
-    /// then hands the view over (`push_view`). A TimeoutNow first hands the
-    /// view over and waits until the volume thread took it: the rest of
-    /// the batch, and the runtime's later inputs, wait with it.
-    fn carry_core(&mut self, id: NodeId, mut queue: VecDeque<Output>, inputs: &mut VecDeque<Input>) -> Res {
+    /// Carries out the host's commands in order (runtime.rs `execute`).
+    /// A step-down confirmation hands the view over and waits until the
+    /// volume thread has taken it, or gives up after the runtime's wait;
+    /// the host holds everything else meanwhile.
+    fn carry_core(&mut self, id: NodeId, mut queue: VecDeque<Command>, events: &mut VecDeque<Event>) -> Res {
         let i = idx(id);
-        while let Some(o) = queue.pop_front() {
-            match o {
-                Output::Persist(hard) => {
+        while let Some(c) = queue.pop_front() {
+            match c {
+                Command::Persist(hard) => {
                     let prev = self.hosts[i].hard.epoch;
                     if hard.epoch < prev {
                         return self.fail(
@@ -873,70 +869,55 @@ impl DataWorld {
                     }
                     self.hosts[i].hard = hard;
                 }
-                Output::Send { to, msg } => {
-                    let timeout_now = msg.body == Body::TimeoutNow;
-                    let waiting = self.hosts[i].proc.as_ref().is_some_and(|p| p.confirmed_for.is_none());
-                    if timeout_now && waiting {
-                        let local = self.local(id);
-                        let Some(view) = self.build_view(id, local) else { return Ok(()) };
-                        let p = self.hosts[i].proc.as_mut().expect("built a view");
-                        p.view_seq += 1;
-                        p.built = Some(view);
-                        p.vol.cell = Some((view, p.view_seq));
-                        let mut rest = vec![Output::Send { to, msg }];
-                        rest.extend(queue.drain(..));
-                        p.held = Some((p.view_seq, rest));
-                        self.note(|| format!("n{id} runtime waits for its volume to take {view:?} before TimeoutNow"));
-                        self.vol_kick(id);
-                        return Ok(());
-                    }
-                    if let Some(p) = self.hosts[i].proc.as_mut() {
-                        p.confirmed_for = None;
-                    }
+                Command::Send { to, msg } => {
                     if matches!(msg.body, Body::TimeoutNow | Body::Vote { .. }) {
                         let s = format!("n{id} -> n{to} {:?} epoch {}", msg.body, msg.epoch);
                         self.note(|| s);
                     }
                     self.send(id, to, Wire::Core(msg));
                 }
-                Output::Vip(action) => inputs.push_back(Input::VipDone { action, ok: true }),
-                Output::Notice(n) => {
-                    if !matches!(n, Notice::VipFailed { .. }) {
-                        self.note(|| format!("n{id} core {n:?}"));
+                Command::Vip { action, .. } => events.push_back(Event::VipDone { action, result: VipResult::Done }),
+                Command::VolumeView(view) => self.hand_view(id, view),
+                Command::ConfirmStepDown(view) => {
+                    let Some(p) = self.hosts[i].proc.as_mut() else { return Ok(()) };
+                    p.view_seq += 1;
+                    p.vol.cell = Some((view, p.view_seq));
+                    let give_up = self.now + STEP_DOWN_WAIT;
+                    p.confirm = Some((p.view_seq, give_up));
+                    let inc = p.inc;
+                    self.note(|| format!("n{id} runtime waits for its volume to take {view:?} before TimeoutNow"));
+                    self.push(give_up, Ev::ConfirmTimeout { node: id, inc });
+                    self.vol_kick(id);
+                }
+                Command::Notice(n) => {
+                    if !matches!(n, HostNotice::Core(Notice::VipFailed { .. })) {
+                        self.note(|| format!("n{id} host {n:?}"));
                     }
-                    if matches!(n, Notice::RoleChanged { role: Role::Leader, .. }) {
+                    if matches!(n, HostNotice::Core(Notice::RoleChanged { role: Role::Leader, .. })) {
                         self.figure8_on_leader(id);
                     }
                 }
             }
         }
-        let local = self.local(id);
-        if let Some(view) = self.build_view(id, local) {
-            self.hand_view(id, view);
-        }
         Ok(())
     }
 
-    /// The volume thread took the view a held TimeoutNow waits for: the
-    /// runtime carries on.
+    /// The volume thread took the view a step-down confirmation waits for
+    /// (or the runtime's wait ran out): the host hears the answer.
     fn release_held(&mut self, id: NodeId) -> Res {
         let i = idx(id);
+        let now = self.now;
         let Some(p) = self.hosts[i].proc.as_mut() else { return Ok(()) };
-        let Some((need, _)) = &p.held else { return Ok(()) };
-        if p.vol.took_view < *need {
+        let Some((need, give_up)) = p.confirm else { return Ok(()) };
+        let taken = p.vol.took_view >= need;
+        if !taken && now < give_up {
             return Ok(());
         }
-        let Some((_, outs)) = p.held.take() else { return Ok(()) };
-        p.confirmed_for = Some(());
-        let backlog: Vec<Input> = p.backlog.drain(..).collect();
-        let mut inputs = VecDeque::new();
-        self.carry_core(id, outs.into(), &mut inputs)?;
-        inputs.extend(backlog);
-        for input in inputs {
-            self.core_input(id, input)?;
+        p.confirm = None;
+        if !taken {
+            self.note(|| format!("n{id} volume did not confirm the step-down in time"));
         }
-        self.core_schedule(id, false);
-        Ok(())
+        self.core_input(id, Event::StepDownConfirmed(taken))
     }
 
     /// The runtime hands the view to the volume thread (mutations may drop or bend it).
@@ -945,10 +926,6 @@ impl DataWorld {
         let overrun = self.sc.has(DataMutation::LeaseOverrun);
         let no_change = self.sc.has(DataMutation::NoViewOnLeaderChange);
         let Some(p) = self.hosts[i].proc.as_mut() else { return };
-        if p.built == Some(view) {
-            return;
-        }
-        p.built = Some(view);
         p.view_seq += 1;
         // What the replica will have once the cell is taken.
         let last = p.vol.cell.map_or(p.vol.view, |(v, _)| v);
@@ -972,7 +949,7 @@ impl DataWorld {
         let now = self.now;
         let h = &mut self.hosts[idx(id)];
         let Some(p) = h.proc.as_mut() else { return };
-        let d = p.node.next_deadline();
+        let d = p.host.next_deadline();
         let mut at = h.clock.real_of(d).max(now);
         if at == now && after_tick {
             at = now + 1000; // the VIP world checks the core's progress
@@ -1001,7 +978,7 @@ impl DataWorld {
             return Ok(());
         }
         match wire {
-            Wire::Core(msg) => self.core_input(to, Input::Receive(msg)),
+            Wire::Core(msg) => self.core_input(to, Event::Peer(msg)),
             Wire::Repl(msg) => {
                 self.figure8_on_deliver(to, from, &msg);
                 let unfenced = self.sc.has(DataMutation::NoEpochFence);
@@ -1211,7 +1188,15 @@ impl DataWorld {
         self.hosts[i].synced.set(0);
         let Some(p) = self.hosts[i].proc.as_mut() else { return Ok(()) };
         let mut outs = std::mem::take(&mut p.vol.held);
-        p.vol.r.sync(local, &mut outs);
+        // volume.rs: the journal sync, then the clock and the core's latest
+        // view read again, then what depends on durability.
+        p.vol.r.sync_journal(&mut outs);
+        let mut lines = Vec::new();
+        take_view(&mut p.vol, id, local, self.print_trace, &mut outs, &mut lines);
+        p.vol.r.after_sync(local, &mut outs);
+        for l in lines {
+            self.note(|| l);
+        }
         // Compaction after the sync may sync the store and metadata: a
         // stall there keeps the thread (and these outputs) stuck.
         let synced = self.hosts[i].synced.get();
@@ -1261,22 +1246,19 @@ impl DataWorld {
                 }
                 Out::Position(pos) => {
                     if !self.sc.has(DataMutation::NoPositionToCore) {
-                        self.core_input(id, Input::PositionChanged(pos))?;
+                        self.core_input(id, Event::VolumePosition(pos))?;
                     }
                 }
                 Out::Electable(e) => {
                     self.note(|| format!("n{id} vol electable {e}"));
                     if !self.sc.has(DataMutation::IgnoreElectable) {
-                        let fit = self.hosts[idx(id)].proc.as_mut().and_then(|p| p.vol.fitness.replica(e));
-                        if let Some(fit) = fit {
-                            self.core_input(id, Input::Electable(fit))?;
-                        }
+                        self.core_input(id, Event::VolumeElectable(e))?;
                     }
                 }
                 Out::Membership(m) => {
                     self.note(|| format!("n{id} vol membership {m:?}"));
                     if !self.sc.has(DataMutation::IgnoreMembership) {
-                        self.core_input(id, Input::Membership(m))?;
+                        self.core_input(id, Event::VolumeMembership(m))?;
                     }
                 }
                 Out::VerifyDone(r) => self.note(|| format!("n{id} verify done {r:?}")),
@@ -1502,7 +1484,10 @@ impl DataWorld {
             self.hosts
                 .iter()
                 .filter_map(|h| {
-                    h.proc.as_ref().filter(|p| p.node.role() == Role::Leader).map(|p| (p.node.epoch(), h.id))
+                    h.proc
+                        .as_ref()
+                        .filter(|p| p.host.node().role() == Role::Leader)
+                        .map(|p| (p.host.node().epoch(), h.id))
                 })
                 .max()
                 .map(|(_, id)| id)
@@ -1619,7 +1604,7 @@ impl DataWorld {
         if self.rng.chance(self.sc.switchover_p) {
             if let Some(l) = self.leader() {
                 self.note(|| format!("operator asks n{l} to switch over"));
-                self.core_input(l, Input::Admin(AdminRequest::Switchover { to: None }))?;
+                self.core_input(l, Event::Admin(AdminRequest::Switchover { to: None }))?;
             }
         }
         Ok(())
@@ -1691,32 +1676,27 @@ impl DataWorld {
         h.clock.reorigin(now, origin);
         let local = h.clock.local(now);
         let position = core_position(r.position());
-        let mut node = Node::new(Setup {
-            id,
-            peers: peers_of(id),
-            timing: self.sc.timing.clone(),
-            hard: h.hard,
+        let setup =
+            Setup { id, peers: peers_of(id), timing: self.sc.timing.clone(), hard: h.hard, position, now: local, seed };
+        // As the supervisor does, before the first message (mutations may
+        // hide the replica's verdicts from the host).
+        let start = VolumeStart {
             position,
-            now: local,
-            seed,
-        });
-        // As the supervisor does, before the first message.
-        if !r.electable() && !self.sc.has(DataMutation::IgnoreElectable) {
-            node.handle(local, Input::Electable(false));
-        }
-        if !self.sc.has(DataMutation::IgnoreMembership) {
-            node.handle(local, Input::Membership(r.membership()));
-        }
+            electable: r.electable() || self.sc.has(DataMutation::IgnoreElectable),
+            membership: if self.sc.has(DataMutation::IgnoreMembership) {
+                Membership::default()
+            } else {
+                r.membership()
+            },
+        };
+        let (host, start_cmds) = HostMachine::new(setup, Some(start));
         let inbox = VecDeque::new();
         h.proc = Some(Proc {
             inc,
-            node,
+            host,
             core_wake_at: 0,
-            built: None,
             view_seq: 0,
-            held: None,
-            confirmed_for: None,
-            backlog: VecDeque::new(),
+            confirm: None,
             lease_bound: None,
             vol: Vol {
                 r,
@@ -1735,7 +1715,6 @@ impl DataWorld {
                 stall_next: None,
                 stalled_on: None,
                 held: Vec::new(),
-                fitness: triad_repl::Fitness::default(),
                 recovering: false,
                 faults_before,
                 stalled: false,
@@ -1743,6 +1722,11 @@ impl DataWorld {
         });
         let hard = h.hard;
         self.note(|| format!("n{id} STARTED (incarnation {inc}) from {hard:?}, journal at {position:?}"));
+        let mut events = VecDeque::new();
+        self.carry_core(id, start_cmds.into(), &mut events)?;
+        for e in events {
+            self.core_input(id, e)?;
+        }
         self.vol_kick(id);
         self.core_schedule(id, false);
         Ok(())
@@ -1784,7 +1768,7 @@ impl DataWorld {
         for h in &self.hosts {
             let Some(p) = h.proc.as_ref() else { continue };
             let stuck = now.saturating_sub(p.vol.sync_since);
-            if p.vol.busy && stuck > bound && p.node.role() == Role::Leader {
+            if p.vol.busy && stuck > bound && p.host.node().role() == Role::Leader {
                 let id = h.id;
                 return self.fail(
                     DataCheck::StalledLeader,
@@ -1808,7 +1792,7 @@ impl DataWorld {
             }
             let view_end = p.vol.view.lease_until.unwrap_or(local);
             let end = h.clock.real_of(view_end);
-            let core_lease = p.node.lease_until(local);
+            let core_lease = p.host.node().lease_until(local);
             let view_queued = p.vol.cell.is_some();
             let within = p.lease_bound.is_some_and(|b| local < b);
             if !within || (core_lease.is_none() && !view_queued) {
