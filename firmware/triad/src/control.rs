@@ -184,8 +184,13 @@ pub enum Response {
     Done,
     /// The request was carried out and produced a report (verify).
     Report(serde_json::Value),
-    /// The request was refused or malformed; the text says why.
+    /// The request was refused or malformed; the text says why (the
+    /// CLI exits 2: bad input).
     Error(String),
+    /// The request was valid but carrying it out failed (the supervisor
+    /// or its volume thread is gone, stuck or shutting down; the CLI exits
+    /// 1: a runtime failure).
+    Failed(String),
 }
 
 /// The flat wire shape of [`Response`].
@@ -199,17 +204,22 @@ struct WireResponse {
     error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     report: Option<serde_json::Value>,
+    /// With `ok: false`: the error is a failure to carry out a valid
+    /// request, not a refusal.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    failed: bool,
 }
 
 impl From<Response> for WireResponse {
     fn from(r: Response) -> WireResponse {
+        let failed = matches!(r, Response::Failed(_));
         let (ok, status, error, report) = match r {
             Response::Status(s) => (true, Some(s), None, None),
             Response::Done => (true, None, None, None),
             Response::Report(v) => (true, None, None, Some(v)),
-            Response::Error(e) => (false, None, Some(e), None),
+            Response::Error(e) | Response::Failed(e) => (false, None, Some(e), None),
         };
-        WireResponse { ok, status, error, report }
+        WireResponse { ok, status, error, report, failed }
     }
 }
 
@@ -217,9 +227,10 @@ impl TryFrom<WireResponse> for Response {
     type Error = String;
     fn try_from(w: WireResponse) -> Result<Response, String> {
         match (w.ok, w.status, w.error, w.report) {
-            (true, Some(s), None, None) => Ok(Response::Status(s)),
-            (true, None, None, None) => Ok(Response::Done),
-            (true, None, None, Some(v)) => Ok(Response::Report(v)),
+            (true, Some(s), None, None) if !w.failed => Ok(Response::Status(s)),
+            (true, None, None, None) if !w.failed => Ok(Response::Done),
+            (true, None, None, Some(v)) if !w.failed => Ok(Response::Report(v)),
+            (false, None, Some(e), None) if w.failed => Ok(Response::Failed(e)),
             (false, None, Some(e), None) => Ok(Response::Error(e)),
             _ => Err("response must be ok with optional status, or not ok with an error".into()),
         }
@@ -517,12 +528,12 @@ async fn serve_conn(stream: UnixStream, tx: mpsc::Sender<ControlRequest>) {
 async fn ask_runtime(request: Request, tx: &mpsc::Sender<ControlRequest>) -> Response {
     let (reply, answer) = oneshot::channel();
     if tx.send(ControlRequest { request, reply }).await.is_err() {
-        return Response::Error("supervisor is shutting down".into());
+        return Response::Failed("supervisor is shutting down".into());
     }
     match timeout(ANSWER_TIMEOUT, answer).await {
         Ok(Ok(r)) => r,
-        Ok(Err(_)) => Response::Error("supervisor dropped the request".into()),
-        Err(_) => Response::Error("supervisor did not answer in time".into()),
+        Ok(Err(_)) => Response::Failed("supervisor dropped the request".into()),
+        Err(_) => Response::Failed("supervisor did not answer in time".into()),
     }
 }
 
@@ -684,6 +695,22 @@ mod tests {
         let d = TempDir::new("control-none");
         let e = request(d.0.join("nothing.sock"), &Request::Status).await.unwrap_err();
         assert!(matches!(e, ControlError::Io { op: "connect to", .. }), "{e}");
+    }
+
+    #[test]
+    fn refusals_and_failures_stay_apart_on_the_wire() {
+        for r in [Response::Error("node 9 is not a peer".into()), Response::Failed("the volume thread is gone".into())]
+        {
+            let line = serde_json::to_string(&WireResponse::from(r.clone())).expect("encode");
+            let back: WireResponse = serde_json::from_str(&line).expect("decode");
+            let back = Response::try_from(back).expect("valid");
+            assert_eq!(format!("{back:?}"), format!("{r:?}"), "{line}");
+        }
+        // An older supervisor's error (no `failed` field) is a refusal.
+        let old: WireResponse = serde_json::from_str(r#"{"ok":false,"error":"x"}"#).expect("decode");
+        assert!(matches!(Response::try_from(old), Ok(Response::Error(_))));
+        let bad: WireResponse = serde_json::from_str(r#"{"ok":true,"failed":true}"#).expect("decode");
+        assert!(Response::try_from(bad).is_err(), "ok and failed at once is malformed");
     }
 
     #[test]

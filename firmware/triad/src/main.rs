@@ -109,17 +109,29 @@ enum Failure {
     Runtime(String),
 }
 
+impl Failure {
+    /// The documented exit code: the one place it is chosen.
+    fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Input(_) => 2,
+            Failure::Runtime(_) => 1,
+        }
+    }
+
+    fn message(&self) -> &str {
+        match self {
+            Failure::Input(m) | Failure::Runtime(m) => m,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Input(msg)) => {
-            eprintln!("triad: {msg}");
-            ExitCode::from(2)
-        }
-        Err(Failure::Runtime(msg)) => {
-            eprintln!("triad: {msg}");
-            ExitCode::from(1)
+        Err(f) => {
+            eprintln!("triad: {}", f.message());
+            ExitCode::from(f.exit_code())
         }
     }
 }
@@ -198,9 +210,13 @@ fn done(response: Response) -> Result<(), Failure> {
     }
 }
 
+/// A supervisor's answer that is not the one asked for: a refusal is bad
+/// input (exit 2), a failure to carry out a valid request is a runtime
+/// failure (exit 1).
 fn unexpected(response: Response) -> Result<(), Failure> {
     match response {
         Response::Error(reason) => Err(Failure::Input(reason)),
+        Response::Failed(reason) => Err(Failure::Runtime(reason)),
         other => Err(Failure::Runtime(format!("unexpected answer from the supervisor: {other:?}"))),
     }
 }
@@ -217,4 +233,19 @@ fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRIAD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_exit_2_and_failures_exit_1() {
+        let code = |r: Response| unexpected(r).err().map(|f| f.exit_code());
+        assert_eq!(code(Response::Error("node 9 is not a peer".into())), Some(2));
+        assert_eq!(code(Response::Failed("the volume thread is gone".into())), Some(1));
+        assert_eq!(code(Response::Done), Some(1), "an answer of the wrong kind is the supervisor's fault");
+        assert_eq!(Failure::Input(String::new()).exit_code(), 2);
+        assert_eq!(Failure::Runtime(String::new()).exit_code(), 1);
+    }
 }

@@ -321,11 +321,19 @@ impl<V: VipOps> Shell<V> {
         let response = match req.request {
             Request::Status => {
                 let mut report = self.report();
-                if let Some(v) = &self.volume {
+                let Some(v) = self.volume.clone() else {
+                    let _ = req.reply.send(Response::Status(Box::new(report)));
+                    return Ok(());
+                };
+                // The volume thread may be stuck in a sync (the case rule 16
+                // exists for): its answer is awaited off the loop, which
+                // goes on heartbeating meanwhile.
+                tokio::spawn(async move {
                     let value = v.status().await.and_then(|s| serde_json::to_value(s).ok());
                     report.extra.insert("volume".into(), value.unwrap_or(serde_json::Value::Null));
-                }
-                Response::Status(Box::new(report))
+                    let _ = req.reply.send(Response::Status(Box::new(report)));
+                });
+                return Ok(());
             }
             Request::Switchover { to } => self.admin(AdminRequest::Switchover { to }).await?,
             Request::Standby { on } => self.admin(AdminRequest::Standby(on)).await?,
@@ -339,9 +347,9 @@ impl<V: VipOps> Shell<V> {
                     let response = match v.verify().await {
                         Ok(report) => match serde_json::to_value(report) {
                             Ok(value) => Response::Report(value),
-                            Err(e) => Response::Error(e.to_string()),
+                            Err(e) => Response::Failed(e.to_string()),
                         },
-                        Err(e) => Response::Error(e),
+                        Err(e) => Response::Failed(e),
                     };
                     let _ = req.reply.send(response);
                 });
