@@ -478,6 +478,7 @@ fn late_replies_of_a_replaced_box_are_ignored() {
         k: triad_volume::Position::new(1, 2),
         consistent: false,
         learner: false,
+        stream: 0,
     };
     let begins =
         |out: &[Out]| out.iter().filter(|o| matches!(o, Out::Send { msg: Msg::ResyncBegin { .. }, .. })).count();
@@ -569,6 +570,7 @@ fn split_brain_is_refused_not_merged() {
         commit: 2,
         ks: vec![],
         peer_inc: 0,
+        stream: 0,
     };
     c.node(3).receive(now, 1, msg, &mut out);
     assert!(matches!(c.node(3).status(now).health, Health::SplitBrain(_)), "{:?}", c.node(3).status(now).health);
