@@ -70,6 +70,10 @@ pub(crate) struct Progress {
     /// The peer's journal disagrees with a committed record here.
     pub split: bool,
     pub resync: Option<LeaderResync>,
+    /// The stream Appends to this peer carry: the id of the last resync
+    /// begun for it (0: none yet). Replies echo it; an older one is a
+    /// reply to an Append sent before that resync began.
+    pub stream: u64,
 }
 
 impl Progress {
@@ -87,6 +91,7 @@ impl Progress {
             learner: false,
             split: false,
             resync: None,
+            stream: 0,
         }
     }
 }
@@ -126,6 +131,7 @@ pub(crate) struct Reply {
     pub k: Position,
     pub consistent: bool,
     pub learner: bool,
+    pub stream: u64,
 }
 
 impl LeaderState {
@@ -391,7 +397,8 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             (self.peers[1], self.peer_k[1]),
         ];
         let peer_inc = self.peer_incarnation(slot);
-        let msg = Msg::Append { epoch: self.view.epoch, prev, records, commit, ks, peer_inc };
+        let stream = p.stream;
+        let msg = Msg::Append { epoch: self.view.epoch, prev, records, commit, ks, peer_inc, stream };
         let to = self.peers[slot];
         if let Some(l) = self.leader.as_mut() {
             let p = &mut l.peers[slot];
@@ -412,7 +419,13 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
     /// A follower's AppendReply (same epoch, checked by the caller).
     pub(crate) fn on_append_reply(&mut self, now: Instant, from: NodeId, r: Reply, out: &mut Vec<Out>) {
         let Some(slot) = self.slot(from) else { return };
-        if self.leader.is_none() {
+        let Some(l) = self.leader.as_ref() else { return };
+        // A reply to an Append sent before the peer's last resync began
+        // (late or duplicated) speaks for the peer as it was then: its K
+        // and matched may be above what the resync left it with, which
+        // would skip its bits at a discard (rule 10) or count it toward a
+        // commit. Nothing in it is taken (review of issue 8).
+        if r.stream != l.peers[slot].stream {
             return;
         }
         // Rule 14: the peer's applied record is committed; ours at that
@@ -432,6 +445,16 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             }
             return;
         }
+        let Some(l) = self.leader.as_mut() else { return };
+        let p = &mut l.peers[slot];
+        p.last_heard = Some(now);
+        if p.resync.is_some() {
+            // No Append of this stream is sent during a resync: a reply
+            // to one sent before it began (the stream starts with it).
+            return;
+        }
+        p.consistent = r.consistent;
+        p.learner = r.learner;
         if r.consistent {
             // An inconsistent store's K says nothing: it is being overwritten.
             self.peer_k_advanced(slot, r.k);
@@ -440,12 +463,6 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         let bitmap_covers = self.bitmaps[slot].base().seq <= r.k.seq;
         let Some(l) = self.leader.as_mut() else { return };
         let p = &mut l.peers[slot];
-        p.last_heard = Some(now);
-        p.consistent = r.consistent;
-        p.learner = r.learner;
-        if p.resync.is_some() {
-            return; // replies from before the resync began
-        }
         if !r.consistent {
             if !self.cfg.mutations.resume_resync_by_records {
                 return self.start_resync(slot, now, true, out);

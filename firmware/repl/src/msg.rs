@@ -13,7 +13,7 @@ use triad_core::NodeId;
 use triad_volume::{Position, Record};
 
 /// Wire version of [`Msg`].
-pub const REPL_PROTOCOL_VERSION: u16 = 2;
+pub const REPL_PROTOCOL_VERSION: u16 = 3;
 
 /// A 128-bit region hash (XXH3-128 of the region's bytes).
 pub type RegionHash = [u8; 16];
@@ -39,6 +39,11 @@ pub enum Msg {
         /// not yet). Rule 18: a learner that sees its own knows that
         /// `commit` no longer counts the replies of the box it replaced.
         peer_inc: u64,
+        /// The leader's stream for this peer: the id of the last block
+        /// resync it began for it (0: none). Echoed in the AppendReply;
+        /// replies of an older stream describe the peer from before that
+        /// resync (a K it may no longer have) and are ignored.
+        stream: u64,
     },
     /// Follower → leader, after its journal sync: where it stands.
     AppendReply {
@@ -62,6 +67,8 @@ pub enum Msg {
         consistent: bool,
         /// Rule 18: a replaced box not yet caught up; it counts toward no commit.
         learner: bool,
+        /// The `stream` of the Append this answers.
+        stream: u64,
     },
     /// Leader → follower: a block resync begins (rule 11). The follower
     /// durably marks its store inconsistent, then acknowledges with

@@ -88,7 +88,9 @@ pub struct Replica<J: Disk, D: Disk, M: Disk> {
     pub(crate) matched_in_epoch: u64,
     /// Follower: the leader to answer at the next sync, and whether the
     /// last Append matched.
-    pub(crate) reply_due: Option<(NodeId, bool)>,
+    /// An AppendReply to send after the next sync: to whom, `ok`, and the
+    /// stream of the Append it answers.
+    pub(crate) reply_due: Option<(NodeId, bool, u64)>,
     /// Follower side of a block resync.
     pub(crate) resync_in: Option<FollowerResync>,
     /// One bitmap per peer (index as in `peers`), rule 10.
@@ -409,21 +411,21 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             self.data_links_silent_until = None;
         }
         match msg {
-            Msg::Append { prev, records, commit, ks, peer_inc, .. } => {
+            Msg::Append { prev, records, commit, ks, peer_inc, stream, .. } => {
                 // The first such Append fixes the target: later commits
                 // cannot have counted the replaced box.
                 let echoed = peer_inc == self.incarnation() && self.learner_target.is_none();
                 if echoed && self.store.checkpointed().learner {
                     self.learner_target = Some((self.view.epoch, commit));
                 }
-                self.on_append(from, prev, records, commit, &ks, out)
+                self.on_append(from, prev, records, commit, &ks, stream, out)
             }
             Msg::ResyncBegin { id, hash, .. } => self.on_resync_begin(from, id, hash, out),
             Msg::ResyncData { id, n, offset, data, .. } => self.on_resync_data(from, id, n, offset, &data, out),
             Msg::ResyncEnd { id, n, point, .. } => self.on_resync_end(from, id, n, point, out),
             Msg::VerifyRequest { id, offset, count, .. } => self.on_verify_request(from, id, offset, count, out),
-            Msg::AppendReply { ok, matched, last, applied, k, consistent, learner, .. } => {
-                let reply = crate::leader::Reply { ok, matched, last, applied, k, consistent, learner };
+            Msg::AppendReply { ok, matched, last, applied, k, consistent, learner, stream, .. } => {
+                let reply = crate::leader::Reply { ok, matched, last, applied, k, consistent, learner, stream };
                 self.on_append_reply(now, from, reply, out)
             }
             Msg::ResyncAck { id, n, state, .. } => self.on_resync_ack(now, from, id, n, state, out),
@@ -469,6 +471,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
     /// Rule 5 on a follower: accept records only if `prev` matches; a
     /// conflicting uncommitted tail is truncated; a conflict at a committed
     /// seq is split brain (rule 14) and nothing is changed.
+    #[allow(clippy::too_many_arguments, reason = "the Append's fields, unpacked once in `receive`")]
     fn on_append(
         &mut self,
         from: NodeId,
@@ -476,6 +479,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         records: Vec<Record>,
         commit: u64,
         ks: &[(NodeId, Position)],
+        stream: u64,
         out: &mut Vec<Out>,
     ) {
         // The leader's word on every K replaces what was known: a K can go
@@ -498,11 +502,11 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         }
         if self.health != Health::Consistent {
             // Rule 12: a resyncing node journals nothing; its reply says so.
-            self.reply_due = Some((from, false));
+            self.reply_due = Some((from, false, stream));
             return;
         }
         if !self.cfg.mutations.skip_prev_check && !self.prev_matches(prev) {
-            self.reply_due = Some((from, false));
+            self.reply_due = Some((from, false, stream));
             return;
         }
         // The prefix through `prev` matches: the commit point may already
@@ -531,7 +535,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         // what it may apply and compact, and then has room for the rest.
         self.matched_in_epoch = self.matched_in_epoch.max(upto);
         self.commit = self.commit.max(commit.min(self.matched_in_epoch));
-        self.reply_due = Some((from, !refused));
+        self.reply_due = Some((from, !refused, stream));
         self.needs_sync = true;
     }
 
@@ -712,15 +716,15 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             // Compact before answering: a refusal for a full ring is
             // answered with the room already made, so the resend fits.
             self.maybe_compact(out);
-            if let Some((to, ok)) = self.reply_due.take() {
-                let msg = self.append_reply(ok);
+            if let Some((to, ok, stream)) = self.reply_due.take() {
+                let msg = self.append_reply(ok, stream);
                 out.push(Out::Send { to, msg });
             }
         }
         self.report(out);
     }
 
-    pub(crate) fn append_reply(&self, ok: bool) -> Msg {
+    pub(crate) fn append_reply(&self, ok: bool, stream: u64) -> Msg {
         Msg::AppendReply {
             epoch: self.view.epoch,
             inc: self.incarnation(),
@@ -731,6 +735,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             k: self.store.checkpointed().applied,
             consistent: self.health == Health::Consistent,
             learner: self.store.checkpointed().learner,
+            stream,
         }
     }
 
@@ -900,11 +905,15 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
 
     /// A peer reported its K (a consistent AppendReply of this leader's
     /// epoch): a bitmap whose every bit is for records at or below that K
-    /// is no longer needed. Within one epoch a consistent peer's K only
-    /// grows (a resync this leader starts ends past it), so the highest
-    /// one heard is its latest even when replies come reordered; across
-    /// epochs it can go down, which is why a new leader starts from ZERO
-    /// (`become_leader`) and the end of a resync sets it outright.
+    /// is no longer needed. Within one stream (this leader's epoch, and
+    /// since the peer's last resync began) a consistent peer's K only
+    /// grows, so the highest one heard is its latest even when replies
+    /// come reordered. It goes down across epochs (a new leader starts
+    /// from ZERO, `become_leader`) and at a resync's end, which may be
+    /// below what the peer had (the leader's applied point lags a
+    /// follower's while its no-op is uncommitted): the end sets it
+    /// outright, and replies of older streams are ignored
+    /// (`on_append_reply`).
     pub(crate) fn peer_k_advanced(&mut self, slot: usize, k: Position) {
         self.peer_k[slot] = self.peer_k[slot].max(k);
         if !self.bitmaps[slot].is_clean() && self.peer_k[slot].seq >= self.journal.discarded().seq {

@@ -166,6 +166,8 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         };
         l.peers[slot].resync = Some(r);
         l.peers[slot].consistent = false;
+        // A new stream: replies to earlier Appends are ignored from now on.
+        l.peers[slot].stream = id;
         let peer = self.peers[slot];
         out.push(Out::Notice(ReplNotice::ResyncStarted { peer, hash, bytes }));
         out.push(Out::Send { to: peer, msg: Msg::ResyncBegin { epoch: self.view.epoch, id, hash } });

@@ -478,6 +478,7 @@ fn late_replies_of_a_replaced_box_are_ignored() {
         k: triad_volume::Position::new(1, 2),
         consistent: false,
         learner: false,
+        stream: 0,
     };
     let begins =
         |out: &[Out]| out.iter().filter(|o| matches!(o, Out::Send { msg: Msg::ResyncBegin { .. }, .. })).count();
@@ -569,6 +570,7 @@ fn split_brain_is_refused_not_merged() {
         commit: 2,
         ks: vec![],
         peer_inc: 0,
+        stream: 0,
     };
     c.node(3).receive(now, 1, msg, &mut out);
     assert!(matches!(c.node(3).status(now).health, Health::SplitBrain(_)), "{:?}", c.node(3).status(now).health);
@@ -771,5 +773,86 @@ fn when_the_failure_mark_cannot_be_written_the_node_asks_for_a_reboot() {
     assert!(c.status(2).durable.seq <= 2, "{:?}", c.status(2));
     c.run(1000);
     assert!(c.ok(2));
+    assert!(c.identical());
+}
+
+/// Review of issue 8: a peer's K reported before a resync of this epoch
+/// must not count after it. Leader 3 of epoch 2 has applied only (1, 1)
+/// (it never heard that write 1, seq 2, was committed); node 2 has
+/// checkpointed K = (1, 2) and says so in its reply to the no-op, which
+/// the network holds back (node 1 is down: nothing commits). Node 2's
+/// storage then fails (rule 9) and it is resynced, in the same epoch, to
+/// the leader's applied point (1, 1): its K is (1, 1) now. The held reply
+/// arrives late (a duplicate would do the same): the leader must not
+/// believe K = (1, 2) again, or it would discard records node 2 lacks
+/// without recording them in its bitmap, and later resync it from that
+/// bitmap (rule 10). Its `matched` is stale too.
+#[test]
+fn a_reply_from_before_a_resync_does_not_count_after_it() {
+    use triad_volume::Position;
+    let mut c = Cluster::new();
+    c.elect(1, 1);
+    // Write 1 reaches both followers; node 3 then misses every commit point.
+    c.write(1, 1, 8192, &pattern(1, 4096));
+    c.down[2] = true;
+    c.run(1100); // past the first checkpoint (2 s)
+    assert_eq!(c.node(2).store().checkpointed().applied, Position::new(1, 2));
+    assert_eq!(c.node(3).store().applied(), Position::new(1, 1));
+    // Epoch 2: node 3 leads, node 1 is down; node 2's reply is held back.
+    c.down = [true, false, false];
+    c.view = View { epoch: 2, leader: Some(3), lease_until: None };
+    for id in [2u8, 3] {
+        let lease = (id == 3).then(|| c.now.add(Duration::from_secs(3600)));
+        let mut out = Vec::new();
+        let now = c.now;
+        let v = View { lease_until: lease, ..c.view };
+        c.node(id).set_view(now, v, &mut out);
+        c.node(id).sync(now, &mut out);
+        c.handle(id, out);
+    }
+    let mut held = Vec::new();
+    while let Some((from, to, msg)) = c.net.pop_front() {
+        if from == 2 && matches!(msg, Msg::AppendReply { .. }) {
+            held.push((from, to, msg));
+            continue;
+        }
+        if c.down[to as usize - 1] || c.down[from as usize - 1] {
+            continue;
+        }
+        let mut out = Vec::new();
+        let now = c.now;
+        c.node(to).receive(now, from, msg, &mut out);
+        c.node(to).sync(now, &mut out);
+        c.handle(to, out);
+    }
+    assert!(
+        matches!(held.as_slice(), [(2, 3, Msg::AppendReply { k, consistent: true, .. })] if *k == Position::new(1, 2)),
+        "{held:?}"
+    );
+    // Node 2's storage fails; it is reopened with the failure mark (rule 9).
+    c.stop(2);
+    let (j, d, m) = c.parked[1].take().unwrap();
+    let mut s = triad_volume::Store::open(d, m).unwrap();
+    s.mark_failed(Position::new(2, 3)).unwrap();
+    let (d, m) = s.into_disks();
+    c.parked[1] = Some((j, d, m));
+    c.start(2);
+    for _ in 0..400 {
+        c.run(5);
+        if c.status(2).health == Health::Consistent {
+            break;
+        }
+    }
+    assert_eq!(c.status(2).health, Health::Consistent);
+    let k2 = c.node(2).store().checkpointed().applied;
+    assert_eq!(k2, Position::new(1, 1), "resynced to the leader's applied point");
+    // The held reply arrives now.
+    c.net.extend(held);
+    c.settle();
+    let believed = c.status(3).peers.iter().find(|p| p.node_id == 2).unwrap().k;
+    let k2 = c.node(2).store().checkpointed().applied;
+    assert!(believed <= k2, "leader 3 believes node 2's K is {believed:?}; its store's K is {k2:?}");
+    c.down[0] = false;
+    c.run(3000);
     assert!(c.identical());
 }

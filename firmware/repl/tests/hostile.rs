@@ -67,6 +67,7 @@ fn chained_append() -> impl Strategy<Value = Msg> {
                 commit: commit % 8,
                 ks: vec![],
                 peer_inc: commit % 3,
+                stream: commit % 2,
             }
         })
 }
@@ -85,6 +86,7 @@ fn msg() -> impl Strategy<Value = Msg> {
                     commit,
                     ks: vec![(2, Position::new(1, 1)), (9, Position::new(5, 5))],
                     peer_inc: commit % 3,
+                    stream: commit % 2,
                 }
             }
         ),
@@ -98,7 +100,8 @@ fn msg() -> impl Strategy<Value = Msg> {
                 applied,
                 k,
                 consistent,
-                learner
+                learner,
+                stream: matched % 2,
             }),
         (epoch.clone(), any::<u64>(), any::<bool>()).prop_map(|(epoch, id, hash)| Msg::ResyncBegin { epoch, id, hash }),
         (epoch.clone(), 0..3u64, 0..4u64, any::<u64>(), 0..9000usize).prop_map(|(epoch, id, n, offset, len)| {
@@ -168,6 +171,7 @@ fn run(me: u8, leader: u8, msgs: Vec<(u8, Msg)>) {
             k: Position::ZERO,
             consistent: true,
             learner: false,
+            stream: 0,
         };
         r.receive(now, 3, honest(r.journal().last()), &mut out);
         r.sync(now, &mut out);

@@ -125,10 +125,10 @@ impl SlotPair {
         Ok(best)
     }
 
-    /// Write `payload` as `generation` (which must exceed the newest copy's)
-    /// into slot `generation % 2`, then sync. The sync is part of the
-    /// write: the next write overwrites the other slot, and that is safe
-    /// only once this copy is durable.
+    /// Write `payload` as `generation` (which must exceed the newest copy's,
+    /// or equal it in [`SlotPair::settle`]) into slot `generation % 2`,
+    /// then sync. The sync is part of the write: the next write overwrites
+    /// the other slot, and that is safe only once this copy is durable.
     pub fn store<D: Disk>(&self, disk: &mut D, generation: u64, payload: &[u8]) -> Result<(), SlotError> {
         self.check_range(disk.len())?;
         if payload.len() > self.capacity() {
@@ -145,6 +145,26 @@ impl SlotPair {
         let offset = self.base + (generation % 2) * self.slot_len;
         disk.write_at(offset, &buf).map_err(|source| SlotError::Io { op: "write", offset, source })?;
         disk.sync().map_err(|source| SlotError::Io { op: "sync", offset, source })
+    }
+
+    /// Make the newest copy durable in its own slot: rewrite it there, byte
+    /// for byte, and sync. Returns its generation (`None`: no valid copy,
+    /// nothing written).
+    ///
+    /// `store` assumes the newest copy `load` finds is on the medium, since
+    /// the next generation overwrites the other slot. After a failed fsync
+    /// whose pages Linux kept in the cache marked clean, the copy read back
+    /// may be in the cache only (the medium holds an older or torn one in
+    /// that slot) and the other slot the only durable copy; a reopen over
+    /// the same page cache must settle the pair before writing anew (rule 9).
+    /// The rewrite dirties the pages, so the sync really writes them.
+    /// It is safe whatever the medium holds: if the copy is durable, every
+    /// sector is rewritten with the bytes it already holds, so a power cut
+    /// cannot tear it; if not, the other slot is untouched.
+    pub fn settle<D: Disk>(&self, disk: &mut D) -> Result<Option<u64>, SlotError> {
+        let Some((generation, payload)) = self.load(disk)? else { return Ok(None) };
+        self.store(disk, generation, &payload)?;
+        Ok(Some(generation))
     }
 
     /// Zero both slots (used when formatting, so an older format's copies
@@ -195,6 +215,34 @@ mod tests {
             });
             assert_eq!(s.load(&d).unwrap(), Some((1, vec![1u8; 1500])));
         }
+    }
+
+    #[test]
+    fn settling_a_copy_only_the_cache_holds_keeps_the_durable_one_through_a_torn_write() {
+        use crate::disk::SyncFault;
+        let mut d = MemDisk::new(16384);
+        let s = SlotPair::new(0, 8192, KIND_BITMAP);
+        s.store(&mut d, 1, &[1u8; 2000]).unwrap();
+        s.store(&mut d, 2, &[2u8; 2000]).unwrap();
+        // Generation 3 fails its sync and stays in the cache only.
+        d.fail_next_sync(SyncFault::KeepClean);
+        assert!(s.store(&mut d, 3, &[3u8; 2000]).is_err());
+        assert_eq!(s.settle(&mut d).unwrap(), Some(3));
+        assert_eq!(&d.durable_bytes()[8192 + SLOT_HEADER_LEN..][..4], &[3u8; 4], "generation 3 reached the medium");
+        // Generation 4 overwrites 2, torn by a power cut: 3 is still there.
+        d.fail_next_sync(SyncFault::Sticky);
+        assert!(s.store(&mut d, 4, &[4u8; 2000]).is_err());
+        let mut picks = [1u64, 0].into_iter().cycle();
+        d.power_cut(&mut || picks.next().unwrap());
+        assert_eq!(s.load(&d).unwrap(), Some((3, vec![3u8; 2000])));
+        // Settling a durable copy, torn by a power cut, loses nothing.
+        let mut picks = [1u64, 0].into_iter().cycle();
+        let mut e = d.clone();
+        e.fail_next_sync(SyncFault::Sticky);
+        assert!(s.settle(&mut e).is_err());
+        e.power_cut(&mut || picks.next().unwrap());
+        assert_eq!(s.load(&e).unwrap(), Some((3, vec![3u8; 2000])));
+        assert_eq!(s.settle(&mut MemDisk::new(16384)).unwrap(), None);
     }
 
     #[test]

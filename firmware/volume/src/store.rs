@@ -195,7 +195,15 @@ impl<D: Disk, M: Disk> Store<D, M> {
 
     /// Open: the applied position starts at the persisted K. The caller
     /// re-applies, past K, only records the leader reports committed.
-    pub fn open(data: D, meta: M) -> Result<Self, StoreError> {
+    ///
+    /// A store marked failed (rule 9) is being reopened, perhaps over the
+    /// page cache that lied: every bitmap pair is settled first
+    /// ([`SlotPair::settle`]), so that its next generation never overwrites
+    /// the only copy on the medium. The checkpoint pair needs no settling:
+    /// its newest copy is the failure mark, or a later one, each synced;
+    /// a failed checkpoint write is followed by the mark in the same slot
+    /// (the generation advances only on success).
+    pub fn open(data: D, mut meta: M) -> Result<Self, StoreError> {
         let slots = SlotPair::new(0, CHECKPOINT_SLOT_LEN, KIND_CHECKPOINT);
         let (generation, p) = slots.load(&meta).map_err(StoreError::Meta)?.ok_or(StoreError::NoCheckpoint)?;
         let v1 = p.len() == PAYLOAD_LEN_V1 && get_u32(&p, 0) == 1;
@@ -219,6 +227,14 @@ impl<D: Disk, M: Disk> Store<D, M> {
             votes_from: if v1 { 0 } else { get_u64(&p, 56) },
             failed: failed.then(|| Position::new(get_u64(&p, 64), get_u64(&p, 72))),
         };
+        if checkpoint.failed.is_some() {
+            let mut peer_slot = 0;
+            while meta_len_needed(volume_len, granularity, peer_slot + 1) <= meta.len() {
+                let pair = Self::bitmap_pair_in(volume_len, granularity, peer_slot);
+                pair.settle(&mut meta).map_err(StoreError::Meta)?;
+                peer_slot += 1;
+            }
+        }
         Ok(Store {
             data,
             meta,
@@ -392,12 +408,16 @@ impl<D: Disk, M: Disk> Store<D, M> {
     }
 
     fn bitmap_pair(&self, peer_slot: u32) -> Result<SlotPair, StoreError> {
-        let slot_len = bitmap_slot_len(self.volume_len, self.granularity);
         let needed = meta_len_needed(self.volume_len, self.granularity, peer_slot + 1);
         if needed > self.meta.len() {
             return Err(StoreError::MetaTooSmall { len: self.meta.len(), needed });
         }
-        Ok(SlotPair::new(BITMAP_BASE + 2 * u64::from(peer_slot) * slot_len, slot_len, KIND_BITMAP))
+        Ok(Self::bitmap_pair_in(self.volume_len, self.granularity, peer_slot))
+    }
+
+    fn bitmap_pair_in(volume_len: u64, granularity: u64, peer_slot: u32) -> SlotPair {
+        let slot_len = bitmap_slot_len(volume_len, granularity);
+        SlotPair::new(BITMAP_BASE + 2 * u64::from(peer_slot) * slot_len, slot_len, KIND_BITMAP)
     }
 
     fn persist(&mut self, c: Checkpoint) -> Result<(), StoreError> {
@@ -570,6 +590,29 @@ mod tests {
             failed: None,
         };
         assert_eq!(s.checkpointed(), want);
+    }
+
+    #[test]
+    fn a_failed_checkpoint_write_is_followed_by_the_mark_in_its_own_slot() {
+        // Rule 9 with the pages of a failed checkpoint write kept clean:
+        // the mark reuses that generation, so it overwrites the copy only
+        // the cache holds, never the one on the medium; and it fits one
+        // sector, so a power cut leaves it whole or not at all.
+        let mut s = store();
+        s.apply(&rec(1, 0, b"x")).unwrap();
+        assert_eq!(s.checkpoint().unwrap(), Position::new(1, 1));
+        s.disks_mut().1.fail_next_sync(crate::disk::SyncFault::KeepClean);
+        assert!(s.mark_inconsistent(5).is_err());
+        s.mark_failed(Position::new(1, 1)).unwrap();
+        const { assert!(SLOT_HEADER_LEN + PAYLOAD_LEN_FAILED <= crate::disk::SECTOR as usize) };
+        for pick in 0..2 {
+            let (mut d, mut m) = s.into_disks();
+            m.power_cut(&mut || pick);
+            d.power_cut(&mut || pick);
+            s = Store::open(d, m).unwrap();
+            let c = s.checkpointed();
+            assert_eq!((c.applied, c.consistent, c.failed), (Position::new(1, 1), false, Some(Position::new(1, 1))));
+        }
     }
 
     #[test]

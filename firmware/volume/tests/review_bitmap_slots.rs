@@ -6,7 +6,9 @@
 //! reached the medium and overwrites the *other* slot: the last copy that
 //! did. A power cut before that write's sync (a torn multi-sector slot)
 //! leaves only a bitmap two generations old, missing bits for records the
-//! journal already discarded.
+//! journal already discarded. Fixed: `Store::open` settles every bitmap
+//! pair of a failure-marked store (`SlotPair::settle`) before anything
+//! else writes to it (docs/replication.md, rule 9).
 #![allow(clippy::unwrap_used)]
 
 use triad_volume::store::{meta_len_needed, Format};
@@ -16,7 +18,6 @@ const VOL: u64 = 16 << 20;
 const GRAN: u64 = 4096;
 
 #[test]
-#[ignore = "review: bitmap slot pair falls back two generations after a KeepClean meta failure, reopen and a torn write"]
 fn a_bitmap_persisted_before_a_failed_meta_sync_survives_the_reopen_and_a_power_cut() {
     let data = MemDisk::new(VOL as usize);
     let meta = MemDisk::new(meta_len_needed(VOL, GRAN, 2) as usize);
