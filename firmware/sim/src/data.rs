@@ -1992,8 +1992,8 @@ fn brief(m: &Msg) -> String {
             };
             format!("Append e{epoch} prev {}/{} records {seqs} commit {commit}", prev.epoch, prev.seq)
         }
-        Msg::AppendReply { epoch, inc, ok, matched, last, applied, k, consistent, learner } => format!(
-            "AppendReply e{epoch} inc {inc:x} ok={ok} matched {matched} last {}/{} applied {}/{} k {}/{} consistent={consistent} learner={learner}",
+        Msg::AppendReply { epoch, inc, ok, matched, last, applied, k, consistent, learner, stream } => format!(
+            "AppendReply e{epoch} inc {inc:x} ok={ok} matched {matched} last {}/{} applied {}/{} k {}/{} consistent={consistent} learner={learner} stream {stream}",
             last.epoch, last.seq, applied.epoch, applied.seq, k.epoch, k.seq
         ),
         Msg::ResyncData { epoch, id, n, offset, data } => {

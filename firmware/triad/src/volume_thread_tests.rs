@@ -200,7 +200,7 @@ pub(crate) fn rig(auto_ack: bool) -> Rig {
                 ps.last().copied()
             };
             super::lock(&sent).push((to, msg.clone(), seen));
-            if let (true, Msg::Append { epoch, prev, records, .. }) = (auto_ack, msg) {
+            if let (true, Msg::Append { epoch, prev, records, stream, .. }) = (auto_ack, msg) {
                 let last = records.last().map_or(*prev, |r| r.position());
                 let reply = Msg::AppendReply {
                     epoch: *epoch,
@@ -212,6 +212,7 @@ pub(crate) fn rig(auto_ack: bool) -> Rig {
                     k: Position::ZERO,
                     consistent: true,
                     learner: false,
+                    stream: *stream,
                 };
                 if let Some(h) = super::lock(&handle_cell).as_ref() {
                     h.peer_message(to, reply);
@@ -292,8 +293,15 @@ fn the_core_hears_a_position_before_the_leader_hears_it_acknowledged() {
     let rig = rig(false);
     rig.handle.set_view(View { epoch: 1, leader: Some(2), lease_until: None });
     let noop = triad_volume::Record { epoch: 1, seq: 1, prev: Position::ZERO, offset: 0, payload: Vec::new() };
-    let append =
-        Msg::Append { epoch: 1, prev: Position::ZERO, records: vec![noop], commit: 0, ks: Vec::new(), peer_inc: 1 };
+    let append = Msg::Append {
+        epoch: 1,
+        prev: Position::ZERO,
+        records: vec![noop],
+        commit: 0,
+        ks: Vec::new(),
+        peer_inc: 1,
+        stream: 0,
+    };
     rig.handle.peer_message(2, append);
     wait_until("a reply", || super::lock(&rig.sent).iter().any(|(_, m, _)| matches!(m, Msg::AppendReply { .. })));
     let sent = super::lock(&rig.sent);
@@ -420,8 +428,15 @@ fn a_failed_journal_sync_reopens_the_replica_for_a_resync() {
     rig.handle.set_view(View { epoch: 1, leader: Some(2), lease_until: None });
     rig.journal.fail_next();
     let noop = triad_volume::Record { epoch: 1, seq: 1, prev: Position::ZERO, offset: 0, payload: Vec::new() };
-    let append =
-        Msg::Append { epoch: 1, prev: Position::ZERO, records: vec![noop], commit: 0, ks: Vec::new(), peer_inc: 1 };
+    let append = Msg::Append {
+        epoch: 1,
+        prev: Position::ZERO,
+        records: vec![noop],
+        commit: 0,
+        ks: Vec::new(),
+        peer_inc: 1,
+        stream: 0,
+    };
     rig.handle.peer_message(2, append);
     wait_until("the journal sync failed", || !rig.journal.fail.load(Ordering::SeqCst));
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
@@ -431,8 +446,15 @@ fn a_failed_journal_sync_reopens_the_replica_for_a_resync() {
         health == Some(triad_repl::Health::Resyncing)
     });
     // The leader's next Append is answered "not consistent": it will resync this node.
-    let probe =
-        Msg::Append { epoch: 1, prev: Position::ZERO, records: Vec::new(), commit: 0, ks: Vec::new(), peer_inc: 1 };
+    let probe = Msg::Append {
+        epoch: 1,
+        prev: Position::ZERO,
+        records: Vec::new(),
+        commit: 0,
+        ks: Vec::new(),
+        peer_inc: 1,
+        stream: 0,
+    };
     rig.handle.peer_message(2, probe);
     wait_until("an inconsistent reply", || {
         super::lock(&rig.sent).iter().any(|(_, m, _)| matches!(m, Msg::AppendReply { consistent: false, .. }))
