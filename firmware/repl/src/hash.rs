@@ -3,8 +3,8 @@
 
 use triad_volume::{Disk, Store};
 
-use crate::replica::chain;
 use crate::RegionHash;
+use crate::StorageError;
 
 /// Most regions hashed per request (bounds the work one message can ask for).
 pub(crate) const MAX_REGIONS: u32 = 256;
@@ -17,7 +17,7 @@ pub(crate) fn region_hashes<D: Disk, M: Disk>(
     offset: u64,
     count: u32,
     region: u64,
-) -> Result<Vec<RegionHash>, String> {
+) -> Result<Vec<RegionHash>, StorageError> {
     let len = store.volume_len();
     let mut out = Vec::with_capacity(count.min(MAX_REGIONS) as usize);
     let mut buf = vec![0u8; region as usize];
@@ -27,7 +27,7 @@ pub(crate) fn region_hashes<D: Disk, M: Disk>(
             break;
         }
         let n = region.min(len - off) as usize;
-        store.read(off, &mut buf[..n]).map_err(|e| chain(&e))?;
+        store.read(off, &mut buf[..n])?;
         out.push(xxhash_rust::xxh3::xxh3_128(&buf[..n]).to_le_bytes());
     }
     Ok(out)

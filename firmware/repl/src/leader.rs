@@ -18,10 +18,10 @@ use triad_core::{Instant, NodeId};
 use triad_volume::{Disk, Position, Record};
 
 use crate::msg::Msg;
-use crate::replica::{chain, micros, Replica};
+use crate::replica::{micros, Replica};
 use crate::resync::LeaderResync;
 use crate::verify::Verify;
-use crate::{ClientError, Out, ReplConfig, ReplNotice, WriteId};
+use crate::{ClientError, Out, ReplConfig, ReplNotice, StorageError, WriteId};
 
 /// Least time between two commit-only probes to a peer, µs.
 const COMMIT_PROBE_US: u64 = 5_000;
@@ -261,14 +261,14 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
     }
 
     /// Appends one of this leader's records; on a full ring, compacts once first.
-    fn append_own(&mut self, rec: &Record) -> Result<(), String> {
+    fn append_own(&mut self, rec: &Record) -> Result<(), StorageError> {
         // (The no-op of a new epoch; client writes go through `drain_blocked`.)
         match self.journal.append(rec) {
             Err(triad_volume::JournalError::Full { .. }) => {
                 self.compact()?;
-                self.journal.append(rec).map_err(|e| chain(&e))?;
+                self.journal.append(rec)?;
             }
-            r => r.map_err(|e| chain(&e))?,
+            r => r?,
         }
         self.extents.push_back((rec.offset, rec.payload.len() as u64));
         self.needs_sync = true;
@@ -330,7 +330,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             match self.journal.append_reserving(&rec, crate::replica::NOOP_RESERVE) {
                 Ok(()) => {}
                 Err(triad_volume::JournalError::Full { .. }) => break, // wait for commits
-                Err(e) => return self.fail(&chain(&e), out),
+                Err(e) => return self.fail(&e.into(), out),
             }
             self.extents.push_back((rec.offset, rec.payload.len() as u64));
             self.needs_sync = true;
@@ -378,7 +378,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
                 Some(r) => r.clone(),
                 None => match self.journal.read(next) {
                     Ok(r) => r,
-                    Err(e) => return self.fail(&chain(&e), out),
+                    Err(e) => return self.fail(&e.into(), out),
                 },
             };
             let len = rec.payload.len() as u64 + 64;

@@ -25,6 +25,7 @@
 //! compaction), `leader` (write path, commit rule, catch-up), `resync`
 //! (block resync, both sides), `verify` (online verify), `hash`.
 
+mod error;
 mod fitness;
 mod hash;
 mod leader;
@@ -33,6 +34,7 @@ pub mod replica;
 mod resync;
 mod verify;
 
+pub use error::StorageError;
 pub use fitness::Fitness;
 pub use msg::{Msg, RegionHash, ResyncState, REPL_PROTOCOL_VERSION};
 pub use replica::{Recovery, Replica, ReplicaError};

@@ -26,7 +26,9 @@ use triad_volume::{DirtyBitmap, Disk, Journal, JournalError, Position, Record, S
 use crate::leader::LeaderState;
 use crate::msg::Msg;
 use crate::resync::FollowerResync;
-use crate::{core_position, ClientError, Health, Out, PeerRepl, ReplConfig, ReplNotice, ReplStatus, View};
+use crate::{
+    core_position, ClientError, Health, Out, PeerRepl, ReplConfig, ReplNotice, ReplStatus, StorageError, View,
+};
 
 /// Why a replica could not be opened or formatted.
 #[derive(Debug, thiserror::Error)]
@@ -495,7 +497,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         let earlier = self.resync_in.as_ref().is_none_or(|r| r.id >> 32 < self.view.epoch);
         if self.cfg.mutations.resume_resync_by_records && earlier && self.health == Health::Resyncing {
             if let Err(e) = self.store.finish_resync(self.store.applied()) {
-                return self.fail(&chain(&e), out);
+                return self.fail(&e.into(), out);
             }
             self.resync_in = None;
             self.health = Health::Consistent;
@@ -550,7 +552,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
 
     /// Takes one record from the leader. `Ok(false)`: refused (malformed,
     /// or split brain); `Err`: this node's storage failed.
-    fn accept_record(&mut self, from: NodeId, rec: Record, out: &mut Vec<Out>) -> Result<bool, String> {
+    fn accept_record(&mut self, from: NodeId, rec: Record, out: &mut Vec<Out>) -> Result<bool, StorageError> {
         if rec.seq <= self.journal.discarded().seq {
             return Ok(true);
         }
@@ -574,7 +576,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
                     self.split_brain(from, detail, out);
                     return Ok(false);
                 }
-                self.journal.truncate_after(rec.seq - 1).map_err(|e| chain(&e))?;
+                self.journal.truncate_after(rec.seq - 1)?;
                 let keep = (rec.seq - 1 - self.journal.discarded().seq) as usize;
                 self.extents.truncate(keep);
             }
@@ -585,10 +587,10 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             Err(JournalError::Full { .. }) => {
                 self.compact()?;
                 if let Err(e) = self.journal.append_reserving(&rec, NOOP_RESERVE) {
-                    return self.refuse_or_fail(from, &e, out);
+                    return self.refuse_or_fail(from, e, out);
                 }
             }
-            Err(e) => return self.refuse_or_fail(from, &e, out),
+            Err(e) => return self.refuse_or_fail(from, e, out),
         }
         self.extents.push_back((rec.offset, rec.payload.len() as u64));
         self.remember_received(rec);
@@ -630,13 +632,13 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
 
     /// A journal refusal caused by the message (not chained, too large,
     /// full) is the sender's problem; anything else is a storage failure.
-    fn refuse_or_fail(&mut self, from: NodeId, e: &JournalError, out: &mut Vec<Out>) -> Result<bool, String> {
+    fn refuse_or_fail(&mut self, from: NodeId, e: JournalError, out: &mut Vec<Out>) -> Result<bool, StorageError> {
         match e {
             JournalError::NotChained { .. } | JournalError::TooLarge { .. } | JournalError::Full { .. } => {
-                out.push(Out::Notice(ReplNotice::Refused { peer: from, reason: chain(e) }));
+                out.push(Out::Notice(ReplNotice::Refused { peer: from, reason: chain(&e) }));
                 Ok(false)
             }
-            _ => Err(chain(e)),
+            e => Err(e.into()),
         }
     }
 
@@ -653,10 +655,11 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
     /// anything else, vouching for the journal only as far as it was
     /// synced (no later record was ever reported durable: replies follow
     /// syncs). See [`Recovery`].
-    pub(crate) fn fail(&mut self, detail: &str, out: &mut Vec<Out>) {
+    pub(crate) fn fail(&mut self, e: &StorageError, out: &mut Vec<Out>) {
         if matches!(self.health, Health::Failed(_)) {
             return;
         }
+        let detail = e.chain();
         let recovery = match self.store.mark_failed(self.journal.durable()) {
             Ok(()) => Recovery::Reopen,
             Err(e) => {
@@ -665,11 +668,11 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             }
         };
         self.recovery = Some(recovery);
-        out.push(Out::Notice(ReplNotice::StorageFailed { detail: detail.to_string() }));
-        self.health = Health::Failed(detail.to_string());
+        out.push(Out::Notice(ReplNotice::StorageFailed { detail: detail.clone() }));
         if let Some(l) = self.leader.take() {
-            l.fail_all(ClientError::Storage(detail.to_string()), out);
+            l.fail_all(ClientError::Storage(detail.clone()), out);
         }
+        self.health = Health::Failed(detail);
         self.report(out);
     }
 
@@ -692,7 +695,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             return;
         }
         if let Err(e) = self.journal.sync() {
-            return self.fail(&chain(&e), out);
+            return self.fail(&e.into(), out);
         }
         self.needs_sync = false;
     }
@@ -753,11 +756,11 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
                 Some(r) => r,
                 None => match self.journal.read(seq) {
                     Ok(r) => r,
-                    Err(e) => return self.fail(&chain(&e), out),
+                    Err(e) => return self.fail(&e.into(), out),
                 },
             };
             if let Err(e) = self.store.apply(&rec) {
-                return self.fail(&chain(&e), out);
+                return self.fail(&e.into(), out);
             }
             if let Some(l) = self.leader.as_mut() {
                 l.on_applied(&rec);
@@ -776,7 +779,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         if self.store.checkpointed().learner && self.store.applied().seq >= commit {
             self.learner_target = None;
             if let Err(e) = self.store.end_learner(epoch + 1) {
-                self.fail(&chain(&e), out);
+                self.fail(&e.into(), out);
             }
         }
     }
@@ -821,8 +824,8 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
     /// Checkpoint, then discard: first only what every node's K covers
     /// (nothing to record); if the ring is still short, everything through
     /// this node's K, with the lagging peers' bitmaps persisted first.
-    pub fn compact(&mut self) -> Result<(), String> {
-        let k = self.store.checkpoint().map_err(|e| chain(&e))?;
+    pub fn compact(&mut self) -> Result<(), StorageError> {
+        let k = self.store.checkpoint()?;
         self.last_checkpoint = self.now;
         let own = k.seq.min(self.journal.durable().seq);
         let everyone = own.min(self.peer_k[0].seq).min(self.peer_k[1].seq);
@@ -846,7 +849,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
 
     /// Rule 10: discard through `through`, after recording in the bitmap of
     /// each peer whose K does not cover them the blocks of the discarded records.
-    fn discard_through(&mut self, through: u64) -> Result<(), String> {
+    fn discard_through(&mut self, through: u64) -> Result<(), StorageError> {
         let discarded = self.journal.discarded().seq;
         if through <= discarded {
             return Ok(());
@@ -861,7 +864,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             // base are dropped: a peer at or past the base does not need them.
             let from = if peer_k.seq >= through {
                 let at = self.journal.position_of(through);
-                at.ok_or_else(|| format!("record {through} to discard is not in the journal"))?
+                at.ok_or(StorageError::MissingRecord { seq: through })?
             } else if peer_k.seq > discarded {
                 peer_k
             } else {
@@ -880,13 +883,13 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
                 let i = (seq - discarded - 1) as usize;
                 if let Some(&(off, len)) = self.extents.get(i) {
                     if len > 0 {
-                        self.bitmaps[slot].set_range(off, len).map_err(|e| chain(&e))?;
+                        self.bitmaps[slot].set_range(off, len)?;
                     }
                 }
             }
-            self.store.persist_bitmap(slot as u32, &self.bitmaps[slot]).map_err(|e| chain(&e))?;
+            self.store.persist_bitmap(slot as u32, &self.bitmaps[slot])?;
         }
-        self.journal.discard_through(through).map_err(|e| chain(&e))?;
+        self.journal.discard_through(through)?;
         self.extents.drain(..(through - discarded) as usize);
         Ok(())
     }
@@ -898,7 +901,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         if due && self.health == Health::Consistent && self.store.applied() != self.store.checkpointed().applied {
             self.last_checkpoint = now;
             if let Err(e) = self.store.checkpoint() {
-                self.fail(&chain(&e), out);
+                self.fail(&e.into(), out);
             }
         }
     }

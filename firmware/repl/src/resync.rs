@@ -34,7 +34,7 @@ use triad_volume::{DirtyBitmap, Disk, Position};
 
 use crate::hash::region_hashes;
 use crate::msg::{Msg, ResyncState};
-use crate::replica::{chain, Replica};
+use crate::replica::Replica;
 use crate::{Health, Out, ReplNotice, ResyncProgress};
 
 /// Data messages in flight during a resync.
@@ -276,7 +276,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         for &(n, offset, len) in data {
             let mut bytes = vec![0u8; len as usize];
             if let Err(e) = self.store.read(offset, &mut bytes) {
-                return self.fail(&chain(&e), out);
+                return self.fail(&e.into(), out);
             }
             out.push(Out::Send { to, msg: Msg::ResyncData { epoch, id, n, offset, data: bytes } });
         }
@@ -382,7 +382,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             return self.send_resync_ack(from, id, 0, ResyncState::Unknown, out);
         }
         if let Err(e) = self.store.mark_inconsistent(id) {
-            return self.fail(&chain(&e), out);
+            return self.fail(&e.into(), out);
         }
         self.health = Health::Resyncing;
         self.resync_in = Some(FollowerResync { id, leader: from, expected: 1, finished: false });
@@ -412,7 +412,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             out.push(Out::Notice(ReplNotice::Refused { peer: from, reason }));
         } else if n == r.expected {
             if let Err(e) = self.store.write_resync(offset, data) {
-                return self.fail(&chain(&e), out);
+                return self.fail(&e.into(), out);
             }
             r.expected += 1;
         }
@@ -446,17 +446,17 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             for slot in 0..2 {
                 self.bitmaps[slot].reset(point);
                 if let Err(e) = self.store.persist_bitmap(slot as u32, &self.bitmaps[slot]) {
-                    return self.fail(&chain(&e), out);
+                    return self.fail(&e.into(), out);
                 }
             }
             if let Err(e) = self.journal.reset_at(point) {
-                return self.fail(&chain(&e), out);
+                return self.fail(&e.into(), out);
             }
             self.extents.clear();
         }
         self.clear_received();
         if let Err(e) = self.store.finish_resync(point) {
-            return self.fail(&chain(&e), out);
+            return self.fail(&e.into(), out);
         }
         self.health = Health::Consistent;
         self.commit = self.commit.max(point.seq);
