@@ -320,6 +320,7 @@ struct RawVolume {
     resync_rate_mib: Option<i64>,
     new_cluster: Option<bool>,
     sync_stall_ms: Option<i64>,
+    nbd_buffers_mib: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -614,6 +615,7 @@ fn volume_config(v: RawVolume, peer_port: u16) -> Result<crate::volume::VolumeCo
             "volume.sync_stall_ms",
             100..=600_000,
         )?),
+        nbd_buffers: int_in::<usize>(v.nbd_buffers_mib.unwrap_or(16), "volume.nbd_buffers_mib", 2..=64)? << 20,
     })
 }
 
@@ -751,6 +753,19 @@ lock_memory = true
         assert_eq!(c.timing, Timing::default());
         assert_eq!(c.realtime, RealtimeConfig::default());
         assert_eq!(c.node.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
+    }
+
+    #[test]
+    fn volume_table_defaults_and_bounds() {
+        let volume = "\n[volume]\ndata = \"/v/data\"\njournal = \"/v/journal\"\nmeta = \"/v/meta\"\nsize_mib = 256\nnbd_socket = \"/run/nbd.sock\"\n";
+        let text = format!("{FULL}{volume}");
+        let v = Config::parse(&text).unwrap().volume.expect("a volume");
+        assert_eq!(v.nbd_buffers, 16 << 20, "default NBD buffers");
+        assert_eq!(v.sync_stall, Duration::from_millis(2000));
+        let v = Config::parse(&format!("{text}nbd_buffers_mib = 32\n")).unwrap().volume.expect("a volume");
+        assert_eq!(v.nbd_buffers, 32 << 20);
+        let e = err(&format!("{text}nbd_buffers_mib = 1\n"));
+        assert_eq!(e, "volume.nbd_buffers_mib: must be 2..=64, found 1");
     }
 
     #[test]

@@ -493,7 +493,8 @@ async fn start_volume(
         }
     });
     let listener = crate::nbd::server::bind_unix(&vc.nbd_socket)?;
-    let server = crate::nbd::NbdServer::new("triad", handle.device(), handle.activity());
+    let pool = crate::nbd::PoolSize::from_budget(vc.nbd_buffers);
+    let server = crate::nbd::NbdServer::with_pool("triad", handle.device(), handle.activity(), pool);
     tokio::spawn(async move {
         if let Err(e) = server.serve_listener(listener).await {
             error!(error = %chain(&e), "NBD export stopped");

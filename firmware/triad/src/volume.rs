@@ -95,6 +95,9 @@ pub struct VolumeConfig {
     /// Rule 16: a sync of any of the volume's disks outstanding this long
     /// makes the node step down (`sync_watch.rs`).
     pub sync_stall: std::time::Duration,
+    /// Bytes of NBD request buffers, allocated (and locked) at start; half
+    /// of it is the largest request served (`nbd/pool.rs`).
+    pub nbd_buffers: usize,
 }
 
 /// Why the volume could not start.

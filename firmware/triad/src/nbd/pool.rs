@@ -57,6 +57,17 @@ impl Default for PoolSize {
 }
 
 impl PoolSize {
+    /// A pool of about `bytes`: half in small buffers, half in large ones
+    /// (at least one of each), so the largest request it serves is half the
+    /// budget (the NBD server advertises that as the maximum payload).
+    pub fn from_budget(bytes: usize) -> PoolSize {
+        let half = bytes / 2;
+        PoolSize {
+            small: (SMALL_SIZE, (half / SMALL_SIZE).clamp(1, SMALL_COUNT)),
+            large: (LARGE_SIZE, (half / LARGE_SIZE).clamp(1, LARGE_COUNT)),
+        }
+    }
+
     /// Bytes the pool holds.
     pub fn bytes(&self) -> usize {
         self.small.0 * self.small.1 + self.large.0 * self.large.1
@@ -259,6 +270,16 @@ mod tests {
 
     fn small_pool() -> Arc<BufPool> {
         BufPool::new(PoolSize { small: (8192, 2), large: (16384, 3) })
+    }
+
+    #[test]
+    fn a_budget_splits_in_half_and_bounds_the_largest_request() {
+        let p = PoolSize::from_budget(8 << 20);
+        assert_eq!(p, PoolSize { small: (SMALL_SIZE, 16), large: (LARGE_SIZE, 4) });
+        assert_eq!((p.bytes(), p.max_request()), (8 << 20, 4 << 20));
+        // Never less than one buffer of each class, never more than the default.
+        assert_eq!(PoolSize::from_budget(0).bytes(), SMALL_SIZE + LARGE_SIZE);
+        assert_eq!(PoolSize::from_budget(1 << 40), PoolSize::default());
     }
 
     #[tokio::test]
