@@ -460,8 +460,22 @@ async fn start_volume(
     // peer (the replica's own pipeline window is 16 MiB; the rest is resent).
     link_cfg.queue_len = 256;
     let listen = SocketAddr::new(cfg.node.address.addr(), vc.data_port);
-    let (links, mut inbound) = PeerLinks::<triad_repl::Msg>::start(link_cfg, listen).await?;
-    let links = Arc::new(links);
+    // Inbound data-link messages go from the connection's task straight
+    // into the volume thread's queue: no forwarding task in between. The
+    // handle exists only once the thread runs; anything earlier is dropped
+    // (the leader resends).
+    let to_volume: Arc<std::sync::OnceLock<VolumeHandle>> = Arc::new(std::sync::OnceLock::new());
+    let deliver = {
+        let to_volume = to_volume.clone();
+        move |from, msg| {
+            if let Some(v) = to_volume.get() {
+                v.peer_message(from, msg);
+            }
+            true
+        }
+    };
+    let links = Arc::new(PeerLinks::<triad_repl::Msg>::start_direct(link_cfg, listen, deliver).await?);
+    // The volume thread's send closure holds the links: they live as long as it.
     let sender = links.clone();
     let handle = crate::volume::spawn(
         replica,
@@ -484,14 +498,7 @@ async fn start_volume(
             }
         },
     )?;
-    let to_volume = handle.clone();
-    tokio::spawn(async move {
-        // Holding `links` here keeps the data links alive as long as this task.
-        let _links = links;
-        while let Some((from, msg)) = inbound.recv().await {
-            to_volume.peer_message(from, msg);
-        }
-    });
+    let _ = to_volume.set(handle.clone());
     let listener = crate::nbd::server::bind_unix(&vc.nbd_socket)?;
     let pool = crate::nbd::PoolSize::from_budget(vc.nbd_buffers);
     let server = crate::nbd::NbdServer::with_pool("triad", handle.device(), handle.activity(), pool);

@@ -332,3 +332,38 @@ async fn bulk_links_carry_megabytes_next_to_core_links_within_their_limit() {
     let (who, got) = timeout(Duration::from_secs(5), brx1.recv()).await.unwrap().unwrap();
     assert_eq!((who, got.seq), (2, 6));
 }
+
+/// The data links hand what an inbound connection decodes straight to the
+/// receiver (the volume thread's queue), with no channel or task between.
+#[tokio::test]
+async fn direct_delivery_hands_messages_to_the_receiver_from_the_connection_task() {
+    let d = TempDir::new("direct");
+    create_ca(&d.0).unwrap();
+    issue_node(&d.0, 1).unwrap();
+    issue_node(&d.0, 2).unwrap();
+    let (c1, c2) = (creds(&d.0, 1), creds(&d.0, 2));
+    let l1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let l2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (a1, a2, a3) = (l1.local_addr().unwrap(), l2.local_addr().unwrap(), dead_addr().await);
+    let (n1, _rx1) = start(&c1, 1, l1, vec![(2, a2), (3, a3)]).await;
+    let (tx, rx) = std::sync::mpsc::channel::<(NodeId, Message)>();
+    let tx = std::sync::Mutex::new(tx);
+    let mut cfg = LinkConfig::new(2, vec![(1, a1), (3, a3)], server_config(&c2).unwrap(), client_config(&c2).unwrap());
+    cfg.timing = timing();
+    let _n2: PeerLinks =
+        PeerLinks::start_direct_with_listener(cfg, l2, move |from, m| tx.lock().unwrap().send((from, m)).is_ok())
+            .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut round = 0;
+    loop {
+        assert!(Instant::now() < deadline, "nothing delivered within 5 s");
+        round += 1;
+        let _ = n1.send(2, &msg(1, round));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Ok((from, m)) = rx.try_recv() {
+            assert_eq!((from, m.from), (1, 1), "the sender is the certificate's node");
+            assert!(matches!(m.body, Body::Heartbeat { .. }));
+            break;
+        }
+    }
+}

@@ -3,6 +3,7 @@
 //! ```text
 //!  runtime --send()--> [bounded queue per peer] --> outgoing task --TLS--> peer's listener
 //!  runtime <--mpsc---- inbound conn task <--TLS-- peer's outgoing task
+//!  (data links: volume thread's queue <-- inbound conn task, no channel between)
 //! ```
 //!
 //! Each direction has its own connection: a node writes only on the
@@ -188,6 +189,41 @@ struct Outgoing {
 /// Messages received from the peers, each with the authenticated sender.
 pub type Inbound<M> = mpsc::Receiver<(NodeId, M)>;
 
+/// Where inbound connections put what they decode: a channel to the
+/// runtime loop, or, for the data links, straight into the volume
+/// thread's queue (no task in between only to move messages along).
+enum Sink<M> {
+    Channel(mpsc::Sender<(NodeId, M)>),
+    /// Returns false once the receiver is gone.
+    Direct(Arc<dyn Fn(NodeId, M) -> bool + Send + Sync>),
+}
+
+impl<M> Clone for Sink<M> {
+    fn clone(&self) -> Self {
+        match self {
+            Sink::Channel(tx) => Sink::Channel(tx.clone()),
+            Sink::Direct(f) => Sink::Direct(f.clone()),
+        }
+    }
+}
+
+impl<M> Sink<M> {
+    /// Hands a message on; false once the receiver is gone.
+    async fn deliver(&self, from: NodeId, msg: M) -> bool {
+        match self {
+            Sink::Channel(tx) => tx.send((from, msg)).await.is_ok(),
+            Sink::Direct(f) => f(from, msg),
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            Sink::Channel(tx) => tx.is_closed(),
+            Sink::Direct(_) => false,
+        }
+    }
+}
+
 /// Handle to the running links for messages of type `M`. Dropping it
 /// stops every link task.
 #[derive(Debug)]
@@ -211,6 +247,33 @@ impl<M: WireMessage> PeerLinks<M> {
         cfg: LinkConfig,
         listener: TcpListener,
     ) -> Result<(PeerLinks<M>, Inbound<M>), LinkError> {
+        let (in_tx, in_rx) = mpsc::channel(cfg.inbound_len.max(1));
+        let links = PeerLinks::start_sink(cfg, listener, Sink::Channel(in_tx))?;
+        Ok((links, in_rx))
+    }
+
+    /// Binds `listen` and starts the links; each inbound connection's task
+    /// hands what it decodes to `deliver` itself (which must not block),
+    /// with no channel or task in between. Must run inside a tokio runtime.
+    pub async fn start_direct(
+        cfg: LinkConfig,
+        listen: SocketAddr,
+        deliver: impl Fn(NodeId, M) -> bool + Send + Sync + 'static,
+    ) -> Result<PeerLinks<M>, LinkError> {
+        let listener = TcpListener::bind(listen).await.map_err(|source| LinkError::Bind { addr: listen, source })?;
+        PeerLinks::start_direct_with_listener(cfg, listener, deliver)
+    }
+
+    /// [`PeerLinks::start_direct`] on an already bound listener.
+    pub fn start_direct_with_listener(
+        cfg: LinkConfig,
+        listener: TcpListener,
+        deliver: impl Fn(NodeId, M) -> bool + Send + Sync + 'static,
+    ) -> Result<PeerLinks<M>, LinkError> {
+        PeerLinks::start_sink(cfg, listener, Sink::Direct(Arc::new(deliver)))
+    }
+
+    fn start_sink(cfg: LinkConfig, listener: TcpListener, sink: Sink<M>) -> Result<PeerLinks<M>, LinkError> {
         let local_addr = listener.local_addr().map_err(LinkError::LocalAddr)?;
         let ids: Vec<NodeId> = cfg.peers.iter().map(|p| p.0).collect();
         for (i, id) in ids.iter().enumerate() {
@@ -218,7 +281,6 @@ impl<M: WireMessage> PeerLinks<M> {
                 return Err(LinkError::Peers { reason: format!("node {id} is this node or listed twice") });
             }
         }
-        let (in_tx, in_rx) = mpsc::channel(cfg.inbound_len.max(1));
         let mut tasks = Vec::new();
         let mut out = Vec::new();
         let connector = TlsConnector::from(cfg.client.clone());
@@ -233,12 +295,12 @@ impl<M: WireMessage> PeerLinks<M> {
             listener,
             TlsAcceptor::from(cfg.server.clone()),
             ids,
-            in_tx,
+            sink,
             cfg.timing.clone(),
             Arc::new(Semaphore::new(cfg.max_inbound.max(1))),
         ));
         tasks.push(accept.abort_handle());
-        Ok((PeerLinks { out, local_addr, tasks, _msg: std::marker::PhantomData }, in_rx))
+        Ok(PeerLinks { out, local_addr, tasks, _msg: std::marker::PhantomData })
     }
 
     /// Queues `msg` for peer `to` without waiting. Dropped (with the reason
@@ -448,7 +510,7 @@ async fn accept_loop<M: WireMessage>(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     peers: Vec<NodeId>,
-    inbound: mpsc::Sender<(NodeId, M)>,
+    inbound: Sink<M>,
     timing: LinkTiming,
     limit: Arc<Semaphore>,
 ) {
@@ -490,7 +552,7 @@ async fn serve<M: WireMessage>(
     addr: SocketAddr,
     acceptor: TlsAcceptor,
     peers: &[NodeId],
-    inbound: mpsc::Sender<(NodeId, M)>,
+    inbound: Sink<M>,
     timing: &LinkTiming,
 ) {
     if let Err(e) = tcp.set_nodelay(true) {
@@ -552,8 +614,8 @@ async fn serve<M: WireMessage>(
                     warn!(peer = id, claimed = ?m.claimed_sender(), "dropped message: sender does not match certificate");
                 }
                 Decoded::Frame(m) => {
-                    if inbound.send((id, m)).await.is_err() {
-                        return; // the runtime is gone
+                    if !inbound.deliver(id, m).await {
+                        return; // the receiver is gone
                     }
                 }
                 Decoded::Bad(e) if e.is_fatal() => {
