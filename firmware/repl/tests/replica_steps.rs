@@ -1,0 +1,164 @@
+//! Exact outputs for inputs: one replica's commands, step by step, in the
+//! style of `core/tests/node_steps.rs` (the cluster tests check outcomes;
+//! these pin what goes out, in which order).
+#![allow(clippy::unwrap_used)]
+
+use triad_core::{Instant, Membership, NodeId};
+use triad_repl::{ClientError, Msg, Out, ReplConfig, ReplNotice, Replica, View};
+use triad_volume::store::Format;
+use triad_volume::{MemDisk, Position, Record};
+
+const VOL: usize = 64 * 1024;
+
+type R = Replica<MemDisk, MemDisk, MemDisk>;
+
+fn replica(id: NodeId) -> R {
+    let peers = match id {
+        1 => [2, 3],
+        2 => [1, 3],
+        _ => [1, 2],
+    };
+    let meta = triad_volume::store::meta_len_needed(VOL as u64, 4096, 2) as usize;
+    let cfg = ReplConfig { region: 4096, resync_chunk: 4096, ..ReplConfig::default() };
+    let format = Format { granularity: 4096, incarnation: u64::from(id), learner: false };
+    R::format(id, peers, cfg, MemDisk::new(256 * 1024), MemDisk::new(VOL), MemDisk::new(meta), format).unwrap()
+}
+
+fn at(ms: u64) -> Instant {
+    Instant(ms * 1000)
+}
+
+fn noop(epoch: u64, seq: u64, prev: Position) -> Record {
+    Record { epoch, seq, prev, offset: 0, payload: Vec::new() }
+}
+
+fn pos(epoch: u64, seq: u64) -> Position {
+    Position::new(epoch, seq)
+}
+
+#[test]
+fn a_new_leader_appends_its_noop_and_sends_it_to_both_peers_before_anything_is_durable() {
+    let mut r = replica(1);
+    let mut out = Vec::new();
+    r.set_view(at(0), View { epoch: 1, leader: Some(1), lease_until: Some(at(1000)) }, &mut out);
+    let append = |to: NodeId| Out::Send {
+        to,
+        msg: Msg::Append {
+            epoch: 1,
+            prev: Position::ZERO,
+            records: vec![noop(1, 1, Position::ZERO)],
+            commit: 0,
+            ks: vec![(1, Position::ZERO), (2, Position::ZERO), (3, Position::ZERO)],
+            peer_inc: 0,
+            stream: 0,
+        },
+    };
+    assert_eq!(
+        out,
+        vec![
+            append(2),
+            append(3),
+            Out::Position(triad_core::Position { epoch: 1, seq: 1 }),
+            Out::Electable(true),
+            Out::Membership(Membership::Voter { votes_from: 0 }),
+        ]
+    );
+    // Its own sync makes the no-op durable here, but one node is no majority.
+    out.clear();
+    r.sync(at(1), &mut out);
+    assert_eq!(out, vec![]);
+    assert!(!r.serving(at(1)));
+}
+
+#[test]
+fn the_noop_commits_on_the_first_durable_reply_and_the_leader_serves() {
+    let mut r = replica(1);
+    let mut out = Vec::new();
+    r.set_view(at(0), View { epoch: 1, leader: Some(1), lease_until: Some(at(1000)) }, &mut out);
+    r.sync(at(1), &mut out);
+    out.clear();
+    let reply = Msg::AppendReply {
+        epoch: 1,
+        inc: 2,
+        ok: true,
+        matched: 1,
+        last: pos(1, 1),
+        applied: Position::ZERO,
+        k: Position::ZERO,
+        consistent: true,
+        learner: false,
+        stream: 0,
+    };
+    r.receive(at(2), 2, reply, &mut out);
+    // Committed and applied: the epoch's first record, then serving.
+    assert_eq!(out.first(), Some(&Out::Notice(ReplNotice::Ready { epoch: 1, seq: 1 })), "{out:?}");
+    assert!(r.serving(at(2)));
+    assert!(!r.serving(at(1000)), "only inside the lease");
+}
+
+#[test]
+fn a_follower_answers_an_append_only_after_its_journal_sync() {
+    let mut r = replica(2);
+    let mut out = Vec::new();
+    r.set_view(at(0), View { epoch: 1, leader: Some(1), lease_until: None }, &mut out);
+    out.clear();
+    let append = Msg::Append {
+        epoch: 1,
+        prev: Position::ZERO,
+        records: vec![noop(1, 1, Position::ZERO)],
+        commit: 0,
+        ks: Vec::new(),
+        peer_inc: 2,
+        stream: 0,
+    };
+    r.receive(at(1), 1, append, &mut out);
+    // Appended (the core hears the new position at once), not yet answered.
+    assert_eq!(out, vec![Out::Position(triad_core::Position { epoch: 1, seq: 1 })]);
+    out.clear();
+    r.sync_journal(&mut out);
+    assert_eq!(out, vec![], "the sync itself says nothing");
+    r.after_sync(at(2), &mut out);
+    assert_eq!(
+        out,
+        vec![Out::Send {
+            to: 1,
+            msg: Msg::AppendReply {
+                epoch: 1,
+                inc: 2,
+                ok: true,
+                matched: 1,
+                last: pos(1, 1),
+                applied: Position::ZERO,
+                k: Position::ZERO,
+                consistent: true,
+                learner: false,
+                stream: 0,
+            },
+        }]
+    );
+}
+
+#[test]
+fn writes_on_a_follower_and_messages_of_another_epoch_change_nothing() {
+    let mut r = replica(2);
+    let mut out = Vec::new();
+    r.set_view(at(0), View { epoch: 1, leader: Some(1), lease_until: None }, &mut out);
+    out.clear();
+    r.write(at(1), 7, 0, &[1u8; 4096], &mut out);
+    assert_eq!(out, vec![Out::WriteDone { id: 7, result: Err(ClientError::NotActive) }]);
+    out.clear();
+    // An Append of epoch 2 before the core adopted epoch 2: ignored.
+    let append = Msg::Append {
+        epoch: 2,
+        prev: Position::ZERO,
+        records: vec![noop(2, 1, Position::ZERO)],
+        commit: 0,
+        ks: Vec::new(),
+        peer_inc: 2,
+        stream: 0,
+    };
+    r.receive(at(2), 1, append, &mut out);
+    r.sync(at(3), &mut out);
+    assert_eq!(out, vec![]);
+    assert_eq!(r.position(), Position::ZERO);
+}
