@@ -425,7 +425,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         // and matched may be above what the resync left it with, which
         // would skip its bits at a discard (rule 10) or count it toward a
         // commit. Nothing in it is taken (review of issue 8).
-        if r.stream != l.peers[slot].stream {
+        if r.stream != l.peers[slot].stream && !self.cfg.mutations.ignore_stream {
             return;
         }
         // Rule 14: the peer's applied record is committed; ours at that

@@ -103,6 +103,9 @@ pub struct Mutations {
     /// Rule 10: the last discarded (epoch, seq) is not persisted: after a
     /// restart an emptied journal has lost its position ((0, 0)).
     pub forget_discarded: bool,
+    /// Issue 8's review: a leader takes K and `matched` from replies of
+    /// any stream, including ones sent before the peer's last resync.
+    pub ignore_stream: bool,
 }
 
 impl Default for ReplConfig {

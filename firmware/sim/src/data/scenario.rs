@@ -60,6 +60,9 @@ pub enum DataMutation {
     /// `Mutations::forget_discarded`: the last discarded position is not
     /// persisted; an emptied journal restarts at (0, 0) (rule 10).
     ReplForgetDiscarded,
+    /// `Mutations::ignore_stream`: replies from before a peer's resync
+    /// count after it (issue 8's review).
+    ReplIgnoreStream,
     /// `Out::Membership` is never fed to the core (rule 18 removed): a
     /// replaced box votes as a full member from its first message.
     IgnoreMembership,
@@ -74,7 +77,7 @@ pub enum DataMutation {
 
 impl DataMutation {
     /// Every mutation.
-    pub const ALL: [DataMutation; 18] = [
+    pub const ALL: [DataMutation; 19] = [
         DataMutation::NoEpochFence,
         DataMutation::AckOnSubmit,
         DataMutation::JournalSyncSkipped,
@@ -90,6 +93,7 @@ impl DataMutation {
         DataMutation::ReplSkipPrevCheck,
         DataMutation::ReplResumeResyncByRecords,
         DataMutation::ReplForgetDiscarded,
+        DataMutation::ReplIgnoreStream,
         DataMutation::IgnoreMembership,
         DataMutation::NoSyncWatch,
         DataMutation::SyncWatchJournalOnly,
@@ -113,6 +117,7 @@ impl DataMutation {
             DataMutation::ReplSkipPrevCheck => "repl-skip-prev-check",
             DataMutation::ReplResumeResyncByRecords => "repl-resume-resync-by-records",
             DataMutation::ReplForgetDiscarded => "repl-forget-discarded",
+            DataMutation::ReplIgnoreStream => "repl-ignore-stream",
             DataMutation::IgnoreMembership => "ignore-membership",
             DataMutation::NoSyncWatch => "no-sync-watch",
             DataMutation::SyncWatchJournalOnly => "sync-watch-journal-only",
@@ -546,6 +551,7 @@ impl DataScenario {
         cfg.mutations.skip_prev_check = self.has(DataMutation::ReplSkipPrevCheck);
         cfg.mutations.resume_resync_by_records = self.has(DataMutation::ReplResumeResyncByRecords);
         cfg.mutations.forget_discarded = self.has(DataMutation::ReplForgetDiscarded);
+        cfg.mutations.ignore_stream = self.has(DataMutation::ReplIgnoreStream);
         cfg
     }
 
