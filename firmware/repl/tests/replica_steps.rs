@@ -36,6 +36,28 @@ fn pos(epoch: u64, seq: u64) -> Position {
     Position::new(epoch, seq)
 }
 
+/// Leader 1's first Append of `epoch` to node 2: its no-op at seq 1.
+fn first_append(epoch: u64) -> Msg {
+    let records = vec![noop(epoch, 1, Position::ZERO)];
+    Msg::Append { epoch, prev: Position::ZERO, records, commit: 0, ks: Vec::new(), peer_inc: 2, stream: 0 }
+}
+
+/// Node 2's reply in epoch 1: the no-op (1, 1) durable, nothing applied.
+fn reply_from_2_holding_the_noop() -> Msg {
+    Msg::AppendReply {
+        epoch: 1,
+        inc: 2,
+        ok: true,
+        matched: 1,
+        last: pos(1, 1),
+        applied: Position::ZERO,
+        k: Position::ZERO,
+        consistent: true,
+        learner: false,
+        stream: 0,
+    }
+}
+
 #[test]
 fn a_new_leader_appends_its_noop_and_sends_it_to_both_peers_before_anything_is_durable() {
     let mut r = replica(1);
@@ -77,18 +99,7 @@ fn the_noop_commits_on_the_first_durable_reply_and_the_leader_serves() {
     r.set_view(at(0), View { epoch: 1, leader: Some(1), lease_until: Some(at(1000)) }, &mut out);
     r.sync(at(1), &mut out);
     out.clear();
-    let reply = Msg::AppendReply {
-        epoch: 1,
-        inc: 2,
-        ok: true,
-        matched: 1,
-        last: pos(1, 1),
-        applied: Position::ZERO,
-        k: Position::ZERO,
-        consistent: true,
-        learner: false,
-        stream: 0,
-    };
+    let reply = reply_from_2_holding_the_noop();
     r.receive(at(2), 2, reply, &mut out);
     // Committed and applied: the epoch's first record, then serving.
     assert_eq!(out.first(), Some(&Out::Notice(ReplNotice::Ready { epoch: 1, seq: 1 })), "{out:?}");
@@ -102,15 +113,7 @@ fn a_follower_answers_an_append_only_after_its_journal_sync() {
     let mut out = Vec::new();
     r.set_view(at(0), View { epoch: 1, leader: Some(1), lease_until: None }, &mut out);
     out.clear();
-    let append = Msg::Append {
-        epoch: 1,
-        prev: Position::ZERO,
-        records: vec![noop(1, 1, Position::ZERO)],
-        commit: 0,
-        ks: Vec::new(),
-        peer_inc: 2,
-        stream: 0,
-    };
+    let append = first_append(1);
     r.receive(at(1), 1, append, &mut out);
     // Appended (the core hears the new position at once), not yet answered.
     assert_eq!(out, vec![Out::Position(triad_core::Position { epoch: 1, seq: 1 })]);
@@ -118,24 +121,7 @@ fn a_follower_answers_an_append_only_after_its_journal_sync() {
     r.sync_journal(&mut out);
     assert_eq!(out, vec![], "the sync itself says nothing");
     r.after_sync(at(2), &mut out);
-    assert_eq!(
-        out,
-        vec![Out::Send {
-            to: 1,
-            msg: Msg::AppendReply {
-                epoch: 1,
-                inc: 2,
-                ok: true,
-                matched: 1,
-                last: pos(1, 1),
-                applied: Position::ZERO,
-                k: Position::ZERO,
-                consistent: true,
-                learner: false,
-                stream: 0,
-            },
-        }]
-    );
+    assert_eq!(out, vec![Out::Send { to: 1, msg: reply_from_2_holding_the_noop() }]);
 }
 
 #[test]
@@ -148,15 +134,7 @@ fn writes_on_a_follower_and_messages_of_another_epoch_change_nothing() {
     assert_eq!(out, vec![Out::WriteDone { id: 7, result: Err(ClientError::NotActive) }]);
     out.clear();
     // An Append of epoch 2 before the core adopted epoch 2: ignored.
-    let append = Msg::Append {
-        epoch: 2,
-        prev: Position::ZERO,
-        records: vec![noop(2, 1, Position::ZERO)],
-        commit: 0,
-        ks: Vec::new(),
-        peer_inc: 2,
-        stream: 0,
-    };
+    let append = first_append(2);
     r.receive(at(2), 1, append, &mut out);
     r.sync(at(3), &mut out);
     assert_eq!(out, vec![]);

@@ -253,6 +253,14 @@ impl Rig {
     }
 }
 
+/// Leader 2's Append of epoch 1 from the start of the journal: its no-op
+/// record, or none (a probe).
+fn append_from_2(with_noop: bool) -> Msg {
+    let noop = triad_volume::Record { epoch: 1, seq: 1, prev: Position::ZERO, offset: 0, payload: Vec::new() };
+    let records = if with_noop { vec![noop] } else { Vec::new() };
+    Msg::Append { epoch: 1, prev: Position::ZERO, records, commit: 0, ks: Vec::new(), peer_inc: 1, stream: 0 }
+}
+
 pub(crate) fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !f() {
@@ -292,16 +300,7 @@ fn no_acknowledgement_when_the_lease_ends_during_the_journal_sync() {
 fn the_core_hears_a_position_before_the_leader_hears_it_acknowledged() {
     let rig = rig(false);
     rig.handle.set_view(View { epoch: 1, leader: Some(2), lease_until: None });
-    let noop = triad_volume::Record { epoch: 1, seq: 1, prev: Position::ZERO, offset: 0, payload: Vec::new() };
-    let append = Msg::Append {
-        epoch: 1,
-        prev: Position::ZERO,
-        records: vec![noop],
-        commit: 0,
-        ks: Vec::new(),
-        peer_inc: 1,
-        stream: 0,
-    };
+    let append = append_from_2(true);
     rig.handle.peer_message(2, append);
     wait_until("a reply", || super::lock(&rig.sent).iter().any(|(_, m, _)| matches!(m, Msg::AppendReply { .. })));
     let sent = super::lock(&rig.sent);
@@ -427,16 +426,7 @@ fn a_failed_journal_sync_reopens_the_replica_for_a_resync() {
     let rig = rig(false);
     rig.handle.set_view(View { epoch: 1, leader: Some(2), lease_until: None });
     rig.journal.fail_next();
-    let noop = triad_volume::Record { epoch: 1, seq: 1, prev: Position::ZERO, offset: 0, payload: Vec::new() };
-    let append = Msg::Append {
-        epoch: 1,
-        prev: Position::ZERO,
-        records: vec![noop],
-        commit: 0,
-        ks: Vec::new(),
-        peer_inc: 1,
-        stream: 0,
-    };
+    let append = append_from_2(true);
     rig.handle.peer_message(2, append);
     wait_until("the journal sync failed", || !rig.journal.fail.load(Ordering::SeqCst));
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
@@ -446,15 +436,7 @@ fn a_failed_journal_sync_reopens_the_replica_for_a_resync() {
         health == Some(triad_repl::Health::Resyncing)
     });
     // The leader's next Append is answered "not consistent": it will resync this node.
-    let probe = Msg::Append {
-        epoch: 1,
-        prev: Position::ZERO,
-        records: Vec::new(),
-        commit: 0,
-        ks: Vec::new(),
-        peer_inc: 1,
-        stream: 0,
-    };
+    let probe = append_from_2(false);
     rig.handle.peer_message(2, probe);
     wait_until("an inconsistent reply", || {
         super::lock(&rig.sent).iter().any(|(_, m, _)| matches!(m, Msg::AppendReply { consistent: false, .. }))
