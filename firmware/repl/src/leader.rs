@@ -14,6 +14,8 @@
 
 use std::collections::VecDeque;
 
+use bytes::Bytes;
+
 use triad_core::{Instant, NodeId};
 use triad_volume::{Disk, Position, Record};
 
@@ -43,7 +45,8 @@ struct Pending {
 struct Blocked {
     id: WriteId,
     offset: u64,
-    data: Vec<u8>,
+    /// Records are slices of it, sharing the buffer (no copy per record).
+    data: Bytes,
     /// Bytes already appended as records.
     done: usize,
     last_seq: u64,
@@ -219,7 +222,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         }
         let epoch = self.view.epoch;
         let last = self.journal.last();
-        let rec = Record { epoch, seq: last.seq + 1, prev: last, offset: 0, payload: Vec::new() };
+        let rec = Record { epoch, seq: last.seq + 1, prev: last, offset: 0, payload: Bytes::new() };
         if let Err(e) = self.append_own(&rec) {
             return self.fail(&e, out);
         }
@@ -278,8 +281,10 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
     /// A client write: refused unless this node serves; otherwise journaled
     /// as records of at most `max_record` bytes, streamed to both peers, and
     /// finished by [`Out::WriteDone`] once committed and applied. When the
-    /// ring is full of uncommitted records the write waits for room.
-    pub fn write(&mut self, now: Instant, id: WriteId, offset: u64, data: &[u8], out: &mut Vec<Out>) {
+    /// ring is full of uncommitted records the write waits for room. The
+    /// records, the leader's memory of them and the messages to the peers
+    /// share `data`'s buffer.
+    pub fn write(&mut self, now: Instant, id: WriteId, offset: u64, data: Bytes, out: &mut Vec<Out>) {
         self.now = self.now.max(now);
         let refuse = self.check_leading().and_then(|()| self.check_range(offset, data.len() as u64));
         if let Err(e) = refuse {
@@ -292,7 +297,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         }
         let deadline = now.add(self.cfg.write_timeout);
         if let Some(l) = self.leader.as_mut() {
-            l.blocked.push_back(Blocked { id, offset, data: data.to_vec(), done: 0, last_seq: 0, deadline });
+            l.blocked.push_back(Blocked { id, offset, data, done: 0, last_seq: 0, deadline });
         }
         self.drain_blocked(now, out);
     }
@@ -311,7 +316,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
                 seq: prev.seq + 1,
                 prev,
                 offset: b.offset + b.done as u64,
-                payload: b.data[b.done..end].to_vec(),
+                payload: b.data.slice(b.done..end),
             };
             let len = rec.ring_len();
             // Bound the uncommitted span to half the ring: a follower (whose

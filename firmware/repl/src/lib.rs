@@ -34,6 +34,7 @@ pub mod replica;
 mod resync;
 mod verify;
 
+pub use bytes::Bytes;
 pub use error::StorageError;
 pub use fitness::Fitness;
 pub use msg::{Msg, RegionHash, ResyncState, REPL_PROTOCOL_VERSION};

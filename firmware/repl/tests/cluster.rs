@@ -5,6 +5,7 @@
 //! simulator's data world (firmware/sim).
 #![allow(clippy::unwrap_used)]
 
+use triad_repl::Bytes;
 use core::time::Duration;
 use std::collections::VecDeque;
 
@@ -156,7 +157,7 @@ impl Cluster {
         let mut out = Vec::new();
         let now = self.now;
         let n = self.node(leader);
-        n.write(now, id, offset, data, &mut out);
+        n.write(now, id, offset, Bytes::copy_from_slice(data), &mut out);
         n.sync(now, &mut out);
         self.handle(leader, out);
         self.settle();
@@ -420,7 +421,7 @@ fn a_replaced_box_is_a_learner_until_caught_up_then_a_voter_from_the_next_epoch(
     c.down[1] = true;
     let mut out = Vec::new();
     let now = c.now;
-    c.node(1).write(now, 100, 0, &pattern(100, 4096), &mut out);
+    c.node(1).write(now, 100, 0, pattern(100, 4096).into(), &mut out);
     c.node(1).sync(now, &mut out);
     c.handle(1, out);
     let mut was_learner_at_commit = None;
@@ -557,7 +558,7 @@ fn split_brain_is_refused_not_merged() {
         seq: 2,
         prev: triad_volume::Position::new(1, 1),
         offset: 4096,
-        payload: vec![7u8; 4096],
+        payload: vec![7u8; 4096].into(),
     };
     // Make node 3 see it as a different record: same seq, other epoch.
     let forged = triad_volume::Record { epoch: 1, ..forged };

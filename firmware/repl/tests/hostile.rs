@@ -3,6 +3,7 @@
 //! own storage because of it, and a leader's committed data is untouched.
 #![allow(clippy::unwrap_used)]
 
+use triad_repl::Bytes;
 use proptest::prelude::*;
 use triad_core::Instant;
 use triad_repl::{Health, Msg, Out, ReplConfig, Replica, ResyncState, View};
@@ -37,7 +38,7 @@ fn pos() -> impl Strategy<Value = Position> {
 
 fn record() -> impl Strategy<Value = Record> {
     (0..4u64, 0..10u64, pos(), prop_oneof![0..VOL as u64, Just(u64::MAX - 10)], 0..9000usize)
-        .prop_map(|(epoch, seq, prev, offset, len)| Record { epoch, seq, prev, offset, payload: vec![0xA5; len] })
+        .prop_map(|(epoch, seq, prev, offset, len)| Record { epoch, seq, prev, offset, payload: vec![0xA5; len].into() })
 }
 
 /// An Append that chains onto an empty journal (so it gets past the prev
@@ -55,7 +56,7 @@ fn chained_append() -> impl Strategy<Value = Msg> {
             let records = recs
                 .into_iter()
                 .map(|(offset, len)| {
-                    let r = Record { epoch: 1, seq: prev.seq + 1, prev, offset, payload: vec![0x5A; len] };
+                    let r = Record { epoch: 1, seq: prev.seq + 1, prev, offset, payload: vec![0x5A; len].into() };
                     prev = r.position();
                     r
                 })
@@ -177,7 +178,7 @@ fn run(me: u8, leader: u8, msgs: Vec<(u8, Msg)>) {
         r.sync(now, &mut out);
         // (2 KiB: this ring's records hold at most 4040 bytes, and a
         // larger write is cut into 4 KiB records, which fails the leader.)
-        r.write(now, 1, 4096, &[1u8; 2048], &mut out);
+        r.write(now, 1, 4096, Bytes::copy_from_slice(&[1u8; 2048]), &mut out);
         r.sync(now, &mut out);
         let last = r.journal().last();
         r.receive(now, 3, honest(last), &mut out);

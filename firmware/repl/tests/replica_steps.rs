@@ -3,6 +3,7 @@
 //! these pin what goes out, in which order).
 #![allow(clippy::unwrap_used)]
 
+use triad_repl::Bytes;
 use triad_core::{Instant, Membership, NodeId};
 use triad_repl::{ClientError, Msg, Out, ReplConfig, ReplNotice, Replica, View};
 use triad_volume::store::Format;
@@ -29,7 +30,7 @@ fn at(ms: u64) -> Instant {
 }
 
 fn noop(epoch: u64, seq: u64, prev: Position) -> Record {
-    Record { epoch, seq, prev, offset: 0, payload: Vec::new() }
+    Record { epoch, seq, prev, offset: 0, payload: triad_repl::Bytes::new() }
 }
 
 fn pos(epoch: u64, seq: u64) -> Position {
@@ -130,7 +131,7 @@ fn writes_on_a_follower_and_messages_of_another_epoch_change_nothing() {
     let mut out = Vec::new();
     r.set_view(at(0), View { epoch: 1, leader: Some(1), lease_until: None }, &mut out);
     out.clear();
-    r.write(at(1), 7, 0, &[1u8; 4096], &mut out);
+    r.write(at(1), 7, 0, Bytes::copy_from_slice(&[1u8; 4096]), &mut out);
     assert_eq!(out, vec![Out::WriteDone { id: 7, result: Err(ClientError::NotActive) }]);
     out.clear();
     // An Append of epoch 2 before the core adopted epoch 2: ignored.

@@ -1108,7 +1108,7 @@ impl DataWorld {
                 }
                 Cmd::Write { id: wid, offset, data } => {
                     let before = outs.len();
-                    v.r.write(local, wid, offset, &data, &mut outs);
+                    v.r.write(local, wid, offset, triad_repl::Bytes::from(data), &mut outs);
                     let refused = outs[before..].iter().any(|o| matches!(o, Out::WriteDone { id, .. } if *id == wid));
                     if ack_on_submit && !refused {
                         submitted.push(wid);

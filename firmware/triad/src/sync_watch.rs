@@ -93,6 +93,10 @@ impl<D: triad_volume::Disk> triad_volume::Disk for Watched<D> {
         self.disk.write_at(off, data)
     }
 
+    fn write_parts_at(&mut self, off: u64, parts: &[&[u8]]) -> std::io::Result<()> {
+        self.disk.write_parts_at(off, parts)
+    }
+
     fn sync(&mut self) -> std::io::Result<()> {
         self.watch.begin();
         let result = self.disk.sync();

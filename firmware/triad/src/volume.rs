@@ -45,7 +45,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 use triad_core::{Instant, NodeId};
-use triad_repl::{ClientError, Msg, Out, Recovery, ReplConfig, ReplNotice, ReplStatus, Replica, VerifyReport, View};
+use triad_repl::{Bytes, ClientError, Msg, Out, Recovery, ReplConfig, ReplNotice, ReplStatus, Replica, VerifyReport, View};
 use triad_volume::{Disk, FileDisk, Position};
 
 use crate::nbd::device::{BlockDevice, DevResult, DeviceError};
@@ -344,7 +344,7 @@ where
                 epoch: 0,
                 view_taken: View::default(),
                 reboot_logged: false,
-                zeroes: vec![0u8; ZEROES_LEN],
+                zeroes: Bytes::from(vec![0u8; ZEROES_LEN]),
             };
             t.run(replica, &*now, &rx, reopen);
         })
@@ -380,7 +380,7 @@ struct Thread {
     view_taken: View,
     /// Rule 9's "reboot" has been asked for in the log.
     reboot_logged: bool,
-    zeroes: Vec<u8>,
+    zeroes: Bytes,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -520,7 +520,7 @@ impl Thread {
         now: Instant,
         g: u64,
         offset: u64,
-        data: &[u8],
+        data: Bytes,
         out: &mut Vec<Out>,
     ) {
         let id = self.next_id;
@@ -567,28 +567,39 @@ impl Thread {
             Cmd::Write { offset, data, reply } => {
                 let g = self.group(data.chunks().count().max(1), reply);
                 if data.is_empty() {
-                    return self.piece(r, now, g, offset, &[], out);
+                    return self.piece(r, now, g, offset, Bytes::new(), out);
                 }
-                let mut at = offset;
+                // The one copy of the payload on the leader: out of the NBD
+                // pool (whose buffer goes back when `data` drops), into one
+                // shared buffer that the records, the peers' messages and
+                // the journal write all slice.
+                let mut whole = Vec::with_capacity(data.len());
+                let mut ends = Vec::new();
                 for c in data.chunks() {
-                    self.piece(r, now, g, at, c, out);
-                    at += c.len() as u64;
+                    whole.extend_from_slice(c);
+                    ends.push(whole.len());
+                }
+                drop(data);
+                let whole = Bytes::from(whole);
+                let mut at = 0;
+                for end in ends {
+                    self.piece(r, now, g, offset + at as u64, whole.slice(at..end), out);
+                    at = end;
                 }
             }
             Cmd::WriteZeroes { offset, len, reply } => {
                 let n = usize::try_from(len.div_ceil(ZEROES_LEN as u64)).unwrap_or(usize::MAX).max(1);
                 let g = self.group(n, reply);
-                let zeroes = std::mem::take(&mut self.zeroes);
                 let mut at = 0;
                 loop {
                     let k = (len - at).min(ZEROES_LEN as u64) as usize;
-                    self.piece(r, now, g, offset + at, zeroes.get(..k).unwrap_or_default(), out);
+                    let zeroes = self.zeroes.slice(..k);
+                    self.piece(r, now, g, offset + at, zeroes, out);
                     at += k as u64;
                     if at >= len {
                         break;
                     }
                 }
-                self.zeroes = zeroes;
             }
             Cmd::Verify { reply } => {
                 let id = self.next_id;

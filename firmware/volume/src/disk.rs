@@ -39,6 +39,18 @@ pub trait Disk {
     /// Write `data` at `off`. Not durable until a successful `sync`.
     fn write_at(&mut self, off: u64, data: &[u8]) -> io::Result<()>;
 
+    /// Write `parts` one after the other from `off`, as one write of
+    /// their concatenation: a journal record (header, payload, padding)
+    /// goes to the disk without first being copied into one buffer.
+    fn write_parts_at(&mut self, off: u64, parts: &[&[u8]]) -> io::Result<()> {
+        let mut at = off;
+        for part in parts {
+            self.write_at(at, part)?;
+            at += part.len() as u64;
+        }
+        Ok(())
+    }
+
     /// Make every earlier write durable (fdatasync). After a failure the
     /// data written before it is not to be trusted, whatever later calls
     /// report: never retry.

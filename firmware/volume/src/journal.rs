@@ -34,7 +34,8 @@ use crate::codec::{get_u32, get_u64, put_u32, put_u64};
 use crate::disk::Disk;
 use crate::slots::{SlotError, SlotPair, KIND_JOURNAL};
 use crate::Position;
-use record::{encode_pad, ring_len_for, Header, KIND_PAD, KIND_RECORD};
+use bytes::Bytes;
+use record::{encode_pad, ring_len_for, Header, ALIGN, KIND_PAD, KIND_RECORD};
 use std::collections::VecDeque;
 use std::io;
 
@@ -385,7 +386,9 @@ impl<D: Disk> Journal<D> {
             self.write_ring(phys, &encode_pad(last))?;
         }
         let pos = self.tail + skip;
-        self.write_ring(pos % self.ring_len, &rec.encode())?;
+        let (header, pad) = rec.encode_header();
+        let zeroes = [0u8; ALIGN as usize];
+        self.write_ring_parts(pos % self.ring_len, &[&header, &rec.payload, &zeroes[..pad]])?;
         self.index.push_back(Entry { epoch: rec.epoch, pos, len });
         self.tail = pos + len;
         Ok(())
@@ -395,7 +398,7 @@ impl<D: Disk> Journal<D> {
     /// next record in `epoch`; returns its position.
     pub fn append_next(&mut self, epoch: u64, offset: u64, payload: &[u8]) -> Result<Position, JournalError> {
         let last = self.last();
-        let rec = Record { epoch, seq: last.seq + 1, prev: last, offset, payload: payload.to_vec() };
+        let rec = Record { epoch, seq: last.seq + 1, prev: last, offset, payload: Bytes::copy_from_slice(payload) };
         self.append(&rec)?;
         Ok(rec.position())
     }
@@ -544,6 +547,14 @@ impl<D: Disk> Journal<D> {
     fn read_ring(&self, phys: u64, buf: &mut [u8]) -> Result<(), JournalError> {
         let offset = self.ring_offset + phys;
         self.disk.read_at(offset, buf).map_err(|source| JournalError::Io { op: "read", offset, source })
+    }
+
+    fn write_ring_parts(&mut self, phys: u64, parts: &[&[u8]]) -> Result<(), JournalError> {
+        let offset = self.ring_offset + phys;
+        self.disk.write_parts_at(offset, parts).map_err(|source| {
+            self.failed = true;
+            JournalError::Io { op: "write", offset, source }
+        })
     }
 
     fn write_ring(&mut self, phys: u64, data: &[u8]) -> Result<(), JournalError> {

@@ -1,4 +1,5 @@
-//! `#[serde(with = "triad_volume::serde_bytes")]` for `Vec<u8>` fields:
+//! `#[serde(with = "triad_volume::serde_bytes")]` for `Vec<u8>` (or
+//! `bytes::Bytes`) fields:
 //! serialized as one byte string rather than a sequence of `u8`.
 //!
 //! For postcard (the peer links' format) both are a varint length and the
@@ -18,9 +19,10 @@ pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
     s.serialize_bytes(bytes)
 }
 
-/// Deserializes a byte string (or a sequence of `u8`) into a `Vec<u8>`.
-pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-    d.deserialize_byte_buf(BytesVisitor)
+/// Deserializes a byte string (or a sequence of `u8`) into a `Vec<u8>`,
+/// or into anything made from one without a copy (`bytes::Bytes`).
+pub fn deserialize<'de, D: Deserializer<'de>, T: From<Vec<u8>>>(d: D) -> Result<T, D::Error> {
+    d.deserialize_byte_buf(BytesVisitor).map(T::from)
 }
 
 struct BytesVisitor;

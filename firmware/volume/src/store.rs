@@ -492,7 +492,7 @@ mod tests {
             seq,
             prev: Position::new(if seq > 1 { 1 } else { 0 }, seq - 1),
             offset,
-            payload: payload.to_vec(),
+            payload: payload.to_vec().into(),
         }
     }
 

@@ -7,6 +7,7 @@
 use super::{failed_disk, in_range, out_of_range, Disk};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -70,6 +71,17 @@ impl Disk for FileDisk {
         self.file.write_all_at(data, off)
     }
 
+    fn write_parts_at(&mut self, off: u64, parts: &[&[u8]]) -> io::Result<()> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if self.failed {
+            return Err(failed_disk());
+        }
+        if !in_range(off, total, self.len) {
+            return Err(out_of_range(off, total, self.len));
+        }
+        pwritev_all(&self.file, off, parts)
+    }
+
     fn sync(&mut self) -> io::Result<()> {
         if self.failed {
             return Err(failed_disk());
@@ -78,6 +90,59 @@ impl Disk for FileDisk {
         // could then "succeed" without them. Remember the failure forever.
         self.file.sync_data().inspect_err(|_| self.failed = true)
     }
+}
+
+/// One pwritev(2) for all of `parts` (at most 16 of them), repeated for
+/// whatever a short write left over.
+fn pwritev_all(file: &File, mut off: u64, parts: &[&[u8]]) -> io::Result<()> {
+    const MAX_PARTS: usize = 16;
+    if parts.len() > MAX_PARTS {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} parts, at most {MAX_PARTS}", parts.len())));
+    }
+    let mut first = 0; // the first part with bytes left
+    let mut skip = 0; // bytes of it already written
+    while first < parts.len() {
+        let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_PARTS];
+        let mut n = 0;
+        for (i, part) in parts[first..].iter().enumerate() {
+            let rest = if i == 0 { &part[skip..] } else { part };
+            iov[n] = libc::iovec { iov_base: rest.as_ptr() as *mut libc::c_void, iov_len: rest.len() };
+            n += 1;
+        }
+        let at = libc::off_t::try_from(off).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: `iov[..n]` points into `parts`, which outlive the call and
+        // are only read by the kernel; `n` ≤ MAX_PARTS fits a c_int.
+        let written = unsafe { libc::pwritev(file.as_raw_fd(), iov.as_ptr(), n as libc::c_int, at) };
+        if written < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if written == 0 {
+            return Err(io::Error::from(io::ErrorKind::WriteZero));
+        }
+        let mut left = written as usize;
+        off += left as u64;
+        while first < parts.len() && left > 0 {
+            let rest = parts[first].len() - skip;
+            if left >= rest {
+                left -= rest;
+                first += 1;
+                skip = 0;
+            } else {
+                skip += left;
+                left = 0;
+            }
+        }
+        // Parts that were empty to begin with.
+        while first < parts.len() && parts[first].len() == skip {
+            first += 1;
+            skip = 0;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -98,5 +163,25 @@ mod tests {
         assert!(d.write_at(8190, b"xyz").is_err());
         assert!(d2.read_at(u64::MAX, &mut buf).is_err());
         std::fs::remove_file(&dir).unwrap();
+    }
+
+    #[test]
+    fn parts_land_back_to_back_and_out_of_range_writes_nothing() {
+        let path = std::env::temp_dir().join(format!("triad-filedisk-parts-{}", std::process::id()));
+        let mut d = FileDisk::create(&path, 8192).unwrap();
+        let big = vec![7u8; 5000];
+        d.write_parts_at(100, &[b"head", b"", &big, b"tail"]).unwrap();
+        let mut buf = vec![0u8; 5012];
+        d.read_at(100, &mut buf).unwrap();
+        assert_eq!(&buf[..4], b"head");
+        assert!(buf[4..5004].iter().all(|&b| b == 7));
+        assert_eq!(&buf[5004..5008], b"tail");
+        assert_eq!(&buf[5008..], &[0, 0, 0, 0]);
+        let err = d.write_parts_at(8000, &[b"x", &big]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+        let mut tail = [9u8; 192];
+        d.read_at(8000, &mut tail).unwrap();
+        assert!(tail.iter().all(|&b| b == 0), "a refused write changed the disk");
+        std::fs::remove_file(&path).unwrap();
     }
 }

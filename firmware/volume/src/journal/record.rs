@@ -18,6 +18,8 @@
 //! | 48 | 4 | payload length |
 //! | 52 | 4 | CRC-32C of bytes 0..52 then the payload |
 
+use bytes::Bytes;
+
 use crate::codec::{get_u16, get_u32, get_u64, put_u16, put_u32, put_u64};
 use crate::Position;
 
@@ -42,9 +44,11 @@ pub struct Record {
     pub prev: Position,
     /// Byte offset in the volume the payload is written to.
     pub offset: u64,
-    /// The data (empty for a no-op record).
+    /// The data (empty for a no-op record). Reference-counted: the leader
+    /// journals, remembers and sends one buffer per write without copying
+    /// it (issue 9).
     #[serde(with = "crate::serde_bytes")]
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
 }
 
 impl Record {
@@ -67,15 +71,27 @@ impl Record {
         ring_len_for(self.payload.len() as u64)
     }
 
-    /// Header, payload and alignment padding, ready to write.
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        let header =
+    /// The header (checksum included) and the number of zero bytes of
+    /// alignment padding after the payload: written as parts, so the
+    /// payload is never copied (`Disk::write_parts_at`).
+    pub(crate) fn encode_header(&self) -> ([u8; RECORD_HEADER_LEN], usize) {
+        let mut header =
             encode_header(KIND_RECORD, self.epoch, self.seq, self.prev, self.offset, self.payload.len() as u32);
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&header[..52]), &self.payload);
+        put_u32(&mut header, 52, crc);
+        let pad = self.ring_len() as usize - RECORD_HEADER_LEN - self.payload.len();
+        (header, pad)
+    }
+
+    /// Header, payload and alignment padding, ready to write.
+    #[cfg(test)]
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let (header, pad) = self.encode_header();
         let mut buf = Vec::with_capacity(self.ring_len() as usize);
         buf.extend_from_slice(&header);
         buf.extend_from_slice(&self.payload);
-        buf.resize(self.ring_len() as usize, 0);
-        put_u32(&mut buf, 52, self.checksum());
+        buf.resize(buf.len() + pad, 0);
+        assert_eq!(get_u32(&buf, 52), self.checksum());
         buf
     }
 }
@@ -146,7 +162,7 @@ impl Header {
     }
 
     pub(crate) fn into_record(self, payload: Vec<u8>) -> Record {
-        Record { epoch: self.epoch, seq: self.seq, prev: self.prev, offset: self.offset, payload }
+        Record { epoch: self.epoch, seq: self.seq, prev: self.prev, offset: self.offset, payload: payload.into() }
     }
 }
 
@@ -156,7 +172,7 @@ mod tests {
 
     #[test]
     fn encode_parse_round_trip() {
-        let r = Record { epoch: 3, seq: 9, prev: Position::new(2, 8), offset: 4096, payload: vec![5; 13] };
+        let r = Record { epoch: 3, seq: 9, prev: Position::new(2, 8), offset: 4096, payload: vec![5; 13].into() };
         let buf = r.encode();
         assert_eq!(buf.len() as u64, r.ring_len());
         assert_eq!(buf.len() % 8, 0);
@@ -171,7 +187,7 @@ mod tests {
 
     #[test]
     fn a_flipped_bit_fails_the_checksum() {
-        let r = Record { epoch: 1, seq: 1, prev: Position::ZERO, offset: 0, payload: vec![1; 100] };
+        let r = Record { epoch: 1, seq: 1, prev: Position::ZERO, offset: 0, payload: vec![1; 100].into() };
         let mut buf = r.encode();
         buf[70] ^= 1;
         let mut raw = [0u8; RECORD_HEADER_LEN];

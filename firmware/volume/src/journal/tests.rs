@@ -1,5 +1,6 @@
 //! Unit tests of the journal ring over `MemDisk`.
 
+use bytes::Bytes;
 use super::*;
 use crate::disk::MemDisk;
 
@@ -24,8 +25,8 @@ fn append_sync_reopen() {
     let j = reopen(j);
     assert_eq!(j.last(), Position::new(1, 2));
     let recs: Vec<Record> = j.iter_from(1).collect::<Result<_, _>>().unwrap();
-    assert_eq!(recs[0].payload, b"hello");
-    assert_eq!(recs[1].payload, b"");
+    assert_eq!(recs[0].payload, &b"hello"[..]);
+    assert_eq!(recs[1].payload, &b""[..]);
     assert_eq!(recs[1].prev, Position::new(1, 1));
 }
 
@@ -44,9 +45,9 @@ fn one_sync_per_batch() {
 fn refuses_records_that_do_not_chain() {
     let mut j = journal(8192);
     j.append_next(2, 0, b"a").unwrap();
-    let bad = Record { epoch: 2, seq: 3, prev: Position::new(2, 2), offset: 0, payload: vec![] };
+    let bad = Record { epoch: 2, seq: 3, prev: Position::new(2, 2), offset: 0, payload: Bytes::new() };
     assert!(matches!(j.append(&bad), Err(JournalError::NotChained { .. })));
-    let older = Record { epoch: 1, seq: 2, prev: Position::new(2, 1), offset: 0, payload: vec![] };
+    let older = Record { epoch: 1, seq: 2, prev: Position::new(2, 1), offset: 0, payload: Bytes::new() };
     assert!(matches!(j.append(&older), Err(JournalError::NotChained { .. })));
 }
 
