@@ -3,13 +3,21 @@
 //!
 //! One connection:
 //! ```text
-//!                 ┌──────────── reader (this task) ────────────┐
-//!  socket ──────▶ │ header → payload → request::check → dispatch │
-//!                 └──┬──────────────┬──────────────────────────┘
-//!                    │ error reply  │ tokio::spawn per request (device op)
+//!                 ┌──────────── reader (this task) ────────────────────┐
+//!  socket ──────▶ │ header → payload → request::check → start the op:   │
+//!                 │ polled once here, so a device that hands work to    │
+//!                 │ another thread has it before this task reads on     │
+//!                 └──┬──────────────┬───────────────────────────────────┘
+//!                    │ error reply, │ still running: the op's future
+//!                    │ finished op  │
 //!                    ▼              ▼
-//!                 replies channel (mpsc) ──▶ writer task ──▶ socket
+//!                 jobs channel (mpsc) ──▶ writer task: drives the running
+//!                                          ops, writes each reply ──▶ socket
 //! ```
+//! No task per request: a replicated write's completion (the volume
+//! thread's answer) wakes the writer itself, which writes the reply; on
+//! the leader's write path that is one hand-off fewer than a request task
+//! relaying to the writer (docs/volume-benchmark.md counts them).
 //! Replies complete in any order (the spec allows it; cookies match them
 //! up). Memory: every payload and read buffer comes from the server's
 //! [`BufPool`], allocated when the server is built (see `pool.rs` for why:
@@ -341,7 +349,7 @@ impl<D: BlockDevice> NbdServer<D> {
     async fn read_requests<R: AsyncRead + Unpin>(
         &self,
         rd: &mut R,
-        tx: &mpsc::UnboundedSender<Reply>,
+        tx: &mpsc::UnboundedSender<Job>,
     ) -> Result<(), NbdError> {
         let geometry = self.geometry();
         let slots = Arc::new(Semaphore::new(MAX_INFLIGHT));
@@ -371,7 +379,7 @@ impl<D: BlockDevice> NbdServer<D> {
                 Err(e) => {
                     tracing::debug!(cookie = h.cookie, error = %e, "nbd request refused");
                     drop(buf);
-                    let _ = tx.send(Reply { cookie: h.cookie, error: e.errno().code(), data: None, _slot: slot });
+                    let _ = tx.send(Job::Done(Reply { cookie: h.cookie, error: e.errno().code(), data: None, _slot: slot }));
                     continue;
                 }
             };
@@ -390,8 +398,7 @@ impl<D: BlockDevice> NbdServer<D> {
                 Command::Read { .. } | Command::Disc => None,
             };
             let device = Arc::clone(&self.device);
-            let tx = tx.clone();
-            tokio::spawn(async move {
+            let mut op: RunningOp = Box::pin(async move {
                 let result = execute(&*device, cmd, buf, gate_hold).await;
                 let (error, data) = match result {
                     Ok(data) => (0, data),
@@ -400,9 +407,18 @@ impl<D: BlockDevice> NbdServer<D> {
                         (e.errno().code(), None)
                     }
                 };
-                // The writer is gone only if the client is: nothing to do.
-                let _ = tx.send(Reply { cookie: h.cookie, error, data, _slot: slot });
+                Reply { cookie: h.cookie, error, data, _slot: slot }
             });
+            // Started here: a replicated write is on its way to the volume
+            // thread before the next request is read. (A later poll by the
+            // writer replaces this task's waker; at worst this task is
+            // woken once for nothing.)
+            let job = match futures::poll!(op.as_mut()) {
+                std::task::Poll::Ready(reply) => Job::Done(reply),
+                std::task::Poll::Pending => Job::Running(op),
+            };
+            // The writer is gone only if the client is: nothing to do.
+            let _ = tx.send(job);
         }
     }
 }
@@ -461,24 +477,65 @@ async fn read_header<R: AsyncRead + Unpin>(rd: &mut R) -> Result<Option<[u8; REQ
     Ok(Some(hdr))
 }
 
-/// Writes replies in the order they complete, flushing when none is queued.
-async fn write_replies<W: AsyncWrite + Unpin>(wr: W, mut rx: mpsc::UnboundedReceiver<Reply>) -> io::Result<()> {
+/// A request still running on the device; yields its reply.
+type RunningOp = std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send>>;
+
+/// What the reader hands the writer.
+enum Job {
+    /// A reply ready to write.
+    Done(Reply),
+    /// A request to drive to its reply.
+    Running(RunningOp),
+}
+
+/// Drives the running requests and writes replies in the order they
+/// complete, flushing once nothing else is ready. Ends when the reader is
+/// gone and every request is answered.
+async fn write_replies<W: AsyncWrite + Unpin>(wr: W, mut rx: mpsc::UnboundedReceiver<Job>) -> io::Result<()> {
     let mut w = BufWriter::with_capacity(256 * 1024, wr);
-    while let Some(reply) = rx.recv().await {
-        w.write_all(&simple_reply(reply.error, reply.cookie)).await?;
-        if let Some(data) = &reply.data {
-            for c in data.chunks() {
-                w.write_all(c).await?;
-            }
+    let mut running = futures::stream::FuturesUnordered::new();
+    let mut reader_open = true;
+    loop {
+        let reply = tokio::select! {
+            biased;
+            Some(reply) = futures::StreamExt::next(&mut running), if !running.is_empty() => reply,
+            job = rx.recv(), if reader_open => match job {
+                Some(Job::Done(reply)) => reply,
+                Some(Job::Running(op)) => {
+                    running.push(op);
+                    continue;
+                }
+                None => {
+                    reader_open = false;
+                    continue;
+                }
+            },
+            else => break,
+        };
+        write_reply(&mut w, reply).await?;
+        // Others finished at the same time (a batch the volume thread
+        // committed together): one flush for all of them.
+        while let Some(Some(reply)) = futures::FutureExt::now_or_never(futures::StreamExt::next(&mut running)) {
+            write_reply(&mut w, reply).await?;
         }
-        // Dropping the reply returns its buffers and its slot.
-        drop(reply);
         if rx.is_empty() {
             w.flush().await?;
         }
     }
     w.flush().await?;
     w.shutdown().await
+}
+
+async fn write_reply<W: AsyncWrite + Unpin>(w: &mut BufWriter<W>, reply: Reply) -> io::Result<()> {
+    w.write_all(&simple_reply(reply.error, reply.cookie)).await?;
+    if let Some(data) = &reply.data {
+        for c in data.chunks() {
+            w.write_all(c).await?;
+        }
+    }
+    // Dropping the reply returns its buffers and its slot.
+    drop(reply);
+    Ok(())
 }
 
 /// Binds a unix socket at `path`, replacing a stale socket (never another
