@@ -223,13 +223,11 @@ enum Cmd {
 #[derive(Clone)]
 pub struct VolumeHandle {
     tx: std_mpsc::Sender<Cmd>,
-    /// The core's latest view: read by the thread before every command and
-    /// every sync, so a view never waits behind queued I/O (a stale lease
-    /// end would refuse acknowledgements that are due).
-    view: Arc<Mutex<Option<View>>>,
-    /// Serving: the NBD server's flag (set by the thread) and what a direct read checks.
+    /// The one state shared between the runtime and the thread: the view
+    /// handed over and what a direct read checks (module doc).
+    shared: Arc<Mutex<Shared>>,
+    /// The NBD server's flag (set by the thread with the ready epoch).
     activity: Activity,
-    serve: Arc<Mutex<ServeState>>,
     /// The data file, read-only, for direct reads.
     data: Arc<File>,
     /// RWF_NOWAIT works on the data file (else every read goes to the blocking pool).
@@ -245,6 +243,18 @@ impl std::fmt::Debug for VolumeHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VolumeHandle").field("size", &self.size).field("serving", &self.serving()).finish()
     }
+}
+
+/// The state the runtime and the volume thread share, in one cell.
+#[derive(Debug, Default)]
+struct Shared {
+    /// The core's latest view, until the thread takes it: read by the
+    /// thread before every command and every sync, so a view never waits
+    /// behind queued I/O (a stale lease end would refuse acknowledgements
+    /// that are due).
+    view: Option<View>,
+    /// What a direct read checks.
+    serve: ServeState,
 }
 
 /// What a direct read must know (module doc): the view the runtime handed
@@ -305,14 +315,12 @@ where
     let (tx, rx) = std_mpsc::channel::<Cmd>();
     let size = replica.volume_len();
     let activity = Activity::new(false);
-    let serve = Arc::new(Mutex::new(ServeState::default()));
-    let view = Arc::new(Mutex::new(None));
+    let shared = Arc::new(Mutex::new(Shared::default()));
     let now: Arc<dyn Fn() -> Instant + Send + Sync> = Arc::new(now);
     let handle = VolumeHandle {
         tx,
-        view: view.clone(),
+        shared: shared.clone(),
         activity: activity.clone(),
-        serve: serve.clone(),
         data: Arc::new(reader),
         nowait: Arc::new(AtomicBool::new(true)),
         now: now.clone(),
@@ -338,9 +346,8 @@ where
                 verifies: HashMap::new(),
                 events,
                 send: Box::new(send),
-                view,
+                shared,
                 activity,
-                serve,
                 epoch: 0,
                 view_taken: View::default(),
                 reboot_logged: false,
@@ -371,9 +378,8 @@ struct Thread {
     verifies: HashMap<u64, oneshot::Sender<Result<VerifyReport, ClientError>>>,
     events: mpsc::UnboundedSender<VolumeEvent>,
     send: SendFn,
-    view: Arc<Mutex<Option<View>>>,
+    shared: Arc<Mutex<Shared>>,
     activity: Activity,
-    serve: Arc<Mutex<ServeState>>,
     /// Epoch of the last view given to the replica.
     epoch: u64,
     /// That view (a reopened replica starts from it).
@@ -393,7 +399,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Thread {
     /// Applies the core's latest view, if a newer one arrived.
     fn fresh_view<J: Disk, D: Disk, M: Disk>(&mut self, r: &mut Replica<J, D, M>, now: Instant, out: &mut Vec<Out>) {
-        let latest = lock(&self.view).take();
+        let latest = lock(&self.shared).view.take();
         if let Some(v) = latest {
             r.set_view(now, v, out);
             self.epoch = v.epoch;
@@ -406,7 +412,7 @@ impl Thread {
     /// a ready leader in the epoch of the view it last took.
     fn publish<J: Disk, D: Disk, M: Disk>(&self, r: &Replica<J, D, M>) {
         let ready = r.leading_and_ready();
-        lock(&self.serve).ready_epoch = ready.then_some(self.epoch);
+        lock(&self.shared).serve.ready_epoch = ready.then_some(self.epoch);
         self.activity.set_active(ready);
     }
 
@@ -499,7 +505,7 @@ impl Thread {
             Err(e) => {
                 tracing::error!(error = %crate::errors::chain(&e), "volume: cannot reopen the replica after a storage failure; not serving until restarted");
                 self.activity.set_active(false);
-                lock(&self.serve).ready_epoch = None;
+                lock(&self.shared).serve.ready_epoch = None;
                 None
             }
         }
@@ -687,12 +693,10 @@ impl VolumeHandle {
         // Direct reads see the new view at once: a view that is not this
         // node's leadership (or a later epoch) stops them before the
         // thread has even taken it.
-        {
-            let mut s = lock(&self.serve);
-            s.view_epoch = view.epoch;
-            s.lease_until = view.lease_until.filter(|_| view.leader.is_some());
-        }
-        *lock(&self.view) = Some(view);
+        let mut shared = lock(&self.shared);
+        shared.serve.view_epoch = view.epoch;
+        shared.serve.lease_until = view.lease_until.filter(|_| view.leader.is_some());
+        shared.view = Some(view);
     }
 
     /// The view, returning whether the volume thread took it within
@@ -751,7 +755,7 @@ impl VolumeHandle {
 
     /// Whether a read may be served now (rule 15, module doc).
     fn check_serving(&self) -> Result<(), ClientError> {
-        let s = *lock(&self.serve);
+        let s = lock(&self.shared).serve;
         if s.serves((self.now)()) {
             Ok(())
         } else if s.lease_until.is_some() && s.ready_epoch != Some(s.view_epoch) {
