@@ -57,6 +57,8 @@ use triad_repl::{Fitness, View};
 
 pub use triad_core::HardState;
 
+pub mod volume;
+
 /// What the host is told.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {

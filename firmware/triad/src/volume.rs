@@ -45,7 +45,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 use triad_core::{Instant, NodeId};
-use triad_repl::{Bytes, ClientError, Msg, Out, Recovery, ReplConfig, ReplNotice, ReplStatus, Replica, VerifyReport, View};
+use triad_host::volume::{ClientId, VolumeDriver, VolumeIn, VolumeOut};
+use triad_repl::{Bytes, ClientError, Msg, Recovery, ReplConfig, ReplNotice, ReplStatus, Replica, VerifyReport, View};
 use triad_volume::{Disk, FileDisk, Position};
 
 use crate::nbd::device::{BlockDevice, DevResult, DeviceError};
@@ -63,9 +64,6 @@ pub type FileReplica = Replica<VolumeDisk, VolumeDisk, VolumeDisk>;
 const MAX_WAIT: Duration = Duration::from_millis(100);
 /// Commands taken per batch before syncing (bounds a batch's latency).
 const MAX_BATCH: usize = 64;
-/// WRITE_ZEROES is written from one buffer of zeroes this long, allocated
-/// when the thread starts (one replication record).
-const ZEROES_LEN: usize = 1 << 20;
 
 /// Where the volume lives and how it replicates (the `[volume]` table).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -340,18 +338,14 @@ where
                 warn!(error = %crate::errors::chain(&e), "volume thread: PR_SET_IO_FLUSHER not set");
             }
             let mut t = Thread {
-                next_id: 1,
-                pieces: HashMap::new(),
-                groups: HashMap::new(),
+                next_client: 1,
+                writes: HashMap::new(),
                 verifies: HashMap::new(),
                 events,
                 send: Box::new(send),
                 shared,
                 activity,
-                epoch: 0,
-                view_taken: View::default(),
                 reboot_logged: false,
-                zeroes: Bytes::from(vec![0u8; ZEROES_LEN]),
             };
             t.run(replica, &*now, &rx, reopen);
         })
@@ -362,31 +356,17 @@ where
 /// Puts a message on the data link to a peer (non-blocking, may drop).
 type SendFn = Box<dyn Fn(NodeId, &Msg) + Send>;
 
-/// One client write, which may be several replica writes (one per pool
-/// buffer, or per piece of zeroes); answered when all are done.
-struct Group {
-    left: usize,
-    result: Result<(), ClientError>,
-    reply: Option<oneshot::Sender<Result<(), ClientError>>>,
-}
-
+/// The thread's side of the driver: where its outputs go.
 struct Thread {
-    next_id: u64,
-    /// Replica write id → its group.
-    pieces: HashMap<u64, u64>,
-    groups: HashMap<u64, Group>,
-    verifies: HashMap<u64, oneshot::Sender<Result<VerifyReport, ClientError>>>,
+    next_client: ClientId,
+    writes: HashMap<ClientId, oneshot::Sender<Result<(), ClientError>>>,
+    verifies: HashMap<ClientId, oneshot::Sender<Result<VerifyReport, ClientError>>>,
     events: mpsc::UnboundedSender<VolumeEvent>,
     send: SendFn,
     shared: Arc<Mutex<Shared>>,
     activity: Activity,
-    /// Epoch of the last view given to the replica.
-    epoch: u64,
-    /// That view (a reopened replica starts from it).
-    view_taken: View,
     /// Rule 9's "reboot" has been asked for in the log.
     reboot_logged: bool,
-    zeroes: Bytes,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -397,44 +377,33 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Thread {
-    /// Applies the core's latest view, if a newer one arrived.
-    fn fresh_view<J: Disk, D: Disk, M: Disk>(&mut self, r: &mut Replica<J, D, M>, now: Instant, out: &mut Vec<Out>) {
-        let latest = lock(&self.shared).view.take();
-        if let Some(v) = latest {
-            r.set_view(now, v, out);
-            self.epoch = v.epoch;
-            self.view_taken = v;
-            self.publish(r);
-        }
+    /// The core's latest view, if a newer one arrived since the last look.
+    fn latest_view(&self) -> Option<View> {
+        lock(&self.shared).view.take()
     }
 
-    /// Tells direct reads and the NBD server whether this replica serves:
-    /// a ready leader in the epoch of the view it last took.
-    fn publish<J: Disk, D: Disk, M: Disk>(&self, r: &Replica<J, D, M>) {
-        let ready = r.leading_and_ready();
-        lock(&self.shared).serve.ready_epoch = ready.then_some(self.epoch);
-        self.activity.set_active(ready);
-    }
-
+    /// One pass of the loop per wake-up: a batch of commands, one journal
+    /// sync for all of them (group commit), in the driver's order
+    /// (`triad_host::volume`): the clock and the latest view are read
+    /// before each step, and again after the sync.
     fn run<J: Disk, D: Disk, M: Disk>(
         &mut self,
-        mut replica: Replica<J, D, M>,
+        replica: Replica<J, D, M>,
         now: &dyn Fn() -> Instant,
         rx: &std_mpsc::Receiver<Cmd>,
         mut reopen: impl FnMut(Replica<J, D, M>) -> Result<Replica<J, D, M>, VolumeError>,
     ) {
-        let mut out = Vec::new();
-        replica.set_view(now(), View::default(), &mut out);
-        self.publish(&replica);
-        self.carry_out(&mut out);
+        let mut outs = Vec::new();
+        let mut d = VolumeDriver::new(replica, now(), &mut outs);
+        self.carry_out(&mut outs);
         loop {
             // Rule 9: a replica whose storage failed has durably marked
             // itself inconsistent; it comes back only through its disks
             // opened again (journal cut to what it synced) and a resync.
-            match replica.recovery() {
+            match d.recovery() {
                 Some(Recovery::Reopen) => {
-                    replica = match self.reopen(replica, &mut reopen, now(), &mut out) {
-                        Some(r) => r,
+                    d = match self.reopen(d, &mut reopen, now()) {
+                        Some(d) => d,
                         None => return,
                     };
                 }
@@ -447,134 +416,89 @@ impl Thread {
                 }
                 _ => {}
             }
-            let r = &mut replica;
             let t = now();
-            let wait = r.next_deadline().map_or(MAX_WAIT, |d| d.since(t).min(MAX_WAIT));
-            match rx.recv_timeout(wait) {
-                Ok(cmd) => self.command(r, now(), cmd, &mut out),
-                Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+            let wait = d.next_deadline().map_or(MAX_WAIT, |dl| dl.since(t).min(MAX_WAIT));
+            let first = match rx.recv_timeout(wait) {
+                Ok(cmd) => Some(cmd),
+                Err(std_mpsc::RecvTimeoutError::Timeout) => None,
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
-            }
-            for cmd in rx.try_iter().take(MAX_BATCH) {
-                self.command(r, now(), cmd, &mut out);
-            }
-            let t = now();
-            self.fresh_view(r, t, &mut out);
-            if r.next_deadline().is_some_and(|d| d <= t) {
-                r.tick(t, &mut out);
+            };
+            for cmd in first.into_iter().chain(rx.try_iter().take(MAX_BATCH)) {
+                self.command(&mut d, now(), cmd, &mut outs);
+                self.carry_out(&mut outs);
             }
             // Records go to the peers *before* this node's own fsync, so the
             // two journal syncs of a commit overlap instead of adding up.
-            self.carry_out(&mut out);
+            d.before_sync(now(), self.latest_view(), &mut outs);
+            self.carry_out(&mut outs);
+            d.sync(&mut outs);
             // The fdatasync may take long (or the process may be frozen in
             // it): the lease is judged with the time after it, under the
-            // latest view, never with `t`.
-            r.sync_journal(&mut out);
-            let t = now();
-            self.fresh_view(r, t, &mut out);
-            r.after_sync(t, &mut out);
-            self.carry_out(&mut out);
-            self.publish(r);
+            // latest view.
+            d.after_sync(now(), self.latest_view(), &mut outs);
+            self.carry_out(&mut outs);
         }
     }
 
-    /// Drops a failed replica and opens its disks again, under the view it
-    /// had. `None` if they cannot be opened: the thread stops, the node
+    /// Reopens the disks of a replica whose storage failed, under the view
+    /// it had. `None` if they cannot be opened: the thread stops, the node
     /// stays unfit (its last report) and serves nothing.
     fn reopen<J: Disk, D: Disk, M: Disk>(
         &mut self,
-        failed: Replica<J, D, M>,
+        d: VolumeDriver<J, D, M>,
         reopen: &mut impl FnMut(Replica<J, D, M>) -> Result<Replica<J, D, M>, VolumeError>,
         now: Instant,
-        out: &mut Vec<Out>,
-    ) -> Option<Replica<J, D, M>> {
+    ) -> Option<VolumeDriver<J, D, M>> {
         warn!("volume: storage failed; reopening the replica's disks (it will be resynced)");
-        // Writes still waiting belong to the failed replica: they fail.
-        let waiting: Vec<u64> = self.pieces.keys().copied().collect();
-        for id in waiting {
-            self.piece_done(id, Err(ClientError::Storage("the volume's storage failed".into())));
-        }
+        let view = d.view();
+        let mut outs = Vec::new();
+        let failed = d.into_replica(&mut outs);
+        self.carry_out(&mut outs);
         match reopen(failed) {
-            Ok(mut r) => {
-                r.set_view(now, self.view_taken, out);
-                self.publish(&r);
-                self.carry_out(out);
-                info!(position = %show(r.position()), "volume: replica reopened after a storage failure");
-                Some(r)
+            Ok(r) => {
+                let mut d = VolumeDriver::new(r, now, &mut outs);
+                d.take_view(now, Some(view), &mut outs);
+                self.carry_out(&mut outs);
+                info!(position = %show(d.replica().position()), "volume: replica reopened after a storage failure");
+                Some(d)
             }
             Err(e) => {
                 tracing::error!(error = %crate::errors::chain(&e), "volume: cannot reopen the replica after a storage failure; not serving until restarted");
-                self.activity.set_active(false);
-                lock(&self.shared).serve.ready_epoch = None;
                 None
             }
         }
     }
 
-    /// Starts a group of `n` replica writes; returns its id.
-    fn group(&mut self, n: usize, reply: oneshot::Sender<Result<(), ClientError>>) -> u64 {
-        let g = self.next_id;
-        self.next_id += 1;
-        self.groups.insert(g, Group { left: n, result: Ok(()), reply: Some(reply) });
-        g
-    }
-
-    /// One replica write belonging to group `g`.
-    fn piece<J: Disk, D: Disk, M: Disk>(
-        &mut self,
-        r: &mut Replica<J, D, M>,
-        now: Instant,
-        g: u64,
-        offset: u64,
-        data: Bytes,
-        out: &mut Vec<Out>,
-    ) {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.pieces.insert(id, g);
-        r.write(now, id, offset, data, out);
-        // A refusal comes back at once: answer it now, so a failed group
-        // does not wait for the next carry_out.
-        self.carry_out(out);
-    }
-
-    fn piece_done(&mut self, id: u64, result: Result<(), ClientError>) {
-        let Some(g) = self.pieces.remove(&id) else { return };
-        let Some(group) = self.groups.get_mut(&g) else { return };
-        if let Err(e) = result {
-            if group.result.is_ok() {
-                group.result = Err(e);
-            }
-        }
-        group.left = group.left.saturating_sub(1);
-        if group.left == 0 {
-            if let Some(mut group) = self.groups.remove(&g) {
-                if let Some(reply) = group.reply.take() {
-                    let _ = reply.send(group.result);
-                }
-            }
-        }
+    fn client(&mut self) -> ClientId {
+        let c = self.next_client;
+        self.next_client += 1;
+        c
     }
 
     fn command<J: Disk, D: Disk, M: Disk>(
         &mut self,
-        r: &mut Replica<J, D, M>,
+        d: &mut VolumeDriver<J, D, M>,
         now: Instant,
         cmd: Cmd,
-        out: &mut Vec<Out>,
+        outs: &mut Vec<VolumeOut>,
     ) {
-        self.fresh_view(r, now, out);
-        match cmd {
-            Cmd::View => {}
+        let view = self.latest_view();
+        let input = match cmd {
+            Cmd::View => return d.take_view(now, view, outs),
             Cmd::ViewConfirmed(done) => {
+                d.take_view(now, view, outs);
                 let _ = done.send(());
+                return;
             }
-            Cmd::Peer(from, msg) => r.receive(now, from, msg, out),
+            Cmd::Status { reply } => {
+                d.take_view(now, view, outs);
+                let _ = reply.send(d.replica().status(now));
+                return;
+            }
+            Cmd::Peer(from, msg) => VolumeIn::Peer(from, msg),
             Cmd::Write { offset, data, reply } => {
-                let g = self.group(data.chunks().count().max(1), reply);
-                if data.is_empty() {
-                    return self.piece(r, now, g, offset, Bytes::new(), out);
-                }
+                let client = self.client();
+                self.writes.insert(client, reply);
                 // The one copy of the payload on the leader: out of the NBD
                 // pool (whose buffer goes back when `data` drops), into one
                 // shared buffer that the records, the peers' messages and
@@ -588,63 +512,61 @@ impl Thread {
                 drop(data);
                 let whole = Bytes::from(whole);
                 let mut at = 0;
-                for end in ends {
-                    self.piece(r, now, g, offset + at as u64, whole.slice(at..end), out);
-                    at = end;
-                }
+                let pieces = ends
+                    .into_iter()
+                    .map(|end| {
+                        let p = whole.slice(at..end);
+                        at = end;
+                        p
+                    })
+                    .collect();
+                VolumeIn::Write { client, offset, pieces }
             }
             Cmd::WriteZeroes { offset, len, reply } => {
-                let n = usize::try_from(len.div_ceil(ZEROES_LEN as u64)).unwrap_or(usize::MAX).max(1);
-                let g = self.group(n, reply);
-                let mut at = 0;
-                loop {
-                    let k = (len - at).min(ZEROES_LEN as u64) as usize;
-                    let zeroes = self.zeroes.slice(..k);
-                    self.piece(r, now, g, offset + at, zeroes, out);
-                    at += k as u64;
-                    if at >= len {
-                        break;
-                    }
-                }
+                let client = self.client();
+                self.writes.insert(client, reply);
+                VolumeIn::WriteZeroes { client, offset, len }
             }
             Cmd::Verify { reply } => {
-                let id = self.next_id;
-                self.next_id += 1;
-                match r.verify(now, id, out) {
-                    Ok(()) => {
-                        self.verifies.insert(id, reply);
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                    }
-                }
+                let client = self.client();
+                self.verifies.insert(client, reply);
+                VolumeIn::Verify { client }
             }
-            Cmd::Status { reply } => {
-                let _ = reply.send(r.status(now));
-            }
-        }
+        };
+        d.command(now, view, input, outs);
     }
 
-    fn carry_out(&mut self, out: &mut Vec<Out>) {
-        for o in out.drain(..) {
+    fn carry_out(&mut self, outs: &mut Vec<VolumeOut>) {
+        for o in outs.drain(..) {
             match o {
-                Out::Send { to, msg } => (self.send)(to, &msg),
-                Out::WriteDone { id, result } => self.piece_done(id, result),
-                Out::Position(p) => {
-                    let _ = self.events.send(VolumeEvent::Position(p));
-                }
-                Out::Electable(e) => {
-                    let _ = self.events.send(VolumeEvent::Electable(e));
-                }
-                Out::Membership(m) => {
-                    let _ = self.events.send(VolumeEvent::Membership(m));
-                }
-                Out::VerifyDone(report) => {
-                    if let Some(reply) = self.verifies.remove(&report.id) {
-                        let _ = reply.send(Ok(report));
+                VolumeOut::Send { to, msg } => (self.send)(to, &msg),
+                VolumeOut::WriteDone { client, result } => {
+                    if let Some(reply) = self.writes.remove(&client) {
+                        let _ = reply.send(result);
                     }
                 }
-                Out::Notice(n) => log_notice(&n),
+                VolumeOut::VerifyDone { client, result } => {
+                    if let Some(reply) = self.verifies.remove(&client) {
+                        let _ = reply.send(result);
+                    }
+                }
+                VolumeOut::Position(p) => {
+                    let _ = self.events.send(VolumeEvent::Position(p));
+                }
+                VolumeOut::Electable(e) => {
+                    let _ = self.events.send(VolumeEvent::Electable(e));
+                }
+                VolumeOut::Membership(m) => {
+                    let _ = self.events.send(VolumeEvent::Membership(m));
+                }
+                VolumeOut::Notice(n) => log_notice(&n),
+                VolumeOut::ViewTaken(_) => {}
+                // Direct reads and the NBD server: a ready leader of the
+                // view the replica took last.
+                VolumeOut::Serving(epoch) => {
+                    lock(&self.shared).serve.ready_epoch = epoch;
+                    self.activity.set_active(epoch.is_some());
+                }
             }
         }
     }
