@@ -158,6 +158,12 @@ impl<J: Disk, D: Disk, M: Disk> VolumeDriver<J, D, M> {
         &self.replica
     }
 
+    /// The replica, writable: for fault injection by simulators and tests
+    /// (the supervisor never needs it).
+    pub fn replica_mut(&mut self) -> &mut Replica<J, D, M> {
+        &mut self.replica
+    }
+
     /// The view the replica took last.
     pub fn view(&self) -> View {
         self.view

@@ -60,7 +60,8 @@ use std::io;
 use std::rc::Rc;
 use triad_core::{AdminRequest, Body, HardState, Instant, Membership, Message, NodeId, Notice, Role, Setup};
 use triad_host::{Command, Event, Host as HostMachine, HostNotice, VipResult, VolumeStart};
-use triad_repl::{core_position, Health, Msg, Out, ReplNotice, Replica, View};
+use triad_host::volume::{VolumeDriver, VolumeIn, VolumeOut};
+use triad_repl::{core_position, Health, Msg, ReplNotice, Replica, View};
 use triad_volume::{Disk, MemDisk, SyncFault};
 
 /// Trace lines kept for a failure report.
@@ -156,6 +157,9 @@ fn marked(r: &SimReplica) -> bool {
 
 /// The replica as the simulator runs it.
 pub type SimReplica = Replica<SimDisk, SimDisk, SimDisk>;
+
+/// The volume thread's driver, as the supervisor runs it.
+type SimDriver = VolumeDriver<SimDisk, SimDisk, SimDisk>;
 type Disks = (SimDisk, SimDisk, SimDisk);
 
 /// One checked property of the data world.
@@ -368,7 +372,10 @@ enum Cmd {
 /// The volume thread of one process.
 #[derive(Debug)]
 struct Vol {
-    r: SimReplica,
+    /// The shipping driver of the volume thread, owning the replica.
+    r: SimDriver,
+    /// The driver's outputs from its start, carried out at the first pass.
+    start: Vec<VolumeOut>,
     inbox: VecDeque<Cmd>,
     /// The shared view cell: the core's latest view (and its number),
     /// taken by the thread before every command and before its tick.
@@ -400,7 +407,7 @@ struct Vol {
     stalled_on: Option<DiskKind>,
     /// Outputs of a step whose post-sync work (compaction) hangs: carried
     /// out when the hang ends.
-    held: Vec<Out>,
+    held: Vec<VolumeOut>,
     /// A storage failure was seen and its recovery scheduled.
     recovering: bool,
     /// Injected sync failures on these disks before this process started.
@@ -663,7 +670,7 @@ impl DataWorld {
         for h in &mut self.hosts {
             let n = match (h.proc.as_mut(), h.parked.as_ref()) {
                 (Some(p), _) => {
-                    let (j, d, m) = p.vol.r.disks_mut();
+                    let (j, d, m) = p.vol.r.replica_mut().disks_mut();
                     faults(j, d, m)
                 }
                 (None, Some((j, d, m))) => faults(j, d, m),
@@ -693,7 +700,7 @@ impl DataWorld {
             s.push(match &h.proc {
                 None => format!("n{}: down", h.id),
                 Some(p) => {
-                    let st = p.vol.r.status(local);
+                    let st = p.vol.r.replica().status(local);
                     format!(
                         "n{}: {:?}@{} lease={} | repl {:?} serving={} last={:?} durable={:?} commit={} applied={:?} k={:?} discarded={:?} view={:?}/{:?} busy={} inbox={}",
                         h.id,
@@ -1091,35 +1098,41 @@ impl DataWorld {
         let mut submitted = Vec::new();
         let mut lines = Vec::new();
         if v.fresh {
-            // volume.rs: the thread starts with an empty view.
+            // The driver started with an empty view (VolumeDriver::new).
             v.fresh = false;
-            v.r.set_view(local, View::default(), &mut outs);
+            outs.append(&mut v.start);
         }
-        take_view(v, id, local, print, &mut outs, &mut lines);
         let n = v.inbox.len().min(VOL_MAX_BATCH);
         for cmd in v.inbox.drain(..n).collect::<Vec<_>>() {
-            take_view(v, id, local, print, &mut outs, &mut lines);
-            match cmd {
+            let view = take_cell(v, id, print, &mut lines);
+            let input = match cmd {
                 Cmd::Peer(from, msg) => {
                     if print {
                         lines.push(format!("n{id} vol <- n{from} {}", brief(&msg)));
                     }
-                    v.r.receive(local, from, msg, &mut outs);
+                    VolumeIn::Peer(from, msg)
                 }
                 Cmd::Write { id: wid, offset, data } => {
-                    let before = outs.len();
-                    v.r.write(local, wid, offset, triad_repl::Bytes::from(data), &mut outs);
-                    let refused = outs[before..].iter().any(|o| matches!(o, Out::WriteDone { id, .. } if *id == wid));
-                    if ack_on_submit && !refused {
-                        submitted.push(wid);
-                    }
+                    VolumeIn::Write { client: wid, offset, pieces: vec![triad_repl::Bytes::from(data)] }
+                }
+            };
+            let wid = match &input {
+                VolumeIn::Write { client, .. } => Some(*client),
+                _ => None,
+            };
+            let before = outs.len();
+            v.r.command(local, view, input, &mut outs);
+            if let Some(wid) = wid {
+                let refused =
+                    outs[before..].iter().any(|o| matches!(o, VolumeOut::WriteDone { client, .. } if *client == wid));
+                if ack_on_submit && !refused {
+                    submitted.push(wid);
                 }
             }
         }
-        take_view(v, id, local, print, &mut outs, &mut lines);
+        let view = take_cell(v, id, print, &mut lines);
         let mut spin = None;
-        if v.r.next_deadline().is_some_and(|d| d <= local) {
-            v.r.tick(local, &mut outs);
+        if v.r.before_sync(local, view, &mut outs) {
             if let Some(d) = v.r.next_deadline().filter(|d| *d <= local) {
                 spin = Some(d);
             }
@@ -1177,7 +1190,8 @@ impl DataWorld {
             } else {
                 let Some(p) = self.hosts[i].proc.as_mut() else { return Ok(()) };
                 let mut outs = Vec::new();
-                p.vol.r.sync(local, &mut outs);
+                p.vol.r.sync(&mut outs);
+                p.vol.r.after_sync(local, None, &mut outs);
                 self.note(|| format!("n{id} KILLED right after its journal sync, before its replies"));
             }
             self.take_down(id, power);
@@ -1190,10 +1204,10 @@ impl DataWorld {
         let mut outs = std::mem::take(&mut p.vol.held);
         // volume.rs: the journal sync, then the clock and the core's latest
         // view read again, then what depends on durability.
-        p.vol.r.sync_journal(&mut outs);
+        p.vol.r.sync(&mut outs);
         let mut lines = Vec::new();
-        take_view(&mut p.vol, id, local, self.print_trace, &mut outs, &mut lines);
-        p.vol.r.after_sync(local, &mut outs);
+        let view = take_cell(&mut p.vol, id, self.print_trace, &mut lines);
+        p.vol.r.after_sync(local, view, &mut outs);
         for l in lines {
             self.note(|| l);
         }
@@ -1220,17 +1234,17 @@ impl DataWorld {
         Ok(())
     }
 
-    fn carry_vol(&mut self, id: NodeId, outs: Vec<Out>) -> Res {
+    fn carry_vol(&mut self, id: NodeId, outs: Vec<VolumeOut>) -> Res {
         for o in outs {
             match o {
-                Out::Send { to, msg } => {
+                VolumeOut::Send { to, msg } => {
                     if self.print_trace {
                         let s = format!("n{id} vol -> n{to} {}", brief(&msg));
                         self.note(|| s);
                     }
                     self.send(id, to, Wire::Repl(msg));
                 }
-                Out::WriteDone { id: wid, result } => {
+                VolumeOut::WriteDone { client: wid, result } => {
                     let kind = match &result {
                         Ok(()) => None,
                         Err(triad_repl::ClientError::NotActive | triad_repl::ClientError::NotReady) => Some(0),
@@ -1244,25 +1258,28 @@ impl DataWorld {
                         self.note(|| format!("n{id} write {wid} done: {result:?}"));
                     }
                 }
-                Out::Position(pos) => {
+                VolumeOut::Position(pos) => {
                     if !self.sc.has(DataMutation::NoPositionToCore) {
                         self.core_input(id, Event::VolumePosition(pos))?;
                     }
                 }
-                Out::Electable(e) => {
+                VolumeOut::Electable(e) => {
                     self.note(|| format!("n{id} vol electable {e}"));
                     if !self.sc.has(DataMutation::IgnoreElectable) {
                         self.core_input(id, Event::VolumeElectable(e))?;
                     }
                 }
-                Out::Membership(m) => {
+                VolumeOut::Membership(m) => {
                     self.note(|| format!("n{id} vol membership {m:?}"));
                     if !self.sc.has(DataMutation::IgnoreMembership) {
                         self.core_input(id, Event::VolumeMembership(m))?;
                     }
                 }
-                Out::VerifyDone(r) => self.note(|| format!("n{id} verify done {r:?}")),
-                Out::Notice(n) => self.repl_notice(id, n)?,
+                VolumeOut::VerifyDone { result, .. } => self.note(|| format!("n{id} verify done {result:?}")),
+                VolumeOut::Notice(n) => self.repl_notice(id, n)?,
+                // The view was logged when taken from the cell; the
+                // serving state is read from the replica by the checks.
+                VolumeOut::ViewTaken(_) | VolumeOut::Serving(_) => {}
             }
             if self.hosts[idx(id)].proc.is_none() {
                 break;
@@ -1313,7 +1330,7 @@ impl DataWorld {
             ReplNotice::ResyncFinished { peer, point, .. } => {
                 self.hosts[idx(id)].resyncing[idx(peer)] = None;
                 let p = &self.hosts[idx(peer)].proc;
-                if p.as_ref().is_some_and(|p| !marked(&p.vol.r)) {
+                if p.as_ref().is_some_and(|p| !marked(p.vol.r.replica())) {
                     self.hosts[idx(peer)].tainted = false;
                 }
                 let _ = point;
@@ -1330,7 +1347,7 @@ impl DataWorld {
     fn faults_fired(&mut self, id: NodeId) -> u64 {
         let Some(p) = self.hosts[idx(id)].proc.as_mut() else { return 0 };
         let before = p.vol.faults_before;
-        let (j, d, m) = p.vol.r.disks_mut();
+        let (j, d, m) = p.vol.r.replica_mut().disks_mut();
         faults(j, d, m) - before
     }
 
@@ -1375,13 +1392,13 @@ impl DataWorld {
     /// docs/replication.md, rule 9). Called before every step of the
     /// volume thread: a fault whose moment came at a bad time is disarmed.
     fn disk_fault_atlas(&mut self, id: NodeId) {
-        let Some(mine) = self.hosts[idx(id)].proc.as_ref().map(|p| p.vol.r.journal().durable()) else { return };
-        let position = |h: &Host| h.proc.as_ref().map(|p| p.vol.r.position());
+        let Some(mine) = self.hosts[idx(id)].proc.as_ref().map(|p| p.vol.r.replica().journal().durable()) else { return };
+        let position = |h: &Host| h.proc.as_ref().map(|p| p.vol.r.replica().position());
         let spare = self.hosts.iter().any(|h| {
             let third = self.hosts.iter().find(|t| t.id != id && t.id != h.id).and_then(position);
             let good = |p: &Proc| {
-                let pos = p.vol.r.position();
-                p.vol.r.electable() && (pos >= mine || third.is_some_and(|t| pos >= t))
+                let pos = p.vol.r.replica().position();
+                p.vol.r.replica().electable() && (pos >= mine || third.is_some_and(|t| pos >= t))
             };
             h.id != id && !h.tainted && h.proc.as_ref().is_some_and(good)
         });
@@ -1389,14 +1406,14 @@ impl DataWorld {
             return;
         }
         let Some(p) = self.hosts[idx(id)].proc.as_mut() else { return };
-        let (j, d, m) = p.vol.r.disks_mut();
+        let (j, d, m) = p.vol.r.replica_mut().disks_mut();
         if [&*j, &*d, &*m].iter().all(|disk| disk.fault.is_none()) {
             return;
         }
         for disk in [j, d, m] {
             disk.fault = None;
         }
-        let tainted = marked(&p.vol.r);
+        let tainted = marked(p.vol.r.replica());
         self.hosts[idx(id)].tainted = tainted;
         self.note(|| format!("n{id}: armed disk fault withdrawn: no other consistent node"));
     }
@@ -1413,7 +1430,7 @@ impl DataWorld {
         let fault = SyncFault::linux(self.rng.chance(0.5));
         let fault_meta = SyncFault::linux(self.rng.chance(0.5));
         let Some(p) = self.hosts[idx(n)].proc.as_mut() else { return };
-        let (j, d, m) = p.vol.r.disks_mut();
+        let (j, d, m) = p.vol.r.replica_mut().disks_mut();
         let disk = match which {
             0 => j,
             1 => d,
@@ -1435,7 +1452,7 @@ impl DataWorld {
     fn serving_node(&self) -> Option<NodeId> {
         self.hosts.iter().find_map(|h| {
             let local = h.clock.local(self.now);
-            h.proc.as_ref().filter(|p| p.vol.r.serving(local)).map(|_| h.id)
+            h.proc.as_ref().filter(|p| p.vol.r.replica().serving(local)).map(|_| h.id)
         })
     }
 
@@ -1618,8 +1635,8 @@ impl DataWorld {
         let now = self.now;
         if let Some(p) = self.hosts[i].proc.take() {
             // Disarmed below; still tainted if its storage failed.
-            self.hosts[i].tainted = marked(&p.vol.r);
-            let (mut j, mut d, mut m) = p.vol.r.into_disks();
+            self.hosts[i].tainted = marked(p.vol.r.replica());
+            let (mut j, mut d, mut m) = p.vol.r.into_replica(&mut Vec::new()).into_disks();
             for disk in [&mut j, &mut d, &mut m] {
                 disk.mem.crash();
                 // An armed fault was for that process's next sync.
@@ -1691,6 +1708,8 @@ impl DataWorld {
         };
         let (host, start_cmds) = HostMachine::new(setup, Some(start));
         let inbox = VecDeque::new();
+        let mut start_outs = Vec::new();
+        let r = SimDriver::new(r, local, &mut start_outs);
         h.proc = Some(Proc {
             inc,
             host,
@@ -1700,6 +1719,7 @@ impl DataWorld {
             lease_bound: None,
             vol: Vol {
                 r,
+                start: start_outs,
                 inbox,
                 cell: None,
                 took_view: 0,
@@ -1785,7 +1805,7 @@ impl DataWorld {
             let id = h.id;
             let Some(p) = h.proc.as_ref() else { continue };
             let local = h.clock.local(now);
-            if !p.vol.r.serving(local) {
+            if !p.vol.r.replica().serving(local) {
                 let h = &mut self.hosts[i];
                 h.serving_end = h.serving_end.min(now);
                 continue;
@@ -1838,7 +1858,7 @@ impl DataWorld {
         let local = self.local(id);
         let Some(p) = self.hosts[idx(id)].proc.as_ref() else { return Ok(()) };
         let mut image = vec![0u8; self.sc.volume as usize];
-        if let Err(e) = p.vol.r.read(local, 0, &mut image) {
+        if let Err(e) = p.vol.r.replica().read(local, 0, &mut image) {
             return self.fail(DataCheck::ReadFailed, format!("node {id} serves but its read failed: {e}"));
         }
         self.stats.read_checks += 1;
@@ -1860,7 +1880,7 @@ impl DataWorld {
             let mut applied = Vec::new();
             for h in &self.hosts {
                 let Some(p) = h.proc.as_ref() else { break };
-                let st = p.vol.r.status(h.clock.local(now));
+                let st = p.vol.r.replica().status(h.clock.local(now));
                 if st.health != Health::Consistent {
                     break;
                 }
@@ -1888,7 +1908,7 @@ impl DataWorld {
         for h in &self.hosts {
             let p = h.proc.as_ref().expect("all up");
             let mut img = vec![0u8; len];
-            if let Err(e) = p.vol.r.store().read(0, &mut img) {
+            if let Err(e) = p.vol.r.replica().store().read(0, &mut img) {
                 return self.fail(DataCheck::ReadFailed, format!("node {}: store read failed: {e}", h.id));
             }
             images.push(img);
@@ -1961,25 +1981,26 @@ impl DataWorld {
         self.stats.compacted_nodes = self
             .hosts
             .iter()
-            .filter(|h| h.proc.as_ref().is_some_and(|p| p.vol.r.journal().discarded().seq > 0))
+            .filter(|h| h.proc.as_ref().is_some_and(|p| p.vol.r.replica().journal().discarded().seq > 0))
             .count() as u64;
         self.done = true;
         Ok(())
     }
 }
 
-/// volume.rs `fresh_view`: the thread applies the latest view, if one arrived.
-fn take_view(v: &mut Vol, id: NodeId, local: Instant, print: bool, outs: &mut Vec<Out>, lines: &mut Vec<String>) {
-    let Some((view, seq)) = v.cell.take() else { return };
+/// volume.rs `latest_view`: the view cell's content, if a newer view
+/// arrived, for the driver to take.
+fn take_cell(v: &mut Vol, id: NodeId, print: bool, lines: &mut Vec<String>) -> Option<View> {
+    let (view, seq) = v.cell.take()?;
     let changed = view.epoch != v.view.epoch || view.leader != v.view.leader;
     v.view_changes += u64::from(changed);
     if print || changed {
         lines
             .push(format!("n{id} vol view epoch {} leader {:?} lease {:?}", view.epoch, view.leader, view.lease_until));
     }
-    v.r.set_view(local, view, outs);
     v.view = view;
     v.took_view = seq;
+    Some(view)
 }
 
 /// One line for a replication message (no payloads).

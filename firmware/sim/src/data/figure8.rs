@@ -50,7 +50,7 @@ pub(super) enum Figure8Step {
 impl DataWorld {
     /// Step 1, at the first convergence.
     pub(super) fn figure8_start(&mut self, leader: NodeId) {
-        let n0 = self.hosts[super::idx(leader)].proc.as_ref().map_or(0, |p| p.vol.r.journal().last().seq);
+        let n0 = self.hosts[super::idx(leader)].proc.as_ref().map_or(0, |p| p.vol.r.replica().journal().last().seq);
         self.net.isolate(leader);
         self.net_gen += 1;
         self.figure8 = Some(Figure8::Isolated { a: leader, n0 });
@@ -79,7 +79,7 @@ impl DataWorld {
         }
         let Some(p) = self.hosts[super::idx(a)].proc.as_ref() else { return };
         // A leads in a new epoch: its last record is that epoch's no-op.
-        let last = p.vol.r.journal().last();
+        let last = p.vol.r.replica().journal().last();
         let leading = p.vol.view.leader == Some(a) && last.epoch == p.vol.view.epoch;
         if leading && *matched > n0 && *matched < last.seq {
             // From now on nothing of A's reaches O (its no-op least of
