@@ -212,9 +212,6 @@ enum Cmd {
     Verify {
         reply: oneshot::Sender<Result<VerifyReport, ClientError>>,
     },
-    Status {
-        reply: oneshot::Sender<ReplStatus>,
-    },
 }
 
 /// Handle to the volume thread; cheap to clone.
@@ -253,6 +250,10 @@ struct Shared {
     view: Option<View>,
     /// What a direct read checks.
     serve: ServeState,
+    /// The replica's status as the thread last saw it, and when: `triad
+    /// status` reads it here and never waits for the thread, which may be
+    /// stuck in a sync (rule 16's case).
+    status: Option<(ReplStatus, Instant)>,
 }
 
 /// What a direct read must know (module doc): the view the runtime handed
@@ -284,7 +285,6 @@ impl std::fmt::Debug for Cmd {
             Cmd::Write { .. } => "Write",
             Cmd::WriteZeroes { .. } => "WriteZeroes",
             Cmd::Verify { .. } => "Verify",
-            Cmd::Status { .. } => "Status",
         })
     }
 }
@@ -396,6 +396,7 @@ impl Thread {
         let mut outs = Vec::new();
         let mut d = VolumeDriver::new(replica, now(), &mut outs);
         self.carry_out(&mut outs);
+        self.snapshot(&d, now());
         loop {
             // Rule 9: a replica whose storage failed has durably marked
             // itself inconsistent; it comes back only through its disks
@@ -435,9 +436,18 @@ impl Thread {
             // The fdatasync may take long (or the process may be frozen in
             // it): the lease is judged with the time after it, under the
             // latest view.
-            d.after_sync(now(), self.latest_view(), &mut outs);
+            let t = now();
+            d.after_sync(t, self.latest_view(), &mut outs);
             self.carry_out(&mut outs);
+            self.snapshot(&d, t);
         }
+    }
+
+    /// Publishes the replica's status after every pass (a few hundred
+    /// bytes, against the pass's fdatasync).
+    fn snapshot<J: Disk, D: Disk, M: Disk>(&mut self, d: &VolumeDriver<J, D, M>, now: Instant) {
+        let status = d.replica().status(now);
+        lock(&self.shared).status = Some((status, now));
     }
 
     /// Reopens the disks of a replica whose storage failed, under the view
@@ -459,6 +469,7 @@ impl Thread {
                 let mut d = VolumeDriver::new(r, now, &mut outs);
                 d.take_view(now, Some(view), &mut outs);
                 self.carry_out(&mut outs);
+                self.snapshot(&d, now);
                 info!(position = %show(d.replica().position()), "volume: replica reopened after a storage failure");
                 Some(d)
             }
@@ -488,11 +499,6 @@ impl Thread {
             Cmd::ViewConfirmed(done) => {
                 d.take_view(now, view, outs);
                 let _ = done.send(());
-                return;
-            }
-            Cmd::Status { reply } => {
-                d.take_view(now, view, outs);
-                let _ = reply.send(d.replica().status(now));
                 return;
             }
             Cmd::Peer(from, msg) => VolumeIn::Peer(from, msg),
@@ -653,10 +659,14 @@ impl VolumeHandle {
     }
 
     /// The replica's status.
-    pub async fn status(&self) -> Option<ReplStatus> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(Cmd::Status { reply }).ok()?;
-        tokio::time::timeout(Duration::from_secs(2), rx).await.ok()?.ok()
+    /// The replica's status as the thread last published it, and how old
+    /// that snapshot is. Never waits for the thread: a snapshot older than
+    /// a few tenths of a second means the thread is busy or stuck (a sync
+    /// that does not return: `sync_stalled`).
+    pub fn status(&self) -> Option<(ReplStatus, Duration)> {
+        let (status, at) = lock(&self.shared).status.clone()?;
+        let age = Duration::from_micros((self.now)().since(at).as_micros() as u64);
+        Some((status, age))
     }
 
     /// Runs an online verify to its end.

@@ -245,11 +245,11 @@ impl Rig {
     }
 
     /// A round trip through the thread's queue: everything queued before
-    /// has been handled, and the batch it was in has been carried out.
+    /// has been handled.
     pub(crate) fn round_trip(&self) {
-        let (reply, rx) = oneshot::channel();
-        self.handle.tx.send(Cmd::Status { reply }).expect("thread alive");
-        rx.blocking_recv().expect("status");
+        let (done, rx) = oneshot::channel();
+        self.handle.tx.send(Cmd::ViewConfirmed(done)).expect("thread alive");
+        rx.blocking_recv().expect("answered");
     }
 }
 
@@ -359,6 +359,26 @@ fn a_step_down_is_not_confirmed_while_the_thread_is_stuck_in_a_sync() {
     assert_eq!(reply.blocking_recv().expect("answered"), Err(ClientError::NotActive));
 }
 
+/// `triad status` never waits on the disk: while the thread hangs in a
+/// journal sync, the volume's status still answers at once, from the
+/// thread's last snapshot, with the snapshot's age.
+#[test]
+fn status_answers_at_once_while_the_thread_is_stuck_in_a_sync() {
+    let rig = rig(true);
+    rig.lead(Instant(3_600_000_000));
+    rig.journal.hang();
+    let _reply = rig.write(0, 4096);
+    wait_until("the journal sync hangs", || rig.journal.hanging());
+    rig.clock.advance(Duration::from_secs(3));
+    let asked = std::time::Instant::now();
+    let status = rig.handle.status();
+    assert!(asked.elapsed() < Duration::from_millis(100), "status waited {:?} for the thread", asked.elapsed());
+    let (status, age) = status.expect("a snapshot from before the sync");
+    assert!(status.serving, "the snapshot is from the serving leader");
+    assert!(age >= Duration::from_secs(3), "the snapshot's age ({age:?}) hides that the thread is stuck");
+    rig.journal.release();
+}
+
 /// Rule 15 on the direct-read path as it ships (`ReplicatedDevice::
 /// read_at`: a pread of the data file between two checks of the serving
 /// state, no hand-off to the thread): reads return what was acknowledged
@@ -429,10 +449,9 @@ fn a_failed_journal_sync_reopens_the_replica_for_a_resync() {
     let append = append_from_2(true);
     rig.handle.peer_message(2, append);
     wait_until("the journal sync failed", || !rig.journal.fail.load(Ordering::SeqCst));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
     let mut health = None;
     wait_until("the replica is reopened", || {
-        health = rt.block_on(rig.handle.status()).map(|s| s.health);
+        health = rig.handle.status().map(|(s, _)| s.health);
         health == Some(triad_repl::Health::Resyncing)
     });
     // The leader's next Append is answered "not consistent": it will resync this node.
