@@ -610,6 +610,18 @@ pub(crate) fn random_u64() -> u64 {
     t ^ u64::from(std::process::id()).rotate_left(32)
 }
 
+/// The volume's part of `triad status`: the thread's last snapshot, with
+/// its age (`snapshot_age_ms`), and whether a disk sync is stuck; `null`
+/// before the thread's first snapshot.
+fn volume_status(v: &VolumeHandle) -> serde_json::Value {
+    let Some((status, age)) = v.status() else { return serde_json::Value::Null };
+    let mut value = serde_json::to_value(status).unwrap_or(serde_json::Value::Null);
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert("snapshot_age_ms".into(), serde_json::Value::from(age.as_millis() as u64));
+    }
+    value
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -637,16 +649,4 @@ mod tests {
         );
         assert!(volume_events(&mut rx).is_empty(), "drained");
     }
-}
-
-/// The volume's part of `triad status`: the thread's last snapshot, with
-/// its age (`snapshot_age_ms`), and whether a disk sync is stuck; `null`
-/// before the thread's first snapshot.
-fn volume_status(v: &VolumeHandle) -> serde_json::Value {
-    let Some((status, age)) = v.status() else { return serde_json::Value::Null };
-    let mut value = serde_json::to_value(status).unwrap_or(serde_json::Value::Null);
-    if let Some(obj) = value.as_object_mut() {
-        obj.insert("snapshot_age_ms".into(), serde_json::Value::from(age.as_millis() as u64));
-    }
-    value
 }
