@@ -787,6 +787,34 @@ pub struct StagesReport {
     /// machine is shared, and others' load shows in wall times and the disk.
     pub load_before: String,
     pub load_after: String,
+    /// The hypervisor's steal, as a share of the machine's CPU time,
+    /// during each repetition of the CPU stages.
+    pub cpu_steal: Vec<Option<f64>>,
+}
+
+/// The machine's CPU ticks from /proc/stat's first line: (steal, total).
+/// Steal is time the hypervisor ran something else while a vCPU wanted to
+/// run; it is how a slow repetition of a CPU stage can be told apart.
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    steal_and_total(stat.lines().next()?)
+}
+
+/// (steal, total) of a `cpu  user nice system idle iowait irq softirq
+/// steal ...` line; guest time is already inside user and nice.
+pub fn steal_and_total(line: &str) -> Option<(u64, u64)> {
+    let mut fields = line.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let v: Vec<u64> = fields.take(8).map(str::parse).collect::<std::result::Result<_, _>>().ok()?;
+    Some((*v.get(7)?, v.iter().sum()))
+}
+
+/// Steal as a share of all CPU time between two readings.
+fn steal_share(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+    let ((s0, t0), (s1, t1)) = (before?, after?);
+    (t1 > t0).then(|| (s1.saturating_sub(s0)) as f64 / (t1 - t0) as f64)
 }
 
 /// The 1, 5 and 15 minute load averages, as /proc/loadavg has them.
@@ -816,6 +844,7 @@ pub fn run(opts: &StagesOpts) -> Result<StagesReport> {
         flush_pair: Vec::new(),
         load_before,
         load_after: String::new(),
+        cpu_steal: Vec::new(),
     };
 
     let (leader, follower) = credentials(&scratch.certs_dir())?;
@@ -845,6 +874,7 @@ pub fn run(opts: &StagesOpts) -> Result<StagesReport> {
     // three-node series, 70 us a few seconds later).
     for rep in 0..opts.reps {
         eprintln!("rep {}/{}: CPU stages ...", rep + 1, opts.reps);
+        let ticks = cpu_ticks();
         for runs in &mut report.cpu {
             let span = match runs.stage {
                 Stage::TlsEncrypt => bench_encrypt(&mut enc, &payload, opts.mib)?,
@@ -855,6 +885,7 @@ pub fn run(opts: &StagesOpts) -> Result<StagesReport> {
             };
             runs.reps.push(span);
         }
+        report.cpu_steal.push(steal_share(ticks, cpu_ticks()));
     }
     for rep in 0..opts.reps {
         eprintln!("rep {}/{}: 4 KiB write+flush ...", rep + 1, opts.reps);
@@ -956,7 +987,12 @@ pub fn format_report(r: &StagesReport) -> String {
     ));
     line(String::new());
 
-    line("CPU stages, each alone on one thread (CPU = CLOCK_THREAD_CPUTIME_ID, user+sys)".into());
+    let steal: Vec<String> =
+        r.cpu_steal.iter().map(|s| s.map_or("?".into(), |s| format!("{:.0}%", s * 100.0))).collect();
+    line(format!(
+        "CPU stages, each alone on one thread (CPU = CLOCK_THREAD_CPUTIME_ID, user+sys); hypervisor steal per rep [{}]",
+        steal.join(" ")
+    ));
     line(format!(
         "{:<38} {:>5} {:>11} {:>12} {:>13}  {:<44} {}",
         "stage",
@@ -1123,6 +1159,17 @@ mod tests {
         let l = latency_of(samples).expect("samples");
         assert_eq!((l.samples, l.p50, l.p99), (100, Duration::from_micros(50), Duration::from_micros(99)));
         assert_eq!(latency_of(Vec::new()), None);
+    }
+
+    #[test]
+    fn steal_is_the_eighth_field_of_the_cpu_line() {
+        let line = "cpu  1192254 0 171134 822004 48345 0 14763 16502 0 0";
+        assert_eq!(steal_and_total(line), Some((16502, 1192254 + 171134 + 822004 + 48345 + 14763 + 16502)));
+        assert_eq!(steal_and_total("cpu0 1 2 3 4 5 6 7 8"), None);
+        assert_eq!(steal_and_total("cpu  1 2 3"), None);
+        let share = steal_share(Some((10, 1000)), Some((60, 1200))).expect("ticks moved");
+        assert!((share - 0.25).abs() < 1e-12, "{share}");
+        assert_eq!(steal_share(Some((10, 1000)), Some((10, 1000))), None);
     }
 
     #[test]
