@@ -868,10 +868,9 @@ pub fn run(opts: &StagesOpts) -> Result<StagesReport> {
 
     // Three phases, each repeating its series alternately: the CPU stages
     // first (no disk), then the 4 KiB write+flush floor, then the
-    // throughput series. The floor is measured before any throughput
-    // series because a burst of gigabytes leaves the disk slow to flush
-    // for seconds after (seen here: fdatasync p50 of 4 ms right after the
-    // three-node series, 70 us a few seconds later).
+    // throughput series. The floor comes before any throughput series so
+    // none of this benchmark's own gigabytes is still being written back
+    // while it runs.
     for rep in 0..opts.reps {
         eprintln!("rep {}/{}: CPU stages ...", rep + 1, opts.reps);
         let ticks = cpu_ticks();
