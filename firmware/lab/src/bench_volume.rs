@@ -920,7 +920,7 @@ impl NbdClient {
 }
 
 /// splitmix64: the offsets and the data of the pair timer.
-fn splitmix(state: &mut u64) -> u64 {
+pub(crate) fn splitmix(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -1086,7 +1086,7 @@ impl Drop for Nbdkit {
 }
 
 /// The filesystem `dir` is on, as `findmnt` names it ("ext4 /dev/vda on /").
-fn filesystem_of(dir: &Path) -> String {
+pub(crate) fn filesystem_of(dir: &Path) -> String {
     let d = dir.display().to_string();
     cmd::run("findmnt", &["-n", "-o", "FSTYPE,SOURCE,TARGET", "-T", &d]).map_or("unknown filesystem".into(), |s| {
         let f: Vec<&str> = s.split_whitespace().collect();

@@ -6,13 +6,16 @@
 //! namespace so that killing it is a power cut (`spawn`), the client-side
 //! prober and packet observer (`observer`), the keepalived baseline
 //! (`keepalived`), the failover benchmark and soak (`bench`), and the
-//! replicated-volume benchmark against nbdkit (`bench_volume`).
+//! replicated-volume benchmark against nbdkit (`bench_volume`), and the
+//! micro-benchmark of the write path's unavoidable stages and the
+//! throughput bound they imply (`bench_stages`).
 //!
 //! It must never touch the host's root network namespace: every link it
 //! creates lives in a namespace it created, and every command that changes
 //! links names that namespace explicitly (`ip -n`, `nsenter -t PID -n`).
 
 pub mod bench;
+pub mod bench_stages;
 pub mod bench_volume;
 pub mod cmd;
 pub mod keepalived;

@@ -1,6 +1,7 @@
 //! `triad-lab`: start, inspect and tear down the three-node lab, and run
-//! the failover benchmark, the soak and the volume benchmark. See
-//! docs/lab.md and docs/volume-benchmark.md.
+//! the failover benchmark, the soak, the volume benchmark and the
+//! write path's stage micro-benchmark. See docs/lab.md and
+//! docs/volume-benchmark.md.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use triad_lab::bench::{self, BenchError};
+use triad_lab::bench_stages::{self, StagesError, StagesOpts};
 use triad_lab::bench_volume::{self, BenchOpts, VolumeBenchError};
 use triad_lab::lab::{Lab, LabError, Payload, Profile};
 use triad_lab::layout::{layout_path, NODE_IDS};
@@ -97,6 +99,30 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         reps: usize,
     },
+    /// The replicated write path's unavoidable stages (TLS both ways,
+    /// CRC-32C, page-cache writes, the disk), each measured alone, and the
+    /// 1 MiB sequential throughput bound they imply on this machine.
+    BenchStages {
+        /// Directory for the scratch files: on the filesystem of the lab's volumes (/var/tmp).
+        #[arg(long, default_value = bench_stages::DEFAULT_DIR)]
+        dir: PathBuf,
+        /// MiB per CPU stage measurement.
+        #[arg(long, default_value_t = 256)]
+        mib: u64,
+        /// Seconds of each disk series.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Repetitions; the table shows medians and every repetition's value.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// MiB a journal writes between fdatasyncs (Triad's batches under QD8 load).
+        #[arg(long, default_value_t = 8)]
+        journal_sync_mib: u64,
+        /// MiB a store writes between fdatasyncs (the replica checkpoints when its
+        /// 64 MiB ring is half full); 0: only at the end of the series.
+        #[arg(long, default_value_t = 32)]
+        store_sync_mib: u64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +135,8 @@ enum MainError {
     Bench(#[from] BenchError),
     #[error(transparent)]
     Volume(#[from] VolumeBenchError),
+    #[error(transparent)]
+    Stages(#[from] StagesError),
 }
 
 fn main() -> ExitCode {
@@ -219,6 +247,21 @@ fn run(cli: Cli) -> Result<(), MainError> {
             };
             println!();
             bench_volume::print_table(&result);
+        }
+        Cmd::BenchStages { dir, mib, seconds, reps, journal_sync_mib, store_sync_mib } => {
+            if !(seconds.is_finite() && seconds > 0.0) {
+                return Err(StagesError::Opts(format!("--seconds {seconds} is not a positive number")).into());
+            }
+            let opts = StagesOpts {
+                dir,
+                mib,
+                seconds: std::time::Duration::from_secs_f64(seconds),
+                reps,
+                journal_sync_mib,
+                store_sync_mib,
+            };
+            let report = bench_stages::run(&opts)?;
+            print!("{}", bench_stages::format_report(&report));
         }
     }
     Ok(())
