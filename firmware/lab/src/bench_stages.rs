@@ -624,6 +624,44 @@ fn write_flush(file: &File, len: u64, rng: &mut u64, block: &[u8]) -> io::Result
     file.sync_data()
 }
 
+/// Round trips between a task on a current-thread tokio runtime (the
+/// supervisor's runtime thread: NBD requests, data links) and a plain
+/// thread blocked on a std channel (the volume thread), with the channels
+/// the supervisor uses for them: a std mpsc towards the thread, a tokio
+/// oneshot back (a write's answer; the data links' tokio mpsc wakes the
+/// same way). One round trip is two hand-offs; the result is per
+/// hand-off (half a round trip).
+fn handoffs(seconds: Duration) -> Result<Vec<Duration>> {
+    let (to_thread, requests) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<()>>();
+    let worker = std::thread::Builder::new()
+        .name("bench-handoff".into())
+        .spawn(move || {
+            while let Ok(answer) = requests.recv() {
+                let _ = answer.send(());
+            }
+        })
+        .map_err(io_err("hand-off thread"))?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(io_err("tokio runtime"))?;
+    let deadline = Instant::now() + seconds;
+    let samples = rt.block_on(async move {
+        let mut out = Vec::new();
+        while Instant::now() < deadline {
+            let (answer, answered) = tokio::sync::oneshot::channel();
+            let t0 = Instant::now();
+            if to_thread.send(answer).is_err() || answered.await.is_err() {
+                break;
+            }
+            out.push(t0.elapsed() / 2);
+        }
+        out
+    });
+    worker.join().map_err(|_| StagesError::Check("the hand-off thread panicked".into()))?;
+    if samples.is_empty() {
+        return Err(StagesError::Check("no hand-off round trip completed".into()));
+    }
+    Ok(samples)
+}
+
 /// (a): one thread, one file, write+flush in a loop for `seconds`.
 fn flush_single(file: &File, seconds: Duration, seed: u64) -> Result<Vec<Duration>> {
     let block = random_bytes(BLOCK as usize, seed);
@@ -783,6 +821,8 @@ pub struct StagesReport {
     pub nodes: Vec<Vec<Pace>>,
     pub flush_single: Vec<Latency>,
     pub flush_pair: Vec<Latency>,
+    /// One hand-off between the runtime thread and a plain thread, per rep.
+    pub handoff: Vec<Latency>,
     /// /proc/loadavg's 1, 5 and 15 minute figures before and after: the
     /// machine is shared, and others' load shows in wall times and the disk.
     pub load_before: String,
@@ -842,6 +882,7 @@ pub fn run(opts: &StagesOpts) -> Result<StagesReport> {
         nodes: Vec::new(),
         flush_single: Vec::new(),
         flush_pair: Vec::new(),
+        handoff: Vec::new(),
         load_before,
         load_after: String::new(),
         cpu_steal: Vec::new(),
@@ -893,6 +934,8 @@ pub fn run(opts: &StagesOpts) -> Result<StagesReport> {
         report.flush_single.push(latency_of(single).ok_or_else(|| StagesError::Check("no write+flush".into()))?);
         let pairs = flush_pairs([&journals[0], &journals[1]], opts.seconds, seed)?;
         report.flush_pair.push(latency_of(pairs).ok_or_else(|| StagesError::Check("no write+flush pair".into()))?);
+        let hops = handoffs(opts.seconds)?;
+        report.handoff.push(latency_of(hops).ok_or_else(|| StagesError::Check("no hand-off".into()))?);
     }
     for rep in 0..opts.reps {
         eprintln!("rep {}/{}: disk throughput ...", rep + 1, opts.reps);
@@ -1085,6 +1128,15 @@ pub fn format_report(r: &StagesReport) -> String {
     ) {
         line(format!("  ratio (b)/(a): p50 {:.2}, p99 {:.2}", b50 / a50, b99 / a99));
     }
+    let p50: Vec<f64> = r.handoff.iter().map(|l| us(l.p50)).collect();
+    let p99: Vec<f64> = r.handoff.iter().map(|l| us(l.p99)).collect();
+    line(format!(
+        "  one hand-off, runtime thread <-> plain thread (std mpsc there, tokio oneshot back)   p50 {:>6.1} us  p99 {:>6.1} us  [p50 {}] [p99 {}]",
+        median(&p50).unwrap_or(f64::NAN),
+        median(&p99).unwrap_or(f64::NAN),
+        list(&p50, 1),
+        list(&p99, 1)
+    ));
     line(String::new());
 
     match bounds(r) {

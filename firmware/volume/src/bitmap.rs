@@ -145,8 +145,29 @@ impl DirtyBitmap {
     }
 
     /// Total dirty bytes (what a resync from this bitmap would copy).
+    /// A population count of the words, not a walk of the bits: `triad
+    /// status` asks after every pass of the volume thread (a walk of a
+    /// 256 MiB volume's 65,536 bits per peer cost about 300 µs a write).
     pub fn dirty_bytes(&self) -> u64 {
-        self.ranges().map(|(_, l)| l).sum()
+        let bits = self.volume_len.div_ceil(self.granularity);
+        if bits == 0 {
+            return 0;
+        }
+        let full = (bits / 64) as usize;
+        let mut set: u64 = self.words.iter().take(full).map(|w| u64::from(w.count_ones())).sum();
+        let rest = bits % 64;
+        if rest > 0 {
+            let last = self.words.get(full).copied().unwrap_or(0);
+            set += u64::from((last & ((1u64 << rest) - 1)).count_ones());
+        }
+        let mut bytes = set * self.granularity;
+        // The last chunk is shorter when the volume is not a multiple of it.
+        let last_bit = bits - 1;
+        let last_set = self.words.get((last_bit / 64) as usize).is_some_and(|w| w & (1 << (last_bit % 64)) != 0);
+        if last_set {
+            bytes -= bits * self.granularity - self.volume_len;
+        }
+        bytes
     }
 
     /// The persisted form (see the module comment).
@@ -192,6 +213,25 @@ mod tests {
     #[test]
     fn size_for_64_gib_stays_small() {
         assert_eq!(DirtyBitmap::encoded_len(64 * GIB, DEFAULT_GRANULARITY), 40 + 128 * 1024);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn dirty_bytes_is_the_sum_of_the_ranges(
+            chunks in 1u64..300,
+            short in 0u64..4096,
+            sets in proptest::collection::vec((0u64..300 * 4096, 1u64..20_000), 0..20),
+        ) {
+            let volume_len = chunks * 4096 - short.min(4095);
+            let mut b = DirtyBitmap::new(volume_len, 4096, Position::ZERO).unwrap();
+            for (off, len) in sets {
+                let off = off % volume_len;
+                let len = len.min(volume_len - off);
+                b.set_range(off, len).unwrap();
+            }
+            let walked: u64 = b.ranges().map(|(_, l)| l).sum();
+            proptest::prop_assert_eq!(b.dirty_bytes(), walked);
+        }
     }
 
     #[test]
