@@ -32,6 +32,7 @@ mod leader;
 pub mod msg;
 pub mod replica;
 mod resync;
+pub mod testing;
 mod verify;
 
 pub use bytes::Bytes;

@@ -6,30 +6,13 @@
 use triad_repl::Bytes;
 use proptest::prelude::*;
 use triad_core::Instant;
-use triad_repl::{Health, Msg, Out, ReplConfig, Replica, ResyncState, View};
-use triad_volume::store::Format;
+use triad_repl::{Health, Msg, Out, Replica, ResyncState, View};
 use triad_volume::{MemDisk, Position, Record};
 
 const VOL: usize = 64 * 1024;
 
 fn replica(id: u8) -> Replica<MemDisk, MemDisk, MemDisk> {
-    let peers = match id {
-        1 => [2, 3],
-        2 => [1, 3],
-        _ => [1, 2],
-    };
-    let meta = triad_volume::store::meta_len_needed(VOL as u64, 4096, 2) as usize;
-    let cfg = ReplConfig { region: 4096, resync_chunk: 4096, ..ReplConfig::default() };
-    Replica::format(
-        id,
-        peers,
-        cfg,
-        MemDisk::new(8192 + 16384),
-        MemDisk::new(VOL),
-        MemDisk::new(meta),
-        Format { granularity: 4096, incarnation: u64::from(id), learner: id == 2 },
-    )
-    .unwrap()
+    triad_repl::testing::mem_replica(id, 8192 + 16384, VOL, id == 2).unwrap()
 }
 
 fn pos() -> impl Strategy<Value = Position> {

@@ -5,8 +5,7 @@
 
 use triad_repl::Bytes;
 use triad_core::{Instant, Membership, NodeId};
-use triad_repl::{ClientError, Msg, Out, ReplConfig, ReplNotice, Replica, View};
-use triad_volume::store::Format;
+use triad_repl::{ClientError, Msg, Out, ReplNotice, Replica, View};
 use triad_volume::{MemDisk, Position, Record};
 
 const VOL: usize = 64 * 1024;
@@ -14,15 +13,7 @@ const VOL: usize = 64 * 1024;
 type R = Replica<MemDisk, MemDisk, MemDisk>;
 
 fn replica(id: NodeId) -> R {
-    let peers = match id {
-        1 => [2, 3],
-        2 => [1, 3],
-        _ => [1, 2],
-    };
-    let meta = triad_volume::store::meta_len_needed(VOL as u64, 4096, 2) as usize;
-    let cfg = ReplConfig { region: 4096, resync_chunk: 4096, ..ReplConfig::default() };
-    let format = Format { granularity: 4096, incarnation: u64::from(id), learner: false };
-    R::format(id, peers, cfg, MemDisk::new(256 * 1024), MemDisk::new(VOL), MemDisk::new(meta), format).unwrap()
+    triad_repl::testing::mem_replica(id, 256 * 1024, VOL, false).unwrap()
 }
 
 fn at(ms: u64) -> Instant {

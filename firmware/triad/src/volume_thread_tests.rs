@@ -334,17 +334,24 @@ fn a_hung_store_checkpoint_is_seen_by_the_sync_watch() {
     assert!(stalled, "a store sync hung for 20 ms and the watch (limit 10 ms) did not see it");
 }
 
+/// A serving leader (lease far away) whose thread hangs in the journal
+/// sync of a write; the write's answer is still to come.
+fn leader_stuck_in_a_journal_sync() -> (Rig, oneshot::Receiver<Result<(), ClientError>>) {
+    let rig = rig(true);
+    rig.lead(Instant(3_600_000_000));
+    rig.journal.hang();
+    let reply = rig.write(0, 4096);
+    wait_until("the journal sync hangs", || rig.journal.hanging());
+    (rig, reply)
+}
+
 /// Rule 17: a handover may only proceed once the volume thread has taken
 /// the step-down. A thread stuck in a sync has not, and says so when the
 /// wait runs out (the runtime then does not send TimeoutNow); once the
 /// sync returns, the thread confirms.
 #[test]
 fn a_step_down_is_not_confirmed_while_the_thread_is_stuck_in_a_sync() {
-    let rig = rig(true);
-    rig.lead(Instant(3_600_000_000));
-    rig.journal.hang();
-    let reply = rig.write(0, 4096);
-    wait_until("the journal sync hangs", || rig.journal.hanging());
+    let (rig, reply) = leader_stuck_in_a_journal_sync();
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
     let down = View { epoch: 1, leader: Some(1), lease_until: None };
     let confirmed = rt.block_on(rig.handle.set_view_confirmed(down, Duration::from_millis(50)));
@@ -364,11 +371,7 @@ fn a_step_down_is_not_confirmed_while_the_thread_is_stuck_in_a_sync() {
 /// thread's last snapshot, with the snapshot's age.
 #[test]
 fn status_answers_at_once_while_the_thread_is_stuck_in_a_sync() {
-    let rig = rig(true);
-    rig.lead(Instant(3_600_000_000));
-    rig.journal.hang();
-    let _reply = rig.write(0, 4096);
-    wait_until("the journal sync hangs", || rig.journal.hanging());
+    let (rig, _reply) = leader_stuck_in_a_journal_sync();
     rig.clock.advance(Duration::from_secs(3));
     let asked = std::time::Instant::now();
     let status = rig.handle.status();
