@@ -49,6 +49,9 @@ pub(crate) struct SyncFault {
     syncs: AtomicU64,
     /// Fail the next sync (an I/O error from fdatasync).
     fail: AtomicBool,
+    /// Move the clock by this much during the next write (a pwrite
+    /// throttled by dirty-page writeback, or a page read for it).
+    slow_write: Mutex<Option<Duration>>,
 }
 
 impl SyncFault {
@@ -92,6 +95,9 @@ impl<I: Disk> Disk for TestDisk<I> {
         self.mem.read_at(off, buf)
     }
     fn write_at(&mut self, off: u64, data: &[u8]) -> std::io::Result<()> {
+        if let Some(d) = super::lock(&self.fault.slow_write).take() {
+            self.clock.advance(d);
+        }
         self.mem.write_at(off, data)
     }
     fn sync(&mut self) -> std::io::Result<()> {
@@ -463,4 +469,22 @@ fn a_failed_journal_sync_reopens_the_replica_for_a_resync() {
     wait_until("an inconsistent reply", || {
         super::lock(&rig.sent).iter().any(|(_, m, _)| matches!(m, Msg::AppendReply { consistent: false, .. }))
     });
+}
+
+/// Invariant 1: the lease is judged with the time after the store apply
+/// (a pwrite that may block on writeback), not with a time read before it.
+/// Found by review: the replica judged it with the `now` of the step.
+#[test]
+fn no_acknowledgement_when_the_lease_ends_during_the_store_apply() {
+    let rig = rig(true);
+    rig.lead(Instant(1_000_000));
+    *super::lock(&rig.data.slow_write) = Some(Duration::from_secs(2));
+    let mut reply = rig.write(0, 4096);
+    wait_until("the slow apply ran", || super::lock(&rig.data.slow_write).is_none());
+    rig.round_trip();
+    assert!(rig.clock.now() >= Instant(1_000_000), "the lease has ended during the apply");
+    match reply.try_recv() {
+        Err(oneshot::error::TryRecvError::Empty) => {}
+        other => panic!("the write was answered after the lease ended (clock {:?}): {other:?}", rig.clock.now()),
+    }
 }

@@ -496,6 +496,12 @@ async fn write_replies<W: AsyncWrite + Unpin>(wr: W, mut rx: mpsc::UnboundedRece
     let mut running = futures::stream::FuturesUnordered::new();
     let mut reader_open = true;
     loop {
+        // Replies written are sent before this task waits for anything:
+        // a finished reply is never held behind a request still running.
+        // Jobs already queued are taken first, so a burst is one write.
+        if !w.buffer().is_empty() && rx.is_empty() {
+            w.flush().await?;
+        }
         let reply = tokio::select! {
             biased;
             Some(reply) = futures::StreamExt::next(&mut running), if !running.is_empty() => reply,
@@ -517,9 +523,6 @@ async fn write_replies<W: AsyncWrite + Unpin>(wr: W, mut rx: mpsc::UnboundedRece
         // committed together): one flush for all of them.
         while let Some(Some(reply)) = futures::FutureExt::now_or_never(futures::StreamExt::next(&mut running)) {
             write_reply(&mut w, reply).await?;
-        }
-        if rx.is_empty() {
-            w.flush().await?;
         }
     }
     w.flush().await?;
@@ -664,6 +667,56 @@ mod tests {
         c.write_all(&req(Cmd::Read, 0, 1, 0, 4096)[..10]).await.expect("send");
         drop(c);
         assert!(matches!(task.await.expect("join"), Err(NbdError::Proto(ProtoError::Truncated { .. }))));
+    }
+
+    /// Reads at once; writes wait until `go` is notified.
+    #[derive(Clone)]
+    struct HeldWrites {
+        mem: MemDevice,
+        go: Arc<tokio::sync::Notify>,
+    }
+
+    impl BlockDevice for HeldWrites {
+        fn size(&self) -> u64 {
+            self.mem.size()
+        }
+        async fn read_at(&self, offset: u64, buf: IoBuf) -> super::super::device::DevResult<IoBuf> {
+            self.mem.read_at(offset, buf).await
+        }
+        async fn write_at(&self, offset: u64, data: IoBuf, fua: bool) -> super::super::device::DevResult<()> {
+            self.go.notified().await;
+            self.mem.write_at(offset, data, fua).await
+        }
+        async fn flush(&self) -> super::super::device::DevResult<()> {
+            Ok(())
+        }
+        async fn trim(&self, _o: u64, _l: u32, _f: bool) -> super::super::device::DevResult<()> {
+            Ok(())
+        }
+        async fn write_zeroes(&self, o: u64, l: u32, f: bool, n: bool) -> super::super::device::DevResult<()> {
+            self.mem.write_zeroes(o, l, f, n).await
+        }
+    }
+
+    /// A finished reply reaches the socket even while a later request is
+    /// still running on the device (it was held in the writer's buffer
+    /// until the next reply, found by review of 77eb2fe).
+    #[tokio::test]
+    async fn a_finished_reply_is_not_held_behind_a_running_request() {
+        let go = Arc::new(tokio::sync::Notify::new());
+        let dev = HeldWrites { mem: MemDevice::new(SIZE), go: go.clone() };
+        let pool = PoolSize { small: (256 << 10, 4), large: (1 << 20, 4) };
+        let server = NbdServer::with_pool("vol", dev, Activity::new(true), pool);
+        let (mut c, srv) = tokio::io::duplex(1 << 20);
+        let _task = tokio::spawn(async move { server.serve_transmission(srv).await });
+        // A read (answered at once) and a write (held), sent together.
+        let mut both = req(Cmd::Read, 0, 1, 0, 4096);
+        both.extend(req(Cmd::Write, 0, 2, 4096, 4096));
+        both.extend(vec![7u8; 4096]);
+        c.write_all(&both).await.expect("send");
+        let got = tokio::time::timeout(Duration::from_secs(2), reply(&mut c, 4096)).await;
+        go.notify_one();
+        assert!(got.is_ok(), "the read's reply was held in the writer's buffer while the write ran");
     }
 
     #[tokio::test]
