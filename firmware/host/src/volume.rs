@@ -5,17 +5,22 @@
 //! view from where the host put it, and carries out the outputs.
 //!
 //! One pass, in this order (each `view` argument is the host's latest view
-//! if a newer one arrived since the last call, taken *before* the step):
+//! if a newer one arrived since the last call, taken *before* the step;
+//! `clock` is the caller's clock, read by the driver before the step and
+//! again after the step's disk I/O):
 //! ```text
-//!  command(now, view, c) …   each command under the latest view (a step-down
-//!                            refuses writes at once, even queued ones)
-//!  before_sync(now, view)    tick if due; the caller carries the outputs out
-//!                            now: records reach the peers before this node's
-//!                            own fdatasync, so the two syncs of a commit overlap
-//!  sync()                    the journal's fdatasync (group commit); may take long
-//!  after_sync(now, view)     `now` and `view` read after the sync: the lease is
-//!                            judged with the time after it, never before
+//!  command(clock, view, c) …  each command under the latest view (a step-down
+//!                             refuses writes at once, even queued ones)
+//!  before_sync(clock, view)   tick if due; the caller carries the outputs out
+//!                             now: records reach the peers before this node's
+//!                             own fdatasync, so the two syncs of a commit overlap
+//!  sync()                     the journal's fdatasync (group commit); may take long
+//!  after_sync(clock, view)    the clock and `view` read after the sync
 //! ```
+//! Every step that may apply records ends with the replica's
+//! acknowledgements judged at a time read *after* the step's I/O (the
+//! store's pwrite may block on writeback): a write is answered only if
+//! the lease still held then.
 //!
 //! A client write may be several replica writes (one per NBD pool buffer,
 //! or per megabyte of zeroes); it is answered once, when all are done,
@@ -191,7 +196,8 @@ impl<J: Disk, D: Disk, M: Disk> VolumeDriver<J, D, M> {
     }
 
     /// One command, under the latest view.
-    pub fn command(&mut self, now: Instant, view: Option<View>, cmd: VolumeIn, outs: &mut Vec<VolumeOut>) {
+    pub fn command(&mut self, clock: &dyn Fn() -> Instant, view: Option<View>, cmd: VolumeIn, outs: &mut Vec<VolumeOut>) {
+        let now = clock();
         self.take_view(now, view, outs);
         match cmd {
             VolumeIn::Peer(from, msg) => self.replica.receive(now, from, msg, &mut self.out),
@@ -232,18 +238,21 @@ impl<J: Disk, D: Disk, M: Disk> VolumeDriver<J, D, M> {
                 }
             }
         }
+        self.replica.acknowledge(clock(), &mut self.out);
         self.carry(outs);
     }
 
     /// The end of a pass's commands: the latest view, then the replica's
     /// timers if due. Returns whether it ticked. The caller carries the
     /// outputs out before [`VolumeDriver::sync`].
-    pub fn before_sync(&mut self, now: Instant, view: Option<View>, outs: &mut Vec<VolumeOut>) -> bool {
+    pub fn before_sync(&mut self, clock: &dyn Fn() -> Instant, view: Option<View>, outs: &mut Vec<VolumeOut>) -> bool {
+        let now = clock();
         self.take_view(now, view, outs);
         let due = self.replica.next_deadline().is_some_and(|d| d <= now);
         if due {
             self.replica.tick(now, &mut self.out);
         }
+        self.replica.acknowledge(clock(), &mut self.out);
         self.carry(outs);
         due
     }
@@ -254,11 +263,14 @@ impl<J: Disk, D: Disk, M: Disk> VolumeDriver<J, D, M> {
         self.carry(outs);
     }
 
-    /// What the sync made possible (replies, commits, acknowledgements),
-    /// judged at `now` read after the sync, under the view taken after it.
-    pub fn after_sync(&mut self, now: Instant, view: Option<View>, outs: &mut Vec<VolumeOut>) {
+    /// What the sync made possible (replies, commits, applying), at a
+    /// time read after the sync, under the view taken after it; then the
+    /// acknowledgements, at a time read after that.
+    pub fn after_sync(&mut self, clock: &dyn Fn() -> Instant, view: Option<View>, outs: &mut Vec<VolumeOut>) {
+        let now = clock();
         self.take_view(now, view, outs);
         self.replica.after_sync(now, &mut self.out);
+        self.replica.acknowledge(clock(), &mut self.out);
         self.carry(outs);
     }
 

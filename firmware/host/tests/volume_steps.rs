@@ -47,11 +47,11 @@ fn ready_leader() -> (Driver, Vec<VolumeOut>) {
     let mut outs = Vec::new();
     let mut d = Driver::new(replica(1), at(0), &mut outs);
     d.take_view(at(0), Some(leading(1, 1000)), &mut outs);
-    d.before_sync(at(0), None, &mut outs);
+    d.before_sync(&|| at(0), None, &mut outs);
     d.sync(&mut outs);
-    d.after_sync(at(1), None, &mut outs);
+    d.after_sync(&|| at(1), None, &mut outs);
     outs.clear();
-    d.command(at(2), None, VolumeIn::Peer(2, reply_from_2(1)), &mut outs);
+    d.command(&|| at(2), None, VolumeIn::Peer(2, reply_from_2(1)), &mut outs);
     (d, outs)
 }
 
@@ -102,7 +102,7 @@ fn the_leader_is_published_as_serving_once_its_noop_is_committed() {
     // Published once: a later step that changes nothing says nothing.
     let (mut d, _) = ready_leader();
     let mut again = Vec::new();
-    d.before_sync(at(3), None, &mut again);
+    d.before_sync(&|| at(3), None, &mut again);
     assert!(!again.iter().any(|o| matches!(o, VolumeOut::Serving(_))), "{again:?}");
 }
 
@@ -111,7 +111,7 @@ fn a_view_handed_with_a_command_is_taken_before_it() {
     let (mut d, _) = ready_leader();
     let mut outs = Vec::new();
     let step_down = View { epoch: 2, leader: Some(2), lease_until: None };
-    d.command(at(3), Some(step_down), write(7, 0, &[&[1u8; 4096]]), &mut outs);
+    d.command(&|| at(3), Some(step_down), write(7, 0, &[&[1u8; 4096]]), &mut outs);
     assert_eq!(outs.first(), Some(&VolumeOut::ViewTaken(step_down)), "{:?}", brief(&outs));
     assert_eq!(answers(&outs), vec![&VolumeOut::WriteDone { client: 7, result: Err(ClientError::NotActive) }]);
     assert!(outs.contains(&VolumeOut::Serving(None)), "{:?}", brief(&outs));
@@ -122,17 +122,17 @@ fn a_view_handed_with_a_command_is_taken_before_it() {
 fn a_write_of_several_pieces_is_answered_once_when_all_are_committed() {
     let (mut d, _) = ready_leader();
     let mut outs = Vec::new();
-    d.command(at(3), None, write(9, 8192, &[&[1u8; 4096], &[2u8; 4096]]), &mut outs);
+    d.command(&|| at(3), None, write(9, 8192, &[&[1u8; 4096], &[2u8; 4096]]), &mut outs);
     // Each piece goes to both peers as it is journaled; nothing is answered yet.
     assert_eq!(sends(&outs), vec![2, 3, 2, 3], "{:?}", brief(&outs));
     assert!(answers(&outs).is_empty(), "{:?}", brief(&outs));
     outs.clear();
-    d.before_sync(at(3), None, &mut outs);
+    d.before_sync(&|| at(3), None, &mut outs);
     d.sync(&mut outs);
-    d.after_sync(at(4), None, &mut outs);
+    d.after_sync(&|| at(4), None, &mut outs);
     assert!(answers(&outs).is_empty(), "durable here only, no majority yet: {:?}", brief(&outs));
     outs.clear();
-    d.command(at(5), None, VolumeIn::Peer(2, reply_from_2(3)), &mut outs);
+    d.command(&|| at(5), None, VolumeIn::Peer(2, reply_from_2(3)), &mut outs);
     assert_eq!(answers(&outs), vec![&VolumeOut::WriteDone { client: 9, result: Ok(()) }]);
 }
 
@@ -140,15 +140,15 @@ fn a_write_of_several_pieces_is_answered_once_when_all_are_committed() {
 fn an_acknowledgement_due_after_the_sync_waits_for_the_time_read_after_it() {
     let (mut d, _) = ready_leader();
     let mut outs = Vec::new();
-    d.command(at(3), None, write(5, 0, &[&[3u8; 4096]]), &mut outs);
+    d.command(&|| at(3), None, write(5, 0, &[&[3u8; 4096]]), &mut outs);
     // Node 2 has it durable before this node's own sync finishes.
-    d.command(at(4), None, VolumeIn::Peer(2, reply_from_2(2)), &mut outs);
-    d.before_sync(at(4), None, &mut outs);
+    d.command(&|| at(4), None, VolumeIn::Peer(2, reply_from_2(2)), &mut outs);
+    d.before_sync(&|| at(4), None, &mut outs);
     assert!(answers(&outs).is_empty(), "not durable here yet: {:?}", brief(&outs));
     outs.clear();
     d.sync(&mut outs);
     // The sync took until past the lease end (1 s): no acknowledgement.
-    d.after_sync(at(1000), None, &mut outs);
+    d.after_sync(&|| at(1000), None, &mut outs);
     assert!(
         !outs.contains(&VolumeOut::WriteDone { client: 5, result: Ok(()) }),
         "acknowledged after the lease ended: {:?}", brief(&outs)
@@ -159,7 +159,7 @@ fn an_acknowledgement_due_after_the_sync_waits_for_the_time_read_after_it() {
 fn taking_the_replica_out_fails_the_waiting_writes_and_stops_serving() {
     let (mut d, _) = ready_leader();
     let mut outs = Vec::new();
-    d.command(at(3), None, write(4, 0, &[&[1u8; 4096], &[1u8; 4096]]), &mut outs);
+    d.command(&|| at(3), None, write(4, 0, &[&[1u8; 4096], &[1u8; 4096]]), &mut outs);
     outs.clear();
     let _replica = d.into_replica(&mut outs);
     assert_eq!(
@@ -169,4 +169,30 @@ fn taking_the_replica_out_fails_the_waiting_writes_and_stops_serving() {
             VolumeOut::Serving(None),
         ]
     );
+}
+
+#[test]
+fn acknowledgements_are_judged_with_the_clock_read_after_the_steps_io() {
+    let (mut d, _) = ready_leader();
+    let mut outs = Vec::new();
+    d.command(&|| at(3), None, write(6, 0, &[&[4u8; 4096]]), &mut outs);
+    d.before_sync(&|| at(3), None, &mut outs);
+    d.sync(&mut outs);
+    d.after_sync(&|| at(4), None, &mut outs);
+    assert!(answers(&outs).is_empty(), "durable here only: {:?}", brief(&outs));
+    outs.clear();
+    // Node 2's reply commits the write; applying it to the store takes
+    // until past the lease end (1 s): the second reading of the clock.
+    let readings = std::cell::Cell::new(0);
+    let clock = || {
+        readings.set(readings.get() + 1);
+        if readings.get() == 1 {
+            at(5)
+        } else {
+            at(1000)
+        }
+    };
+    d.command(&clock, None, VolumeIn::Peer(2, reply_from_2(2)), &mut outs);
+    assert!(readings.get() >= 2, "the clock was not read again after the step");
+    assert!(answers(&outs).is_empty(), "acknowledged after the lease ended: {:?}", brief(&outs));
 }

@@ -302,6 +302,26 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         self.drain_blocked(now, out);
     }
 
+    /// Invariant 1: answers the client writes whose records are all
+    /// applied, if `now` is inside the lease; outside it they wait (and
+    /// time out) rather than promise anything. `now` must be read after
+    /// the I/O of the step that applied them (the store's pwrite may block
+    /// on writeback for longer than the lease has left): the driver calls
+    /// this last in every step, with its clock read again.
+    pub fn acknowledge(&mut self, now: Instant, out: &mut Vec<Out>) {
+        self.now = self.now.max(now);
+        if !self.in_lease(now) {
+            return;
+        }
+        let applied = self.store.applied().seq;
+        let Some(l) = self.leader.as_mut() else { return };
+        while l.writes.front().is_some_and(|w| w.last_seq <= applied) {
+            if let Some(w) = l.writes.pop_front() {
+                out.push(Out::WriteDone { id: w.id, result: Ok(()) });
+            }
+        }
+    }
+
     /// Appends waiting writes, in order, while the ring has room.
     fn drain_blocked(&mut self, now: Instant, out: &mut Vec<Out>) {
         let step = self.cfg.max_record.min(self.journal.max_payload()).max(4096) as usize;
@@ -506,7 +526,8 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
     }
 
     /// After the leader's own sync or a peer's progress: commit, apply,
-    /// acknowledge, and keep the pipeline full.
+    /// and keep the pipeline full. Acknowledging is [`Replica::acknowledge`],
+    /// with a time read after this step's I/O.
     pub(crate) fn leader_after_sync(&mut self, now: Instant, out: &mut Vec<Out>) {
         let before = self.commit;
         self.advance_commit();
@@ -522,20 +543,10 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         }
         self.apply_committed(out);
         let applied = self.store.applied().seq;
-        let in_lease = self.in_lease(now);
         let Some(l) = self.leader.as_mut() else { return };
         if !l.ready && applied >= l.noop_seq {
             l.ready = true;
             out.push(Out::Notice(ReplNotice::Ready { epoch: l.epoch, seq: l.noop_seq }));
-        }
-        // Invariant 1: acknowledgements only inside the lease; outside it
-        // they wait (and time out) rather than promise anything.
-        if in_lease {
-            while l.writes.front().is_some_and(|w| w.last_seq <= applied) {
-                if let Some(w) = l.writes.pop_front() {
-                    out.push(Out::WriteDone { id: w.id, result: Ok(()) });
-                }
-            }
         }
         if self.leader.as_ref().is_some_and(|l| !l.blocked.is_empty()) {
             self.drain_blocked(now, out);

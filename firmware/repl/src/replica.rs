@@ -678,10 +678,11 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
 
     /// Group commit in one call, for drivers whose clock cannot move
     /// during the sync (tests, the simulator's instantaneous disks):
-    /// [`Replica::sync_journal`] then [`Replica::after_sync`] at `now`.
+    /// [`Replica::sync_journal`], [`Replica::after_sync`] and [`Replica::acknowledge`] at `now`.
     pub fn sync(&mut self, now: Instant, out: &mut Vec<Out>) {
         self.sync_journal(out);
         self.after_sync(now, out);
+        self.acknowledge(now, out);
     }
 
     /// Group commit, first half: one journal fdatasync for everything
@@ -701,8 +702,9 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
     }
 
     /// Group commit, second half, with `now` read after the sync: what
-    /// depends on durability: replies (follower), commits and
-    /// acknowledgements inside the lease (leader), applying, compaction.
+    /// depends on durability: replies (follower), commits (leader),
+    /// applying, compaction. The leader's acknowledgements come from
+    /// [`Replica::acknowledge`], with a time read after this.
     pub fn after_sync(&mut self, now: Instant, out: &mut Vec<Out>) {
         self.now = self.now.max(now);
         // Everything below goes by the journal's durable position, so it is

@@ -1121,7 +1121,7 @@ impl DataWorld {
                 _ => None,
             };
             let before = outs.len();
-            v.r.command(local, view, input, &mut outs);
+            v.r.command(&|| local, view, input, &mut outs);
             if let Some(wid) = wid {
                 let refused =
                     outs[before..].iter().any(|o| matches!(o, VolumeOut::WriteDone { client, .. } if *client == wid));
@@ -1132,7 +1132,7 @@ impl DataWorld {
         }
         let view = take_cell(v, id, print, &mut lines);
         let mut spin = None;
-        if v.r.before_sync(local, view, &mut outs) {
+        if v.r.before_sync(&|| local, view, &mut outs) {
             if let Some(d) = v.r.next_deadline().filter(|d| *d <= local) {
                 spin = Some(d);
             }
@@ -1191,7 +1191,7 @@ impl DataWorld {
                 let Some(p) = self.hosts[i].proc.as_mut() else { return Ok(()) };
                 let mut outs = Vec::new();
                 p.vol.r.sync(&mut outs);
-                p.vol.r.after_sync(local, None, &mut outs);
+                p.vol.r.after_sync(&|| local, None, &mut outs);
                 self.note(|| format!("n{id} KILLED right after its journal sync, before its replies"));
             }
             self.take_down(id, power);
@@ -1207,7 +1207,7 @@ impl DataWorld {
         p.vol.r.sync(&mut outs);
         let mut lines = Vec::new();
         let view = take_cell(&mut p.vol, id, self.print_trace, &mut lines);
-        p.vol.r.after_sync(local, view, &mut outs);
+        p.vol.r.after_sync(&|| local, view, &mut outs);
         for l in lines {
             self.note(|| l);
         }

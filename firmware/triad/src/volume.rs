@@ -425,21 +425,20 @@ impl Thread {
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
             };
             for cmd in first.into_iter().chain(rx.try_iter().take(MAX_BATCH)) {
-                self.command(&mut d, now(), cmd, &mut outs);
+                self.command(&mut d, now, cmd, &mut outs);
                 self.carry_out(&mut outs);
             }
             // Records go to the peers *before* this node's own fsync, so the
             // two journal syncs of a commit overlap instead of adding up.
-            d.before_sync(now(), self.latest_view(), &mut outs);
+            d.before_sync(now, self.latest_view(), &mut outs);
             self.carry_out(&mut outs);
             d.sync(&mut outs);
             // The fdatasync may take long (or the process may be frozen in
-            // it): the lease is judged with the time after it, under the
-            // latest view.
-            let t = now();
-            d.after_sync(t, self.latest_view(), &mut outs);
+            // it): the driver reads the clock again after it, under the
+            // latest view, and once more after applying.
+            d.after_sync(now, self.latest_view(), &mut outs);
             self.carry_out(&mut outs);
-            self.snapshot(&d, t);
+            self.snapshot(&d, now());
         }
     }
 
@@ -489,10 +488,11 @@ impl Thread {
     fn command<J: Disk, D: Disk, M: Disk>(
         &mut self,
         d: &mut VolumeDriver<J, D, M>,
-        now: Instant,
+        clock: &dyn Fn() -> Instant,
         cmd: Cmd,
         outs: &mut Vec<VolumeOut>,
     ) {
+        let now = clock();
         let view = self.latest_view();
         let input = match cmd {
             Cmd::View => return d.take_view(now, view, outs),
@@ -539,7 +539,7 @@ impl Thread {
                 VolumeIn::Verify { client }
             }
         };
-        d.command(now, view, input, outs);
+        d.command(clock, view, input, outs);
     }
 
     fn carry_out(&mut self, outs: &mut Vec<VolumeOut>) {
