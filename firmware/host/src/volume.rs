@@ -288,7 +288,13 @@ impl<J: Disk, D: Disk, M: Disk> VolumeDriver<J, D, M> {
     /// Takes the replica out (to reopen its disks), failing every write
     /// still waiting and publishing that nothing is served.
     pub fn into_replica(mut self, outs: &mut Vec<VolumeOut>) -> Replica<J, D, M> {
-        self.fail_waiting(ClientError::Storage("the volume's storage failed".into()), outs);
+        let err = ClientError::Storage("the volume's storage failed".into());
+        self.fail_waiting(err.clone(), outs);
+        let mut verifies: Vec<(u64, ClientId)> = self.verifies.drain().collect();
+        verifies.sort_unstable();
+        for (_, client) in verifies {
+            outs.push(VolumeOut::VerifyDone { client, result: Err(err.clone()) });
+        }
         if self.serving != Some(None) {
             outs.push(VolumeOut::Serving(None));
         }
@@ -351,6 +357,16 @@ impl<J: Disk, D: Disk, M: Disk> VolumeDriver<J, D, M> {
             }
         }
         self.out = out;
+        // A verify the replica no longer runs (it stepped down, or a newer
+        // one replaced it) will never report: answer its client now.
+        let running = self.replica.verifying();
+        let mut abandoned: Vec<(u64, ClientId)> =
+            self.verifies.iter().filter(|(id, _)| Some(**id) != running).map(|(id, c)| (*id, *c)).collect();
+        abandoned.sort_unstable();
+        for (id, client) in abandoned {
+            self.verifies.remove(&id);
+            outs.push(VolumeOut::VerifyDone { client, result: Err(ClientError::NotActive) });
+        }
         let serving = self.replica.leading_and_ready().then_some(self.view.epoch);
         if self.serving != Some(serving) {
             self.serving = Some(serving);

@@ -196,3 +196,18 @@ fn acknowledgements_are_judged_with_the_clock_read_after_the_steps_io() {
     assert!(readings.get() >= 2, "the clock was not read again after the step");
     assert!(answers(&outs).is_empty(), "acknowledged after the lease ended: {:?}", brief(&outs));
 }
+
+#[test]
+fn a_verify_abandoned_by_a_step_down_is_answered() {
+    let (mut d, _) = ready_leader();
+    let mut outs = Vec::new();
+    d.command(&|| at(3), None, VolumeIn::Verify { client: 8 }, &mut outs);
+    assert!(!outs.iter().any(|o| matches!(o, VolumeOut::VerifyDone { .. })), "{:?}", brief(&outs));
+    outs.clear();
+    d.take_view(at(4), Some(View { epoch: 2, leader: Some(2), lease_until: None }), &mut outs);
+    assert!(
+        outs.contains(&VolumeOut::VerifyDone { client: 8, result: Err(ClientError::NotActive) }),
+        "the verify's client would wait forever: {:?}",
+        brief(&outs)
+    );
+}

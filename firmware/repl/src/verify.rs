@@ -43,6 +43,12 @@ impl Verify {
 }
 
 impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
+    /// The id of the online verify running, if one is (a step-down or a
+    /// newer verify ends it without a [`Out::VerifyDone`]).
+    pub fn verifying(&self) -> Option<u64> {
+        self.leader.as_ref()?.verify.as_ref().map(|v| v.report.id)
+    }
+
     /// Starts an online verify (leader only); the result comes as [`Out::VerifyDone`].
     pub fn verify(&mut self, now: Instant, id: u64, out: &mut Vec<Out>) -> Result<(), ClientError> {
         self.check_serving(now)?;
