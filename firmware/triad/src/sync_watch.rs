@@ -97,6 +97,10 @@ impl<D: triad_volume::Disk> triad_volume::Disk for Watched<D> {
         self.disk.write_parts_at(off, parts)
     }
 
+    fn start_writeback(&mut self, off: u64, len: u64) {
+        self.disk.start_writeback(off, len);
+    }
+
     fn sync(&mut self) -> std::io::Result<()> {
         self.watch.begin();
         let result = self.disk.sync();

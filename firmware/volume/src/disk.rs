@@ -51,6 +51,12 @@ pub trait Disk {
         Ok(())
     }
 
+    /// A hint: start writing `len` bytes at `off` back to the medium now,
+    /// without waiting, so that a later [`Disk::sync`] has less left to
+    /// do. Durability is unchanged (only `sync` promises anything); the
+    /// default does nothing.
+    fn start_writeback(&mut self, _off: u64, _len: u64) {}
+
     /// Make every earlier write durable (fdatasync). After a failure the
     /// data written before it is not to be trusted, whatever later calls
     /// report: never retry.

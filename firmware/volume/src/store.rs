@@ -153,7 +153,15 @@ pub struct Store<D: Disk, M: Disk> {
     checkpoint: Checkpoint,
     generation: u64,
     failed: bool,
+    /// Bytes applied since writeback of the data disk was last started.
+    unhinted: u64,
 }
+
+/// Applied bytes after which the store starts the data disk's writeback
+/// (`Disk::start_writeback`): often enough that a checkpoint's fsync does
+/// not find tens of MiB dirty, rarely enough that small writes do not pay
+/// a syscall and a competing write-out each.
+const WRITEBACK_EVERY: u64 = 8 << 20;
 
 impl<D: Disk, M: Disk> Store<D, M> {
     /// Format: the volume is the data disk rounded down to whole blocks;
@@ -188,6 +196,7 @@ impl<D: Disk, M: Disk> Store<D, M> {
             checkpoint,
             generation: 0,
             failed: false,
+            unhinted: 0,
         };
         s.persist(checkpoint)?;
         Ok(s)
@@ -244,6 +253,7 @@ impl<D: Disk, M: Disk> Store<D, M> {
             checkpoint,
             generation,
             failed: false,
+            unhinted: 0,
         })
     }
 
@@ -296,6 +306,15 @@ impl<D: Disk, M: Disk> Store<D, M> {
             if let Err(source) = self.data.write_at(offset, &rec.payload) {
                 self.failed = true;
                 return Err(StoreError::Io { op: "write", offset, source });
+            }
+            // The checkpoint's fsync (every half ring) would otherwise find
+            // tens of MiB dirty and stall the volume thread while it writes
+            // them: start their writeback along the way (measured: 1 MiB
+            // sequential writes 188 -> 244 MB/s median in the lab).
+            self.unhinted += rec.payload.len() as u64;
+            if self.unhinted >= WRITEBACK_EVERY {
+                self.unhinted = 0;
+                self.data.start_writeback(0, self.volume_len);
             }
         }
         self.applied = rec.position();
@@ -494,6 +513,48 @@ mod tests {
             offset,
             payload: payload.to_vec().into(),
         }
+    }
+
+    /// A MemDisk that counts writeback hints.
+    struct Hinted(MemDisk, std::rc::Rc<std::cell::Cell<u32>>);
+
+    impl Disk for Hinted {
+        fn len(&self) -> u64 {
+            self.0.len()
+        }
+        fn read_at(&self, off: u64, buf: &mut [u8]) -> std::io::Result<()> {
+            self.0.read_at(off, buf)
+        }
+        fn write_at(&mut self, off: u64, data: &[u8]) -> std::io::Result<()> {
+            self.0.write_at(off, data)
+        }
+        fn start_writeback(&mut self, _off: u64, _len: u64) {
+            self.1.set(self.1.get() + 1);
+        }
+        fn sync(&mut self) -> std::io::Result<()> {
+            self.0.sync()
+        }
+    }
+
+    #[test]
+    fn writeback_is_started_once_per_eight_mib_applied_not_per_write() {
+        let hints = std::rc::Rc::new(std::cell::Cell::new(0));
+        let vol = 16 << 20;
+        let meta = MemDisk::new(meta_len_needed(vol, DEFAULT_GRANULARITY, 2) as usize);
+        let format = Format { granularity: DEFAULT_GRANULARITY, incarnation: 1, learner: false };
+        let mut s = Store::format(Hinted(MemDisk::new(vol as usize), hints.clone()), meta, format).unwrap();
+        let block = vec![3u8; 4096];
+        for seq in 1..=2047u64 {
+            s.apply(&rec(seq, (seq % 4096) * 4096, &block)).unwrap();
+        }
+        assert_eq!(hints.get(), 0, "a hint before 8 MiB were applied");
+        s.apply(&rec(2048, 0, &block)).unwrap();
+        assert_eq!(hints.get(), 1, "no hint after 8 MiB");
+        let big = vec![5u8; 1 << 20];
+        for i in 0..8u64 {
+            s.apply(&rec(2049 + i, i << 20, &big)).unwrap();
+        }
+        assert_eq!(hints.get(), 2);
     }
 
     #[test]
