@@ -196,7 +196,13 @@ impl<J: Disk, D: Disk, M: Disk> VolumeDriver<J, D, M> {
     }
 
     /// One command, under the latest view.
-    pub fn command(&mut self, clock: &dyn Fn() -> Instant, view: Option<View>, cmd: VolumeIn, outs: &mut Vec<VolumeOut>) {
+    pub fn command(
+        &mut self,
+        clock: &dyn Fn() -> Instant,
+        view: Option<View>,
+        cmd: VolumeIn,
+        outs: &mut Vec<VolumeOut>,
+    ) {
         let now = clock();
         self.take_view(now, view, outs);
         match cmd {

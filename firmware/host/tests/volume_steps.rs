@@ -151,7 +151,8 @@ fn an_acknowledgement_due_after_the_sync_waits_for_the_time_read_after_it() {
     d.after_sync(&|| at(1000), None, &mut outs);
     assert!(
         !outs.contains(&VolumeOut::WriteDone { client: 5, result: Ok(()) }),
-        "acknowledged after the lease ended: {:?}", brief(&outs)
+        "acknowledged after the lease ended: {:?}",
+        brief(&outs)
     );
 }
 

@@ -5,9 +5,9 @@
 //! simulator's data world (firmware/sim).
 #![allow(clippy::unwrap_used)]
 
-use triad_repl::Bytes;
 use core::time::Duration;
 use std::collections::VecDeque;
+use triad_repl::Bytes;
 
 use triad_core::{Instant, NodeId};
 use triad_repl::{ClientError, Health, Msg, Out, Recovery, ReplConfig, Replica, View};

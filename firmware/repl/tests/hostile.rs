@@ -3,9 +3,9 @@
 //! own storage because of it, and a leader's committed data is untouched.
 #![allow(clippy::unwrap_used)]
 
-use triad_repl::Bytes;
 use proptest::prelude::*;
 use triad_core::Instant;
+use triad_repl::Bytes;
 use triad_repl::{Health, Msg, Out, Replica, ResyncState, View};
 use triad_volume::{MemDisk, Position, Record};
 
@@ -20,8 +20,9 @@ fn pos() -> impl Strategy<Value = Position> {
 }
 
 fn record() -> impl Strategy<Value = Record> {
-    (0..4u64, 0..10u64, pos(), prop_oneof![0..VOL as u64, Just(u64::MAX - 10)], 0..9000usize)
-        .prop_map(|(epoch, seq, prev, offset, len)| Record { epoch, seq, prev, offset, payload: vec![0xA5; len].into() })
+    (0..4u64, 0..10u64, pos(), prop_oneof![0..VOL as u64, Just(u64::MAX - 10)], 0..9000usize).prop_map(
+        |(epoch, seq, prev, offset, len)| Record { epoch, seq, prev, offset, payload: vec![0xA5; len].into() },
+    )
 }
 
 /// An Append that chains onto an empty journal (so it gets past the prev

@@ -3,8 +3,8 @@
 //! these pin what goes out, in which order).
 #![allow(clippy::unwrap_used)]
 
-use triad_repl::Bytes;
 use triad_core::{Instant, Membership, NodeId};
+use triad_repl::Bytes;
 use triad_repl::{ClientError, Msg, Out, ReplNotice, Replica, View};
 use triad_volume::{MemDisk, Position, Record};
 

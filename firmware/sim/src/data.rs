@@ -59,8 +59,8 @@ use std::fmt;
 use std::io;
 use std::rc::Rc;
 use triad_core::{AdminRequest, Body, HardState, Instant, Membership, Message, NodeId, Notice, Role, Setup};
-use triad_host::{Command, Event, Host as HostMachine, HostNotice, VipResult, VolumeStart};
 use triad_host::volume::{VolumeDriver, VolumeIn, VolumeOut};
+use triad_host::{Command, Event, Host as HostMachine, HostNotice, VipResult, VolumeStart};
 use triad_repl::{core_position, Health, Msg, ReplNotice, Replica, View};
 use triad_volume::{Disk, MemDisk, SyncFault};
 
@@ -1392,7 +1392,9 @@ impl DataWorld {
     /// docs/replication.md, rule 9). Called before every step of the
     /// volume thread: a fault whose moment came at a bad time is disarmed.
     fn disk_fault_atlas(&mut self, id: NodeId) {
-        let Some(mine) = self.hosts[idx(id)].proc.as_ref().map(|p| p.vol.r.replica().journal().durable()) else { return };
+        let Some(mine) = self.hosts[idx(id)].proc.as_ref().map(|p| p.vol.r.replica().journal().durable()) else {
+            return;
+        };
         let position = |h: &Host| h.proc.as_ref().map(|p| p.vol.r.replica().position());
         let spare = self.hosts.iter().any(|h| {
             let third = self.hosts.iter().find(|t| t.id != id && t.id != h.id).and_then(position);

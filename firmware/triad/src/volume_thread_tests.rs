@@ -262,7 +262,8 @@ impl Rig {
 /// Leader 2's Append of epoch 1 from the start of the journal: its no-op
 /// record, or none (a probe).
 fn append_from_2(with_noop: bool) -> Msg {
-    let noop = triad_volume::Record { epoch: 1, seq: 1, prev: Position::ZERO, offset: 0, payload: triad_repl::Bytes::new() };
+    let noop =
+        triad_volume::Record { epoch: 1, seq: 1, prev: Position::ZERO, offset: 0, payload: triad_repl::Bytes::new() };
     let records = if with_noop { vec![noop] } else { Vec::new() };
     Msg::Append { epoch: 1, prev: Position::ZERO, records, commit: 0, ks: Vec::new(), peer_inc: 1, stream: 0 }
 }

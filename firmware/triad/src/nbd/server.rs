@@ -379,7 +379,12 @@ impl<D: BlockDevice> NbdServer<D> {
                 Err(e) => {
                     tracing::debug!(cookie = h.cookie, error = %e, "nbd request refused");
                     drop(buf);
-                    let _ = tx.send(Job::Done(Reply { cookie: h.cookie, error: e.errno().code(), data: None, _slot: slot }));
+                    let _ = tx.send(Job::Done(Reply {
+                        cookie: h.cookie,
+                        error: e.errno().code(),
+                        data: None,
+                        _slot: slot,
+                    }));
                     continue;
                 }
             };

@@ -1,8 +1,8 @@
 //! Unit tests of the journal ring over `MemDisk`.
 
-use bytes::Bytes;
 use super::*;
 use crate::disk::MemDisk;
+use bytes::Bytes;
 
 fn journal(ring: usize) -> Journal<MemDisk> {
     Journal::format(MemDisk::new(2 * HEADER_SLOT_LEN as usize + ring)).unwrap()
