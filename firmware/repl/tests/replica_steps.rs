@@ -99,12 +99,18 @@ fn the_noop_commits_on_the_first_durable_reply_and_the_leader_serves() {
     assert!(!r.serving(at(1000)), "only inside the lease");
 }
 
-#[test]
-fn a_follower_answers_an_append_only_after_its_journal_sync() {
+/// Node 2 as a follower of leader 1 in epoch 1, its outputs so far cleared.
+fn follower_of_1() -> (R, Vec<Out>) {
     let mut r = replica(2);
     let mut out = Vec::new();
     r.set_view(at(0), View { epoch: 1, leader: Some(1), lease_until: None }, &mut out);
     out.clear();
+    (r, out)
+}
+
+#[test]
+fn a_follower_answers_an_append_only_after_its_journal_sync() {
+    let (mut r, mut out) = follower_of_1();
     let append = first_append(1);
     r.receive(at(1), 1, append, &mut out);
     // Appended (the core hears the new position at once), not yet answered.
@@ -118,10 +124,7 @@ fn a_follower_answers_an_append_only_after_its_journal_sync() {
 
 #[test]
 fn writes_on_a_follower_and_messages_of_another_epoch_change_nothing() {
-    let mut r = replica(2);
-    let mut out = Vec::new();
-    r.set_view(at(0), View { epoch: 1, leader: Some(1), lease_until: None }, &mut out);
-    out.clear();
+    let (mut r, mut out) = follower_of_1();
     r.write(at(1), 7, 0, Bytes::copy_from_slice(&[1u8; 4096]), &mut out);
     assert_eq!(out, vec![Out::WriteDone { id: 7, result: Err(ClientError::NotActive) }]);
     out.clear();

@@ -50,6 +50,26 @@ fn timing() -> LinkTiming {
     LinkTiming { handshake_timeout: Duration::from_millis(300), ..LinkTiming::default() }
 }
 
+/// A cluster CA in a fresh directory with nodes 1 and 2 issued, and their
+/// credentials (keep the directory alive while they are used).
+fn two_members(tag: &str) -> (TempDir, Credentials, Credentials) {
+    let dir = TempDir::new(tag);
+    create_ca(&dir.0).unwrap();
+    issue_node(&dir.0, 1).unwrap();
+    issue_node(&dir.0, 2).unwrap();
+    let (c1, c2) = (creds(&dir.0, 1), creds(&dir.0, 2));
+    (dir, c1, c2)
+}
+
+/// Two loopback listeners with their addresses (nodes 1 and 2), and an
+/// address nothing listens on (node 3 is down).
+async fn two_listeners() -> ((TcpListener, SocketAddr), (TcpListener, SocketAddr), SocketAddr) {
+    let l1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let l2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (a1, a2) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
+    ((l1, a1), (l2, a2), dead_addr().await)
+}
+
 /// An address nothing listens on (node 3 is down).
 async fn dead_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -107,9 +127,7 @@ async fn members_talk_outsiders_and_garbage_are_refused() {
     issue_node(&b.0, 3).unwrap();
     let (c1, c2, c3_foreign) = (creds(&a.0, 1), creds(&a.0, 2), creds(&b.0, 3));
 
-    let l1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let l2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (a1, a2, a3) = (l1.local_addr().unwrap(), l2.local_addr().unwrap(), dead_addr().await);
+    let ((l1, a1), (l2, a2), a3) = two_listeners().await;
     let (n1, mut rx1) = start(&c1, 1, l1, vec![(2, a2), (3, a3)]).await;
     let (n2, mut rx2) = start(&c2, 2, l2, vec![(1, a1), (3, a3)]).await;
 
@@ -199,14 +217,8 @@ async fn members_talk_outsiders_and_garbage_are_refused() {
 
 #[tokio::test]
 async fn restarted_peer_is_reached_quickly() {
-    let a = TempDir::new("restart");
-    create_ca(&a.0).unwrap();
-    issue_node(&a.0, 1).unwrap();
-    issue_node(&a.0, 2).unwrap();
-    let (c1, c2) = (creds(&a.0, 1), creds(&a.0, 2));
-    let l1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let l2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (a1, a2, a3) = (l1.local_addr().unwrap(), l2.local_addr().unwrap(), dead_addr().await);
+    let (_a, c1, c2) = two_members("restart");
+    let ((l1, a1), (l2, a2), a3) = two_listeners().await;
     let (n1, _rx1) = start(&c1, 1, l1, vec![(2, a2), (3, a3)]).await;
     let (n2, mut rx2) = start(&c2, 2, l2, vec![(1, a1), (3, a3)]).await;
     deliver(&n1, &mut rx2, 1, 2).await;
@@ -266,15 +278,9 @@ async fn wait_up<M: WireMessage>(links: &PeerLinks<M>, to: NodeId) {
 
 #[tokio::test]
 async fn bulk_links_carry_megabytes_next_to_core_links_within_their_limit() {
-    let a = TempDir::new("bulk");
-    create_ca(&a.0).unwrap();
-    issue_node(&a.0, 1).unwrap();
-    issue_node(&a.0, 2).unwrap();
-    let (c1, c2) = (creds(&a.0, 1), creds(&a.0, 2));
-    let a3 = dead_addr().await;
+    let (_a, c1, c2) = two_members("bulk");
     // Core links and bulk links, each pair on its own port.
-    let (l1, l2) = (TcpListener::bind("127.0.0.1:0").await.unwrap(), TcpListener::bind("127.0.0.1:0").await.unwrap());
-    let (a1, a2) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
+    let ((l1, a1), (l2, a2), a3) = two_listeners().await;
     let (n1, mut rx1) = start(&c1, 1, l1, vec![(2, a2), (3, a3)]).await;
     let (n2, mut rx2) = start(&c2, 2, l2, vec![(1, a1), (3, a3)]).await;
     let (d1, d2) = (TcpListener::bind("127.0.0.1:0").await.unwrap(), TcpListener::bind("127.0.0.1:0").await.unwrap());
@@ -337,14 +343,8 @@ async fn bulk_links_carry_megabytes_next_to_core_links_within_their_limit() {
 /// receiver (the volume thread's queue), with no channel or task between.
 #[tokio::test]
 async fn direct_delivery_hands_messages_to_the_receiver_from_the_connection_task() {
-    let d = TempDir::new("direct");
-    create_ca(&d.0).unwrap();
-    issue_node(&d.0, 1).unwrap();
-    issue_node(&d.0, 2).unwrap();
-    let (c1, c2) = (creds(&d.0, 1), creds(&d.0, 2));
-    let l1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let l2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (a1, a2, a3) = (l1.local_addr().unwrap(), l2.local_addr().unwrap(), dead_addr().await);
+    let (_d, c1, c2) = two_members("direct");
+    let ((l1, a1), (l2, a2), a3) = two_listeners().await;
     let (n1, _rx1) = start(&c1, 1, l1, vec![(2, a2), (3, a3)]).await;
     let (tx, rx) = std::sync::mpsc::channel::<(NodeId, Message)>();
     let tx = std::sync::Mutex::new(tx);
