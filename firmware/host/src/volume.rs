@@ -280,17 +280,6 @@ impl<J: Disk, D: Disk, M: Disk> VolumeDriver<J, D, M> {
         self.carry(outs);
     }
 
-    /// Replaces a replica whose storage failed (rule 9) by the same disks
-    /// opened again: the writes still waiting fail, and the new replica
-    /// takes the view the old one had.
-    pub fn replace(&mut self, replica: Replica<J, D, M>, now: Instant, outs: &mut Vec<VolumeOut>) -> Replica<J, D, M> {
-        self.fail_waiting(ClientError::Storage("the volume's storage failed".into()), outs);
-        let old = std::mem::replace(&mut self.replica, replica);
-        self.replica.set_view(now, self.view, &mut self.out);
-        self.carry(outs);
-        old
-    }
-
     /// Takes the replica out (to reopen its disks), failing every write
     /// still waiting and publishing that nothing is served.
     pub fn into_replica(mut self, outs: &mut Vec<VolumeOut>) -> Replica<J, D, M> {
