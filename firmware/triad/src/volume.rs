@@ -50,7 +50,7 @@ use triad_repl::{Bytes, ClientError, Msg, Recovery, ReplConfig, ReplNotice, Repl
 use triad_volume::{Disk, FileDisk, Position};
 
 use crate::nbd::device::{BlockDevice, DevResult, DeviceError};
-use crate::nbd::{Activity, IoBuf};
+use crate::nbd::{Activity, DirectReply, IoBuf};
 use crate::sync_watch::{SyncWatch, Watched};
 
 /// A disk of the supervisor's replica: a file or partition whose every
@@ -202,12 +202,12 @@ enum Cmd {
     Write {
         offset: u64,
         data: IoBuf,
-        reply: oneshot::Sender<Result<(), ClientError>>,
+        reply: WriteReply,
     },
     WriteZeroes {
         offset: u64,
         len: u64,
-        reply: oneshot::Sender<Result<(), ClientError>>,
+        reply: WriteReply,
     },
     Verify {
         reply: oneshot::Sender<Result<VerifyReport, ClientError>>,
@@ -353,13 +353,36 @@ where
     Ok(handle)
 }
 
+/// Where a client write's answer goes: `Ok(true)` when its success reply
+/// was already sent on the client's socket through `direct`.
+struct WriteReply {
+    done: oneshot::Sender<Result<bool, ClientError>>,
+    /// The NBD connection's reply line, if the write came with one.
+    direct: Option<DirectReply>,
+}
+
+impl WriteReply {
+    fn new(direct: Option<DirectReply>) -> (Self, oneshot::Receiver<Result<bool, ClientError>>) {
+        let (done, rx) = oneshot::channel();
+        (Self { done, direct }, rx)
+    }
+
+    /// Answers the write. The success reply goes on the client's socket
+    /// from this thread when the line takes it: the writer task, woken by
+    /// `done`, then has nothing left to send (one hand-off fewer).
+    fn answer(self, result: Result<(), ClientError>) {
+        let sent = result.is_ok() && self.direct.is_some_and(DirectReply::send_ok);
+        let _ = self.done.send(result.map(|()| sent));
+    }
+}
+
 /// Puts a message on the data link to a peer (non-blocking, may drop).
 type SendFn = Box<dyn Fn(NodeId, &Msg) + Send>;
 
 /// The thread's side of the driver: where its outputs go.
 struct Thread {
     next_client: ClientId,
-    writes: HashMap<ClientId, oneshot::Sender<Result<(), ClientError>>>,
+    writes: HashMap<ClientId, WriteReply>,
     verifies: HashMap<ClientId, oneshot::Sender<Result<VerifyReport, ClientError>>>,
     events: mpsc::UnboundedSender<VolumeEvent>,
     send: SendFn,
@@ -548,7 +571,7 @@ impl Thread {
                 VolumeOut::Send { to, msg } => (self.send)(to, &msg),
                 VolumeOut::WriteDone { client, result } => {
                     if let Some(reply) = self.writes.remove(&client) {
-                        let _ = reply.send(result);
+                        reply.answer(result);
                     }
                 }
                 VolumeOut::VerifyDone { client, result } => {
@@ -748,11 +771,11 @@ impl ReplicatedDevice {
         offset: u64,
         len: u64,
         cmd: Cmd,
-        rx: oneshot::Receiver<Result<(), ClientError>>,
-    ) -> DevResult<()> {
+        rx: oneshot::Receiver<Result<bool, ClientError>>,
+    ) -> DevResult<bool> {
         self.handle.tx.send(cmd).map_err(|_| DeviceError::Worker { op })?;
         match rx.await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(sent)) => Ok(sent),
             Ok(Err(e)) => Err(client_err(op, offset, len, e)),
             Err(_) => Err(DeviceError::Worker { op }),
         }
@@ -818,7 +841,14 @@ impl BlockDevice for ReplicatedDevice {
     async fn write_at(&self, offset: u64, data: IoBuf, _fua: bool) -> DevResult<()> {
         // Returned = committed on a majority: FUA holds already.
         let len = data.len() as u64;
-        let (reply, rx) = oneshot::channel();
+        let (reply, rx) = WriteReply::new(None);
+        self.send_write("write", offset, len, Cmd::Write { offset, data, reply }, rx).await.map(|_| ())
+    }
+
+    async fn write_at_replying(&self, offset: u64, data: IoBuf, _fua: bool, direct: DirectReply) -> DevResult<bool> {
+        // The volume thread sends the reply once the write is committed.
+        let len = data.len() as u64;
+        let (reply, rx) = WriteReply::new(Some(direct));
         self.send_write("write", offset, len, Cmd::Write { offset, data, reply }, rx).await
     }
 
@@ -834,8 +864,8 @@ impl BlockDevice for ReplicatedDevice {
 
     async fn write_zeroes(&self, offset: u64, len: u32, _fua: bool, _no_hole: bool) -> DevResult<()> {
         let len = u64::from(len);
-        let (reply, rx) = oneshot::channel();
-        self.send_write("write-zeroes", offset, len, Cmd::WriteZeroes { offset, len, reply }, rx).await
+        let (reply, rx) = WriteReply::new(None);
+        self.send_write("write-zeroes", offset, len, Cmd::WriteZeroes { offset, len, reply }, rx).await.map(|_| ())
     }
 }
 

@@ -16,7 +16,7 @@ use triad_repl::{ClientError, Msg, ReplConfig, Replica, View};
 use triad_volume::store::Format;
 use triad_volume::{Disk, MemDisk, Position};
 
-use super::{Cmd, VolumeEvent, VolumeHandle};
+use super::{Cmd, VolumeEvent, VolumeHandle, WriteReply};
 use crate::sync_watch::{SyncWatch, Watched};
 
 const VOL: u64 = 1 << 20;
@@ -244,8 +244,8 @@ impl Rig {
     }
 
     /// Queues a write of `len` zero bytes at `offset`.
-    pub(crate) fn write(&self, offset: u64, len: u64) -> oneshot::Receiver<Result<(), ClientError>> {
-        let (reply, rx) = oneshot::channel();
+    pub(crate) fn write(&self, offset: u64, len: u64) -> oneshot::Receiver<Result<bool, ClientError>> {
+        let (reply, rx) = WriteReply::new(None);
         self.handle.tx.send(Cmd::WriteZeroes { offset, len, reply }).expect("thread alive");
         rx
     }
@@ -328,7 +328,7 @@ fn a_hung_store_checkpoint_is_seen_by_the_sync_watch() {
     let rig = rig(true);
     rig.lead(Instant(3_600_000_000));
     let reply = rig.write(0, 4096);
-    assert_eq!(reply.blocking_recv().expect("answered"), Ok(()));
+    assert_eq!(reply.blocking_recv().expect("answered"), Ok(false), "no reply line: nothing sent directly");
     let before = rig.data.syncs();
     rig.data.hang();
     // Past the periodic checkpoint's interval: the next tick checkpoints.
@@ -343,7 +343,7 @@ fn a_hung_store_checkpoint_is_seen_by_the_sync_watch() {
 
 /// A serving leader (lease far away) whose thread hangs in the journal
 /// sync of a write; the write's answer is still to come.
-fn leader_stuck_in_a_journal_sync() -> (Rig, oneshot::Receiver<Result<(), ClientError>>) {
+fn leader_stuck_in_a_journal_sync() -> (Rig, oneshot::Receiver<Result<bool, ClientError>>) {
     let rig = rig(true);
     rig.lead(Instant(3_600_000_000));
     rig.journal.hang();
@@ -488,4 +488,32 @@ fn no_acknowledgement_when_the_lease_ends_during_the_store_apply() {
         Err(oneshot::error::TryRecvError::Empty) => {}
         other => panic!("the write was answered after the lease ended (clock {:?}): {other:?}", rig.clock.now()),
     }
+}
+
+/// Issue 9's hand-off count: a committed write's success reply is sent on
+/// the client's socket by the volume thread itself (through the NBD
+/// connection's reply line), and the answer tells the NBD writer so; a
+/// refused write sends nothing there (its error reply is the writer's).
+#[test]
+fn a_committed_write_is_replied_to_on_the_socket_by_the_volume_thread() {
+    use crate::nbd::proto::{simple_reply, SIMPLE_REPLY_LEN};
+    use crate::nbd::{DirectReply, ReplyLine};
+    use std::io::Read;
+    let (ours, mut client) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+    let line = ReplyLine::new(std::os::fd::AsFd::as_fd(&ours)).expect("dup");
+    let rig = rig(true);
+    let queue = |cookie| {
+        let (reply, rx) = WriteReply::new(Some(DirectReply::new(std::sync::Arc::clone(&line), cookie)));
+        rig.handle.tx.send(Cmd::WriteZeroes { offset: 0, len: 4096, reply }).expect("thread alive");
+        rx
+    };
+    // Not the leader: refused, and nothing on the socket.
+    assert_eq!(queue(1).blocking_recv().expect("answered"), Err(ClientError::NotActive));
+    rig.lead(Instant(3_600_000_000));
+    assert_eq!(queue(2).blocking_recv().expect("answered"), Ok(true), "sent by the thread");
+    line.close();
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).expect("closed");
+    assert_eq!(got.len(), SIMPLE_REPLY_LEN);
+    assert_eq!(got, simple_reply(0, 2), "only the committed write's success reply");
 }

@@ -39,6 +39,7 @@ use nix::fcntl::{fallocate, FallocateFlags};
 use super::pool::IoBuf;
 use super::proto::Errno;
 pub use super::proto::BLOCK_SIZE;
+use super::reply_line::DirectReply;
 
 /// What failed in a block device.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +122,21 @@ pub trait BlockDevice: Send + Sync + 'static {
     /// Writes `data` at `offset`; durable before returning if `fua`. The
     /// buffer goes back to the server's pool when dropped.
     fn write_at(&self, offset: u64, data: IoBuf, fua: bool) -> impl Future<Output = DevResult<()>> + Send;
+    /// As [`write_at`](Self::write_at), and the device may send the
+    /// success reply itself through `reply` once the write has returned in
+    /// the sense above (from any thread, without waiting for this future to
+    /// be polled). `Ok(true)`: it did, the server sends nothing more.
+    /// Devices that finish writes on the caller's task keep this default.
+    fn write_at_replying(
+        &self,
+        offset: u64,
+        data: IoBuf,
+        fua: bool,
+        reply: DirectReply,
+    ) -> impl Future<Output = DevResult<bool>> + Send {
+        drop(reply);
+        async move { self.write_at(offset, data, fua).await.map(|()| false) }
+    }
     /// Makes every write that returned before this call durable.
     fn flush(&self) -> impl Future<Output = DevResult<()>> + Send;
     /// Hint that a range is unused; contents afterwards are unspecified.

@@ -7,6 +7,8 @@
 //! - [`device`]: the [`BlockDevice`] seam, a file-backed device and an
 //!   in-memory fake.
 //! - [`pool`]: the I/O buffers, preallocated per server.
+//! - [`reply_line`]: lets the thread that commits a write send its reply
+//!   on the socket itself.
 //! - [`server`]: the tokio server: unix-socket accept loop, handshake,
 //!   pipelined transmission, and a transmission-only entry point for the
 //!   kernel nbd driver.
@@ -22,9 +24,11 @@ pub mod device;
 pub mod handshake;
 pub mod pool;
 pub mod proto;
+pub mod reply_line;
 pub mod request;
 pub mod server;
 
 pub use device::{BlockDevice, DeviceError, FileDevice, MemDevice};
 pub use pool::{BufPool, IoBuf, PoolSize};
+pub use reply_line::{DirectReply, ReplyLine};
 pub use server::{Activity, NbdError, NbdServer};

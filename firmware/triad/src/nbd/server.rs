@@ -17,7 +17,10 @@
 //! No task per request: a replicated write's completion (the volume
 //! thread's answer) wakes the writer itself, which writes the reply; on
 //! the leader's write path that is one hand-off fewer than a request task
-//! relaying to the writer (docs/volume-benchmark.md counts them).
+//! relaying to the writer (docs/volume-benchmark.md counts them). On a
+//! unix socket the connection also has a [`ReplyLine`]: a WRITE's success
+//! reply is then sent by the thread that commits it, when the line is free
+//! (`reply_line.rs`), and the writer only retires the request.
 //! Replies complete in any order (the spec allows it; cookies match them
 //! up). Memory: every payload and read buffer comes from the server's
 //! [`BufPool`], allocated when the server is built (see `pool.rs` for why:
@@ -69,6 +72,7 @@ use super::pool::{BufPool, IoBuf, PoolSize};
 use super::proto::{
     greeting, simple_reply, ClientFlags, Geometry, OptionHeader, ProtoError, OPTION_HEADER_LEN, REQUEST_LEN,
 };
+use super::reply_line::{DirectReply, ReplyLine};
 use super::request::{check, Cmd, Command, RequestHeader};
 
 /// Time a client gets to finish option haggling.
@@ -212,6 +216,9 @@ struct Reply {
     cookie: u64,
     error: u32,
     data: Option<IoBuf>,
+    /// Already on the socket (sent by the device through the reply line):
+    /// the writer only drops it.
+    sent: bool,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -261,8 +268,16 @@ impl<D: BlockDevice> NbdServer<D> {
         loop {
             let (stream, _) = listener.accept().await.map_err(NbdError::Accept)?;
             let server = self.clone();
+            let line = match ReplyLine::new(std::os::fd::AsFd::as_fd(&stream)) {
+                Ok(line) => Some(line),
+                Err(e) => {
+                    // Only the direct replies are lost: the writer sends them all.
+                    tracing::warn!(error = %e, "nbd: cannot duplicate the connection's socket; replies go through its writer");
+                    None
+                }
+            };
             tokio::spawn(async move {
-                match server.serve_connection(stream).await {
+                match server.serve_connection_with(stream, line).await {
                     Ok(()) => tracing::debug!("nbd connection closed"),
                     Err(e) => tracing::info!(error = %crate::errors::chain(&e), "nbd connection ended"),
                 }
@@ -271,7 +286,16 @@ impl<D: BlockDevice> NbdServer<D> {
     }
 
     /// Serves one connection: handshake, then transmission.
-    pub async fn serve_connection<S>(&self, mut stream: S) -> Result<(), NbdError>
+    pub async fn serve_connection<S>(&self, stream: S) -> Result<(), NbdError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        self.serve_connection_with(stream, None).await
+    }
+
+    /// As [`serve_connection`](Self::serve_connection), with `line` (on
+    /// this very socket) for direct write replies.
+    pub async fn serve_connection_with<S>(&self, mut stream: S, line: Option<Arc<ReplyLine>>) -> Result<(), NbdError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -279,7 +303,7 @@ impl<D: BlockDevice> NbdServer<D> {
             .await
             .map_err(|_| NbdError::HandshakeTimeout)??;
         match next {
-            Next::Transmit => self.serve_transmission(stream).await,
+            Next::Transmit => self.serve_transmission_with(stream, line).await,
             Next::Haggle | Next::Close => Ok(()),
         }
     }
@@ -315,19 +339,32 @@ impl<D: BlockDevice> NbdServer<D> {
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
+        self.serve_transmission_with(stream, None).await
+    }
+
+    /// As [`serve_transmission`](Self::serve_transmission), with `line`
+    /// (on this very socket) for direct write replies.
+    pub async fn serve_transmission_with<S>(&self, stream: S, line: Option<Arc<ReplyLine>>) -> Result<(), NbdError>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        // However this ends, the line sends nothing more and the socket is
+        // shut down (the line's duplicate would otherwise keep it open).
+        let _closing = line.clone().map(CloseOnDrop);
         let lost = self.activity.lost();
         let (mut rd, wr) = tokio::io::split(stream);
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut writer = tokio::spawn(write_replies(wr, rx));
+        let mut writer = tokio::spawn(write_replies(wr, rx, line.clone()));
         let result = tokio::select! {
             biased;
             () = lost => {
                 // Stepped down: close now. Aborting the writer drops the
-                // write half; returning drops the read half: the socket closes.
+                // write half; returning drops the read half and closes the
+                // line: the socket closes.
                 writer.abort();
                 return Err(NbdError::NotActive);
             }
-            r = self.read_requests(&mut rd, &tx) => r,
+            r = self.read_requests(&mut rd, &tx, line.as_ref()) => r,
         };
         // In-flight requests finish and are answered (spec: DISC "MUST
         // handle all outstanding requests"); the writer ends with the last
@@ -350,6 +387,7 @@ impl<D: BlockDevice> NbdServer<D> {
         &self,
         rd: &mut R,
         tx: &mpsc::UnboundedSender<Job>,
+        line: Option<&Arc<ReplyLine>>,
     ) -> Result<(), NbdError> {
         let geometry = self.geometry();
         let slots = Arc::new(Semaphore::new(MAX_INFLIGHT));
@@ -383,6 +421,7 @@ impl<D: BlockDevice> NbdServer<D> {
                         cookie: h.cookie,
                         error: e.errno().code(),
                         data: None,
+                        sent: false,
                         _slot: slot,
                     }));
                     continue;
@@ -403,16 +442,20 @@ impl<D: BlockDevice> NbdServer<D> {
                 Command::Read { .. } | Command::Disc => None,
             };
             let device = Arc::clone(&self.device);
+            let direct = match cmd {
+                Command::Write { .. } => line.map(|l| DirectReply::new(Arc::clone(l), h.cookie)),
+                _ => None,
+            };
             let mut op: RunningOp = Box::pin(async move {
-                let result = execute(&*device, cmd, buf, gate_hold).await;
-                let (error, data) = match result {
-                    Ok(data) => (0, data),
+                let result = execute(&*device, cmd, buf, gate_hold, direct).await;
+                let (error, data, sent) = match result {
+                    Ok(Done { data, sent }) => (0, data, sent),
                     Err(e) => {
                         tracing::warn!(cookie = h.cookie, error = %crate::errors::chain(&e), "nbd request failed on the device");
-                        (e.errno().code(), None)
+                        (e.errno().code(), None, false)
                     }
                 };
-                Reply { cookie: h.cookie, error, data, _slot: slot }
+                Reply { cookie: h.cookie, error, data, sent, _slot: slot }
             });
             // Started here: a replicated write is on its way to the volume
             // thread before the next request is read. (A later poll by the
@@ -436,13 +479,32 @@ enum GateUse {
     Wait(mpsc::Receiver<()>),
 }
 
-/// Runs one request; a read's data comes back in `buf`.
+/// Shuts a connection's reply line when the connection's serving ends.
+struct CloseOnDrop(Arc<ReplyLine>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// A request that succeeded.
+struct Done {
+    /// A read's data.
+    data: Option<IoBuf>,
+    /// The device already sent the reply (through a [`DirectReply`]).
+    sent: bool,
+}
+
+/// Runs one request; a read's data comes back in `buf`. A write given
+/// `direct` may have its reply sent by the device.
 async fn execute<D: BlockDevice>(
     device: &D,
     cmd: Command,
     buf: IoBuf,
     gate: Option<GateUse>,
-) -> Result<Option<IoBuf>, super::device::DeviceError> {
+    direct: Option<DirectReply>,
+) -> Result<Done, super::device::DeviceError> {
     let _hold = match gate {
         Some(GateUse::Wait(mut rx)) => {
             // Nothing is ever sent: recv returns None once all holders left.
@@ -452,15 +514,19 @@ async fn execute<D: BlockDevice>(
         Some(GateUse::Hold(tx)) => Some(tx),
         None => None,
     };
+    let plain = |()| Done { data: None, sent: false };
     match cmd {
-        Command::Read { offset, .. } => device.read_at(offset, buf).await.map(Some),
-        Command::Write { offset, fua, .. } => device.write_at(offset, buf, fua).await.map(|()| None),
-        Command::Flush => device.flush().await.map(|()| None),
-        Command::Trim { offset, len, fua } => device.trim(offset, len, fua).await.map(|()| None),
+        Command::Read { offset, .. } => device.read_at(offset, buf).await.map(|b| Done { data: Some(b), sent: false }),
+        Command::Write { offset, fua, .. } => match direct {
+            Some(d) => device.write_at_replying(offset, buf, fua, d).await.map(|sent| Done { data: None, sent }),
+            None => device.write_at(offset, buf, fua).await.map(plain),
+        },
+        Command::Flush => device.flush().await.map(plain),
+        Command::Trim { offset, len, fua } => device.trim(offset, len, fua).await.map(plain),
         Command::WriteZeroes { offset, len, fua, no_hole } => {
-            device.write_zeroes(offset, len, fua, no_hole).await.map(|()| None)
+            device.write_zeroes(offset, len, fua, no_hole).await.map(plain)
         }
-        Command::Disc => Ok(None),
+        Command::Disc => Ok(Done { data: None, sent: false }),
     }
 }
 
@@ -495,17 +561,24 @@ enum Job {
 
 /// Drives the running requests and writes replies in the order they
 /// complete, flushing once nothing else is ready. Ends when the reader is
-/// gone and every request is answered.
-async fn write_replies<W: AsyncWrite + Unpin>(wr: W, mut rx: mpsc::UnboundedReceiver<Job>) -> io::Result<()> {
+/// gone and every request is answered. While it has bytes not yet on the
+/// socket it keeps `line` (if any) busy, so no direct reply cuts them.
+async fn write_replies<W: AsyncWrite + Unpin>(
+    wr: W,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    line: Option<Arc<ReplyLine>>,
+) -> io::Result<()> {
     let mut w = BufWriter::with_capacity(256 * 1024, wr);
     let mut running = futures::stream::FuturesUnordered::new();
     let mut reader_open = true;
+    let mut out = Outgoing { line, busy: false };
     loop {
         // Replies written are sent before this task waits for anything:
         // a finished reply is never held behind a request still running.
         // Jobs already queued are taken first, so a burst is one write.
-        if !w.buffer().is_empty() && rx.is_empty() {
+        if out.busy && rx.is_empty() {
             w.flush().await?;
+            out.flushed();
         }
         let reply = tokio::select! {
             biased;
@@ -523,18 +596,50 @@ async fn write_replies<W: AsyncWrite + Unpin>(wr: W, mut rx: mpsc::UnboundedRece
             },
             else => break,
         };
-        write_reply(&mut w, reply).await?;
+        write_reply(&mut w, &mut out, reply).await?;
         // Others finished at the same time (a batch the volume thread
         // committed together): one flush for all of them.
         while let Some(Some(reply)) = futures::FutureExt::now_or_never(futures::StreamExt::next(&mut running)) {
-            write_reply(&mut w, reply).await?;
+            write_reply(&mut w, &mut out, reply).await?;
         }
     }
     w.flush().await?;
+    out.flushed();
     w.shutdown().await
 }
 
-async fn write_reply<W: AsyncWrite + Unpin>(w: &mut BufWriter<W>, reply: Reply) -> io::Result<()> {
+/// The writer's side of the reply line.
+struct Outgoing {
+    line: Option<Arc<ReplyLine>>,
+    /// Bytes were buffered since the last complete flush.
+    busy: bool,
+}
+
+impl Outgoing {
+    fn begin(&mut self) {
+        if !self.busy {
+            self.busy = true;
+            if let Some(l) = &self.line {
+                l.begin_write();
+            }
+        }
+    }
+    fn flushed(&mut self) {
+        if self.busy {
+            self.busy = false;
+            if let Some(l) = &self.line {
+                l.end_write();
+            }
+        }
+    }
+}
+
+async fn write_reply<W: AsyncWrite + Unpin>(w: &mut BufWriter<W>, out: &mut Outgoing, reply: Reply) -> io::Result<()> {
+    if reply.sent {
+        // On the socket already; dropping it returns its slot.
+        return Ok(());
+    }
+    out.begin();
     w.write_all(&simple_reply(reply.error, reply.cookie)).await?;
     if let Some(data) = &reply.data {
         for c in data.chunks() {
@@ -564,8 +669,8 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener, NbdError> {
 mod tests {
     use super::super::device::MemDevice;
     use super::super::proto::{
-        Errno, InfoRequest, CMD_FLAG_FUA, INFO_BLOCK_SIZE, MAX_PAYLOAD, OPT_GO, REP_ACK, SIMPLE_REPLY_LEN,
-        SIMPLE_REPLY_MAGIC,
+        simple_reply, Errno, InfoRequest, CMD_FLAG_FUA, INFO_BLOCK_SIZE, MAX_PAYLOAD, OPT_GO, REP_ACK,
+        SIMPLE_REPLY_LEN, SIMPLE_REPLY_MAGIC,
     };
     use super::*;
     use tokio::io::DuplexStream;
@@ -722,6 +827,153 @@ mod tests {
         let got = tokio::time::timeout(Duration::from_secs(2), reply(&mut c, 4096)).await;
         go.notify_one();
         assert!(got.is_ok(), "the read's reply was held in the writer's buffer while the write ran");
+    }
+
+    /// Completes writes on a thread of its own, which sends each success
+    /// reply through the connection's reply line (as the volume thread
+    /// does) after a pseudo-random delay; reads come from memory at once.
+    #[derive(Clone)]
+    struct ThreadReplies {
+        mem: MemDevice,
+        to_thread: std::sync::mpsc::Sender<(DirectReply, tokio::sync::oneshot::Sender<bool>)>,
+        /// Replies sent by the thread, and left to the writer.
+        sent: Arc<[std::sync::atomic::AtomicUsize; 2]>,
+    }
+
+    impl ThreadReplies {
+        fn new() -> Self {
+            let (to_thread, rx) = std::sync::mpsc::channel::<(DirectReply, tokio::sync::oneshot::Sender<bool>)>();
+            let sent: Arc<[std::sync::atomic::AtomicUsize; 2]> = Arc::default();
+            let counts = Arc::clone(&sent);
+            std::thread::spawn(move || {
+                let mut x = 0x2545_f491_u32;
+                for (direct, done) in rx {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    std::thread::sleep(Duration::from_micros(u64::from(x % 200)));
+                    let ok = direct.send_ok();
+                    counts[usize::from(!ok)].fetch_add(1, Ordering::SeqCst);
+                    let _ = done.send(ok);
+                }
+            });
+            Self { mem: MemDevice::new(SIZE), to_thread, sent }
+        }
+    }
+
+    impl BlockDevice for ThreadReplies {
+        fn size(&self) -> u64 {
+            self.mem.size()
+        }
+        async fn read_at(&self, offset: u64, buf: IoBuf) -> super::super::device::DevResult<IoBuf> {
+            self.mem.read_at(offset, buf).await
+        }
+        async fn write_at(&self, offset: u64, data: IoBuf, fua: bool) -> super::super::device::DevResult<()> {
+            self.mem.write_at(offset, data, fua).await
+        }
+        async fn write_at_replying(
+            &self,
+            offset: u64,
+            data: IoBuf,
+            fua: bool,
+            reply: DirectReply,
+        ) -> super::super::device::DevResult<bool> {
+            self.mem.write_at(offset, data, fua).await?;
+            let (done, rx) = tokio::sync::oneshot::channel();
+            let _ = self.to_thread.send((reply, done));
+            Ok(rx.await.unwrap_or(false))
+        }
+        async fn flush(&self) -> super::super::device::DevResult<()> {
+            Ok(())
+        }
+        async fn trim(&self, _o: u64, _l: u32, _f: bool) -> super::super::device::DevResult<()> {
+            Ok(())
+        }
+        async fn write_zeroes(&self, o: u64, l: u32, f: bool, n: bool) -> super::super::device::DevResult<()> {
+            self.mem.write_zeroes(o, l, f, n).await
+        }
+    }
+
+    /// Direct replies from another thread never cut the writer's replies:
+    /// 600 pipelined requests (writes answered from a thread at random
+    /// instants, 64 KiB reads answered by the writer) over a real unix
+    /// socket; every reply parses, every cookie is answered exactly once,
+    /// and every read returns its data. Some writes must have gone each
+    /// way, or the test proves nothing about their meeting.
+    #[tokio::test]
+    async fn direct_replies_never_cut_the_writers_replies() {
+        let pool = PoolSize { small: (256 << 10, 8), large: (1 << 20, 4) };
+        let device = ThreadReplies::new();
+        let sent = Arc::clone(&device.sent);
+        let server = NbdServer::with_pool("vol", device, Activity::new(true), pool);
+        let (srv, client) = tokio::net::UnixStream::pair().expect("socketpair");
+        let line = ReplyLine::new(std::os::fd::AsFd::as_fd(&srv)).expect("dup");
+        let _task = tokio::spawn(async move { server.serve_transmission_with(srv, Some(line)).await });
+        let (mut rd, mut wr) = client.into_split();
+        const N: u64 = 600;
+        const READ: u32 = 64 << 10;
+        let block = |i: u64| vec![(i % 251) as u8; READ as usize];
+        // 32 read slots in the first 2 MiB get their contents first; the
+        // concurrent writes go to the 1 MiB after them.
+        const SLOTS: u64 = 32;
+        for i in 0..SLOTS {
+            let mut w = req(Cmd::Write, 0, 1_000_000 + i, i * u64::from(READ), READ);
+            w.extend(block(i));
+            wr.write_all(&w).await.expect("send");
+            let mut h = [0u8; SIMPLE_REPLY_LEN];
+            rd.read_exact(&mut h).await.expect("setup reply");
+            assert_eq!(h, simple_reply(0, 1_000_000 + i));
+        }
+        let sender = tokio::spawn(async move {
+            for i in 0..N {
+                if i % 2 == 0 {
+                    let mut w = req(Cmd::Write, 0, i, (2 << 20) + (i * 4096) % (1 << 20), 4096);
+                    w.extend(vec![1u8; 4096]);
+                    wr.write_all(&w).await.expect("send");
+                } else {
+                    let at = (i / 2) % SLOTS * u64::from(READ);
+                    wr.write_all(&req(Cmd::Read, 0, i, at, READ)).await.expect("send");
+                }
+            }
+            wr
+        });
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..N {
+            let mut h = [0u8; SIMPLE_REPLY_LEN];
+            rd.read_exact(&mut h).await.expect("reply header");
+            assert_eq!(&h[0..4], &SIMPLE_REPLY_MAGIC.to_be_bytes(), "torn stream");
+            assert_eq!(&h[4..8], &[0; 4], "no error");
+            let cookie = u64::from_be_bytes(h[8..16].try_into().expect("8 bytes"));
+            assert!(cookie < N && seen.insert(cookie), "cookie {cookie} unknown or answered twice");
+            if cookie % 2 == 1 {
+                let mut data = vec![0u8; READ as usize];
+                rd.read_exact(&mut data).await.expect("read data");
+                assert!(data == block(cookie / 2 % SLOTS), "read {cookie} returned the wrong bytes");
+            }
+        }
+        drop(sender.await.expect("sender"));
+        assert_eq!(seen.len(), N as usize);
+        let (direct, by_writer) = (sent[0].load(Ordering::SeqCst), sent[1].load(Ordering::SeqCst));
+        assert!(direct > 0 && by_writer > 0, "direct {direct}, by the writer {by_writer}: the two paths never met");
+    }
+
+    /// With a reply line (which holds a duplicate of the socket), a
+    /// step-down still closes the client's connection at once.
+    #[tokio::test]
+    async fn stepping_down_closes_a_connection_with_a_reply_line() {
+        let activity = Activity::new(true);
+        let server = NbdServer::new("vol", MemDevice::new(SIZE), activity.clone());
+        let (srv, mut client) = tokio::net::UnixStream::pair().expect("socketpair");
+        let line = ReplyLine::new(std::os::fd::AsFd::as_fd(&srv)).expect("dup");
+        let task = tokio::spawn(async move { server.serve_transmission_with(srv, Some(line)).await });
+        client.write_all(&req(Cmd::Read, 0, 1, 0, 4096)).await.expect("send");
+        let mut r = vec![0u8; SIMPLE_REPLY_LEN + 4096];
+        client.read_exact(&mut r).await.expect("reply");
+        activity.set_active(false);
+        assert!(matches!(task.await.expect("join"), Err(NbdError::NotActive)));
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(2), client.read_to_end(&mut rest)).await;
+        assert_eq!(n.expect("closed within 2 s").expect("eof"), 0);
     }
 
     #[tokio::test]
