@@ -11,11 +11,14 @@
 //! - [`announce`]: gratuitous ARP / unsolicited NA frames and the raw socket
 //!   that sends them.
 //! - [`arp_watch`]: notices another host answering for the VIP.
+//! - [`fence`]: the nftables lease fence (the VIP silenced by the kernel
+//!   unless a timed set element says the lease is held).
 //! - [`realtime`]: memory locking and SCHED_FIFO.
 //! - [`vip`]: [`vip::VipOps`] with its kernel and in-memory implementations.
 
 pub mod announce;
 pub mod arp_watch;
+pub mod fence;
 pub mod netlink;
 pub mod realtime;
 pub mod vip;
