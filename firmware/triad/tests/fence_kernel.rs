@@ -308,8 +308,8 @@ fn check_reports_remaining_time_and_a_deleted_table() {
     let state = fence.check().expect("check");
     let after = granted.elapsed();
     assert!(state.intact(), "{state:?}");
-    assert_eq!(state.egress, ChainState::Present { hooked: true, rules: 4 });
-    assert_eq!(state.ingress, ChainState::Present { hooked: true, rules: 2 });
+    assert_eq!(state.egress, ChainState::Present { hooked: true, rules: 4, as_installed: true });
+    assert_eq!(state.ingress, ChainState::Present { hooked: true, rules: 2, as_installed: true });
     for lease in [state.lease4, state.lease6] {
         let lease = lease.expect("element present");
         // Remaining within [1000 - after - 2 jiffies, 1000 - before + 1
@@ -339,8 +339,13 @@ fn check_reports_remaining_time_and_a_deleted_table() {
     let fence = lab.install(false);
     lab.nft("flush chain netdev triad_fence ingress");
     let state = fence.check().expect("check after flush");
-    assert_eq!(state.ingress, ChainState::Present { hooked: true, rules: 0 });
+    assert_eq!(state.ingress, ChainState::Present { hooked: true, rules: 0, as_installed: false });
     assert!(!state.intact());
+    // A rule swapped for a harmless one, count unchanged, is noticed too.
+    lab.nft("add rule netdev triad_fence ingress meta protocol ip ip daddr 10.78.0.99 drop");
+    let state = fence.check().expect("check after swap");
+    assert_eq!(state.ingress, ChainState::Present { hooked: true, rules: 1, as_installed: false });
+    assert_eq!(state.egress, ChainState::Present { hooked: true, rules: 2, as_installed: true });
 }
 
 #[test]

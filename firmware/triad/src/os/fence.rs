@@ -230,6 +230,10 @@ pub enum ChainState {
         hooked: bool,
         /// Number of rules in it.
         rules: usize,
+        /// Its rules are, in order, exactly the expressions
+        /// [`Fence::install`] put there (so a rule swapped for another
+        /// with the count unchanged is noticed).
+        as_installed: bool,
     },
 }
 
@@ -267,7 +271,7 @@ impl FenceState {
     /// Table, sets and both chains are there as installed (hooked right,
     /// with the expected rule counts).
     pub fn intact(&self) -> bool {
-        let chain_ok = |chain: ChainState, expected| matches!(chain, ChainState::Present { hooked: true, rules } if rules == expected);
+        let chain_ok = |chain: ChainState, expected| matches!(chain, ChainState::Present { hooked: true, rules, as_installed: true } if rules == expected);
         self.table
             && self.sets
             && chain_ok(self.egress, self.expected_egress_rules)
@@ -484,17 +488,28 @@ impl Fence {
         let rules = self.request(rules, true).map_err(|e| e.into_error(OP))?;
         // The dump filter is by table and chain name; count only rules
         // that name this chain, in case a kernel ignores the filter.
-        let rules = rules
+        let found: Vec<_> = rules
             .iter()
-            .filter(|m| match m {
-                NfTablesMessage::NewRule(r) => {
-                    r.attributes.iter().any(|a| matches!(a, RuleAttribute::Table(t) if t == TABLE))
-                        && r.attributes.iter().any(|a| matches!(a, RuleAttribute::Chain(c) if c == name))
-                }
-                _ => false,
+            .filter_map(|m| match m {
+                NfTablesMessage::NewRule(r) => Some(r),
+                _ => None,
             })
-            .count();
-        Ok(ChainState::Present { hooked, rules })
+            .filter(|r| {
+                r.attributes.iter().any(|a| matches!(a, RuleAttribute::Table(t) if t == TABLE))
+                    && r.attributes.iter().any(|a| matches!(a, RuleAttribute::Chain(c) if c == name))
+            })
+            .map(canonical_rule)
+            .collect();
+        let expected: Vec<_> = install_ops(&self.ifname, self.vip4, self.vip6)
+            .iter()
+            .filter_map(|op| match &op.msg {
+                NfTablesMessage::NewRule(r) => Some(r),
+                _ => None,
+            })
+            .filter(|r| r.attributes.iter().any(|a| matches!(a, RuleAttribute::Chain(c) if c == name)))
+            .map(canonical_rule)
+            .collect();
+        Ok(ChainState::Present { hooked, rules: found.len(), as_installed: found == expected })
     }
 
     /// The live element with `key` in `set`, if any (the kernel's dump
@@ -554,6 +569,44 @@ fn element_state(attrs: &[SetElementAttribute], key: &[u8]) -> Option<ElementSta
         }
     }
     Some(state)
+}
+
+/// A rule's expressions in a comparable form: per expression its name and
+/// its attributes' Debug text, sorted (the kernel may dump attributes in
+/// another order than we sent them).
+fn canonical_rule(rule: &RuleMessage) -> Vec<Vec<String>> {
+    fn sorted<T: std::fmt::Debug>(attrs: &[T]) -> Vec<String> {
+        let mut out: Vec<String> = attrs.iter().map(|a| format!("{a:?}")).collect();
+        out.sort();
+        out
+    }
+    let mut out = Vec::new();
+    for attr in &rule.attributes {
+        let RuleAttribute::Expressions(list) = attr else { continue };
+        for expression in list {
+            let mut parts = Vec::new();
+            if let ListAttribute::Element(attrs) = expression {
+                for a in attrs {
+                    match a {
+                        ExpressionAttribute::Data(data) => parts.extend(match data {
+                            Expressions::Bitwise(v) => sorted(v),
+                            Expressions::Cmp(v) => sorted(v),
+                            Expressions::Immediate(v) => sorted(v),
+                            Expressions::Lookup(v) => sorted(v),
+                            Expressions::Meta(v) => sorted(v),
+                            Expressions::Payload(v) => sorted(v),
+                            other => vec![format!("{other:?}")],
+                        }),
+                        other => parts.push(format!("{other:?}")),
+                    }
+                }
+            } else {
+                parts.push(format!("{expression:?}"));
+            }
+            out.push(parts);
+        }
+    }
+    out
 }
 
 /// Whether `chain` is a filter base chain on `ifname` at `hook`, priority
