@@ -12,8 +12,9 @@
 //!   sync watch: a sync stuck past the limit  ──Event──▶  fitness ──▶ core         │
 //!   VIP action finished / refused (lease)    ──Event──▶  core                     │
 //!   volume confirmed the step-down           ──Event──▶  held TimeoutNow          │
+//!   fence installed / operation finished     ──Event──▶  fence.rs, fitness        │
 //!                                                                                 ▼
-//!   ◀──Command: Persist · Send · Vip{action, lease_until} · VolumeView · ConfirmStepDown · Notice
+//!   ◀──Command: Persist · Send · Vip{action, lease_until} · Fence(op) · VolumeView · ConfirmStepDown · Notice
 //! ```
 //!
 //! The ordering rules kept here, each with the failure it prevents:
@@ -42,7 +43,11 @@
 //!   waits, every later command and event waits with it (the executor is
 //!   blocked in the confirmation, as the runtime is).
 //! - **Fitness** (rule 16): the core is told this node may lead only while
-//!   the replica says so and no disk sync is stuck (`triad_repl::Fitness`).
+//!   the replica says so, no disk sync is stuck and, on a node with a
+//!   fence, the fence is installed (`triad_repl::Fitness`).
+//! - **The kernel fence never outlives the lease** (issue 10): the VIP's
+//!   set element is granted, refreshed and revoked by the rules of
+//!   [`fence`], which hold however late the executor carries them out.
 //!
 //! Must not: do I/O, read a clock, or hold state the core or the replica
 //! already own (it asks them).
@@ -51,12 +56,14 @@ use std::collections::VecDeque;
 
 use triad_core::{
     AdminRequest, Body, Input, Instant, Membership, Message, Node, NodeId, Notice, Output, Position, Role, Setup,
-    Status, VipAction,
+    Status, VipAction, VipPhase,
 };
 use triad_repl::{Fitness, View};
 
+pub use fence::{Fence, FenceOp, FenceResult};
 pub use triad_core::HardState;
 
+pub mod fence;
 pub mod volume;
 
 /// What the host is told.
@@ -92,6 +99,19 @@ pub enum Event {
     /// Answer to [`Command::ConfirmStepDown`]: whether the volume took the
     /// step-down view in time.
     StepDownConfirmed(bool),
+    /// The VIP's kernel fence was installed (or reinstalled: no element),
+    /// or found missing. Sent once at start on a node with a fence, before
+    /// any peer message; a node that never sends it has no fence.
+    FenceInstalled(bool),
+    /// A [`Command::Fence`] ended; `at` is the clock read after the call.
+    FenceDone {
+        /// The operation.
+        op: FenceOp,
+        /// How it ended.
+        result: FenceResult,
+        /// Read after the call returned.
+        at: Instant,
+    },
 }
 
 /// How a VIP action ended.
@@ -125,6 +145,8 @@ pub enum Command {
         /// The lease end the core held when it decided.
         lease_until: Option<Instant>,
     },
+    /// Act on the VIP's kernel fence; report with [`Event::FenceDone`].
+    Fence(FenceOp),
     /// Hand the volume the core's view.
     VolumeView(View),
     /// Hand the volume this (step-down) view and report, with
@@ -153,6 +175,9 @@ pub enum HostNotice {
         /// The intended successor.
         to: NodeId,
     },
+    /// A fence refresh found its element expired: the VIP was silent
+    /// until the next grant (the refresh came too late; worth a look).
+    FenceExpired,
 }
 
 /// Whether a VIP action may go out at `now` under a lease ending at
@@ -185,6 +210,8 @@ pub struct Host {
     /// A handover waiting for the volume's confirmation: the TimeoutNow,
     /// the rest of its batch, and the events that came meanwhile.
     handover: Option<Handover>,
+    /// The VIP's kernel fence (disabled until [`Event::FenceInstalled`]).
+    fence: Fence,
 }
 
 #[derive(Debug)]
@@ -205,8 +232,15 @@ impl Host {
         let id = setup.id;
         let position = volume.map_or(setup.position, |v| v.position);
         let node = Node::new(Setup { position, ..setup });
-        let mut host =
-            Host { node, id, fitness: Fitness::default(), volume: volume.is_some(), view_given: None, handover: None };
+        let mut host = Host {
+            node,
+            id,
+            fitness: Fitness::default(),
+            volume: volume.is_some(),
+            view_given: None,
+            handover: None,
+            fence: Fence::default(),
+        };
         let mut out = Vec::new();
         let mut inputs = VecDeque::new();
         if let Some(fit) = host.fitness.replica(volume.is_none_or(|v| v.electable)) {
@@ -264,9 +298,37 @@ impl Host {
             }
             // No handover waits (a late or repeated answer).
             Event::StepDownConfirmed(_) => None,
+            Event::FenceInstalled(ok) => {
+                self.fence.installed(ok);
+                let changed = self.fitness.fence(ok);
+                self.fit(changed, out)
+            }
+            Event::FenceDone { op, result, at } => {
+                self.fence.done(op, result, at);
+                if result == FenceResult::Expired {
+                    out.push(Command::Notice(HostNotice::FenceExpired));
+                }
+                // The executor may come back from a long stall (frozen in
+                // the call): the core acts on timers that passed meanwhile
+                // (a lease end) before anything else, as after a refused
+                // VIP action.
+                (now >= self.node.next_deadline()).then_some(Input::Tick)
+            }
         };
         self.run_core(now, input.into_iter().collect(), out);
         self.push_view(now, out);
+        self.push_fence(now, out);
+    }
+
+    /// The fence operation due now, if any (module `fence`).
+    fn push_fence(&mut self, now: Instant, out: &mut Vec<Command>) {
+        if self.handover.is_some() {
+            return;
+        }
+        let wants = matches!(self.node.vip_phase(), VipPhase::Claiming | VipPhase::Held);
+        if let Some(op) = self.fence.next(now, wants, self.node.lease_until(now)) {
+            out.push(Command::Fence(op));
+        }
     }
 
     /// A fitness change becomes the core's `Electable` (and a notice).
@@ -358,7 +420,20 @@ impl Host {
 
     /// The earliest instant at which [`Event::Tick`] has work.
     pub fn next_deadline(&self) -> Instant {
-        self.node.next_deadline()
+        let core = self.node.next_deadline();
+        self.fence.refresh_due(self.lease_end()).map_or(core, |due| core.min(due))
+    }
+
+    /// The end of the lease the core holds or held last (the fence's
+    /// refresh deadline is computed from it; a lease that ended has no
+    /// element left to refresh, so validity does not matter here).
+    fn lease_end(&self) -> Option<Instant> {
+        self.node.lease_until(Instant::ZERO)
+    }
+
+    /// The fence as the host knows it (for status).
+    pub fn fence(&self) -> &Fence {
+        &self.fence
     }
 
     /// A snapshot for status.

@@ -9,7 +9,9 @@
 use triad_core::{
     AdminRequest, Body, HardState, Instant, Membership, Message, Notice, Position, Role, Setup, Timing, VipAction,
 };
-use triad_host::{admin_refusal, vip_allowed, Command, Event, Host, HostNotice, VipResult, VolumeStart};
+use triad_host::{
+    admin_refusal, vip_allowed, Command, Event, FenceOp, FenceResult, Host, HostNotice, VipResult, VolumeStart,
+};
 use triad_repl::View;
 
 const MS: u64 = 1000;
@@ -214,4 +216,63 @@ fn a_stuck_sync_makes_the_leader_step_down_and_a_returned_one_makes_it_fit_again
     );
     let out = h.handle(now, Event::VolumeElectable(false));
     assert_eq!(out, vec![Command::Notice(HostNotice::Fitness { fit: false, sync_stalled: false })]);
+}
+
+/// Issue 10: on a node with a fence, the VIP's element is granted right
+/// after the Add (so the gratuitous ARP that follows the Add's completion
+/// is not dropped), with the lease as its deadline; and it is revoked
+/// after the Remove when the node steps down.
+#[test]
+fn the_fence_is_granted_after_the_add_under_the_lease_and_revoked_after_the_remove() {
+    let (mut h, _) = Host::new(setup(HardState::default()), volume());
+    assert_eq!(h.handle(at(0), Event::FenceInstalled(true)), vec![], "fit already: no change for the core");
+    let now = tick_until_prevote(&mut h);
+    h.handle(now, msg(2, 1, Body::PreVoteReply { granted: true }));
+    h.handle(now, msg(2, 1, Body::VoteReply { granted: true }));
+    let out = h.handle(now, msg(2, 1, Body::HeartbeatAck { round: 1 }));
+    let lease = h.node().lease_until(now).expect("lease");
+    assert_eq!(
+        out,
+        vec![
+            Command::Vip { action: VipAction::Add, lease_until: Some(lease) },
+            Command::VolumeView(View { epoch: 1, leader: Some(1), lease_until: Some(lease) }),
+            Command::Fence(FenceOp::Grant { deadline: lease }),
+        ]
+    );
+    let ttl = lease.since(now);
+    let out = h.handle(
+        now,
+        Event::FenceDone { op: FenceOp::Grant { deadline: lease }, result: FenceResult::Done { ttl }, at: now },
+    );
+    assert_eq!(out, vec![]);
+    assert_eq!(h.fence().end(), Some(lease));
+    // The deadline includes the refresh: when the element's life left is
+    // down to what a refresh would give it.
+    assert!(h.next_deadline() <= lease);
+    // A stuck sync: the leader steps down; the VIP goes, then the element.
+    h.handle(now, Event::VipDone { action: VipAction::Add, result: VipResult::Done });
+    let out = h.handle(now, Event::SyncStalled(true));
+    let remove = out.iter().position(|c| *c == Command::Vip { action: VipAction::Remove, lease_until: None });
+    let revoke = out.iter().position(|c| *c == Command::Fence(FenceOp::Revoke));
+    assert!(remove.is_some() && revoke.is_some() && remove < revoke, "{out:?}");
+}
+
+/// Fail closed: a node whose fence could not be installed is unfit to
+/// lead, so it never holds the VIP; a fence installed later makes it fit.
+#[test]
+fn a_node_without_its_fence_does_not_stand_for_election() {
+    let (mut h, _) = Host::new(setup(HardState::default()), volume());
+    let out = h.handle(at(0), Event::FenceInstalled(false));
+    assert_eq!(out, vec![Command::Notice(HostNotice::Fitness { fit: false, sync_stalled: false })]);
+    let mut now = at(0);
+    for _ in 0..200 {
+        now = h.next_deadline().max(now);
+        let out = h.handle(now, Event::Tick);
+        assert!(
+            !out.iter().any(|c| matches!(c, Command::Send { msg, .. } if matches!(msg.body, Body::PreVote { .. } | Body::Vote { .. }))),
+            "an unfenced node campaigned: {out:?}"
+        );
+    }
+    let out = h.handle(now, Event::FenceInstalled(true));
+    assert_eq!(out, vec![Command::Notice(HostNotice::Fitness { fit: true, sync_stalled: false })]);
 }

@@ -732,6 +732,91 @@ fn flush_pairs(files: [&File; 2], seconds: Duration, seed: u64) -> Result<Vec<Du
     Ok(pair_latencies(&times[0], &times[1]))
 }
 
+/// (c): a replicated 4 KiB write's floor without Triad's software: a
+/// leader thread and a follower thread, each on its own journal file,
+/// joined by one TLS link over loopback TCP built from the supervisor's
+/// configs (blocking rustls streams, Nagle off). Per iteration the leader
+/// writes 4 KiB to its file, sends it (offset and block) to the follower,
+/// fdatasyncs, and waits for the follower's 8-byte acknowledgement, which
+/// the follower sends after its own write and fdatasync: the two journal
+/// syncs a commit needs, meeting on the disk, plus one network round trip
+/// with encryption both ways. Left out, so this is a floor: NBD, thread
+/// hand-offs inside a node, postcard, the replica's bookkeeping, and the
+/// lab's veth and bridge (loopback here).
+fn replicated_floor(
+    files: [&File; 2],
+    leader: &Credentials,
+    follower: &Credentials,
+    seconds: Duration,
+    seed: u64,
+) -> Result<Vec<Duration>> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err("floor: bind loopback"))?;
+    let addr = listener.local_addr().map_err(io_err("floor: local address"))?;
+    let server_config = tls::server_config(follower)?;
+    let client_config = tls::client_config(leader)?;
+    let name = tls::server_name(2).ok_or_else(|| StagesError::Check("no server name for node 2".into()))?;
+    let [lead_file, follow_file] = files;
+    std::thread::scope(|s| {
+        let follower_side = s.spawn(move || -> Result<()> {
+            let (sock, _) = listener.accept().map_err(io_err("floor: accept"))?;
+            sock.set_nodelay(true).map_err(io_err("floor: nodelay"))?;
+            let conn = ServerConnection::new(server_config)
+                .map_err(|source| StagesError::Tls { what: "floor server connection", source })?;
+            let mut link = rustls::StreamOwned::new(conn, sock);
+            let mut record = vec![0u8; 8 + BLOCK as usize];
+            loop {
+                link.read_exact(&mut record).map_err(io_err("floor: follower read"))?;
+                let (head, block) = record.split_at(8);
+                let offset = u64::from_le_bytes(head.try_into().unwrap_or([0xff; 8]));
+                if offset == u64::MAX {
+                    return Ok(());
+                }
+                follow_file.write_all_at(block, offset).map_err(io_err("floor: follower pwrite"))?;
+                follow_file.sync_data().map_err(io_err("floor: follower fdatasync"))?;
+                link.write_all(&offset.to_le_bytes()).map_err(io_err("floor: follower ack"))?;
+                link.flush().map_err(io_err("floor: follower ack"))?;
+            }
+        });
+        let leader_side = || -> Result<Vec<Duration>> {
+            let sock = std::net::TcpStream::connect(addr).map_err(io_err("floor: connect"))?;
+            sock.set_nodelay(true).map_err(io_err("floor: nodelay"))?;
+            let conn = ClientConnection::new(client_config, name)
+                .map_err(|source| StagesError::Tls { what: "floor client connection", source })?;
+            let mut link = rustls::StreamOwned::new(conn, sock);
+            let mut rng = seed;
+            let mut record = random_bytes(8 + BLOCK as usize, seed);
+            let mut ack = [0u8; 8];
+            let mut out = Vec::new();
+            let deadline = Instant::now() + seconds;
+            while Instant::now() < deadline {
+                let offset = (splitmix(&mut rng) % (JOURNAL_RING / BLOCK)) * BLOCK;
+                record[..8].copy_from_slice(&offset.to_le_bytes());
+                let t0 = Instant::now();
+                lead_file.write_all_at(&record[8..], offset).map_err(io_err("floor: leader pwrite"))?;
+                link.write_all(&record).map_err(io_err("floor: leader send"))?;
+                link.flush().map_err(io_err("floor: leader send"))?;
+                lead_file.sync_data().map_err(io_err("floor: leader fdatasync"))?;
+                link.read_exact(&mut ack).map_err(io_err("floor: leader ack"))?;
+                out.push(t0.elapsed());
+                if ack != offset.to_le_bytes() {
+                    return Err(StagesError::Check(format!("floor: ack {ack:?} for offset {offset}")));
+                }
+            }
+            record[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+            link.write_all(&record).map_err(io_err("floor: leader stop"))?;
+            link.flush().map_err(io_err("floor: leader stop"))?;
+            Ok(out)
+        };
+        let samples = leader_side();
+        let followed = follower_side.join().map_err(|_| StagesError::Check("the floor's follower panicked".into()))?;
+        // The leader's error says more than the follower's (which only
+        // sees its link end).
+        let samples = samples?;
+        followed?;
+        Ok(samples)
+    })
+}
+
 // ---------------------------------------------------------------------------
 // Scratch files.
 
@@ -821,6 +906,8 @@ pub struct StagesReport {
     pub nodes: Vec<Vec<Pace>>,
     pub flush_single: Vec<Latency>,
     pub flush_pair: Vec<Latency>,
+    /// (c): leader and follower over a TLS link, two syncs, one round trip.
+    pub replicated: Vec<Latency>,
     /// One hand-off between the runtime thread and a plain thread, per rep.
     pub handoff: Vec<Latency>,
     /// /proc/loadavg's 1, 5 and 15 minute figures before and after: the
@@ -882,6 +969,7 @@ pub fn run(opts: &StagesOpts) -> Result<StagesReport> {
         nodes: Vec::new(),
         flush_single: Vec::new(),
         flush_pair: Vec::new(),
+        replicated: Vec::new(),
         handoff: Vec::new(),
         load_before,
         load_after: String::new(),
@@ -934,6 +1022,8 @@ pub fn run(opts: &StagesOpts) -> Result<StagesReport> {
         report.flush_single.push(latency_of(single).ok_or_else(|| StagesError::Check("no write+flush".into()))?);
         let pairs = flush_pairs([&journals[0], &journals[1]], opts.seconds, seed)?;
         report.flush_pair.push(latency_of(pairs).ok_or_else(|| StagesError::Check("no write+flush pair".into()))?);
+        let floor = replicated_floor([&journals[0], &journals[1]], &leader, &follower, opts.seconds, seed)?;
+        report.replicated.push(latency_of(floor).ok_or_else(|| StagesError::Check("no replicated write".into()))?);
         let hops = handoffs(opts.seconds)?;
         report.handoff.push(latency_of(hops).ok_or_else(|| StagesError::Check("no hand-off".into()))?);
     }
@@ -1105,6 +1195,7 @@ pub fn format_report(r: &StagesReport) -> String {
     let series = [
         ("(a) 1 thread, 1 file (nbdkit's write+flush)", &r.flush_single),
         ("(b) 2 threads, own files, together (until both done)", &r.flush_pair),
+        ("(c) replicated: (b) joined by a TLS round trip", &r.replicated),
     ];
     for (label, lat) in series {
         let p50: Vec<f64> = lat.iter().map(|l| us(l.p50)).collect();
@@ -1127,6 +1218,18 @@ pub fn format_report(r: &StagesReport) -> String {
         med(&r.flush_pair, |l| l.p99),
     ) {
         line(format!("  ratio (b)/(a): p50 {:.2}, p99 {:.2}", b50 / a50, b99 / a99));
+    }
+    if let (Some(a50), Some(c50), Some(a99), Some(c99)) = (
+        med(&r.flush_single, |l| l.p50),
+        med(&r.replicated, |l| l.p50),
+        med(&r.flush_single, |l| l.p99),
+        med(&r.replicated, |l| l.p99),
+    ) {
+        line(format!(
+            "  ratio (c)/(a): p50 {:.2}, p99 {:.2}  (c: leader pwrite, send over TLS, fdatasync; follower pwrite, fdatasync, ack; loopback, no NBD)",
+            c50 / a50,
+            c99 / a99
+        ));
     }
     let p50: Vec<f64> = r.handoff.iter().map(|l| us(l.p50)).collect();
     let p99: Vec<f64> = r.handoff.iter().map(|l| us(l.p99)).collect();

@@ -1,9 +1,11 @@
 //! Rule 16's verdict for the core: is this node fit to lead?
 //!
-//! Two sources: the replica's own `Out::Electable` (resyncing, failed,
-//! split brain) and the glue's watch on journal syncs (a sync stuck past
+//! Three sources: the replica's own `Out::Electable` (resyncing, failed,
+//! split brain), the glue's watch on journal syncs (a sync stuck past
 //! a limit: the disk hangs, and the volume thread with it, so only the
-//! glue can tell). The core gets `Input::Electable(fit)` on changes only.
+//! glue can tell), and, where the node has one, its VIP lease fence (a
+//! node whose kernel fence is missing must not hold the VIP: fail
+//! closed). The core gets `Input::Electable(fit)` on changes only.
 
 /// What the core is told: fit to lead only while the replica says so and
 /// no journal sync is stuck. Feeds `Input::Electable` on changes only.
@@ -11,6 +13,8 @@
 pub struct Fitness {
     replica: Option<bool>,
     stalled: bool,
+    /// `None`: the node has no fence (the simulator's control world).
+    fenced: Option<bool>,
     told: Option<bool>,
 }
 
@@ -27,6 +31,12 @@ impl Fitness {
         self.change()
     }
 
+    /// The VIP's lease fence is installed (or not).
+    pub fn fence(&mut self, installed: bool) -> Option<bool> {
+        self.fenced = Some(installed);
+        self.change()
+    }
+
     /// Whether the watch last saw a stuck sync.
     pub fn sync_stalled(&self) -> bool {
         self.stalled
@@ -34,7 +44,7 @@ impl Fitness {
 
     /// The value to feed the core, if it changed.
     fn change(&mut self) -> Option<bool> {
-        let fit = self.replica.unwrap_or(true) && !self.stalled;
+        let fit = self.replica.unwrap_or(true) && !self.stalled && self.fenced.unwrap_or(true);
         (self.told != Some(fit)).then(|| {
             self.told = Some(fit);
             fit
@@ -56,5 +66,15 @@ mod tests {
         assert_eq!(f.stall(false), Some(true));
         assert_eq!(f.replica(false), Some(false));
         assert_eq!(f.stall(false), None);
+    }
+
+    #[test]
+    fn a_missing_fence_makes_the_node_unfit_and_no_fence_at_all_does_not() {
+        let mut f = Fitness::default();
+        assert_eq!(f.replica(true), Some(true), "no fence reported: fit");
+        assert_eq!(f.fence(false), Some(false), "fail closed");
+        assert_eq!(f.stall(false), None);
+        assert_eq!(f.fence(true), Some(true));
+        assert_eq!(f.fence(true), None);
     }
 }

@@ -896,6 +896,8 @@ impl DataWorld {
                     self.push(give_up, Ev::ConfirmTimeout { node: id, inc });
                     self.vol_kick(id);
                 }
+                // The data world reports no fence: the host hands out none.
+                Command::Fence(op) => self.note(|| format!("n{id} fence {op:?} (not modelled)")),
                 Command::Notice(n) => {
                     if !matches!(n, HostNotice::Core(Notice::VipFailed { .. })) {
                         self.note(|| format!("n{id} host {n:?}"));

@@ -33,6 +33,14 @@ pub enum Mutation {
     NoQuietAfterStart,
     /// The runtime reports `Remove` done without removing the VIP.
     SkipVipRemove,
+    /// The fence's refresh is a plain add with the refresh's timeout: it
+    /// succeeds even after the element expired (no delete+add batch), so a
+    /// refresh applied late resurrects the element (issue 10, item 2).
+    FenceRefreshResurrects,
+    /// The fence's grant is a plain add with a timeout read before the
+    /// call (no arming): a grant frozen before the kernel lands late and
+    /// lives past the lease.
+    FenceGrantUnarmed,
     /// Clocks drift at 40 times the configured bound (rule 3's margin and
     /// the lease guard both exceeded).
     DriftBeyondBound,
@@ -47,18 +55,22 @@ impl Mutation {
             "ack-without-stickiness" => Mutation::AckWithoutStickiness,
             "no-quiet-after-start" => Mutation::NoQuietAfterStart,
             "skip-vip-remove" => Mutation::SkipVipRemove,
+            "fence-refresh-resurrects" => Mutation::FenceRefreshResurrects,
+            "fence-grant-unarmed" => Mutation::FenceGrantUnarmed,
             "drift-beyond-bound" => Mutation::DriftBeyondBound,
             _ => return None,
         })
     }
 
     /// All mutations.
-    pub const ALL: [Mutation; 6] = [
+    pub const ALL: [Mutation; 8] = [
         Mutation::ForgetPersist,
         Mutation::SendBeforePersist,
         Mutation::AckWithoutStickiness,
         Mutation::NoQuietAfterStart,
         Mutation::SkipVipRemove,
+        Mutation::FenceRefreshResurrects,
+        Mutation::FenceGrantUnarmed,
         Mutation::DriftBeyondBound,
     ];
 
@@ -70,6 +82,8 @@ impl Mutation {
             Mutation::AckWithoutStickiness => "ack-without-stickiness",
             Mutation::NoQuietAfterStart => "no-quiet-after-start",
             Mutation::SkipVipRemove => "skip-vip-remove",
+            Mutation::FenceRefreshResurrects => "fence-refresh-resurrects",
+            Mutation::FenceGrantUnarmed => "fence-grant-unarmed",
             Mutation::DriftBeyondBound => "drift-beyond-bound",
         }
     }
@@ -109,6 +123,12 @@ pub struct Scenario {
     pub crash_at_persist_p: f64,
     /// Probability that a VIP netlink action fails.
     pub vip_fail_p: f64,
+    /// Probability that a fence operation reaches the kernel late: the
+    /// process stalls (is frozen, or descheduled) between reading its clock
+    /// and the call, for up to [`Scenario::fence_late_max`].
+    pub fence_late_p: f64,
+    /// The longest such stall, µs.
+    pub fence_late_max: u64,
     /// Pin every clock to ±drift bound (the lease argument's worst case)
     /// instead of drawing rates within it.
     pub extreme_drift: bool,
@@ -141,6 +161,8 @@ impl Scenario {
             switchover_p: 0.01,
             crash_at_persist_p: 0.0,
             vip_fail_p: 0.02,
+            fence_late_p: 0.01,
+            fence_late_max: 1_500_000,
             extreme_drift: false,
             mutations: Vec::new(),
             faithful_spin: false,

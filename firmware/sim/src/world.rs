@@ -35,12 +35,15 @@ use std::collections::{BinaryHeap, VecDeque};
 use triad_core::{
     AdminRequest, Body, HardState, Instant, Message, NodeId, Notice, Position, Role, Setup, VipAction, VipPhase,
 };
-use triad_host::{vip_allowed, Command, Event, Host as HostMachine, HostNotice, VipResult};
+use triad_host::fence::{grant_ttl, ARM_TTL};
+use triad_host::{vip_allowed, Command, Event, FenceOp, FenceResult, Host as HostMachine, HostNotice, VipResult};
 
 /// Trace lines kept for a failure report.
 const TRACE_TAIL: usize = 80;
 /// How long the run continues after recovery, to see that it is stable.
 const AFTER_RECOVERY: u64 = 1_000_000;
+/// The longest silence of the VIP after recovery that is not an outage, µs.
+const SILENCE_GRACE: u64 = 20_000;
 
 /// What one run produced.
 #[derive(Debug)]
@@ -55,8 +58,9 @@ pub struct Outcome {
     pub failovers: usize,
     /// Time from healing to a leader with lease and VIP, µs.
     pub recovery: Option<u64>,
-    /// Longest time two interfaces held the VIP at once (allowed only for a
-    /// frozen or killed holder in the default mode), µs.
+    /// Longest time two interfaces held the VIP address at once (a frozen
+    /// or killed holder keeps it until its kernel lifetime, but its fence
+    /// silences it), µs.
     pub vip_overlap: u64,
     /// The first broken invariant, if any.
     pub violation: Option<Violation>,
@@ -110,6 +114,21 @@ enum Ev {
         node: NodeId,
         gen: u64,
     },
+    /// A grant's arming reaches the kernel; the process then reads its
+    /// clock and sends the grant batch.
+    FenceArm {
+        node: NodeId,
+        inc: u64,
+        deadline: Instant,
+    },
+    /// A fence operation reaches the kernel and returns to the process.
+    Fence {
+        node: NodeId,
+        inc: u64,
+        op: FenceOp,
+        /// The element's timeout (Grant: computed before the call).
+        ttl: core::time::Duration,
+    },
     Chaos,
     Restart {
         node: NodeId,
@@ -160,6 +179,8 @@ struct Proc {
     busy: bool,
     /// A netlink call returned; fed to the host when the process runs.
     done: Option<(VipAction, VipResult)>,
+    /// A fence call returned; fed to the host when the process runs.
+    fence_done: Option<(FenceOp, FenceResult)>,
     /// Events waiting (socket buffers, operator requests).
     inbox: VecDeque<Event>,
     wake_at: u64,
@@ -183,6 +204,20 @@ struct Host {
     /// On the interface, but not by the will of a running, unfrozen process.
     vip_orphan: bool,
     vip_gen: u64,
+    /// The kernel fence's element: when it expires (real time), if there
+    /// is one. The node answers for the VIP only while it has the address
+    /// and a live element.
+    fence_end: Option<u64>,
+    /// The arming element's expiry (real time), if any.
+    arm_end: Option<u64>,
+}
+
+impl Host {
+    /// Answers ARP and IP for the VIP at `now`: the address is on the
+    /// interface and the fence lets it through.
+    fn answers(&self, now: u64) -> bool {
+        self.vip_on && self.fence_end.is_some_and(|end| now < end)
+    }
 }
 
 /// One simulation run.
@@ -200,6 +235,8 @@ pub struct World {
     events: u64,
     heal_at: Option<u64>,
     recovered: Option<u64>,
+    /// Since when no node has answered for the VIP after recovery.
+    down_since: Option<u64>,
     overlap_since: Option<u64>,
     vip_overlap: u64,
     trace: VecDeque<String>,
@@ -249,6 +286,8 @@ impl World {
                     proc: None,
                     frozen: false,
                     vip_on: false,
+                    fence_end: None,
+                    arm_end: None,
                     vip_orphan: false,
                     vip_gen: 0,
                 }
@@ -270,6 +309,7 @@ impl World {
             events: 0,
             heal_at: None,
             recovered: None,
+            down_since: None,
             overlap_since: None,
             vip_overlap: 0,
             trace: VecDeque::new(),
@@ -402,6 +442,8 @@ impl World {
                     self.note(|| format!("n{node} kernel expired the VIP"));
                 }
             }
+            Ev::Fence { node, inc, op, ttl } => self.fence_effect(node, inc, op, ttl)?,
+            Ev::FenceArm { node, inc, deadline } => self.fence_arm(node, inc, deadline)?,
             Ev::Chaos => self.chaos()?,
             Ev::Restart { node } => self.restart(node)?,
             Ev::Thaw { node } => self.thaw(node)?,
@@ -439,6 +481,11 @@ impl World {
             if let Some((action, result)) = p.done.take() {
                 p.busy = false;
                 self.handle(id, local, Event::VipDone { action, result })?;
+                continue;
+            }
+            if let Some((op, result)) = p.fence_done.take() {
+                p.busy = false;
+                self.handle(id, local, Event::FenceDone { op, result, at: local })?;
                 continue;
             }
             if p.busy {
@@ -677,6 +724,32 @@ impl World {
                     self.note(|| format!("n{id} notice {n:?}"));
                 }
             }
+            Command::Fence(op) => {
+                let local = self.hosts[i].clock.local(now);
+                let p = self.hosts[i].proc.as_mut().expect("carrying process exists");
+                let inc = p.inc;
+                // As runtime.rs: a grant arms first (its timeout is read
+                // after the arming); refresh and revoke are one call.
+                let ttl = match op {
+                    FenceOp::Grant { deadline } if grant_ttl(deadline, local).is_none() => {
+                        p.fence_done = Some((op, FenceResult::LeaseEnded));
+                        return Ok(());
+                    }
+                    FenceOp::Grant { deadline } => {
+                        p.busy = true;
+                        let d = self.fence_call_delay(id);
+                        self.note(|| format!("n{id} fence arming for a grant, reaches the kernel in {} ms", d / 1000));
+                        self.push(now + d, Ev::FenceArm { node: id, inc, deadline });
+                        return Ok(());
+                    }
+                    FenceOp::Refresh { ttl } => ttl,
+                    FenceOp::Revoke => core::time::Duration::ZERO,
+                };
+                p.busy = true;
+                let d = self.fence_call_delay(id);
+                self.note(|| format!("n{id} fence {op:?}, reaches the kernel in {} ms", d / 1000));
+                self.push(now + d, Ev::Fence { node: id, inc, op, ttl });
+            }
             // The control world has no volume.
             Command::VolumeView(_) => {}
             Command::ConfirmStepDown(_) => {
@@ -755,26 +828,25 @@ impl World {
     fn check_world(&mut self) -> Result<(), Violation> {
         let now = self.now;
         let on: Vec<&Host> = self.hosts.iter().filter(|h| h.vip_on).collect();
-        let owned: Vec<NodeId> =
-            on.iter().filter(|h| !h.vip_orphan && !h.frozen && h.proc.is_some()).map(|h| h.id).collect();
         if on.len() >= 2 {
             self.overlap_since.get_or_insert(now);
         } else if let Some(since) = self.overlap_since.take() {
             self.vip_overlap = self.vip_overlap.max(now - since);
         }
-        let strict = self.sc.timing.strict_vip_handover;
-        if owned.len() >= 2 || (strict && on.len() >= 2) {
+        // Invariant 1 as a client sees it: at most one node answers for
+        // the VIP, whoever is frozen, killed or orphaned (issue 10: no
+        // exemption; the kernel fence silences them).
+        let answering: Vec<NodeId> = self.hosts.iter().filter(|h| h.answers(now)).map(|h| h.id).collect();
+        if answering.len() >= 2 {
             let ids: Vec<NodeId> = on.iter().map(|h| h.id).collect();
-            let detail = format!(
-                "VIP on the interfaces of nodes {ids:?} (owned by live processes: {owned:?}, strict: {strict}); {}",
-                self.describe()
-            );
+            let detail =
+                format!("nodes {answering:?} answer for the VIP at once (address on {ids:?}); {}", self.describe());
             self.checker.fail(Check::OneVip, now, detail)?;
         }
         if let Some(heal) = self.heal_at {
             let up = self.hosts.iter().any(|h| {
                 let local = h.clock.local(now);
-                h.vip_on
+                h.answers(now)
                     && !h.frozen
                     && h.proc.as_ref().is_some_and(|p| {
                         p.host.node().role() == Role::Leader
@@ -791,6 +863,13 @@ impl World {
                 // (unless the network itself stays bad after healing: 30%
                 // loss, or a fifth of all messages held up for longer than
                 // a lease, can legitimately starve a lease now and then).
+                (Some(_), true) => self.down_since = None,
+                // A silence shorter than SILENCE_GRACE is not an outage: a
+                // leader's fence element ends a little before its lease, so
+                // a lease renewed at its last instant leaves the VIP silent
+                // for the time to grant again (a millisecond or two; SIP
+                // retransmits after 500 ms).
+                (Some(_), false) if now - *self.down_since.get_or_insert(now) < SILENCE_GRACE => {}
                 (Some(r), false) if self.sc.net.drop < 0.1 && self.sc.net.long_p < 0.1 => {
                     let detail = format!(
                         "service recovered {} ms after healing, then went down again {} ms later: {}",
@@ -953,14 +1032,124 @@ impl World {
             queue: start_cmds.into(),
             busy: false,
             done: None,
+            fence_done: None,
             inbox: VecDeque::new(),
             wake_at: 0,
             spin: None,
             ram_epoch: epoch,
             vip_lease: None,
         });
+        // The runtime installs its fence before anything else: one batch
+        // that replaces the table, element included.
+        h.fence_end = None;
+        h.arm_end = None;
+        if let Some(p) = h.proc.as_mut() {
+            p.inbox.push_front(Event::FenceInstalled(true));
+        }
         let disk = h.disk;
         self.note(|| format!("n{id} STARTED (incarnation {inc}) from {disk:?}"));
+        self.pump(id)
+    }
+
+    /// How long a fence call of `id` takes to reach the kernel. Netlink
+    /// answers in well under a millisecond; now and then (in the fault
+    /// phase) the process is frozen between its clock read and the call,
+    /// as the lab's freeze-before-refresh hook does, and the call reaches
+    /// the kernel when it is thawed.
+    fn fence_call_delay(&mut self, id: NodeId) -> u64 {
+        let now = self.now;
+        // Only while the freeze ends inside the fault phase, a lease
+        // before its end: like the chaos faults, it is over and its
+        // consequences (a new election) settled when the heal comes.
+        let settled_by = self.sc.fault_phase.saturating_sub(self.sc.fence_late_max + 1_000_000);
+        if now < settled_by && self.rng.chance(self.sc.fence_late_p) {
+            let d = self.rng.range(0, self.sc.fence_late_max);
+            let h = &mut self.hosts[Self::idx(id)];
+            h.frozen = true;
+            h.vip_orphan |= h.vip_on;
+            self.note(|| format!("n{id} FROZEN for {} ms right before a fence call", d / 1000));
+            self.push(now + d, Ev::Thaw { node: id });
+            d
+        } else {
+            self.rng.range(50, 1_000)
+        }
+    }
+
+    /// A grant's arming reaches the kernel; the process, running again,
+    /// reads its clock and sends the batch (or gives up: too little lease).
+    fn fence_arm(&mut self, id: NodeId, inc: u64, deadline: Instant) -> Result<(), Violation> {
+        let i = Self::idx(id);
+        let now = self.now;
+        let h = &mut self.hosts[i];
+        if !h.proc.as_ref().is_some_and(|p| p.inc == inc) {
+            return Ok(());
+        }
+        h.arm_end = Some(now + h.clock.real_span(triad_core::time::duration_micros(ARM_TTL)));
+        let local = h.clock.local(now);
+        let op = FenceOp::Grant { deadline };
+        match grant_ttl(deadline, local) {
+            None => {
+                let p = self.hosts[i].proc.as_mut().expect("checked above");
+                p.fence_done = Some((op, FenceResult::LeaseEnded));
+                p.busy = false;
+                self.pump(id)
+            }
+            Some(ttl) => {
+                let d = self.fence_call_delay(id);
+                self.note(|| {
+                    format!(
+                        "n{id} fence {op:?} batch (ttl {} ms), reaches the kernel in {} ms",
+                        ttl.as_millis(),
+                        d / 1000
+                    )
+                });
+                self.push(now + d, Ev::Fence { node: id, inc, op, ttl });
+                Ok(())
+            }
+        }
+    }
+
+    /// A fence operation reaches the kernel: the element as the kernel
+    /// keeps it (its clock runs at the node's rate), then the result goes
+    /// back to the process if it is still the one that asked.
+    fn fence_effect(&mut self, id: NodeId, inc: u64, op: FenceOp, ttl: core::time::Duration) -> Result<(), Violation> {
+        let i = Self::idx(id);
+        let now = self.now;
+        let resurrect = self.sc.has(Mutation::FenceRefreshResurrects);
+        let h = &mut self.hosts[i];
+        // A process killed before the call never made it; a newer
+        // incarnation reinstalled the table anyway.
+        if !h.proc.as_ref().is_some_and(|p| p.inc == inc) {
+            return Ok(());
+        }
+        let alive = h.fence_end.is_some_and(|end| now < end);
+        let armed = h.arm_end.is_some_and(|end| now < end) || self.sc.has(Mutation::FenceGrantUnarmed);
+        let end = now + h.clock.real_span(triad_core::time::duration_micros(ttl));
+        let result = match op {
+            // One batch: delete the arming (absent: ENOENT, nothing done),
+            // add the element exclusively.
+            FenceOp::Grant { .. } if !armed => FenceResult::LeaseEnded,
+            FenceOp::Grant { .. } if alive => FenceResult::Failed,
+            FenceOp::Grant { .. } => {
+                h.arm_end = None;
+                h.fence_end = Some(end);
+                FenceResult::Done { ttl }
+            }
+            // One batch, delete + add: fails as a whole without the element.
+            FenceOp::Refresh { .. } if alive || resurrect => {
+                h.fence_end = Some(end);
+                FenceResult::Done { ttl }
+            }
+            FenceOp::Refresh { .. } => FenceResult::Expired,
+            FenceOp::Revoke => {
+                h.fence_end = None;
+                FenceResult::Done { ttl }
+            }
+        };
+        let fence_end = h.fence_end;
+        self.note(|| format!("n{id} kernel fence {op:?}: {result:?}, element until {fence_end:?}"));
+        let p = self.hosts[i].proc.as_mut().expect("checked above");
+        p.fence_done = Some((op, result));
         self.pump(id)
     }
 

@@ -20,6 +20,11 @@
 //!   so "VIP removed, then TimeoutNow sent" holds on the wire; it goes out
 //!   only inside its lease (`os/vip.rs` `apply_in_lease`);
 //! - a step-down confirmation is awaited before anything else happens;
+//! - a fence operation (`os/fence.rs`, decided by `triad_host::fence`) is
+//!   carried out inline (a few hundred microseconds of netlink) and its
+//!   result, with the clock read after the call, goes back to the host at
+//!   once; the fence is installed before the first event, checked every
+//!   second, and reinstalled if someone changed it;
 //! - every queued volume report reaches the host before a peer message, so
 //!   a vote is never judged against a position older than one this node
 //!   has already acknowledged to the leader.
@@ -32,12 +37,14 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, error, info, warn};
 use triad_core::{AdminRequest, Membership, Notice, Position, Setup, VipAction};
-use triad_host::{admin_refusal, Command, Event, Host, HostNotice, VipResult, VolumeStart};
+use triad_host::fence::{grant_ttl, ARM_TTL};
+use triad_host::{admin_refusal, Command, Event, FenceOp, FenceResult, Host, HostNotice, VipResult, VolumeStart};
 
 use crate::config::Config;
 use crate::control::{self, ControlRequest, Request, Response, StatusReport};
 use crate::errors::chain;
 use crate::os::arp_watch::ArpWatch;
+use crate::os::fence::{Fence, FenceError, Refreshed};
 use crate::os::netlink::Netlink;
 use crate::os::realtime;
 use crate::os::vip::{apply_in_lease, KernelVip, Lease, VipError, VipOps, VipSpec};
@@ -55,6 +62,8 @@ const HANDOVER_FLUSH: Duration = Duration::from_millis(100);
 const VOLUME_STEP_DOWN_WAIT: Duration = Duration::from_secs(2);
 /// Pause of the ARP watch after a receive error.
 const ARP_WATCH_RETRY: Duration = Duration::from_secs(1);
+/// How often the fence is read back (tampering, a missing fence retried).
+const FENCE_CHECK: Duration = Duration::from_secs(1);
 
 /// Why the supervisor stopped.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +144,11 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
         warn!(error = %chain(&e), "could not clear a leftover VIP at start");
     }
     let mut arp_watch = ArpWatch::new(ifindex, cfg.cluster.vip.addr, vip.mac())?;
+    // The lease fence before anything could raise the VIP: without it this
+    // node is unfit to lead (the host tells the core), so it never holds
+    // the VIP unfenced.
+    let fence_spec = (ifindex, Some(cfg.cluster.vip.addr), cfg.cluster.vip6.map(|c| c.addr));
+    let fence = install_fence(fence_spec);
 
     let creds = Credentials::load(&cfg.tls.ca, &cfg.tls.cert, &cfg.tls.key)?;
     let link_cfg =
@@ -172,8 +186,11 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
     let sync_stall = cfg.volume.as_ref().map(|v| v.sync_stall);
     let mut stall_check = tokio::time::interval(sync_stall.map_or(Duration::from_secs(3600), |d| d / 4));
     stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut shell = Shell { host, store, vip, links, clock, cfg, volume, _vol_tx: vol_tx };
+    let mut shell = Shell { host, store, vip, fence, fence_spec, links, clock, cfg, volume, _vol_tx: vol_tx };
     shell.execute(start).await?;
+    shell.step(Event::FenceInstalled(shell.fence.is_some())).await?;
+    let mut fence_check = tokio::time::interval(FENCE_CHECK);
+    fence_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stalled_seen = None;
 
     info!(listen = %listen, "supervisor running");
@@ -222,6 +239,10 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
                 continue;
             }
             _ = stall_check.tick() => continue,
+            _ = fence_check.tick() => {
+                shell.check_fence().await?;
+                continue;
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = pwr.recv() => break,
@@ -233,14 +254,38 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
     if let Err(e) = shell.vip.apply(VipAction::Remove).await {
         error!(error = %chain(&e), "could not remove the VIP at shutdown; the kernel lifetime will");
     }
+    // The rules stay (fail closed); only the element goes.
+    if let Some(Err(e)) = shell.fence.as_ref().map(Fence::revoke) {
+        error!(error = %chain(&e), "could not revoke the fence element at shutdown; its timeout will");
+    }
     Ok(())
 }
+
+/// Installs the lease fence, or says why not (the node then never leads).
+fn install_fence((ifindex, v4, v6): FenceSpec) -> Option<Fence> {
+    match Fence::install_ifindex(ifindex, v4, v6) {
+        Ok(f) => {
+            info!(interface = f.ifname(), "VIP lease fence installed (nftables table netdev triad_fence)");
+            Some(f)
+        }
+        Err(e) => {
+            error!(error = %chain(&e), "cannot install the VIP lease fence; this node will not hold the VIP");
+            None
+        }
+    }
+}
+
+/// Interface index and VIPs the fence is installed for.
+type FenceSpec = (u32, Option<std::net::Ipv4Addr>, Option<std::net::Ipv6Addr>);
 
 /// The host plus the adapters that carry out its commands.
 struct Shell<V: VipOps> {
     host: Host,
     store: StateStore,
     vip: V,
+    /// The VIP's kernel lease fence; `None` if it could not be installed.
+    fence: Option<Fence>,
+    fence_spec: FenceSpec,
     links: PeerLinks,
     clock: Clock,
     cfg: Config,
@@ -310,10 +355,98 @@ impl<V: VipOps> Shell<V> {
                     };
                     queue.extend(self.host.handle(self.clock.now(), Event::StepDownConfirmed(confirmed)));
                 }
+                Command::Fence(op) => {
+                    let result = self.fence_op(op);
+                    // Read after the call: the element's end is bounded by it.
+                    let at = self.clock.now();
+                    queue.extend(self.host.handle(at, Event::FenceDone { op, result, at }));
+                }
                 Command::Notice(n) => log_notice(&n),
             }
         }
         Ok(())
+    }
+
+    /// Carries out one fence operation (the host decided it and its
+    /// timeout; a grant's timeout is the lease left at this instant).
+    fn fence_op(&self, op: FenceOp) -> FenceResult {
+        let Some(fence) = &self.fence else { return FenceResult::Failed };
+        let done = match op {
+            // Arm, then read the clock, then the batch (triad_host::fence:
+            // a grant frozen before the kernel cannot outlive the lease).
+            FenceOp::Grant { deadline } => {
+                if grant_ttl(deadline, self.clock.now()).is_none() {
+                    return FenceResult::LeaseEnded;
+                }
+                if let Err(e) = fence.arm(ARM_TTL) {
+                    warn!(error = %chain(&e), "fence arming failed");
+                    return FenceResult::Failed;
+                }
+                match grant_ttl(deadline, self.clock.now()) {
+                    Some(ttl) => fence.grant_armed(ttl).map(|r| (r, ttl)),
+                    None => return FenceResult::LeaseEnded,
+                }
+            }
+            FenceOp::Refresh { ttl } => fence.refresh(ttl).map(|r| (r, ttl)),
+            FenceOp::Revoke => fence.revoke().map(|()| (Refreshed::Revoked, Duration::ZERO)),
+        };
+        match done {
+            Ok((Refreshed::Held { .. }, ttl)) => FenceResult::Done { ttl },
+            Ok((Refreshed::Revoked, _)) if op == FenceOp::Revoke => FenceResult::Done { ttl: Duration::ZERO },
+            // A ttl under a millisecond was turned into a revoke.
+            Ok((Refreshed::Revoked, _)) => FenceResult::LeaseEnded,
+            // A grant whose arming expired first changed nothing.
+            Err(FenceError::NotPresent { .. }) if matches!(op, FenceOp::Grant { .. }) => FenceResult::LeaseEnded,
+            Err(FenceError::NotPresent { .. }) => FenceResult::Expired,
+            Err(e) => {
+                warn!(?op, error = %chain(&e), "fence operation failed");
+                FenceResult::Failed
+            }
+        }
+    }
+
+    /// Reads the fence back; one that is missing or changed is installed
+    /// afresh (element gone: the host grants again if it still leads), and
+    /// one that cannot be installed leaves the node unfit to lead.
+    async fn check_fence(&mut self) -> Result<(), RuntimeError> {
+        match self.fence.as_ref().map(Fence::check) {
+            Some(Ok(state)) if state.intact() => return Ok(()),
+            Some(Ok(state)) => error!(?state, "the VIP lease fence was changed by someone else; reinstalling it"),
+            Some(Err(e)) => error!(error = %chain(&e), "cannot read the VIP lease fence back; reinstalling it"),
+            None => {} // never installed: try again (install_fence logs why not)
+        }
+        let was_installed = self.fence.is_some();
+        self.fence = install_fence(self.fence_spec);
+        if was_installed || self.fence.is_some() {
+            self.step(Event::FenceInstalled(self.fence.is_some())).await?;
+        }
+        Ok(())
+    }
+
+    /// The fence's part of `triad status`: the kernel's view (read now,
+    /// a netlink round trip) next to the host's bound on the element's end.
+    fn fence_status(&self) -> serde_json::Value {
+        let now = self.clock.now();
+        let host_end_ms = self.host.fence().end().map(|end| end.since(now).as_millis());
+        let Some(fence) = &self.fence else {
+            return serde_json::json!({ "installed": false, "host_element_left_ms": host_end_ms });
+        };
+        match fence.check() {
+            Ok(state) => {
+                let left = |e: Option<crate::os::fence::ElementState>| e.map(|e| e.remaining.as_millis());
+                serde_json::json!({
+                    "installed": true,
+                    "intact": state.intact(),
+                    "element_present": state.lease4.is_some() || state.lease6.is_some(),
+                    "element_left_ms": left(state.lease4),
+                    "element6_left_ms": left(state.lease6),
+                    "host_element_left_ms": host_end_ms,
+                })
+            }
+            Err(e) => {
+                serde_json::json!({ "installed": true, "error": chain(&e).to_string(), "host_element_left_ms": host_end_ms })
+            }
+        }
     }
 
     /// Answers one control request.
@@ -327,6 +460,7 @@ impl<V: VipOps> Shell<V> {
                     // status never waits for it.
                     report.extra.insert("volume".into(), volume_status(v));
                 }
+                report.extra.insert("fence".into(), self.fence_status());
                 Response::Status(Box::new(report))
             }
             Request::Switchover { to } => self.admin(AdminRequest::Switchover { to }).await?,
@@ -571,6 +705,9 @@ fn log_notice(n: &HostNotice) {
         HostNotice::Fitness { fit, sync_stalled } => info!(fit, sync_stalled, "fitness to lead changed"),
         HostNotice::HandoverWithoutTimeoutNow { to } => {
             error!(to, "volume did not confirm the step-down; switchover continues without TimeoutNow")
+        }
+        HostNotice::FenceExpired => {
+            warn!("the VIP's fence element had expired before its refresh; the VIP was silent until the next grant")
         }
     }
 }

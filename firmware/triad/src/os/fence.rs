@@ -352,6 +352,59 @@ impl Fence {
         }
     }
 
+    /// Adds the arming element(s) with timeout `ttl`: a key no packet for
+    /// the VIP carries (0.0.0.0, ::), whose only use is to make
+    /// [`grant_armed`](Self::grant_armed) possible for `ttl` from now (a
+    /// grant with a timeout read after this call returned, applied at
+    /// whatever later instant, therefore ends within `ttl` of the arming:
+    /// `triad_host::fence`). An old arming element is replaced, so its
+    /// timeout is fresh.
+    pub fn arm(&self, ttl: Duration) -> Result<(), FenceError> {
+        let Some(ms) = lease_ms(ttl) else {
+            return Err(FenceError::Kernel { op: "arm", source: io::Error::from_raw_os_error(libc::EINVAL) });
+        };
+        let arms = arming_keys(self.vip4, self.vip6);
+        match self.batch(grant_ops(&arms, ms)) {
+            Ok(()) => Ok(()),
+            Err(Nack::Errno(libc::EEXIST)) => {
+                let replace: Vec<Op> = arms
+                    .iter()
+                    .flat_map(|(set, key)| [delete_element(set, key.clone()), add_element(set, key.clone(), ms)])
+                    .collect();
+                match self.batch(replace) {
+                    Ok(()) => Ok(()),
+                    // One of several arming elements expired in between:
+                    // arm what is missing on the next try.
+                    Err(e) => Err(e.into_error("arm")),
+                }
+            }
+            Err(Nack::Errno(libc::ENOENT)) => Err(FenceError::FenceMissing { op: "arm" }),
+            Err(e) => Err(e.into_error("arm")),
+        }
+    }
+
+    /// In ONE batch, deletes the arming element(s) and adds the lease
+    /// element(s) (exclusively) with timeout `ttl`: fails as a whole with
+    /// [`FenceError::NotPresent`] once the arming has expired, so a grant
+    /// that reaches the kernel late cannot outlive the arming by more than
+    /// its own timeout, which the caller took from a clock read after
+    /// [`arm`](Self::arm) returned.
+    pub fn grant_armed(&self, ttl: Duration) -> Result<Refreshed, FenceError> {
+        let Some(ms) = lease_ms(ttl) else { return Ok(Refreshed::Revoked) };
+        let arms = arming_keys(self.vip4, self.vip6);
+        let ops = arms
+            .iter()
+            .map(|(set, key)| delete_element(set, key.clone()))
+            .chain(self.keys().into_iter().map(|(set, key)| add_element(set, key, ms)))
+            .collect();
+        match self.batch(ops) {
+            Ok(()) => Ok(Refreshed::Held { ttl_ms: ms.get() }),
+            Err(Nack::Errno(libc::EEXIST)) => Err(FenceError::AlreadyPresent { op: "grant" }),
+            Err(Nack::Errno(libc::ENOENT)) => Err(self.absent("grant")?),
+            Err(e) => Err(e.into_error("grant")),
+        }
+    }
+
     /// Replaces the element(s) with fresh ones of timeout `ttl` in ONE
     /// batch (delete, add): the batch fails as a whole with
     /// [`FenceError::NotPresent`] if an element has already expired, so a
@@ -648,6 +701,12 @@ fn rule_counts(vip4: Option<Ipv4Addr>, vip6: Option<Ipv6Addr>) -> (usize, usize)
     let v4 = usize::from(vip4.is_some());
     let v6 = usize::from(vip6.is_some());
     (2 * v4 + 2 * v6, v4 + v6)
+}
+
+/// The arming keys: the unspecified address of each configured family, in
+/// the same set as the VIP (no rule matches it: they match the VIP only).
+fn arming_keys(vip4: Option<Ipv4Addr>, vip6: Option<Ipv6Addr>) -> Vec<(&'static str, Vec<u8>)> {
+    keys(vip4.map(|_| Ipv4Addr::UNSPECIFIED), vip6.map(|_| Ipv6Addr::UNSPECIFIED))
 }
 
 fn keys(vip4: Option<Ipv4Addr>, vip6: Option<Ipv6Addr>) -> Vec<(&'static str, Vec<u8>)> {
