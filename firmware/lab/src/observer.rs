@@ -36,8 +36,9 @@ use crate::netns::{self, NetnsError};
 
 /// Probe interval of the client.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(10);
-/// Interval of the ARP sweeps for the VIP.
-pub const SWEEP_INTERVAL: Duration = Duration::from_millis(50);
+/// Interval of the ARP sweeps for the VIP (issue 10: every 10 ms, so an
+/// instant with two answering nodes is caught, not sampled past).
+pub const SWEEP_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The observer could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -441,6 +442,33 @@ pub fn check_single_answerer(events: &[Event], settled_at: Duration, expected: O
     Ok(())
 }
 
+/// Invariant 1 as the client sees it, from `from` (the fault) on, with no
+/// blind window: every answer for the VIP (an ARP packet with the VIP as
+/// sender, an echo reply) comes from `old` until the first answer from
+/// `new`, and from `new` only after it. Any instant with two answering
+/// nodes shows as an answer from another MAC after the first from `new`.
+pub fn check_one_answerer_from(events: &[Event], from: Duration, old: Mac, new: Mac) -> Result<(), String> {
+    let answers: Vec<(Duration, Mac)> = events
+        .iter()
+        .filter(|e| e.at >= from)
+        .filter_map(|e| match e.kind {
+            EventKind::VipArp { sender, .. } => Some((e.at, sender)),
+            EventKind::EchoReply { src, .. } => Some((e.at, src)),
+            EventKind::ClientArpForVip => None,
+        })
+        .collect();
+    let first_new = answers.iter().find(|(_, m)| *m == new).map(|(t, _)| *t);
+    for (t, m) in &answers {
+        let after_new = first_new.is_some_and(|f| *t > f);
+        if (*m != new && after_new) || (*m != new && *m != old) {
+            return Err(format!(
+                "{m} answered for the VIP at {t:?}, after the fault at {from:?} (old {old}, new {new} first at {first_new:?}): two answering nodes"
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,6 +488,21 @@ mod tests {
         assert_eq!(g.last_old, ms(20));
         assert_eq!(g.first_new, ms(900));
         assert_eq!(g.length(), ms(880));
+    }
+
+    #[test]
+    fn any_answer_from_the_old_node_after_the_new_ones_first_fails() {
+        let (old, new) = (Mac([2, 0, 0, 0, 0, 1]), Mac([2, 0, 0, 0, 0, 2]));
+        let a = |at, m| Event { at: ms(at), kind: EventKind::VipArp { sender: Mac([2, 0, 0, 0, 0, m]), op: 2 } };
+        // Old until 300, new from 800: clean (the gap is not this check's).
+        let clean = vec![a(0, 1), reply(300, 1), a(800, 2), reply(810, 2)];
+        assert!(check_one_answerer_from(&clean, ms(100), old, new).is_ok());
+        // The old node's ARP reply 5 ms after the new node's first answer.
+        let double = vec![a(0, 1), a(800, 2), a(805, 1), reply(810, 2)];
+        assert!(check_one_answerer_from(&double, ms(100), old, new).is_err());
+        // An echo reply counts as an answer too; so does a third MAC.
+        assert!(check_one_answerer_from(&[reply(800, 2), reply(900, 1)], ms(0), old, new).is_err());
+        assert!(check_one_answerer_from(&[reply(800, 3)], ms(0), old, new).is_err());
     }
 
     #[test]

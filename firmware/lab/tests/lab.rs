@@ -132,6 +132,14 @@ impl Harness {
         }
     }
 
+    /// Fails if, from `from` on, any node but `old` answered for the VIP
+    /// before `new` did, or any but `new` after (issue 10).
+    fn assert_one_answerer_from(&self, from: Duration, old: Mac, new: Mac) {
+        if let Err(e) = observer::check_one_answerer_from(&self.obs().events(), from, old, new) {
+            panic!("{e}; {}", self.lab.describe(&NODE_IDS));
+        }
+    }
+
     /// Waits the gap after a fault on `old` and returns (gap, new node).
     fn takeover(&self, old: u8, fault: Duration, timeout: Duration) -> (observer::Gap, u8) {
         let gap = wait::until(timeout, ms(10), || observer::failover_gap(&self.obs().events(), node_mac(old), fault))
@@ -232,6 +240,9 @@ fn kill_9_of_the_active_supervisor_moves_the_vip() {
     let settled = gap.first_new.max(fault + FROZEN_VIP_BOUND);
     h.observe_until(settled + secs(1));
     h.assert_clean(settled, gap.new_mac);
+    // Issue 10: no blind window. The killed node's namespace may answer
+    // on for a while, but its fence ends with its lease.
+    h.assert_one_answerer_from(fault, node_mac(old), gap.new_mac);
 }
 
 #[test]
@@ -258,6 +269,7 @@ fn link_down_moves_the_vip_and_the_old_node_holds_none_when_it_returns() {
     assert!(late.iter().all(|(_, m)| *m == gap.new_mac), "replies from n{old} after its link returned");
     let settled = gap.first_new.max(fault + FROZEN_VIP_BOUND);
     h.assert_clean(settled, gap.new_mac);
+    h.assert_one_answerer_from(fault, node_mac(old), gap.new_mac);
 }
 
 #[test]
@@ -298,13 +310,16 @@ fn partitioned_leader_drops_the_vip_within_its_lease() {
     eprintln!("lease left {lease} ms; old dropped VIP at {old_gone:?}, new raised it at {new_up:?}");
     // Polling one node takes a few ms: allow 100 ms beyond the lease.
     assert!(old_gone <= ms(lease + 100), "VIP dropped at {old_gone:?}, lease was {lease} ms");
-    assert!(old_gone <= new_up + ms(30), "overlap: new VIP at {new_up:?} before old dropped at {old_gone:?}");
+    // Issue 10: no overlap tolerance; what counts is who answers, seen
+    // from the client from the fault on (the addresses may overlap by a
+    // poll, the answers may not).
     let (gap, new) = h.takeover(old, fault_obs, secs(10));
     assert_eq!(h.lab.wait_healthy(&others(old), secs(10)).unwrap_or_else(|e| panic!("{e}")), new);
     let settled = gap.first_new.max(fault_obs + FROZEN_VIP_BOUND);
     h.observe_until(settled + secs(1));
     assert!(!h.lab.vip_on(old), "partitioned n{old} holds the VIP again");
     h.assert_clean(settled, gap.new_mac);
+    h.assert_one_answerer_from(fault_obs, node_mac(old), gap.new_mac);
 }
 
 #[test]
@@ -340,6 +355,10 @@ fn frozen_leader_stops_answering_arp_and_steps_down_after_sigcont() {
     let late = observer::replies_between(&h.obs().events(), thaw, Duration::MAX);
     assert!(late.iter().all(|(_, m)| *m == gap.new_mac), "replies from n{old} after SIGCONT");
     h.assert_clean(gap.first_new.max(bound), gap.new_mac);
+    // Issue 10: the frozen node keeps its address until the lifetime, but
+    // its kernel fence silences it at its lease end: from the fault on,
+    // never two answering nodes.
+    h.assert_one_answerer_from(fault, node_mac(old), gap.new_mac);
 }
 
 #[test]

@@ -1081,7 +1081,7 @@ impl World {
         let i = Self::idx(id);
         let now = self.now;
         let h = &mut self.hosts[i];
-        if !h.proc.as_ref().is_some_and(|p| p.inc == inc) {
+        if h.proc.as_ref().is_none_or(|p| p.inc != inc) {
             return Ok(());
         }
         h.arm_end = Some(now + h.clock.real_span(triad_core::time::duration_micros(ARM_TTL)));
@@ -1119,7 +1119,7 @@ impl World {
         let h = &mut self.hosts[i];
         // A process killed before the call never made it; a newer
         // incarnation reinstalled the table anyway.
-        if !h.proc.as_ref().is_some_and(|p| p.inc == inc) {
+        if h.proc.as_ref().is_none_or(|p| p.inc != inc) {
             return Ok(());
         }
         let alive = h.fence_end.is_some_and(|end| now < end);
