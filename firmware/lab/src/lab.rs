@@ -60,6 +60,14 @@ pub enum Payload {
     Keepalived { advert: String },
 }
 
+/// The environment variable naming the directory where the supervisor
+/// looks for its test-only fault hooks (`triad::runtime`).
+pub const FAULT_HOOKS_ENV: &str = "TRIAD_FAULT_HOOKS";
+/// Present: the supervisor's next fence call waits right before the kernel.
+pub const HOLD_BEFORE_FENCE: &str = "hold-before-fence";
+/// Written by the supervisor while it waits there.
+pub const HELD_BEFORE_FENCE: &str = "held-before-fence";
+
 /// A lab operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
@@ -294,7 +302,11 @@ impl Lab {
         append_marker(&node.log, &format!("triad-lab: starting node {id}"));
         let launched: Launched = match &self.payload {
             Payload::Triad { bin, .. } => {
-                spawn::launch(bin, &["run".into(), "--config".into(), node.config.display().to_string()], &node.log)?
+                // The supervisor's test-only fault hooks look in the node's
+                // directory (docs/lab.md, "Fault hooks").
+                let hooks = [(FAULT_HOOKS_ENV, layout::node_dir(id).display().to_string())];
+                let args = ["run".into(), "--config".into(), node.config.display().to_string()];
+                spawn::launch_env(bin, &args, &node.log, &hooks)?
             }
             Payload::Keepalived { .. } => {
                 // A shell that never exits holds the namespaces; its
@@ -407,6 +419,30 @@ impl Lab {
         let sig = if frozen { Signal::SIGSTOP } else { Signal::SIGCONT };
         spawn::signal(n.supervisor_pid, sig)?;
         Ok(())
+    }
+
+    /// Arms node `id`'s freeze-before-fence hook: its supervisor's next
+    /// fence call (a refresh, or a grant's batch) stops right before the
+    /// kernel gets it, with its timeout already computed, and the whole
+    /// event loop waits there until [`release_fence_hold`](Self::release_fence_hold).
+    pub fn hold_before_fence(&self, id: u8) -> Result<(), LabError> {
+        let flag = layout::node_dir(id).join(HOLD_BEFORE_FENCE);
+        std::fs::write(&flag, b"").map_err(|e| LabError::Io { what: format!("create {}", flag.display()), source: e })
+    }
+
+    /// Whether node `id`'s supervisor is waiting in that hook now.
+    pub fn held_before_fence(&self, id: u8) -> bool {
+        layout::node_dir(id).join(HELD_BEFORE_FENCE).exists()
+    }
+
+    /// Lets node `id`'s held fence call go to the kernel.
+    pub fn release_fence_hold(&self, id: u8) -> Result<(), LabError> {
+        let flag = layout::node_dir(id).join(HOLD_BEFORE_FENCE);
+        match std::fs::remove_file(&flag) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(LabError::Io { what: format!("remove {}", flag.display()), source: e }),
+        }
     }
 
     /// Takes node `id`'s switch-side port down or up: what the network sees

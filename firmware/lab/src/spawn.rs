@@ -59,6 +59,11 @@ pub struct Launched {
 /// Starts `program args` as PID 1 of a new PID + network namespace, its
 /// stdout and stderr appended to `log`.
 pub fn launch(program: &Path, args: &[String], log: &Path) -> Result<Launched, SpawnError> {
+    launch_env(program, args, log, &[])
+}
+
+/// As [`launch`], with extra environment variables.
+pub fn launch_env(program: &Path, args: &[String], log: &Path, env: &[(&str, String)]) -> Result<Launched, SpawnError> {
     let open = || {
         OpenOptions::new()
             .create(true)
@@ -71,6 +76,7 @@ pub fn launch(program: &Path, args: &[String], log: &Path) -> Result<Launched, S
         .args(["--net", "--pid", "--fork", "--kill-child", "--"])
         .arg(program)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
         .stdout(open()?)
         .stderr(open()?)

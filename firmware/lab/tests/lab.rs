@@ -361,6 +361,43 @@ fn frozen_leader_stops_answering_arp_and_steps_down_after_sigcont() {
     h.assert_one_answerer_from(fault, node_mac(old), gap.new_mac);
 }
 
+/// Issue 10, item 2: the leader's supervisor is held right before a fence
+/// refresh (its timeout computed, the kernel not yet told) while a peer
+/// takes over; released 100 ms after the takeover, the refresh reaches
+/// the kernel late and must fail (its element has expired), so the old
+/// node never answers again: from the hold on, one answering node.
+#[test]
+fn a_fence_refresh_held_past_the_lease_cannot_bring_the_old_node_back() {
+    let h = Harness::up();
+    let old = h.leader(&NODE_IDS);
+    let mark = h.log_len(old);
+    h.lab.hold_before_fence(old).unwrap_or_else(|e| panic!("{e}"));
+    wait::until(secs(5), ms(1), || h.lab.held_before_fence(old).then_some(()))
+        .unwrap_or_else(|| panic!("n{old} never reached a fence call in 5 s"));
+    let fault = h.obs().now();
+    let (gap, new) = h.takeover(old, fault, secs(10));
+    assert_eq!(h.lab.wait_healthy(&others(old), secs(10)).unwrap_or_else(|e| panic!("{e}")), new);
+    // Released while the old node still has the VIP address (its kernel
+    // lifetime is longer than the takeover), so only the fence can keep
+    // it silent when the late refresh lands.
+    h.observe_until(gap.first_new + ms(100));
+    assert!(h.lab.vip_on(old), "n{old}'s address expired before the release: the test would prove nothing");
+    let release = h.obs().now();
+    h.lab.release_fence_hold(old).unwrap_or_else(|e| panic!("{e}"));
+    wait::until(secs(10), ms(50), || {
+        h.lab.status(old).ok().filter(|s| s.role == "follower" && s.leader == Some(new) && !s.vip.held)
+    })
+    .unwrap_or_else(|| panic!("n{old} did not step down after the hold; {}", h.lab.describe(&NODE_IDS)));
+    h.observe_until(release + secs(2));
+    h.assert_one_answerer_from(fault, node_mac(old), gap.new_mac);
+    let log = h.log_since(old, mark);
+    assert!(log.contains("holding right before a fence call"), "the hook did not act:\n{log}");
+    assert!(
+        log.contains("had expired before its refresh") || log.contains("fence operation failed"),
+        "the late fence call did not fail:\n{log}"
+    );
+}
+
 #[test]
 fn a_peer_with_a_foreign_ca_certificate_is_refused() {
     let mut h = Harness::up();

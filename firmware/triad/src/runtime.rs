@@ -64,6 +64,9 @@ const VOLUME_STEP_DOWN_WAIT: Duration = Duration::from_secs(2);
 const ARP_WATCH_RETRY: Duration = Duration::from_secs(1);
 /// How often the fence is read back (tampering, a missing fence retried).
 const FENCE_CHECK: Duration = Duration::from_secs(1);
+/// Test-only fault hooks: the directory they are looked for in (the lab
+/// sets it; an appliance never does). See `fault_hook`.
+const FAULT_HOOKS_ENV: &str = "TRIAD_FAULT_HOOKS";
 
 /// Why the supervisor stopped.
 #[derive(Debug, thiserror::Error)]
@@ -186,7 +189,12 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
     let sync_stall = cfg.volume.as_ref().map(|v| v.sync_stall);
     let mut stall_check = tokio::time::interval(sync_stall.map_or(Duration::from_secs(3600), |d| d / 4));
     stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut shell = Shell { host, store, vip, fence, fence_spec, links, clock, cfg, volume, _vol_tx: vol_tx };
+    let fault_hooks = std::env::var_os(FAULT_HOOKS_ENV).map(std::path::PathBuf::from);
+    if let Some(dir) = &fault_hooks {
+        warn!(dir = %dir.display(), "test fault hooks enabled ({FAULT_HOOKS_ENV}); never on an appliance");
+    }
+    let mut shell =
+        Shell { host, store, vip, fence, fence_spec, fault_hooks, links, clock, cfg, volume, _vol_tx: vol_tx };
     shell.execute(start).await?;
     shell.step(Event::FenceInstalled(shell.fence.is_some())).await?;
     let mut fence_check = tokio::time::interval(FENCE_CHECK);
@@ -286,6 +294,8 @@ struct Shell<V: VipOps> {
     /// The VIP's kernel lease fence; `None` if it could not be installed.
     fence: Option<Fence>,
     fence_spec: FenceSpec,
+    /// Where the test-only fault hooks are looked for, if enabled.
+    fault_hooks: Option<std::path::PathBuf>,
     links: PeerLinks,
     clock: Clock,
     cfg: Config,
@@ -383,11 +393,17 @@ impl<V: VipOps> Shell<V> {
                     return FenceResult::Failed;
                 }
                 match grant_ttl(deadline, self.clock.now()) {
-                    Some(ttl) => fence.grant_armed(ttl).map(|r| (r, ttl)),
+                    Some(ttl) => {
+                        self.hold_before_fence();
+                        fence.grant_armed(ttl).map(|r| (r, ttl))
+                    }
                     None => return FenceResult::LeaseEnded,
                 }
             }
-            FenceOp::Refresh { ttl } => fence.refresh(ttl).map(|r| (r, ttl)),
+            FenceOp::Refresh { ttl } => {
+                self.hold_before_fence();
+                fence.refresh(ttl).map(|r| (r, ttl))
+            }
             FenceOp::Revoke => fence.revoke().map(|()| (Refreshed::Revoked, Duration::ZERO)),
         };
         match done {
@@ -403,6 +419,29 @@ impl<V: VipOps> Shell<V> {
                 FenceResult::Failed
             }
         }
+    }
+
+    /// Test-only fault hook (the lab's freeze-before-refresh): if the file
+    /// `hold-before-fence` is in the hooks directory, the whole event loop
+    /// waits here, right before a fence call whose timeout is already
+    /// computed, until the file is removed; `held-before-fence` says it
+    /// waits. This is the instant issue 10 says a refresh must survive: a
+    /// supervisor frozen between its clock and the kernel. (A SIGSTOP can
+    /// not be aimed this precisely from outside, and PID 1 of a namespace
+    /// cannot stop itself.)
+    fn hold_before_fence(&self) {
+        let Some(dir) = &self.fault_hooks else { return };
+        let (hold, held) = (dir.join("hold-before-fence"), dir.join("held-before-fence"));
+        if !hold.exists() {
+            return;
+        }
+        warn!("fault hook: holding right before a fence call");
+        let _ = std::fs::write(&held, b"");
+        while hold.exists() {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let _ = std::fs::remove_file(&held);
+        warn!("fault hook: released; the fence call goes out now");
     }
 
     /// Reads the fence back; one that is missing or changed is installed
