@@ -460,7 +460,7 @@ pub fn check_one_answerer_from(events: &[Event], from: Duration, old: Mac, new: 
     let first_new = answers.iter().find(|(_, m)| *m == new).map(|(t, _)| *t);
     for (t, m) in &answers {
         let after_new = first_new.is_some_and(|f| *t > f);
-        if (*m != new && after_new) || (*m != new && *m != old) {
+        if *m != new && (after_new || *m != old) {
             return Err(format!(
                 "{m} answered for the VIP at {t:?}, after the fault at {from:?} (old {old}, new {new} first at {first_new:?}): two answering nodes"
             ));
