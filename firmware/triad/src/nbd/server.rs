@@ -786,25 +786,32 @@ mod tests {
         go: Arc<tokio::sync::Notify>,
     }
 
+    /// The methods a test device takes from its `mem` as they are.
+    macro_rules! from_mem {
+        () => {
+            fn size(&self) -> u64 {
+                self.mem.size()
+            }
+            async fn read_at(&self, offset: u64, buf: IoBuf) -> super::super::device::DevResult<IoBuf> {
+                self.mem.read_at(offset, buf).await
+            }
+            async fn flush(&self) -> super::super::device::DevResult<()> {
+                Ok(())
+            }
+            async fn trim(&self, _o: u64, _l: u32, _f: bool) -> super::super::device::DevResult<()> {
+                Ok(())
+            }
+            async fn write_zeroes(&self, o: u64, l: u32, f: bool, n: bool) -> super::super::device::DevResult<()> {
+                self.mem.write_zeroes(o, l, f, n).await
+            }
+        };
+    }
+
     impl BlockDevice for HeldWrites {
-        fn size(&self) -> u64 {
-            self.mem.size()
-        }
-        async fn read_at(&self, offset: u64, buf: IoBuf) -> super::super::device::DevResult<IoBuf> {
-            self.mem.read_at(offset, buf).await
-        }
+        from_mem!();
         async fn write_at(&self, offset: u64, data: IoBuf, fua: bool) -> super::super::device::DevResult<()> {
             self.go.notified().await;
             self.mem.write_at(offset, data, fua).await
-        }
-        async fn flush(&self) -> super::super::device::DevResult<()> {
-            Ok(())
-        }
-        async fn trim(&self, _o: u64, _l: u32, _f: bool) -> super::super::device::DevResult<()> {
-            Ok(())
-        }
-        async fn write_zeroes(&self, o: u64, l: u32, f: bool, n: bool) -> super::super::device::DevResult<()> {
-            self.mem.write_zeroes(o, l, f, n).await
         }
     }
 
@@ -862,12 +869,7 @@ mod tests {
     }
 
     impl BlockDevice for ThreadReplies {
-        fn size(&self) -> u64 {
-            self.mem.size()
-        }
-        async fn read_at(&self, offset: u64, buf: IoBuf) -> super::super::device::DevResult<IoBuf> {
-            self.mem.read_at(offset, buf).await
-        }
+        from_mem!();
         async fn write_at(&self, offset: u64, data: IoBuf, fua: bool) -> super::super::device::DevResult<()> {
             self.mem.write_at(offset, data, fua).await
         }
@@ -882,15 +884,6 @@ mod tests {
             let (done, rx) = tokio::sync::oneshot::channel();
             let _ = self.to_thread.send((reply, done));
             Ok(rx.await.unwrap_or(false))
-        }
-        async fn flush(&self) -> super::super::device::DevResult<()> {
-            Ok(())
-        }
-        async fn trim(&self, _o: u64, _l: u32, _f: bool) -> super::super::device::DevResult<()> {
-            Ok(())
-        }
-        async fn write_zeroes(&self, o: u64, l: u32, f: bool, n: bool) -> super::super::device::DevResult<()> {
-            self.mem.write_zeroes(o, l, f, n).await
         }
     }
 
