@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::lab::{Lab, LabError, Payload};
-use crate::layout::{node_mac, NODE_IDS};
+use crate::layout::{self, node_ip, node_mac, NODE_IDS};
 use crate::netns::CLIENT_NS;
 use crate::observer::{self, Observer, ObserverError};
 use crate::spawn;
@@ -30,12 +30,99 @@ pub enum BenchError {
 /// plus one sweep interval of observation slack.
 pub const FROZEN_VIP_BOUND: Duration = Duration::from_millis(1300);
 
+/// How the active node fails in a series. The same mechanism is used for
+/// triad and keepalived, so the comparison is of the software only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fault {
+    /// SIGSTOP of every process of the node, and its switch port down: a
+    /// box that hangs and drops off the network (speed comparison).
+    StopDown,
+    /// kill -9 of every process of the node, and its switch port down: a
+    /// box that loses power (speed comparison).
+    KillDown,
+    /// SIGSTOP of every process of the node, port up: its kernel lives on
+    /// (double answers show here).
+    Stop,
+    /// kill -9 of every process of the node, port up: the namespace lives
+    /// until its last process is gone.
+    Kill,
+    /// Peer traffic dropped both ways in the node's namespace (nftables),
+    /// the client still reaches it.
+    Partition,
+}
+
+impl Fault {
+    /// Its name on the command line and in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::StopDown => "stop-down",
+            Fault::KillDown => "kill-down",
+            Fault::Stop => "stop",
+            Fault::Kill => "kill",
+            Fault::Partition => "partition",
+        }
+    }
+
+    fn inject(self, lab: &Lab, id: u8) -> Result<(), BenchError> {
+        match self {
+            Fault::StopDown => {
+                lab.signal_node_processes(id, nix::sys::signal::Signal::SIGSTOP)?;
+                lab.set_link(id, false)?;
+            }
+            Fault::KillDown => {
+                lab.set_link(id, false)?;
+                lab.kill_node(id)?;
+            }
+            Fault::Stop => lab.signal_node_processes(id, nix::sys::signal::Signal::SIGSTOP)?,
+            Fault::Kill => lab.kill_node(id)?,
+            Fault::Partition => {
+                let peers: Vec<String> =
+                    NODE_IDS.iter().filter(|p| **p != id).map(|p| node_ip(*p).to_string()).collect();
+                let set = peers.join(", ");
+                let rules = format!(
+                    "table inet tlab {{\n chain in {{ type filter hook input priority 0; ip saddr {{ {set} }} drop; }}\n \
+                     chain out {{ type filter hook output priority 0; ip daddr {{ {set} }} drop; }}\n}}\n"
+                );
+                let file = layout::node_dir(id).join("partition.nft");
+                std::fs::write(&file, rules).map_err(|e| BenchError::Load(format!("write {}: {e}", file.display())))?;
+                lab.run_in(id, "nft", &["-f", &file.display().to_string()])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings node `id` back as a follower for the next run.
+    fn recover(self, lab: &mut Lab, id: u8) -> Result<(), BenchError> {
+        match self {
+            Fault::Partition => {
+                lab.run_in(id, "nft", &["delete", "table", "inet", "tlab"])?;
+            }
+            Fault::Stop => {
+                lab.signal_node_processes(id, nix::sys::signal::Signal::SIGCONT)?;
+            }
+            Fault::StopDown | Fault::KillDown | Fault::Kill => lab.restart_node(id)?,
+        }
+        Ok(())
+    }
+}
+
+/// A small deterministic generator for the fault instants (splitmix64).
+fn next_random(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// The results of one payload's series of failovers.
 #[derive(Debug, Clone)]
 pub struct Series {
     pub label: String,
     pub gaps: Vec<Duration>,
-    /// Runs in which two MACs answered ARP for the VIP after settling.
+    /// Runs in which two nodes answered for the VIP (ARP or echo) at some
+    /// instant after the fault: an answer from any node but the new one
+    /// after the new one's first (no blind window).
     pub dual_answers: usize,
     /// ARP requests the client sent for the VIP (must be 0).
     pub client_arps: usize,
@@ -109,9 +196,14 @@ pub fn print_table(series: &[Series]) {
     }
 }
 
-/// Crashes the active node `runs` times and measures the client's gap.
-pub fn failover_series(payload: Payload, label: &str, runs: usize) -> Result<Series, BenchError> {
+/// Fails the active node `runs` times with `fault`, each at a uniformly
+/// random instant within a second (so it lands anywhere in keepalived's
+/// advert cycle and triad's heartbeat), and measures the client's gap and
+/// whether two nodes ever answered for the VIP.
+pub fn failover_series(payload: Payload, label: &str, runs: usize, fault: Fault) -> Result<Series, BenchError> {
     eprintln!("== {label}: bringing up the lab");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let mut rng = now.as_nanos() as u64 ^ u64::from(std::process::id());
     let mut lab = Lab::up(payload)?;
     let obs = Observer::start(CLIENT_NS)?;
     let mut series = Series { label: label.to_string(), gaps: Vec::new(), dual_answers: 0, client_arps: 0 };
@@ -135,10 +227,12 @@ pub fn failover_series(payload: Payload, label: &str, runs: usize) -> Result<Ser
         // Keep memory flat over long runs; replies from the old leader keep
         // arriving during the spacing below, which the gap needs.
         obs.clear();
-        // Spacing for the client's neighbour locktime (1 s) with margin.
-        std::thread::sleep(Duration::from_secs(2));
+        // Spacing for the client's neighbour locktime (1 s) with margin,
+        // then a uniformly random instant within the next second.
+        let jitter = Duration::from_micros(next_random(&mut rng) % 1_000_000);
+        std::thread::sleep(Duration::from_secs(2) + jitter);
         let fault_at = obs.now();
-        lab.crash_node(leader)?;
+        fault.inject(&lab, leader)?;
         let gap = wait::until(Duration::from_secs(20), Duration::from_millis(10), || {
             observer::failover_gap(&obs.events(), old, fault_at)
         })
@@ -146,14 +240,14 @@ pub fn failover_series(payload: Payload, label: &str, runs: usize) -> Result<Ser
             run,
             what: format!("no reply from a new MAC within 20 s after crashing n{leader}"),
         })?;
-        let settled_at = gap.first_new.max(fault_at + FROZEN_VIP_BOUND);
-        let until = settled_at + Duration::from_secs(1);
+        // Watch past the frozen node's address lifetime: a double answer
+        // can come late.
+        let until = gap.first_new.max(fault_at + FROZEN_VIP_BOUND) + Duration::from_secs(1);
         while obs.now() < until {
             std::thread::sleep(Duration::from_millis(50));
         }
         let ev = obs.events();
-        let dual = observer::check_single_answerer(&ev, settled_at, Some(gap.new_mac));
-        if let Err(e) = &dual {
+        if let Err(e) = observer::check_one_answerer_from(&ev, fault_at, old, gap.new_mac) {
             eprintln!("run {run}: {e}");
             series.dual_answers += 1;
         }
@@ -161,7 +255,7 @@ pub fn failover_series(payload: Payload, label: &str, runs: usize) -> Result<Ser
         let new = lab.layout.node_by_mac(gap.new_mac).map_or("?".into(), |i| format!("n{i}"));
         eprintln!("run {run}/{runs}: n{leader} -> {new}: gap {:.3} s", gap.length().as_secs_f64());
         series.gaps.push(gap.length());
-        lab.restart_node(leader)?;
+        fault.recover(&mut lab, leader)?;
     }
     drop(obs);
     Lab::down()?;

@@ -29,6 +29,10 @@ global_defs {{
     vrrp_version 3
     script_user root
     enable_script_security
+    # The scheduling triad runs with ([realtime] priority = 50, memory
+    # locked): a fair baseline (issue 10).
+    vrrp_rt_priority 50
+    vrrp_no_swap
 }}
 
 vrrp_instance VI_TLAB {{

@@ -63,6 +63,9 @@ enum Cmd {
         skip_triad: bool,
         #[arg(long)]
         skip_keepalived: bool,
+        /// How the active node fails (the same for both payloads).
+        #[arg(long, value_enum, default_value = "stop-down")]
+        fault: bench::Fault,
     },
     /// Idle cluster under CPU load: count leader changes, measure CPU/RSS.
     Soak {
@@ -212,17 +215,18 @@ fn run(cli: Cli) -> Result<(), MainError> {
             lab.restart_node(id)?;
             println!("node {id} restarted: pid {}", lab.node(id)?.supervisor_pid);
         }
-        Cmd::BenchFailover { runs, profile, keepalived_advert, triad, skip_triad, skip_keepalived } => {
+        Cmd::BenchFailover { runs, profile, keepalived_advert, triad, skip_triad, skip_keepalived, fault } => {
             let mut series = Vec::new();
             if !skip_triad {
                 let p = triad_payload(triad, profile, triad_lab::layout::JOURNAL_MIB)?;
-                series.push(bench::failover_series(p, &format!("triad {}", profile.as_str()), runs)?);
+                let label = format!("triad {} {}", profile.as_str(), fault.name());
+                series.push(bench::failover_series(p, &label, runs, fault)?);
                 bench::print_table(&series);
             }
             if !skip_keepalived {
-                let label = format!("keepalived advert {keepalived_advert}s");
+                let label = format!("keepalived {keepalived_advert}s {}", fault.name());
                 let p = Payload::Keepalived { advert: keepalived_advert };
-                series.push(bench::failover_series(p, &label, runs)?);
+                series.push(bench::failover_series(p, &label, runs, fault)?);
             }
             println!();
             bench::print_table(&series);
