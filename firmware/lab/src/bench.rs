@@ -120,6 +120,10 @@ fn next_random(state: &mut u64) -> u64 {
 pub struct Series {
     pub label: String,
     pub gaps: Vec<Duration>,
+    /// From the fault to the first reply from the new node (issue 10's
+    /// failover figure; with the port up the old node may answer on for a
+    /// while, so this is longer than the gap).
+    pub since_fault: Vec<Duration>,
     /// Runs in which two nodes answered for the VIP (ARP or echo) at some
     /// instant after the fault: an answer from any node but the new one
     /// after the new one's first (no blind window).
@@ -133,6 +137,18 @@ impl Series {
         let mut g = self.gaps.clone();
         g.sort_unstable();
         g
+    }
+    /// Median and p99 (nearest rank) of the time from fault to first new reply.
+    pub fn since_fault_median_p99(&self) -> (Option<Duration>, Option<Duration>) {
+        let mut g = self.since_fault.clone();
+        g.sort_unstable();
+        if g.is_empty() {
+            return (None, None);
+        }
+        let n = g.len();
+        let median = if n % 2 == 1 { g[n / 2] } else { (g[n / 2 - 1] + g[n / 2]) / 2 };
+        let rank = ((0.99 * n as f64).ceil() as usize).clamp(1, n);
+        (Some(median), Some(g[rank - 1]))
     }
     /// The median gap.
     pub fn median(&self) -> Option<Duration> {
@@ -162,19 +178,22 @@ fn secs(d: Option<Duration>) -> String {
 /// each keepalived one.
 pub fn print_table(series: &[Series]) {
     println!(
-        "{:<28} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
-        "payload", "runs", "median_s", "p99_s", "min_s", "max_s", "dual_arp", "client_arp"
+        "{:<28} {:>5} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>9} {:>10}",
+        "payload", "runs", "median_s", "p99_s", "min_s", "max_s", "fault_med_s", "fault_p99_s", "dual", "client_arp"
     );
     for s in series {
         let g = s.sorted();
+        let (fm, fp) = s.since_fault_median_p99();
         println!(
-            "{:<28} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
+            "{:<28} {:>5} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>9} {:>10}",
             s.label,
             s.gaps.len(),
             secs(s.median()),
             secs(s.percentile(99.0)),
             secs(g.first().copied()),
             secs(g.last().copied()),
+            secs(fm),
+            secs(fp),
             s.dual_answers,
             s.client_arps
         );
@@ -206,7 +225,8 @@ pub fn failover_series(payload: Payload, label: &str, runs: usize, fault: Fault)
     let mut rng = now.as_nanos() as u64 ^ u64::from(std::process::id());
     let mut lab = Lab::up(payload)?;
     let obs = Observer::start(CLIENT_NS)?;
-    let mut series = Series { label: label.to_string(), gaps: Vec::new(), dual_answers: 0, client_arps: 0 };
+    let mut series =
+        Series { label: label.to_string(), gaps: Vec::new(), since_fault: Vec::new(), dual_answers: 0, client_arps: 0 };
     for run in 1..=runs {
         let leader = lab.wait_healthy(&NODE_IDS, Duration::from_secs(30))?;
         let old = node_mac(leader);
@@ -253,8 +273,13 @@ pub fn failover_series(payload: Payload, label: &str, runs: usize, fault: Fault)
         }
         series.client_arps += observer::client_arp_requests(&ev, fault_at);
         let new = lab.layout.node_by_mac(gap.new_mac).map_or("?".into(), |i| format!("n{i}"));
-        eprintln!("run {run}/{runs}: n{leader} -> {new}: gap {:.3} s", gap.length().as_secs_f64());
+        eprintln!(
+            "run {run}/{runs}: n{leader} -> {new}: gap {:.3} s, fault to first new reply {:.3} s",
+            gap.length().as_secs_f64(),
+            gap.first_new.saturating_sub(fault_at).as_secs_f64()
+        );
         series.gaps.push(gap.length());
+        series.since_fault.push(gap.first_new.saturating_sub(fault_at));
         fault.recover(&mut lab, leader)?;
     }
     drop(obs);
