@@ -97,10 +97,16 @@ impl Fault {
             Fault::Partition => {
                 lab.run_in(id, "nft", &["delete", "table", "inet", "tlab"])?;
             }
-            Fault::Stop => {
+            // Thawed first: a stopped process in the middle of a disk sync
+            // can keep its namespace alive past kill_node's wait. Then a
+            // fresh start, so every run begins from three healthy nodes
+            // (a thawed keepalived with `nopreempt` may stay master).
+            Fault::Stop | Fault::StopDown => {
                 lab.signal_node_processes(id, nix::sys::signal::Signal::SIGCONT)?;
+                lab.set_link(id, true)?;
+                lab.restart_node(id)?;
             }
-            Fault::StopDown | Fault::KillDown | Fault::Kill => lab.restart_node(id)?,
+            Fault::KillDown | Fault::Kill => lab.restart_node(id)?,
         }
         Ok(())
     }
