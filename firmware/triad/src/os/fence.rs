@@ -367,11 +367,7 @@ impl Fence {
         match self.batch(grant_ops(&arms, ms)) {
             Ok(()) => Ok(()),
             Err(Nack::Errno(libc::EEXIST)) => {
-                let replace: Vec<Op> = arms
-                    .iter()
-                    .flat_map(|(set, key)| [delete_element(set, key.clone()), add_element(set, key.clone(), ms)])
-                    .collect();
-                match self.batch(replace) {
+                match self.batch(refresh_ops(&arms, ms)) {
                     Ok(()) => Ok(()),
                     // One of several arming elements expired in between:
                     // arm what is missing on the next try.
