@@ -57,6 +57,13 @@ pub const MIN_TTL: Duration = Duration::from_millis(1);
 /// HZ=250; the kernel rounds it down, which only shortens it.
 pub const ARM_TTL: Duration = Duration::from_millis(8);
 
+/// The pause after an operation the kernel refused before the next is
+/// handed out: a broken fence is repaired by a reinstall (which ends the
+/// pause), and a refusal that persists must not be asked again at every
+/// event. Shorter than a refresh's margin (a third of the lease), so one
+/// refused refresh does not cost the element.
+pub const FAILED_RETRY: Duration = Duration::from_millis(50);
+
 /// What the executor must do to the fence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FenceOp {
@@ -111,6 +118,8 @@ pub struct Fence {
     end: Option<Instant>,
     /// An operation was handed out and has not been reported.
     in_flight: bool,
+    /// The kernel refused the last operation: none before this instant.
+    retry_at: Option<Instant>,
 }
 
 impl Fence {
@@ -119,6 +128,7 @@ impl Fence {
     pub fn installed(&mut self, ok: bool) {
         self.installed = Some(ok);
         self.end = None;
+        self.retry_at = None;
     }
 
     /// Whether this node has a fence at all.
@@ -141,7 +151,9 @@ impl Fence {
             (FenceOp::Revoke, FenceResult::Done { .. }) | (FenceOp::Refresh { .. }, FenceResult::Expired) => {
                 self.end = None;
             }
-            // A failed or refused operation changed nothing in the kernel.
+            // A failed operation changed nothing in the kernel; pause.
+            (_, FenceResult::Failed) => self.retry_at = Some(at.add(FAILED_RETRY)),
+            // A refused one changed nothing either.
             _ => {}
         }
     }
@@ -151,6 +163,10 @@ impl Fence {
     pub fn next(&mut self, now: Instant, wants: bool, lease_end: Option<Instant>) -> Option<FenceOp> {
         if self.installed != Some(true) || self.in_flight {
             return None;
+        }
+        match self.retry_at {
+            Some(t) if now < t => return None,
+            _ => self.retry_at = None,
         }
         // A grant only with a worthwhile lease left now (the executor
         // applies the same rule at its own, later, instant).
@@ -174,13 +190,20 @@ impl Fence {
         op
     }
 
-    /// When [`next`](Self::next) will have a refresh to hand out, for the
-    /// host's deadline: the instant the element's remaining life falls to
-    /// what a refresh would give it.
-    pub fn refresh_due(&self, lease_end: Option<Instant>) -> Option<Instant> {
+    /// When [`next`](Self::next) may have an operation to hand out, for
+    /// the host's deadline: the end of a pause after a failure, or the
+    /// instant the element's remaining life falls to what a refresh would
+    /// give it.
+    pub fn next_due(&self, lease_end: Option<Instant>) -> Option<Instant> {
+        if self.in_flight || self.installed != Some(true) {
+            return None;
+        }
+        if self.retry_at.is_some() {
+            return self.retry_at;
+        }
         let (end, lease) = (self.end?, lease_end?);
         // No refresh worth having (the lease is running out): none is due.
-        if self.in_flight || self.installed != Some(true) || lease.since(end) < MIN_TTL {
+        if lease.since(end) < MIN_TTL {
             return None;
         }
         // end - now <= (lease - end) / 2  <=>  now >= (3 end - lease) / 2,
@@ -243,21 +266,21 @@ mod tests {
         // 50 ms on, the lease moved to 290: a refresh would give 50 ms,
         // not twice the 190 ms the element has left: not yet.
         assert_eq!(f.next(at(50), true, Some(at(290))), None);
-        assert_eq!(f.refresh_due(Some(at(290))), Some(at(215)), "(3 x 240 - 290) / 2");
+        assert_eq!(f.next_due(Some(at(290))), Some(at(215)), "(3 x 240 - 290) / 2");
         // At 130 the lease ends at 370: 130 ms of refresh against 110 left.
         assert_eq!(f.next(at(130), true, Some(at(370))), None, "110 > 130 / 2");
         // The due instant rounds up: with an odd 3E - L, one microsecond
         // earlier has no refresh, the instant itself has one.
         let mut g = f;
         let lease = Instant(at(410).0 + 1);
-        let due = g.refresh_due(Some(lease)).expect("due");
+        let due = g.next_due(Some(lease)).expect("due");
         assert_eq!(g.next(Instant(due.0 - 1), true, Some(lease)), None);
         assert!(g.next(due, true, Some(lease)).is_some(), "due at {due:?} but nothing to do: a busy loop");
         // A lease running out (no acknowledged heartbeat): once a refresh
         // would give under a millisecond, none is due at all.
         let mut g = f;
         assert_eq!(g.end(), Some(at(240)));
-        assert_eq!(g.refresh_due(Some(Instant(at(240).0 + 999))), None);
+        assert_eq!(g.next_due(Some(Instant(at(240).0 + 999))), None);
         assert_eq!(g.next(at(239), true, Some(Instant(at(240).0 + 999))), None);
         // At 170 the lease ends at 410: 170 ms against 70 left.
         assert_eq!(f.next(at(170), true, Some(at(410))), Some(FenceOp::Refresh { ttl: ms(170) }));
@@ -292,10 +315,10 @@ mod tests {
         assert_eq!(f.next(at(10), true, None), Some(FenceOp::Revoke), "lease gone");
         f.done(FenceOp::Revoke, FenceResult::Failed, at(11));
         assert_eq!(f.end(), Some(at(241)), "a failed revoke leaves the element");
-        assert_eq!(f.next(at(12), false, Some(at(240))), Some(FenceOp::Revoke), "retried; VIP not wanted");
-        f.done(FenceOp::Revoke, FenceResult::Done { ttl: Duration::ZERO }, at(13));
+        assert_eq!(f.next(at(61), false, Some(at(240))), Some(FenceOp::Revoke), "retried; VIP not wanted");
+        f.done(FenceOp::Revoke, FenceResult::Done { ttl: Duration::ZERO }, at(62));
         assert_eq!(f.end(), None);
-        assert_eq!(f.next(at(14), false, None), None);
+        assert_eq!(f.next(at(63), false, None), None);
         // A reinstall (tampering detected) starts without an element.
         let mut f = installed();
         f.next(at(0), true, Some(at(240)));
@@ -314,6 +337,34 @@ mod tests {
         assert_eq!(f.next(Instant(0), true, Some(at(9))), Some(FenceOp::Grant { deadline: at(9) }));
         f.done(FenceOp::Grant { deadline: at(9) }, FenceResult::LeaseEnded, Instant(1));
         assert_eq!(f.next(Instant(1), true, Some(at(9))), None);
+    }
+
+    /// A refused operation is not asked again at every event (the lab
+    /// logged 125 failed armings a second after its table was deleted):
+    /// the next comes [`FAILED_RETRY`] later, the host's deadline wakes it
+    /// then, and a reinstall (a fresh table) lets it go at once.
+    #[test]
+    fn a_failed_operation_is_retried_after_a_pause_or_at_once_after_a_reinstall() {
+        let grant = Some(FenceOp::Grant { deadline: at(240) });
+        let mut f = installed();
+        assert_eq!(f.next(at(0), true, Some(at(240))), grant);
+        f.done(FenceOp::Grant { deadline: at(240) }, FenceResult::Failed, at(1));
+        assert_eq!(f.next(at(2), true, Some(at(240))), None, "retried at once");
+        let retry = at(1).add(FAILED_RETRY);
+        assert_eq!(f.next_due(Some(at(240))), Some(retry), "nothing wakes the host for the retry");
+        assert_eq!(f.next(Instant(retry.0 - 1), true, Some(at(240))), None);
+        assert_eq!(f.next(retry, true, Some(at(240))), grant);
+        f.done(FenceOp::Grant { deadline: at(240) }, FenceResult::Failed, at(60));
+        assert_eq!(f.next_due(Some(at(240))), Some(at(60).add(FAILED_RETRY)));
+        f.installed(true);
+        assert_eq!(f.next(at(61), true, Some(at(240))), grant, "a fresh table waits for nothing");
+        // A retry instant that finds nothing to do is forgotten: no wake-up
+        // in the past, which would spin the executor.
+        let mut f = installed();
+        f.next(at(0), true, Some(at(240)));
+        f.done(FenceOp::Grant { deadline: at(240) }, FenceResult::Failed, at(1));
+        assert_eq!(f.next(at(100), false, None), None);
+        assert_eq!(f.next_due(None), None);
     }
 
     #[test]

@@ -421,7 +421,7 @@ impl Host {
     /// The earliest instant at which [`Event::Tick`] has work.
     pub fn next_deadline(&self) -> Instant {
         let core = self.node.next_deadline();
-        self.fence.refresh_due(self.lease_end()).map_or(core, |due| core.min(due))
+        self.fence.next_due(self.lease_end()).map_or(core, |due| core.min(due))
     }
 
     /// The end of the lease the core holds or held last (the fence's

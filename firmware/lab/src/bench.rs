@@ -23,6 +23,8 @@ pub enum BenchError {
     Run { run: usize, what: String },
     #[error("could not start the CPU load ({0})")]
     Load(String),
+    #[error("fault {fault} needs the triad payload (it is a hook inside the supervisor); use --skip-keepalived")]
+    TriadOnly { fault: &'static str },
 }
 
 /// Bound after a fault past which a frozen node's kernel must have dropped
@@ -49,7 +51,16 @@ pub enum Fault {
     /// Peer traffic dropped both ways in the node's namespace (nftables),
     /// the client still reaches it.
     Partition,
+    /// Triad only: the supervisor's event loop held right before its next
+    /// fence call (timeout computed, kernel not told), port up, released
+    /// 100 ms after the new node's first reply so the late refresh lands
+    /// while the old node still has the VIP address (issue 10's
+    /// freeze-before-refresh hook).
+    HoldFence,
 }
+
+/// How long after the new node's first reply a held fence call is let go.
+pub const HOLD_FENCE_RELEASE: Duration = Duration::from_millis(100);
 
 impl Fault {
     /// Its name on the command line and in tables.
@@ -60,6 +71,7 @@ impl Fault {
             Fault::Stop => "stop",
             Fault::Kill => "kill",
             Fault::Partition => "partition",
+            Fault::HoldFence => "hold-fence",
         }
     }
 
@@ -87,7 +99,50 @@ impl Fault {
                 std::fs::write(&file, rules).map_err(|e| BenchError::Load(format!("write {}: {e}", file.display())))?;
                 lab.run_in(id, "nft", &["-f", &file.display().to_string()])?;
             }
+            Fault::HoldFence => {
+                lab.hold_before_fence(id)?;
+                // The leader refreshes about every 110 ms; the fault begins
+                // when its loop is held.
+                wait::until(Duration::from_secs(5), Duration::from_millis(1), || {
+                    lab.held_before_fence(id).then_some(())
+                })
+                .ok_or_else(|| BenchError::Load(format!("n{id} never reached a fence call in 5 s")))?;
+            }
         }
+        Ok(())
+    }
+
+    /// A hold-fence run counts only if the held call really went out late
+    /// and the kernel refused it (its element had expired).
+    fn check_log(self, log: &str, run: usize) -> Result<(), BenchError> {
+        if self != Fault::HoldFence {
+            return Ok(());
+        }
+        let acted = log.contains("holding right before a fence call");
+        let refused = log.contains("had expired before its refresh") || log.contains("fence operation failed");
+        if acted && refused {
+            return Ok(());
+        }
+        Err(BenchError::Run {
+            run,
+            what: format!("the held fence call did not fail late (hook acted: {acted}):\n{log}"),
+        })
+    }
+
+    /// Acts once the new node answers: lets a held fence call go while the
+    /// old node still has the address, so only its fence keeps it silent.
+    fn after_takeover(self, lab: &Lab, id: u8, run: usize) -> Result<(), BenchError> {
+        if self != Fault::HoldFence {
+            return Ok(());
+        }
+        std::thread::sleep(HOLD_FENCE_RELEASE);
+        if !lab.vip_on(id) {
+            return Err(BenchError::Run {
+                run,
+                what: format!("n{id}'s VIP address expired before the release: the run would prove nothing"),
+            });
+        }
+        lab.release_fence_hold(id)?;
         Ok(())
     }
 
@@ -107,6 +162,9 @@ impl Fault {
                 lab.restart_node(id)?;
             }
             Fault::KillDown | Fault::Kill => lab.restart_node(id)?,
+            // Released in after_takeover; it steps down on its own. A
+            // release here too covers a run that failed before that.
+            Fault::HoldFence => lab.release_fence_hold(id)?,
         }
         Ok(())
     }
@@ -226,6 +284,9 @@ pub fn print_table(series: &[Series]) {
 /// advert cycle and triad's heartbeat), and measures the client's gap and
 /// whether two nodes ever answered for the VIP.
 pub fn failover_series(payload: Payload, label: &str, runs: usize, fault: Fault) -> Result<Series, BenchError> {
+    if fault == Fault::HoldFence && !matches!(payload, Payload::Triad { .. }) {
+        return Err(BenchError::TriadOnly { fault: fault.name() });
+    }
     eprintln!("== {label}: bringing up the lab");
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let mut rng = now.as_nanos() as u64 ^ u64::from(std::process::id());
@@ -257,6 +318,7 @@ pub fn failover_series(payload: Payload, label: &str, runs: usize, fault: Fault)
         // then a uniformly random instant within the next second.
         let jitter = Duration::from_micros(next_random(&mut rng) % 1_000_000);
         std::thread::sleep(Duration::from_secs(2) + jitter);
+        let log_mark = lab.log_len(leader);
         let fault_at = obs.now();
         fault.inject(&lab, leader)?;
         let gap = wait::until(Duration::from_secs(20), Duration::from_millis(10), || {
@@ -266,6 +328,7 @@ pub fn failover_series(payload: Payload, label: &str, runs: usize, fault: Fault)
             run,
             what: format!("no reply from a new MAC within 20 s after crashing n{leader}"),
         })?;
+        fault.after_takeover(&lab, leader, run)?;
         // Watch past the frozen node's address lifetime: a double answer
         // can come late.
         let until = gap.first_new.max(fault_at + FROZEN_VIP_BOUND) + Duration::from_secs(1);
@@ -278,6 +341,7 @@ pub fn failover_series(payload: Payload, label: &str, runs: usize, fault: Fault)
             series.dual_answers += 1;
         }
         series.client_arps += observer::client_arp_requests(&ev, fault_at);
+        fault.check_log(&lab.log_since(leader, log_mark), run)?;
         let new = lab.layout.node_by_mac(gap.new_mac).map_or("?".into(), |i| format!("n{i}"));
         eprintln!(
             "run {run}/{runs}: n{leader} -> {new}: gap {:.3} s, fault to first new reply {:.3} s",
@@ -348,13 +412,18 @@ pub fn soak(payload: Payload, minutes: u64) -> Result<(), BenchError> {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let ev = obs.events();
+    let macs = observer::vip_arp_macs(&ev, Duration::ZERO);
+    let policy = |pid: i32| spawn::sched_policy(pid).unwrap_or_else(|| "?".into());
+    println!(
+        "soak: {minutes} min, load: 2 CPU hogs ({}), supervisors {}, {samples} samples",
+        load.first().map_or("?".into(), |c| policy(c.id() as i32)),
+        pids.first().map_or("?".into(), |(_, p)| policy(*p))
+    );
     for c in &mut load {
         let _ = c.kill();
         let _ = c.wait();
     }
-    let ev = obs.events();
-    let macs = observer::vip_arp_macs(&ev, Duration::ZERO);
-    println!("soak: {minutes} min, load: 2 CPU hogs, {samples} samples");
     println!("leader changes: {changes} (samples without exactly one leader: {status_failures})");
     println!("MACs sending ARP for the VIP: {:?}", macs.iter().map(|m| m.to_string()).collect::<Vec<_>>());
     println!("client ARP requests for the VIP: {}", observer::client_arp_requests(&ev, Duration::ZERO));

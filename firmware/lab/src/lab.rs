@@ -54,8 +54,10 @@ impl Profile {
 pub enum Payload {
     /// The triad supervisor at `bin` with a timing profile and a journal
     /// of `journal_mib` MiB per node ([`layout::JOURNAL_MIB`] unless a
-    /// test needs a small one that fills, e.g. to force compaction).
-    Triad { bin: PathBuf, profile: Profile, journal_mib: u64 },
+    /// test needs a small one that fills, e.g. to force compaction);
+    /// `realtime`: SCHED_FIFO 50 for the supervisor (false only for the
+    /// equal-priority soak).
+    Triad { bin: PathBuf, profile: Profile, journal_mib: u64, realtime: bool },
     /// keepalived with `advert` seconds between VRRP adverts ("1", "0.1").
     Keepalived { advert: String },
 }
@@ -157,8 +159,8 @@ impl Lab {
         for id in NODE_IDS {
             let nd = layout::node_dir(id);
             let config = match &payload {
-                Payload::Triad { bin: _, profile, journal_mib } => {
-                    triad::write_config(id, profile.as_str(), *journal_mib, &dir.join("certs"))?
+                Payload::Triad { bin: _, profile, journal_mib, realtime } => {
+                    triad::write_config(id, profile.as_str(), *journal_mib, &dir.join("certs"), *realtime)?
                 }
                 Payload::Keepalived { advert } => keepalived::write_config(id, advert)
                     .map_err(io_err(format!("writing keepalived config of node {id}")))?,
@@ -216,6 +218,7 @@ impl Lab {
                 profile: if layout.profile == "fast" { Profile::Fast } else { Profile::Default },
                 // Only `up` writes configs; a loaded lab keeps its files.
                 journal_mib: layout::JOURNAL_MIB,
+                realtime: true,
             },
             _ => Payload::Keepalived { advert: layout.profile.trim_start_matches("advert-").to_string() },
         };
@@ -443,6 +446,17 @@ impl Lab {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(LabError::Io { what: format!("remove {}", flag.display()), source: e }),
         }
+    }
+
+    /// The length of node `id`'s log now: a mark for [`log_since`](Self::log_since).
+    pub fn log_len(&self, id: u8) -> u64 {
+        self.node(id).ok().and_then(|n| std::fs::metadata(&n.log).ok()).map_or(0, |m| m.len())
+    }
+
+    /// Node `id`'s log from byte `from` on, without colour codes.
+    pub fn log_since(&self, id: u8, from: u64) -> String {
+        let all = self.node(id).ok().and_then(|n| std::fs::read(&n.log).ok()).unwrap_or_default();
+        strip_ansi(&String::from_utf8_lossy(all.get(from as usize..).unwrap_or_default()))
     }
 
     /// Takes node `id`'s switch-side port down or up: what the network sees
@@ -678,4 +692,20 @@ fn append_marker(log: &Path, text: &str) {
     if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
         let _ = writeln!(f, "==== {text} ====");
     }
+}
+
+/// `s` without ANSI colour sequences (ESC ... m), as the supervisors' logs
+/// carry them.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut esc = false;
+    for c in s.chars() {
+        match (esc, c) {
+            (false, '\u{1b}') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
 }

@@ -165,10 +165,7 @@ pub fn pids_matching(needle: &str) -> Vec<i32> {
 /// Reads (utime + stime in clock ticks, VmRSS in KiB) for CPU and memory
 /// accounting of a supervisor.
 pub fn cpu_and_rss(pid: i32) -> Option<(u64, u64)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split(' ').collect();
-    // Fields after the command name start at index 3 (state) = f[0];
+    let f = stat_fields(pid)?;
     // utime is field 14 and stime field 15 in proc(5) numbering.
     let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -178,4 +175,27 @@ pub fn cpu_and_rss(pid: i32) -> Option<(u64, u64)> {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())?;
     Some((ticks, rss))
+}
+
+/// The scheduling class of `pid`'s main thread as `chrt` would name it
+/// ("SCHED_FIFO 50", "SCHED_OTHER nice 0"), from /proc/PID/stat.
+pub fn sched_policy(pid: i32) -> Option<String> {
+    let f = stat_fields(pid)?;
+    // nice is field 19, rt_priority 40 and policy 41 in proc(5) numbering.
+    let nice = f.get(16)?;
+    let rt = f.get(37)?;
+    Some(match f.get(38)?.parse::<i32>().ok()? {
+        libc::SCHED_FIFO => format!("SCHED_FIFO {rt}"),
+        libc::SCHED_RR => format!("SCHED_RR {rt}"),
+        libc::SCHED_OTHER => format!("SCHED_OTHER nice {nice}"),
+        p => format!("policy {p}"),
+    })
+}
+
+/// The fields of /proc/PID/stat after the command name: index 0 is the
+/// state (field 3 in proc(5) numbering).
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = s.get(s.rfind(')')? + 2..)?;
+    Some(rest.split(' ').map(str::to_string).collect())
 }

@@ -41,6 +41,17 @@ pub struct VipStatus {
     pub conflict_mac: Option<String>,
 }
 
+/// The `fence` part of `triad status --json` (docs/status-schema.md).
+#[derive(Debug, Clone, Deserialize)]
+pub struct FenceStatus {
+    #[serde(default)]
+    pub installed: bool,
+    #[serde(default)]
+    pub intact: bool,
+    #[serde(default)]
+    pub element_present: bool,
+}
+
 /// One peer in `triad status --json`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct PeerStatus {
@@ -63,6 +74,8 @@ pub struct Status {
     pub standby: bool,
     #[serde(default)]
     pub peers: Vec<PeerStatus>,
+    #[serde(default)]
+    pub fence: Option<FenceStatus>,
 }
 
 /// Where to find the triad binary: an explicit path, `TRIAD_BIN`, or the
@@ -108,7 +121,10 @@ pub fn make_certs(bin: &Path, dir: &Path, nodes: &[u8]) -> Result<(), TriadError
 }
 
 /// The TOML config of node `id`. `certs` holds ca.pem and node-ID.{pem,key}.
-pub fn config_text(id: u8, profile: &str, journal_mib: u64, certs: &Path) -> String {
+/// `realtime` puts the supervisor under SCHED_FIFO 50 (the lab's normal
+/// setting); without it the supervisor competes with other processes at
+/// their own priority (the equal-priority soak).
+pub fn config_text(id: u8, profile: &str, journal_mib: u64, certs: &Path, realtime: bool) -> String {
     let dir = layout::node_dir(id);
     let mut peers = String::new();
     for p in NODE_IDS.iter().filter(|p| **p != id) {
@@ -137,7 +153,7 @@ key = "{key}"
 profile = "{profile}"
 
 [realtime]
-enabled = true
+enabled = {realtime}
 priority = 50
 lock_memory = true
 
@@ -166,9 +182,15 @@ new_cluster = true
 }
 
 /// Writes node `id`'s config to its node dir and returns the path.
-pub fn write_config(id: u8, profile: &str, journal_mib: u64, certs: &Path) -> Result<PathBuf, TriadError> {
+pub fn write_config(
+    id: u8,
+    profile: &str,
+    journal_mib: u64,
+    certs: &Path,
+    realtime: bool,
+) -> Result<PathBuf, TriadError> {
     let path = layout::node_dir(id).join("triad.toml");
-    std::fs::write(&path, config_text(id, profile, journal_mib, certs))
+    std::fs::write(&path, config_text(id, profile, journal_mib, certs, realtime))
         .map_err(|source| TriadError::Write { path: path.clone(), source })?;
     Ok(path)
 }

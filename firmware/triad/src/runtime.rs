@@ -193,8 +193,21 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
     if let Some(dir) = &fault_hooks {
         warn!(dir = %dir.display(), "test fault hooks enabled ({FAULT_HOOKS_ENV}); never on an appliance");
     }
-    let mut shell =
-        Shell { host, store, vip, fence, fence_spec, fault_hooks, links, clock, cfg, volume, _vol_tx: vol_tx };
+    let mut shell = Shell {
+        host,
+        store,
+        vip,
+        fence,
+        fence_spec,
+        fence_failing: false,
+        fence_recheck: false,
+        fault_hooks,
+        links,
+        clock,
+        cfg,
+        volume,
+        _vol_tx: vol_tx,
+    };
     shell.execute(start).await?;
     shell.step(Event::FenceInstalled(shell.fence.is_some())).await?;
     let mut fence_check = tokio::time::interval(FENCE_CHECK);
@@ -256,6 +269,12 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
             _ = pwr.recv() => break,
         };
         shell.step(event).await?;
+        if std::mem::take(&mut shell.fence_recheck) {
+            // Refused: perhaps someone changed the fence. Repaired now
+            // rather than at the next periodic check: a missing table
+            // filters nothing.
+            shell.check_fence().await?;
+        }
     }
     shell.hand_over_before_exit().await?;
     info!("shutting down: removing the VIP");
@@ -294,6 +313,12 @@ struct Shell<V: VipOps> {
     /// The VIP's kernel lease fence; `None` if it could not be installed.
     fence: Option<Fence>,
     fence_spec: FenceSpec,
+    /// The kernel refused the last fence operation: further failures are
+    /// not logged at warn level each time.
+    fence_failing: bool,
+    /// A fence operation was refused: the fence is checked (and
+    /// reinstalled if it was changed) right after the event.
+    fence_recheck: bool,
     /// Where the test-only fault hooks are looked for, if enabled.
     fault_hooks: Option<std::path::PathBuf>,
     links: PeerLinks,
@@ -367,6 +392,17 @@ impl<V: VipOps> Shell<V> {
                 }
                 Command::Fence(op) => {
                     let result = self.fence_op(op);
+                    match result {
+                        FenceResult::Failed => {
+                            self.fence_failing = true;
+                            self.fence_recheck = true;
+                        }
+                        FenceResult::Done { .. } if self.fence_failing => {
+                            info!(?op, "fence operations succeed again");
+                            self.fence_failing = false;
+                        }
+                        _ => {}
+                    }
                     // Read after the call: the element's end is bounded by it.
                     let at = self.clock.now();
                     queue.extend(self.host.handle(at, Event::FenceDone { op, result, at }));
@@ -389,7 +425,7 @@ impl<V: VipOps> Shell<V> {
                     return FenceResult::LeaseEnded;
                 }
                 if let Err(e) = fence.arm(ARM_TTL) {
-                    warn!(error = %chain(&e), "fence arming failed");
+                    self.log_fence_failure(op, &e);
                     return FenceResult::Failed;
                 }
                 match grant_ttl(deadline, self.clock.now()) {
@@ -415,9 +451,20 @@ impl<V: VipOps> Shell<V> {
             Err(FenceError::NotPresent { .. }) if matches!(op, FenceOp::Grant { .. }) => FenceResult::LeaseEnded,
             Err(FenceError::NotPresent { .. }) => FenceResult::Expired,
             Err(e) => {
-                warn!(?op, error = %chain(&e), "fence operation failed");
+                self.log_fence_failure(op, &e);
                 FenceResult::Failed
             }
+        }
+    }
+
+    /// The first of a run of refused fence operations at warn level, the
+    /// rest (retried every `FAILED_RETRY`) at debug: a fence that stays
+    /// broken must not flood the log.
+    fn log_fence_failure(&self, op: FenceOp, e: &FenceError) {
+        if self.fence_failing {
+            debug!(?op, error = %chain(e), "fence operation failed again");
+        } else {
+            warn!(?op, error = %chain(e), "fence operation failed; checking the fence");
         }
     }
 

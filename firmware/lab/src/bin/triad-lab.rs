@@ -75,6 +75,10 @@ enum Cmd {
         profile: Profile,
         #[arg(long)]
         triad: Option<PathBuf>,
+        /// Run the supervisors without SCHED_FIFO, at the load's own
+        /// priority (SCHED_OTHER, nice 0): no scheduling advantage.
+        #[arg(long)]
+        equal_priority: bool,
     },
     /// 4 KiB write+flush, 4 KiB writes, 1 MiB sequential, 4 KiB reads:
     /// an NBD export against nbdkit's file plugin on the same filesystem.
@@ -166,7 +170,7 @@ fn main() -> ExitCode {
 }
 
 fn triad_payload(triad: Option<PathBuf>, profile: Profile, journal_mib: u64) -> Result<Payload, MainError> {
-    Ok(Payload::Triad { bin: triad::locate(triad.as_deref())?, profile, journal_mib })
+    Ok(Payload::Triad { bin: triad::locate(triad.as_deref())?, profile, journal_mib, realtime: true })
 }
 
 fn run(cli: Cli) -> Result<(), MainError> {
@@ -231,8 +235,12 @@ fn run(cli: Cli) -> Result<(), MainError> {
             println!();
             bench::print_table(&series);
         }
-        Cmd::Soak { minutes, profile, triad } => {
-            bench::soak(triad_payload(triad, profile, triad_lab::layout::JOURNAL_MIB)?, minutes)?;
+        Cmd::Soak { minutes, profile, triad, equal_priority } => {
+            let mut payload = triad_payload(triad, profile, triad_lab::layout::JOURNAL_MIB)?;
+            if let Payload::Triad { realtime, .. } = &mut payload {
+                *realtime = !equal_priority;
+            }
+            bench::soak(payload, minutes)?;
         }
         Cmd::BenchVolume { subject_uri, subject_label, self_test, dir, size, runtime, reps } => {
             if !(runtime.is_finite() && runtime > 0.0) {
