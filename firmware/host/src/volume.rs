@@ -17,6 +17,13 @@
 //!  sync()                     the journal's fdatasync (group commit); may take long
 //!  after_sync(clock, view)    the clock and `view` read after the sync
 //! ```
+//! or, overlapping the fdatasync with the next passes (the supervisor):
+//! `start_sync()` hands out the fdatasync of everything appended so far
+//! as a job for another thread; passes go on (`command`, `before_sync`,
+//! `after_sync`, with no new sync while one runs); when the job returns,
+//! `finish_sync(result)` then `after_sync(clock, view)`. A sync covers
+//! only the records appended before it started, and what it covers is
+//! what becomes durable (`triad_volume::Journal::finish_sync`).
 //! Every step that may apply records ends with the replica's
 //! acknowledgements judged at a time read *after* the step's I/O (the
 //! store's pwrite may block on writeback): a write is answered only if
@@ -33,7 +40,7 @@ use std::collections::HashMap;
 
 use triad_core::{Instant, Membership, NodeId, Position};
 use triad_repl::{Bytes, ClientError, Msg, Out, Recovery, ReplNotice, Replica, VerifyReport, View};
-use triad_volume::Disk;
+use triad_volume::{Disk, JournalSync, SyncJob};
 
 /// A client's write, verify or status asks for an answer by this id.
 pub type ClientId = u64;
@@ -267,6 +274,29 @@ impl<J: Disk, D: Disk, M: Disk> VolumeDriver<J, D, M> {
     pub fn sync(&mut self, outs: &mut Vec<VolumeOut>) {
         self.replica.sync_journal(&mut self.out);
         self.carry(outs);
+    }
+
+    /// The journal's fdatasync without waiting for it: starts one that
+    /// covers every record appended so far, if any needs it and none is
+    /// running. The caller runs the job (the supervisor on its sync
+    /// thread) and goes on with more passes meanwhile; when the job
+    /// returns, [`finish_sync`](Self::finish_sync), then
+    /// [`after_sync`](Self::after_sync).
+    pub fn start_sync(&mut self, outs: &mut Vec<VolumeOut>) -> Option<(JournalSync, SyncJob)> {
+        let started = self.replica.start_sync(&mut self.out);
+        self.carry(outs);
+        started
+    }
+
+    /// A started sync's job returned `result`.
+    pub fn finish_sync(&mut self, sync: JournalSync, result: std::io::Result<()>, outs: &mut Vec<VolumeOut>) {
+        self.replica.finish_sync(sync, result, &mut self.out);
+        self.carry(outs);
+    }
+
+    /// Whether a started sync has not finished.
+    pub fn sync_running(&self) -> bool {
+        self.replica.sync_running()
     }
 
     /// What the sync made possible (replies, commits, applying), at a

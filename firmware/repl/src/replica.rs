@@ -21,7 +21,9 @@ use core::time::Duration;
 use std::collections::VecDeque;
 
 use triad_core::{Instant, NodeId};
-use triad_volume::{DirtyBitmap, Disk, Journal, JournalError, Position, Record, Store, StoreError};
+use triad_volume::{
+    DirtyBitmap, Disk, Journal, JournalError, JournalSync, Position, Record, Store, StoreError, SyncJob,
+};
 
 use crate::leader::LeaderState;
 use crate::msg::Msg;
@@ -66,6 +68,16 @@ pub enum Recovery {
     Reboot,
 }
 
+/// A follower's AppendReply that waits for a sync.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ReplyDue {
+    pub(crate) to: NodeId,
+    pub(crate) ok: bool,
+    pub(crate) stream: u64,
+    /// Sent once the journal is durable through this seq.
+    pub(crate) upto: u64,
+}
+
 /// One node's replica of the volume.
 #[derive(Debug)]
 pub struct Replica<J: Disk, D: Disk, M: Disk> {
@@ -88,11 +100,12 @@ pub struct Replica<J: Disk, D: Disk, M: Disk> {
     pub(crate) leader: Option<LeaderState>,
     /// Follower: highest seq known to match the current leader's journal.
     pub(crate) matched_in_epoch: u64,
-    /// Follower: the leader to answer at the next sync, and whether the
-    /// last Append matched.
-    /// An AppendReply to send after the next sync: to whom, `ok`, and the
-    /// stream of the Append it answers.
-    pub(crate) reply_due: Option<(NodeId, bool, u64)>,
+    /// Follower: an AppendReply to send once the journal is durable
+    /// through what the Append added: to whom, `ok`, the stream of the
+    /// Append it answers, and the last seq the journal had then.
+    pub(crate) reply_due: Option<ReplyDue>,
+    /// Follower: the durable seq the last AppendReply reported.
+    replied_durable: u64,
     /// Follower side of a block resync.
     pub(crate) resync_in: Option<FollowerResync>,
     /// One bitmap per peer (index as in `peers`), rule 10.
@@ -110,8 +123,10 @@ pub struct Replica<J: Disk, D: Disk, M: Disk> {
     reported_position: Option<Position>,
     reported_electable: Option<bool>,
     reported_membership: Option<triad_core::Membership>,
-    /// The journal has unsynced appends.
+    /// The journal has appends no sync (finished or running) covers.
     pub(crate) needs_sync: bool,
+    /// A journal sync was started and has not finished.
+    sync_running: bool,
     /// Follower: records taken from the leader and not yet applied, kept in
     /// RAM (bounded) so applying them does not re-read the journal.
     received: VecDeque<Record>,
@@ -229,6 +244,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             leader: None,
             matched_in_epoch: 0,
             reply_due: None,
+            replied_durable: 0,
             resync_in: None,
             bitmaps,
             peer_k: [Position::ZERO; 2],
@@ -239,6 +255,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             reported_electable: None,
             reported_membership: None,
             needs_sync: false,
+            sync_running: false,
             received: VecDeque::new(),
             received_bytes: 0,
             last_checkpoint: Instant::ZERO,
@@ -335,6 +352,7 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         if changed {
             self.matched_in_epoch = 0;
             self.reply_due = None;
+            self.replied_durable = 0;
             if let Some(l) = self.leader.take() {
                 l.fail_all(ClientError::NotActive, out);
             }
@@ -504,11 +522,11 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         }
         if self.health != Health::Consistent {
             // Rule 12: a resyncing node journals nothing; its reply says so.
-            self.reply_due = Some((from, false, stream));
+            self.reply_due = Some(ReplyDue { to: from, ok: false, stream, upto: 0 });
             return;
         }
         if !self.cfg.mutations.skip_prev_check && !self.prev_matches(prev) {
-            self.reply_due = Some((from, false, stream));
+            self.reply_due = Some(ReplyDue { to: from, ok: false, stream, upto: 0 });
             return;
         }
         // The prefix through `prev` matches: the commit point may already
@@ -537,7 +555,8 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         // what it may apply and compact, and then has room for the rest.
         self.matched_in_epoch = self.matched_in_epoch.max(upto);
         self.commit = self.commit.max(commit.min(self.matched_in_epoch));
-        self.reply_due = Some((from, !refused, stream));
+        let upto = self.journal.last().seq;
+        self.reply_due = Some(ReplyDue { to: from, ok: !refused, stream, upto });
         self.needs_sync = true;
     }
 
@@ -685,20 +704,57 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
         self.acknowledge(now, out);
     }
 
-    /// Group commit, first half: one journal fdatasync for everything
-    /// appended since the last call. It may block for long; the driver
+    /// Group commit, first half, blocking: one journal fdatasync for
+    /// everything appended so far ([`Replica::start_sync`], the job run
+    /// here, [`Replica::finish_sync`]). It may block for long; the driver
     /// reads its clock (and hands over the core's latest view) only after
     /// it returns, then calls [`Replica::after_sync`]: a lease judged with
     /// a time read before a slow sync would acknowledge writes after the
     /// lease has ended, when another node may already serve.
     pub fn sync_journal(&mut self, out: &mut Vec<Out>) {
-        if matches!(self.health, Health::Failed(_)) || !self.needs_sync {
+        if let Some((sync, job)) = self.start_sync(out) {
+            self.finish_sync(sync, job.run(), out);
+        }
+    }
+
+    /// Group commit that lets the driver go on appending while the
+    /// fdatasync runs: starts a journal sync covering every record
+    /// appended so far, if there are any no sync covers and none is
+    /// running. The driver runs the job (on any thread), then calls
+    /// [`Replica::finish_sync`] and [`Replica::after_sync`], in that
+    /// order, with the clock read after the job returned.
+    pub fn start_sync(&mut self, out: &mut Vec<Out>) -> Option<(JournalSync, SyncJob)> {
+        if matches!(self.health, Health::Failed(_)) || !self.needs_sync || self.sync_running {
+            return None;
+        }
+        match self.journal.start_sync() {
+            Ok(started) => {
+                self.needs_sync = false;
+                self.sync_running = true;
+                Some(started)
+            }
+            Err(e) => {
+                self.fail(&e.into(), out);
+                None
+            }
+        }
+    }
+
+    /// The started sync's job returned `result`: what it covers is
+    /// durable, or the replica has failed (rule 9).
+    pub fn finish_sync(&mut self, sync: JournalSync, result: std::io::Result<()>, out: &mut Vec<Out>) {
+        self.sync_running = false;
+        if matches!(self.health, Health::Failed(_)) {
             return;
         }
-        if let Err(e) = self.journal.sync() {
-            return self.fail(&e.into(), out);
+        if let Err(e) = self.journal.finish_sync(sync, result) {
+            self.fail(&e.into(), out);
         }
-        self.needs_sync = false;
+    }
+
+    /// Whether a started sync has not finished.
+    pub fn sync_running(&self) -> bool {
+        self.sync_running
     }
 
     /// Group commit, second half, with `now` read after the sync: what
@@ -721,12 +777,29 @@ impl<J: Disk, D: Disk, M: Disk> Replica<J, D, M> {
             // Compact before answering: a refusal for a full ring is
             // answered with the room already made, so the resend fits.
             self.maybe_compact(out);
-            if let Some((to, ok, stream)) = self.reply_due.take() {
-                let msg = self.append_reply(ok, stream);
-                out.push(Out::Send { to, msg });
-            }
+            self.send_reply_due(out);
         }
         self.report(out);
+    }
+
+    /// The due AppendReply, once the journal is durable through what its
+    /// Append added (a sync started before the Append arrived does not
+    /// cover it; a truncation since may have left less to wait for).
+    /// Before that, a reply that reports progress: a sync that covered an
+    /// earlier Append's records lets the leader count them now, not at
+    /// the next sync.
+    fn send_reply_due(&mut self, out: &mut Vec<Out>) {
+        let Some(due) = self.reply_due else { return };
+        let durable = self.journal.durable().seq;
+        let covered = durable >= due.upto.min(self.journal.last().seq);
+        if covered {
+            self.reply_due = None;
+        }
+        if covered || (due.ok && durable > self.replied_durable) {
+            self.replied_durable = durable;
+            let msg = self.append_reply(due.ok, due.stream);
+            out.push(Out::Send { to: due.to, msg });
+        }
     }
 
     pub(crate) fn append_reply(&self, ok: bool, stream: u64) -> Msg {

@@ -122,6 +122,64 @@ fn a_follower_answers_an_append_only_after_its_journal_sync() {
     assert_eq!(out, vec![Out::Send { to: 1, msg: reply_from_2_holding_the_noop() }]);
 }
 
+/// The overlapped group commit: an Append that arrives while a sync runs
+/// is not covered by it. That sync's finish reports only what it covers
+/// (seq 1, so the leader can count it now), the next sync starts only
+/// once the first finished, and its finish answers the second Append.
+#[test]
+fn a_follower_answers_an_append_taken_during_a_sync_only_after_the_sync_that_covers_it() {
+    let (mut r, mut out) = follower_of_1();
+    r.receive(at(1), 1, first_append(1), &mut out);
+    out.clear();
+    let (first, job) = r.start_sync(&mut out).expect("records to sync");
+    assert!(r.start_sync(&mut out).is_none(), "nothing new to sync");
+    // Seq 2 arrives while the sync of seq 1 runs.
+    let records = vec![noop(1, 2, pos(1, 1))];
+    let append = Msg::Append { epoch: 1, prev: pos(1, 1), records, commit: 0, ks: Vec::new(), peer_inc: 2, stream: 0 };
+    r.receive(at(2), 1, append, &mut out);
+    assert_eq!(out, vec![Out::Position(triad_core::Position { epoch: 1, seq: 2 })]);
+    out.clear();
+    assert!(r.start_sync(&mut out).is_none(), "one sync at a time");
+    r.finish_sync(first, job.run(), &mut out);
+    r.after_sync(at(3), &mut out);
+    let reply = |matched| Msg::AppendReply {
+        epoch: 1,
+        inc: 2,
+        ok: true,
+        matched,
+        last: pos(1, 2),
+        applied: Position::ZERO,
+        k: Position::ZERO,
+        consistent: true,
+        learner: false,
+        stream: 0,
+    };
+    assert_eq!(out, vec![Out::Send { to: 1, msg: reply(1) }], "seq 2 is not durable: no reply may claim it");
+    out.clear();
+    r.after_sync(at(3), &mut out);
+    assert_eq!(out, vec![], "no progress, no second reply");
+    let (second, job) = r.start_sync(&mut out).expect("seq 2 to sync");
+    r.finish_sync(second, job.run(), &mut out);
+    r.after_sync(at(4), &mut out);
+    assert_eq!(out, vec![Out::Send { to: 1, msg: reply(2) }]);
+    out.clear();
+    r.after_sync(at(5), &mut out);
+    assert_eq!(out, vec![], "answered once");
+}
+
+/// A failed fdatasync reported at the finish is rule 9's failure.
+#[test]
+fn a_started_sync_that_fails_fails_the_replica() {
+    let (mut r, mut out) = follower_of_1();
+    r.receive(at(1), 1, first_append(1), &mut out);
+    out.clear();
+    let (sync, _job) = r.start_sync(&mut out).expect("records to sync");
+    r.finish_sync(sync, Err(std::io::Error::other("EIO")), &mut out);
+    assert!(r.recovery().is_some(), "failed storage must say how to come back");
+    r.after_sync(at(2), &mut out);
+    assert!(!out.iter().any(|o| matches!(o, Out::Send { msg: Msg::AppendReply { ok: true, .. }, .. })), "{out:?}");
+}
+
 #[test]
 fn writes_on_a_follower_and_messages_of_another_epoch_change_nothing() {
     let (mut r, mut out) = follower_of_1();

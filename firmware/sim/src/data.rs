@@ -9,17 +9,19 @@
 //! - after every core step the runtime builds a `View` (epoch, leader —
 //!   itself when it leads —, lease end) and hands it to the volume thread;
 //! - the volume thread takes everything queued (views, peer messages,
-//!   client writes) as one batch, ticks the replica if its deadline has
-//!   come, then calls `sync` once (group commit) and carries out the
+//!   client writes, its sync thread's `Synced`) as one batch, ticks the
+//!   replica if its deadline has come, starts the journal sync (group
+//!   commit) on its sync thread if none runs, and carries out the
 //!   outputs: `Send` to the network, `WriteDone` to the client,
-//!   `Position` and `Electable` to the core;
-//! - the fdatasync takes 20–400 µs (or hangs for seconds: the `disk-stall`
-//!   scenario hangs a journal, store or metadata sync, the latter two only
-//!   in a step that syncs that disk, in its tick or commands or in the
-//!   compaction after the journal sync), during which the thread is busy and
-//!   new commands queue up; a batch's outputs go out only after its sync
-//!   (the supervisor now sends records before its own sync; sending later
-//!   only delays commits, so the model is the more conservative one);
+//!   `Position` and `Electable` to the core; it does not wait for the
+//!   sync: the next batches run while it does, and a sync covers only the
+//!   records appended before it started (the `DurableOnDisk` check reads
+//!   the journal back from the medium after every sync);
+//! - the journal's fdatasync takes 20–400 µs (or hangs for seconds: the
+//!   `disk-stall` scenario hangs a journal sync, or a store or metadata
+//!   sync in a pass that syncs that disk, in its tick or in compaction);
+//!   a hung journal sync holds back only the syncs after it, a hung store
+//!   or metadata sync the whole thread and the pass's outputs;
 //! - the thread wakes at the replica's deadline and at least every 100 ms.
 //!
 //! Core and replication messages both cross the faulty network (loss,
@@ -62,7 +64,7 @@ use triad_core::{AdminRequest, Body, HardState, Instant, Membership, Message, No
 use triad_host::volume::{VolumeDriver, VolumeIn, VolumeOut};
 use triad_host::{Command, Event, Host as HostMachine, HostNotice, VipResult, VolumeStart};
 use triad_repl::{core_position, Health, Msg, ReplNotice, Replica, View};
-use triad_volume::{Disk, MemDisk, SyncFault};
+use triad_volume::{Disk, Journal, JournalSync, MemDisk, SyncCut, SyncFault, SyncJob};
 
 /// Trace lines kept for a failure report.
 const TRACE_TAIL: usize = 150;
@@ -143,6 +145,18 @@ impl Disk for SimDisk {
         }
         self.mem.sync()
     }
+    fn start_sync(&mut self) -> (SyncCut, SyncJob) {
+        self.mem.start_sync()
+    }
+    fn finish_sync(&mut self, cut: SyncCut, result: io::Result<()>) -> io::Result<()> {
+        if self.sync_skipped {
+            return Ok(());
+        }
+        if let Some(f) = self.fault.take() {
+            self.mem.fail_next_sync(f);
+        }
+        self.mem.finish_sync(cut, result)
+    }
 }
 
 /// Injected sync failures that fired on a node's disks so far.
@@ -204,6 +218,10 @@ pub enum DataCheck {
     /// Rule 16: a leader whose journal sync has been stuck for longer than
     /// the stall limit plus half a second still leads.
     StalledLeader,
+    /// After a journal sync finished, the journal's durable position is on
+    /// the medium: a power cut then keeps every record through it (a sync
+    /// covers only what was appended before it started).
+    DurableOnDisk,
 }
 
 /// A broken data-world invariant.
@@ -298,7 +316,13 @@ enum Ev {
         node: NodeId,
         inc: u64,
     },
+    /// The sync thread's journal sync returns.
     VolDone {
+        node: NodeId,
+        inc: u64,
+    },
+    /// The thread's own hang (a store or metadata sync) ends.
+    VolFree {
         node: NodeId,
         inc: u64,
     },
@@ -366,7 +390,13 @@ impl Ord for Item {
 #[derive(Debug)]
 enum Cmd {
     Peer(NodeId, Msg),
-    Write { id: u64, offset: u64, data: Vec<u8> },
+    Write {
+        id: u64,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    /// The sync thread's journal sync returned (volume.rs `Cmd::Synced`).
+    Synced,
 }
 
 /// The volume thread of one process.
@@ -384,8 +414,15 @@ struct Vol {
     took_view: u64,
     /// The thread has not run yet (it starts with an empty view).
     fresh: bool,
-    /// In a step: its fdatasync is under way; `outs` wait for it.
+    /// The thread hangs in a sync of its own (a store or metadata sync
+    /// in its tick or compaction): nothing runs, the pass's outputs wait.
     busy: bool,
+    /// Real time that hang began (while `busy`).
+    busy_since: u64,
+    /// The journal sync on the sync thread, if one runs (from
+    /// `start_sync` until the thread takes its `Synced`), with its job's
+    /// result.
+    sync: Option<(JournalSync, io::Result<()>)>,
     /// The view last handed to the replica.
     view: View,
     /// A wake is scheduled for this real time.
@@ -398,15 +435,16 @@ struct Vol {
     view_changes: u64,
     /// Recent Appends received (for the `NoEpochFence` mutation).
     old_appends: VecDeque<(NodeId, Msg)>,
-    /// Real time the step's sync began (while `busy`).
+    /// Real time the running journal sync began (while `sync`).
     sync_since: u64,
     /// The next step that syncs this disk hangs this long in that sync
     /// (a stuck disk), µs.
     stall_next: Option<(u64, DiskKind)>,
-    /// The disk the current step hangs on, if it does.
+    /// The disk the thread hangs on (while `busy`).
     stalled_on: Option<DiskKind>,
-    /// Outputs of a step whose post-sync work (compaction) hangs: carried
-    /// out when the hang ends.
+    /// The journal sync running now was made to hang.
+    sync_stalled: bool,
+    /// Outputs of a pass that hangs: carried out when the hang ends.
     held: Vec<VolumeOut>,
     /// A storage failure was seen and its recovery scheduled.
     recovering: bool,
@@ -702,7 +740,7 @@ impl DataWorld {
                 Some(p) => {
                     let st = p.vol.r.replica().status(local);
                     format!(
-                        "n{}: {:?}@{} lease={} | repl {:?} serving={} last={:?} durable={:?} commit={} applied={:?} k={:?} discarded={:?} view={:?}/{:?} busy={} inbox={}",
+                        "n{}: {:?}@{} lease={} | repl {:?} serving={} last={:?} durable={:?} commit={} applied={:?} k={:?} discarded={:?} view={:?}/{:?} busy={} syncing={} inbox={}",
                         h.id,
                         p.host.node().role(),
                         p.host.node().epoch(),
@@ -718,6 +756,7 @@ impl DataWorld {
                         p.vol.view.epoch,
                         p.vol.view.leader,
                         p.vol.busy,
+                        p.vol.sync.is_some(),
                         p.vol.inbox.len()
                     )
                 }
@@ -750,6 +789,11 @@ impl DataWorld {
             Ev::VolDone { node, inc } => {
                 if self.proc(node, inc).is_some() {
                     self.vol_done(node)?;
+                }
+            }
+            Ev::VolFree { node, inc } => {
+                if self.proc(node, inc).is_some() {
+                    self.vol_free(node)?;
                 }
             }
             Ev::Deliver { to, from, wire } => self.deliver(to, from, wire)?,
@@ -814,13 +858,12 @@ impl DataWorld {
         }
         let (now, limit) = (self.now, self.sc.sync_stall_limit);
         let p = self.hosts[idx(id)].proc.as_mut()?;
-        let mut stalled = p.vol.busy && now.saturating_sub(p.vol.sync_since) > limit;
-        if self.sc.has(DataMutation::SyncWatchJournalOnly)
-            && matches!(p.vol.stalled_on, Some(k) if k != DiskKind::Journal)
-        {
-            // The watch as it was: around the journal sync only.
-            stalled = false;
-        }
+        // Both slots of the watch: the sync thread's journal sync, and
+        // the thread's own (store, metadata) syncs.
+        let journal = p.vol.sync.is_some() && now.saturating_sub(p.vol.sync_since) > limit;
+        let inline = p.vol.busy && now.saturating_sub(p.vol.busy_since) > limit;
+        // The watch as it was: around the journal sync only.
+        let stalled = journal || (inline && !self.sc.has(DataMutation::SyncWatchJournalOnly));
         if stalled == p.vol.stalled {
             return None;
         }
@@ -1069,10 +1112,13 @@ impl DataWorld {
         }
     }
 
-    /// One pass of the volume thread's loop (volume.rs `run`) up to its
-    /// fdatasync: the latest view before every command and before the
-    /// tick, the commands, the tick; then the outputs so far are carried
-    /// out (records reach the peers before this node's own fsync).
+    /// One pass of the volume thread's loop (volume.rs `run`): the latest
+    /// view before every command, the commands (a `Synced` among them
+    /// finishes the running journal sync, then `after_sync`), the tick;
+    /// the journal sync started if none runs (it goes to the sync thread:
+    /// `Ev::VolDone` at its end); `after_sync`; then the outputs are
+    /// carried out, unless the pass hung in a store or metadata sync
+    /// (then when the hang ends: `Ev::VolFree`).
     fn vol_wake(&mut self, id: NodeId) -> Res {
         let i = idx(id);
         let now = self.now;
@@ -1105,9 +1151,20 @@ impl DataWorld {
             outs.append(&mut v.start);
         }
         let n = v.inbox.len().min(VOL_MAX_BATCH);
+        let mut dishonest = None;
         for cmd in v.inbox.drain(..n).collect::<Vec<_>>() {
-            let view = take_cell(v, id, print, &mut lines);
             let input = match cmd {
+                Cmd::Synced => {
+                    if let Some((sync, result)) = v.sync.take() {
+                        v.r.finish_sync(sync, result, &mut outs);
+                        if dishonest.is_none() {
+                            dishonest = durable_beyond_medium(v.r.replica_mut());
+                        }
+                        let view = take_cell(v, id, print, &mut lines);
+                        v.r.after_sync(&|| local, view, &mut outs);
+                    }
+                    continue;
+                }
                 Cmd::Peer(from, msg) => {
                     if print {
                         lines.push(format!("n{id} vol <- n{from} {}", brief(&msg)));
@@ -1118,6 +1175,7 @@ impl DataWorld {
                     VolumeIn::Write { client: wid, offset, pieces: vec![triad_repl::Bytes::from(data)] }
                 }
             };
+            let view = take_cell(v, id, print, &mut lines);
             let wid = match &input {
                 VolumeIn::Write { client, .. } => Some(*client),
                 _ => None,
@@ -1139,7 +1197,13 @@ impl DataWorld {
                 spin = Some(d);
             }
         }
-        v.busy = true;
+        // One journal sync at a time, on the sync thread.
+        let started = v.sync.is_none() && {
+            v.sync = v.r.start_sync(&mut outs).map(|(sync, job)| (sync, job.run()));
+            v.sync.is_some()
+        };
+        let view = take_cell(v, id, print, &mut lines);
+        v.r.after_sync(&|| local, view, &mut outs);
         v.periodic_at = now + VOL_MAX_WAIT;
         let inc = p.inc;
         for l in lines {
@@ -1154,33 +1218,58 @@ impl DataWorld {
                 format!("node {id}: after tick at {local:?} the replica's next deadline is {d:?}"),
             );
         }
-        let mut d = self.rng.range(20, 400);
-        // A journal stall hangs this step's group-commit sync; a data or
-        // metadata stall hangs the step only if it synced that disk (a
-        // checkpoint in the tick, compaction while taking records).
-        let synced = self.hosts[i].synced.get();
-        let stall = self.hosts[i].proc.as_mut().and_then(|p| {
-            let (len, kind) = p.vol.stall_next?;
-            let hit = kind == DiskKind::Journal || synced & kind.bit() != 0;
-            hit.then(|| {
+        if let Some(detail) = dishonest {
+            return self.fail(DataCheck::DurableOnDisk, format!("node {id}: {detail}"));
+        }
+        if started {
+            // A journal stall hangs the sync thread's fdatasync, not this
+            // thread.
+            let mut d = self.rng.range(20, 400);
+            let stall = self.hosts[i].proc.as_mut().and_then(|p| {
+                let (len, kind) = p.vol.stall_next.filter(|(_, k)| *k == DiskKind::Journal)?;
                 p.vol.stall_next = None;
-                (len, kind)
-            })
-        });
-        if let Some((len, kind)) = stall {
-            d = len;
-            self.note(|| format!("n{id} {kind:?} disk HANGS for {} ms", len / 1000));
+                Some((len, kind))
+            });
+            if let Some((len, kind)) = stall {
+                d = len;
+                self.note(|| format!("n{id} {kind:?} disk HANGS for {} ms", len / 1000));
+            }
+            if let Some(p) = self.hosts[i].proc.as_mut() {
+                p.vol.sync_since = now;
+                p.vol.sync_stalled = stall.is_some();
+            }
+            self.push(now + d, Ev::VolDone { node: id, inc });
         }
+        // A store or metadata stall hangs this pass if it synced that disk
+        // (a checkpoint in the tick, compaction after a sync): its outputs
+        // go out when the hang ends.
+        let synced = self.hosts[i].synced.get();
         if let Some(p) = self.hosts[i].proc.as_mut() {
-            p.vol.sync_since = now;
-            p.vol.stalled_on = stall.map(|s| s.1);
+            if let Some((len, kind)) =
+                p.vol.stall_next.filter(|(_, k)| *k != DiskKind::Journal && synced & k.bit() != 0)
+            {
+                p.vol.stall_next = None;
+                p.vol.busy = true;
+                p.vol.busy_since = now;
+                p.vol.stalled_on = Some(kind);
+                p.vol.held = outs;
+                self.note(|| format!("n{id} {kind:?} disk HANGS for {} ms", len / 1000));
+                self.push(now + len, Ev::VolFree { node: id, inc });
+                return self.release_held(id);
+            }
         }
-        self.push(now + d, Ev::VolDone { node: id, inc });
         self.carry_vol(id, outs)?;
+        match self.hosts[i].proc.as_ref() {
+            Some(p) if !p.vol.inbox.is_empty() => self.vol_kick(id),
+            Some(_) => self.vol_schedule(id),
+            None => {}
+        }
         self.release_held(id)
     }
 
-    /// The batch's fdatasync returns: `sync`, then carry out its outputs.
+    /// The sync thread's fdatasync returns: its `Synced` joins the
+    /// thread's queue (the thread may be hung; it finishes the sync when it
+    /// takes it).
     fn vol_done(&mut self, id: NodeId) -> Res {
         let i = idx(id);
         let local = self.local(id);
@@ -1192,7 +1281,9 @@ impl DataWorld {
             } else {
                 let Some(p) = self.hosts[i].proc.as_mut() else { return Ok(()) };
                 let mut outs = Vec::new();
-                p.vol.r.sync(&mut outs);
+                if let Some((sync, result)) = p.vol.sync.take() {
+                    p.vol.r.finish_sync(sync, result, &mut outs);
+                }
                 p.vol.r.after_sync(&|| local, None, &mut outs);
                 self.note(|| format!("n{id} KILLED right after its journal sync, before its replies"));
             }
@@ -1201,32 +1292,20 @@ impl DataWorld {
             self.push(self.now + d, Ev::Restart { node: id });
             return Ok(());
         }
-        self.hosts[i].synced.set(0);
         let Some(p) = self.hosts[i].proc.as_mut() else { return Ok(()) };
-        let mut outs = std::mem::take(&mut p.vol.held);
-        // volume.rs: the journal sync, then the clock and the core's latest
-        // view read again, then what depends on durability.
-        p.vol.r.sync(&mut outs);
-        let mut lines = Vec::new();
-        let view = take_cell(&mut p.vol, id, self.print_trace, &mut lines);
-        p.vol.r.after_sync(&|| local, view, &mut outs);
-        for l in lines {
-            self.note(|| l);
-        }
-        // Compaction after the sync may sync the store and metadata: a
-        // stall there keeps the thread (and these outputs) stuck.
-        let synced = self.hosts[i].synced.get();
+        p.vol.sync_stalled = false;
+        p.vol.inbox.push_back(Cmd::Synced);
+        self.vol_kick(id);
+        Ok(())
+    }
+
+    /// The thread's hang in a store or metadata sync ends: the pass's
+    /// outputs go out, and the thread runs again.
+    fn vol_free(&mut self, id: NodeId) -> Res {
+        let i = idx(id);
+        self.disk_fault_atlas(id);
         let Some(p) = self.hosts[i].proc.as_mut() else { return Ok(()) };
-        if let Some((len, kind)) = p.vol.stall_next.filter(|(_, k)| *k != DiskKind::Journal && synced & k.bit() != 0) {
-            p.vol.stall_next = None;
-            p.vol.held = outs;
-            p.vol.sync_since = self.now;
-            p.vol.stalled_on = Some(kind);
-            let inc = p.inc;
-            self.note(|| format!("n{id} {kind:?} disk HANGS for {} ms after the journal sync", len / 1000));
-            self.push(self.now + len, Ev::VolDone { node: id, inc });
-            return Ok(());
-        }
+        let outs = std::mem::take(&mut p.vol.held);
         p.vol.busy = false;
         p.vol.stalled_on = None;
         self.carry_vol(id, outs)?;
@@ -1729,6 +1808,8 @@ impl DataWorld {
                 took_view: 0,
                 fresh: true,
                 busy: false,
+                busy_since: 0,
+                sync: None,
                 view: View::default(),
                 wake_at: 0,
                 kicked: false,
@@ -1738,6 +1819,7 @@ impl DataWorld {
                 sync_since: 0,
                 stall_next: None,
                 stalled_on: None,
+                sync_stalled: false,
                 held: Vec::new(),
                 recovering: false,
                 faults_before,
@@ -1791,16 +1873,18 @@ impl DataWorld {
         let bound = self.sc.sync_stall_limit + 500_000;
         for h in &self.hosts {
             let Some(p) = h.proc.as_ref() else { continue };
-            let stuck = now.saturating_sub(p.vol.sync_since);
-            if p.vol.busy && stuck > bound && p.host.node().role() == Role::Leader {
+            let journal = if p.vol.sync.is_some() { now.saturating_sub(p.vol.sync_since) } else { 0 };
+            let inline = if p.vol.busy { now.saturating_sub(p.vol.busy_since) } else { 0 };
+            let (stuck, kind) = if journal >= inline {
+                (journal, DiskKind::Journal)
+            } else {
+                (inline, p.vol.stalled_on.unwrap_or(DiskKind::Data))
+            };
+            if stuck > bound && p.host.node().role() == Role::Leader {
                 let id = h.id;
                 return self.fail(
                     DataCheck::StalledLeader,
-                    format!(
-                        "node {id} still leads with a {:?} sync stuck for {} ms",
-                        p.vol.stalled_on.unwrap_or(DiskKind::Journal),
-                        stuck / 1000
-                    ),
+                    format!("node {id} still leads with a {kind:?} sync stuck for {} ms", stuck / 1000),
                 );
             }
         }
@@ -2005,6 +2089,22 @@ fn take_cell(v: &mut Vol, id: NodeId, print: bool, lines: &mut Vec<String>) -> O
     v.view = view;
     v.took_view = seq;
     Some(view)
+}
+
+/// What a power cut now would leave of the replica's journal, against the
+/// position it reports durable: `Some(why)` if the medium holds less.
+fn durable_beyond_medium(r: &mut SimReplica) -> Option<String> {
+    if marked(r) {
+        return None; // rule 9: a failed replica vouches for nothing
+    }
+    let durable = r.journal().durable();
+    let medium = r.disks_mut().0.mem.durable_bytes().to_vec();
+    let on_medium = Journal::open(MemDisk::from_bytes(medium)).map(|j| j.last());
+    match on_medium {
+        Ok(last) if last.seq >= durable.seq => None,
+        Ok(last) => Some(format!("journal durable through {durable:?}, the medium holds records through {last:?}")),
+        Err(e) => Some(format!("journal durable through {durable:?}, the medium's journal does not open: {e}")),
+    }
 }
 
 /// One line for a replication message (no payloads).

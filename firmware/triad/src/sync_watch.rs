@@ -20,18 +20,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// When the journal sync in progress started (none: idle).
+/// When the syncs in progress started (none: idle): one made inline by
+/// the volume thread, and one running on its sync thread (the journal's
+/// group commit, `Disk::start_sync`), which may overlap.
 #[derive(Debug)]
 pub struct SyncWatch {
     origin: Instant,
-    /// Microseconds since `origin` + 1 at the start of the sync in
-    /// progress; 0 while no sync runs.
+    /// Microseconds since `origin` + 1 at the start of the inline sync in
+    /// progress; 0 while none runs.
     started: AtomicU64,
+    /// The same for the sync running on the sync thread.
+    background: AtomicU64,
 }
 
 impl Default for SyncWatch {
     fn default() -> Self {
-        SyncWatch { origin: Instant::now(), started: AtomicU64::new(0) }
+        SyncWatch { origin: Instant::now(), started: AtomicU64::new(0), background: AtomicU64::new(0) }
     }
 }
 
@@ -46,23 +50,34 @@ impl SyncWatch {
         self.started.store(0, Ordering::Release);
     }
 
+    /// A sync for the sync thread was started.
+    pub fn begin_background(&self) {
+        self.background.store(self.mark(Instant::now()), Ordering::Release);
+    }
+
+    /// That sync's result was taken (successfully or not).
+    pub fn end_background(&self) {
+        self.background.store(0, Ordering::Release);
+    }
+
     /// Whether a sync has been outstanding for longer than `limit`.
     pub fn stalled(&self, limit: Duration) -> bool {
         self.stalled_at(Instant::now(), limit)
     }
 
+    fn mark(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.origin).as_micros()).unwrap_or(u64::MAX - 1) + 1
+    }
+
     fn begin_at(&self, now: Instant) {
-        let us = u64::try_from(now.saturating_duration_since(self.origin).as_micros()).unwrap_or(u64::MAX - 1);
-        self.started.store(us + 1, Ordering::Release);
+        self.started.store(self.mark(now), Ordering::Release);
     }
 
     fn stalled_at(&self, now: Instant, limit: Duration) -> bool {
-        let started = self.started.load(Ordering::Acquire);
-        if started == 0 {
-            return false;
-        }
-        let began = self.origin + Duration::from_micros(started - 1);
-        now.saturating_duration_since(began) > limit
+        [&self.started, &self.background].into_iter().any(|slot| {
+            let started = slot.load(Ordering::Acquire);
+            started != 0 && now.saturating_duration_since(self.origin + Duration::from_micros(started - 1)) > limit
+        })
     }
 }
 
@@ -107,6 +122,17 @@ impl<D: triad_volume::Disk> triad_volume::Disk for Watched<D> {
         self.watch.end();
         result
     }
+
+    fn start_sync(&mut self) -> (triad_volume::SyncCut, triad_volume::SyncJob) {
+        self.watch.begin_background();
+        self.disk.start_sync()
+    }
+
+    fn finish_sync(&mut self, cut: triad_volume::SyncCut, result: std::io::Result<()>) -> std::io::Result<()> {
+        let result = self.disk.finish_sync(cut, result);
+        self.watch.end_background();
+        result
+    }
 }
 
 #[cfg(test)]
@@ -127,5 +153,22 @@ mod tests {
         // A sync that starts at the origin itself is still a sync.
         w.begin_at(w.origin);
         assert!(w.stalled_at(w.origin + Duration::from_secs(3), limit));
+        w.end();
+    }
+
+    /// The sync thread's sync is watched on its own: an inline sync that
+    /// starts and ends meanwhile does not hide it.
+    #[test]
+    fn a_background_sync_is_watched_through_inline_ones() {
+        let w = SyncWatch::default();
+        let limit = Duration::from_secs(2);
+        w.begin_background();
+        let t0 = Instant::now();
+        w.begin();
+        w.end();
+        assert!(!w.stalled_at(t0, limit));
+        assert!(w.stalled_at(t0 + Duration::from_secs(3), limit), "the background sync is still out");
+        w.end_background();
+        assert!(!w.stalled_at(t0 + Duration::from_secs(3), limit));
     }
 }

@@ -7,9 +7,11 @@
 //! ```text
 //!  runtime loop ──View (after every core step)──┐
 //!  data links (inbound Msg) ────────────────────┤   volume thread: drain commands,
-//!  NBD writes (pool buffers, with a reply) ─────┼─▶ one journal sync for the batch
-//!  triad status / verify ───────────────────────┘   (group commit), carry out outputs
+//!  NBD writes (pool buffers, with a reply) ─────┼─▶ start a journal sync (group
+//!  triad status / verify ───────────────────────┤   commit) if none runs, carry out
+//!  sync thread: Synced ─────────────────────────┘   outputs
 //!        ◀── Position / Electable (core inputs), replies, Msg to data links
+//!        ──▶ sync thread: the fdatasync, while the next batches run
 //!
 //!  NBD reads: pread of the data file on the NBD task itself, no hand-off,
 //!  between two checks of the serving state (below)
@@ -47,7 +49,7 @@ use tracing::{info, warn};
 use triad_core::{Instant, NodeId};
 use triad_host::volume::{ClientId, VolumeDriver, VolumeIn, VolumeOut};
 use triad_repl::{Bytes, ClientError, Msg, Recovery, ReplConfig, ReplNotice, ReplStatus, Replica, VerifyReport, View};
-use triad_volume::{Disk, FileDisk, Position};
+use triad_volume::{Disk, FileDisk, JournalSync, Position, SyncJob};
 
 use crate::nbd::device::{BlockDevice, DevResult, DeviceError};
 use crate::nbd::{Activity, DirectReply, IoBuf};
@@ -212,6 +214,11 @@ enum Cmd {
     Verify {
         reply: oneshot::Sender<Result<VerifyReport, ClientError>>,
     },
+    /// The sync thread ran journal sync `id`.
+    Synced {
+        id: u64,
+        result: std::io::Result<()>,
+    },
 }
 
 /// Handle to the volume thread; cheap to clone.
@@ -232,6 +239,9 @@ pub struct VolumeHandle {
     /// Rule 16: when the sync in progress on the replica's disks began
     /// (sync_watch.rs; the disks mark it).
     sync_watch: Arc<SyncWatch>,
+    /// The thread stops once every handle is gone (its own sync thread
+    /// holds a sender too, so the channel alone never says so).
+    _alive: Arc<()>,
 }
 
 impl std::fmt::Debug for VolumeHandle {
@@ -285,6 +295,7 @@ impl std::fmt::Debug for Cmd {
             Cmd::Write { .. } => "Write",
             Cmd::WriteZeroes { .. } => "WriteZeroes",
             Cmd::Verify { .. } => "Verify",
+            Cmd::Synced { .. } => "Synced",
         })
     }
 }
@@ -315,6 +326,9 @@ where
     let activity = Activity::new(false);
     let shared = Arc::new(Mutex::new(Shared::default()));
     let now: Arc<dyn Fn() -> Instant + Send + Sync> = Arc::new(now);
+    let alive = Arc::new(());
+    let handles = Arc::downgrade(&alive);
+    let synced = tx.clone();
     let handle = VolumeHandle {
         tx,
         shared: shared.clone(),
@@ -324,6 +338,7 @@ where
         now: now.clone(),
         size,
         sync_watch: sync_watch.clone(),
+        _alive: alive,
     };
     std::thread::Builder::new()
         .name("triad-volume".into())
@@ -337,6 +352,13 @@ where
             if let Err(e) = crate::os::realtime::set_io_flusher() {
                 warn!(error = %crate::errors::chain(&e), "volume thread: PR_SET_IO_FLUSHER not set");
             }
+            let jobs = match spawn_sync_thread(synced) {
+                Ok(jobs) => jobs,
+                Err(e) => {
+                    tracing::error!(error = %crate::errors::chain(&e), "volume: cannot start the sync thread; the volume stays down");
+                    return;
+                }
+            };
             let mut t = Thread {
                 next_client: 1,
                 writes: HashMap::new(),
@@ -346,11 +368,32 @@ where
                 shared,
                 activity,
                 reboot_logged: false,
+                jobs,
+                handles,
+                next_sync: 1,
             };
             t.run(replica, &*now, &rx, reopen);
         })
         .map_err(VolumeError::Thread)?;
     Ok(handle)
+}
+
+/// The thread that runs the journal's fdatasyncs while the volume thread
+/// goes on appending, sending and applying: each job's result comes back
+/// as `Cmd::Synced`. It ends when the volume thread drops `jobs`.
+fn spawn_sync_thread(synced: std_mpsc::Sender<Cmd>) -> std::io::Result<std_mpsc::Sender<(u64, SyncJob)>> {
+    let (jobs, rx) = std_mpsc::channel::<(u64, SyncJob)>();
+    std::thread::Builder::new().name("triad-vol-sync".into()).spawn(move || {
+        // Its fdatasync must not recurse into the writeback of the
+        // filesystem this volume serves (as the volume thread).
+        let _ = crate::os::realtime::set_io_flusher();
+        for (id, job) in rx {
+            if synced.send(Cmd::Synced { id, result: job.run() }).is_err() {
+                return;
+            }
+        }
+    })?;
+    Ok(jobs)
 }
 
 /// Where a client write's answer goes: `Ok(true)` when its success reply
@@ -390,6 +433,12 @@ struct Thread {
     activity: Activity,
     /// Rule 9's "reboot" has been asked for in the log.
     reboot_logged: bool,
+    /// The sync thread's queue.
+    jobs: std_mpsc::Sender<(u64, SyncJob)>,
+    /// Gone when every handle is.
+    handles: std::sync::Weak<()>,
+    /// The id of the next journal sync handed to the sync thread.
+    next_sync: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -420,12 +469,16 @@ impl Thread {
         let mut d = VolumeDriver::new(replica, now(), &mut outs);
         self.carry_out(&mut outs);
         self.snapshot(&d, now());
+        // The journal sync on the sync thread, if one runs: its id and
+        // what it covers.
+        let mut running: Option<(u64, JournalSync)> = None;
         loop {
             // Rule 9: a replica whose storage failed has durably marked
             // itself inconsistent; it comes back only through its disks
             // opened again (journal cut to what it synced) and a resync.
             match d.recovery() {
                 Some(Recovery::Reopen) => {
+                    running = None;
                     d = match self.reopen(d, &mut reopen, now()) {
                         Some(d) => d,
                         None => return,
@@ -447,7 +500,20 @@ impl Thread {
                 Err(std_mpsc::RecvTimeoutError::Timeout) => None,
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
             };
+            if self.handles.strong_count() == 0 {
+                return;
+            }
             for cmd in first.into_iter().chain(rx.try_iter().take(MAX_BATCH)) {
+                if let Cmd::Synced { id, result } = cmd {
+                    // A sync of a replica since reopened finishes nothing.
+                    if let Some((_, sync)) = running.take_if(|(running, _)| *running == id) {
+                        d.finish_sync(sync, result, &mut outs);
+                        // The clock and the view read after the fdatasync.
+                        d.after_sync(now, self.latest_view(), &mut outs);
+                        self.carry_out(&mut outs);
+                    }
+                    continue;
+                }
                 self.command(&mut d, now, cmd, &mut outs);
                 self.carry_out(&mut outs);
             }
@@ -455,10 +521,23 @@ impl Thread {
             // two journal syncs of a commit overlap instead of adding up.
             d.before_sync(now, self.latest_view(), &mut outs);
             self.carry_out(&mut outs);
-            d.sync(&mut outs);
-            // The fdatasync may take long (or the process may be frozen in
-            // it): the driver reads the clock again after it, under the
-            // latest view, and once more after applying.
+            // One journal sync at a time, on the sync thread: this thread
+            // goes on with the next batch while it runs (a sync covers only
+            // what was appended before it started).
+            if running.is_none() {
+                if let Some((sync, job)) = d.start_sync(&mut outs) {
+                    let id = self.next_sync;
+                    self.next_sync += 1;
+                    match self.jobs.send((id, job)) {
+                        Ok(()) => running = Some((id, sync)),
+                        // The sync thread is gone (it never exits first):
+                        // sync here rather than never.
+                        Err(std_mpsc::SendError((_, job))) => d.finish_sync(sync, job.run(), &mut outs),
+                    }
+                }
+            }
+            // What this pass's messages made possible (commits, replies,
+            // applying), by the durable position as it stands.
             d.after_sync(now, self.latest_view(), &mut outs);
             self.carry_out(&mut outs);
             self.snapshot(&d, now());
@@ -519,6 +598,8 @@ impl Thread {
         let view = self.latest_view();
         let input = match cmd {
             Cmd::View => return d.take_view(now, view, outs),
+            // Taken by `run` before it gets here.
+            Cmd::Synced { .. } => return,
             Cmd::ViewConfirmed(done) => {
                 d.take_view(now, view, outs);
                 let _ = done.send(());

@@ -61,6 +61,66 @@ pub trait Disk {
     /// data written before it is not to be trusted, whatever later calls
     /// report: never retry.
     fn sync(&mut self) -> io::Result<()>;
+
+    /// First half of a sync that lets the disk take more writes while it
+    /// runs: it covers every write made before this call and promises
+    /// nothing about later ones. Run the returned job (on any thread),
+    /// then hand its result to [`Disk::finish_sync`] with the cut. The
+    /// default syncs here and now, which covers at least as much.
+    fn start_sync(&mut self) -> (SyncCut, SyncJob) {
+        let result = self.sync();
+        (SyncCut(0), SyncJob::done(result))
+    }
+
+    /// Second half of [`Disk::start_sync`]: the job's result. An error is
+    /// a failed sync (rule 9: never retried).
+    fn finish_sync(&mut self, _cut: SyncCut, result: io::Result<()>) -> io::Result<()> {
+        result
+    }
+}
+
+/// Which writes a sync started by [`Disk::start_sync`] covers (what the
+/// disk needs at [`Disk::finish_sync`]; opaque to everyone else).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncCut(pub(crate) u64);
+
+/// The blocking half of a sync started by [`Disk::start_sync`]: an
+/// fdatasync on a descriptor of its own, or nothing (a disk that synced
+/// at the start, or an in-memory one).
+pub struct SyncJob(SyncWork);
+
+enum SyncWork {
+    Done(io::Result<()>),
+    Blocking(Box<dyn FnOnce() -> io::Result<()> + Send>),
+}
+
+impl SyncJob {
+    /// A job whose result is already known.
+    pub fn done(result: io::Result<()>) -> Self {
+        SyncJob(SyncWork::Done(result))
+    }
+
+    /// A job that runs `work` (which may block for long).
+    pub fn blocking(work: impl FnOnce() -> io::Result<()> + Send + 'static) -> Self {
+        SyncJob(SyncWork::Blocking(Box::new(work)))
+    }
+
+    /// Runs it; the result goes to [`Disk::finish_sync`].
+    pub fn run(self) -> io::Result<()> {
+        match self.0 {
+            SyncWork::Done(result) => result,
+            SyncWork::Blocking(work) => work(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SyncJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            SyncWork::Done(r) => write!(f, "SyncJob::Done({r:?})"),
+            SyncWork::Blocking(_) => f.write_str("SyncJob::Blocking"),
+        }
+    }
 }
 
 /// The error for an access outside the disk.

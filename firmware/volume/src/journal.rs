@@ -31,7 +31,7 @@ mod record;
 pub use record::{Record, RECORD_HEADER_LEN};
 
 use crate::codec::{get_u32, get_u64, put_u32, put_u64};
-use crate::disk::Disk;
+use crate::disk::{Disk, SyncCut, SyncJob};
 use crate::slots::{SlotError, SlotPair, KIND_JOURNAL};
 use crate::Position;
 use bytes::Bytes;
@@ -122,6 +122,24 @@ pub struct Journal<D: Disk> {
     /// Everything up to here was synced.
     durable: Position,
     failed: bool,
+    /// Bumped whenever records may be replaced (a truncation, a reset): a
+    /// sync started before cannot vouch for what is there now.
+    rewrites: u64,
+}
+
+/// A journal sync started with [`Journal::start_sync`]: what it covers.
+#[derive(Debug)]
+pub struct JournalSync {
+    upto: Position,
+    rewrites: u64,
+    cut: SyncCut,
+}
+
+impl JournalSync {
+    /// The last record the sync covers.
+    pub fn upto(&self) -> Position {
+        self.upto
+    }
 }
 
 impl<D: Disk> Journal<D> {
@@ -162,6 +180,7 @@ impl<D: Disk> Journal<D> {
             index: VecDeque::new(),
             durable: base,
             failed: false,
+            rewrites: 0,
         };
         j.store_header(0, base)?;
         Ok(j)
@@ -234,6 +253,7 @@ impl<D: Disk> Journal<D> {
             index: VecDeque::new(),
             durable: discarded,
             failed: false,
+            rewrites: 0,
         };
         j.scan()?;
         Ok(j)
@@ -417,6 +437,31 @@ impl<D: Disk> Journal<D> {
         Ok(self.durable)
     }
 
+    /// First half of a group commit that lets appends go on: covers every
+    /// record appended so far. Run the job (on any thread), then hand its
+    /// result to [`Journal::finish_sync`].
+    pub fn start_sync(&mut self) -> Result<(JournalSync, SyncJob), JournalError> {
+        self.check_ok()?;
+        let (cut, job) = self.disk.start_sync();
+        Ok((JournalSync { upto: self.last(), rewrites: self.rewrites, cut }, job))
+    }
+
+    /// Second half: the records the sync covers are durable, unless a
+    /// truncation or reset since its start may have replaced them (then
+    /// it vouches for nothing; the next sync will). Returns the durable
+    /// position. A failure marks the journal failed for good (rule 9).
+    pub fn finish_sync(&mut self, sync: JournalSync, result: std::io::Result<()>) -> Result<Position, JournalError> {
+        self.check_ok()?;
+        if let Err(source) = self.disk.finish_sync(sync.cut, result) {
+            self.failed = true;
+            return Err(JournalError::Io { op: "sync", offset: self.ring_offset, source });
+        }
+        if sync.rewrites == self.rewrites && sync.upto.seq > self.durable.seq {
+            self.durable = sync.upto;
+        }
+        Ok(self.durable)
+    }
+
     /// Discard every record after `seq` (rule 5: a conflicting tail). The
     /// header slot the scan would read next is zeroed, so the cut records
     /// cannot chain back in after a restart; like appends, the truncation
@@ -432,6 +477,7 @@ impl<D: Disk> Journal<D> {
         }
         self.index.truncate((seq - self.discarded.seq) as usize);
         self.tail = self.index.back().map_or(self.start_pos, |e| e.pos + e.len);
+        self.rewrites += 1;
         self.fence_tail()?;
         self.durable = self.durable.min(self.last());
         Ok(())
@@ -485,6 +531,7 @@ impl<D: Disk> Journal<D> {
     /// header copies make the switch atomic.
     pub fn reset_at(&mut self, base: Position) -> Result<(), JournalError> {
         self.check_ok()?;
+        self.rewrites += 1;
         let room = self.ring_len - self.tail % self.ring_len;
         let start = if room < RECORD_HEADER_LEN as u64 { self.tail + room } else { self.tail };
         self.write_ring(start % self.ring_len, &[0u8; RECORD_HEADER_LEN])?;

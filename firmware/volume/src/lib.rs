@@ -20,8 +20,8 @@ pub mod slots;
 pub mod store;
 
 pub use bitmap::{BitmapError, DirtyBitmap};
-pub use disk::{Disk, FileDisk, MemDisk, SyncFault};
-pub use journal::{Journal, JournalError, Record};
+pub use disk::{Disk, FileDisk, MemDisk, SyncCut, SyncFault, SyncJob};
+pub use journal::{Journal, JournalError, JournalSync, Record};
 pub use store::{Checkpoint, Store, StoreError};
 
 use serde::{Deserialize, Serialize};

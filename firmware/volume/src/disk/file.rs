@@ -4,17 +4,20 @@
 //! cursor; `sync` is `fdatasync`. It must not grow the file: the size is
 //! fixed when it is opened.
 
-use super::{failed_disk, in_range, out_of_range, Disk};
+use super::{failed_disk, in_range, out_of_range, Disk, SyncCut, SyncJob};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 
 /// A fixed-size disk backed by a file or block device.
 #[derive(Debug)]
 pub struct FileDisk {
-    file: File,
+    /// Shared with the sync jobs ([`Disk::start_sync`]), which fdatasync
+    /// it on another thread while writes go on here.
+    file: Arc<File>,
     len: u64,
     /// Set when a sync failed; the disk refuses everything after that.
     failed: bool,
@@ -27,7 +30,7 @@ impl FileDisk {
     pub fn open(path: &Path) -> io::Result<Self> {
         let mut file = OpenOptions::new().read(true).write(true).open(path)?;
         let len = file.seek(SeekFrom::End(0))?;
-        Ok(FileDisk { file, len, failed: false })
+        Ok(FileDisk { file: Arc::new(file), len, failed: false })
     }
 
     /// Create (or truncate) a regular file of `len` bytes, zero-filled.
@@ -37,7 +40,7 @@ impl FileDisk {
         // The new size must survive a power cut before anything is
         // written inside it: sync the metadata once, here.
         file.sync_all()?;
-        Ok(FileDisk { file, len, failed: false })
+        Ok(FileDisk { file: Arc::new(file), len, failed: false })
     }
 
     /// Whether a sync has failed (the disk is then unusable for good).
@@ -109,6 +112,26 @@ impl Disk for FileDisk {
         // could then "succeed" without them. Remember the failure forever.
         self.file.sync_data().inspect_err(|_| self.failed = true)
     }
+
+    /// An fdatasync of the same open file on the job's thread: it covers
+    /// every write that returned before it began (which includes all made
+    /// before this call), and writes may go on here meanwhile. Its error
+    /// is the same open file's (one struct file, one error cursor).
+    fn start_sync(&mut self) -> (SyncCut, SyncJob) {
+        if self.failed {
+            return (SyncCut(0), SyncJob::done(Err(failed_disk())));
+        }
+        let file = Arc::clone(&self.file);
+        (SyncCut(0), SyncJob::blocking(move || file.sync_data()))
+    }
+
+    fn finish_sync(&mut self, _cut: SyncCut, result: io::Result<()>) -> io::Result<()> {
+        if self.failed {
+            return Err(failed_disk());
+        }
+        // Rule 9 as in `sync`.
+        result.inspect_err(|_| self.failed = true)
+    }
 }
 
 /// Parts per pwritev(2) call.
@@ -169,6 +192,30 @@ fn pwritev_all(file: &File, mut off: u64, parts: &[&[u8]]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The job runs on another thread while writes go on here; a failure
+    /// it reports fails the disk for good (rule 9), whatever comes later.
+    #[test]
+    fn a_sync_job_runs_on_another_thread_and_its_failure_sticks() {
+        let path = std::env::temp_dir().join(format!("triad-filedisk-job-{}", std::process::id()));
+        let mut d = FileDisk::create(&path, 8192).unwrap();
+        d.write_at(0, b"before").unwrap();
+        let (cut, job) = d.start_sync();
+        let worker = std::thread::spawn(move || job.run());
+        d.write_at(4096, b"during").unwrap();
+        let result = worker.join().unwrap();
+        d.finish_sync(cut, result).unwrap();
+        let mut b = [0u8; 6];
+        d.read_at(4096, &mut b).unwrap();
+        assert_eq!(&b, b"during");
+        let (cut, _job) = d.start_sync();
+        assert!(d.finish_sync(cut, Err(io::Error::other("EIO"))).is_err());
+        assert!(d.is_failed());
+        assert!(d.write_at(0, b"x").is_err());
+        let (cut, job) = d.start_sync();
+        assert!(d.finish_sync(cut, job.run()).is_err(), "never retried");
+        std::fs::remove_file(&path).unwrap();
+    }
 
     #[test]
     fn round_trip_and_bounds() {

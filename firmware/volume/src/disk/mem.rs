@@ -27,7 +27,7 @@
 //! It must not draw randomness itself: the caller hands in the generator,
 //! so a simulator seed replays the same cut.
 
-use super::{failed_disk, in_range, out_of_range, Disk};
+use super::{failed_disk, in_range, out_of_range, Disk, SyncCut, SyncJob};
 use std::collections::BTreeMap;
 use std::io;
 
@@ -70,6 +70,9 @@ pub struct MemDisk {
     cache: Vec<u8>,
     /// Writes since the last sync, oldest first.
     pending: Vec<(u64, Vec<u8>)>,
+    /// Writes ever made: the last pending write is number `written - 1`
+    /// (a sync started at `written = n` covers the writes before n).
+    written: u64,
     /// Fault injection: the next sync fails, leaving the disk so.
     fail_next_sync: Option<SyncFault>,
     /// A sticky sync failure: the disk refuses everything until a power cut.
@@ -88,6 +91,7 @@ impl MemDisk {
             durable: vec![0; len],
             cache: vec![0; len],
             pending: Vec::new(),
+            written: 0,
             fail_next_sync: None,
             failed: false,
             faults: 0,
@@ -224,6 +228,7 @@ impl Disk for MemDisk {
         let o = off as usize;
         self.cache[o..o + data.len()].copy_from_slice(data);
         self.pending.push((off, data.to_vec()));
+        self.written += 1;
         Ok(())
     }
 
@@ -234,12 +239,43 @@ impl Disk for MemDisk {
         if let Some(fault) = self.fail_next_sync.take() {
             return Err(self.fail_sync(fault));
         }
-        for (off, data) in self.pending.drain(..) {
+        self.make_durable(self.pending.len());
+        Ok(())
+    }
+
+    /// Covers the writes made so far (their count is the cut); the work
+    /// happens at [`Disk::finish_sync`], which is when the simulator's
+    /// sync completes. Writes made in between stay pending: a power cut
+    /// before the finish may lose any of them, and after it those made
+    /// after the start still may.
+    fn start_sync(&mut self) -> (SyncCut, SyncJob) {
+        (SyncCut(self.written), SyncJob::done(Ok(())))
+    }
+
+    fn finish_sync(&mut self, cut: SyncCut, result: io::Result<()>) -> io::Result<()> {
+        result?;
+        if self.failed {
+            return Err(failed_disk());
+        }
+        if let Some(fault) = self.fail_next_sync.take() {
+            return Err(self.fail_sync(fault));
+        }
+        // Pending writes are the last `pending.len()` ever made; those
+        // numbered below the cut were made before the start.
+        let first_pending = self.written - self.pending.len() as u64;
+        self.make_durable(cut.0.saturating_sub(first_pending) as usize);
+        Ok(())
+    }
+}
+
+impl MemDisk {
+    /// The oldest `n` pending writes reach the medium; a successful sync.
+    fn make_durable(&mut self, n: usize) {
+        for (off, data) in self.pending.drain(..n.min(self.pending.len())) {
             let o = off as usize;
             self.durable[o..o + data.len()].copy_from_slice(&data);
         }
         self.syncs += 1;
-        Ok(())
     }
 }
 

@@ -169,3 +169,52 @@ fn unformatted_disk_has_no_header() {
     assert!(matches!(Journal::open(MemDisk::new(16384)), Err(JournalError::NoHeader)));
     assert!(matches!(Journal::format(MemDisk::new(9000)), Err(JournalError::TooSmall { .. })));
 }
+
+/// A sync started before more appends makes only what came before it
+/// durable, on the journal's position and on the medium alike.
+#[test]
+fn a_started_sync_covers_only_the_records_before_it() {
+    let mut j = journal(65536);
+    j.append_next(1, 0, b"a").unwrap();
+    j.append_next(1, 0, b"b").unwrap();
+    let (sync, job) = j.start_sync().unwrap();
+    j.append_next(1, 0, b"c").unwrap();
+    assert_eq!(j.durable(), Position::ZERO, "nothing is durable before the finish");
+    assert_eq!(j.finish_sync(sync, job.run()).unwrap(), Position::new(1, 2));
+    assert_eq!(j.last(), Position::new(1, 3));
+    // A power cut now keeps records 1-2 and may lose 3.
+    let mut d = j.into_disk();
+    d.power_cut(&mut || 0);
+    let j = Journal::open(d).unwrap();
+    assert_eq!(j.last(), Position::new(1, 2));
+}
+
+/// A truncation (rule 5) while a sync runs may replace the records it
+/// covers: its finish then vouches for nothing, and the next sync does.
+#[test]
+fn a_truncation_during_a_sync_voids_it() {
+    let mut j = journal(65536);
+    for _ in 0..3 {
+        j.append_next(1, 0, b"x").unwrap();
+    }
+    j.sync().unwrap();
+    j.append_next(1, 0, b"y").unwrap();
+    j.append_next(1, 0, b"y").unwrap();
+    let (sync, job) = j.start_sync().unwrap();
+    j.truncate_after(3).unwrap();
+    j.append_next(2, 0, b"z").unwrap();
+    j.append_next(2, 0, b"z").unwrap();
+    assert_eq!(j.finish_sync(sync, job.run()).unwrap(), Position::new(1, 3), "(2, 5) is not durable");
+    assert_eq!(j.sync().unwrap(), Position::new(2, 5));
+}
+
+/// A failed finish is rule 9's failed sync: the journal refuses from then on.
+#[test]
+fn a_started_sync_that_fails_fails_the_journal() {
+    let mut j = journal(65536);
+    j.append_next(1, 0, b"a").unwrap();
+    let (sync, _job) = j.start_sync().unwrap();
+    assert!(j.finish_sync(sync, Err(std::io::Error::other("EIO"))).is_err());
+    assert!(j.append_next(1, 0, b"b").is_err());
+    assert!(j.sync().is_err());
+}
