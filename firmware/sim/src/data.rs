@@ -2091,6 +2091,28 @@ fn take_cell(v: &mut Vol, id: NodeId, print: bool, lines: &mut Vec<String>) -> O
     Some(view)
 }
 
+/// A disk's medium, read-only, for reading a journal back without a copy
+/// (`Journal::open` only reads, and syncs, which has nothing to do here).
+struct MediumView<'a>(&'a [u8]);
+
+impl Disk for MediumView<'_> {
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn read_at(&self, off: u64, buf: &mut [u8]) -> io::Result<()> {
+        let bytes = usize::try_from(off).ok().and_then(|o| self.0.get(o..o.checked_add(buf.len())?));
+        let bytes = bytes.ok_or_else(|| io::Error::other(format!("read of {} at {off} past the medium", buf.len())))?;
+        buf.copy_from_slice(bytes);
+        Ok(())
+    }
+    fn write_at(&mut self, off: u64, _data: &[u8]) -> io::Result<()> {
+        Err(io::Error::other(format!("the medium view is read-only (write at {off})")))
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// What a power cut now would leave of the replica's journal, against the
 /// position it reports durable: `Some(why)` if the medium holds less.
 fn durable_beyond_medium(r: &mut SimReplica) -> Option<String> {
@@ -2098,8 +2120,7 @@ fn durable_beyond_medium(r: &mut SimReplica) -> Option<String> {
         return None; // rule 9: a failed replica vouches for nothing
     }
     let durable = r.journal().durable();
-    let medium = r.disks_mut().0.mem.durable_bytes().to_vec();
-    let on_medium = Journal::open(MemDisk::from_bytes(medium)).map(|j| j.last());
+    let on_medium = Journal::open(MediumView(r.disks_mut().0.mem.durable_bytes())).map(|j| j.last());
     match on_medium {
         Ok(last) if last.seq >= durable.seq => None,
         Ok(last) => Some(format!("journal durable through {durable:?}, the medium holds records through {last:?}")),
