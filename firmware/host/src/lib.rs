@@ -64,6 +64,7 @@ pub use fence::{Fence, FenceOp, FenceResult};
 pub use triad_core::HardState;
 
 pub mod fence;
+pub mod pbx;
 pub mod volume;
 
 /// What the host is told.
