@@ -24,6 +24,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use triad_core::{NodeId, Timing};
 
+mod pbx;
+pub use pbx::{PbxConfig, DEFAULT_MOUNT_POINT, DEFAULT_SIP_PORT};
+
 /// The node ids a cluster can use.
 pub const NODE_IDS: RangeInclusive<NodeId> = 1..=3;
 
@@ -195,6 +198,9 @@ pub struct Config {
     pub realtime: RealtimeConfig,
     /// The replicated volume (`[volume]`); absent: this node runs no volume.
     pub volume: Option<crate::volume::VolumeConfig>,
+    /// The PBX the active node runs (`[pbx]`); absent: none (the lab's
+    /// VIP-only benchmarks).
+    pub pbx: Option<PbxConfig>,
 }
 
 /// `[node]`.
@@ -297,6 +303,7 @@ impl Config {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    pbx: Option<pbx::RawPbx>,
     node: Option<RawNode>,
     cluster: Option<RawCluster>,
     tls: Option<RawTls>,
@@ -497,7 +504,17 @@ impl TryFrom<RawConfig> for Config {
             Some(v) => Some(volume_config(v, cluster.peer_port)?),
             None => None,
         };
-        Ok(Config { node, cluster, tls, timing, realtime, volume })
+        let pbx = match raw.pbx {
+            Some(p) => Some(PbxConfig::try_from(p)?),
+            None => None,
+        };
+        if let (Some(p), Some(v)) = (&pbx, &volume) {
+            // A mount there would hide the files the volume is made of.
+            if [&v.data, &v.journal, &v.meta].iter().any(|f| f.starts_with(&p.mount_point)) {
+                return Err(invalid("pbx.mount_point", "must not contain the volume's own backing files"));
+            }
+        }
+        Ok(Config { node, cluster, tls, timing, realtime, volume, pbx })
     }
 }
 
@@ -766,6 +783,17 @@ lock_memory = true
         assert_eq!(v.nbd_buffers, 32 << 20);
         let e = err(&format!("{text}nbd_buffers_mib = 1\n"));
         assert_eq!(e, "volume.nbd_buffers_mib: must be 2..=64, found 1");
+    }
+
+    #[test]
+    fn a_pbx_table_is_read_and_may_not_hide_the_volume() {
+        let volume = "\n[volume]\ndata = \"/v/data\"\njournal = \"/v/journal\"\nmeta = \"/v/meta\"\nsize_mib = 256\nnbd_socket = \"/run/nbd.sock\"\n";
+        let pbx = "\n[pbx]\ncommand = \"/bin/sh\"\nuser = \"nobody\"\nmount_point = \"/srv/pbx\"\n";
+        let c = Config::parse(&format!("{FULL}{volume}{pbx}")).unwrap();
+        assert_eq!(c.pbx.map(|p| p.mount_point), Some(PathBuf::from("/srv/pbx")));
+        assert!(Config::parse(FULL).unwrap().pbx.is_none(), "no table, no PBX");
+        let e = err(&format!("{FULL}{volume}{}", pbx.replace("/srv/pbx", "/v")));
+        assert_eq!(e, "pbx.mount_point: must not contain the volume's own backing files");
     }
 
     #[test]
