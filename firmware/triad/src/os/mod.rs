@@ -13,6 +13,8 @@
 //! - [`arp_watch`]: notices another host answering for the VIP.
 //! - [`fence`]: the nftables lease fence (the VIP silenced by the kernel
 //!   unless a timed set element says the lease is held).
+//! - [`pbx_process`]: the PBX's process: unprivileged, its own process
+//!   group and cgroup, signalled as a group.
 //! - [`realtime`]: memory locking and SCHED_FIFO.
 //! - [`vip`]: [`vip::VipOps`] with its kernel and in-memory implementations.
 
@@ -20,5 +22,6 @@ pub mod announce;
 pub mod arp_watch;
 pub mod fence;
 pub mod netlink;
+pub mod pbx_process;
 pub mod realtime;
 pub mod vip;
