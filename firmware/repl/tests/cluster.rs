@@ -169,9 +169,14 @@ impl Cluster {
         buf
     }
 
+    /// The node's process stops (its page cache and disks stay).
     fn stop(&mut self, id: NodeId) {
         let r = self.nodes[id as usize - 1].take().unwrap();
-        self.parked[id as usize - 1] = Some(r.into_disks());
+        let (mut j, mut d, mut m) = r.into_disks();
+        for disk in [&mut j, &mut d, &mut m] {
+            disk.crash();
+        }
+        self.parked[id as usize - 1] = Some((j, d, m));
     }
 
     fn start(&mut self, id: NodeId) {

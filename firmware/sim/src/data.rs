@@ -145,15 +145,20 @@ impl Disk for SimDisk {
         }
         self.mem.sync()
     }
+    /// An armed fault fires in the job (its writeback fails while it
+    /// runs), so the thread's own syncs before the job's `Synced` is taken
+    /// see it too, as on Linux with two open file descriptions.
     fn start_sync(&mut self) -> (SyncCut, SyncJob) {
+        if !self.sync_skipped {
+            if let Some(f) = self.fault.take() {
+                self.mem.fail_next_sync(f);
+            }
+        }
         self.mem.start_sync()
     }
     fn finish_sync(&mut self, cut: SyncCut, result: io::Result<()>) -> io::Result<()> {
         if self.sync_skipped {
             return Ok(());
-        }
-        if let Some(f) = self.fault.take() {
-            self.mem.fail_next_sync(f);
         }
         self.mem.finish_sync(cut, result)
     }
@@ -2120,12 +2125,31 @@ fn durable_beyond_medium(r: &mut SimReplica) -> Option<String> {
         return None; // rule 9: a failed replica vouches for nothing
     }
     let durable = r.journal().durable();
-    let on_medium = Journal::open(MediumView(r.disks_mut().0.mem.durable_bytes())).map(|j| j.last());
-    match on_medium {
-        Ok(last) if last.seq >= durable.seq => None,
-        Ok(last) => Some(format!("journal durable through {durable:?}, the medium holds records through {last:?}")),
-        Err(e) => Some(format!("journal durable through {durable:?}, the medium's journal does not open: {e}")),
+    let medium = match Journal::open(MediumView(r.disks_mut().0.mem.durable_bytes())) {
+        Ok(j) => j,
+        Err(e) => return Some(format!("journal durable through {durable:?}, the medium's journal does not open: {e}")),
+    };
+    let last = medium.last();
+    if last.seq < durable.seq {
+        return Some(format!("journal durable through {durable:?}, the medium holds records through {last:?}"));
     }
+    // The same record, not only the same seq: a truncation during a sync
+    // replaces records at the seqs it covered.
+    if durable.seq > medium.discarded().seq {
+        match medium.read(durable.seq) {
+            Ok(rec) if rec.position() == durable => {}
+            Ok(rec) => {
+                return Some(format!(
+                    "journal durable through {durable:?}, the medium holds {:?} at that seq",
+                    rec.position()
+                ))
+            }
+            Err(e) => {
+                return Some(format!("journal durable through {durable:?}, the medium's record is unreadable: {e}"))
+            }
+        }
+    }
+    None
 }
 
 /// One line for a replication message (no payloads).

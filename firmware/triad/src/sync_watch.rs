@@ -86,12 +86,26 @@ impl SyncWatch {
 pub struct Watched<D> {
     disk: D,
     watch: Arc<SyncWatch>,
+    /// A sync job was started and its result not taken.
+    background: bool,
 }
 
 impl<D> Watched<D> {
     /// `disk`, its syncs marked in `watch`.
     pub fn new(disk: D, watch: Arc<SyncWatch>) -> Self {
-        Watched { disk, watch }
+        Watched { disk, watch, background: false }
+    }
+}
+
+/// A disk dropped with its sync job's result never taken (the replica was
+/// reopened after a storage failure): the job is no longer this replica's
+/// business, and the shared watch must not go on timing it (the reopened
+/// replica would look stalled until its own next sync).
+impl<D> Drop for Watched<D> {
+    fn drop(&mut self) {
+        if self.background {
+            self.watch.end_background();
+        }
     }
 }
 
@@ -125,11 +139,13 @@ impl<D: triad_volume::Disk> triad_volume::Disk for Watched<D> {
 
     fn start_sync(&mut self) -> (triad_volume::SyncCut, triad_volume::SyncJob) {
         self.watch.begin_background();
+        self.background = true;
         self.disk.start_sync()
     }
 
     fn finish_sync(&mut self, cut: triad_volume::SyncCut, result: std::io::Result<()>) -> std::io::Result<()> {
         let result = self.disk.finish_sync(cut, result);
+        self.background = false;
         self.watch.end_background();
         result
     }
@@ -154,6 +170,20 @@ mod tests {
         w.begin_at(w.origin);
         assert!(w.stalled_at(w.origin + Duration::from_secs(3), limit));
         w.end();
+    }
+
+    /// A disk dropped while its job's result was never taken (a reopen
+    /// after a storage failure) stops the watch timing that job.
+    #[test]
+    fn a_dropped_disk_ends_its_background_sync_in_the_watch() {
+        use triad_volume::Disk;
+        let watch = Arc::new(SyncWatch::default());
+        let mut disk = Watched::new(triad_volume::MemDisk::new(4096), watch.clone());
+        let (_cut, _job) = disk.start_sync();
+        let later = Instant::now() + Duration::from_secs(10);
+        assert!(watch.stalled_at(later, Duration::from_secs(2)));
+        drop(disk);
+        assert!(!watch.stalled_at(later, Duration::from_secs(2)), "a reopened replica would look stalled");
     }
 
     /// The sync thread's sync is watched on its own: an inline sync that

@@ -15,9 +15,17 @@ use std::sync::Arc;
 /// A fixed-size disk backed by a file or block device.
 #[derive(Debug)]
 pub struct FileDisk {
-    /// Shared with the sync jobs ([`Disk::start_sync`]), which fdatasync
-    /// it on another thread while writes go on here.
-    file: Arc<File>,
+    file: File,
+    /// A second open of the same file for the sync jobs
+    /// ([`Disk::start_sync`]), which fdatasync it on another thread while
+    /// writes go on through `file`. Its own open file description, not a
+    /// `dup`: Linux reports a writeback error once to each description
+    /// (errseq), so a job's failed fdatasync cannot swallow the error the
+    /// next inline `sync` must see, nor the other way round (with one
+    /// description, an inline header sync after a failed job returned Ok
+    /// and the journal vouched for pages the kernel had dropped: review of
+    /// 342adc4).
+    sync_file: Arc<File>,
     len: u64,
     /// Set when a sync failed; the disk refuses everything after that.
     failed: bool,
@@ -30,7 +38,8 @@ impl FileDisk {
     pub fn open(path: &Path) -> io::Result<Self> {
         let mut file = OpenOptions::new().read(true).write(true).open(path)?;
         let len = file.seek(SeekFrom::End(0))?;
-        Ok(FileDisk { file: Arc::new(file), len, failed: false })
+        let sync_file = Arc::new(OpenOptions::new().read(true).write(true).open(path)?);
+        Ok(FileDisk { file, sync_file, len, failed: false })
     }
 
     /// Create (or truncate) a regular file of `len` bytes, zero-filled.
@@ -40,7 +49,8 @@ impl FileDisk {
         // The new size must survive a power cut before anything is
         // written inside it: sync the metadata once, here.
         file.sync_all()?;
-        Ok(FileDisk { file: Arc::new(file), len, failed: false })
+        let sync_file = Arc::new(OpenOptions::new().read(true).write(true).open(path)?);
+        Ok(FileDisk { file, sync_file, len, failed: false })
     }
 
     /// Whether a sync has failed (the disk is then unusable for good).
@@ -113,15 +123,16 @@ impl Disk for FileDisk {
         self.file.sync_data().inspect_err(|_| self.failed = true)
     }
 
-    /// An fdatasync of the same open file on the job's thread: it covers
-    /// every write that returned before it began (which includes all made
-    /// before this call), and writes may go on here meanwhile. Its error
-    /// is the same open file's (one struct file, one error cursor).
+    /// An fdatasync of the same file through its second description, on
+    /// the job's thread: it covers every write that returned before it
+    /// began (which includes all made before this call), and writes may go
+    /// on here meanwhile. A writeback error is reported to it and, once,
+    /// to the next inline `sync` as well (one error cursor each).
     fn start_sync(&mut self) -> (SyncCut, SyncJob) {
         if self.failed {
             return (SyncCut(0), SyncJob::done(Err(failed_disk())));
         }
-        let file = Arc::clone(&self.file);
+        let file = Arc::clone(&self.sync_file);
         (SyncCut(0), SyncJob::blocking(move || file.sync_data()))
     }
 

@@ -82,6 +82,13 @@ pub struct MemDisk {
     faults: u64,
     /// Number of successful syncs, for tests that count fdatasyncs.
     syncs: u64,
+    /// A sync job's writeback failed (decided when it started: the fault
+    /// fires while it runs); its finish reports it.
+    job_failed: bool,
+    /// That failure is still unreported to the disk's own `sync`: the job
+    /// and the disk are two open file descriptions, and Linux reports a
+    /// writeback error once to each (`FileDisk`).
+    error_unseen: bool,
 }
 
 impl MemDisk {
@@ -96,6 +103,8 @@ impl MemDisk {
             failed: false,
             faults: 0,
             syncs: 0,
+            job_failed: false,
+            error_unseen: false,
         }
     }
 
@@ -109,7 +118,13 @@ impl MemDisk {
 
     /// Process kill: the kernel's page cache survives, so every write is
     /// kept (still pending: a later power cut can lose what was unsynced).
-    pub fn crash(&mut self) {}
+    /// Its open file descriptions are gone: a writeback error not yet
+    /// reported to them is not reported to the next process's (Linux
+    /// samples the error state at open).
+    pub fn crash(&mut self) {
+        self.job_failed = false;
+        self.error_unseen = false;
+    }
 
     /// Power cut: each sector written since the last sync keeps its synced
     /// content or takes the content after one of its pending writes, at
@@ -149,6 +164,8 @@ impl MemDisk {
         // Power comes back: a new boot, a working disk.
         self.failed = false;
         self.fail_next_sync = None;
+        self.job_failed = false;
+        self.error_unseen = false;
     }
 
     /// Fault injection: make the next `sync` fail and leave the disk as
@@ -236,6 +253,11 @@ impl Disk for MemDisk {
         if self.failed {
             return Err(failed_disk());
         }
+        if std::mem::take(&mut self.error_unseen) {
+            // A job's writeback failed since this description last synced.
+            self.faults += 1;
+            return Err(io::Error::other("injected fdatasync failure (seen by a later sync)"));
+        }
         if let Some(fault) = self.fail_next_sync.take() {
             return Err(self.fail_sync(fault));
         }
@@ -247,18 +269,26 @@ impl Disk for MemDisk {
     /// happens at [`Disk::finish_sync`], which is when the simulator's
     /// sync completes. Writes made in between stay pending: a power cut
     /// before the finish may lose any of them, and after it those made
-    /// after the start still may.
+    /// after the start still may. An armed fault fires here, as the
+    /// job's writeback fails while it runs: the pending writes go as the
+    /// fault says, the finish reports it, and so does the next `sync`
+    /// (a second description).
     fn start_sync(&mut self) -> (SyncCut, SyncJob) {
+        if let Some(fault) = self.fail_next_sync.take() {
+            let _ = self.fail_sync(fault);
+            self.job_failed = true;
+            self.error_unseen = !self.failed;
+        }
         (SyncCut(self.written), SyncJob::done(Ok(())))
     }
 
     fn finish_sync(&mut self, cut: SyncCut, result: io::Result<()>) -> io::Result<()> {
         result?;
+        if std::mem::take(&mut self.job_failed) {
+            return Err(io::Error::other("injected fdatasync failure (the sync job)"));
+        }
         if self.failed {
             return Err(failed_disk());
-        }
-        if let Some(fault) = self.fail_next_sync.take() {
-            return Err(self.fail_sync(fault));
         }
         // Pending writes are the last `pending.len()` ever made; those
         // numbered below the cut were made before the start.

@@ -218,3 +218,29 @@ fn a_started_sync_that_fails_fails_the_journal() {
     assert!(j.append_next(1, 0, b"b").is_err());
     assert!(j.sync().is_err());
 }
+
+/// Review of 342adc4: the sync job's fdatasync fails (the kernel keeps the
+/// pages clean); before the volume thread takes its result, a compaction's
+/// header sync runs inline. That sync must fail too (a second open file
+/// description is told of the writeback error as well), or `discard_through`
+/// would set durable to the last record and the journal would vouch for
+/// records the medium lacks.
+#[test]
+fn a_failed_sync_job_fails_the_next_inline_sync_too() {
+    let mut j = journal(65536);
+    for _ in 0..3 {
+        j.append_next(1, 0, b"x").unwrap();
+    }
+    j.sync().unwrap();
+    j.append_next(1, 0, b"y").unwrap();
+    j.append_next(1, 0, b"y").unwrap();
+    j.disk_mut().fail_next_sync(crate::disk::SyncFault::KeepClean);
+    let (sync, job) = j.start_sync().unwrap();
+    let result = std::thread::spawn(move || job.run()).join().unwrap();
+    // The volume thread, not yet at the job's result: more, and a compaction.
+    j.append_next(1, 0, b"z").unwrap();
+    assert!(j.discard_through(2).is_err(), "the header sync vouched for pages the kernel dropped");
+    assert_eq!(j.durable(), Position::new(1, 3), "nothing past what a sync really covered");
+    assert!(j.finish_sync(sync, result).is_err());
+    assert!(j.append_next(1, 0, b"w").is_err(), "failed for good (rule 9)");
+}
