@@ -61,6 +61,7 @@ use triad_core::{
 use triad_repl::{Fitness, View};
 
 pub use fence::{Fence, FenceOp, FenceResult};
+pub use pbx::{Pbx, PbxCommand, PbxEvent, PbxTiming};
 pub use triad_core::HardState;
 
 pub mod fence;
@@ -104,6 +105,8 @@ pub enum Event {
     /// or found missing. Sent once at start on a node with a fence, before
     /// any peer message; a node that never sends it has no fence.
     FenceInstalled(bool),
+    /// The PBX's executor reports (spawned, exited, a probe answered).
+    Pbx(PbxEvent),
     /// A [`Command::Fence`] ended; `at` is the clock read after the call.
     FenceDone {
         /// The operation.
@@ -148,6 +151,8 @@ pub enum Command {
     },
     /// Act on the VIP's kernel fence; report with [`Event::FenceDone`].
     Fence(FenceOp),
+    /// Start, probe or stop the PBX ([`pbx`]); report with [`Event::Pbx`].
+    Pbx(PbxCommand),
     /// Hand the volume the core's view.
     VolumeView(View),
     /// Hand the volume this (step-down) view and report, with
@@ -213,6 +218,8 @@ pub struct Host {
     handover: Option<Handover>,
     /// The VIP's kernel fence (disabled until [`Event::FenceInstalled`]).
     fence: Fence,
+    /// The PBX's supervision, on a node that runs one.
+    pbx: Option<Pbx>,
 }
 
 #[derive(Debug)]
@@ -241,6 +248,7 @@ impl Host {
             view_given: None,
             handover: None,
             fence: Fence::default(),
+            pbx: None,
         };
         let mut out = Vec::new();
         let mut inputs = VecDeque::new();
@@ -304,6 +312,12 @@ impl Host {
                 let changed = self.fitness.fence(ok);
                 self.fit(changed, out)
             }
+            Event::Pbx(e) => {
+                if let Some(p) = self.pbx.as_mut() {
+                    out.extend(p.handle(now, e).into_iter().map(Command::Pbx));
+                }
+                None
+            }
             Event::FenceDone { op, result, at } => {
                 self.fence.done(op, result, at);
                 if result == FenceResult::Expired {
@@ -319,6 +333,32 @@ impl Host {
         self.run_core(now, input.into_iter().collect(), out);
         self.push_view(now, out);
         self.push_fence(now, out);
+        self.push_pbx(now, out);
+    }
+
+    /// The PBX runs while this node leads inside its lease, and its timers
+    /// run. Last in every event's commands: on a lease loss the VIP and the
+    /// volume's view go out first, whatever the PBX is doing.
+    fn push_pbx(&mut self, now: Instant, out: &mut Vec<Command>) {
+        if self.handover.is_some() {
+            return;
+        }
+        let leads = self.node.role() == Role::Leader && self.node.lease_until(now).is_some();
+        let Some(p) = self.pbx.as_mut() else { return };
+        out.extend(p.want(now, leads).into_iter().map(Command::Pbx));
+        if p.next_deadline().is_some_and(|d| now >= d) {
+            out.extend(p.tick(now).into_iter().map(Command::Pbx));
+        }
+    }
+
+    /// Supervise a PBX with `timing` (already validated) on this node.
+    pub fn enable_pbx(&mut self, timing: PbxTiming) {
+        self.pbx = Some(Pbx::new(timing));
+    }
+
+    /// The PBX's supervision, if this node runs one (for status).
+    pub fn pbx(&self) -> Option<&Pbx> {
+        self.pbx.as_ref()
     }
 
     /// The fence operation due now, if any (module `fence`).
@@ -422,7 +462,8 @@ impl Host {
     /// The earliest instant at which [`Event::Tick`] has work.
     pub fn next_deadline(&self) -> Instant {
         let core = self.node.next_deadline();
-        self.fence.next_due(self.lease_end()).map_or(core, |due| core.min(due))
+        let fence = self.fence.next_due(self.lease_end()).map_or(core, |due| core.min(due));
+        self.pbx.as_ref().and_then(Pbx::next_deadline).map_or(fence, |due| fence.min(due))
     }
 
     /// The end of the lease the core holds or held last (the fence's

@@ -276,3 +276,50 @@ fn a_node_without_its_fence_does_not_stand_for_election() {
     let out = h.handle(now, Event::FenceInstalled(true));
     assert_eq!(out, vec![Command::Notice(HostNotice::Fitness { fit: true, sync_stalled: false })]);
 }
+
+/// Issue 11: the PBX starts when the node leads inside its lease, after
+/// the VIP and the volume's view; on a step-down it is stopped after the
+/// VIP's removal and the step-down view (the VIP and acknowledgements go
+/// first, whatever the PBX is doing); a node without `[pbx]` runs none.
+#[test]
+fn the_pbx_runs_only_while_the_node_leads_and_is_stopped_after_the_vip_goes() {
+    use triad_host::{PbxCommand, PbxEvent, PbxTiming};
+    let (mut h, _) = Host::new(setup(HardState::default()), volume());
+    h.enable_pbx(PbxTiming::default());
+    let now = tick_until_prevote(&mut h);
+    h.handle(now, msg(2, 1, Body::PreVoteReply { granted: true }));
+    let out = h.handle(now, msg(2, 1, Body::VoteReply { granted: true }));
+    assert!(!out.iter().any(|c| matches!(c, Command::Pbx(_))), "a leader without a lease runs no PBX: {out:?}");
+    let out = h.handle(now, msg(2, 1, Body::HeartbeatAck { round: 1 }));
+    let lease = h.node().lease_until(now).expect("lease");
+    assert_eq!(
+        out,
+        vec![
+            Command::Vip { action: VipAction::Add, lease_until: Some(lease) },
+            Command::VolumeView(View { epoch: 1, leader: Some(1), lease_until: Some(lease) }),
+            Command::Pbx(PbxCommand::Spawn { run: 1 }),
+        ]
+    );
+    let out = h.handle(now, Event::Pbx(PbxEvent::Spawned { run: 1 }));
+    assert_eq!(
+        out,
+        vec![
+            Command::Pbx(PbxCommand::Notice(triad_host::pbx::PbxNotice::Started { run: 1 })),
+            Command::Pbx(PbxCommand::Probe { run: 1, probe: 1 }),
+        ]
+    );
+    // The probe's timeout is one of the host's deadlines.
+    assert!(h.next_deadline() <= now.add(PbxTiming::default().probe_timeout));
+    h.handle(now, Event::VipDone { action: VipAction::Add, result: VipResult::Done });
+    let out = h.handle(now, Event::SyncStalled(true));
+    let remove = out.iter().position(|c| *c == Command::Vip { action: VipAction::Remove, lease_until: None });
+    let view = out.iter().position(|c| *c == Command::VolumeView(View { epoch: 1, leader: None, lease_until: None }));
+    let stop = out.iter().position(|c| *c == Command::Pbx(PbxCommand::Stop { run: 1 }));
+    assert!(remove.is_some() && view.is_some() && stop.is_some(), "{out:?}");
+    assert!(remove < stop && view < stop, "the PBX stops after the VIP and the view: {out:?}");
+    // Without [pbx], no PBX commands at all.
+    let (mut h, _) = Host::new(setup(HardState::default()), volume());
+    let (now, _) = lead(&mut h);
+    assert!(h.pbx().is_none());
+    assert!(!h.handle(now, Event::Tick).iter().any(|c| matches!(c, Command::Pbx(_))));
+}

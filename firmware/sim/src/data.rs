@@ -946,6 +946,9 @@ impl DataWorld {
                 }
                 // The data world reports no fence: the host hands out none.
                 Command::Fence(op) => self.note(|| format!("n{id} fence {op:?} (not modelled)")),
+                // No PBX is enabled in the simulated hosts yet (issue 11):
+                // the host hands out none.
+                Command::Pbx(c) => self.note(|| format!("n{id} pbx {c:?} (not modelled)")),
                 Command::Notice(n) => {
                     if !matches!(n, HostNotice::Core(Notice::VipFailed { .. })) {
                         self.note(|| format!("n{id} host {n:?}"));

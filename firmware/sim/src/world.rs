@@ -752,6 +752,8 @@ impl World {
             }
             // The control world has no volume.
             Command::VolumeView(_) => {}
+            // No PBX is enabled in the simulated hosts yet (issue 11).
+            Command::Pbx(_) => {}
             Command::ConfirmStepDown(_) => {
                 self.hosts[i]
                     .proc

@@ -12,6 +12,7 @@
 //! - [`nbd`]: the NBD export of the replicated volume (unix socket, kernel nbd).
 //! - [`volume`]: the replicated volume's thread and the NBD device over it.
 //! - [`sync_watch`]: rule 16, a stuck journal sync makes the node unfit to lead.
+//! - [`pbx`]: carries out the PBX's supervision commands.
 //! - [`sip_probe`]: the PBX's health probe, one SIP OPTIONS over UDP.
 //! - [`runtime`]: the one loop that owns the core and applies each event.
 
@@ -21,6 +22,7 @@ pub mod control;
 pub mod errors;
 pub mod nbd;
 pub mod os;
+pub mod pbx;
 pub mod peer;
 pub mod runtime;
 pub mod sip_probe;

@@ -185,7 +185,15 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
     // Before the first message: fitness and membership (a learner must
     // not vote even once), and the volume's first view.
     let volume_start = volume.as_ref().map(|_| VolumeStart { position, electable, membership });
-    let (host, start) = Host::new(setup, volume_start);
+    let (mut host, start) = Host::new(setup, volume_start);
+    // The PBX, on a node configured with one: the host decides when it
+    // runs (leader inside its lease), the executor carries it out.
+    let (pbx_tx, mut pbx_events) = tokio::sync::mpsc::unbounded_channel();
+    let pbx = cfg.pbx.clone().map(|pc| {
+        host.enable_pbx(pc.timing);
+        let env = crate::os::pbx_process::PbxEnv { vip: cfg.cluster.vip.addr.to_string() };
+        crate::pbx::PbxExecutor::new(pc, env, pbx_tx.clone())
+    });
     let sync_stall = cfg.volume.as_ref().map(|v| v.sync_stall);
     let mut stall_check = tokio::time::interval(sync_stall.map_or(Duration::from_secs(3600), |d| d / 4));
     stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -206,7 +214,9 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
         clock,
         cfg,
         volume,
+        pbx,
         _vol_tx: vol_tx,
+        _pbx_tx: pbx_tx,
     };
     shell.execute(start).await?;
     shell.step(Event::FenceInstalled(shell.fence.is_some())).await?;
@@ -241,6 +251,7 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
                 Event::Peer(msg)
             }
             Some(ev) = vol_events.recv() => volume_event(ev),
+            Some(ev) = pbx_events.recv() => Event::Pbx(ev),
             Some(req) = control_rx.recv() => {
                 shell.control(req).await?;
                 continue;
@@ -277,6 +288,9 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
         }
     }
     shell.hand_over_before_exit().await?;
+    if let Some(p) = &shell.pbx {
+        p.kill_now();
+    }
     info!("shutting down: removing the VIP");
     if let Err(e) = shell.vip.apply(VipAction::Remove).await {
         error!(error = %chain(&e), "could not remove the VIP at shutdown; the kernel lifetime will");
@@ -328,6 +342,10 @@ struct Shell<V: VipOps> {
     volume: Option<VolumeHandle>,
     /// Keeps the volume event channel open when there is no volume.
     _vol_tx: tokio::sync::mpsc::UnboundedSender<VolumeEvent>,
+    /// The PBX's executor, on a node with `[pbx]`.
+    pbx: Option<crate::pbx::PbxExecutor>,
+    /// Keeps the PBX event channel open when there is no PBX.
+    _pbx_tx: tokio::sync::mpsc::UnboundedSender<triad_host::PbxEvent>,
 }
 
 impl<V: VipOps> Shell<V> {
@@ -406,6 +424,13 @@ impl<V: VipOps> Shell<V> {
                     // Read after the call: the element's end is bounded by it.
                     let at = self.clock.now();
                     queue.extend(self.host.handle(at, Event::FenceDone { op, result, at }));
+                }
+                Command::Pbx(c) => {
+                    // A spawn's outcome goes back to the host at once, as a
+                    // VIP action's does.
+                    if let Some(ev) = self.pbx.as_mut().and_then(|p| p.carry(c)) {
+                        queue.extend(self.host.handle(self.clock.now(), Event::Pbx(ev)));
+                    }
                 }
                 Command::Notice(n) => log_notice(&n),
             }
@@ -547,6 +572,16 @@ impl<V: VipOps> Shell<V> {
                     report.extra.insert("volume".into(), volume_status(v));
                 }
                 report.extra.insert("fence".into(), self.fence_status());
+                if let Some(p) = self.host.pbx() {
+                    report.extra.insert(
+                        "pbx".into(),
+                        serde_json::json!({
+                            "state": format!("{:?}", p.state()),
+                            "fit": p.fit(),
+                            "hand_over_wanted": p.hand_over_wanted(),
+                        }),
+                    );
+                }
                 Response::Status(Box::new(report))
             }
             Request::Switchover { to } => self.admin(AdminRequest::Switchover { to }).await?,

@@ -109,7 +109,7 @@ fn the_pbx_runs_unprivileged_in_its_own_group_and_a_stop_reaches_its_workers() {
     assert_ne!(pgid_of(pid), nix::unistd::getpgrp().as_raw(), "not the supervisor's group");
 
     pbx.signal_group(cfg.stop_signal).unwrap();
-    let exit = pbx.child_mut().wait().unwrap();
+    let exit = pbx.take_child().unwrap().wait().unwrap();
     assert_eq!(std::os::unix::process::ExitStatusExt::signal(&exit), Some(libc::SIGTERM), "{exit:?}");
     let start = Instant::now();
     while Path::new(&format!("/proc/{worker}")).exists()
@@ -141,7 +141,7 @@ fn the_pbx_gets_a_cgroup_v2_group_of_its_own() {
     let procs = std::fs::read_to_string(root.join("triad-pbx/cgroup.procs")).unwrap();
     assert!(procs.lines().any(|l| l == pbx.pid().to_string()), "{procs}");
     pbx.signal_group(Signal::SIGKILL).unwrap();
-    pbx.child_mut().wait().unwrap();
+    pbx.take_child().unwrap().wait().unwrap();
     // Once its last process is gone the group can go (the supervisor
     // keeps it between runs; the test leaves nothing behind).
     let start = Instant::now();

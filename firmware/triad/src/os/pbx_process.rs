@@ -75,7 +75,9 @@ pub struct PbxEnv {
 /// The running PBX: its process, whose id is also its process group's.
 #[derive(Debug)]
 pub struct PbxProcess {
-    child: Child,
+    pid: u32,
+    /// Until a waiter takes it.
+    child: Option<Child>,
     cgroup: Option<PathBuf>,
 }
 
@@ -124,12 +126,12 @@ impl PbxProcess {
         }
         let child = cmd.spawn().map_err(|source| PbxProcessError::Spawn { command: cfg.command.clone(), source })?;
         drop(procs);
-        Ok(PbxProcess { child, cgroup })
+        Ok(PbxProcess { pid: child.id(), child: Some(child), cgroup })
     }
 
     /// Its pid, which is also its process group id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     /// Its cgroup directory, if it has one.
@@ -140,16 +142,17 @@ impl PbxProcess {
     /// Sends `signal` to its whole process group. A group that is gone is
     /// not an error.
     pub fn signal_group(&self, signal: Signal) -> Result<(), PbxProcessError> {
-        let pgid = self.child.id() as i32;
+        let pgid = self.pid as i32;
         match killpg(Pid::from_raw(pgid), signal) {
             Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
             Err(source) => Err(PbxProcessError::Signal { signal, pgid, source }),
         }
     }
 
-    /// The child, for the reaper (tests wait on it directly).
-    pub fn child_mut(&mut self) -> &mut Child {
-        &mut self.child
+    /// The child's handle, for the one thread that waits for its exit
+    /// (`None` once taken). Signals still go by pid.
+    pub fn take_child(&mut self) -> Option<Child> {
+        self.child.take()
     }
 }
 

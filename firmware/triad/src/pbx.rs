@@ -1,0 +1,141 @@
+//! The PBX's executor: carries out `triad_host::pbx`'s commands (spawn,
+//! probe, stop, kill) and reports what happened as `PbxEvent`s on a
+//! channel the runtime loop reads. The host decides; this only acts.
+//!
+//! A spawned process gets a waiter thread that blocks in `wait()` and
+//! reports the exit; a probe runs as a task with its own timeout (the host
+//! times it out too, and ignores a late answer).
+//!
+//! Must not: decide when to start or stop, or block the runtime loop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::{error, info, warn};
+use triad_host::pbx::{PbxCommand, PbxEvent, PbxNotice};
+
+use crate::config::PbxConfig;
+use crate::errors::chain;
+use crate::os::pbx_process::{cgroup_v2_at, describe, PbxEnv, PbxProcess, CGROUP_ROOT};
+use crate::sip_probe::probe_udp;
+
+/// Carries out the PBX commands of one node.
+#[derive(Debug)]
+pub struct PbxExecutor {
+    cfg: PbxConfig,
+    env: PbxEnv,
+    cgroup_root: Option<PathBuf>,
+    events: UnboundedSender<PbxEvent>,
+    /// The process of the current run, if one was spawned.
+    process: Option<(u64, PbxProcess)>,
+}
+
+impl PbxExecutor {
+    /// An executor for `cfg`; its reports go to `events`.
+    pub fn new(cfg: PbxConfig, env: PbxEnv, events: UnboundedSender<PbxEvent>) -> Self {
+        let root = PathBuf::from(CGROUP_ROOT);
+        let cgroup_root = cgroup_v2_at(&root).then_some(root);
+        if cgroup_root.is_none() {
+            warn!("no cgroup v2 hierarchy at {CGROUP_ROOT}: the PBX runs without a cgroup of its own or limits");
+        }
+        PbxExecutor { cfg, env, cgroup_root, events, process: None }
+    }
+
+    /// Carries out `cmd`; returns the event to feed back at once (a spawn's
+    /// outcome), if any. Later events (exits, probe answers) come on the
+    /// channel.
+    pub fn carry(&mut self, cmd: PbxCommand) -> Option<PbxEvent> {
+        match cmd {
+            PbxCommand::Spawn { run } => Some(self.spawn(run)),
+            PbxCommand::Probe { run: _, probe } => {
+                let addr = SocketAddr::from(([127, 0, 0, 1], self.cfg.sip_port));
+                let timeout = self.cfg.timing.probe_timeout;
+                let events = self.events.clone();
+                tokio::spawn(async move {
+                    let ok = probe_udp(addr, timeout).await.is_ok();
+                    let _ = events.send(PbxEvent::ProbeDone { probe, ok });
+                });
+                None
+            }
+            PbxCommand::Stop { run } => {
+                self.signal(run, self.cfg.stop_signal);
+                None
+            }
+            PbxCommand::Kill { run } => {
+                self.signal(run, nix::sys::signal::Signal::SIGKILL);
+                None
+            }
+            PbxCommand::Notice(n) => {
+                log_notice(n);
+                None
+            }
+        }
+    }
+
+    fn spawn(&mut self, run: u64) -> PbxEvent {
+        match PbxProcess::spawn(&self.cfg, &self.env, self.cgroup_root.as_deref()) {
+            Ok(mut process) => {
+                info!(run, pid = process.pid(), command = %describe(&self.cfg), "PBX started");
+                // The waiter owns nothing but the child's handle; the pid
+                // stays here for signals.
+                let Some(mut child) = process.take_child() else { return PbxEvent::SpawnFailed { run } };
+                let events = self.events.clone();
+                let waiter = std::thread::Builder::new().name(format!("triad-pbx-wait-{run}")).spawn(move || {
+                    let status = child.wait();
+                    info!(run, ?status, "PBX exited");
+                    let _ = events.send(PbxEvent::Exited { run });
+                });
+                if let Err(e) = waiter {
+                    // Without a waiter its exit would never be seen: stop it
+                    // and report the start as failed.
+                    error!(run, error = %e, "cannot start the PBX's waiter thread; killing the PBX");
+                    let _ = process.signal_group(nix::sys::signal::Signal::SIGKILL);
+                    return PbxEvent::SpawnFailed { run };
+                }
+                self.process = Some((run, process));
+                PbxEvent::Spawned { run }
+            }
+            Err(e) => {
+                error!(run, error = %chain(&e), "cannot start the PBX");
+                PbxEvent::SpawnFailed { run }
+            }
+        }
+    }
+
+    fn signal(&self, run: u64, signal: nix::sys::signal::Signal) {
+        match &self.process {
+            Some((r, p)) if *r == run => {
+                info!(run, %signal, pgid = p.pid(), "signalling the PBX's process group");
+                if let Err(e) = p.signal_group(signal) {
+                    warn!(run, error = %chain(&e), "could not signal the PBX");
+                }
+            }
+            _ => warn!(run, "no such PBX process to signal"),
+        }
+    }
+
+    /// At shutdown: SIGKILL of the current process group (the host's
+    /// orderly stop comes first when there is time for it).
+    pub fn kill_now(&self) {
+        if let Some((run, p)) = &self.process {
+            info!(run, "killing the PBX at shutdown");
+            let _ = p.signal_group(nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+fn log_notice(n: PbxNotice) {
+    match n {
+        PbxNotice::Healthy { run } => info!(run, "PBX answers its probe"),
+        PbxNotice::Started { run } => info!(run, "PBX spawned; probing"),
+        PbxNotice::Stopped { run } => info!(run, "PBX stopped"),
+        PbxNotice::Restarting { delay } => info!(?delay, "PBX restarts after a backoff"),
+        PbxNotice::ProbeFailed { run, in_a_row } => warn!(run, in_a_row, "PBX probe failed"),
+        PbxNotice::Failed { run, why, in_window } => warn!(run, ?why, in_window, "PBX failed"),
+        PbxNotice::HandOverWanted { in_window } => {
+            error!(in_window, "PBX keeps failing: this node should hand the active role over")
+        }
+        PbxNotice::StopHung { run } => error!(run, "PBX does not stop even after SIGKILL of its group"),
+    }
+}
