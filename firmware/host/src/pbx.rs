@@ -22,7 +22,9 @@
 //! Rules, each with what it prevents:
 //! - **One PBX at a time.** A new process is spawned only from `Stopped` or
 //!   at the end of a backoff, i.e. only after the previous one was seen to
-//!   exit: two PBXs never write the volume at once.
+//!   exit, and a process that died on its own has its whole process group
+//!   killed first (its workers would otherwise hold the port and the
+//!   files): two PBXs never write the volume at once.
 //! - **Stale reports change nothing.** Spawn, probe and exit reports carry
 //!   the number of the process (or probe) they are about; a late answer for
 //!   an earlier one is ignored (a probe answered after its timeout, the exit
@@ -446,6 +448,10 @@ impl Pbx {
                 if run == r =>
             {
                 self.fail(now, run, PbxFailure::Died, &mut out);
+                // Its workers may live on in its process group, holding
+                // the SIP port (Kamailio's do): the group goes too, before
+                // anything is started again.
+                out.push(PbxCommand::Kill { run });
                 self.back_off(now, &mut out);
             }
             (PbxEvent::Exited { run }, PbxState::Stopping { run: r, restart, .. }) if run == r => {

@@ -151,6 +151,7 @@ fn a_death_backs_off_doubling_per_failure_in_the_window_up_to_the_cap() {
         died(&mut p, 100, 1),
         vec![
             Notice(PbxNotice::Failed { run: 1, why: PbxFailure::Died, in_window: 1 }),
+            Kill { run: 1 },
             Notice(PbxNotice::Restarting { delay: ms(200) }),
         ]
     );
@@ -167,6 +168,7 @@ fn a_death_backs_off_doubling_per_failure_in_the_window_up_to_the_cap() {
         vec![
             Notice(PbxNotice::Failed { run: 3, why: PbxFailure::Died, in_window: 3 }),
             Notice(PbxNotice::HandOverWanted { in_window: 3 }),
+            Kill { run: 3 },
             Notice(PbxNotice::Restarting { delay: ms(800) }),
         ]
     );

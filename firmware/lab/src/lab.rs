@@ -55,9 +55,9 @@ pub enum Payload {
     /// The triad supervisor at `bin` with a timing profile and a journal
     /// of `journal_mib` MiB per node ([`layout::JOURNAL_MIB`] unless a
     /// test needs a small one that fills, e.g. to force compaction);
-    /// `realtime`: SCHED_FIFO 50 for the supervisor (false only for the
-    /// equal-priority soak).
-    Triad { bin: PathBuf, profile: Profile, journal_mib: u64, realtime: bool },
+    /// `opts`: real-time scheduling (off only for the equal-priority
+    /// soak) and a Kamailio PBX on the active node.
+    Triad { bin: PathBuf, profile: Profile, journal_mib: u64, opts: triad::NodeOptions },
     /// keepalived with `advert` seconds between VRRP adverts ("1", "0.1").
     Keepalived { advert: String },
 }
@@ -159,8 +159,8 @@ impl Lab {
         for id in NODE_IDS {
             let nd = layout::node_dir(id);
             let config = match &payload {
-                Payload::Triad { bin: _, profile, journal_mib, realtime } => {
-                    triad::write_config(id, profile.as_str(), *journal_mib, &dir.join("certs"), *realtime)?
+                Payload::Triad { bin: _, profile, journal_mib, opts } => {
+                    triad::write_config(id, profile.as_str(), *journal_mib, &dir.join("certs"), *opts)?
                 }
                 Payload::Keepalived { advert } => keepalived::write_config(id, advert)
                     .map_err(io_err(format!("writing keepalived config of node {id}")))?,
@@ -218,7 +218,7 @@ impl Lab {
                 profile: if layout.profile == "fast" { Profile::Fast } else { Profile::Default },
                 // Only `up` writes configs; a loaded lab keeps its files.
                 journal_mib: layout::JOURNAL_MIB,
-                realtime: true,
+                opts: triad::NodeOptions::default(),
             },
             _ => Payload::Keepalived { advert: layout.profile.trim_start_matches("advert-").to_string() },
         };

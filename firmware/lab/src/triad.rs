@@ -76,6 +76,18 @@ pub struct Status {
     pub peers: Vec<PeerStatus>,
     #[serde(default)]
     pub fence: Option<FenceStatus>,
+    #[serde(default)]
+    pub pbx: Option<PbxStatus>,
+}
+
+/// The `pbx` part of `triad status --json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PbxStatus {
+    /// The supervision state, e.g. `Running { run: 1, since: .. }`.
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub fit: bool,
 }
 
 /// Where to find the triad binary: an explicit path, `TRIAD_BIN`, or the
@@ -120,11 +132,25 @@ pub fn make_certs(bin: &Path, dir: &Path, nodes: &[u8]) -> Result<(), TriadError
     Ok(())
 }
 
+/// What a node's config says beyond its identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeOptions {
+    /// SCHED_FIFO 50 for the supervisor (the lab's normal setting);
+    /// without it the supervisor competes with other processes at their
+    /// own priority (the equal-priority soak).
+    pub realtime: bool,
+    /// A `[pbx]` table running Kamailio (`pbx_text`).
+    pub pbx: bool,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions { realtime: true, pbx: false }
+    }
+}
+
 /// The TOML config of node `id`. `certs` holds ca.pem and node-ID.{pem,key}.
-/// `realtime` puts the supervisor under SCHED_FIFO 50 (the lab's normal
-/// setting); without it the supervisor competes with other processes at
-/// their own priority (the equal-priority soak).
-pub fn config_text(id: u8, profile: &str, journal_mib: u64, certs: &Path, realtime: bool) -> String {
+pub fn config_text(id: u8, profile: &str, journal_mib: u64, certs: &Path, opts: NodeOptions) -> String {
     let dir = layout::node_dir(id);
     let mut peers = String::new();
     for p in NODE_IDS.iter().filter(|p| **p != id) {
@@ -168,7 +194,9 @@ resync_rate_mib = 16
 nbd_socket = "{nbd}"
 # The lab creates a new cluster: all three volumes are formatted as voters.
 new_cluster = true
-"#,
+{pbx}"#,
+        realtime = opts.realtime,
+        pbx = if opts.pbx { pbx_text(id) } else { String::new() },
         vol = layout::volume_dir(id).display(),
         nbd = layout::nbd_socket(id).display(),
         iface = layout::IFACE,
@@ -187,10 +215,13 @@ pub fn write_config(
     profile: &str,
     journal_mib: u64,
     certs: &Path,
-    realtime: bool,
+    opts: NodeOptions,
 ) -> Result<PathBuf, TriadError> {
     let path = layout::node_dir(id).join("triad.toml");
-    std::fs::write(&path, config_text(id, profile, journal_mib, certs, realtime))
+    if opts.pbx {
+        write_kamailio(id).map_err(|source| TriadError::Write { path: layout::node_dir(id).join("pbx"), source })?;
+    }
+    std::fs::write(&path, config_text(id, profile, journal_mib, certs, opts))
         .map_err(|source| TriadError::Write { path: path.clone(), source })?;
     Ok(path)
 }
@@ -204,4 +235,57 @@ pub fn status(bin: &Path, socket: &Path) -> Result<Status, TriadError> {
         &["-k", "1", "2", &bin.to_string_lossy(), "status", "--socket", &socket.to_string_lossy(), "--json"],
     )?;
     serde_json::from_str(out.trim()).map_err(|source| TriadError::Status { text: out, source })
+}
+
+/// Node `id`'s `[pbx]` table: Kamailio, as user `kamailio`, answering
+/// OPTIONS on the node's loopback, with the lab's short supervision
+/// timings. (The volume is not mounted yet: its "mount point" is a plain
+/// directory of the node.)
+pub fn pbx_text(id: u8) -> String {
+    let dir = layout::node_dir(id);
+    format!(
+        r#"
+[pbx]
+command = "/usr/sbin/kamailio"
+args = ["-f", "{cfg}", "-DD", "-E", "-Y", "{run}"]
+user = "kamailio"
+mount_point = "{pbx}"
+probe_interval_ms = 200
+probe_timeout_ms = 100
+probe_failures = 3
+start_grace_ms = 3000
+backoff_first_ms = 100
+backoff_max_ms = 2000
+stop_timeout_ms = 1000
+kill_timeout_ms = 1000
+failure_window_s = 60
+failures_to_hand_over = 5
+"#,
+        cfg = dir.join("pbx/kamailio.cfg").display(),
+        run = dir.join("pbx/run").display(),
+        pbx = dir.join("pbx").display(),
+    )
+}
+
+/// Writes node `id`'s Kamailio config and its directories, owned by the
+/// `kamailio` user (Kamailio refuses files it does not own).
+fn write_kamailio(id: u8) -> std::io::Result<()> {
+    let dir = layout::node_dir(id).join("pbx");
+    std::fs::create_dir_all(dir.join("run"))?;
+    std::fs::write(
+        dir.join("kamailio.cfg"),
+        "#!KAMAILIO\ndebug=1\nlog_stderror=yes\nchildren=1\nlisten=udp:127.0.0.1:5060\n\
+         mpath=\"/usr/lib/x86_64-linux-gnu/kamailio/modules\"\nloadmodule \"sl.so\"\n\
+         request_route {\n\tif (method == \"OPTIONS\") { sl_send_reply(\"200\", \"Alive\"); exit; }\n\
+         \tsl_send_reply(\"404\", \"Not here\");\n}\n",
+    )?;
+    let out = std::process::Command::new("chown").args(["-R", "kamailio:kamailio"]).arg(&dir).output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "chown kamailio {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(())
 }

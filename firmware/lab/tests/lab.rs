@@ -29,7 +29,7 @@ use triad_lab::lab::{strip_ansi, Lab, Payload, Profile};
 use triad_lab::layout::{self, node_ip, node_mac, Mac, NODE_IDS, PEER_PORT, VIP};
 use triad_lab::netns::{self, CLIENT_NS};
 use triad_lab::observer::{self, Observer};
-use triad_lab::{cmd, triad, wait};
+use triad_lab::{cmd, spawn, triad, wait};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -91,8 +91,12 @@ impl Harness {
 
     /// A lab whose nodes have `journal_mib` MiB journals.
     fn up_with_journal(journal_mib: u64) -> Harness {
+        Harness::up_with(journal_mib, triad::NodeOptions::default())
+    }
+
+    fn up_with(journal_mib: u64, opts: triad::NodeOptions) -> Harness {
         let ex = exclusive();
-        let lab = Lab::up(Payload::Triad { bin: triad_bin(), profile: profile(), journal_mib, realtime: true })
+        let lab = Lab::up(Payload::Triad { bin: triad_bin(), profile: profile(), journal_mib, opts })
             .unwrap_or_else(|e| panic!("lab up failed: {e}"));
         let obs = Observer::start(CLIENT_NS).unwrap_or_else(|e| panic!("observer: {e}"));
         Harness { lab, obs: Some(obs), _ex: ex }
@@ -420,6 +424,62 @@ fn a_fence_changed_by_someone_else_is_detected_and_restored() {
     h.assert_one_answerer_from(t0, node_mac(l), node_mac(l));
 }
 
+/// Kamailio processes (live ones, not zombies) in node `id`'s namespace.
+fn kamailio_pids(h: &Harness, id: u8) -> Vec<i32> {
+    let Ok(n) = h.lab.node(id) else { return Vec::new() };
+    let Ok(ino) = netns::net_ns_of(n.supervisor_pid) else { return Vec::new() };
+    netns::pids_in(ino)
+        .into_iter()
+        .filter(|p| spawn::cmdline(*p).is_some_and(|c| c.contains("kamailio")))
+        .filter(|p| !std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default().contains(") Z "))
+        .collect()
+}
+
+/// Issue 11, first steps: with a `[pbx]` table, Kamailio runs on the
+/// active node only; kill -9 of its main process gets its whole process
+/// group killed (its workers would keep the SIP port) and a new one
+/// started that answers the probe, with no zombie left (the supervisor is
+/// PID 1 of the node's PID namespace and reaps); when the active node's
+/// supervisor is killed, the new active node starts its own.
+#[test]
+fn kamailio_runs_on_the_active_node_only_is_restarted_when_killed_and_moves_with_the_role() {
+    let h = Harness::up_with(layout::JOURNAL_MIB, triad::NodeOptions { pbx: true, ..triad::NodeOptions::default() });
+    let l = h.leader(&NODE_IDS);
+    let pbx_state = |id: u8| h.lab.status(id).ok().and_then(|s| s.pbx).map(|p| p.state).unwrap_or_default();
+    wait::until(secs(10), ms(20), || pbx_state(l).starts_with("Running").then_some(()))
+        .unwrap_or_else(|| panic!("n{l}'s PBX never answered: {}", pbx_state(l)));
+    for f in others(l) {
+        assert_eq!(pbx_state(f), "Stopped", "n{f} is a follower");
+        assert_eq!(kamailio_pids(&h, f), Vec::<i32>::new(), "a PBX runs on follower n{f}");
+    }
+    let before = kamailio_pids(&h, l);
+    assert!(before.len() >= 2, "Kamailio with its workers on n{l}: {before:?}");
+    let main = *before.iter().min().expect("a main process");
+    spawn::signal(main, nix::sys::signal::Signal::SIGKILL).unwrap_or_else(|e| panic!("{e}"));
+    wait::until(secs(5), ms(20), || {
+        let s = pbx_state(l);
+        (s.starts_with("Running") && s.contains("run: 2")).then_some(())
+    })
+    .unwrap_or_else(|| panic!("n{l}'s PBX was not restarted: {}", pbx_state(l)));
+    let after = kamailio_pids(&h, l);
+    assert!(before.iter().all(|p| !after.contains(p)), "old workers live on: before {before:?}, after {after:?}");
+    let zombies = netns::pids_in(netns::net_ns_of(h.lab.node(l).expect("node").supervisor_pid).unwrap_or(0))
+        .into_iter()
+        .filter(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default().contains(") Z "))
+        .count();
+    assert_eq!(zombies, 0, "orphans left as zombies on n{l}");
+    let log = h.log_since(l, 0);
+    assert!(log.contains("PBX failed") && log.contains("why=Died"), "no failure logged:\n{log}");
+    // The role moves, and the PBX with it.
+    h.lab.kill_node(l).unwrap_or_else(|e| panic!("{e}"));
+    let new = h.lab.wait_healthy(&others(l), secs(10)).unwrap_or_else(|e| panic!("{e}"));
+    wait::until(secs(10), ms(20), || pbx_state(new).starts_with("Running").then_some(()))
+        .unwrap_or_else(|| panic!("new leader n{new}'s PBX never answered: {}", pbx_state(new)));
+    let rest = others(l).into_iter().find(|i| *i != new).expect("a third node");
+    assert_eq!(pbx_state(rest), "Stopped");
+    assert_eq!(kamailio_pids(&h, rest), Vec::<i32>::new());
+}
+
 #[test]
 fn a_peer_with_a_foreign_ca_certificate_is_refused() {
     let mut h = Harness::up();
@@ -432,8 +492,11 @@ fn a_peer_with_a_foreign_ca_certificate_is_refused() {
     std::fs::create_dir_all(&foreign).expect("mkdir foreign-ca");
     triad::make_certs(&triad_bin(), &foreign, &[f]).unwrap_or_else(|e| panic!("{e}"));
     let conf = layout::node_dir(f).join("impostor.toml");
-    std::fs::write(&conf, triad::config_text(f, profile().as_str(), layout::JOURNAL_MIB, &foreign, true))
-        .expect("write impostor config");
+    std::fs::write(
+        &conf,
+        triad::config_text(f, profile().as_str(), layout::JOURNAL_MIB, &foreign, triad::NodeOptions::default()),
+    )
+    .expect("write impostor config");
     let genuine = h.lab.node(f).expect("node").config.clone();
     h.lab.layout.node_mut(f).expect("node").config = conf;
     let marks: Vec<(u8, u64)> = NODE_IDS.iter().map(|i| (*i, h.log_len(*i))).collect();
@@ -563,7 +626,13 @@ fn an_invalid_config_is_refused_naming_the_field() {
     let bin = triad_bin();
     let dir = Path::new("/run/triad-lab-config-test");
     std::fs::create_dir_all(dir).expect("mkdir");
-    let good = triad::config_text(1, "default", layout::JOURNAL_MIB, Path::new("/nonexistent-certs"), true);
+    let good = triad::config_text(
+        1,
+        "default",
+        layout::JOURNAL_MIB,
+        Path::new("/nonexistent-certs"),
+        triad::NodeOptions::default(),
+    );
     let cases: Vec<(&str, String, &str)> = vec![
         ("unknown field", good.replace("init = false", "init = false\ncolour = \"blue\""), "colour"),
         ("bad vip", good.replace(&format!("vip = \"{VIP}/24\""), "vip = \"10.77.0.300/24\""), "vip"),

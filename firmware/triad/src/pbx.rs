@@ -2,9 +2,9 @@
 //! probe, stop, kill) and reports what happened as `PbxEvent`s on a
 //! channel the runtime loop reads. The host decides; this only acts.
 //!
-//! A spawned process gets a waiter thread that blocks in `wait()` and
-//! reports the exit; a probe runs as a task with its own timeout (the host
-//! times it out too, and ignores a late answer).
+//! A spawned process is registered with the supervisor's one reaper
+//! (`os::reaper`), which reports its exit; a probe runs as a task with its
+//! own timeout (the host times it out too, and ignores a late answer).
 //!
 //! Must not: decide when to start or stop, or block the runtime loop.
 
@@ -18,6 +18,7 @@ use triad_host::pbx::{PbxCommand, PbxEvent, PbxNotice};
 use crate::config::PbxConfig;
 use crate::errors::chain;
 use crate::os::pbx_process::{cgroup_v2_at, describe, PbxEnv, PbxProcess, CGROUP_ROOT};
+use crate::os::reaper::Reaper;
 use crate::sip_probe::probe_udp;
 
 /// Carries out the PBX commands of one node.
@@ -27,19 +28,20 @@ pub struct PbxExecutor {
     env: PbxEnv,
     cgroup_root: Option<PathBuf>,
     events: UnboundedSender<PbxEvent>,
+    reaper: Reaper,
     /// The process of the current run, if one was spawned.
     process: Option<(u64, PbxProcess)>,
 }
 
 impl PbxExecutor {
     /// An executor for `cfg`; its reports go to `events`.
-    pub fn new(cfg: PbxConfig, env: PbxEnv, events: UnboundedSender<PbxEvent>) -> Self {
+    pub fn new(cfg: PbxConfig, env: PbxEnv, events: UnboundedSender<PbxEvent>, reaper: Reaper) -> Self {
         let root = PathBuf::from(CGROUP_ROOT);
         let cgroup_root = cgroup_v2_at(&root).then_some(root);
         if cgroup_root.is_none() {
             warn!("no cgroup v2 hierarchy at {CGROUP_ROOT}: the PBX runs without a cgroup of its own or limits");
         }
-        PbxExecutor { cfg, env, cgroup_root, events, process: None }
+        PbxExecutor { cfg, env, cgroup_root, events, reaper, process: None }
     }
 
     /// Carries out `cmd`; returns the event to feed back at once (a spawn's
@@ -77,22 +79,17 @@ impl PbxExecutor {
         match PbxProcess::spawn(&self.cfg, &self.env, self.cgroup_root.as_deref()) {
             Ok(mut process) => {
                 info!(run, pid = process.pid(), command = %describe(&self.cfg), "PBX started");
-                // The waiter owns nothing but the child's handle; the pid
-                // stays here for signals.
-                let Some(mut child) = process.take_child() else { return PbxEvent::SpawnFailed { run } };
+                // The reaper waits for it (never std's `wait`, which would
+                // race the reaper); the pid stays here for signals.
+                drop(process.take_child());
                 let events = self.events.clone();
-                let waiter = std::thread::Builder::new().name(format!("triad-pbx-wait-{run}")).spawn(move || {
-                    let status = child.wait();
-                    info!(run, ?status, "PBX exited");
-                    let _ = events.send(PbxEvent::Exited { run });
-                });
-                if let Err(e) = waiter {
-                    // Without a waiter its exit would never be seen: stop it
-                    // and report the start as failed.
-                    error!(run, error = %e, "cannot start the PBX's waiter thread; killing the PBX");
-                    let _ = process.signal_group(nix::sys::signal::Signal::SIGKILL);
-                    return PbxEvent::SpawnFailed { run };
-                }
+                self.reaper.register(
+                    process.pid(),
+                    Box::new(move |status| {
+                        info!(run, ?status, "PBX exited");
+                        let _ = events.send(PbxEvent::Exited { run });
+                    }),
+                );
                 self.process = Some((run, process));
                 PbxEvent::Spawned { run }
             }

@@ -74,6 +74,9 @@ pub enum RuntimeError {
     /// The persisted state could not be opened, read or written.
     #[error("state store")]
     Store(#[from] crate::store::StoreError),
+    /// The reaper thread could not be started.
+    #[error("cannot start the reaper thread")]
+    Reaper(#[source] std::io::Error),
     /// Setting up the interface failed.
     #[error("interface {interface}")]
     Interface {
@@ -189,10 +192,13 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
     // The PBX, on a node configured with one: the host decides when it
     // runs (leader inside its lease), the executor carries it out.
     let (pbx_tx, mut pbx_events) = tokio::sync::mpsc::unbounded_channel();
+    // One reaper for every child and orphan (PID 1 of the node's PID
+    // namespace, or a subreaper): no zombies, and the PBX's exit reported.
+    let reaper = crate::os::reaper::Reaper::start().map_err(RuntimeError::Reaper)?;
     let pbx = cfg.pbx.clone().map(|pc| {
         host.enable_pbx(pc.timing);
         let env = crate::os::pbx_process::PbxEnv { vip: cfg.cluster.vip.addr.to_string() };
-        crate::pbx::PbxExecutor::new(pc, env, pbx_tx.clone())
+        crate::pbx::PbxExecutor::new(pc, env, pbx_tx.clone(), reaper.clone())
     });
     let sync_stall = cfg.volume.as_ref().map(|v| v.sync_stall);
     let mut stall_check = tokio::time::interval(sync_stall.map_or(Duration::from_secs(3600), |d| d / 4));

@@ -41,6 +41,10 @@ enum Cmd {
         /// Journal size per node, MiB (the supervisor's default is 64).
         #[arg(long, default_value_t = triad_lab::layout::JOURNAL_MIB)]
         journal_mib: u64,
+        /// Run Kamailio (answering SIP OPTIONS on the node's loopback) on
+        /// the active node, supervised by triad.
+        #[arg(long)]
+        pbx: bool,
     },
     /// Tear the lab down (idempotent; also cleans up after a crashed run).
     Down,
@@ -170,16 +174,25 @@ fn main() -> ExitCode {
 }
 
 fn triad_payload(triad: Option<PathBuf>, profile: Profile, journal_mib: u64) -> Result<Payload, MainError> {
-    Ok(Payload::Triad { bin: triad::locate(triad.as_deref())?, profile, journal_mib, realtime: true })
+    Ok(Payload::Triad {
+        bin: triad::locate(triad.as_deref())?,
+        profile,
+        journal_mib,
+        opts: triad::NodeOptions::default(),
+    })
 }
 
 fn run(cli: Cli) -> Result<(), MainError> {
     match cli.cmd {
-        Cmd::Up { profile, triad, keepalived, keepalived_advert, journal_mib } => {
+        Cmd::Up { profile, triad, keepalived, keepalived_advert, journal_mib, pbx } => {
             let payload = if keepalived {
                 Payload::Keepalived { advert: keepalived_advert }
             } else {
-                triad_payload(triad, profile, journal_mib)?
+                let mut p = triad_payload(triad, profile, journal_mib)?;
+                if let Payload::Triad { opts, .. } = &mut p {
+                    opts.pbx = pbx;
+                }
+                p
             };
             let lab = Lab::up(payload)?;
             let leader = lab.wait_healthy(&NODE_IDS, std::time::Duration::from_secs(5))?;
@@ -237,8 +250,8 @@ fn run(cli: Cli) -> Result<(), MainError> {
         }
         Cmd::Soak { minutes, profile, triad, equal_priority } => {
             let mut payload = triad_payload(triad, profile, triad_lab::layout::JOURNAL_MIB)?;
-            if let Payload::Triad { realtime, .. } = &mut payload {
-                *realtime = !equal_priority;
+            if let Payload::Triad { opts, .. } = &mut payload {
+                opts.realtime = !equal_priority;
             }
             bench::soak(payload, minutes)?;
         }

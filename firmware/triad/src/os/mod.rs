@@ -16,6 +16,8 @@
 //! - [`pbx_process`]: the PBX's process: unprivileged, its own process
 //!   group and cgroup, signalled as a group.
 //! - [`realtime`]: memory locking and SCHED_FIFO.
+//! - [`reaper`]: the one waiter for every child and orphan (PID 1 or
+//!   subreaper), routing the PBX's exit to its owner.
 //! - [`vip`]: [`vip::VipOps`] with its kernel and in-memory implementations.
 
 pub mod announce;
@@ -24,4 +26,5 @@ pub mod fence;
 pub mod netlink;
 pub mod pbx_process;
 pub mod realtime;
+pub mod reaper;
 pub mod vip;
