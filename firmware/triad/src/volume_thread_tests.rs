@@ -101,24 +101,48 @@ impl<I: Disk> Disk for TestDisk<I> {
         self.mem.write_at(off, data)
     }
     fn sync(&mut self) -> std::io::Result<()> {
-        self.fault.syncs.fetch_add(1, Ordering::SeqCst);
-        if self.fault.fail.swap(false, Ordering::SeqCst) {
+        self.fault.obey(&self.clock)?;
+        self.mem.sync()
+    }
+    /// As the supervisor's disks: the fault (slow, hung, failing) acts in
+    /// the job, on the volume's sync thread, while the thread goes on.
+    fn start_sync(&mut self) -> (triad_volume::SyncCut, triad_volume::SyncJob) {
+        let (cut, inner) = self.mem.start_sync();
+        let (fault, clock) = (self.fault.clone(), self.clock.clone());
+        (
+            cut,
+            triad_volume::SyncJob::blocking(move || {
+                fault.obey(&clock)?;
+                inner.run()
+            }),
+        )
+    }
+    fn finish_sync(&mut self, cut: triad_volume::SyncCut, result: std::io::Result<()>) -> std::io::Result<()> {
+        self.mem.finish_sync(cut, result)
+    }
+}
+
+impl SyncFault {
+    /// What one sync does under this fault: counted; failing, slow (the
+    /// clock moves) or hung as armed.
+    fn obey(&self, clock: &TestClock) -> std::io::Result<()> {
+        self.syncs.fetch_add(1, Ordering::SeqCst);
+        if self.fail.swap(false, Ordering::SeqCst) {
             return Err(std::io::Error::other("injected fdatasync failure"));
         }
-        if let Some(d) = super::lock(&self.fault.slow).take() {
-            self.clock.advance(d);
+        if let Some(d) = super::lock(&self.slow).take() {
+            clock.advance(d);
         }
-        let mut hang = super::lock(&self.fault.hang);
+        let mut hang = super::lock(&self.hang);
         while *hang {
-            self.fault.hanging.store(true, Ordering::SeqCst);
-            hang = match self.fault.released.wait(hang) {
+            self.hanging.store(true, Ordering::SeqCst);
+            hang = match self.released.wait(hang) {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
             };
         }
-        self.fault.hanging.store(false, Ordering::SeqCst);
-        drop(hang);
-        self.mem.sync()
+        self.hanging.store(false, Ordering::SeqCst);
+        Ok(())
     }
 }
 
@@ -341,8 +365,8 @@ fn a_hung_store_checkpoint_is_seen_by_the_sync_watch() {
     assert!(stalled, "a store sync hung for 20 ms and the watch (limit 10 ms) did not see it");
 }
 
-/// A serving leader (lease far away) whose thread hangs in the journal
-/// sync of a write; the write's answer is still to come.
+/// A serving leader (lease far away) whose journal sync of a write hangs
+/// on the sync thread; the write's answer is still to come.
 fn leader_stuck_in_a_journal_sync() -> (Rig, oneshot::Receiver<Result<bool, ClientError>>) {
     let rig = rig(true);
     rig.lead(Instant(3_600_000_000));
@@ -352,25 +376,44 @@ fn leader_stuck_in_a_journal_sync() -> (Rig, oneshot::Receiver<Result<bool, Clie
     (rig, reply)
 }
 
-/// Rule 17: a handover may only proceed once the volume thread has taken
-/// the step-down. A thread stuck in a sync has not, and says so when the
-/// wait runs out (the runtime then does not send TimeoutNow); once the
-/// sync returns, the thread confirms.
+/// Rule 17 with the journal sync on its own thread: the volume thread is
+/// free while that sync hangs, so it takes the step-down at once and says
+/// so; when the sync returns, the write taken before the step-down is not
+/// acknowledged (the view has no lease), and the next epoch fails it.
 #[test]
-fn a_step_down_is_not_confirmed_while_the_thread_is_stuck_in_a_sync() {
+fn a_step_down_is_confirmed_while_the_journal_sync_hangs_and_nothing_is_acknowledged_after_it() {
     let (rig, reply) = leader_stuck_in_a_journal_sync();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+    let down = View { epoch: 1, leader: Some(1), lease_until: None };
+    let confirmed = rt.block_on(rig.handle.set_view_confirmed(down, Duration::from_secs(5)));
+    assert!(confirmed, "the thread is not in the sync: it must take the step-down");
+    assert!(rig.journal.hanging(), "the sync is still out");
+    rig.journal.release();
+    rig.round_trip();
+    rig.handle.set_view(View { epoch: 2, leader: Some(2), lease_until: None });
+    assert_eq!(reply.blocking_recv().expect("answered"), Err(ClientError::NotActive));
+}
+
+/// Rule 17: a handover may only proceed once the volume thread has taken
+/// the step-down. A thread stuck in a sync of its own (a store checkpoint)
+/// has not, and says so when the wait runs out (the runtime then does not
+/// send TimeoutNow); once the sync returns, the thread confirms.
+#[test]
+fn a_step_down_is_not_confirmed_while_the_thread_is_stuck_in_a_store_sync() {
+    let rig = rig(true);
+    rig.lead(Instant(3_600_000_000));
+    let reply = rig.write(0, 4096);
+    assert_eq!(reply.blocking_recv().expect("answered"), Ok(false));
+    rig.data.hang();
+    rig.clock.advance(Duration::from_secs(3));
+    wait_until("the checkpoint's store sync hangs", || rig.data.hanging());
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
     let down = View { epoch: 1, leader: Some(1), lease_until: None };
     let confirmed = rt.block_on(rig.handle.set_view_confirmed(down, Duration::from_millis(50)));
     assert!(!confirmed, "confirmed while the thread was stuck in a sync");
-    rig.journal.release();
+    rig.data.release();
     let confirmed = rt.block_on(rig.handle.set_view_confirmed(down, Duration::from_secs(5)));
     assert!(confirmed, "not confirmed after the sync returned");
-    // The write taken before the step-down is not acknowledged after it;
-    // the next epoch fails it.
-    rig.round_trip();
-    rig.handle.set_view(View { epoch: 2, leader: Some(2), lease_until: None });
-    assert_eq!(reply.blocking_recv().expect("answered"), Err(ClientError::NotActive));
 }
 
 /// `triad status` never waits on the disk: while the thread hangs in a

@@ -204,6 +204,21 @@ fn pwritev_all(file: &File, mut off: u64, parts: &[&[u8]]) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    /// The sync jobs' file is a second open, not a `dup`: a dup shares the
+    /// file offset (and the writeback-error cursor) with the original, a
+    /// second open has its own. (A future `try_clone` here would undo the
+    /// fix for a job's error being swallowed by the next inline sync.)
+    #[test]
+    fn sync_jobs_use_their_own_open_file_description() {
+        use std::io::Seek;
+        let path = std::env::temp_dir().join(format!("triad-filedisk-desc-{}", std::process::id()));
+        let mut d = FileDisk::create(&path, 8192).unwrap();
+        (&d.file).seek(SeekFrom::Start(100)).unwrap();
+        assert_eq!((&*d.sync_file).stream_position().unwrap(), 0, "the two share an offset: one description");
+        let _ = d.write_at(0, b"x");
+        std::fs::remove_file(&path).unwrap();
+    }
+
     /// The job runs on another thread while writes go on here; a failure
     /// it reports fails the disk for good (rule 9), whatever comes later.
     #[test]
