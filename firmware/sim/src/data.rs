@@ -145,6 +145,16 @@ impl Disk for SimDisk {
         }
         self.mem.sync()
     }
+    fn drop_cache(&mut self) -> io::Result<()> {
+        self.synced.set(self.synced.get() | self.kind.bit());
+        if self.sync_skipped {
+            return Ok(());
+        }
+        if let Some(f) = self.fault.take() {
+            self.mem.fail_next_sync(f);
+        }
+        self.mem.drop_cache()
+    }
     /// An armed fault fires in the job (its writeback fails while it
     /// runs), so the thread's own syncs before the job's `Synced` is taken
     /// see it too, as on Linux with two open file descriptions.
@@ -1206,10 +1216,13 @@ impl DataWorld {
             }
         }
         // One journal sync at a time, on the sync thread.
+        let faults_before = v.r.replica_mut().disks_mut().0.mem.faults();
         let started = v.sync.is_none() && {
             v.sync = v.r.start_sync(&mut outs).map(|(sync, job)| (sync, job.run()));
             v.sync.is_some()
         };
+        // The job's writeback failed (the fault fires when it starts).
+        let job_failed = started && v.r.replica_mut().disks_mut().0.mem.faults() > faults_before;
         let view = take_cell(v, id, print, &mut lines);
         v.r.after_sync(&|| local, view, &mut outs);
         v.periodic_at = now + VOL_MAX_WAIT;
@@ -1247,6 +1260,12 @@ impl DataWorld {
                 p.vol.sync_stalled = stall.is_some();
             }
             self.push(now + d, Ev::VolDone { node: id, inc });
+            if job_failed && self.phase == Phase::Faults && self.rng.chance(self.sc.kill_in_failed_sync_p) {
+                self.note(|| {
+                    format!("n{id} KILLED while its failed journal sync job is out (before it can mark itself)")
+                });
+                self.push(now + d / 2, Ev::Kill { node: id, power: false });
+            }
         }
         // A store or metadata stall hangs this pass if it synced that disk
         // (a checkpoint in the tick, compaction after a sync): its outputs

@@ -137,6 +137,13 @@ impl<D: triad_volume::Disk> triad_volume::Disk for Watched<D> {
         result
     }
 
+    fn drop_cache(&mut self) -> std::io::Result<()> {
+        self.watch.begin();
+        let result = self.disk.drop_cache();
+        self.watch.end();
+        result
+    }
+
     fn start_sync(&mut self) -> (triad_volume::SyncCut, triad_volume::SyncJob) {
         self.watch.begin_background();
         self.background = true;

@@ -62,6 +62,16 @@ pub trait Disk {
     /// report: never retry.
     fn sync(&mut self) -> io::Result<()>;
 
+    /// Make reads come from the medium: write back what is dirty (a sync),
+    /// then drop the cached pages. Called when a journal is opened: after
+    /// a failed writeback the kernel keeps the failed pages in the cache,
+    /// clean, and a process that opens the file later is told of no error,
+    /// so a journal scanned through the cache would vouch for records no
+    /// medium holds. The default only syncs (a disk without a cache).
+    fn drop_cache(&mut self) -> io::Result<()> {
+        self.sync()
+    }
+
     /// First half of a sync that lets the disk take more writes while it
     /// runs: it covers every write made before this call and promises
     /// nothing about later ones. Run the returned job (on any thread),

@@ -221,7 +221,14 @@ impl<D: Disk> Journal<D> {
     }
 
     /// Read the header and scan the ring: the recovery rule, no sync.
-    fn load(disk: D) -> Result<Self, JournalError> {
+    fn load(mut disk: D) -> Result<Self, JournalError> {
+        // Scan what the medium holds, not what the cache shows: after a
+        // failed writeback (of a process that died before it could mark
+        // itself failed) the cache keeps pages no medium has, and this
+        // process is told of no error (review of 342adc4).
+        if let Err(source) = disk.drop_cache() {
+            return Err(JournalError::Io { op: "sync", offset: 0, source });
+        }
         let header = SlotPair::new(0, HEADER_SLOT_LEN, KIND_JOURNAL);
         let (generation, payload) = header.load(&disk).map_err(JournalError::Header)?.ok_or(JournalError::NoHeader)?;
         if payload.len() != HEADER_PAYLOAD_LEN || get_u32(&payload, 0) != HEADER_MAGIC {

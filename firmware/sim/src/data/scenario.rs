@@ -177,6 +177,11 @@ pub struct DataScenario {
     /// its replies or acknowledgements go out (or, half the time, a power
     /// cut right before it).
     pub crash_at_sync_p: f64,
+    /// Probability that a journal sync job whose fdatasync failed has its
+    /// process killed before the thread takes the result (so before the
+    /// node can mark itself failed): the next process must not trust the
+    /// page cache.
+    pub kill_in_failed_sync_p: f64,
     /// Per chaos tick: an operator switchover.
     pub switchover_p: f64,
     /// Per chaos tick: a node's next journal sync hangs (a stuck disk).
@@ -296,6 +301,7 @@ impl DataScenario {
             long_outage: (1_500_000, 3_500_000),
             crash_in_resync_p: 0.0,
             crash_at_sync_p: 0.0,
+            kill_in_failed_sync_p: 0.0,
             switchover_p: 0.0,
             disk_stall_p: 0.0,
             disk_stall: (1_500_000, 4_000_000),
@@ -428,6 +434,7 @@ impl DataScenario {
                 disk_fault_meta_too: 0.2,
                 power_cut_p: 0.02,
                 kill_p: 0.02,
+                kill_in_failed_sync_p: 0.3,
                 converge_bound: 12_000_000,
                 ..DataScenario::base("disk-faults")
             },

@@ -265,6 +265,15 @@ impl Disk for MemDisk {
         Ok(())
     }
 
+    /// A sync, then what reads see is what the medium holds (pages the
+    /// cache kept after a failed writeback, `SyncFault::KeepClean`, are
+    /// gone).
+    fn drop_cache(&mut self) -> io::Result<()> {
+        self.sync()?;
+        self.cache.clone_from(&self.durable);
+        Ok(())
+    }
+
     /// Covers the writes made so far (their count is the cut); the work
     /// happens at [`Disk::finish_sync`], which is when the simulator's
     /// sync completes. Writes made in between stay pending: a power cut

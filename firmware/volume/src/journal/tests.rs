@@ -244,3 +244,32 @@ fn a_failed_sync_job_fails_the_next_inline_sync_too() {
     assert!(j.finish_sync(sync, result).is_err());
     assert!(j.append_next(1, 0, b"w").is_err(), "failed for good (rule 9)");
 }
+
+/// Second review of 342adc4: the process dies after its sync job's
+/// fdatasync failed (the kernel keeps the pages, clean) and before it could
+/// mark itself failed. The next process is told of no error; the journal
+/// it opens must stand where the medium does, not where the cache does.
+#[test]
+fn a_journal_reopened_after_a_failed_sync_job_stands_where_the_medium_does() {
+    let mut j = journal(65536);
+    for _ in 0..3 {
+        j.append_next(1, 0, b"x").unwrap();
+    }
+    j.sync().unwrap();
+    j.append_next(1, 0, b"y").unwrap();
+    j.append_next(1, 0, b"y").unwrap();
+    j.disk_mut().fail_next_sync(crate::disk::SyncFault::KeepClean);
+    let (_sync, job) = j.start_sync().unwrap();
+    let _ = job.run();
+    let j = reopen(j);
+    let durable = j.durable();
+    let mut disk = j.into_disk();
+    let medium = Journal::open(MemDisk::from_bytes(disk.durable_bytes().to_vec())).unwrap();
+    assert!(
+        medium.last().seq >= durable.seq,
+        "reopened durable through {durable:?}, the medium holds {:?}",
+        medium.last()
+    );
+    assert_eq!(durable, Position::new(1, 3));
+    let _ = disk.sync();
+}
