@@ -63,10 +63,12 @@ use triad_repl::{Fitness, View};
 pub use fence::{Fence, FenceOp, FenceResult};
 pub use pbx::{Pbx, PbxCommand, PbxEvent, PbxTiming};
 pub use triad_core::HardState;
+pub use watchdog::{Critical, SelfFence, Watchdog, WatchdogTiming};
 
 pub mod fence;
 pub mod pbx;
 pub mod volume;
+pub mod watchdog;
 
 /// What the host is told.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,6 +109,9 @@ pub enum Event {
     FenceInstalled(bool),
     /// The PBX's executor reports (spawned, exited, a probe answered).
     Pbx(PbxEvent),
+    /// A part the watchdog requires made progress (the executor reports
+    /// the volume thread's fresh status snapshots).
+    Progress(Critical),
     /// A [`Command::Fence`] ended; `at` is the clock read after the call.
     FenceDone {
         /// The operation.
@@ -153,6 +158,8 @@ pub enum Command {
     Fence(FenceOp),
     /// Start, probe or stop the PBX ([`pbx`]); report with [`Event::Pbx`].
     Pbx(PbxCommand),
+    /// Pet the hardware watchdog ([`watchdog`]).
+    PetWatchdog,
     /// Hand the volume the core's view.
     VolumeView(View),
     /// Hand the volume this (step-down) view and report, with
@@ -220,6 +227,8 @@ pub struct Host {
     fence: Fence,
     /// The PBX's supervision, on a node that runs one.
     pbx: Option<Pbx>,
+    /// When to pet the hardware watchdog, on a node with one.
+    watchdog: Option<Watchdog>,
 }
 
 #[derive(Debug)]
@@ -249,6 +258,7 @@ impl Host {
             handover: None,
             fence: Fence::default(),
             pbx: None,
+            watchdog: None,
         };
         let mut out = Vec::new();
         let mut inputs = VecDeque::new();
@@ -318,6 +328,12 @@ impl Host {
                 }
                 None
             }
+            Event::Progress(part) => {
+                if let Some(w) = self.watchdog.as_mut() {
+                    w.progressed(part, now);
+                }
+                None
+            }
             Event::FenceDone { op, result, at } => {
                 self.fence.done(op, result, at);
                 if result == FenceResult::Expired {
@@ -334,6 +350,41 @@ impl Host {
         self.push_view(now, out);
         self.push_fence(now, out);
         self.push_pbx(now, out);
+        self.push_watchdog(now, out);
+    }
+
+    /// Every handled event is the loop's progress, and the PBX's
+    /// supervision's (it runs in here); a PBX that will not stop is a
+    /// self-fence; a pet when due.
+    fn push_watchdog(&mut self, now: Instant, out: &mut Vec<Command>) {
+        let Some(w) = self.watchdog.as_mut() else { return };
+        w.progressed(Critical::EventLoop, now);
+        w.progressed(Critical::PbxSupervision, now);
+        let hung = out.iter().any(|c| matches!(c, Command::Pbx(PbxCommand::Notice(pbx::PbxNotice::StopHung { .. }))));
+        if hung {
+            w.self_fence(SelfFence::PbxWillNotStop);
+        }
+        if w.pet_due(now) {
+            out.push(Command::PetWatchdog);
+        }
+    }
+
+    /// Decide the watchdog's pets with `timing`, requiring progress of the
+    /// volume thread too if `volume_thread` (a node with a volume).
+    pub fn enable_watchdog(&mut self, timing: WatchdogTiming, volume_thread: bool) {
+        let mut parts = vec![Critical::EventLoop];
+        if volume_thread {
+            parts.push(Critical::VolumeThread);
+        }
+        if self.pbx.is_some() {
+            parts.push(Critical::PbxSupervision);
+        }
+        self.watchdog = Some(Watchdog::new(timing, &parts));
+    }
+
+    /// The watchdog's decisions, on a node with one (for status).
+    pub fn watchdog(&self) -> Option<&Watchdog> {
+        self.watchdog.as_ref()
     }
 
     /// The PBX runs while this node leads inside its lease, and its timers
@@ -463,7 +514,8 @@ impl Host {
     pub fn next_deadline(&self) -> Instant {
         let core = self.node.next_deadline();
         let fence = self.fence.next_due(self.lease_end()).map_or(core, |due| core.min(due));
-        self.pbx.as_ref().and_then(Pbx::next_deadline).map_or(fence, |due| fence.min(due))
+        let pbx = self.pbx.as_ref().and_then(Pbx::next_deadline).map_or(fence, |due| fence.min(due));
+        self.watchdog.as_ref().and_then(Watchdog::next_pet).map_or(pbx, |due| pbx.min(due))
     }
 
     /// The end of the lease the core holds or held last (the fence's

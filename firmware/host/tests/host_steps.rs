@@ -323,3 +323,52 @@ fn the_pbx_runs_only_while_the_node_leads_and_is_stopped_after_the_vip_goes() {
     assert!(h.pbx().is_none());
     assert!(!h.handle(now, Event::Tick).iter().any(|c| matches!(c, Command::Pbx(_))));
 }
+
+/// Issue 11, item 5: the host pets the watchdog while its loop runs and
+/// the volume thread reports progress, at most once per interval; without
+/// the volume thread's progress it stops; a PBX that will not stop even
+/// after SIGKILL of its group makes it stop for good.
+#[test]
+fn the_watchdog_is_petted_only_while_every_part_progresses_and_never_after_a_pbx_will_not_stop() {
+    use core::time::Duration;
+    use triad_host::{Critical, PbxCommand, PbxEvent, PbxTiming, WatchdogTiming};
+    let timing = WatchdogTiming { pet_interval: Duration::from_millis(1000), stale_after: Duration::from_millis(3000) };
+    let (mut h, _) = Host::new(setup(HardState::default()), volume());
+    h.enable_pbx(PbxTiming::default());
+    h.enable_watchdog(timing, true);
+    let pets = |out: &[Command]| out.iter().filter(|c| **c == Command::PetWatchdog).count();
+    assert_eq!(pets(&h.handle(at(0), Event::Tick)), 0, "the volume thread has not shown progress");
+    assert_eq!(h.handle(at(0), Event::Progress(Critical::VolumeThread)), vec![Command::PetWatchdog]);
+    assert_eq!(pets(&h.handle(at(500), Event::Progress(Critical::VolumeThread))), 0, "once per interval");
+    assert!(h.next_deadline() <= at(1000), "the next pet is one of the host's deadlines");
+    assert_eq!(pets(&h.handle(at(1000), Event::Tick)), 1);
+    // The volume thread goes quiet: 3 s after its last progress, no pets.
+    assert_eq!(pets(&h.handle(at(3500), Event::Tick)), 1);
+    assert_eq!(pets(&h.handle(at(4501), Event::Tick)), 0);
+    assert_eq!(h.watchdog().map(|w| w.stale(at(4501))), Some(vec![Critical::VolumeThread]));
+    assert_eq!(pets(&h.handle(at(4600), Event::Progress(Critical::VolumeThread))), 1);
+    // Lead, start the PBX, lose the role, and the PBX will not die.
+    let (mut h, _) = Host::new(setup(HardState::default()), volume());
+    h.enable_pbx(PbxTiming::default());
+    h.enable_watchdog(timing, false);
+    let (now, _) = lead(&mut h);
+    h.handle(now, Event::Pbx(PbxEvent::Spawned { run: 1 }));
+    let out = h.handle(now, Event::SyncStalled(true));
+    assert!(out.contains(&Command::Pbx(PbxCommand::Stop { run: 1 })), "{out:?}");
+    let stop = PbxTiming::default().stop_timeout + PbxTiming::default().kill_timeout;
+    let mut t = now;
+    let mut hung = false;
+    while t <= now.add(stop).add(Duration::from_secs(1)) {
+        t = t.add(Duration::from_millis(250));
+        let out = h.handle(t, Event::Tick);
+        hung |= out
+            .iter()
+            .any(|c| matches!(c, Command::Pbx(PbxCommand::Notice(triad_host::pbx::PbxNotice::StopHung { .. }))));
+        if hung {
+            assert_eq!(pets(&out), 0, "petted in the step that decided to self-fence");
+        }
+    }
+    assert!(hung, "the PBX's stop never gave up");
+    assert_eq!(h.watchdog().and_then(|w| w.fenced()), Some(triad_host::SelfFence::PbxWillNotStop));
+    assert_eq!(pets(&h.handle(t.add(Duration::from_secs(5)), Event::Tick)), 0, "never again");
+}

@@ -959,6 +959,8 @@ impl DataWorld {
                 // No PBX is enabled in the simulated hosts yet (issue 11):
                 // the host hands out none.
                 Command::Pbx(c) => self.note(|| format!("n{id} pbx {c:?} (not modelled)")),
+                // No watchdog is enabled in the simulated hosts yet.
+                Command::PetWatchdog => {}
                 Command::Notice(n) => {
                     if !matches!(n, HostNotice::Core(Notice::VipFailed { .. })) {
                         self.note(|| format!("n{id} host {n:?}"));

@@ -752,8 +752,9 @@ impl World {
             }
             // The control world has no volume.
             Command::VolumeView(_) => {}
-            // No PBX is enabled in the simulated hosts yet (issue 11).
-            Command::Pbx(_) => {}
+            // No PBX or watchdog is enabled in the simulated hosts yet
+            // (issue 11).
+            Command::Pbx(_) | Command::PetWatchdog => {}
             Command::ConfirmStepDown(_) => {
                 self.hosts[i]
                     .proc
