@@ -25,7 +25,9 @@ use serde::Deserialize;
 use triad_core::{NodeId, Timing};
 
 mod pbx;
+mod watchdog;
 pub use pbx::{PbxConfig, DEFAULT_MOUNT_POINT, DEFAULT_SIP_PORT};
+pub use watchdog::WatchdogConfig;
 
 /// The node ids a cluster can use.
 pub const NODE_IDS: RangeInclusive<NodeId> = 1..=3;
@@ -201,6 +203,8 @@ pub struct Config {
     /// The PBX the active node runs (`[pbx]`); absent: none (the lab's
     /// VIP-only benchmarks).
     pub pbx: Option<PbxConfig>,
+    /// The hardware watchdog (`[watchdog]`); absent: none.
+    pub watchdog: Option<WatchdogConfig>,
 }
 
 /// `[node]`.
@@ -304,6 +308,7 @@ impl Config {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     pbx: Option<pbx::RawPbx>,
+    watchdog: Option<watchdog::RawWatchdog>,
     node: Option<RawNode>,
     cluster: Option<RawCluster>,
     tls: Option<RawTls>,
@@ -514,7 +519,11 @@ impl TryFrom<RawConfig> for Config {
                 return Err(invalid("pbx.mount_point", "must not contain the volume's own backing files"));
             }
         }
-        Ok(Config { node, cluster, tls, timing, realtime, volume, pbx })
+        let watchdog = match raw.watchdog {
+            Some(w) => Some(WatchdogConfig::try_from(w)?),
+            None => None,
+        };
+        Ok(Config { node, cluster, tls, timing, realtime, volume, pbx, watchdog })
     }
 }
 

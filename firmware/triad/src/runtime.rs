@@ -77,6 +77,9 @@ pub enum RuntimeError {
     /// The reaper thread could not be started.
     #[error("cannot start the reaper thread")]
     Reaper(#[source] std::io::Error),
+    /// The configured watchdog could not be opened or refused its timeout.
+    #[error("watchdog (watchdog.device, watchdog.timeout_s)")]
+    Watchdog(#[source] crate::os::watchdog::WatchdogError),
     /// Setting up the interface failed.
     #[error("interface {interface}")]
     Interface {
@@ -195,6 +198,18 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
     // One reaper for every child and orphan (PID 1 of the node's PID
     // namespace, or a subreaper): no zombies, and the PBX's exit reported.
     let reaper = crate::os::reaper::Reaper::start().map_err(RuntimeError::Reaper)?;
+    // The watchdog counts from its opening: opened last before the loop,
+    // after everything that could fail at start.
+    let watchdog = match &cfg.watchdog {
+        Some(w) => {
+            let (dog, armed) =
+                crate::os::watchdog::HwWatchdog::open(&w.device, w.timeout_s).map_err(RuntimeError::Watchdog)?;
+            info!(device = %w.device.display(), asked_s = w.timeout_s, accepted_s = armed.timeout_s,
+                last_reboot_was_watchdog = armed.last_reboot_was_watchdog, "hardware watchdog armed");
+            Some((dog, armed))
+        }
+        None => None,
+    };
     let pbx = cfg.pbx.clone().map(|pc| {
         host.enable_pbx(pc.timing);
         let env = crate::os::pbx_process::PbxEnv { vip: cfg.cluster.vip.addr.to_string() };
@@ -221,9 +236,15 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
         cfg,
         volume,
         pbx,
+        watchdog,
         _vol_tx: vol_tx,
         _pbx_tx: pbx_tx,
     };
+    if let Some(w) = &shell.cfg.watchdog {
+        let timing = triad_host::WatchdogTiming { pet_interval: w.pet_interval, stale_after: w.stale_after };
+        let volume = shell.volume.is_some();
+        shell.host.enable_watchdog(timing, volume);
+    }
     shell.execute(start).await?;
     shell.step(Event::FenceInstalled(shell.fence.is_some())).await?;
     let mut fence_check = tokio::time::interval(FENCE_CHECK);
@@ -276,7 +297,18 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
                 arp_resume = None;
                 continue;
             }
-            _ = stall_check.tick() => continue,
+            _ = stall_check.tick() => {
+                // The volume thread's progress, for the watchdog: a status
+                // snapshot younger than half the stall limit.
+                let fresh = shell.volume.as_ref().and_then(VolumeHandle::status).is_some_and(|(_, age)| {
+                    sync_stall.is_some_and(|limit| age < limit / 2)
+                });
+                if fresh && shell.cfg.watchdog.is_some() {
+                    Event::Progress(triad_host::Critical::VolumeThread)
+                } else {
+                    continue;
+                }
+            }
             _ = fence_check.tick() => {
                 shell.check_fence().await?;
                 continue;
@@ -296,6 +328,14 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
     shell.hand_over_before_exit().await?;
     if let Some(p) = &shell.pbx {
         p.kill_now();
+    }
+    if let Some((dog, _)) = shell.watchdog.take() {
+        if shell.cfg.watchdog.as_ref().is_some_and(|w| w.magic_close_on_shutdown) {
+            match dog.disarm() {
+                Ok(()) => info!("watchdog disarmed (clean shutdown)"),
+                Err(e) => error!(error = %chain(&e), "could not disarm the watchdog; the box will reset"),
+            }
+        }
     }
     info!("shutting down: removing the VIP");
     if let Err(e) = shell.vip.apply(VipAction::Remove).await {
@@ -350,6 +390,9 @@ struct Shell<V: VipOps> {
     _vol_tx: tokio::sync::mpsc::UnboundedSender<VolumeEvent>,
     /// The PBX's executor, on a node with `[pbx]`.
     pbx: Option<crate::pbx::PbxExecutor>,
+    /// The hardware watchdog and what it said at opening, on a node with
+    /// `[watchdog]`.
+    watchdog: Option<(crate::os::watchdog::HwWatchdog, crate::os::watchdog::Armed)>,
     /// Keeps the PBX event channel open when there is no PBX.
     _pbx_tx: tokio::sync::mpsc::UnboundedSender<triad_host::PbxEvent>,
 }
@@ -438,10 +481,11 @@ impl<V: VipOps> Shell<V> {
                         queue.extend(self.host.handle(self.clock.now(), Event::Pbx(ev)));
                     }
                 }
-                // The supervisor does not enable the watchdog's decisions
-                // yet (no `[watchdog]` table, no device adapter: issue 11),
-                // so the host never asks for a pet.
-                Command::PetWatchdog => {}
+                Command::PetWatchdog => {
+                    if let Some(Err(e)) = self.watchdog.as_ref().map(|(d, _)| d.pet()) {
+                        warn!(error = %chain(&e), "could not pet the watchdog");
+                    }
+                }
                 Command::Notice(n) => log_notice(&n),
             }
         }
@@ -582,6 +626,19 @@ impl<V: VipOps> Shell<V> {
                     report.extra.insert("volume".into(), volume_status(v));
                 }
                 report.extra.insert("fence".into(), self.fence_status());
+                if let Some((_, armed)) = &self.watchdog {
+                    let now = self.clock.now();
+                    let w = self.host.watchdog();
+                    report.extra.insert(
+                        "watchdog".into(),
+                        serde_json::json!({
+                            "timeout_s": armed.timeout_s,
+                            "last_reboot_was_watchdog": armed.last_reboot_was_watchdog,
+                            "stale": w.map(|w| w.stale(now).iter().map(|p| format!("{p:?}")).collect::<Vec<_>>()),
+                            "self_fenced": w.and_then(|w| w.fenced()).map(|f| format!("{f:?}")),
+                        }),
+                    );
+                }
                 if let Some(p) = self.host.pbx() {
                     report.extra.insert(
                         "pbx".into(),

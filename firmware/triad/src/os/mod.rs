@@ -19,6 +19,8 @@
 //! - [`reaper`]: the one waiter for every child and orphan (PID 1 or
 //!   subreaper), routing the PBX's exit to its owner.
 //! - [`vip`]: [`vip::VipOps`] with its kernel and in-memory implementations.
+//! - [`watchdog`]: the hardware watchdog device (timeout, boot status,
+//!   keepalive, magic close).
 
 pub mod announce;
 pub mod arp_watch;
@@ -28,3 +30,4 @@ pub mod pbx_process;
 pub mod realtime;
 pub mod reaper;
 pub mod vip;
+pub mod watchdog;
