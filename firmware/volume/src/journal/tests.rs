@@ -225,8 +225,9 @@ fn a_started_sync_that_fails_fails_the_journal() {
 /// description is told of the writeback error as well), or `discard_through`
 /// would set durable to the last record and the journal would vouch for
 /// records the medium lacks.
-#[test]
-fn a_failed_sync_job_fails_the_next_inline_sync_too() {
+/// Records 1-3 synced, 4-5 appended, and the next sync's writeback set to
+/// fail with the pages kept clean (what Linux does after an I/O error).
+fn journal_whose_next_sync_fails() -> Journal<MemDisk> {
     let mut j = journal(65536);
     for _ in 0..3 {
         j.append_next(1, 0, b"x").unwrap();
@@ -235,6 +236,12 @@ fn a_failed_sync_job_fails_the_next_inline_sync_too() {
     j.append_next(1, 0, b"y").unwrap();
     j.append_next(1, 0, b"y").unwrap();
     j.disk_mut().fail_next_sync(crate::disk::SyncFault::KeepClean);
+    j
+}
+
+#[test]
+fn a_failed_sync_job_fails_the_next_inline_sync_too() {
+    let mut j = journal_whose_next_sync_fails();
     let (sync, job) = j.start_sync().unwrap();
     let result = std::thread::spawn(move || job.run()).join().unwrap();
     // The volume thread, not yet at the job's result: more, and a compaction.
@@ -251,14 +258,7 @@ fn a_failed_sync_job_fails_the_next_inline_sync_too() {
 /// it opens must stand where the medium does, not where the cache does.
 #[test]
 fn a_journal_reopened_after_a_failed_sync_job_stands_where_the_medium_does() {
-    let mut j = journal(65536);
-    for _ in 0..3 {
-        j.append_next(1, 0, b"x").unwrap();
-    }
-    j.sync().unwrap();
-    j.append_next(1, 0, b"y").unwrap();
-    j.append_next(1, 0, b"y").unwrap();
-    j.disk_mut().fail_next_sync(crate::disk::SyncFault::KeepClean);
+    let mut j = journal_whose_next_sync_fails();
     let (_sync, job) = j.start_sync().unwrap();
     let _ = job.run();
     let j = reopen(j);
