@@ -66,17 +66,23 @@ fn wanted_it_is_spawned_probed_at_once_and_healthy_on_the_first_answer() {
     assert!(p.fit());
 }
 
+/// A PBX that is not up yet (its port closed: the probe fails at once) is
+/// probed again after `START_PROBE_INTERVAL`, not a whole interval later:
+/// it is usually up in milliseconds.
 #[test]
-fn a_starting_pbx_is_probed_every_interval_until_it_answers() {
+fn a_starting_pbx_is_probed_again_soon_until_it_answers() {
+    use triad_host::pbx::START_PROBE_INTERVAL;
     let mut p = Pbx::new(timing());
     p.want(at(0), true);
     p.handle(at(0), PbxEvent::Spawned { run: 1 });
-    // Not routing yet: an error answer (or none) is no failure while starting.
-    assert_eq!(p.handle(at(5), PbxEvent::ProbeDone { probe: 1, ok: false }), vec![]);
-    assert_eq!(p.tick(at(1004)), vec![], "not due yet");
-    assert_eq!(p.tick(at(1005)), vec![Probe { run: 1, probe: 2 }]);
+    // Not answering yet: no failure while starting.
+    assert_eq!(p.handle(at(1), PbxEvent::ProbeDone { probe: 1, ok: false }), vec![]);
+    let again = at(1).add(START_PROBE_INTERVAL);
+    assert_eq!(p.next_deadline(), Some(again));
+    assert_eq!(p.tick(Instant(again.0 - 1)), vec![], "not due yet");
+    assert_eq!(p.tick(again), vec![Probe { run: 1, probe: 2 }]);
     assert_eq!(
-        p.handle(at(1100), PbxEvent::ProbeDone { probe: 2, ok: true }),
+        p.handle(again, PbxEvent::ProbeDone { probe: 2, ok: true }),
         vec![Notice(PbxNotice::Healthy { run: 1 })]
     );
 }
@@ -86,11 +92,11 @@ fn one_that_never_answers_within_the_grace_is_stopped_and_started_again_after_a_
     let mut p = Pbx::new(timing());
     p.want(at(0), true);
     p.handle(at(0), PbxEvent::Spawned { run: 1 });
-    // Probes at 0, 1500 (timed out at 500, next an interval later), 3000, 4500.
+    // Probes at 0, 520 (timed out at 500, the next 20 ms later), 1040, ...
     assert_eq!(p.tick(at(500)), vec![]);
-    assert_eq!(p.tick(at(1500)), vec![Probe { run: 1, probe: 2 }]);
-    assert_eq!(p.tick(at(2000)), vec![]);
-    assert_eq!(p.tick(at(3000)), vec![Probe { run: 1, probe: 3 }]);
+    assert_eq!(p.tick(at(520)), vec![Probe { run: 1, probe: 2 }]);
+    assert_eq!(p.tick(at(1020)), vec![]);
+    assert_eq!(p.tick(at(1040)), vec![Probe { run: 1, probe: 3 }]);
     assert_eq!(
         p.tick(at(5000)),
         vec![Notice(PbxNotice::Failed { run: 1, why: PbxFailure::NeverAnswered, in_window: 1 }), Stop { run: 1 },]

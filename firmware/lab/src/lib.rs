@@ -15,6 +15,7 @@
 //! links names that namespace explicitly (`ip -n`, `nsenter -t PID -n`).
 
 pub mod bench;
+pub mod bench_pbx;
 pub mod bench_stages;
 pub mod bench_volume;
 pub mod cmd;

@@ -267,18 +267,23 @@ failures_to_hand_over = 5
     )
 }
 
+/// The lab's minimal Kamailio config: one worker, answering OPTIONS with
+/// 200 and everything else with 404, on UDP `listen` (ADDRESS:PORT).
+pub fn kamailio_cfg(listen: &str) -> String {
+    format!(
+        "#!KAMAILIO\ndebug=1\nlog_stderror=yes\nchildren=1\nlisten=udp:{listen}\n\
+         mpath=\"/usr/lib/x86_64-linux-gnu/kamailio/modules\"\nloadmodule \"sl.so\"\n\
+         request_route {{\n\tif (method == \"OPTIONS\") {{ sl_send_reply(\"200\", \"Alive\"); exit; }}\n\
+         \tsl_send_reply(\"404\", \"Not here\");\n}}\n"
+    )
+}
+
 /// Writes node `id`'s Kamailio config and its directories, owned by the
 /// `kamailio` user (Kamailio refuses files it does not own).
 fn write_kamailio(id: u8) -> std::io::Result<()> {
     let dir = layout::node_dir(id).join("pbx");
     std::fs::create_dir_all(dir.join("run"))?;
-    std::fs::write(
-        dir.join("kamailio.cfg"),
-        "#!KAMAILIO\ndebug=1\nlog_stderror=yes\nchildren=1\nlisten=udp:127.0.0.1:5060\n\
-         mpath=\"/usr/lib/x86_64-linux-gnu/kamailio/modules\"\nloadmodule \"sl.so\"\n\
-         request_route {\n\tif (method == \"OPTIONS\") { sl_send_reply(\"200\", \"Alive\"); exit; }\n\
-         \tsl_send_reply(\"404\", \"Not here\");\n}\n",
-    )?;
+    std::fs::write(dir.join("kamailio.cfg"), kamailio_cfg("127.0.0.1:5060"))?;
     let out = std::process::Command::new("chown").args(["-R", "kamailio:kamailio"]).arg(&dir).output()?;
     if !out.status.success() {
         return Err(std::io::Error::other(format!(

@@ -71,6 +71,14 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "stop-down")]
         fault: bench::Fault,
     },
+    /// PBX crash to answering again under triad, beside Kamailio's own
+    /// start to first answer.
+    BenchPbx {
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        #[arg(long)]
+        triad: Option<PathBuf>,
+    },
     /// Idle cluster under CPU load: count leader changes, measure CPU/RSS.
     Soak {
         #[arg(long, default_value_t = 10)]
@@ -148,6 +156,8 @@ enum MainError {
     Volume(#[from] VolumeBenchError),
     #[error(transparent)]
     Stages(#[from] StagesError),
+    #[error(transparent)]
+    Pbx(#[from] triad_lab::bench_pbx::PbxBenchError),
 }
 
 fn main() -> ExitCode {
@@ -247,6 +257,9 @@ fn run(cli: Cli) -> Result<(), MainError> {
             }
             println!();
             bench::print_table(&series);
+        }
+        Cmd::BenchPbx { runs, triad } => {
+            triad_lab::bench_pbx::run(&triad::locate(triad.as_deref())?, runs)?;
         }
         Cmd::Soak { minutes, profile, triad, equal_priority } => {
             let mut payload = triad_payload(triad, profile, triad_lab::layout::JOURNAL_MIB)?;
