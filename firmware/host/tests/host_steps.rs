@@ -52,14 +52,21 @@ fn tick_until_prevote(h: &mut Host) -> Instant {
     panic!("no prevote");
 }
 
+/// Node 1 wins epoch 1 (node 2 grants its PreVote and vote); returns the
+/// time and the commands of the winning vote (leader, no lease yet).
+fn elect(h: &mut Host) -> (Instant, Vec<Command>) {
+    let now = tick_until_prevote(h);
+    h.handle(now, msg(2, 1, Body::PreVoteReply { granted: true }));
+    let out = h.handle(now, msg(2, 1, Body::VoteReply { granted: true }));
+    assert_eq!(h.node().role(), Role::Leader);
+    (now, out)
+}
+
 /// Drives node 1 to leadership (node 2 votes) and through its first
 /// acknowledged heartbeat (the lease) and VIP Add; returns the time and
 /// the lease end.
 fn lead(h: &mut Host) -> (Instant, Instant) {
-    let now = tick_until_prevote(h);
-    h.handle(now, msg(2, 1, Body::PreVoteReply { granted: true }));
-    h.handle(now, msg(2, 1, Body::VoteReply { granted: true }));
-    assert_eq!(h.node().role(), Role::Leader);
+    let (now, _) = elect(h);
     let out = h.handle(now, msg(2, 1, Body::HeartbeatAck { round: 1 }));
     let lease = h.node().lease_until(now).expect("a lease");
     assert!(out.contains(&Command::Vip { action: VipAction::Add, lease_until: Some(lease) }), "{out:?}");
@@ -115,9 +122,7 @@ fn every_core_step_that_changes_leadership_hands_the_volume_its_view_after_the_p
 #[test]
 fn vip_actions_carry_their_lease_and_a_refused_add_counts_as_failed() {
     let (mut h, _) = Host::new(setup(HardState::default()), volume());
-    let now = tick_until_prevote(&mut h);
-    h.handle(now, msg(2, 1, Body::PreVoteReply { granted: true }));
-    h.handle(now, msg(2, 1, Body::VoteReply { granted: true }));
+    let (now, _) = elect(&mut h);
     let out = h.handle(now, msg(2, 1, Body::HeartbeatAck { round: 1 }));
     let lease = h.node().lease_until(now).expect("lease");
     assert!(out.contains(&Command::Vip { action: VipAction::Add, lease_until: Some(lease) }));
@@ -226,9 +231,7 @@ fn a_stuck_sync_makes_the_leader_step_down_and_a_returned_one_makes_it_fit_again
 fn the_fence_is_granted_after_the_add_under_the_lease_and_revoked_after_the_remove() {
     let (mut h, _) = Host::new(setup(HardState::default()), volume());
     assert_eq!(h.handle(at(0), Event::FenceInstalled(true)), vec![], "fit already: no change for the core");
-    let now = tick_until_prevote(&mut h);
-    h.handle(now, msg(2, 1, Body::PreVoteReply { granted: true }));
-    h.handle(now, msg(2, 1, Body::VoteReply { granted: true }));
+    let (now, _) = elect(&mut h);
     let out = h.handle(now, msg(2, 1, Body::HeartbeatAck { round: 1 }));
     let lease = h.node().lease_until(now).expect("lease");
     assert_eq!(
@@ -286,9 +289,7 @@ fn the_pbx_runs_only_while_the_node_leads_and_is_stopped_after_the_vip_goes() {
     use triad_host::{PbxCommand, PbxEvent, PbxTiming};
     let (mut h, _) = Host::new(setup(HardState::default()), volume());
     h.enable_pbx(PbxTiming::default());
-    let now = tick_until_prevote(&mut h);
-    h.handle(now, msg(2, 1, Body::PreVoteReply { granted: true }));
-    let out = h.handle(now, msg(2, 1, Body::VoteReply { granted: true }));
+    let (now, out) = elect(&mut h);
     assert!(!out.iter().any(|c| matches!(c, Command::Pbx(_))), "a leader without a lease runs no PBX: {out:?}");
     let out = h.handle(now, msg(2, 1, Body::HeartbeatAck { round: 1 }));
     let lease = h.node().lease_until(now).expect("lease");

@@ -125,6 +125,22 @@ impl SimDisk {
     }
 }
 
+impl SimDisk {
+    /// Before a sync made by the thread itself: marks its kind synced in
+    /// this step and arms an injected fault for it; false when the
+    /// mutation skips syncs.
+    fn inline_sync(&mut self) -> bool {
+        self.synced.set(self.synced.get() | self.kind.bit());
+        if self.sync_skipped {
+            return false;
+        }
+        if let Some(f) = self.fault.take() {
+            self.mem.fail_next_sync(f);
+        }
+        true
+    }
+}
+
 impl Disk for SimDisk {
     fn len(&self) -> u64 {
         self.mem.len()
@@ -136,22 +152,14 @@ impl Disk for SimDisk {
         self.mem.write_at(off, data)
     }
     fn sync(&mut self) -> io::Result<()> {
-        self.synced.set(self.synced.get() | self.kind.bit());
-        if self.sync_skipped {
+        if !self.inline_sync() {
             return Ok(());
-        }
-        if let Some(f) = self.fault.take() {
-            self.mem.fail_next_sync(f);
         }
         self.mem.sync()
     }
     fn drop_cache(&mut self) -> io::Result<()> {
-        self.synced.set(self.synced.get() | self.kind.bit());
-        if self.sync_skipped {
+        if !self.inline_sync() {
             return Ok(());
-        }
-        if let Some(f) = self.fault.take() {
-            self.mem.fail_next_sync(f);
         }
         self.mem.drop_cache()
     }

@@ -191,10 +191,10 @@ impl<D: Disk> Journal<D> {
     /// [`JournalError::NoHeader`]; garbage in the ring ends the scan.
     pub fn open(disk: D) -> Result<Self, JournalError> {
         let mut j = Self::load(disk)?;
-        // After a process kill the records found may still be only in the
-        // page cache. Sync once, so the recovered position is durable and
-        // may be reported (and voted with) as such.
-        j.sync()?;
+        // `load` synced before it scanned (`Disk::drop_cache`), and scanned
+        // the medium: every record it found is durable and may be reported
+        // (and voted with) as such. No second sync.
+        j.durable = j.last();
         Ok(j)
     }
 
