@@ -51,6 +51,12 @@ pub enum Input {
     /// keeps it with its own durable state and reports it at every start,
     /// before the node takes any message.
     Membership(Membership),
+    /// Whether the service the VIP leads clients to is ready on this node
+    /// (issue 11: the volume's filesystem mounted). The VIP is raised only
+    /// while it is, so clients are moved here only once there is something
+    /// to answer them; dropping to false releases a held VIP. A node
+    /// without such a service never sends it (ready from the start).
+    ServiceReady(bool),
     /// An operator's request.
     Admin(AdminRequest),
 }

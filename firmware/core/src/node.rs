@@ -6,7 +6,8 @@
 //!   a ping (liveness and their data position);
 //! - CheckQuorum: a leader whose lease ran out (or never came) steps down;
 //! - whether the VIP is wanted: leader ∧ lease valid ∧ not handed over ∧
-//!   (strict mode) the old leader's kernel lifetime waited out;
+//!   (strict mode) the old leader's kernel lifetime waited out ∧ the
+//!   service behind it ready (the filesystem mounted, when there is one);
 //! - operator requests: switchover and standby.
 //!
 //! After every input it re-derives what the VIP should be, so a lease that
@@ -47,6 +48,8 @@ pub struct Node {
     /// A switchover waiting for the VIP to be off this node: TimeoutNow goes
     /// to this node, for this epoch, once the Remove has succeeded.
     handover: Option<(NodeId, Epoch)>,
+    /// [`Input::ServiceReady`]: the service behind the VIP is up here.
+    service_ready: bool,
     /// The instant of the last input; deadlines already passed are not
     /// deadlines any more.
     now: Instant,
@@ -87,6 +90,7 @@ impl Node {
             vip: Vip::default(),
             vip_conflict: None,
             handover: None,
+            service_ready: true,
             now,
         }
     }
@@ -126,6 +130,7 @@ impl Node {
                 }
             }
             Input::Membership(m) => self.election.set_membership(now, m, &mut out),
+            Input::ServiceReady(ready) => self.service_ready = ready,
             Input::Admin(req) => self.admin(now, req, &mut out),
         }
         self.settle(now, &mut out);
@@ -316,6 +321,7 @@ impl Node {
         self.role() == Role::Leader
             && self.lease.as_ref().is_some_and(|l| l.valid(now))
             && self.vip_allowed_at().is_none_or(|t| now >= t)
+            && self.service_ready
     }
 
     fn beat(&mut self, now: Instant, out: &mut Vec<Output>) {

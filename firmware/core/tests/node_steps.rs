@@ -584,3 +584,29 @@ fn a_leader_that_cannot_raise_the_vip_retries_calmly_then_hands_over() {
     assert!(adds.windows(2).all(|w| w[1].since(w[0]) >= Duration::from_millis(100)), "adds retried too fast: {adds:?}");
     assert_eq!(n1.role(), Role::Follower);
 }
+
+#[test]
+fn the_vip_waits_for_the_service_and_goes_when_the_service_does() {
+    // Issue 11: attach, check, mount, then raise the VIP.
+    let mut n1 = node(1, HardState::default());
+    n1.handle(at(0), Input::ServiceReady(false));
+    let now = elect_node1(&mut n1);
+    let out = n1.handle(now, msg(2, 1, Body::HeartbeatAck { round: 1 }));
+    assert!(!out.iter().any(|o| matches!(o, Output::Vip(_))), "no VIP before the service: {out:?}");
+    assert!(n1.lease_until(now).is_some(), "the lease runs meanwhile");
+    let later = now.add(Duration::from_millis(300));
+    let out = n1.handle(later, Input::ServiceReady(true));
+    assert_eq!(
+        out.iter().filter(|o| matches!(o, Output::Vip(_))).cloned().collect::<Vec<_>>(),
+        vec![Output::Vip(VipAction::Add)]
+    );
+    n1.handle(later, Input::VipDone { action: VipAction::Add, ok: true });
+    assert!(n1.status(later).vip_held);
+    // The service going away releases the VIP; the node keeps leading.
+    let out = n1.handle(later, Input::ServiceReady(false));
+    assert_eq!(
+        out.iter().filter(|o| matches!(o, Output::Vip(_))).cloned().collect::<Vec<_>>(),
+        vec![Output::Vip(VipAction::Remove)]
+    );
+    assert_eq!(n1.role(), Role::Leader);
+}

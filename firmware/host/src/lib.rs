@@ -61,11 +61,13 @@ use triad_core::{
 use triad_repl::{Fitness, View};
 
 pub use fence::{Fence, FenceOp, FenceResult};
-pub use pbx::{Pbx, PbxCommand, PbxEvent, PbxTiming};
+pub use filesystem::{Filesystem, FsCommand, FsEvent, FsStep, FsTiming};
+pub use pbx::{Pbx, PbxCommand, PbxEvent, PbxState, PbxTiming};
 pub use triad_core::HardState;
 pub use watchdog::{Critical, SelfFence, Watchdog, WatchdogTiming};
 
 pub mod fence;
+pub mod filesystem;
 pub mod pbx;
 pub mod volume;
 pub mod watchdog;
@@ -109,6 +111,11 @@ pub enum Event {
     FenceInstalled(bool),
     /// The PBX's executor reports (spawned, exited, a probe answered).
     Pbx(PbxEvent),
+    /// The filesystem's executor finished a step.
+    Fs(FsEvent),
+    /// Whether the volume serves (its first record of this node's epoch
+    /// is committed): the filesystem is attached only then.
+    VolumeServing(bool),
     /// A part the watchdog requires made progress (the executor reports
     /// the volume thread's fresh status snapshots).
     Progress(Critical),
@@ -158,6 +165,9 @@ pub enum Command {
     Fence(FenceOp),
     /// Start, probe or stop the PBX ([`pbx`]); report with [`Event::Pbx`].
     Pbx(PbxCommand),
+    /// Attach, check, mount, unmount or detach the volume's filesystem
+    /// ([`filesystem`]); report with [`Event::Fs`].
+    Fs(FsCommand),
     /// Pet the hardware watchdog ([`watchdog`]).
     PetWatchdog,
     /// Hand the volume the core's view.
@@ -188,6 +198,9 @@ pub enum HostNotice {
         /// The intended successor.
         to: NodeId,
     },
+    /// An operator's switchover or standby waits for this node to take
+    /// its service down (PBX, unmount, detach) first.
+    Draining,
     /// A fence refresh found its element expired: the VIP was silent
     /// until the next grant (the refresh came too late; worth a look).
     FenceExpired,
@@ -227,6 +240,15 @@ pub struct Host {
     fence: Fence,
     /// The PBX's supervision, on a node that runs one.
     pbx: Option<Pbx>,
+    /// The volume's filesystem, on a node that mounts it.
+    fs: Option<Filesystem>,
+    /// The volume serves ([`Event::VolumeServing`]).
+    volume_serving: bool,
+    /// What the core was last told of the service behind the VIP.
+    service_ready: bool,
+    /// An operator's switchover or standby waiting for the filesystem to
+    /// go down on this node first (PBX stopped, unmounted, detached).
+    draining: Option<AdminRequest>,
     /// When to pet the hardware watchdog, on a node with one.
     watchdog: Option<Watchdog>,
 }
@@ -258,6 +280,10 @@ impl Host {
             handover: None,
             fence: Fence::default(),
             pbx: None,
+            fs: None,
+            volume_serving: false,
+            service_ready: true,
+            draining: None,
             watchdog: None,
         };
         let mut out = Vec::new();
@@ -293,7 +319,7 @@ impl Host {
         let input = match event {
             Event::Tick => Some(Input::Tick),
             Event::Peer(msg) => Some(Input::Receive(msg)),
-            Event::Admin(req) => Some(Input::Admin(req)),
+            Event::Admin(req) => self.admin(now, req, out),
             Event::VipConflict { mac } => Some(Input::VipConflict { mac }),
             Event::VipDone { action, result } => match result {
                 VipResult::Done => Some(Input::VipDone { action, ok: true }),
@@ -328,6 +354,16 @@ impl Host {
                 }
                 None
             }
+            Event::Fs(e) => {
+                if let Some(fs) = self.fs.as_mut() {
+                    out.extend(fs.done(now, e).into_iter().map(Command::Fs));
+                }
+                None
+            }
+            Event::VolumeServing(s) => {
+                self.volume_serving = s;
+                None
+            }
             Event::Progress(part) => {
                 if let Some(w) = self.watchdog.as_mut() {
                     w.progressed(part, now);
@@ -347,10 +383,114 @@ impl Host {
             }
         };
         self.run_core(now, input.into_iter().collect(), out);
+        self.push_service_ready(now, out);
         self.push_view(now, out);
         self.push_fence(now, out);
         self.push_pbx(now, out);
+        self.push_fs(now, out);
+        self.push_service_ready(now, out);
+        self.push_drained(now, out);
         self.push_watchdog(now, out);
+    }
+
+    /// An operator's request. On a node whose filesystem is up, a
+    /// switchover or standby that the core would accept first takes the
+    /// service down here (PBX, unmount, detach, then the VIP) so the new
+    /// active node mounts a filesystem this one closed cleanly; one the
+    /// core would refuse is refused at once, with its reason.
+    fn admin(&mut self, now: Instant, req: AdminRequest, out: &mut Vec<Command>) -> Option<Input> {
+        let hands_over = matches!(req, AdminRequest::Switchover { .. } | AdminRequest::Standby(true));
+        let up = self.fs.as_ref().is_some_and(|fs| !fs.detached() || fs.ready());
+        if !hands_over || !up || self.node.role() != Role::Leader || self.draining.is_some() {
+            return Some(Input::Admin(req));
+        }
+        // Ask a copy of the core: the real one hears the request only once
+        // the service is down.
+        let trial = self.node.clone().handle(now, Input::Admin(req));
+        if trial.iter().any(|o| matches!(o, Output::Notice(Notice::AdminRefused { .. }))) {
+            return Some(Input::Admin(req));
+        }
+        out.push(Command::Notice(HostNotice::Draining));
+        self.draining = Some(req);
+        None
+    }
+
+    /// The core hears a drained request once the filesystem is detached
+    /// and the VIP, which went after it, is off (the core refuses a
+    /// switchover while the VIP is moving).
+    fn push_drained(&mut self, now: Instant, out: &mut Vec<Command>) {
+        let down = self.fs.as_ref().is_none_or(|fs| fs.detached() && !fs.ready());
+        if self.handover.is_some() || !down || self.node.vip_phase() != VipPhase::Released {
+            return;
+        }
+        if let Some(req) = self.draining.take() {
+            self.run_core(now, VecDeque::from([Input::Admin(req)]), out);
+            self.push_view(now, out);
+        }
+    }
+
+    /// The core raises the VIP only while the service behind it is ready
+    /// (the filesystem mounted, on a node with one), and drops it when the
+    /// service has gone down.
+    fn push_service_ready(&mut self, now: Instant, out: &mut Vec<Command>) {
+        if self.handover.is_some() {
+            return;
+        }
+        let ready = self.fs.as_ref().is_none_or(Filesystem::ready);
+        if ready != self.service_ready {
+            self.service_ready = ready;
+            self.run_core(now, VecDeque::from([Input::ServiceReady(ready)]), out);
+        }
+    }
+
+    /// The filesystem is up while this node leads inside its lease, the
+    /// volume serves and no drain is under way; on the way down it waits
+    /// for the PBX to be gone.
+    fn push_fs(&mut self, now: Instant, out: &mut Vec<Command>) {
+        if self.handover.is_some() {
+            return;
+        }
+        let up = self.leads(now) && self.volume_serving && self.draining.is_none();
+        let pbx_stopped =
+            self.pbx.as_ref().is_none_or(|p| matches!(p.state(), PbxState::Stopped | PbxState::Backoff { .. }));
+        let Some(fs) = self.fs.as_mut() else { return };
+        let cmds = fs.want(now, up, pbx_stopped);
+        if cmds.contains(&FsCommand::Notice(filesystem::FsNotice::DownHung)) {
+            if let Some(w) = self.watchdog.as_mut() {
+                w.self_fence(SelfFence::FilesystemWillNotGoDown);
+            }
+        }
+        out.extend(cmds.into_iter().map(Command::Fs));
+    }
+
+    /// Leader inside a lease it holds.
+    fn leads(&self, now: Instant) -> bool {
+        self.node.role() == Role::Leader && self.node.lease_until(now).is_some()
+    }
+
+    /// Mount the volume's filesystem on this node while it is active, with
+    /// `timing`; the VIP then waits for the mount. Returns the commands of
+    /// telling the core (none expected at start).
+    pub fn enable_filesystem(&mut self, now: Instant, timing: FsTiming) -> Vec<Command> {
+        self.fs = Some(Filesystem::new(timing));
+        let mut out = Vec::new();
+        self.push_service_ready(now, &mut out);
+        out
+    }
+
+    /// The filesystem's state, on a node that mounts it (for status).
+    pub fn filesystem(&self) -> Option<&Filesystem> {
+        self.fs.as_ref()
+    }
+
+    /// An operator asks to create the volume's filesystem (cluster
+    /// creation): granted only on the active node whose check found none.
+    pub fn format_volume(&mut self, now: Instant) -> Result<Vec<Command>, filesystem::FormatRefused> {
+        let fs = self.fs.as_mut().ok_or(filesystem::FormatRefused::NotFoundEmpty)?;
+        fs.format()?;
+        let mut out = Vec::new();
+        self.push_fs(now, &mut out);
+        Ok(out)
     }
 
     /// Every handled event is the loop's progress, and the PBX's
@@ -394,7 +534,7 @@ impl Host {
         if self.handover.is_some() {
             return;
         }
-        let leads = self.node.role() == Role::Leader && self.node.lease_until(now).is_some();
+        let leads = self.leads(now) && self.draining.is_none() && self.fs.as_ref().is_none_or(Filesystem::mounted);
         let Some(p) = self.pbx.as_mut() else { return };
         out.extend(p.want(now, leads).into_iter().map(Command::Pbx));
         if p.next_deadline().is_some_and(|d| now >= d) {
@@ -515,6 +655,7 @@ impl Host {
         let core = self.node.next_deadline();
         let fence = self.fence.next_due(self.lease_end()).map_or(core, |due| core.min(due));
         let pbx = self.pbx.as_ref().and_then(Pbx::next_deadline).map_or(fence, |due| fence.min(due));
+        let pbx = self.fs.as_ref().and_then(Filesystem::next_deadline).map_or(pbx, |due| pbx.min(due));
         self.watchdog.as_ref().and_then(Watchdog::next_pet).map_or(pbx, |due| pbx.min(due))
     }
 

@@ -38,6 +38,9 @@ pub enum Critical {
 pub enum SelfFence {
     /// The PBX did not stop even after SIGKILL of its process group.
     PbxWillNotStop,
+    /// The volume's filesystem was not unmounted and detached within its
+    /// deadline on the way down.
+    FilesystemWillNotGoDown,
 }
 
 /// Petting rules, from config.

@@ -967,6 +967,7 @@ impl DataWorld {
                 // No PBX is enabled in the simulated hosts yet (issue 11):
                 // the host hands out none.
                 Command::Pbx(c) => self.note(|| format!("n{id} pbx {c:?} (not modelled)")),
+                Command::Fs(c) => self.note(|| format!("n{id} filesystem {c:?} (not modelled)")),
                 // No watchdog is enabled in the simulated hosts yet.
                 Command::PetWatchdog => {}
                 Command::Notice(n) => {

@@ -754,7 +754,7 @@ impl World {
             Command::VolumeView(_) => {}
             // No PBX or watchdog is enabled in the simulated hosts yet
             // (issue 11).
-            Command::Pbx(_) | Command::PetWatchdog => {}
+            Command::Pbx(_) | Command::Fs(_) | Command::PetWatchdog => {}
             Command::ConfirmStepDown(_) => {
                 self.hosts[i]
                     .proc

@@ -24,8 +24,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use triad_core::{NodeId, Timing};
 
+mod filesystem;
 mod pbx;
 mod watchdog;
+pub use filesystem::{Attach, FilesystemConfig};
 pub use pbx::{PbxConfig, DEFAULT_MOUNT_POINT, DEFAULT_SIP_PORT};
 pub use watchdog::WatchdogConfig;
 
@@ -205,6 +207,9 @@ pub struct Config {
     pub pbx: Option<PbxConfig>,
     /// The hardware watchdog (`[watchdog]`); absent: none.
     pub watchdog: Option<WatchdogConfig>,
+    /// The volume's filesystem for the PBX (`[filesystem]`); absent:
+    /// nothing mounts the volume.
+    pub filesystem: Option<FilesystemConfig>,
 }
 
 /// `[node]`.
@@ -309,6 +314,7 @@ impl Config {
 struct RawConfig {
     pbx: Option<pbx::RawPbx>,
     watchdog: Option<watchdog::RawWatchdog>,
+    filesystem: Option<filesystem::RawFilesystem>,
     node: Option<RawNode>,
     cluster: Option<RawCluster>,
     tls: Option<RawTls>,
@@ -523,7 +529,15 @@ impl TryFrom<RawConfig> for Config {
             Some(w) => Some(WatchdogConfig::try_from(w)?),
             None => None,
         };
-        Ok(Config { node, cluster, tls, timing, realtime, volume, pbx, watchdog })
+        let filesystem = match raw.filesystem {
+            Some(f) => Some(FilesystemConfig::try_from(f)?),
+            None => None,
+        };
+        if filesystem.is_some() && (volume.is_none() || pbx.is_none()) {
+            // It is the replicated volume's, mounted at the PBX's mount point.
+            return Err(invalid("filesystem", "needs a [volume] to mount and a [pbx] (its mount_point) to serve"));
+        }
+        Ok(Config { node, cluster, tls, timing, realtime, volume, pbx, watchdog, filesystem })
     }
 }
 

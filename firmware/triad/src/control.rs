@@ -125,6 +125,10 @@ pub enum Request {
         /// On or off.
         on: bool,
     },
+    /// Create the replicated volume's filesystem (cluster creation): the
+    /// active node only, and only when its check found no filesystem.
+    #[serde(rename = "format-volume")]
+    FormatVolume,
 }
 
 /// What a request line may hold. serde's internally tagged enums ignore
@@ -168,7 +172,14 @@ impl TryFrom<RawRequest> for Request {
                 no_arg("on", r.on.is_some())?;
                 Ok(Request::Verify)
             }
-            other => Err(format!("unknown cmd `{other}` (expected status, switchover, standby or verify)")),
+            "format-volume" => {
+                no_arg("to", r.to.is_some())?;
+                no_arg("on", r.on.is_some())?;
+                Ok(Request::FormatVolume)
+            }
+            other => {
+                Err(format!("unknown cmd `{other}` (expected status, switchover, standby, verify or format-volume)"))
+            }
         }
     }
 }
@@ -606,6 +617,7 @@ mod tests {
                     Request::Switchover { to: Some(9) } => Response::Error("node 9 is not a peer".into()),
                     Request::Switchover { .. } | Request::Standby { .. } => Response::Done,
                     Request::Verify => Response::Report(serde_json::json!({"differing": []})),
+                    Request::FormatVolume => Response::Error("not the active node".into()),
                 };
                 let _ = r.reply.send(answer);
             }

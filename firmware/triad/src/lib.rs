@@ -20,6 +20,7 @@ pub mod certs;
 pub mod config;
 pub mod control;
 pub mod errors;
+pub mod filesystem;
 pub mod nbd;
 pub mod os;
 pub mod pbx;

@@ -71,6 +71,14 @@ enum Command {
         #[arg(long, default_value = "/run/triad/control.sock")]
         socket: PathBuf,
     },
+    /// Create the replicated volume's filesystem: once, when the cluster is
+    /// created (the active node, whose check found the volume never
+    /// written). Refused for a volume holding anything.
+    FormatVolume {
+        /// Control socket of the active node.
+        #[arg(long, default_value = "/run/triad/control.sock")]
+        socket: PathBuf,
+    },
     /// Put this node in standby (it never becomes active), or release it.
     Standby {
         /// Control socket of the node.
@@ -179,6 +187,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Switchover { socket, to } => done(ask(&socket, &Request::Switchover { to })?),
+        Command::FormatVolume { socket } => done(ask(&socket, &Request::FormatVolume)?),
         Command::Standby { socket, state } => done(ask(&socket, &Request::Standby { on: state == "on" })?),
         Command::Verify { socket } => match ask(&socket, &Request::Verify)? {
             Response::Report(v) => {

@@ -191,7 +191,7 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
     // Before the first message: fitness and membership (a learner must
     // not vote even once), and the volume's first view.
     let volume_start = volume.as_ref().map(|_| VolumeStart { position, electable, membership });
-    let (mut host, start) = Host::new(setup, volume_start);
+    let (mut host, mut start) = Host::new(setup, volume_start);
     // The PBX, on a node configured with one: the host decides when it
     // runs (leader inside its lease), the executor carries it out.
     let (pbx_tx, mut pbx_events) = tokio::sync::mpsc::unbounded_channel();
@@ -209,6 +209,19 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
             Some((dog, armed))
         }
         None => None,
+    };
+    let (fs_tx, mut fs_events) = tokio::sync::mpsc::unbounded_channel();
+    let fs = match (&cfg.filesystem, &cfg.pbx, &cfg.volume) {
+        (Some(fc), Some(pc), Some(vc)) => {
+            start.extend(host.enable_filesystem(clock.now(), fc.timing));
+            let place = crate::filesystem::FsPlace {
+                nbd_socket: vc.nbd_socket.clone(),
+                mount_point: pc.mount_point.clone(),
+                owner: (pc.uid, pc.gid),
+            };
+            Some(crate::filesystem::FsExecutor::new(fc.clone(), place, fs_tx.clone(), reaper.clone()))
+        }
+        _ => None,
     };
     let pbx = cfg.pbx.clone().map(|pc| {
         host.enable_pbx(pc.timing);
@@ -236,9 +249,11 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
         cfg,
         volume,
         pbx,
+        fs,
         watchdog,
         _vol_tx: vol_tx,
         _pbx_tx: pbx_tx,
+        _fs_tx: fs_tx,
     };
     if let Some(w) = &shell.cfg.watchdog {
         let timing = triad_host::WatchdogTiming { pet_interval: w.pet_interval, stale_after: w.stale_after };
@@ -253,7 +268,16 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
 
     info!(listen = %listen, "supervisor running");
     let mut arp_resume: Option<tokio::time::Instant> = None;
+    // Set by a stop signal on an active node with a filesystem: the loop
+    // goes on until the service is down here and the role handed over.
+    let mut stopping: Option<tokio::time::Instant> = None;
     loop {
+        if let Some(deadline) = stopping {
+            let down = shell.host.filesystem().is_none_or(|f| f.detached() && !f.ready());
+            if down && !shell.host.handing_over() || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+        }
         // Rule 16, on every turn: a sync stuck past the limit makes this
         // node unfit to lead (the host tells the core, which steps down).
         if let (Some(v), Some(limit)) = (&shell.volume, sync_stall) {
@@ -279,6 +303,7 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
             }
             Some(ev) = vol_events.recv() => volume_event(ev),
             Some(ev) = pbx_events.recv() => Event::Pbx(ev),
+            Some(ev) = fs_events.recv() => Event::Fs(ev),
             Some(req) = control_rx.recv() => {
                 shell.control(req).await?;
                 continue;
@@ -313,9 +338,10 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
                 shell.check_fence().await?;
                 continue;
             }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = pwr.recv() => break,
+            _ = sleep_until_or_never(stopping) => continue,
+            _ = term.recv(), if stopping.is_none() => if shell.begin_stop().await? { stopping = Some(tokio::time::Instant::now() + STOP_DRAIN); continue } else { break },
+            _ = int.recv(), if stopping.is_none() => if shell.begin_stop().await? { stopping = Some(tokio::time::Instant::now() + STOP_DRAIN); continue } else { break },
+            _ = pwr.recv(), if stopping.is_none() => if shell.begin_stop().await? { stopping = Some(tokio::time::Instant::now() + STOP_DRAIN); continue } else { break },
         };
         shell.step(event).await?;
         if std::mem::take(&mut shell.fence_recheck) {
@@ -328,6 +354,9 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
     shell.hand_over_before_exit().await?;
     if let Some(p) = &shell.pbx {
         p.kill_now();
+    }
+    if let Some(f) = &shell.fs {
+        f.tear_down().await;
     }
     if let Some((dog, _)) = shell.watchdog.take() {
         if shell.cfg.watchdog.as_ref().is_some_and(|w| w.magic_close_on_shutdown) {
@@ -395,6 +424,10 @@ struct Shell<V: VipOps> {
     watchdog: Option<(crate::os::watchdog::HwWatchdog, crate::os::watchdog::Armed)>,
     /// Keeps the PBX event channel open when there is no PBX.
     _pbx_tx: tokio::sync::mpsc::UnboundedSender<triad_host::PbxEvent>,
+    /// The filesystem's executor, on a node with `[filesystem]`.
+    fs: Option<crate::filesystem::FsExecutor>,
+    /// Keeps the filesystem event channel open when there is none.
+    _fs_tx: tokio::sync::mpsc::UnboundedSender<triad_host::FsEvent>,
 }
 
 impl<V: VipOps> Shell<V> {
@@ -479,6 +512,11 @@ impl<V: VipOps> Shell<V> {
                     // VIP action's does.
                     if let Some(ev) = self.pbx.as_mut().and_then(|p| p.carry(c)) {
                         queue.extend(self.host.handle(self.clock.now(), Event::Pbx(ev)));
+                    }
+                }
+                Command::Fs(c) => {
+                    if let Some(f) = self.fs.as_mut() {
+                        f.carry(c);
                     }
                 }
                 Command::PetWatchdog => {
@@ -639,6 +677,20 @@ impl<V: VipOps> Shell<V> {
                         }),
                     );
                 }
+                if let Some(f) = self.host.filesystem() {
+                    let now = self.clock.now();
+                    report.extra.insert(
+                        "filesystem".into(),
+                        serde_json::json!({
+                            "mounted": f.mounted(),
+                            "step": f.in_flight().map(|(s, since)| format!("{} for {:?}", s.name(), now.since(since))),
+                            "blocked": f.blocked().map(|b| format!("{b:?}")),
+                            "last_took_ms": f.durations().iter()
+                                .map(|(s, d)| (s.name().to_string(), serde_json::json!(d.as_millis() as u64)))
+                                .collect::<serde_json::Map<_, _>>(),
+                        }),
+                    );
+                }
                 if let Some(p) = self.host.pbx() {
                     report.extra.insert(
                         "pbx".into(),
@@ -652,6 +704,14 @@ impl<V: VipOps> Shell<V> {
                 Response::Status(Box::new(report))
             }
             Request::Switchover { to } => self.admin(AdminRequest::Switchover { to }).await?,
+            Request::FormatVolume => match self.host.format_volume(self.clock.now()) {
+                Ok(commands) => {
+                    info!("operator asked to create the volume's filesystem");
+                    self.execute(commands).await?;
+                    Response::Done
+                }
+                Err(e) => Response::Error(e.to_string()),
+            },
             Request::Standby { on } => self.admin(AdminRequest::Standby(on)).await?,
             Request::Verify => {
                 let Some(v) = self.volume.clone() else {
@@ -687,6 +747,27 @@ impl<V: VipOps> Shell<V> {
             Some(reason) => Response::Error(reason),
             None => Response::Done,
         })
+    }
+
+    /// A stop signal on the active node with a filesystem: the service
+    /// goes down here first (PBX, unmount, detach, VIP), then the role is
+    /// handed over, all by the loop. Returns whether that is under way
+    /// (false: stop now).
+    async fn begin_stop(&mut self) -> Result<bool, RuntimeError> {
+        let up = self.host.filesystem().is_some_and(|f| !f.detached() || f.ready());
+        if !up || self.host.node().role() != triad_core::Role::Leader {
+            return Ok(false);
+        }
+        match self.admin(AdminRequest::Switchover { to: None }).await? {
+            Response::Error(reason) => {
+                info!(%reason, "stopping without a handover");
+                Ok(false)
+            }
+            _ => {
+                info!("stopping: taking the service down, then handing the active role over");
+                Ok(true)
+            }
+        }
     }
 
     /// A planned stop of the active node hands the role over first (the
@@ -725,6 +806,10 @@ struct Clock {
 }
 
 /// The longest the loop sleeps without looking at the core again.
+/// At most this long from a stop signal to the exit while the service
+/// goes down and the role is handed over (a hung step: exit anyway).
+const STOP_DRAIN: Duration = Duration::from_secs(15);
+
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
 
 impl Clock {
@@ -838,6 +923,7 @@ fn volume_event(ev: VolumeEvent) -> Event {
         VolumeEvent::Position(p) => Event::VolumePosition(p),
         VolumeEvent::Electable(e) => Event::VolumeElectable(e),
         VolumeEvent::Membership(m) => Event::VolumeMembership(m),
+        VolumeEvent::Serving(s) => Event::VolumeServing(s),
     }
 }
 
@@ -894,6 +980,7 @@ fn log_notice(n: &HostNotice) {
         HostNotice::HandoverWithoutTimeoutNow { to } => {
             error!(to, "volume did not confirm the step-down; switchover continues without TimeoutNow")
         }
+        HostNotice::Draining => info!("taking the service down here before handing the active role over"),
         HostNotice::FenceExpired => {
             warn!("the VIP's fence element had expired before its refresh; the VIP was silent until the next grant")
         }

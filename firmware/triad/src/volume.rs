@@ -191,6 +191,9 @@ pub enum VolumeEvent {
     Electable(bool),
     /// Feed to the core as `Input::Membership`.
     Membership(triad_core::Membership),
+    /// Whether the volume serves (a ready leader of its view): feed to the
+    /// host as `Event::VolumeServing`.
+    Serving(bool),
 }
 
 enum Cmd {
@@ -676,6 +679,7 @@ impl Thread {
                 VolumeOut::Serving(epoch) => {
                     lock(&self.shared).serve.ready_epoch = epoch;
                     self.activity.set_active(epoch.is_some());
+                    let _ = self.events.send(VolumeEvent::Serving(epoch.is_some()));
                 }
             }
         }

@@ -25,6 +25,7 @@
 pub mod announce;
 pub mod arp_watch;
 pub mod fence;
+pub mod loopdev;
 pub mod netlink;
 pub mod pbx_process;
 pub mod realtime;
