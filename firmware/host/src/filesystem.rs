@@ -373,6 +373,14 @@ impl Filesystem {
                 if step == FsStep::Attach {
                     self.attached = false;
                 }
+                // A failed format may have left anything: check again
+                // (a partial filesystem then blocks as needing repair);
+                // another format needs another request.
+                if step == FsStep::Format {
+                    self.format_asked = false;
+                    self.blocked = None;
+                    self.checked = false;
+                }
                 let pause =
                     if matches!(step, FsStep::Unmount | FsStep::Detach) { DOWN_RETRY } else { self.timing.retry };
                 self.retry_at = Some(now.add(pause));

@@ -338,3 +338,19 @@ fn a_format_is_granted_only_after_a_check_found_no_filesystem() {
     assert_eq!(vips(&out), vec![], "blocked: no VIP");
     assert_eq!(fs_runs(&h.format_volume(now).unwrap()), vec![FsStep::Format]);
 }
+
+#[test]
+fn a_failed_format_is_not_repeated_the_volume_is_checked_again() {
+    let mut f = Filesystem::new(timing());
+    f.want(at(0), true, true);
+    f.done(at(10), ok(FsStep::Attach));
+    f.want(at(10), true, true);
+    f.done(at(20), checked(CheckVerdict::NoFilesystem));
+    f.format().unwrap();
+    assert_eq!(f.want(at(30), true, true), vec![Run(FsStep::Format)]);
+    f.done(at(40), failed(FsStep::Format));
+    assert_eq!(f.want(at(1040), true, true), vec![Run(FsStep::Check)], "checked, not formatted again");
+    f.done(at(1050), checked(CheckVerdict::NeedsRepair));
+    assert_eq!(f.blocked(), Some(Blocker::NeedsRepair));
+    assert_eq!(f.format(), Err(FormatRefused::NeedsRepair));
+}

@@ -11,7 +11,7 @@
 //! random instant, then `triad status` polled until the supervision reports
 //! a new process that answered its probe.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -51,19 +51,27 @@ fn kamailio_alone(runs: usize) -> Result<Vec<Duration>, PbxBenchError> {
         .map_err(|e| PbxBenchError::Step(format!("runtime: {e}")))?;
     let dir = std::env::temp_dir().join(format!("triad-bench-pbx-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| PbxBenchError::Step(format!("mkdir {}: {e}", dir.display())))?;
+    // The payload the lab runs (SQLite location table and all), on a
+    // loopback "VIP" of its own; port 5060 as in the payload's config.
+    let db = Command::new("sh")
+        .arg(triad::payload_dir().join("make-db.sh"))
+        .arg(&dir)
+        .arg("kamailio")
+        .output()
+        .map_err(|e| PbxBenchError::Step(format!("make-db.sh: {e}")))?;
+    if !db.status.success() {
+        return Err(PbxBenchError::Step(format!("make-db.sh: {}", String::from_utf8_lossy(&db.stderr))));
+    }
+    let cfg = triad::payload_dir().join("kamailio.cfg");
     let mut out = Vec::new();
     for run in 1..=runs {
-        let port = UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .map_err(|e| PbxBenchError::Step(format!("free port: {e}")))?
-            .port();
-        let cfg = dir.join("kamailio.cfg");
-        std::fs::write(&cfg, triad::kamailio_cfg(&format!("127.0.0.1:{port}")))
-            .map_err(|e| PbxBenchError::Step(format!("write {}: {e}", cfg.display())))?;
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let addr: SocketAddr = ([127, 0, 0, 1], 5060).into();
         let start = Instant::now();
         let child = Command::new("/usr/sbin/kamailio")
             .args(["-f", &cfg.display().to_string(), "-DD", "-E", "-Y", &dir.display().to_string()])
+            .args(["-u", "kamailio", "-g", "kamailio"])
+            .env("TRIAD_VIP", "127.0.0.2")
+            .env("TRIAD_MOUNT_POINT", &dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

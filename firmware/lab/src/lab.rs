@@ -204,9 +204,36 @@ impl Lab {
             lab.start_node(id)?;
         }
         lab.save()?;
+        if matches!(&lab.payload, Payload::Triad { opts, .. } if opts.pbx) {
+            lab.create_filesystem()?;
+        }
         lab.wait_healthy(&NODE_IDS, Duration::from_secs(30))?;
         lab.client_learn_vip()?;
         Ok(lab)
+    }
+
+    /// Cluster creation's last step with a PBX: the active node found the
+    /// new volume without a filesystem (it never formats on its own), and
+    /// the operator (this) asks it to create one.
+    pub fn create_filesystem(&self) -> Result<(), LabError> {
+        let bin = self.triad_bin().ok_or(LabError::NoNode(0))?;
+        let found = wait::until(Duration::from_secs(30), Duration::from_millis(50), || {
+            NODE_IDS.into_iter().find(|id| {
+                self.status(*id).ok().and_then(|s| s.filesystem).and_then(|f| f.blocked).as_deref()
+                    == Some("NoFilesystem")
+            })
+        });
+        let Some(id) = found else {
+            return Err(LabError::Timeout {
+                what: "an active node to find the new volume without a filesystem".into(),
+                secs: 30,
+                detail: String::new(),
+                logs: LAB_DIR.into(),
+            });
+        };
+        let node = self.node(id)?;
+        cmd::run(&bin.display().to_string(), &["format-volume", "--socket", &node.control_socket.display().to_string()])?;
+        Ok(())
     }
 
     /// The running lab, from its layout file.

@@ -73,7 +73,10 @@ pub fn launch_env(program: &Path, args: &[String], log: &Path, env: &[(&str, Str
     };
     let what = program.display().to_string();
     let mut child = Command::new("unshare")
-        .args(["--net", "--pid", "--fork", "--kill-child", "--"])
+        // Its own mount namespace too: a killed node's mounts (the
+        // volume's filesystem, nbdfuse's directory) vanish with it, as on
+        // a box that loses power.
+        .args(["--net", "--pid", "--mount", "--propagation", "private", "--fork", "--kill-child", "--"])
         .arg(program)
         .args(args)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))

@@ -78,6 +78,25 @@ pub struct Status {
     pub fence: Option<FenceStatus>,
     #[serde(default)]
     pub pbx: Option<PbxStatus>,
+    #[serde(default)]
+    pub filesystem: Option<FsStatus>,
+}
+
+/// The `filesystem` part of `triad status --json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FsStatus {
+    /// Mounted and not going down.
+    #[serde(default)]
+    pub mounted: bool,
+    /// Why it waits for an operator (`NoFilesystem`, `NeedsRepair`).
+    #[serde(default)]
+    pub blocked: Option<String>,
+    /// The step in flight.
+    #[serde(default)]
+    pub step: Option<String>,
+    /// The last duration of each step, in ms.
+    #[serde(default)]
+    pub last_took_ms: std::collections::BTreeMap<String, u64>,
 }
 
 /// The `pbx` part of `triad status --json`.
@@ -237,10 +256,22 @@ pub fn status(bin: &Path, socket: &Path) -> Result<Status, TriadError> {
     serde_json::from_str(out.trim()).map_err(|source| TriadError::Status { text: out, source })
 }
 
-/// Node `id`'s `[pbx]` table: Kamailio, as user `kamailio`, answering
-/// OPTIONS on the node's loopback, with the lab's short supervision
-/// timings. (The volume is not mounted yet: its "mount point" is a plain
-/// directory of the node.)
+/// The reference Kamailio payload in the repository
+/// (`firmware/lab/payload/kamailio`: config, SQLite schema, SIPp scenarios).
+pub fn payload_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("payload/kamailio")
+}
+
+/// Where node `id` mounts the replicated volume's filesystem (inside its
+/// own mount namespace).
+pub fn mount_point(id: u8) -> PathBuf {
+    layout::node_dir(id).join("mnt")
+}
+
+/// Node `id`'s `[pbx]` and `[filesystem]` tables: the reference Kamailio
+/// payload as user `kamailio`, its SQLite location table on the replicated
+/// volume's filesystem (attached with nbdfuse and a loop device: no nbd
+/// module on the lab's host), with the lab's short supervision timings.
 pub fn pbx_text(id: u8) -> String {
     let dir = layout::node_dir(id);
     format!(
@@ -249,7 +280,7 @@ pub fn pbx_text(id: u8) -> String {
 command = "/usr/sbin/kamailio"
 args = ["-f", "{cfg}", "-DD", "-E", "-Y", "{run}"]
 user = "kamailio"
-mount_point = "{pbx}"
+mount_point = "{mnt}"
 probe_interval_ms = 200
 probe_timeout_ms = 100
 probe_failures = 3
@@ -260,37 +291,43 @@ stop_timeout_ms = 1000
 kill_timeout_ms = 1000
 failure_window_s = 60
 failures_to_hand_over = 5
+
+[filesystem]
+attach = "nbdfuse"
+fuse_dir = "{fuse}"
+seed = "{seed}"
+down_deadline_ms = 10000
 "#,
         cfg = dir.join("pbx/kamailio.cfg").display(),
         run = dir.join("pbx/run").display(),
-        pbx = dir.join("pbx").display(),
+        mnt = mount_point(id).display(),
+        fuse = dir.join("fuse").display(),
+        seed = dir.join("seed").display(),
     )
 }
 
-/// The lab's minimal Kamailio config: one worker, answering OPTIONS with
-/// 200 and everything else with 404, on UDP `listen` (ADDRESS:PORT).
-pub fn kamailio_cfg(listen: &str) -> String {
-    format!(
-        "#!KAMAILIO\ndebug=1\nlog_stderror=yes\nchildren=1\nlisten=udp:{listen}\n\
-         mpath=\"/usr/lib/x86_64-linux-gnu/kamailio/modules\"\nloadmodule \"sl.so\"\n\
-         request_route {{\n\tif (method == \"OPTIONS\") {{ sl_send_reply(\"200\", \"Alive\"); exit; }}\n\
-         \tsl_send_reply(\"404\", \"Not here\");\n}}\n"
-    )
-}
-
-/// Writes node `id`'s Kamailio config and its directories, owned by the
-/// `kamailio` user (Kamailio refuses files it does not own).
+/// Writes node `id`'s Kamailio config, its runtime directory and the seed
+/// of a new filesystem (the empty location database, made by the payload's
+/// `make-db.sh`), owned by the `kamailio` user (Kamailio refuses files it
+/// does not own).
 fn write_kamailio(id: u8) -> std::io::Result<()> {
     let dir = layout::node_dir(id).join("pbx");
     std::fs::create_dir_all(dir.join("run"))?;
-    std::fs::write(dir.join("kamailio.cfg"), kamailio_cfg("127.0.0.1:5060"))?;
-    let out = std::process::Command::new("chown").args(["-R", "kamailio:kamailio"]).arg(&dir).output()?;
-    if !out.status.success() {
-        return Err(std::io::Error::other(format!(
-            "chown kamailio {}: {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr)
-        )));
+    std::fs::copy(payload_dir().join("kamailio.cfg"), dir.join("kamailio.cfg"))?;
+    let seed = layout::node_dir(id).join("seed");
+    let make_db = payload_dir().join("make-db.sh");
+    for (what, program, args) in [
+        ("make-db.sh", "sh", vec![make_db.display().to_string(), seed.display().to_string(), "kamailio".into()]),
+        ("chown", "chown", vec!["-R".into(), "kamailio:kamailio".into(), dir.display().to_string()]),
+    ] {
+        let out = std::process::Command::new(program).args(&args).output()?;
+        if !out.status.success() {
+            return Err(std::io::Error::other(format!(
+                "{what} {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
     }
     Ok(())
 }

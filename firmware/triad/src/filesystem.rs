@@ -51,6 +51,9 @@ const NBDFUSE_READY: Duration = Duration::from_secs(10);
 const NBDFUSE_EXIT: Duration = Duration::from_secs(2);
 /// The file nbdfuse shows the export as.
 const FUSE_FILE: &str = "volume";
+/// The block device's logical block size: the NBD export's minimum (the
+/// volume's 4 KiB granularity), so no request is smaller or unaligned.
+const BLOCK_SIZE: u32 = 4096;
 /// The part of the volume read to tell "never written" from "unknown".
 const PROBE_LEN: usize = 1 << 20;
 
@@ -200,7 +203,7 @@ impl Job {
             wait_for_fuse_file(&file, attached)?;
         }
         let file = dir.join(FUSE_FILE);
-        let device = LoopDevice::attach(&file).map_err(|e| chain(&e).to_string())?;
+        let device = LoopDevice::attach(&file, BLOCK_SIZE).map_err(|e| chain(&e).to_string())?;
         info!(device = %device.path().display(), "volume attached");
         attached.device = Some(device);
         Ok(())

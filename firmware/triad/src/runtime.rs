@@ -224,6 +224,9 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
         _ => None,
     };
     let pbx = cfg.pbx.clone().map(|pc| {
+        if let Err(e) = crate::os::pbx_process::allow_nonlocal_bind() {
+            warn!(error = %e, "cannot allow binding the VIP before holding it; a PBX listening on the VIP may fail to start");
+        }
         host.enable_pbx(pc.timing);
         let env = crate::os::pbx_process::PbxEnv { vip: cfg.cluster.vip.addr.to_string() };
         crate::pbx::PbxExecutor::new(pc, env, pbx_tx.clone(), reaper.clone())

@@ -98,8 +98,11 @@ pub struct LoopDevice {
 }
 
 impl LoopDevice {
-    /// Attaches `backing` to a free loop device, read-write, autoclear.
-    pub fn attach(backing: &Path) -> Result<LoopDevice, LoopError> {
+    /// Attaches `backing` to a free loop device, read-write, autoclear,
+    /// with `block_size`-byte logical blocks (the NBD export's minimum
+    /// block size: libnbd refuses smaller or unaligned requests, and the
+    /// loop device's default 512 would send them).
+    pub fn attach(backing: &Path, block_size: u32) -> Result<LoopDevice, LoopError> {
         let back = OpenOptions::new()
             .read(true)
             .write(true)
@@ -124,7 +127,7 @@ impl LoopDevice {
                 .map_err(|source| LoopError::Control { path: path.clone(), source })?;
             let config = LoopConfig {
                 fd: u32::try_from(back.as_raw_fd()).unwrap_or(u32::MAX),
-                block_size: 0,
+                block_size,
                 info: LoopInfo64 {
                     device: 0,
                     inode: 0,

@@ -246,3 +246,14 @@ pub fn describe(cfg: &PbxConfig) -> String {
     parts.extend(cfg.args.iter().map(OsString::from));
     parts.iter().map(|p| p.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
 }
+
+/// Lets the PBX bind the VIP before this node holds it (its config lists
+/// the VIP; it may be restarted while the VIP is being moved): the
+/// `ip_nonlocal_bind` sysctls of this network namespace (the node's own on
+/// the appliance and in the lab).
+pub fn allow_nonlocal_bind() -> std::io::Result<()> {
+    for path in ["/proc/sys/net/ipv4/ip_nonlocal_bind", "/proc/sys/net/ipv6/ip_nonlocal_bind"] {
+        std::fs::write(path, "1").map_err(|e| std::io::Error::new(e.kind(), format!("{path}: {e}")))?;
+    }
+    Ok(())
+}
