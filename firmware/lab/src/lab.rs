@@ -232,7 +232,10 @@ impl Lab {
             });
         };
         let node = self.node(id)?;
-        cmd::run(&bin.display().to_string(), &["format-volume", "--socket", &node.control_socket.display().to_string()])?;
+        cmd::run(
+            &bin.display().to_string(),
+            &["format-volume", "--socket", &node.control_socket.display().to_string()],
+        )?;
         Ok(())
     }
 

@@ -480,6 +480,102 @@ fn kamailio_runs_on_the_active_node_only_is_restarted_when_killed_and_moves_with
     assert_eq!(kamailio_pids(&h, rest), Vec::<i32>::new());
 }
 
+/// Whether node `id` (its supervisor's mount namespace) has the volume's
+/// filesystem mounted.
+fn has_volume_mounted(h: &Harness, id: u8) -> bool {
+    let pid = h.lab.node(id).expect("node").supervisor_pid;
+    let mnt = triad::mount_point(id).display().to_string();
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(mnt.as_str()))
+}
+
+/// A SIP user agent on the client side that answers every request with
+/// 200 and counts them: the contact a registration points at.
+fn sip_responder(port: u16) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let sock = netns::run_in(CLIENT_NS, move || std::net::UdpSocket::bind((layout::CLIENT_IP, port)))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("bind the SIP responder: {e}"));
+    let seen = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if text.starts_with("SIP/2.0") {
+                continue;
+            }
+            counter.fetch_add(1, Ordering::SeqCst);
+            let keep = ["via:", "from:", "to:", "call-id:", "cseq:"];
+            let mut reply = String::from("SIP/2.0 200 OK\r\n");
+            for line in text.lines().filter(|l| keep.iter().any(|k| l.to_lowercase().starts_with(k))) {
+                reply.push_str(line);
+                reply.push_str("\r\n");
+            }
+            reply.push_str("Content-Length: 0\r\n\r\n");
+            let _ = sock.send_to(reply.as_bytes(), from);
+        }
+    });
+    seen
+}
+
+/// `sipsak` in the client's namespace; its exit code and output.
+fn sipsak(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", CLIENT_NS, "sipsak"])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("sipsak: {e}"));
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Issue 11, items 3, 4 and 8: the volume's filesystem is mounted on the
+/// active node only (created once, at cluster creation); a phone's
+/// registration through the VIP (sipsak, write-through into Kamailio's
+/// SQLite table on that filesystem) survives a kill -9 of the active node:
+/// the new active node mounts the replicated volume, starts its own
+/// Kamailio, and routes a request for the user to the registered contact.
+#[test]
+fn a_registration_through_the_vip_survives_the_active_nodes_death() {
+    use std::sync::atomic::Ordering;
+    let h = Harness::up_with(layout::JOURNAL_MIB, triad::NodeOptions { pbx: true, ..triad::NodeOptions::default() });
+    let l = h.leader(&NODE_IDS);
+    let pbx_running =
+        |id: u8| h.lab.status(id).ok().and_then(|s| s.pbx).is_some_and(|p| p.state.starts_with("Running"));
+    wait::until(secs(10), ms(20), || pbx_running(l).then_some(())).unwrap_or_else(|| panic!("n{l}'s PBX never ran"));
+    assert!(has_volume_mounted(&h, l), "the active node n{l} has no mount");
+    for f in others(l) {
+        assert!(!has_volume_mounted(&h, f), "follower n{f} has the volume mounted");
+    }
+    let fs = h.lab.status(l).ok().and_then(|s| s.filesystem).expect("a filesystem status");
+    assert!(fs.mounted && fs.blocked.is_none(), "{fs:?}");
+    for step in ["attach", "check", "mount"] {
+        assert!(fs.last_took_ms.contains_key(step), "no duration of {step}: {fs:?}");
+    }
+    let seen = sip_responder(5070);
+    let contact = format!("sip:alice@{}:5070", layout::CLIENT_IP);
+    let user = format!("sip:alice@{VIP}");
+    let (ok, out) = sipsak(&["-U", "-C", &contact, "-s", &user, "-i"]);
+    assert!(ok, "REGISTER through the VIP failed:\n{out}");
+    let (ok, out) = sipsak(&["-s", &user, "-i"]);
+    assert!(ok && seen.load(Ordering::SeqCst) >= 1, "OPTIONS to alice not routed to her contact:\n{out}");
+    let before = seen.load(Ordering::SeqCst);
+    h.lab.kill_node(l).unwrap_or_else(|e| panic!("{e}"));
+    let new = h.lab.wait_healthy(&others(l), secs(15)).unwrap_or_else(|e| panic!("{e}"));
+    wait::until(secs(10), ms(20), || pbx_running(new).then_some(()))
+        .unwrap_or_else(|| panic!("new active n{new}'s PBX never ran"));
+    assert!(has_volume_mounted(&h, new), "the new active node n{new} has no mount");
+    let (ok, out) = sipsak(&["-s", &user, "-i"]);
+    assert!(
+        ok && seen.load(Ordering::SeqCst) > before,
+        "after the failover, OPTIONS to alice was not routed to her contact (registration lost?):\n{out}"
+    );
+    let rest = others(l).into_iter().find(|i| *i != new).expect("a third node");
+    assert!(!has_volume_mounted(&h, rest), "follower n{rest} has the volume mounted");
+}
+
 #[test]
 fn a_peer_with_a_foreign_ca_certificate_is_refused() {
     let mut h = Harness::up();
