@@ -576,6 +576,126 @@ fn a_registration_through_the_vip_survives_the_active_nodes_death() {
     assert!(!has_volume_mounted(&h, rest), "follower n{rest} has the volume mounted");
 }
 
+/// SIPp (a program we did not write) in the client's namespace, in its
+/// own process group, run from `dir`.
+fn sipp(dir: &Path, args: &[String]) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new("ip")
+        .args(["netns", "exec", CLIENT_NS, "sipp"])
+        .args(args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(File::create(dir.join(format!("{}.out", args[1].replace('/', "_")))).expect("sipp output file"))
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("sipp: {e}"))
+}
+
+/// Issue 11, item 8 and its calls figure: SIPp places calls through the
+/// VIP to a SIPp UAS registered with sipsak; the active node is killed
+/// (kill -9 of its supervisor: its Kamailio, mount and nbdfuse vanish
+/// with its namespaces) while calls are up and new ones arrive. Calls
+/// established before the kill must end with a 200 to their BYE after it
+/// (in-dialog requests follow the Record-Route on the VIP to the new
+/// active node's Kamailio); the report says how many new calls failed.
+#[test]
+fn calls_established_before_the_active_node_dies_end_with_200_to_their_bye() {
+    let h = Harness::up_with(layout::JOURNAL_MIB, triad::NodeOptions { pbx: true, ..triad::NodeOptions::default() });
+    let l = h.leader(&NODE_IDS);
+    let pbx_running =
+        |id: u8| h.lab.status(id).ok().and_then(|s| s.pbx).is_some_and(|p| p.state.starts_with("Running"));
+    wait::until(secs(10), ms(20), || pbx_running(l).then_some(())).unwrap_or_else(|| panic!("n{l}'s PBX never ran"));
+    let dir = Path::new(layout::LAB_DIR).join("sipp");
+    std::fs::create_dir_all(&dir).expect("mkdir sipp");
+    let payload = triad::payload_dir();
+    let client = layout::CLIENT_IP.to_string();
+    let s = |v: &str| v.to_string();
+    let mut uas = sipp(
+        &dir,
+        &[
+            s("-sf"),
+            payload.join("uas.xml").display().to_string(),
+            s("-i"),
+            client.clone(),
+            s("-p"),
+            s("5080"),
+            s("-s"),
+            s("uas"),
+            s("-nostdin"),
+        ],
+    );
+    let (ok, out) = sipsak(&["-U", "-C", &format!("sip:uas@{client}:5080"), "-s", &format!("sip:uas@{VIP}"), "-i"]);
+    assert!(ok, "REGISTER of the UAS failed:\n{out}");
+    let log = dir.join("uac.log");
+    let mut uac = sipp(
+        &dir,
+        &[
+            format!("{VIP}:5060"),
+            s("-sf"),
+            payload.join("uac.xml").display().to_string(),
+            s("-s"),
+            s("uas"),
+            s("-i"),
+            client,
+            s("-p"),
+            s("5090"),
+            s("-m"),
+            s("30"),
+            s("-r"),
+            s("5"),
+            s("-d"),
+            s("4000"),
+            s("-nostdin"),
+            s("-timeout"),
+            s("90s"),
+            s("-trace_logs"),
+            s("-log_file"),
+            log.display().to_string(),
+        ],
+    );
+    std::thread::sleep(secs(3));
+    let t_kill = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
+    h.lab.kill_node(l).unwrap_or_else(|e| panic!("{e}"));
+    let status = wait::until(secs(100), ms(100), || uac.try_wait().ok().flatten());
+    let _ = spawn::signal(-(uas.id() as i32), nix::sys::signal::Signal::SIGKILL);
+    let _ = uas.wait();
+    if status.is_none() {
+        let _ = spawn::signal(-(uac.id() as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ = uac.wait();
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let mut established = std::collections::BTreeMap::new();
+    let mut bye_ok = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["EST", call, t, ..] => {
+                established.insert(call.to_string(), t.parse::<f64>().unwrap_or(f64::MAX));
+            }
+            ["BYEOK", call, ..] => {
+                bye_ok.insert(call.to_string());
+            }
+            _ => {}
+        }
+    }
+    let before: Vec<&String> = established.iter().filter(|(_, t)| **t < t_kill).map(|(c, _)| c).collect();
+    let before_ok = before.iter().filter(|c| bye_ok.contains(**c)).count();
+    let failed_new = 30 - bye_ok.len();
+    eprintln!(
+        "calls: {} established before the kill, {before_ok} of them ended with 200 to their BYE; \
+         {} established in all; {failed_new} of 30 calls did not end with 200 to their BYE (SIPp exit {status:?})",
+        before.len(),
+        established.len(),
+    );
+    assert!(before.len() >= 5, "too few calls up at the kill to say anything: {}\n{text}", before.len());
+    assert!(
+        before_ok * 100 >= before.len() * 99,
+        "{before_ok}/{} calls up at the kill ended with BYE 200",
+        before.len()
+    );
+}
+
 #[test]
 fn a_peer_with_a_foreign_ca_certificate_is_refused() {
     let mut h = Harness::up();
