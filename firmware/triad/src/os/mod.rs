@@ -7,6 +7,8 @@
 //! [`vip::VipOps`] trait, so its tests can use [`vip::FakeVip`] instead of
 //! the kernel.
 //!
+//! - [`nbd_kernel`]: the kernel's nbd driver attached to the supervisor's
+//!   own NBD export through a socketpair (the appliance's `/dev/nbdN`).
 //! - [`netlink`]: links and addresses (the VIP as a kernel-side lease).
 //! - [`announce`]: gratuitous ARP / unsolicited NA frames and the raw socket
 //!   that sends them.
@@ -26,6 +28,7 @@ pub mod announce;
 pub mod arp_watch;
 pub mod fence;
 pub mod loopdev;
+pub mod nbd_kernel;
 pub mod netlink;
 pub mod pbx_process;
 pub mod realtime;
