@@ -206,6 +206,9 @@ pub enum HostNotice {
     FenceExpired,
 }
 
+/// How long a drained switchover the core refuses is asked again.
+pub const DRAIN_RETRY_FOR: core::time::Duration = core::time::Duration::from_secs(2);
+
 /// Whether a VIP action may go out at `now` under a lease ending at
 /// `lease_until` (invariant 1). A Remove always may.
 pub fn vip_allowed(action: VipAction, lease_until: Option<Instant>, now: Instant) -> bool {
@@ -249,6 +252,9 @@ pub struct Host {
     /// An operator's switchover or standby waiting for the filesystem to
     /// go down on this node first (PBX stopped, unmounted, detached).
     draining: Option<AdminRequest>,
+    /// Until when a drained request the core refuses is asked again (the
+    /// service's last writes may leave the peers a heartbeat behind).
+    drain_until: Option<Instant>,
     /// When to pet the hardware watchdog, on a node with one.
     watchdog: Option<Watchdog>,
 }
@@ -284,6 +290,7 @@ impl Host {
             volume_serving: false,
             service_ready: true,
             draining: None,
+            drain_until: None,
             watchdog: None,
         };
         let mut out = Vec::new();
@@ -423,10 +430,25 @@ impl Host {
         if self.handover.is_some() || !down || self.node.vip_phase() != VipPhase::Released {
             return;
         }
-        if let Some(req) = self.draining.take() {
-            self.run_core(now, VecDeque::from([Input::Admin(req)]), out);
-            self.push_view(now, out);
+        let Some(req) = self.draining else { return };
+        // The unmount's last writes may have left the peers' known
+        // positions a heartbeat behind ("not up to date"): ask again on
+        // every event until DRAIN_RETRY_FOR has passed, then let the core
+        // refuse (the service comes back up here).
+        let until = *self.drain_until.get_or_insert(now.add(DRAIN_RETRY_FOR));
+        let refused = self
+            .node
+            .clone()
+            .handle(now, Input::Admin(req))
+            .iter()
+            .any(|o| matches!(o, Output::Notice(Notice::AdminRefused { .. })));
+        if refused && now < until {
+            return;
         }
+        self.draining = None;
+        self.drain_until = None;
+        self.run_core(now, VecDeque::from([Input::Admin(req)]), out);
+        self.push_view(now, out);
     }
 
     /// The core raises the VIP only while the service behind it is ready
@@ -476,6 +498,12 @@ impl Host {
         let mut out = Vec::new();
         self.push_service_ready(now, &mut out);
         out
+    }
+
+    /// A switchover or standby waits for the service to go down here (or
+    /// for the core to accept it once it is down).
+    pub fn draining(&self) -> bool {
+        self.draining.is_some()
     }
 
     /// The filesystem's state, on a node that mounts it (for status).
@@ -656,6 +684,7 @@ impl Host {
         let fence = self.fence.next_due(self.lease_end()).map_or(core, |due| core.min(due));
         let pbx = self.pbx.as_ref().and_then(Pbx::next_deadline).map_or(fence, |due| fence.min(due));
         let pbx = self.fs.as_ref().and_then(Filesystem::next_deadline).map_or(pbx, |due| pbx.min(due));
+        let pbx = self.drain_until.map_or(pbx, |due| pbx.min(due));
         self.watchdog.as_ref().and_then(Watchdog::next_pet).map_or(pbx, |due| pbx.min(due))
     }
 

@@ -354,3 +354,46 @@ fn a_failed_format_is_not_repeated_the_volume_is_checked_again() {
     assert_eq!(f.blocked(), Some(Blocker::NeedsRepair));
     assert_eq!(f.format(), Err(FormatRefused::NeedsRepair));
 }
+
+#[test]
+fn a_drained_switchover_refused_for_a_lagging_peer_is_asked_again_until_the_peer_catches_up() {
+    // Seen in the lab: the unmount's last writes moved the leader's
+    // position; the core refused the drained switchover ("not up to date")
+    // and the node took its service up again instead of handing over.
+    let mut h = host();
+    let now = serving(&mut h);
+    h.handle(now, msg(2, 1, Body::Ping { position: Position::default(), standby: false }));
+    h.handle(now, Event::Admin(AdminRequest::Switchover { to: Some(2) }));
+    h.handle(now, Event::Pbx(PbxEvent::Exited { run: 1 }));
+    h.handle(now, Event::Fs(ok(FsStep::Unmount)));
+    // The unmount wrote: the leader is ahead of what node 2 last said.
+    let ahead = Position { epoch: 1, seq: 5 };
+    h.handle(now, Event::VolumePosition(ahead));
+    h.handle(now, Event::Fs(ok(FsStep::Detach)));
+    let out = h.handle(now, Event::VipDone { action: VipAction::Remove, result: VipResult::Done });
+    assert_eq!(triad_host::admin_refusal(&out), None, "asked again later, not refused yet: {out:?}");
+    assert_eq!(fs_runs(&out), vec![], "the service stays down meanwhile: {out:?}");
+    assert_eq!(h.node().role(), Role::Leader);
+    let later = now.add(ms(50));
+    let out = h.handle(later, msg(2, 1, Body::Ping { position: ahead, standby: false }));
+    assert!(out.iter().any(|c| matches!(c, Command::ConfirmStepDown(_))), "handed over once caught up: {out:?}");
+    assert_eq!(h.node().role(), Role::Follower);
+}
+
+#[test]
+fn a_drained_switchover_still_refused_after_the_retry_window_is_given_up() {
+    let mut h = host();
+    let now = serving(&mut h);
+    h.handle(now, msg(2, 1, Body::Ping { position: Position::default(), standby: false }));
+    h.handle(now, Event::Admin(AdminRequest::Switchover { to: Some(2) }));
+    h.handle(now, Event::Pbx(PbxEvent::Exited { run: 1 }));
+    h.handle(now, Event::Fs(ok(FsStep::Unmount)));
+    h.handle(now, Event::VolumePosition(Position { epoch: 1, seq: 5 }));
+    h.handle(now, Event::Fs(ok(FsStep::Detach)));
+    h.handle(now, Event::VipDone { action: VipAction::Remove, result: VipResult::Done });
+    let end = now.add(triad_host::DRAIN_RETRY_FOR);
+    assert!(h.next_deadline() <= end);
+    let out = h.handle(end, Event::Tick);
+    // (Nobody acked heartbeats meanwhile here, so the lease is gone too.)
+    assert!(triad_host::admin_refusal(&out).is_some(), "refused at the end, not waited on forever: {out:?}");
+}

@@ -277,7 +277,8 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
     loop {
         if let Some(deadline) = stopping {
             let down = shell.host.filesystem().is_none_or(|f| f.detached() && !f.ready());
-            if down && !shell.host.handing_over() || tokio::time::Instant::now() >= deadline {
+            let busy = shell.host.handing_over() || shell.host.draining();
+            if down && !busy || tokio::time::Instant::now() >= deadline {
                 break;
             }
         }
