@@ -237,6 +237,12 @@ impl Filesystem {
         self.ready
     }
 
+    /// Attached, or still leading clients here: a handover must take it
+    /// down first.
+    pub fn in_service(&self) -> bool {
+        !self.detached() || self.ready
+    }
+
     /// Nothing attached and nothing in flight: a peer may mount the volume
     /// as far as this node is concerned.
     pub fn detached(&self) -> bool {

@@ -45,6 +45,14 @@
 //! - **Fitness** (rule 16): the core is told this node may lead only while
 //!   the replica says so, no disk sync is stuck and, on a node with a
 //!   fence, the fence is installed (`triad_repl::Fitness`).
+//! - **The service before the VIP, the VIP after the service** (issue
+//!   11): on a node with a filesystem ([`filesystem`]) the core raises the
+//!   VIP only once it is mounted (`Input::ServiceReady`), and the PBX runs
+//!   only on it. A switchover or standby of the active node first takes
+//!   the service down here (PBX, unmount, detach, then the VIP, then the
+//!   core's handover), so the next node mounts a cleanly closed
+//!   filesystem; a lost lease needs no such order (the VIP and the
+//!   volume's view go at once, the PBX and the mount follow).
 //! - **The kernel fence never outlives the lease** (issue 10): the VIP's
 //!   set element is granted, refreshed and revoked by the rules of
 //!   [`fence`], which hold however late the executor carries them out.
@@ -407,7 +415,7 @@ impl Host {
     /// core would refuse is refused at once, with its reason.
     fn admin(&mut self, now: Instant, req: AdminRequest, out: &mut Vec<Command>) -> Option<Input> {
         let hands_over = matches!(req, AdminRequest::Switchover { .. } | AdminRequest::Standby(true));
-        let up = self.fs.as_ref().is_some_and(|fs| !fs.detached() || fs.ready());
+        let up = self.fs.as_ref().is_some_and(Filesystem::in_service);
         if !hands_over || !up || self.node.role() != Role::Leader || self.draining.is_some() {
             return Some(Input::Admin(req));
         }
@@ -426,7 +434,7 @@ impl Host {
     /// and the VIP, which went after it, is off (the core refuses a
     /// switchover while the VIP is moving).
     fn push_drained(&mut self, now: Instant, out: &mut Vec<Command>) {
-        let down = self.fs.as_ref().is_none_or(|fs| fs.detached() && !fs.ready());
+        let down = !self.fs.as_ref().is_some_and(Filesystem::in_service);
         if self.handover.is_some() || !down || self.node.vip_phase() != VipPhase::Released {
             return;
         }

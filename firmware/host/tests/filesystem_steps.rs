@@ -355,22 +355,32 @@ fn a_failed_format_is_not_repeated_the_volume_is_checked_again() {
     assert_eq!(f.format(), Err(FormatRefused::NeedsRepair));
 }
 
+/// The leader's position after the unmount's last writes.
+const AHEAD: Position = Position { epoch: 1, seq: 5 };
+
+/// Serving; a switchover to node 2 (which last reported the empty
+/// position) drained: PBX exited, unmounted, the unmount's writes moving
+/// the leader to [`AHEAD`], detached, VIP removed. The time and the
+/// commands of the VIP's removal.
+fn drain_ahead_of_node_2(h: &mut Host) -> (Instant, Vec<Command>) {
+    let now = serving(h);
+    h.handle(now, msg(2, 1, Body::Ping { position: Position::default(), standby: false }));
+    h.handle(now, Event::Admin(AdminRequest::Switchover { to: Some(2) }));
+    h.handle(now, Event::Pbx(PbxEvent::Exited { run: 1 }));
+    h.handle(now, Event::Fs(ok(FsStep::Unmount)));
+    h.handle(now, Event::VolumePosition(AHEAD));
+    h.handle(now, Event::Fs(ok(FsStep::Detach)));
+    (now, h.handle(now, Event::VipDone { action: VipAction::Remove, result: VipResult::Done }))
+}
+
 #[test]
 fn a_drained_switchover_refused_for_a_lagging_peer_is_asked_again_until_the_peer_catches_up() {
     // Seen in the lab: the unmount's last writes moved the leader's
     // position; the core refused the drained switchover ("not up to date")
     // and the node took its service up again instead of handing over.
     let mut h = host();
-    let now = serving(&mut h);
-    h.handle(now, msg(2, 1, Body::Ping { position: Position::default(), standby: false }));
-    h.handle(now, Event::Admin(AdminRequest::Switchover { to: Some(2) }));
-    h.handle(now, Event::Pbx(PbxEvent::Exited { run: 1 }));
-    h.handle(now, Event::Fs(ok(FsStep::Unmount)));
-    // The unmount wrote: the leader is ahead of what node 2 last said.
-    let ahead = Position { epoch: 1, seq: 5 };
-    h.handle(now, Event::VolumePosition(ahead));
-    h.handle(now, Event::Fs(ok(FsStep::Detach)));
-    let out = h.handle(now, Event::VipDone { action: VipAction::Remove, result: VipResult::Done });
+    let (now, out) = drain_ahead_of_node_2(&mut h);
+    let ahead = AHEAD;
     assert_eq!(triad_host::admin_refusal(&out), None, "asked again later, not refused yet: {out:?}");
     assert_eq!(fs_runs(&out), vec![], "the service stays down meanwhile: {out:?}");
     assert_eq!(h.node().role(), Role::Leader);
@@ -383,14 +393,7 @@ fn a_drained_switchover_refused_for_a_lagging_peer_is_asked_again_until_the_peer
 #[test]
 fn a_drained_switchover_still_refused_after_the_retry_window_is_given_up() {
     let mut h = host();
-    let now = serving(&mut h);
-    h.handle(now, msg(2, 1, Body::Ping { position: Position::default(), standby: false }));
-    h.handle(now, Event::Admin(AdminRequest::Switchover { to: Some(2) }));
-    h.handle(now, Event::Pbx(PbxEvent::Exited { run: 1 }));
-    h.handle(now, Event::Fs(ok(FsStep::Unmount)));
-    h.handle(now, Event::VolumePosition(Position { epoch: 1, seq: 5 }));
-    h.handle(now, Event::Fs(ok(FsStep::Detach)));
-    h.handle(now, Event::VipDone { action: VipAction::Remove, result: VipResult::Done });
+    let (now, _) = drain_ahead_of_node_2(&mut h);
     let end = now.add(triad_host::DRAIN_RETRY_FOR);
     assert!(h.next_deadline() <= end);
     let out = h.handle(end, Event::Tick);

@@ -204,8 +204,10 @@ impl Lab {
             lab.start_node(id)?;
         }
         lab.save()?;
-        if matches!(&lab.payload, Payload::Triad { opts, .. } if opts.pbx) {
-            lab.create_filesystem()?;
+        if let Payload::Triad { bin, opts, .. } = &lab.payload {
+            if opts.pbx {
+                lab.create_filesystem(bin)?;
+            }
         }
         lab.wait_healthy(&NODE_IDS, Duration::from_secs(30))?;
         lab.client_learn_vip()?;
@@ -215,8 +217,7 @@ impl Lab {
     /// Cluster creation's last step with a PBX: the active node found the
     /// new volume without a filesystem (it never formats on its own), and
     /// the operator (this) asks it to create one.
-    pub fn create_filesystem(&self) -> Result<(), LabError> {
-        let bin = self.triad_bin().ok_or(LabError::NoNode(0))?;
+    fn create_filesystem(&self, bin: &Path) -> Result<(), LabError> {
         let found = wait::until(Duration::from_secs(30), Duration::from_millis(50), || {
             NODE_IDS.into_iter().find(|id| {
                 self.status(*id).ok().and_then(|s| s.filesystem).and_then(|f| f.blocked).as_deref()

@@ -577,15 +577,15 @@ fn a_registration_through_the_vip_survives_the_active_nodes_death() {
 }
 
 /// SIPp (a program we did not write) in the client's namespace, in its
-/// own process group, run from `dir`.
-fn sipp(dir: &Path, args: &[String]) -> std::process::Child {
+/// own process group, run from `dir`, its screen in `dir/NAME.out`.
+fn sipp(dir: &Path, name: &str, args: &[String]) -> std::process::Child {
     use std::os::unix::process::CommandExt;
     std::process::Command::new("ip")
         .args(["netns", "exec", CLIENT_NS, "sipp"])
         .args(args)
         .current_dir(dir)
         .stdin(std::process::Stdio::null())
-        .stdout(File::create(dir.join(format!("{}.out", args[1].replace('/', "_")))).expect("sipp output file"))
+        .stdout(File::create(dir.join(format!("{name}.out"))).expect("sipp output file"))
         .stderr(std::process::Stdio::null())
         .process_group(0)
         .spawn()
@@ -613,6 +613,7 @@ fn calls_established_before_the_active_node_dies_end_with_200_to_their_bye() {
     let s = |v: &str| v.to_string();
     let mut uas = sipp(
         &dir,
+        "uas",
         &[
             s("-sf"),
             payload.join("uas.xml").display().to_string(),
@@ -630,6 +631,7 @@ fn calls_established_before_the_active_node_dies_end_with_200_to_their_bye() {
     let log = dir.join("uac.log");
     let mut uac = sipp(
         &dir,
+        "uac",
         &[
             format!("{VIP}:5060"),
             s("-sf"),

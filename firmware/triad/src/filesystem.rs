@@ -26,7 +26,6 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
@@ -99,12 +98,7 @@ impl FsExecutor {
             FsCommand::Run(step) => step,
             FsCommand::Notice(n) => return log_notice(n),
         };
-        let job = Job {
-            cfg: self.cfg.clone(),
-            place: self.place.clone(),
-            reaper: self.reaper.clone(),
-            attached: self.attached.clone(),
-        };
+        let job = self.job();
         let events = self.events.clone();
         info!(step = step.name(), "filesystem step");
         tokio::task::spawn_blocking(move || {
@@ -123,12 +117,7 @@ impl FsExecutor {
     /// PBX was stopped first), on a blocking thread (the unmount flushes
     /// through this process's own NBD server).
     pub async fn tear_down(&self) {
-        let job = Job {
-            cfg: self.cfg.clone(),
-            place: self.place.clone(),
-            reaper: self.reaper.clone(),
-            attached: self.attached.clone(),
-        };
+        let job = self.job();
         let _ = tokio::task::spawn_blocking(move || {
             for step in [FsStep::Unmount, FsStep::Detach] {
                 if let Err(e) = job.run(step) {
@@ -137,6 +126,17 @@ impl FsExecutor {
             }
         })
         .await;
+    }
+}
+
+impl FsExecutor {
+    fn job(&self) -> Job {
+        Job {
+            cfg: self.cfg.clone(),
+            place: self.place.clone(),
+            reaper: self.reaper.clone(),
+            attached: self.attached.clone(),
+        }
     }
 }
 
@@ -315,7 +315,7 @@ fn wait_for_fuse_file(file: &Path, attached: &Attached) -> Result<(), String> {
     let start = Instant::now();
     loop {
         if let Ok(m) = std::fs::metadata(file) {
-            if m.is_file() && m.len() > 0 || m.file_type().is_block_device() {
+            if m.is_file() && m.len() > 0 {
                 return Ok(());
             }
         }

@@ -276,7 +276,7 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
     let mut stopping: Option<tokio::time::Instant> = None;
     loop {
         if let Some(deadline) = stopping {
-            let down = shell.host.filesystem().is_none_or(|f| f.detached() && !f.ready());
+            let down = !shell.host.filesystem().is_some_and(triad_host::Filesystem::in_service);
             let busy = shell.host.handing_over() || shell.host.draining();
             if down && !busy || tokio::time::Instant::now() >= deadline {
                 break;
@@ -343,9 +343,13 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
                 continue;
             }
             _ = sleep_until_or_never(stopping) => continue,
-            _ = term.recv(), if stopping.is_none() => if shell.begin_stop().await? { stopping = Some(tokio::time::Instant::now() + STOP_DRAIN); continue } else { break },
-            _ = int.recv(), if stopping.is_none() => if shell.begin_stop().await? { stopping = Some(tokio::time::Instant::now() + STOP_DRAIN); continue } else { break },
-            _ = pwr.recv(), if stopping.is_none() => if shell.begin_stop().await? { stopping = Some(tokio::time::Instant::now() + STOP_DRAIN); continue } else { break },
+            _ = stop_signal(&mut term, &mut int, &mut pwr), if stopping.is_none() => {
+                if !shell.begin_stop().await? {
+                    break;
+                }
+                stopping = Some(tokio::time::Instant::now() + STOP_DRAIN);
+                continue;
+            }
         };
         shell.step(event).await?;
         if std::mem::take(&mut shell.fence_recheck) {
@@ -758,8 +762,9 @@ impl<V: VipOps> Shell<V> {
     /// handed over, all by the loop. Returns whether that is under way
     /// (false: stop now).
     async fn begin_stop(&mut self) -> Result<bool, RuntimeError> {
-        let up = self.host.filesystem().is_some_and(|f| !f.detached() || f.ready());
-        if !up || self.host.node().role() != triad_core::Role::Leader {
+        if !self.host.filesystem().is_some_and(triad_host::Filesystem::in_service)
+            || self.host.node().role() != triad_core::Role::Leader
+        {
             return Ok(false);
         }
         match self.admin(AdminRequest::Switchover { to: None }).await? {
@@ -938,6 +943,19 @@ fn volume_events(events: &mut tokio::sync::mpsc::UnboundedReceiver<VolumeEvent>)
         out.push(volume_event(ev));
     }
     out
+}
+
+/// SIGTERM, SIGINT or SIGPWR: an orderly stop.
+async fn stop_signal(
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+    pwr: &mut tokio::signal::unix::Signal,
+) {
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+        _ = pwr.recv() => {}
+    }
 }
 
 /// Sleeps until `at`, or forever when there is nothing to wait for.
