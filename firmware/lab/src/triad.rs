@@ -305,6 +305,7 @@ user = "kamailio"
 mount_point = "{mnt}"
 probe_interval_ms = 200
 probe_timeout_ms = 100
+probe_tcp = true
 probe_failures = 3
 start_grace_ms = 3000
 backoff_first_ms = 100

@@ -65,6 +65,9 @@ pub struct PbxConfig {
     pub check: Option<Vec<String>>,
     /// Between two failover readiness checks.
     pub readiness_interval: Duration,
+    /// Probe over TCP as well as UDP: a probe then counts as answered only
+    /// when both transports answer.
+    pub probe_tcp: bool,
 }
 
 /// Between two failover readiness checks, unless configured.
@@ -97,6 +100,7 @@ pub(super) struct RawPbx {
     failures_to_hand_over: Option<i64>,
     check: Option<Vec<String>>,
     readiness_interval_s: Option<i64>,
+    probe_tcp: Option<bool>,
 }
 
 /// Environment names the supervisor sets itself.
@@ -173,6 +177,7 @@ impl TryFrom<RawPbx> for PbxConfig {
             None => DEFAULT_READINESS_INTERVAL,
         };
         Ok(PbxConfig {
+            probe_tcp: r.probe_tcp.unwrap_or(false),
             check,
             readiness_interval,
             command,
@@ -304,7 +309,7 @@ mod tests {
         assert_eq!(c.working_dir, c.mount_point);
         assert_eq!(c.timing, PbxTiming::default());
         assert_eq!((c.memory_max, c.cpu_max_percent), (None, None));
-        assert_eq!((c.check, c.readiness_interval), (None, DEFAULT_READINESS_INTERVAL));
+        assert_eq!((c.check, c.readiness_interval, c.probe_tcp), (None, DEFAULT_READINESS_INTERVAL, false));
     }
 
     #[test]
@@ -314,7 +319,7 @@ mod tests {
              memory_max_mib = 256\ncpu_max_percent = 50\nprobe_interval_ms = 2000\nprobe_timeout_ms = 300\n\
              probe_failures = 2\nstart_grace_ms = 8000\nbackoff_first_ms = 100\nbackoff_max_ms = 5000\n\
              stop_timeout_ms = 3000\nkill_timeout_ms = 2000\nfailure_window_s = 120\nfailures_to_hand_over = 4\n\
-             check = [\"/bin/sh\", \"-c\", \"true\"]\nreadiness_interval_s = 10\n")
+             check = [\"/bin/sh\", \"-c\", \"true\"]\nreadiness_interval_s = 10\nprobe_tcp = true\n")
         .unwrap();
         assert_eq!(c.args, ["-DD", "-E"]);
         let nogroup = std::fs::read_to_string(GROUP).unwrap();
@@ -334,6 +339,7 @@ mod tests {
         assert_eq!((t.failure_window, t.failures_to_hand_over), (Duration::from_secs(120), 4));
         assert_eq!(c.check, Some(vec!["/bin/sh".to_string(), "-c".into(), "true".into()]));
         assert_eq!(c.readiness_interval, Duration::from_secs(10));
+        assert!(c.probe_tcp);
     }
 
     #[test]
