@@ -672,6 +672,7 @@ impl<V: VipOps> Shell<V> {
                     report.extra.insert("volume".into(), volume_status(v));
                 }
                 report.extra.insert("fence".into(), self.fence_status());
+                report.extra.insert("log".into(), crate::logring::status_json());
                 if let Some((_, armed)) = &self.watchdog {
                     let now = self.clock.now();
                     let w = self.host.watchdog();
@@ -721,6 +722,8 @@ impl<V: VipOps> Shell<V> {
                 Err(e) => Response::Error(e.to_string()),
             },
             Request::Standby { on } => self.admin(AdminRequest::Standby(on)).await?,
+            // Answered by the control connection itself; the same answer here.
+            Request::Logs => control::logs_response(),
             Request::Verify => {
                 let Some(v) = self.volume.clone() else {
                     let _ = req.reply.send(Response::Error("this node has no replicated volume".into()));
