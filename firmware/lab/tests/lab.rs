@@ -576,6 +576,175 @@ fn a_registration_through_the_vip_survives_the_active_nodes_death() {
     assert!(!has_volume_mounted(&h, rest), "follower n{rest} has the volume mounted");
 }
 
+/// (mount id, mount point, filesystem type) of every line of a mountinfo.
+fn mounts(mountinfo: &str) -> Vec<(u64, String, String)> {
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let f: Vec<&str> = left.split(' ').collect();
+            Some((f.first()?.parse().ok()?, (*f.get(4)?).to_string(), right.split(' ').next()?.to_string()))
+        })
+        .collect()
+}
+
+fn read_trim(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}")).trim().to_string()
+}
+
+/// `nsenter -t PID FLAGS program args` (host side), trimmed stdout.
+fn nsenter(pid: i32, flags: &[&str], program: &str, args: &[&str]) -> String {
+    let pid = pid.to_string();
+    let mut all = vec!["-t", pid.as_str()];
+    all.extend_from_slice(flags);
+    all.push(program);
+    all.extend_from_slice(args);
+    cmd::run("nsenter", &all).unwrap_or_else(|e| panic!("{e}")).trim().to_string()
+}
+
+/// Zombies among the processes of the network namespace of `pid`.
+fn zombies_with(pid: i32) -> Vec<i32> {
+    netns::pids_in(netns::net_ns_of(pid).unwrap_or(0))
+        .into_iter()
+        .filter(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default().contains(") Z "))
+        .collect()
+}
+
+/// Issue 11, item 6: each supervisor runs with `node.init = true` as PID 1
+/// of its own PID, mount, UTS and network namespaces, touching only what
+/// those namespaces hold: it names its machine (the test machine keeps its
+/// name), mounts a /proc of its own PID namespace and a /tmp that the
+/// machine does not see, sets the per-namespace sysctls (the machine's
+/// values unchanged, the global ones never written), reaps orphans it
+/// never started, and on SIGTERM shuts down in order (PBX stopped first,
+/// then the volume's filesystem, the VIP, the remaining processes, the
+/// early mounts, sync) and ends in reboot(2): its namespace's init is
+/// ended by SIGINT (power off), not by returning.
+#[test]
+fn a_supervisor_as_init_names_mounts_reaps_and_shuts_down_in_order() {
+    use std::os::unix::process::ExitStatusExt;
+    let host_name = nix::unistd::gethostname().expect("hostname");
+    let redirects = "/proc/sys/net/ipv4/conf/all/accept_redirects";
+    let globals =
+        ["/proc/sys/kernel/dmesg_restrict", "/proc/sys/kernel/kptr_restrict", "/proc/sys/fs/protected_symlinks"];
+    let host_redirects = read_trim(redirects);
+    let host_globals: Vec<String> = globals.iter().map(|g| read_trim(g)).collect();
+    let opts = triad::NodeOptions { pbx: true, init: true, ..triad::NodeOptions::default() };
+    let h = Harness::up_with(layout::JOURNAL_MIB, opts);
+    let l = h.leader(&NODE_IDS);
+    let pbx_running =
+        |id: u8| h.lab.status(id).ok().and_then(|s| s.pbx).is_some_and(|p| p.state.starts_with("Running"));
+    wait::until(secs(10), ms(20), || pbx_running(l).then_some(())).unwrap_or_else(|| panic!("n{l}'s PBX never ran"));
+    let node = h.lab.node(l).expect("node").clone();
+    let pid = node.supervisor_pid;
+
+    // The hostname, in the node's UTS namespace only.
+    assert_eq!(nsenter(pid, &["-u"], "hostname", &[]), triad::init_hostname(l));
+    assert_eq!(nix::unistd::gethostname().expect("hostname"), host_name, "the test machine's hostname changed");
+
+    // /proc inside lists the node's PID namespace (its PID 1 is the
+    // supervisor); the /proc and /tmp it mounted are not the machine's.
+    let inside_init = nsenter(pid, &["-m"], "cat", &["/proc/1/cmdline"]).replace('\0', " ");
+    assert!(inside_init.contains("triad run --config"), "the node's /proc/1 is {inside_init:?}");
+    let node_mounts = mounts(&std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("node mountinfo"));
+    let host_ids: Vec<u64> =
+        mounts(&std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo")).iter().map(|m| m.0).collect();
+    for (target, fstype) in [("/proc", "proc"), ("/tmp", "tmpfs")] {
+        let top = node_mounts.iter().rev().find(|m| m.1 == target).unwrap_or_else(|| panic!("no {target} in n{l}"));
+        assert_eq!(top.2, fstype, "n{l}'s {target}: {node_mounts:?}");
+        assert!(!host_ids.contains(&top.0), "n{l}'s {target} mount ({}) is on the test machine too", top.0);
+    }
+    let log = h.log_since(l, 0);
+    assert!(log.contains("not mounted: it would hide a file the config names target=\"/run\""), "{log}");
+
+    // Sysctls: the per-namespace one inside, nothing outside.
+    assert_eq!(nsenter(pid, &["-n"], "cat", &[redirects]), "0", "n{l}'s {redirects}");
+    assert_eq!(read_trim(redirects), host_redirects, "the test machine's {redirects} changed");
+    let now: Vec<String> = globals.iter().map(|g| read_trim(g)).collect();
+    assert_eq!(now, host_globals, "a global sysctl of the test machine changed");
+
+    // Orphans: five sleeps whose parent shell exits at once are adopted by
+    // the node's PID 1 and reaped when they end. (Their output goes
+    // nowhere: an inherited pipe would keep nsenter's caller waiting until
+    // they end.)
+    let orphans = "for i in 1 2 3 4 5; do (sleep 1 </dev/null >/dev/null 2>&1 &); done";
+    nsenter(pid, &["-p", "-m"], "sh", &["-c", orphans]);
+    let adopted: Vec<i32> = spawn::all_pids()
+        .filter(|p| spawn::cmdline(*p).is_some_and(|c| c.trim() == "sleep 1"))
+        .filter(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let ppid = stat.rsplit_once(") ").and_then(|(_, r)| r.split(' ').nth(1)).unwrap_or_default().to_string();
+            ppid == pid.to_string()
+        })
+        .collect();
+    assert_eq!(adopted.len(), 5, "orphans adopted by n{l}'s supervisor: {adopted:?}");
+    wait::until(secs(5), ms(50), || {
+        adopted.iter().all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("orphans not reaped: zombies {:?}", zombies_with(pid)));
+    assert_eq!(zombies_with(pid), Vec::<i32>::new(), "zombies on n{l}");
+
+    // SIGTERM: an orderly shutdown, in order, ending in reboot(2).
+    let mark = h.log_len(l);
+    spawn::signal(pid, nix::sys::signal::Signal::SIGTERM).unwrap_or_else(|e| panic!("{e}"));
+    let status = wait::until(secs(20), ms(20), || spawn::launcher_exit(node.launcher_pid))
+        .unwrap_or_else(|| panic!("n{l} did not end after SIGTERM:\n{}", h.log_since(l, mark)));
+    let log = h.log_since(l, mark);
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGINT),
+        "n{l}'s init did not end by reboot(2) power off ({status:?}):\n{log}"
+    );
+    let order = [
+        "signalling the PBX's process group",
+        "PBX stopped",
+        "filesystem unmounted and detached",
+        "VIP action=Remove",
+        "supervisor stopped: shutting the machine down",
+        "shutdown: SIGTERM to every remaining process",
+        "shutdown: unmounting the early filesystems",
+        "shutdown: sync",
+        "shutdown: reboot(2) mode=RB_POWER_OFF",
+    ];
+    let mut at = 0;
+    for needle in order {
+        let found = log[at..].find(needle).unwrap_or_else(|| panic!("{needle:?} missing or out of order:\n{log}"));
+        at += found + needle.len();
+    }
+    assert!(!log.contains("supervisor failed"), "{log}");
+    // The role moved: the other two have a leader holding the VIP.
+    h.lab.wait_healthy(&others(l), secs(15)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(nix::unistd::gethostname().expect("hostname"), host_name);
+}
+
+/// `node.init = true` in a process that is not PID 1 of its PID namespace
+/// is refused before anything is changed (exit 2, the reason named). Run
+/// in its own UTS, network and mount namespaces so that even a broken
+/// guard could not rename or reconfigure the test machine.
+#[test]
+fn init_mode_outside_pid_1_is_refused_before_anything_changes() {
+    let _ex = exclusive();
+    let bin = triad_bin();
+    let dir = Path::new("/run/triad-lab-init-test");
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let opts = triad::NodeOptions { init: true, ..triad::NodeOptions::default() };
+    let path = dir.join("init.toml");
+    std::fs::write(&path, triad::config_text(1, "default", layout::JOURNAL_MIB, Path::new("/nonexistent-certs"), opts))
+        .expect("write init.toml");
+    let out = std::process::Command::new("unshare")
+        .args(["--uts", "--net", "--mount", "--propagation", "private", "--", "timeout", "-k", "1", "10"])
+        .arg(&bin)
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run triad");
+    let stderr = strip_ansi(&String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("node.init = true but this process is pid") && stderr.contains("not PID 1"), "{stderr}");
+    assert!(!stderr.contains("hostname set") && !stderr.contains("mounted"), "it acted before refusing: {stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// SIPp (a program we did not write) in the client's namespace, in its
 /// own process group, run from `dir`, its screen in `dir/NAME.out`.
 fn sipp(dir: &Path, name: &str, args: &[String]) -> std::process::Child {

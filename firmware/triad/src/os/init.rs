@@ -387,11 +387,11 @@ pub fn boot(cfg: &Config) -> Booted {
         Err(e) => error!(hostname = %cfg.node.hostname, error = %e, "cannot set the hostname"),
     }
     let chosen = sysctls_for(cfg.node.init_sysctls);
-    for s in SYSCTLS {
-        if !chosen.contains(&s) {
-            info!(key = s.key, "sysctl left alone (node.init_sysctls: not per network namespace)");
-            continue;
-        }
+    let left: Vec<&str> = SYSCTLS.iter().filter(|s| !chosen.contains(s)).map(|s| s.key).collect();
+    if !left.is_empty() {
+        info!(scope = ?cfg.node.init_sysctls, keys = ?left, "sysctls left alone (node.init_sysctls)");
+    }
+    for s in chosen {
         match std::fs::write(sysctl_path(s.key), s.value) {
             Ok(()) => info!(key = s.key, value = s.value, per_netns = s.per_netns, "sysctl set"),
             // A kernel built without the feature (yama, IPv6) has no key.
