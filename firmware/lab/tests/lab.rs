@@ -684,6 +684,14 @@ fn a_supervisor_as_init_names_mounts_reaps_and_shuts_down_in_order() {
     .unwrap_or_else(|| panic!("orphans not reaped: zombies {:?}", zombies_with(pid)));
     assert_eq!(zombies_with(pid), Vec::<i32>::new(), "zombies on n{l}");
 
+    // The log ring, through the control socket: what the console got.
+    let ring =
+        cmd::run(&triad_bin().display().to_string(), &["logs", "--socket", &node.control_socket.display().to_string()])
+            .unwrap_or_else(|e| panic!("{e}"));
+    let named = format!("hostname set hostname={}", triad::init_hostname(l));
+    assert!(ring.contains(&named) && ring.contains("PBX answers its probe"), "triad logs:\n{ring}");
+    assert!(!ring.contains('\u{1b}'), "colour codes in the ring");
+
     // SIGTERM: an orderly shutdown, in order, ending in reboot(2).
     let mark = h.log_len(l);
     spawn::signal(pid, nix::sys::signal::Signal::SIGTERM).unwrap_or_else(|e| panic!("{e}"));
@@ -742,6 +750,53 @@ fn init_mode_outside_pid_1_is_refused_before_anything_changes() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("node.init = true but this process is pid") && stderr.contains("not PID 1"), "{stderr}");
     assert!(!stderr.contains("hostname set") && !stderr.contains("mounted"), "it acted before refusing: {stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A supervisor acting as init whose run fails (its state directory
+/// cannot be opened) logs the failure, syncs and restarts by reboot(2),
+/// even with `node.shutdown = "poweroff"`: in its own PID namespace the
+/// init is ended by SIGHUP. It never returns an exit code.
+#[test]
+fn a_fatal_error_of_init_syncs_and_restarts() {
+    use std::os::unix::process::ExitStatusExt;
+    let _ex = exclusive();
+    let bin = triad_bin();
+    let dir = Path::new("/run/triad-lab-init-fatal");
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let opts = triad::NodeOptions { init: true, realtime: false, ..triad::NodeOptions::default() };
+    let text = triad::config_text(1, "default", layout::JOURNAL_MIB, Path::new("/nonexistent-certs"), opts);
+    let state = layout::node_dir(1).join("state").display().to_string();
+    assert!(text.contains(&state), "the lab's config names its state dir");
+    let path = dir.join("init.toml");
+    std::fs::write(&path, text.replace(&state, "/dev/null/state")).expect("write init.toml");
+    let log = dir.join("init.log");
+    let mut child = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child", "--mount", "--uts", "--net", "--propagation", "private", "--"])
+        .arg(&bin)
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(File::create(&log).expect("create init.log"))
+        .spawn()
+        .expect("start unshare");
+    let status = wait::until(secs(20), ms(20), || child.try_wait().ok().flatten());
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let stderr = strip_ansi(&std::fs::read_to_string(&log).unwrap_or_default());
+    let status = status.unwrap_or_else(|| panic!("the supervisor as init neither failed nor rebooted:\n{stderr}"));
+    assert_eq!(status.signal(), Some(libc::SIGHUP), "not ended by reboot(2) restart ({status:?}):\n{stderr}");
+    let order =
+        ["supervisor failed: rebooting", "/dev/null/state", "shutdown: sync", "shutdown: reboot(2) mode=RB_AUTOBOOT"];
+    let mut at = 0;
+    for needle in order {
+        let found =
+            stderr[at..].find(needle).unwrap_or_else(|| panic!("{needle:?} missing or out of order:\n{stderr}"));
+        at += found + needle.len();
+    }
     let _ = std::fs::remove_dir_all(dir);
 }
 
