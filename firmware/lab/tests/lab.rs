@@ -725,6 +725,50 @@ fn a_supervisor_as_init_names_mounts_reaps_and_shuts_down_in_order() {
     assert_eq!(nix::unistd::gethostname().expect("hostname"), host_name);
 }
 
+/// A panic in a supervisor acting as init goes to its panic hook: the
+/// panic is on the console, then sync and reboot(2) restart (SIGHUP in its
+/// PID namespace), never an exit (which as PID 1 would panic the kernel).
+/// The panic comes from the test-only fault hook `panic-after-boot`.
+#[test]
+fn a_panic_of_init_syncs_and_restarts() {
+    use std::os::unix::process::ExitStatusExt;
+    let _ex = exclusive();
+    let bin = triad_bin();
+    let dir = Path::new("/run/triad-lab-init-panic");
+    std::fs::create_dir_all(dir).expect("mkdir");
+    std::fs::write(dir.join("panic-after-boot"), b"").expect("arm the hook");
+    let opts = triad::NodeOptions { init: true, realtime: false, ..triad::NodeOptions::default() };
+    let path = dir.join("init.toml");
+    std::fs::write(&path, triad::config_text(1, "default", layout::JOURNAL_MIB, Path::new("/nonexistent-certs"), opts))
+        .expect("write init.toml");
+    let out = std::process::Command::new("timeout")
+        .args(["-k", "1", "20", "unshare", "--pid", "--fork", "--kill-child", "--mount", "--uts", "--net"])
+        .args(["--propagation", "private", "--"])
+        .arg(&bin)
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("TRIAD_FAULT_HOOKS", dir)
+        .output()
+        .expect("run triad");
+    let stderr = strip_ansi(&String::from_utf8_lossy(&out.stderr));
+    // timeout(1), like unshare, dies of the signal its child died of.
+    assert_eq!(out.status.signal(), Some(libc::SIGHUP), "not ended by reboot(2) restart ({:?}):\n{stderr}", out.status);
+    let order = [
+        "hostname set",
+        "fatal error: panic: ",
+        "test fault hook: panic after boot",
+        "shutdown: reboot(2) mode=RB_AUTOBOOT",
+    ];
+    let mut at = 0;
+    for needle in order {
+        let found =
+            stderr[at..].find(needle).unwrap_or_else(|| panic!("{needle:?} missing or out of order:\n{stderr}"));
+        at += found + needle.len();
+    }
+    assert!(!stderr.contains("supervisor running"), "{stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// `node.init = true` in a process that is not PID 1 of its PID namespace
 /// is refused before anything is changed (exit 2, the reason named). Run
 /// in its own UTS, network and mount namespaces so that even a broken

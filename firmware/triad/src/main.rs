@@ -243,6 +243,9 @@ fn run_as_init(cfg: Config) -> ! {
     // (Returning would end PID 1, and the kernel panics.)
     std::panic::set_hook(Box::new(|info| init::fatal(&format!("panic: {info}"))));
     let booted = init::boot(&cfg);
+    if panic_hook_test() {
+        panic!("test fault hook: panic after boot");
+    }
     let mode = cfg.node.shutdown;
     // The runtime stays alive until reboot(2): dropping it would wait for
     // its blocking tasks.
@@ -260,6 +263,14 @@ fn run_as_init(cfg: Config) -> ! {
             init::shutdown(Cause::Fatal, mode, &booted)
         }
     }
+}
+
+/// The lab's test of the panic path: the supervisor's test-only fault
+/// hooks directory (`TRIAD_FAULT_HOOKS`, set by the lab, never on an
+/// appliance) holds `panic-after-boot`.
+fn panic_hook_test() -> bool {
+    std::env::var_os("TRIAD_FAULT_HOOKS")
+        .is_some_and(|dir| std::path::Path::new(&dir).join("panic-after-boot").exists())
 }
 
 fn ask(socket: &std::path::Path, request: &Request) -> Result<Response, Failure> {

@@ -382,6 +382,7 @@ pub fn boot(cfg: &Config) -> Booted {
             }
         }
     }
+    console_fds();
     match nix::unistd::sethostname(&cfg.node.hostname) {
         Ok(()) => info!(hostname = %cfg.node.hostname, "hostname set"),
         Err(e) => error!(hostname = %cfg.node.hostname, error = %e, "cannot set the hostname"),
@@ -399,6 +400,44 @@ pub fn boot(cfg: &Config) -> Booted {
         }
     }
     booted
+}
+
+/// Gives PID 1 a console: a kernel that found no `/dev/console` in the
+/// root filesystem starts init without stdin, stdout and stderr, and the
+/// logs would go nowhere. Now that devtmpfs is mounted, the missing ones
+/// are opened on `/dev/console`.
+fn console_fds() {
+    use std::os::fd::{AsRawFd, IntoRawFd};
+    use std::os::unix::fs::OpenOptionsExt;
+    let missing: Vec<i32> =
+        (0..3).filter(|fd| nix::fcntl::fcntl(*fd, nix::fcntl::FcntlArg::F_GETFD) == Err(nix::Error::EBADF)).collect();
+    if missing.is_empty() {
+        return;
+    }
+    // O_NOCTTY: a console that became PID 1's controlling terminal would
+    // turn a Ctrl-C typed on it into a shutdown.
+    let console =
+        match std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOCTTY).open("/dev/console") {
+            Ok(f) => f,
+            Err(e) => {
+                error!(error = %e, "no console: cannot open /dev/console");
+                return;
+            }
+        };
+    for fd in &missing {
+        // SAFETY: dup2 onto a descriptor number that is not open; nothing
+        // in this process holds it.
+        if unsafe { libc::dup2(console.as_raw_fd(), *fd) } < 0 {
+            error!(fd, error = %std::io::Error::last_os_error(), "cannot open the console");
+        }
+    }
+    // The file's own descriptor may itself be 0, 1 or 2: then it stays.
+    let own = console.into_raw_fd();
+    if !missing.contains(&own) {
+        // SAFETY: `own` came from into_raw_fd above and is closed once.
+        unsafe { libc::close(own) };
+    }
+    info!(fds = ?missing, "standard descriptors opened on /dev/console");
 }
 
 /// How long the other processes get between SIGTERM and SIGKILL.
@@ -446,18 +485,25 @@ pub fn shutdown(cause: Cause, mode: ShutdownMode, booted: &Booted) -> ! {
 
 /// reboot(2), behind the PID 1 guard; never returns.
 fn final_reboot(cmd: RebootCmd) -> ! {
+    reboot_via(cmd, |line| info!("{line}"))
+}
+
+/// reboot(2) behind the PID 1 guard, saying what it does through `say`
+/// (tracing, or plain stderr on the panic path). Never returns: a process
+/// that is not PID 1 exits 1; a failed reboot(2) halts.
+fn reboot_via(cmd: RebootCmd, say: impl Fn(&str)) -> ! {
     if let Err(e) = refuse_unless_pid1(std::process::id()) {
-        error!(error = %e, "shutdown: not calling reboot(2); exiting instead");
+        say(&format!("shutdown: not calling reboot(2): {e}; exiting instead"));
         std::process::exit(1);
     }
     let mode = match cmd {
         RebootCmd::Restart => RebootMode::RB_AUTOBOOT,
         RebootCmd::PowerOff => RebootMode::RB_POWER_OFF,
     };
-    info!(?mode, "shutdown: reboot(2)");
+    say(&format!("shutdown: reboot(2) mode={mode:?}"));
     // reboot(2) returns only on failure (no CAP_SYS_BOOT, say).
     let Err(e) = reboot(mode);
-    error!(?mode, error = %e, "reboot(2) failed; halting here");
+    say(&format!("reboot(2) {mode:?} failed: {e}; halting here"));
     halt()
 }
 
@@ -471,14 +517,15 @@ fn halt() -> ! {
     }
 }
 
-/// The fatal path: log, sync, restart. For a panic hook and for a run
-/// that failed. Never returns.
+/// The panic path: say it on the console, sync, restart at once. It does
+/// not go through `tracing` (the panic may have happened inside it, with
+/// its locks held) and does not wait for anything: nothing in the process
+/// can be trusted any more. Never returns.
 pub fn fatal(what: &str) -> ! {
-    error!(%what, "fatal error: syncing and rebooting");
-    // The log line reaches the console even if the subscriber is gone.
-    eprintln!("triad: fatal error: {what}; syncing and rebooting");
+    let say = |line: &str| eprintln!("triad: {line}");
+    say(&format!("fatal error: {what}; syncing and rebooting"));
     nix::unistd::sync();
-    final_reboot(RebootCmd::Restart)
+    reboot_via(RebootCmd::Restart, say)
 }
 
 fn signal_all(sig: Signal) {
@@ -494,7 +541,8 @@ fn signal_all(sig: Signal) {
 /// threads do not count: both have an empty command line).
 fn others_alive() -> bool {
     let me = std::process::id().to_string();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
+    // Without /proc nobody can tell: wait the whole grace, then SIGKILL.
+    let Ok(dir) = std::fs::read_dir("/proc") else { return true };
     dir.flatten().any(|e| {
         let name = e.file_name();
         let Some(name) = name.to_str() else { return false };
