@@ -576,16 +576,22 @@ fn a_registration_through_the_vip_survives_the_active_nodes_death() {
     assert!(!has_volume_mounted(&h, rest), "follower n{rest} has the volume mounted");
 }
 
-/// (mount id, mount point, filesystem type) of every line of a mountinfo.
-fn mounts(mountinfo: &str) -> Vec<(u64, String, String)> {
+/// (mount point, filesystem type, mount options) of every line of a
+/// mountinfo, in its order.
+fn mounts(mountinfo: &str) -> Vec<(String, String, String)> {
     mountinfo
         .lines()
         .filter_map(|l| {
             let (left, right) = l.split_once(" - ")?;
             let f: Vec<&str> = left.split(' ').collect();
-            Some((f.first()?.parse().ok()?, (*f.get(4)?).to_string(), right.split(' ').next()?.to_string()))
+            Some(((*f.get(4)?).to_string(), right.split(' ').next()?.to_string(), (*f.get(5)?).to_string()))
         })
         .collect()
+}
+
+/// How many mounts sit at `target`.
+fn mounts_at(all: &[(String, String, String)], target: &str) -> usize {
+    all.iter().filter(|m| m.0 == target).count()
 }
 
 fn read_trim(path: &str) -> String {
@@ -629,6 +635,7 @@ fn a_supervisor_as_init_names_mounts_reaps_and_shuts_down_in_order() {
         ["/proc/sys/kernel/dmesg_restrict", "/proc/sys/kernel/kptr_restrict", "/proc/sys/fs/protected_symlinks"];
     let host_redirects = read_trim(redirects);
     let host_globals: Vec<String> = globals.iter().map(|g| read_trim(g)).collect();
+    let host_mounts = mounts(&std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo"));
     let opts = triad::NodeOptions { pbx: true, init: true, ..triad::NodeOptions::default() };
     let h = Harness::up_with(layout::JOURNAL_MIB, opts);
     let l = h.leader(&NODE_IDS);
@@ -643,19 +650,46 @@ fn a_supervisor_as_init_names_mounts_reaps_and_shuts_down_in_order() {
     assert_eq!(nix::unistd::gethostname().expect("hostname"), host_name, "the test machine's hostname changed");
 
     // /proc inside lists the node's PID namespace (its PID 1 is the
-    // supervisor); the /proc and /tmp it mounted are not the machine's.
+    // supervisor). Every early mount it reports stacks one mount at its
+    // target in its own mount namespace, with the table's options; the
+    // test machine's mounts there are the same as before the lab.
     let inside_init = nsenter(pid, &["-m"], "cat", &["/proc/1/cmdline"]).replace('\0', " ");
     assert!(inside_init.contains("triad run --config"), "the node's /proc/1 is {inside_init:?}");
     let node_mounts = mounts(&std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("node mountinfo"));
-    let host_ids: Vec<u64> =
-        mounts(&std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo")).iter().map(|m| m.0).collect();
-    for (target, fstype) in [("/proc", "proc"), ("/tmp", "tmpfs")] {
-        let top = node_mounts.iter().rev().find(|m| m.1 == target).unwrap_or_else(|| panic!("no {target} in n{l}"));
-        assert_eq!(top.2, fstype, "n{l}'s {target}: {node_mounts:?}");
-        assert!(!host_ids.contains(&top.0), "n{l}'s {target} mount ({}) is on the test machine too", top.0);
-    }
+    let host_now = mounts(&std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo"));
     let log = h.log_since(l, 0);
-    assert!(log.contains("not mounted: it would hide a file the config names target=\"/run\""), "{log}");
+    let mut mounted = Vec::new();
+    for (target, fstype, opts) in [
+        ("/proc", "proc", "nosuid,nodev,noexec"),
+        ("/sys", "sysfs", "nosuid,nodev,noexec"),
+        ("/dev", "devtmpfs", "nosuid,noexec"),
+        ("/dev/pts", "devpts", "nosuid,noexec"),
+        ("/run", "tmpfs", "nosuid,nodev,noexec"),
+        ("/tmp", "tmpfs", "nosuid,nodev"),
+        ("/sys/fs/cgroup", "cgroup2", "nosuid,nodev,noexec"),
+    ] {
+        assert_eq!(
+            mounts_at(&host_now, target),
+            mounts_at(&host_mounts, target),
+            "the test machine's {target} changed"
+        );
+        if !log.contains(&format!("mounted target=\"{target}\"")) {
+            continue;
+        }
+        mounted.push(target);
+        assert_eq!(mounts_at(&node_mounts, target), mounts_at(&host_now, target) + 1, "n{l}'s mounts at {target}");
+        let top = node_mounts.iter().rev().find(|m| m.0 == target).expect("a mount there");
+        assert_eq!(top.1, fstype, "n{l}'s {target}");
+        for o in opts.split(',') {
+            assert!(top.2.split(',').any(|x| x == o), "n{l}'s {target} lacks {o}: {}", top.2);
+        }
+    }
+    assert!(mounted.contains(&"/proc"), "n{l} mounted no /proc of its own: {mounted:?}");
+    // A tmpfs on /run would hide the lab's files there (unless the machine's
+    // /run already is one).
+    let run_kept = log.contains("not mounted: it would hide a file the config names target=\"/run\"")
+        || log.contains("early mount already there target=\"/run\"");
+    assert!(run_kept, "{log}");
 
     // Sysctls: the per-namespace one inside, nothing outside.
     assert_eq!(nsenter(pid, &["-n"], "cat", &[redirects]), "0", "n{l}'s {redirects}");
