@@ -433,6 +433,17 @@ impl Pbx {
     pub fn clear(&mut self) {
         self.failures.clear();
         self.hand_over = false;
+        self.cannot_start = false;
+    }
+
+    /// Failures within the window now (for status).
+    pub fn failures_in_window(&self) -> u32 {
+        self.failures.len() as u32
+    }
+
+    /// When the oldest failure in the window ages out, if any.
+    pub fn window_ends(&self) -> Option<Instant> {
+        self.failures.front().map(|f| f.add(self.timing.failure_window))
     }
 
     /// The executor reports.

@@ -58,6 +58,9 @@ pub struct PeerStatus {
     pub node_id: u8,
     #[serde(default)]
     pub reachable: bool,
+    /// The peer last said its failover readiness check passes.
+    #[serde(default)]
+    pub ready: bool,
 }
 
 /// `triad status --json` (schema 1); only the fields the lab uses.
@@ -80,6 +83,18 @@ pub struct Status {
     pub pbx: Option<PbxStatus>,
     #[serde(default)]
     pub filesystem: Option<FsStatus>,
+    /// On a node with a PBX: could it take the active role now.
+    #[serde(default)]
+    pub readiness: Option<ReadinessStatus>,
+}
+
+/// The `readiness` part of `triad status --json`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ReadinessStatus {
+    #[serde(default)]
+    pub ready: bool,
+    #[serde(default)]
+    pub problems: Vec<String>,
 }
 
 /// The `filesystem` part of `triad status --json`.
@@ -105,8 +120,15 @@ pub struct PbxStatus {
     /// The supervision state, e.g. `Running { run: 1, since: .. }`.
     #[serde(default)]
     pub state: String,
+    /// Failures within the window.
     #[serde(default)]
-    pub fit: bool,
+    pub failures_in_window: u32,
+    /// The node wants to hand the active role over (or refuses it).
+    #[serde(default)]
+    pub hand_over_wanted: bool,
+    /// A hand-over no peer could take: why.
+    #[serde(default)]
+    pub alert: Option<String>,
 }
 
 /// Where to find the triad binary: an explicit path, `TRIAD_BIN`, or the
@@ -311,6 +333,8 @@ stop_timeout_ms = 1000
 kill_timeout_ms = 1000
 failure_window_s = 60
 failures_to_hand_over = 5
+check = ["/usr/sbin/kamailio", "-c", "-f", "{cfg}"]
+readiness_interval_s = 5
 
 [filesystem]
 attach = "nbdfuse"

@@ -480,6 +480,97 @@ fn kamailio_runs_on_the_active_node_only_is_restarted_when_killed_and_moves_with
     assert_eq!(kamailio_pids(&h, rest), Vec::<i32>::new());
 }
 
+/// `triad ARGS --socket <node id's control socket>`: exit success and output.
+fn triad_cli(h: &Harness, id: u8, args: &[&str]) -> (bool, String) {
+    let sock = &h.lab.node(id).expect("node").control_socket;
+    let out = std::process::Command::new(triad_bin())
+        .args(args)
+        .arg("--socket")
+        .arg(sock)
+        .output()
+        .unwrap_or_else(|e| panic!("run triad {args:?}: {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// Issue 11, items 2 and 7, with the real Kamailio and its own config
+/// check: a standby whose Kamailio config is broken reports itself not
+/// ready (`triad check-readiness`, status) and is refused as a switchover
+/// target; a Kamailio that keeps dying on the active node (kill -9,
+/// `failures_to_hand_over` = 5 times within the window) makes the node
+/// hand the role, drained, to the one ready peer, which then runs
+/// Kamailio; the old node refuses the role until an operator clears its
+/// failures.
+#[test]
+fn a_kamailio_that_keeps_dying_hands_the_role_to_the_ready_peer_and_a_broken_standby_is_never_chosen() {
+    let h = Harness::up_with(layout::JOURNAL_MIB, triad::NodeOptions { pbx: true, ..triad::NodeOptions::default() });
+    let l = h.leader(&NODE_IDS);
+    let status = |id: u8| h.lab.status(id).unwrap_or_else(|e| panic!("n{id}: {e}"));
+    let pbx_state = |id: u8| status(id).pbx.map(|p| p.state).unwrap_or_default();
+    wait::until(secs(10), ms(20), || pbx_state(l).starts_with("Running").then_some(()))
+        .unwrap_or_else(|| panic!("n{l}'s PBX never answered: {}", pbx_state(l)));
+    for f in others(l) {
+        assert!(!has_volume_mounted(&h, f), "the volume is mounted on follower n{f}");
+    }
+    assert!(has_volume_mounted(&h, l));
+    let [broken, good] = others(l)[..] else { panic!("two followers") };
+    // Every node passes its check at start.
+    wait::until(secs(15), ms(100), || {
+        NODE_IDS.iter().all(|id| status(*id).readiness.is_some_and(|r| r.ready)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("not every node became ready: {:?}", NODE_IDS.map(|id| status(id).readiness)));
+    // Break the broken standby's Kamailio config.
+    let cfg = layout::node_dir(broken).join("pbx/kamailio.cfg");
+    let original = std::fs::read_to_string(&cfg).expect("kamailio.cfg");
+    std::fs::write(&cfg, format!("bogus_directive_of_the_test = 1\n{original}")).expect("write cfg");
+    let (ok, out) = triad_cli(&h, broken, &["check-readiness"]);
+    assert!(!ok, "a broken config passed the readiness check: {out}");
+    assert!(out.contains("config check") && out.contains("kamailio"), "the problem is not named: {out}");
+    wait::until(secs(5), ms(50), || status(l).peers.iter().any(|p| p.node_id == broken && !p.ready).then_some(()))
+        .unwrap_or_else(|| panic!("n{l} never heard that n{broken} is not ready"));
+    let (ok, out) = triad_cli(&h, l, &["switchover", "--to", &broken.to_string()]);
+    assert!(!ok && out.contains("not ready"), "switchover to a broken standby: {out}");
+    assert_eq!(status(l).role, "leader");
+    // Kamailio keeps dying on the active node.
+    for run in 1..=5 {
+        let pids = kamailio_pids(&h, l);
+        let main = *pids.iter().min().unwrap_or_else(|| panic!("no Kamailio on n{l} before kill {run}"));
+        spawn::signal(main, nix::sys::signal::Signal::SIGKILL).unwrap_or_else(|e| panic!("{e}"));
+        if run == 5 {
+            break;
+        }
+        let want = format!("run: {}", run + 1);
+        wait::until(secs(10), ms(20), || {
+            let s = pbx_state(l);
+            (s.starts_with("Running") && s.contains(&want)).then_some(())
+        })
+        .unwrap_or_else(|| panic!("n{l}'s PBX was not restarted after kill {run}: {}", pbx_state(l)));
+    }
+    let new = wait::until(secs(15), ms(50), || h.lab.healthy_leader(&NODE_IDS).filter(|n| *n != l))
+        .unwrap_or_else(|| panic!("n{l} did not hand over: {}", h.lab.describe(&NODE_IDS)));
+    assert_eq!(new, good, "the role went to n{new}, not to the one ready peer n{good}");
+    wait::until(secs(10), ms(20), || pbx_state(good).starts_with("Running").then_some(()))
+        .unwrap_or_else(|| panic!("n{good}'s PBX never answered: {}", pbx_state(good)));
+    assert!(has_volume_mounted(&h, good));
+    for id in [l, broken] {
+        assert_eq!(kamailio_pids(&h, id), Vec::<i32>::new(), "a PBX runs on n{id}");
+        assert!(!has_volume_mounted(&h, id), "the volume is still mounted on n{id}");
+    }
+    let old = status(l);
+    let readiness = old.readiness.clone().unwrap_or_default();
+    assert!(!readiness.ready && readiness.problems.iter().any(|p| p.contains("failed 5 times")), "{readiness:?}");
+    let log = h.log_since(l, 0);
+    assert!(log.contains("handing the active role to a ready peer"), "no hand-over logged on n{l}");
+    // The operator clears the failures: the node is ready again.
+    let (ok, out) = triad_cli(&h, l, &["clear-pbx-failures"]);
+    assert!(ok, "{out}");
+    let (ok, out) = triad_cli(&h, l, &["check-readiness"]);
+    assert!(ok && out.contains("ready"), "n{l} after the clear: {out}");
+    std::fs::write(&cfg, original).expect("restore cfg");
+    let (ok, out) = triad_cli(&h, broken, &["check-readiness"]);
+    assert!(ok, "n{broken} after the repair: {out}");
+}
+
 /// Whether node `id` (its supervisor's mount namespace) has the volume's
 /// filesystem mounted.
 fn has_volume_mounted(h: &Harness, id: u8) -> bool {

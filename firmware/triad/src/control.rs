@@ -129,6 +129,13 @@ pub enum Request {
     /// active node only, and only when its check found no filesystem.
     #[serde(rename = "format-volume")]
     FormatVolume,
+    /// Run the failover readiness check now; answered with its verdict.
+    #[serde(rename = "check-readiness")]
+    CheckReadiness,
+    /// Forget the PBX's failures: a node that refused the active role
+    /// after repeated failures may take it again.
+    #[serde(rename = "clear-pbx-failures")]
+    ClearPbxFailures,
     /// The log ring's lines (`crate::logring`), answered by the
     /// connection's task without the runtime loop: logs are most wanted
     /// when the loop is stuck.
@@ -176,18 +183,19 @@ impl TryFrom<RawRequest> for Request {
                 no_arg("on", r.on.is_some())?;
                 Ok(Request::Verify)
             }
-            "format-volume" => {
+            "format-volume" | "check-readiness" | "clear-pbx-failures" | "logs" => {
                 no_arg("to", r.to.is_some())?;
                 no_arg("on", r.on.is_some())?;
-                Ok(Request::FormatVolume)
-            }
-            "logs" => {
-                no_arg("to", r.to.is_some())?;
-                no_arg("on", r.on.is_some())?;
-                Ok(Request::Logs)
+                Ok(match r.cmd.as_str() {
+                    "format-volume" => Request::FormatVolume,
+                    "check-readiness" => Request::CheckReadiness,
+                    "clear-pbx-failures" => Request::ClearPbxFailures,
+                    _ => Request::Logs,
+                })
             }
             other => Err(format!(
-                "unknown cmd `{other}` (expected status, switchover, standby, verify, format-volume or logs)"
+                "unknown cmd `{other}` (expected status, switchover, standby, verify, format-volume, \
+                 check-readiness, clear-pbx-failures or logs)"
             )),
         }
     }
@@ -319,6 +327,13 @@ pub struct PeerReport {
     pub reachable: bool,
     /// Milliseconds since last heard; null if never.
     pub last_heard_ms: Option<u64>,
+    /// It last said it is in standby.
+    #[serde(default)]
+    pub standby: bool,
+    /// It last said its failover readiness check passes (a switchover
+    /// target must be ready).
+    #[serde(default)]
+    pub ready: bool,
 }
 
 impl StatusReport {
@@ -336,6 +351,8 @@ impl StatusReport {
                     .map_or_else(|| "unknown".to_string(), |(_, a)| a.clone()),
                 reachable: p.reachable,
                 last_heard_ms: p.last_heard_ms,
+                standby: p.standby,
+                ready: p.ready,
             })
             .collect();
         StatusReport {
@@ -609,11 +626,26 @@ mod tests {
             vip_held: true,
             vip_phase: VipPhase::Held,
             standby: false,
+            ready: true,
             position: Position { epoch: 7, seq: 12 },
             vip_conflict: Some([0xde, 0xad, 0xbe, 0xef, 0, 1]),
             peers: vec![
-                PeerStatus { node_id: 2, reachable: true, last_heard_ms: Some(12), position: None },
-                PeerStatus { node_id: 3, reachable: false, last_heard_ms: None, position: None },
+                PeerStatus {
+                    node_id: 2,
+                    reachable: true,
+                    last_heard_ms: Some(12),
+                    position: None,
+                    standby: false,
+                    ready: true,
+                },
+                PeerStatus {
+                    node_id: 3,
+                    reachable: false,
+                    last_heard_ms: None,
+                    position: None,
+                    standby: false,
+                    ready: false,
+                },
             ],
         }
     }
@@ -636,6 +668,8 @@ mod tests {
                     Request::Switchover { .. } | Request::Standby { .. } => Response::Done,
                     Request::Verify => Response::Report(serde_json::json!({"differing": []})),
                     Request::FormatVolume => Response::Error("not the active node".into()),
+                    Request::CheckReadiness => Response::Report(serde_json::json!({"ready": true, "problems": []})),
+                    Request::ClearPbxFailures => Response::Done,
                     Request::Logs => Response::Failed("logs never reach the runtime loop".into()),
                 };
                 let _ = r.reply.send(answer);

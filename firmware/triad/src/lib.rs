@@ -27,6 +27,7 @@ pub mod nbd;
 pub mod os;
 pub mod pbx;
 pub mod peer;
+pub mod readiness;
 pub mod runtime;
 pub mod sip_probe;
 pub mod store;

@@ -83,6 +83,22 @@ enum Command {
         #[arg(long, default_value = "/run/triad/control.sock")]
         socket: PathBuf,
     },
+    /// Run this node's failover readiness check now and print its verdict
+    /// (could it take the active role: PBX and config, replica, watchdog);
+    /// exit code 1 when it is not ready.
+    CheckReadiness {
+        /// Control socket of the node.
+        #[arg(long, default_value = "/run/triad/control.sock")]
+        socket: PathBuf,
+    },
+    /// Forget this node's PBX failures: after handing the active role over
+    /// because its PBX kept failing, the node refuses the role until they
+    /// age out of the window; this lets it take the role again at once.
+    ClearPbxFailures {
+        /// Control socket of the node.
+        #[arg(long, default_value = "/run/triad/control.sock")]
+        socket: PathBuf,
+    },
     /// Print the supervisor's last log lines (its in-memory ring).
     Logs {
         /// Control socket of the node.
@@ -218,6 +234,28 @@ fn run(cli: Cli) -> Result<(), Failure> {
         },
         Command::Switchover { socket, to } => done(ask(&socket, &Request::Switchover { to })?),
         Command::FormatVolume { socket } => done(ask(&socket, &Request::FormatVolume)?),
+        Command::ClearPbxFailures { socket } => done(ask(&socket, &Request::ClearPbxFailures)?),
+        Command::CheckReadiness { socket } => match ask(&socket, &Request::CheckReadiness)? {
+            Response::Report(v) => {
+                let ready = v.get("ready").and_then(serde_json::Value::as_bool).unwrap_or(false);
+                let problems: Vec<String> = v
+                    .get("problems")
+                    .and_then(|p| p.as_array())
+                    .map(|a| a.iter().filter_map(|p| p.as_str().map(str::to_string)).collect())
+                    .unwrap_or_default();
+                if ready {
+                    println!("ready: this node could take the active role now");
+                    Ok(())
+                } else {
+                    println!("not ready:");
+                    for p in &problems {
+                        println!("  - {p}");
+                    }
+                    Err(Failure::Runtime(format!("not ready ({} problem(s))", problems.len())))
+                }
+            }
+            other => done(other),
+        },
         Command::Standby { socket, state } => done(ask(&socket, &Request::Standby { on: state == "on" })?),
         Command::Verify { socket } => match ask(&socket, &Request::Verify)? {
             Response::Report(v) => {
