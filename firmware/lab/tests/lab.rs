@@ -614,12 +614,7 @@ fn sip_responder(port: u16) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
 
 /// `sipsak` in the client's namespace; its exit code and output.
 fn sipsak(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", CLIENT_NS, "sipsak"])
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("sipsak: {e}"));
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    triad_lab::sip::sipsak(args).unwrap_or_else(|e| panic!("sipsak: {e}"))
 }
 
 /// Issue 11, items 3, 4 and 8: the volume's filesystem is mounted on the
@@ -969,20 +964,9 @@ fn a_fatal_error_of_init_syncs_and_restarts() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// SIPp (a program we did not write) in the client's namespace, in its
-/// own process group, run from `dir`, its screen in `dir/NAME.out`.
+/// SIPp (a program we did not write) in the client's namespace.
 fn sipp(dir: &Path, name: &str, args: &[String]) -> std::process::Child {
-    use std::os::unix::process::CommandExt;
-    std::process::Command::new("ip")
-        .args(["netns", "exec", CLIENT_NS, "sipp"])
-        .args(args)
-        .current_dir(dir)
-        .stdin(std::process::Stdio::null())
-        .stdout(File::create(dir.join(format!("{name}.out"))).expect("sipp output file"))
-        .stderr(std::process::Stdio::null())
-        .process_group(0)
-        .spawn()
-        .unwrap_or_else(|e| panic!("sipp: {e}"))
+    triad_lab::sip::sipp(dir, name, args).unwrap_or_else(|e| panic!("sipp: {e}"))
 }
 
 /// Issue 11, item 8 and its calls figure: SIPp places calls through the
@@ -1060,35 +1044,17 @@ fn calls_established_before_the_active_node_dies_end_with_200_to_their_bye() {
         let _ = uac.wait();
     }
     let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let mut established = std::collections::BTreeMap::new();
-    let mut bye_ok = std::collections::BTreeSet::new();
-    for line in text.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        match f.as_slice() {
-            ["EST", call, t, ..] => {
-                established.insert(call.to_string(), t.parse::<f64>().unwrap_or(f64::MAX));
-            }
-            ["BYEOK", call, ..] => {
-                bye_ok.insert(call.to_string());
-            }
-            _ => {}
-        }
-    }
-    let before: Vec<&String> = established.iter().filter(|(_, t)| **t < t_kill).map(|(c, _)| c).collect();
-    let before_ok = before.iter().filter(|c| bye_ok.contains(**c)).count();
-    let failed_new = 30 - bye_ok.len();
+    let calls = triad_lab::sip::CallLog::parse(&text);
+    let (up, before_ok) = calls.up_at(t_kill);
+    let failed_new = 30 - calls.bye_ok.len();
     eprintln!(
         "calls: {} established before the kill, {before_ok} of them ended with 200 to their BYE; \
          {} established in all; {failed_new} of 30 calls did not end with 200 to their BYE (SIPp exit {status:?})",
-        before.len(),
-        established.len(),
+        up,
+        calls.established.len(),
     );
-    assert!(before.len() >= 5, "too few calls up at the kill to say anything: {}\n{text}", before.len());
-    assert!(
-        before_ok * 100 >= before.len() * 99,
-        "{before_ok}/{} calls up at the kill ended with BYE 200",
-        before.len()
-    );
+    assert!(up >= 5, "too few calls up at the kill to say anything: {up}\n{text}");
+    assert!(before_ok * 100 >= up * 99, "{before_ok}/{up} calls up at the kill ended with BYE 200");
 }
 
 #[test]

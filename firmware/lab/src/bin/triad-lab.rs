@@ -75,6 +75,26 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "stop-down")]
         fault: bench::Fault,
     },
+    /// The PBX service's failover: a fault of the active node to the first
+    /// answer through the VIP routed to a registered user, with each
+    /// phase's share (issue 11's figure: median under 1.2 s, p99 under 2 s)
+    BenchService {
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+        #[arg(long, value_enum, default_value = "kill")]
+        fault: triad_lab::bench_service::ServiceFault,
+        #[arg(long)]
+        triad: Option<PathBuf>,
+    },
+    /// Calls through the VIP across a kill -9 of the active node: how many
+    /// calls up at the kill end with a 200 to their BYE, and when new calls
+    /// succeed again
+    BenchCalls {
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        #[arg(long)]
+        triad: Option<PathBuf>,
+    },
     /// PBX crash to answering again under triad, beside Kamailio's own
     /// start to first answer.
     BenchPbx {
@@ -162,6 +182,8 @@ enum MainError {
     Stages(#[from] StagesError),
     #[error(transparent)]
     Pbx(#[from] triad_lab::bench_pbx::PbxBenchError),
+    #[error(transparent)]
+    Service(#[from] triad_lab::bench_service::ServiceBenchError),
 }
 
 fn main() -> ExitCode {
@@ -262,6 +284,12 @@ fn run(cli: Cli) -> Result<(), MainError> {
             }
             println!();
             bench::print_table(&series);
+        }
+        Cmd::BenchService { runs, fault, triad } => {
+            triad_lab::bench_service::run(&triad::locate(triad.as_deref())?, runs, fault)?;
+        }
+        Cmd::BenchCalls { runs, triad } => {
+            triad_lab::bench_service::calls(&triad::locate(triad.as_deref())?, runs)?;
         }
         Cmd::BenchPbx { runs, triad } => {
             triad_lab::bench_pbx::run(&triad::locate(triad.as_deref())?, runs)?;
