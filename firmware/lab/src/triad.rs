@@ -182,12 +182,32 @@ pub struct NodeOptions {
     pub realtime: bool,
     /// A `[pbx]` table running Kamailio (`pbx_text`).
     pub pbx: bool,
+    /// `node.init = true`: the supervisor acts as its namespace's init
+    /// (`init_text`).
+    pub init: bool,
 }
 
 impl Default for NodeOptions {
     fn default() -> Self {
-        NodeOptions { realtime: true, pbx: false }
+        NodeOptions { realtime: true, pbx: false, init: false }
     }
+}
+
+/// The hostname a lab node in init mode gives itself.
+pub fn init_hostname(id: u8) -> String {
+    format!("tlab-n{id}")
+}
+
+/// Node `id`'s `[node]` lines beyond `init = false`, in init mode: its
+/// own hostname (its UTS namespace), only the sysctls the kernel keeps per
+/// network namespace (the machine running the lab keeps its global ones),
+/// and power off at the end (in a child PID namespace: the init ends by
+/// SIGINT, which the test sees in its launcher's status).
+pub fn init_text(id: u8) -> String {
+    format!(
+        "init = true\nhostname = \"{}\"\ninit_sysctls = \"namespaced\"\nshutdown = \"poweroff\"\n",
+        init_hostname(id)
+    )
 }
 
 /// The TOML config of node `id`. `certs` holds ca.pem and node-ID.{pem,key}.
@@ -205,8 +225,7 @@ interface = "{iface}"
 address = "{ip}/{PREFIX}"
 control_socket = "{sock}"
 state_dir = "{state}"
-init = false
-
+{init}
 [cluster]
 vip = "{VIP}/{PREFIX}"
 peer_port = {PEER_PORT}
@@ -237,6 +256,7 @@ nbd_socket = "{nbd}"
 new_cluster = true
 {pbx}"#,
         realtime = opts.realtime,
+        init = if opts.init { init_text(id) } else { "init = false\n".into() },
         pbx = if opts.pbx { pbx_text(id) } else { String::new() },
         vol = layout::volume_dir(id).display(),
         nbd = layout::nbd_socket(id).display(),

@@ -136,6 +136,10 @@ pub enum Request {
     /// after repeated failures may take it again.
     #[serde(rename = "clear-pbx-failures")]
     ClearPbxFailures,
+    /// The log ring's lines (`crate::logring`), answered by the
+    /// connection's task without the runtime loop: logs are most wanted
+    /// when the loop is stuck.
+    Logs,
 }
 
 /// What a request line may hold. serde's internally tagged enums ignore
@@ -179,18 +183,19 @@ impl TryFrom<RawRequest> for Request {
                 no_arg("on", r.on.is_some())?;
                 Ok(Request::Verify)
             }
-            "format-volume" | "check-readiness" | "clear-pbx-failures" => {
+            "format-volume" | "check-readiness" | "clear-pbx-failures" | "logs" => {
                 no_arg("to", r.to.is_some())?;
                 no_arg("on", r.on.is_some())?;
                 Ok(match r.cmd.as_str() {
                     "format-volume" => Request::FormatVolume,
                     "check-readiness" => Request::CheckReadiness,
-                    _ => Request::ClearPbxFailures,
+                    "clear-pbx-failures" => Request::ClearPbxFailures,
+                    _ => Request::Logs,
                 })
             }
             other => Err(format!(
                 "unknown cmd `{other}` (expected status, switchover, standby, verify, format-volume, \
-                 check-readiness or clear-pbx-failures)"
+                 check-readiness, clear-pbx-failures or logs)"
             )),
         }
     }
@@ -541,6 +546,7 @@ async fn serve_conn(stream: UnixStream, tx: mpsc::Sender<ControlRequest>) {
         }
         Ok(Ok(_)) => match parse_request(&line) {
             Err(e) => Response::Error(e),
+            Ok(Request::Logs) => logs_response(),
             Ok(request) => ask_runtime(request, &tx).await,
         },
     };
@@ -554,6 +560,14 @@ async fn serve_conn(stream: UnixStream, tx: mpsc::Sender<ControlRequest>) {
     out.push(b'\n');
     if let Err(e) = wr.write_all(&out).await {
         debug!(error = %e, "control client went away");
+    }
+}
+
+/// The answer to `logs`: the process's ring, `{"lines":[..],"dropped":N}`.
+pub fn logs_response() -> Response {
+    match serde_json::to_value(crate::logring::global().snapshot()) {
+        Ok(v) => Response::Report(v),
+        Err(e) => Response::Failed(format!("cannot encode the log lines: {e}")),
     }
 }
 
@@ -656,6 +670,7 @@ mod tests {
                     Request::FormatVolume => Response::Error("not the active node".into()),
                     Request::CheckReadiness => Response::Report(serde_json::json!({"ready": true, "problems": []})),
                     Request::ClearPbxFailures => Response::Done,
+                    Request::Logs => Response::Failed("logs never reach the runtime loop".into()),
                 };
                 let _ = r.reply.send(answer);
             }
@@ -723,6 +738,25 @@ mod tests {
         long.push(b'\n');
         let v = raw(&path, &long).await;
         assert!(v["error"].as_str().unwrap().contains("longer than"));
+    }
+
+    #[tokio::test]
+    async fn logs_are_answered_while_the_loop_does_not_answer() {
+        let d = TempDir::new("control-logs");
+        let path = d.0.join("control.sock");
+        // A runtime loop that never reads its requests (stuck).
+        let _stuck = serve(&path).unwrap();
+        crate::logring::global().push("a line only this test logs");
+        match request(&path, &Request::Logs).await.unwrap() {
+            Response::Report(v) => {
+                let snap: crate::logring::Snapshot = serde_json::from_value(v).unwrap();
+                assert!(snap.lines.iter().any(|l| l == "a line only this test logs"), "{snap:?}");
+            }
+            other => panic!("expected the log lines, got {other:?}"),
+        }
+        let v = raw(&path, b"{\"cmd\":\"logs\",\"to\":1}\n").await;
+        let e = v["error"].as_str().unwrap();
+        assert!(e.contains("field `to` is not allowed with cmd `logs`"), "{e}");
     }
 
     #[tokio::test]

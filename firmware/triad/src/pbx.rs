@@ -97,7 +97,7 @@ impl PbxExecutor {
                 self.reaper.register(
                     process.pid(),
                     Box::new(move |status| {
-                        info!(run, ?status, "PBX exited");
+                        info!(run, status = %crate::os::reaper::describe(status), "PBX exited");
                         let _ = events.send(PbxEvent::Exited { run });
                     }),
                 );

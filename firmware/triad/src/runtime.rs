@@ -700,6 +700,7 @@ impl<V: VipOps> Shell<V> {
                     report.extra.insert("volume".into(), volume_status(v));
                 }
                 report.extra.insert("fence".into(), self.fence_status());
+                report.extra.insert("log".into(), crate::logring::status_json());
                 if let Some((_, armed)) = &self.watchdog {
                     let now = self.clock.now();
                     let w = self.host.watchdog();
@@ -772,6 +773,8 @@ impl<V: VipOps> Shell<V> {
                     Response::Done
                 }
             }
+            // Answered by the control connection itself; the same answer here.
+            Request::Logs => control::logs_response(),
             Request::Verify => {
                 let Some(v) = self.volume.clone() else {
                     let _ = req.reply.send(Response::Error("this node has no replicated volume".into()));

@@ -45,6 +45,10 @@ enum Cmd {
         /// the active node, supervised by triad.
         #[arg(long)]
         pbx: bool,
+        /// Run each supervisor as its namespace's init (`node.init`: early
+        /// mounts, hostname, per-namespace sysctls, power off at the end).
+        #[arg(long)]
+        init: bool,
     },
     /// Tear the lab down (idempotent; also cleans up after a crashed run).
     Down,
@@ -216,13 +220,14 @@ fn triad_payload(triad: Option<PathBuf>, profile: Profile, journal_mib: u64) -> 
 
 fn run(cli: Cli) -> Result<(), MainError> {
     match cli.cmd {
-        Cmd::Up { profile, triad, keepalived, keepalived_advert, journal_mib, pbx } => {
+        Cmd::Up { profile, triad, keepalived, keepalived_advert, journal_mib, pbx, init } => {
             let payload = if keepalived {
                 Payload::Keepalived { advert: keepalived_advert }
             } else {
                 let mut p = triad_payload(triad, profile, journal_mib)?;
                 if let Payload::Triad { opts, .. } = &mut p {
                     opts.pbx = pbx;
+                    opts.init = init;
                 }
                 p
             };
