@@ -165,19 +165,12 @@ fn config_check(cfg: &PbxConfig, env: &PbxEnv, reaper: &Reaper, argv: &[String])
     let output = reader.join().unwrap_or_default();
     match status {
         Some(WaitStatus::Exited(_, 0)) => Ok(()),
-        Some(other) => {
-            Err(format!("the PBX's config check `{shown}` failed ({}){}", exit_text(other), quote_tail(&output)))
-        }
+        Some(other) => Err(format!(
+            "the PBX's config check `{shown}` failed ({}){}",
+            crate::os::reaper::describe(other),
+            quote_tail(&output)
+        )),
         None => Err(format!("the PBX's config check `{shown}` did not finish within {CHECK_TIMEOUT:?}")),
-    }
-}
-
-/// How the check ended, for the problem line.
-fn exit_text(status: WaitStatus) -> String {
-    match status {
-        WaitStatus::Exited(_, code) => format!("exit status {code}"),
-        WaitStatus::Signaled(_, sig, _) => format!("killed by {sig}"),
-        other => format!("{other:?}"),
     }
 }
 
@@ -196,12 +189,6 @@ fn quote_tail(output: &str) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn exits_read_as_a_person_would_say_them() {
-        assert_eq!(exit_text(WaitStatus::Exited(Pid::from_raw(7), 255)), "exit status 255");
-        assert_eq!(exit_text(WaitStatus::Signaled(Pid::from_raw(7), Signal::SIGKILL, false)), "killed by SIGKILL");
-    }
 
     #[test]
     fn the_quoted_tail_is_the_last_non_empty_lines() {

@@ -380,7 +380,10 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
         }
     }
     shell.hand_over_before_exit().await?;
-    if let Some(p) = &shell.pbx {
+    // A PBX the orderly stop already ended needs no kill (nor a log line
+    // saying so); one still starting, running or stopping does.
+    let pbx_left = shell.host.pbx().is_some_and(|p| p.state() != triad_host::PbxState::Stopped);
+    if let (Some(p), true) = (&shell.pbx, pbx_left) {
         p.kill_now();
     }
     if let Some(f) = &shell.fs {

@@ -64,7 +64,7 @@ fn the_readiness_check_runs_the_config_check_as_the_pbx_and_quotes_a_failure() {
         Some(vec!["/bin/sh".into(), "-c".into(), "echo line one >&2; echo parse error at 3 >&2; exit 3".into()]);
     let problems = triad::readiness::check(&cfg, &env, &reaper, false);
     assert_eq!(problems.len(), 2, "{problems:?}");
-    assert!(problems[0].contains("failed (exit status 3): line one; parse error at 3"), "{problems:?}");
+    assert!(problems[0].contains("failed (exited with status 3): line one; parse error at 3"), "{problems:?}");
     assert_eq!(problems[1], "the hardware watchdog's last pet failed");
     cfg.command = "/nonexistent/pbx".into();
     cfg.check = None;
