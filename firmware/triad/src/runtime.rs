@@ -738,6 +738,7 @@ impl<V: VipOps> Shell<V> {
                         serde_json::json!({
                             "state": format!("{:?}", p.state()),
                             "failures_in_window": p.failures_in_window(),
+                            "last_start_ms": p.last_start().map(|d| d.as_millis() as u64),
                             "hand_over_wanted": p.hand_over_wanted(),
                             "window_ends_in_s": p.window_ends().map(|t| t.since(now).as_secs()),
                             "alert": self.host.pbx_alert(),
