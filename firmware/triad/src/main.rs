@@ -185,7 +185,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 run_as_init(cfg);
             }
             init_logging();
-            runtime()?.block_on(triad::runtime::run(cfg)).map_err(|e| Failure::Runtime(chain(&e)))
+            runtime()?.block_on(triad::runtime::run(cfg)).map_err(|e| {
+                if e.is_bad_input() {
+                    Failure::Input(chain(&e))
+                } else {
+                    Failure::Runtime(chain(&e))
+                }
+            })
         }
         Command::CheckConfig { config } => {
             Config::load(&config).map_err(|e| Failure::Input(chain(&e)))?;

@@ -119,6 +119,18 @@ pub enum RuntimeError {
     Nbd(#[from] crate::nbd::NbdError),
 }
 
+impl RuntimeError {
+    /// The configuration is what is wrong (exit code 2), not the run: a
+    /// watchdog timeout the driver will not keep is a config field to fix.
+    pub fn is_bad_input(&self) -> bool {
+        use crate::os::watchdog::WatchdogError;
+        matches!(
+            self,
+            RuntimeError::Watchdog(WatchdogError::TimeoutRefused { .. } | WatchdogError::TimeoutTooShort { .. })
+        )
+    }
+}
+
 /// Runs the supervisor until SIGTERM/SIGINT or a fatal error.
 pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
     apply_realtime(&cfg);
@@ -203,8 +215,8 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
     // after everything that could fail at start.
     let watchdog = match &cfg.watchdog {
         Some(w) => {
-            let (dog, armed) =
-                crate::os::watchdog::HwWatchdog::open(&w.device, w.timeout_s).map_err(RuntimeError::Watchdog)?;
+            let (dog, armed) = crate::os::watchdog::HwWatchdog::open(&w.device, w.timeout_s, w.stale_after)
+                .map_err(RuntimeError::Watchdog)?;
             info!(device = %w.device.display(), asked_s = w.timeout_s, accepted_s = armed.timeout_s,
                 last_reboot_was_watchdog = armed.last_reboot_was_watchdog, "hardware watchdog armed");
             Some((dog, armed))
@@ -555,7 +567,7 @@ impl<V: VipOps> Shell<V> {
                     }
                 }
                 Command::PetWatchdog => {
-                    let pet = self.watchdog.as_ref().map(|(d, _)| d.pet());
+                    let pet = self.watchdog.as_mut().map(|(d, _)| d.pet());
                     if let Some(Err(e)) = &pet {
                         warn!(error = %chain(e), "could not pet the watchdog");
                     }
