@@ -571,6 +571,38 @@ fn a_kamailio_that_keeps_dying_hands_the_role_to_the_ready_peer_and_a_broken_sta
     assert!(ok, "n{broken} after the repair: {out}");
 }
 
+/// Found by `bench-service --fault link-down` (run 47 of 50): Kamailio
+/// started on a database another of its processes was recovering
+/// ("database is locked" at its attendant's init) and was left half-dead:
+/// its loopback worker still answered the probe, its worker on the VIP
+/// did not, and supervision said Running while clients got nothing.
+/// Reproduced deterministically as a Kamailio whose listener on the VIP
+/// is missing (its config edited to listen elsewhere): with the probe on
+/// the VIP too (`probe_vip`), it is never taken for healthy, and once its
+/// config is right again a restart brings the VIP back.
+#[test]
+fn a_kamailio_that_answers_on_loopback_but_not_on_the_vip_is_not_healthy() {
+    let h = Harness::up_with(layout::JOURNAL_MIB, triad::NodeOptions { pbx: true, ..triad::NodeOptions::default() });
+    let l = h.leader(&NODE_IDS);
+    let pbx = |id: u8| h.lab.status(id).ok().and_then(|s| s.pbx).expect("pbx status");
+    wait::until(secs(10), ms(20), || pbx(l).state.starts_with("Running").then_some(()))
+        .unwrap_or_else(|| panic!("n{l}'s PBX never answered"));
+    let cfg = layout::node_dir(l).join("pbx/kamailio.cfg");
+    let original = std::fs::read_to_string(&cfg).expect("kamailio.cfg");
+    let deaf = original.replace("listen=udp:TRIAD_VIP:5060", "listen=udp:127.0.0.2:5060");
+    assert_ne!(deaf, original, "the payload's config has no UDP listener on the VIP to take away");
+    std::fs::write(&cfg, deaf).expect("write cfg");
+    let main = *kamailio_pids(&h, l).iter().min().expect("a Kamailio");
+    spawn::signal(main, nix::sys::signal::Signal::SIGKILL).unwrap_or_else(|e| panic!("{e}"));
+    // The restarted Kamailio answers on loopback only: a failure, not Running.
+    wait::until(secs(10), ms(50), || (pbx(l).failures_in_window >= 2).then_some(()))
+        .unwrap_or_else(|| panic!("a Kamailio deaf on the VIP was taken for healthy: {:?}", pbx(l).state));
+    std::fs::write(&cfg, original).expect("restore cfg");
+    let answered = wait::until(secs(20), ms(200), || sipsak(&["-s", &format!("sip:{VIP}"), "-i"]).0.then_some(()));
+    assert!(answered.is_some(), "the VIP never answered again; PBX {:?}", pbx(l).state);
+    assert!(pbx(l).state.starts_with("Running"), "{:?}", pbx(l).state);
+}
+
 /// Whether node `id` (its supervisor's mount namespace) has the volume's
 /// filesystem mounted.
 fn has_volume_mounted(h: &Harness, id: u8) -> bool {

@@ -28,7 +28,7 @@ mod filesystem;
 mod pbx;
 mod watchdog;
 pub use filesystem::{Attach, FilesystemConfig};
-pub use pbx::{PbxConfig, DEFAULT_MOUNT_POINT, DEFAULT_SIP_PORT};
+pub use pbx::{PbxConfig, DEFAULT_MOUNT_POINT, DEFAULT_SIP_PORT, PREPARE_TIMEOUT};
 pub use watchdog::WatchdogConfig;
 
 /// The node ids a cluster can use.

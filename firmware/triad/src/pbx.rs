@@ -51,23 +51,22 @@ impl PbxExecutor {
         match cmd {
             PbxCommand::Spawn { run } => Some(self.spawn(run)),
             PbxCommand::Probe { run: _, probe } => {
-                let addr = SocketAddr::from(([127, 0, 0, 1], self.cfg.sip_port));
+                let targets = self.probe_targets();
                 let timeout = self.cfg.timing.probe_timeout;
                 let tcp = self.cfg.probe_tcp;
                 let events = self.events.clone();
                 tokio::spawn(async move {
-                    // Both transports at once when TCP is probed too: both must answer.
-                    let (udp, tcp) = tokio::join!(probe_udp(addr, timeout), async {
-                        if tcp {
-                            probe_tcp(addr, timeout).await.map(Some)
-                        } else {
-                            Ok(None)
+                    // Every target and transport at once; all must answer.
+                    let probes = targets.into_iter().map(|addr| async move {
+                        let udp = probe_udp(addr, timeout).await;
+                        let tcp = if tcp { probe_tcp(addr, timeout).await.map(Some) } else { Ok(None) };
+                        for e in [udp.as_ref().err(), tcp.as_ref().err()].into_iter().flatten() {
+                            tracing::debug!(%addr, error = %e, "PBX probe failed");
                         }
+                        udp.is_ok() && tcp.is_ok()
                     });
-                    if let Err(e) = &tcp {
-                        tracing::debug!(error = %e, "TCP probe failed");
-                    }
-                    let _ = events.send(PbxEvent::ProbeDone { probe, ok: udp.is_ok() && tcp.is_ok() });
+                    let ok = futures::future::join_all(probes).await.into_iter().all(|ok| ok);
+                    let _ = events.send(PbxEvent::ProbeDone { probe, ok });
                 });
                 None
             }
@@ -84,6 +83,18 @@ impl PbxExecutor {
                 None
             }
         }
+    }
+
+    /// Where the probe goes: the PBX's SIP port on loopback, and on the VIP
+    /// too with `probe_vip` (the node holds it while its PBX runs).
+    fn probe_targets(&self) -> Vec<SocketAddr> {
+        let mut targets = vec![SocketAddr::from(([127, 0, 0, 1], self.cfg.sip_port))];
+        if self.cfg.probe_vip {
+            if let Ok(vip) = self.env.vip.parse::<std::net::IpAddr>() {
+                targets.push(SocketAddr::new(vip, self.cfg.sip_port));
+            }
+        }
+        targets
     }
 
     fn spawn(&mut self, run: u64) -> PbxEvent {

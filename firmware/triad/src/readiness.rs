@@ -19,6 +19,7 @@
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -128,15 +129,30 @@ fn executable(path: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs the PBX's config check as the PBX would run; an error says how it
-/// failed and quotes the end of its output.
+/// Runs the PBX's config check as the PBX would run, from `/` (on a
+/// standby the volume is not mounted).
 fn config_check(cfg: &PbxConfig, env: &PbxEnv, reaper: &Reaper, argv: &[String]) -> Result<(), String> {
+    run_as_the_pbx(cfg, env, reaper, argv, Path::new("/"), CHECK_TIMEOUT, "the PBX's config check")
+}
+
+/// Runs `argv` as the PBX would run (its user, its environment, its own
+/// process group) from `cwd`, waited for through the reaper, killed with
+/// its group after `timeout`. An error names `what`, how it ended, and
+/// quotes the end of its output (stdout and stderr).
+pub fn run_as_the_pbx(
+    cfg: &PbxConfig,
+    env: &PbxEnv,
+    reaper: &Reaper,
+    argv: &[String],
+    cwd: &Path,
+    timeout: Duration,
+    what: &str,
+) -> Result<(), String> {
     let shown = argv.join(" ");
-    let (program, args) = argv.split_first().ok_or("the PBX's config check names no program")?;
+    let (program, args) = argv.split_first().ok_or_else(|| format!("{what} names no program"))?;
     let mut cmd = as_the_pbx(cfg, env, program, args);
-    // Not the working directory: on a standby the volume is not mounted.
-    cmd.current_dir("/").stdout(Stdio::null()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| format!("the PBX's config check `{shown}` cannot start: {e}"))?;
+    cmd.current_dir(cwd).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("{what} `{shown}` cannot start: {e}"))?;
     let pid = child.id();
     let (tx, rx) = mpsc::channel();
     reaper.register(
@@ -145,32 +161,33 @@ fn config_check(cfg: &PbxConfig, env: &PbxEnv, reaper: &Reaper, argv: &[String])
             let _ = tx.send(status);
         }),
     );
-    // Read its output on the side: a full pipe would stall the check.
-    let stderr = child.stderr.take();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(e) = stderr {
-            let _ = e.take(64 * 1024).read_to_string(&mut text);
-        }
-        text
-    });
+    // Read its output on the side: a full pipe would stall it.
+    let read = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(p) = pipe {
+                let _ = p.take(64 * 1024).read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let out = read(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let err = read(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
     drop(child);
-    let status = match rx.recv_timeout(CHECK_TIMEOUT) {
+    let status = match rx.recv_timeout(timeout) {
         Ok(status) => Some(status),
         Err(_) => {
             let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
             None
         }
     };
-    let output = reader.join().unwrap_or_default();
+    let output = out.join().unwrap_or_default() + &err.join().unwrap_or_default();
     match status {
         Some(WaitStatus::Exited(_, 0)) => Ok(()),
-        Some(other) => Err(format!(
-            "the PBX's config check `{shown}` failed ({}){}",
-            crate::os::reaper::describe(other),
-            quote_tail(&output)
-        )),
-        None => Err(format!("the PBX's config check `{shown}` did not finish within {CHECK_TIMEOUT:?}")),
+        Some(other) => {
+            Err(format!("{what} `{shown}` failed ({}){}", crate::os::reaper::describe(other), quote_tail(&output)))
+        }
+        None => Err(format!("{what} `{shown}` did not finish within {timeout:?}")),
     }
 }
 

@@ -231,6 +231,7 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
                 nbd_socket: vc.nbd_socket.clone(),
                 mount_point: pc.mount_point.clone(),
                 owner: (pc.uid, pc.gid),
+                prepare: Some((pc.clone(), crate::os::pbx_process::PbxEnv { vip: cfg.cluster.vip.addr.to_string() })),
             };
             Some(crate::filesystem::FsExecutor::new(fc.clone(), place, fs_tx.clone(), reaper.clone()))
         }

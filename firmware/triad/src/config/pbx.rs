@@ -68,7 +68,19 @@ pub struct PbxConfig {
     /// Probe over TCP as well as UDP: a probe then counts as answered only
     /// when both transports answer.
     pub probe_tcp: bool,
+    /// Probe the PBX on the VIP as well as on loopback (the node holds the
+    /// VIP while its PBX runs): a PBX whose listener on the VIP died while
+    /// loopback still answers is restarted.
+    pub probe_vip: bool,
+    /// Run after each mount of the volume, before the PBX starts (program
+    /// and arguments, as the PBX's user with its environment, from the
+    /// mount point): e.g. recover the PBX's database after the previous
+    /// active node died mid-write. A failure fails the mount step.
+    pub prepare: Option<Vec<String>>,
 }
+
+/// How long `pbx.prepare` may take.
+pub const PREPARE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Between two failover readiness checks, unless configured.
 pub const DEFAULT_READINESS_INTERVAL: Duration = Duration::from_secs(30);
@@ -101,6 +113,8 @@ pub(super) struct RawPbx {
     check: Option<Vec<String>>,
     readiness_interval_s: Option<i64>,
     probe_tcp: Option<bool>,
+    probe_vip: Option<bool>,
+    prepare: Option<Vec<String>>,
 }
 
 /// Environment names the supervisor sets itself.
@@ -162,22 +176,16 @@ impl TryFrom<RawPbx> for PbxConfig {
             Some(c) => Some(int_in(c, "pbx.cpu_max_percent", 1..=100_000)?),
             None => None,
         };
-        let check = match r.check {
-            Some(argv) => {
-                let program = argv.first().ok_or_else(|| invalid("pbx.check", "must name a program"))?;
-                let program = absolute(PathBuf::from(program), "pbx.check")?;
-                executable(&program)
-                    .map_err(|_| invalid("pbx.check", format!("{} is not an executable file", program.display())))?;
-                Some(argv)
-            }
-            None => None,
-        };
+        let check = r.check.map(|argv| program_argv(argv, "pbx.check")).transpose()?;
+        let prepare = r.prepare.map(|argv| program_argv(argv, "pbx.prepare")).transpose()?;
         let readiness_interval = match r.readiness_interval_s {
             Some(s) => Duration::from_secs(int_in(s, "pbx.readiness_interval_s", 1..=86_400)?),
             None => DEFAULT_READINESS_INTERVAL,
         };
         Ok(PbxConfig {
             probe_tcp: r.probe_tcp.unwrap_or(false),
+            probe_vip: r.probe_vip.unwrap_or(false),
+            prepare,
             check,
             readiness_interval,
             command,
@@ -219,6 +227,14 @@ fn lookup<T>(file: &str, name: &str, pick: impl Fn(&[&str]) -> Option<T>) -> std
 }
 
 /// A regular file with an execute bit.
+/// A command line whose program is an absolute path to an executable file.
+fn program_argv(argv: Vec<String>, field: &str) -> Result<Vec<String>, ConfigError> {
+    let program = argv.first().ok_or_else(|| invalid(field, "must name a program"))?;
+    let program = absolute(PathBuf::from(program), field)?;
+    executable(&program).map_err(|_| invalid(field, format!("{} is not an executable file", program.display())))?;
+    Ok(argv)
+}
+
 fn executable(path: &std::path::Path) -> Result<(), ConfigError> {
     let meta = std::fs::metadata(path).map_err(|e| invalid("pbx.command", format!("{}: {e}", path.display())))?;
     if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
@@ -310,6 +326,7 @@ mod tests {
         assert_eq!(c.timing, PbxTiming::default());
         assert_eq!((c.memory_max, c.cpu_max_percent), (None, None));
         assert_eq!((c.check, c.readiness_interval, c.probe_tcp), (None, DEFAULT_READINESS_INTERVAL, false));
+        assert_eq!((c.probe_vip, c.prepare), (false, None));
     }
 
     #[test]
@@ -319,7 +336,8 @@ mod tests {
              memory_max_mib = 256\ncpu_max_percent = 50\nprobe_interval_ms = 2000\nprobe_timeout_ms = 300\n\
              probe_failures = 2\nstart_grace_ms = 8000\nbackoff_first_ms = 100\nbackoff_max_ms = 5000\n\
              stop_timeout_ms = 3000\nkill_timeout_ms = 2000\nfailure_window_s = 120\nfailures_to_hand_over = 4\n\
-             check = [\"/bin/sh\", \"-c\", \"true\"]\nreadiness_interval_s = 10\nprobe_tcp = true\n")
+             check = [\"/bin/sh\", \"-c\", \"true\"]\nreadiness_interval_s = 10\nprobe_tcp = true\n\
+             probe_vip = true\nprepare = [\"/bin/true\"]\n")
         .unwrap();
         assert_eq!(c.args, ["-DD", "-E"]);
         let nogroup = std::fs::read_to_string(GROUP).unwrap();
@@ -339,7 +357,8 @@ mod tests {
         assert_eq!((t.failure_window, t.failures_to_hand_over), (Duration::from_secs(120), 4));
         assert_eq!(c.check, Some(vec!["/bin/sh".to_string(), "-c".into(), "true".into()]));
         assert_eq!(c.readiness_interval, Duration::from_secs(10));
-        assert!(c.probe_tcp);
+        assert!(c.probe_tcp && c.probe_vip);
+        assert_eq!(c.prepare, Some(vec!["/bin/true".to_string()]));
     }
 
     #[test]
@@ -349,7 +368,8 @@ mod tests {
         std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
         let not_exec = format!("command = \"{}\"", plain.display());
         let not_exec_want = format!("pbx.command: {} is not an executable file", plain.display());
-        let cases: [(&str, &str); 16] = [
+        let cases: [(&str, &str); 17] = [
+            ("prepare = [\"sqlite3\"]", "pbx.prepare: must be an absolute path"),
             ("check = []", "pbx.check: must name a program"),
             ("check = [\"kamailio\", \"-c\"]", "pbx.check: must be an absolute path"),
             ("check = [\"/nonexistent/kamailio\"]", "pbx.check: /nonexistent/kamailio is not an executable file"),
