@@ -51,6 +51,8 @@ fn config(dir: &Path, script: &str) -> PbxConfig {
         check: None,
         readiness_interval: Duration::from_secs(30),
         probe_tcp: false,
+        probe_vip: false,
+        prepare: None,
     }
 }
 

@@ -43,6 +43,8 @@ fn config(dir: &Path) -> PbxConfig {
         check: None,
         readiness_interval: Duration::from_secs(30),
         probe_tcp: false,
+        probe_vip: false,
+        prepare: None,
     }
 }
 
