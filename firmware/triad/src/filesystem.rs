@@ -40,12 +40,9 @@ use triad_host::filesystem::{CheckVerdict, FsNotice, StepOutcome};
 use triad_host::{FsCommand, FsEvent, FsStep};
 
 use crate::config::{Attach, FilesystemConfig};
-use crate::config::{PbxConfig, PREPARE_TIMEOUT};
 use crate::errors::chain;
 use crate::os::loopdev::LoopDevice;
-use crate::os::pbx_process::PbxEnv;
 use crate::os::reaper::Reaper;
-use crate::readiness::run_as_the_pbx;
 
 /// How long nbdfuse gets to show the export as a file.
 const NBDFUSE_READY: Duration = Duration::from_secs(10);
@@ -69,9 +66,6 @@ pub struct FsPlace {
     /// The PBX's user and group: a new filesystem's root and seed files
     /// belong to them (Kamailio refuses files it does not own).
     pub owner: (Uid, Gid),
-    /// The PBX's config and environment, when `pbx.prepare` must run after
-    /// each mount (as the PBX's user, from the mount point).
-    pub prepare: Option<(PbxConfig, PbxEnv)>,
 }
 
 /// The attached device and what keeps it attached.
@@ -255,22 +249,7 @@ impl Job {
             MsFlags::MS_NOATIME | MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
             Some("errors=remount-ro"),
         )
-        .map_err(|e| format!("cannot mount {} on {}: {e}", device.display(), mp.display()))?;
-        // The payload's own preparation of its data (e.g. recovering its
-        // database after the previous active node died mid-write), before
-        // the PBX may start: part of the mount, so a failure leaves
-        // nothing mounted and the step is tried again like any other.
-        if let Some((pbx, env)) = &self.place.prepare {
-            if let Some(argv) = &pbx.prepare {
-                let prepared = run_as_the_pbx(pbx, env, &self.reaper, argv, mp, PREPARE_TIMEOUT, "pbx.prepare");
-                if let Err(e) = prepared {
-                    let undone = unmount(mp).err().map(|u| format!("; and then {u}")).unwrap_or_default();
-                    return Err(format!("{e}{undone}"));
-                }
-                info!(command = %argv.join(" "), "pbx.prepare done");
-            }
-        }
-        Ok(())
+        .map_err(|e| format!("cannot mount {} on {}: {e}", device.display(), mp.display()))
     }
 
     fn detach(&self, attached: &mut Attached) -> Result<(), String> {

@@ -2,9 +2,15 @@
 //! probe, stop, kill) and reports what happened as `PbxEvent`s on a
 //! channel the runtime loop reads. The host decides; this only acts.
 //!
-//! A spawned process is registered with the supervisor's one reaper
-//! (`os::reaper`), which reports its exit; a probe runs as a task with its
-//! own timeout (the host times it out too, and ignores a late answer).
+//! A start runs on a blocking thread: first the payload's `pbx.prepare`
+//! (its data's recovery: the previous process, or the previous active
+//! node, may have died mid-write), then the spawn; the outcome comes back
+//! as `Spawned` or `SpawnFailed`. The process is registered with the
+//! supervisor's one reaper (`os::reaper`) after `Spawned` is sent, so its
+//! exit is always reported after its start. A stop or kill for a run whose
+//! start is still under way is remembered and carried out as soon as the
+//! process exists. A probe runs as a task with its own timeout (the host
+//! times it out too, and ignores a late answer).
 //!
 //! Must not: decide when to start or stop, or block the runtime loop.
 
@@ -15,10 +21,13 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{error, info, warn};
 use triad_host::pbx::{PbxCommand, PbxEvent, PbxNotice};
 
-use crate::config::PbxConfig;
+use std::sync::{Arc, Mutex};
+
+use crate::config::{PbxConfig, PREPARE_TIMEOUT};
 use crate::errors::chain;
 use crate::os::pbx_process::{cgroup_v2_at, describe, PbxEnv, PbxProcess, CGROUP_ROOT};
 use crate::os::reaper::Reaper;
+use crate::readiness::run_as_the_pbx;
 use crate::sip_probe::{probe_tcp, probe_udp};
 
 /// Carries out the PBX commands of one node.
@@ -29,8 +38,21 @@ pub struct PbxExecutor {
     cgroup_root: Option<PathBuf>,
     events: UnboundedSender<PbxEvent>,
     reaper: Reaper,
-    /// The process of the current run, if one was spawned.
-    process: Option<(u64, PbxProcess)>,
+    /// The process of the current run once spawned, shared with the
+    /// thread that starts it.
+    slot: Arc<Mutex<Slot>>,
+}
+
+/// The current process, and a kill asked for before it existed.
+#[derive(Debug, Default)]
+struct Slot {
+    current: Option<(u64, PbxProcess)>,
+    /// A stop or kill came for this run while its start was under way.
+    kill_on_spawn: Option<u64>,
+}
+
+fn lock(slot: &Mutex<Slot>) -> std::sync::MutexGuard<'_, Slot> {
+    slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl PbxExecutor {
@@ -41,15 +63,14 @@ impl PbxExecutor {
         if cgroup_root.is_none() {
             warn!("no cgroup v2 hierarchy at {CGROUP_ROOT}: the PBX runs without a cgroup of its own or limits");
         }
-        PbxExecutor { cfg, env, cgroup_root, events, reaper, process: None }
+        PbxExecutor { cfg, env, cgroup_root, events, reaper, slot: Arc::default() }
     }
 
-    /// Carries out `cmd`; returns the event to feed back at once (a spawn's
-    /// outcome), if any. Later events (exits, probe answers) come on the
-    /// channel.
-    pub fn carry(&mut self, cmd: PbxCommand) -> Option<PbxEvent> {
+    /// Carries out `cmd`; what happens later (the start's outcome, exits,
+    /// probe answers) comes on the channel.
+    pub fn carry(&mut self, cmd: PbxCommand) {
         match cmd {
-            PbxCommand::Spawn { run } => Some(self.spawn(run)),
+            PbxCommand::Spawn { run } => self.start(run),
             PbxCommand::Probe { run: _, probe } => {
                 let targets = self.probe_targets();
                 let timeout = self.cfg.timing.probe_timeout;
@@ -68,20 +89,10 @@ impl PbxExecutor {
                     let ok = futures::future::join_all(probes).await.into_iter().all(|ok| ok);
                     let _ = events.send(PbxEvent::ProbeDone { probe, ok });
                 });
-                None
             }
-            PbxCommand::Stop { run } => {
-                self.signal(run, self.cfg.stop_signal);
-                None
-            }
-            PbxCommand::Kill { run } => {
-                self.signal(run, nix::sys::signal::Signal::SIGKILL);
-                None
-            }
-            PbxCommand::Notice(n) => {
-                log_notice(n);
-                None
-            }
+            PbxCommand::Stop { run } => self.signal(run, self.cfg.stop_signal),
+            PbxCommand::Kill { run } => self.signal(run, nix::sys::signal::Signal::SIGKILL),
+            PbxCommand::Notice(n) => log_notice(n),
         }
     }
 
@@ -97,47 +108,77 @@ impl PbxExecutor {
         targets
     }
 
-    fn spawn(&mut self, run: u64) -> PbxEvent {
-        match PbxProcess::spawn(&self.cfg, &self.env, self.cgroup_root.as_deref()) {
-            Ok(mut process) => {
-                info!(run, pid = process.pid(), command = %describe(&self.cfg), "PBX started");
-                // The reaper waits for it (never std's `wait`, which would
-                // race the reaper); the pid stays here for signals.
-                drop(process.take_child());
-                let events = self.events.clone();
-                self.reaper.register(
-                    process.pid(),
-                    Box::new(move |status| {
-                        info!(run, status = %crate::os::reaper::describe(status), "PBX exited");
-                        let _ = events.send(PbxEvent::Exited { run });
-                    }),
-                );
-                self.process = Some((run, process));
-                PbxEvent::Spawned { run }
+    /// Prepares and spawns run `run` on a blocking thread.
+    fn start(&self, run: u64) {
+        let (cfg, env, root) = (self.cfg.clone(), self.env.clone(), self.cgroup_root.clone());
+        let (events, reaper, slot) = (self.events.clone(), self.reaper.clone(), self.slot.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Some(argv) = &cfg.prepare {
+                let prepared =
+                    run_as_the_pbx(&cfg, &env, &reaper, argv, &cfg.mount_point, PREPARE_TIMEOUT, "pbx.prepare");
+                if let Err(e) = prepared {
+                    error!(run, error = %e, "cannot prepare the PBX's data; not started");
+                    let _ = events.send(PbxEvent::SpawnFailed { run });
+                    return;
+                }
             }
-            Err(e) => {
-                error!(run, error = %chain(&e), "cannot start the PBX");
-                PbxEvent::SpawnFailed { run }
+            let mut process = match PbxProcess::spawn(&cfg, &env, root.as_deref()) {
+                Ok(p) => p,
+                Err(e) => {
+                    error!(run, error = %chain(&e), "cannot start the PBX");
+                    let _ = events.send(PbxEvent::SpawnFailed { run });
+                    return;
+                }
+            };
+            info!(run, pid = process.pid(), command = %describe(&cfg), "PBX started");
+            // The reaper waits for it (never std's `wait`, which would
+            // race the reaper); the pid stays here for signals.
+            drop(process.take_child());
+            let pid = process.pid();
+            {
+                let mut s = lock(&slot);
+                if s.kill_on_spawn.take() == Some(run) {
+                    info!(run, "the PBX was stopped while it started: killing its group");
+                    let _ = process.signal_group(nix::sys::signal::Signal::SIGKILL);
+                }
+                s.current = Some((run, process));
             }
-        }
+            // Spawned first, then the exit: both on one channel, in order
+            // (an exit reaped before this registration is kept for it).
+            let _ = events.send(PbxEvent::Spawned { run });
+            reaper.register(
+                pid,
+                Box::new(move |status| {
+                    info!(run, status = %crate::os::reaper::describe(status), "PBX exited");
+                    let _ = events.send(PbxEvent::Exited { run });
+                }),
+            );
+        });
     }
 
     fn signal(&self, run: u64, signal: nix::sys::signal::Signal) {
-        match &self.process {
+        let mut s = lock(&self.slot);
+        match &s.current {
             Some((r, p)) if *r == run => {
                 info!(run, %signal, pgid = p.pid(), "signalling the PBX's process group");
                 if let Err(e) = p.signal_group(signal) {
                     warn!(run, error = %chain(&e), "could not signal the PBX");
                 }
             }
-            _ => warn!(run, "no such PBX process to signal"),
+            // Its start is still under way (or failed): killed as soon as
+            // it exists.
+            _ => {
+                info!(run, %signal, "the PBX is not spawned yet: it is killed when it is");
+                s.kill_on_spawn = Some(run);
+            }
         }
     }
 
     /// At shutdown: SIGKILL of the current process group (the host's
     /// orderly stop comes first when there is time for it).
     pub fn kill_now(&self) {
-        if let Some((run, p)) = &self.process {
+        let s = lock(&self.slot);
+        if let Some((run, p)) = &s.current {
             info!(run, "killing the PBX at shutdown");
             let _ = p.signal_group(nix::sys::signal::Signal::SIGKILL);
         }

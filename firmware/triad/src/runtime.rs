@@ -231,7 +231,6 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
                 nbd_socket: vc.nbd_socket.clone(),
                 mount_point: pc.mount_point.clone(),
                 owner: (pc.uid, pc.gid),
-                prepare: Some((pc.clone(), crate::os::pbx_process::PbxEnv { vip: cfg.cluster.vip.addr.to_string() })),
             };
             Some(crate::filesystem::FsExecutor::new(fc.clone(), place, fs_tx.clone(), reaper.clone()))
         }
@@ -556,10 +555,8 @@ impl<V: VipOps> Shell<V> {
                     queue.extend(self.host.handle(at, Event::FenceDone { op, result, at }));
                 }
                 Command::Pbx(c) => {
-                    // A spawn's outcome goes back to the host at once, as a
-                    // VIP action's does.
-                    if let Some(ev) = self.pbx.as_mut().and_then(|p| p.carry(c)) {
-                        queue.extend(self.host.handle(self.clock.now(), Event::Pbx(ev)));
+                    if let Some(p) = self.pbx.as_mut() {
+                        p.carry(c);
                     }
                 }
                 Command::Fs(c) => {

@@ -72,10 +72,10 @@ pub struct PbxConfig {
     /// VIP while its PBX runs): a PBX whose listener on the VIP died while
     /// loopback still answers is restarted.
     pub probe_vip: bool,
-    /// Run after each mount of the volume, before the PBX starts (program
-    /// and arguments, as the PBX's user with its environment, from the
-    /// mount point): e.g. recover the PBX's database after the previous
-    /// active node died mid-write. A failure fails the mount step.
+    /// Run before every start of the PBX (program and arguments, as the
+    /// PBX's user with its environment, from the mount point): e.g.
+    /// recover the PBX's database after the previous process or active
+    /// node died mid-write. A failure is a failed start.
     pub prepare: Option<Vec<String>>,
 }
 
