@@ -4,7 +4,8 @@
 //! the PBX's own start). A command that prints a table, not a test.
 //!
 //! Kamailio alone: started on a loopback port of this machine with the
-//! lab's minimal config, probed with the supervisor's own SIP OPTIONS
+//! reference payload (its database's WAL checkpointed first, untimed, as
+//! `pbx.prepare` does under triad), probed with the supervisor's own SIP OPTIONS
 //! probe every few milliseconds until it answers. Under triad: a fresh lab
 //! per run (so every crash is the first in its failure window and gets the
 //! first backoff), kill -9 of the active node's Kamailio main process at a
@@ -66,6 +67,19 @@ fn kamailio_alone(runs: usize) -> Result<Vec<Duration>, PbxBenchError> {
     let mut out = Vec::new();
     for run in 1..=runs {
         let addr: SocketAddr = ([127, 0, 0, 1], 5060).into();
+        // What `pbx.prepare` does under triad, untimed here: the previous
+        // run was killed (-9) and may have left its WAL to recover, which
+        // Kamailio's processes racing to open the database do not survive.
+        let db = dir.join("kamailio.db").display().to_string();
+        let prepared = Command::new("setpriv")
+            .args(["--reuid", "kamailio", "--regid", "kamailio", "--clear-groups", "sqlite3", &db])
+            .arg("PRAGMA wal_checkpoint(TRUNCATE);")
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| PbxBenchError::Step(format!("sqlite3: {e}")))?;
+        if !prepared.success() {
+            return Err(PbxBenchError::Step(format!("run {run}: sqlite3 checkpoint failed: {prepared}")));
+        }
         let start = Instant::now();
         let child = Command::new("/usr/sbin/kamailio")
             .args(["-f", &cfg.display().to_string(), "-DD", "-E", "-Y", &dir.display().to_string()])
