@@ -122,6 +122,9 @@ pub struct Lab {
     pub payload: Payload,
 }
 
+/// How long a killed node's namespace may take to go.
+const KILL_WAIT: Duration = Duration::from_secs(15);
+
 impl Lab {
     /// Builds the lab from scratch (tearing down any previous one first),
     /// starts the three nodes, waits for one leader holding the VIP, and
@@ -404,15 +407,18 @@ impl Lab {
         }
         spawn::signal(n.supervisor_pid, Signal::SIGKILL)?;
         let port = n.switch_port.clone();
-        wait::until(Duration::from_secs(5), Duration::from_millis(10), || {
-            (!link_exists(SWITCH_NS, &port)).then_some(())
-        })
-        .ok_or_else(|| LabError::Timeout {
-            what: format!("node {id}'s link to vanish after kill -9"),
-            secs: 5,
-            detail: String::new(),
-            logs: n.log.display().to_string(),
-        })
+        // Seconds, not milliseconds, under load: the namespace goes only
+        // when its last process is gone (seen: more than 5 s after an
+        // nbdfuse aborted on an assertion when the isolated node's NBD
+        // server closed its connection).
+        wait::until(KILL_WAIT, Duration::from_millis(10), || (!link_exists(SWITCH_NS, &port)).then_some(())).ok_or_else(
+            || LabError::Timeout {
+                what: format!("node {id}'s link to vanish after kill -9"),
+                secs: KILL_WAIT.as_secs(),
+                detail: String::new(),
+                logs: n.log.display().to_string(),
+            },
+        )
     }
 
     /// Kills node `id` if it is alive and starts a new one in its place
