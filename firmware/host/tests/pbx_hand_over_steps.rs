@@ -77,6 +77,21 @@ fn failed_twice(h: &mut Host) -> Instant {
     now
 }
 
+/// The third death hands the role to node 2 (ready), all steps done;
+/// returns the instant.
+fn handed_over(h: &mut Host) -> Instant {
+    let now = failed_twice(h);
+    h.handle(now, ping(2, true));
+    h.handle(now, Event::Pbx(PbxEvent::Exited { run: 3 }));
+    for e in [Event::Fs(ok(FsStep::Unmount)), Event::Fs(ok(FsStep::Detach))] {
+        h.handle(now, e);
+    }
+    h.handle(now, Event::VipDone { action: VipAction::Remove, result: VipResult::Done });
+    h.handle(now, Event::StepDownConfirmed(true));
+    assert_eq!(h.node().role(), Role::Follower);
+    now
+}
+
 fn notices(out: &[Command]) -> Vec<HostNotice> {
     out.iter()
         .filter_map(|c| match c {
@@ -128,14 +143,7 @@ fn a_pbx_that_keeps_dying_hands_the_role_drained_to_a_ready_peer_and_the_node_re
 #[test]
 fn a_node_that_handed_over_takes_the_role_again_once_its_failures_age_out() {
     let mut h = host();
-    let now = failed_twice(&mut h);
-    h.handle(now, ping(2, true));
-    h.handle(now, Event::Pbx(PbxEvent::Exited { run: 3 }));
-    for e in [Event::Fs(ok(FsStep::Unmount)), Event::Fs(ok(FsStep::Detach))] {
-        h.handle(now, e);
-    }
-    h.handle(now, Event::VipDone { action: VipAction::Remove, result: VipResult::Done });
-    h.handle(now, Event::StepDownConfirmed(true));
+    let now = handed_over(&mut h);
     // The first failure happened when `serving` returned: 2 s before.
     let ages_out = now.add(PbxTiming::default().failure_window).0 - 2_000_000;
     let out = h.handle(Instant(ages_out - 1), Event::Tick);
@@ -147,14 +155,7 @@ fn a_node_that_handed_over_takes_the_role_again_once_its_failures_age_out() {
 #[test]
 fn an_operator_clears_the_failures_and_the_node_may_lead_again() {
     let mut h = host();
-    let now = failed_twice(&mut h);
-    h.handle(now, ping(2, true));
-    h.handle(now, Event::Pbx(PbxEvent::Exited { run: 3 }));
-    for e in [Event::Fs(ok(FsStep::Unmount)), Event::Fs(ok(FsStep::Detach))] {
-        h.handle(now, e);
-    }
-    h.handle(now, Event::VipDone { action: VipAction::Remove, result: VipResult::Done });
-    h.handle(now, Event::StepDownConfirmed(true));
+    let now = handed_over(&mut h);
     let out = h.clear_pbx_failures(now);
     assert_eq!(notices(&out), vec![HostNotice::Fitness { fit: true, sync_stalled: false }], "{out:?}");
     assert!(!h.readiness().problems.iter().any(|p| p.contains("failed")), "{:?}", h.readiness());

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::bench::next_random;
 use crate::lab::{strip_ansi, Lab, LabError, Payload};
 use crate::layout::{CLIENT_IP, JOURNAL_MIB, NODE_IDS, VIP};
 use crate::netns::CLIENT_NS;
@@ -71,15 +72,7 @@ struct Run {
 
 /// Runs the series and prints the table.
 pub fn run(bin: &std::path::Path, runs: usize, fault: ServiceFault) -> Result<(), ServiceBenchError> {
-    let opts = triad::NodeOptions { pbx: true, ..triad::NodeOptions::default() };
-    let payload = Payload::Triad {
-        bin: bin.to_path_buf(),
-        profile: crate::lab::Profile::Default,
-        journal_mib: JOURNAL_MIB,
-        opts,
-    };
-    eprintln!("== bringing up the lab with the PBX");
-    let mut lab = Lab::up(payload)?;
+    let mut lab = pbx_lab(bin)?;
     let stop = Arc::new(AtomicBool::new(false));
     let responder = responder(stop.clone())?;
     register()?;
@@ -130,6 +123,19 @@ pub fn run(bin: &std::path::Path, runs: usize, fault: ServiceFault) -> Result<()
     Lab::down()?;
     print_table(&results, runs, fault);
     Ok(())
+}
+
+/// A lab running the reference payload.
+fn pbx_lab(bin: &std::path::Path) -> Result<Lab, ServiceBenchError> {
+    let opts = triad::NodeOptions { pbx: true, ..triad::NodeOptions::default() };
+    let payload = Payload::Triad {
+        bin: bin.to_path_buf(),
+        profile: crate::lab::Profile::Default,
+        journal_mib: JOURNAL_MIB,
+        opts,
+    };
+    eprintln!("== bringing up the lab with the PBX");
+    Ok(Lab::up(payload)?)
 }
 
 /// Waits for a healthy cluster whose leader's PBX runs and routes a probe.
@@ -347,15 +353,7 @@ struct CallsRun {
 /// how many ended with a 200 to their BYE after it, calls that failed, and
 /// the time from the kill to the first new call established.
 pub fn calls(bin: &std::path::Path, runs: usize) -> Result<(), ServiceBenchError> {
-    let opts = triad::NodeOptions { pbx: true, ..triad::NodeOptions::default() };
-    let payload = Payload::Triad {
-        bin: bin.to_path_buf(),
-        profile: crate::lab::Profile::Default,
-        journal_mib: JOURNAL_MIB,
-        opts,
-    };
-    eprintln!("== bringing up the lab with the PBX");
-    let mut lab = Lab::up(payload)?;
+    let mut lab = pbx_lab(bin)?;
     let dir = std::path::Path::new(crate::layout::LAB_DIR).join("bench-calls");
     std::fs::create_dir_all(&dir).map_err(|e| ServiceBenchError::Setup(format!("mkdir {}: {e}", dir.display())))?;
     let payload_dir = triad::payload_dir();
@@ -459,15 +457,6 @@ pub fn calls(bin: &std::path::Path, runs: usize) -> Result<(), ServiceBenchError
     println!("{:<48} {:>10}", "calls that did not end with 200 to their BYE", failed);
     println!("{:<48} {:>10.0} {:>8.0}", "kill to first new call established (p50, p99 ms)", ms(m), ms(p));
     Ok(())
-}
-
-/// splitmix64, for the fault instants.
-fn next_random(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]

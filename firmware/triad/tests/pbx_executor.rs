@@ -6,51 +6,22 @@
 //! reaper.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
-use nix::unistd::{Gid, Uid};
 use tokio::sync::mpsc::UnboundedReceiver;
 use triad::config::PbxConfig;
 use triad::os::pbx_process::PbxEnv;
 use triad::pbx::PbxExecutor;
-use triad_host::pbx::{PbxCommand, PbxEvent, PbxTiming};
+use triad_host::pbx::{PbxCommand, PbxEvent};
 
-fn require_root() {
-    assert!(nix::unistd::geteuid().is_root(), "the PBX runs as user nobody here: run this test as root");
-}
+mod common;
+use common::require_root;
 
-fn scratch() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("triad-pbx-executor-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-    dir
-}
-
+/// A PBX that logs its start and sleeps, prepared by `prepare`.
 fn config(dir: &std::path::Path, prepare: &str) -> PbxConfig {
     PbxConfig {
-        command: "/bin/sh".into(),
-        args: vec!["-c".into(), "echo started >> \"$OUT/log\"; exec sleep 30".into()],
-        user: "nobody".into(),
-        uid: Uid::from_raw(65534),
-        gid: Gid::from_raw(65534),
-        env: BTreeMap::from([("OUT".to_string(), dir.display().to_string())]),
-        working_dir: dir.to_path_buf(),
-        mount_point: dir.to_path_buf(),
-        public_address: None,
-        stop_signal: Signal::SIGTERM,
-        sip_port: 5060,
-        memory_max: None,
-        cpu_max_percent: None,
-        timing: PbxTiming::default(),
-        check: None,
-        readiness_interval: Duration::from_secs(30),
-        probe_tcp: false,
-        probe_vip: false,
         prepare: Some(vec!["/bin/sh".into(), "-c".into(), prepare.into()]),
+        ..common::config(dir, "echo started >> \"$OUT/log\"; exec sleep 30")
     }
 }
 
@@ -60,8 +31,8 @@ async fn next(rx: &mut UnboundedReceiver<PbxEvent>) -> PbxEvent {
 
 #[tokio::test]
 async fn prepare_runs_before_every_start_and_a_kill_during_the_start_is_carried_out() {
-    require_root();
-    let dir = scratch();
+    require_root("tests/pbx_executor.rs");
+    let dir = common::scratch("executor");
     let reaper = triad::os::reaper::Reaper::start().unwrap();
     let env = PbxEnv { vip: "10.77.0.100".into() };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

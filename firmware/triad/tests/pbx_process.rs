@@ -5,55 +5,17 @@
 //! change user); fails loudly without it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
-use nix::unistd::{Gid, Uid};
-use triad::config::PbxConfig;
 use triad::os::pbx_process::{cgroup_v2_at, PbxEnv, PbxProcess};
-use triad_host::pbx::PbxTiming;
+
+mod common;
+use common::{config, scratch};
 
 fn require_root() {
-    assert!(
-        Uid::effective().is_root(),
-        "tests/pbx_process.rs needs root (it starts the PBX as another user); run it as root, as CI does"
-    );
-}
-
-/// A world-writable scratch dir the child (as nobody) reports into.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("triad-pbx-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-    dir
-}
-
-fn config(dir: &Path, script: &str) -> PbxConfig {
-    PbxConfig {
-        command: "/bin/sh".into(),
-        args: vec!["-c".into(), script.into()],
-        user: "nobody".into(),
-        uid: Uid::from_raw(65534),
-        gid: Gid::from_raw(65534),
-        env: BTreeMap::from([("OUT".to_string(), dir.display().to_string())]),
-        working_dir: dir.to_path_buf(),
-        mount_point: dir.to_path_buf(),
-        public_address: None,
-        stop_signal: Signal::SIGTERM,
-        sip_port: 5060,
-        memory_max: None,
-        cpu_max_percent: None,
-        timing: PbxTiming::default(),
-        check: None,
-        readiness_interval: Duration::from_secs(30),
-        probe_tcp: false,
-        probe_vip: false,
-        prepare: None,
-    }
+    common::require_root("tests/pbx_process.rs");
 }
 
 fn wait_for(path: &Path) -> String {

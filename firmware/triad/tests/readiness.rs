@@ -4,48 +4,13 @@
 //! tests' children before they wait for them.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-use nix::sys::signal::Signal;
-use nix::unistd::{Gid, Uid};
-use triad::config::PbxConfig;
 use triad::os::pbx_process::PbxEnv;
-use triad_host::pbx::PbxTiming;
 
-fn require_root() {
-    assert!(nix::unistd::geteuid().is_root(), "this test runs the config check as user nobody: run it as root");
-}
+mod common;
+use common::{require_root, scratch};
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("triad-readiness-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn config(dir: &Path) -> PbxConfig {
-    PbxConfig {
-        command: "/bin/sh".into(),
-        args: vec![],
-        user: "nobody".into(),
-        uid: Uid::from_raw(65534),
-        gid: Gid::from_raw(65534),
-        env: BTreeMap::from([("OUT".to_string(), dir.display().to_string())]),
-        working_dir: dir.to_path_buf(),
-        mount_point: dir.to_path_buf(),
-        public_address: None,
-        stop_signal: Signal::SIGTERM,
-        sip_port: 5060,
-        memory_max: None,
-        cpu_max_percent: None,
-        timing: PbxTiming::default(),
-        check: None,
-        readiness_interval: Duration::from_secs(30),
-        probe_tcp: false,
-        probe_vip: false,
-        prepare: None,
-    }
+fn config(dir: &std::path::Path) -> triad::config::PbxConfig {
+    common::config(dir, "true")
 }
 
 /// The failover readiness check runs the PBX's config check as the PBX
@@ -53,7 +18,7 @@ fn config(dir: &Path) -> PbxConfig {
 /// with its exit status and the end of its output.
 #[test]
 fn the_readiness_check_runs_the_config_check_as_the_pbx_and_quotes_a_failure() {
-    require_root();
+    require_root("tests/readiness.rs");
     let dir = scratch("readiness");
     let reaper = triad::os::reaper::Reaper::start().unwrap();
     let env = PbxEnv { vip: "10.77.0.100".into() };
