@@ -337,6 +337,8 @@ pub struct DataOutcome {
     pub converge: Option<u64>,
     /// Boxes reset by their watchdog (service scenarios).
     pub watchdog_resets: u64,
+    /// Service faults injected (service scenarios).
+    pub service_faults: u64,
     /// Longest time two nodes had a live PBX over a mounted filesystem
     /// (the old one unable to acknowledge writes, being fenced), µs.
     pub pbx_overlap: u64,

@@ -310,7 +310,10 @@ impl DataWorld {
                 }
                 self.note(|| format!("n{node} WATCHDOG RESET"));
                 self.stats.watchdog_resets += 1;
+                // A reset, not a power cut, but the same for the disks:
+                // the page cache is gone.
                 self.take_down(node, true);
+                self.stats.power_cuts -= 1;
                 let d = self.rng.range(self.sc.restart_delay.0, self.sc.restart_delay.1);
                 self.push(self.now + d, Ev::Restart { node });
             }
@@ -405,12 +408,15 @@ impl DataWorld {
                     "the next unmount hangs"
                 }
             };
+            self.stats.service_faults += 1;
             self.note(|| format!("n{n} SERVICE FAULT: {name}"));
         }
         // Processes already running with a fault keep it; later spawns
         // take the box's faults when they start.
         for i in 0..3 {
             let f = self.hosts[i].svc.faults;
+            let svc = &mut self.hosts[i].svc;
+            svc.hang_seen |= f.unkillable && !svc.pbx.is_empty();
             for p in &mut self.hosts[i].svc.pbx {
                 p.ignores_stop |= f.ignores_stop;
                 p.unkillable |= f.unkillable;
@@ -444,7 +450,9 @@ impl DataWorld {
                 self.next_pid += 1;
                 let pid = self.next_pid;
                 let answers_at = if f.silent { u64::MAX } else { now + self.rng.range(2_000, 50_000) };
-                self.svc(id).pbx.push(SimPbx {
+                let s = self.svc(id);
+                s.hang_seen |= f.unkillable;
+                s.pbx.push(SimPbx {
                     pid,
                     run,
                     answers_at,
