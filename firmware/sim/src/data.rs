@@ -43,11 +43,21 @@
 //! rebooted, as `Replica::recovery` says, and must be resynced);
 //! at the end, after healing, all three stores are byte-identical at one
 //! applied position.
+//!
+//! The service scenarios ([`DataScenario::service`]) also run the PBX,
+//! the filesystem and the watchdog of every host and simulate the OS side
+//! of each with faults ([`service`]): crash loops, silent PBXs, hung
+//! demotions, failing mounts. Their checks: one PBX per node and only over
+//! its mount, the VIP only over a mount, no unmount under a live PBX, two
+//! PBXs over mounts only while all but one node cannot acknowledge writes
+//! and is being fenced, a hung demotion reset by the watchdog within its
+//! bound, no self-fence without a hang, no host deadline left in the past,
+//! and a healthy PBX behind the VIP after healing.
 
 pub mod client;
 mod figure8;
 pub mod scenario;
-mod service;
+pub mod service;
 
 pub use scenario::{Blank, DataMutation, DataScenario, KNOWN_REPL_BUGS};
 pub use service::{ServiceFaults, ServiceSpec};

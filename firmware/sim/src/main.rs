@@ -210,7 +210,12 @@ fn data_scenario(
 ) -> Result<DataScenario, String> {
     let mut sc = match name {
         Some(n) => DataScenario::named(n).ok_or_else(|| {
-            let names: Vec<_> = DataScenario::all().iter().chain(&DataScenario::extra()).map(|s| s.name).collect();
+            let names: Vec<_> = DataScenario::all()
+                .iter()
+                .chain(&DataScenario::extra())
+                .chain(&DataScenario::service())
+                .map(|s| s.name)
+                .collect();
             format!("unknown data scenario {n:?}; known: {}", names.join(", "))
         })?,
         None => DataScenario::for_seed(seed),
