@@ -987,8 +987,10 @@ impl DataWorld {
             // first (`biased;`): one still due after a Tick would spin the
             // loop and starve every other event (the VIP world's
             // `Progress`; checked here where the service's timers run).
+            // (Not while a handover waits for the volume's confirmation:
+            // the runtime is blocked in it then, not looping.)
             let deadline = p.host.next_deadline();
-            if is_tick && deadline <= local && self.sc.service.is_some() {
+            if is_tick && deadline <= local && self.sc.service.is_some() && !p.host.handing_over() {
                 return self.fail(
                     DataCheck::HostSpin,
                     format!(

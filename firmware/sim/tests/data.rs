@@ -330,7 +330,7 @@ fn service_clean(names: &[&str]) {
 
 #[test]
 fn pbx_crash_loops_silent_pbxs_and_failing_mounts_keep_one_writer_and_come_back() {
-    service_clean(&["pbx-crash-loop", "pbx-silent", "failing-mount"]);
+    service_clean(&["pbx-crash-loop", "pbx-silent", "failing-mount", "service-disk-stall"]);
 }
 
 #[test]

@@ -592,6 +592,14 @@ impl DataScenario {
                 }),
                 ..base("first-format", ServiceFaults::default())
             },
+            // Stuck disks under the service (rule 16 and the watchdog): a
+            // volume thread hung in a store or metadata sync shows no
+            // progress, so the box stops petting and resets if the hang
+            // outlasts the part's staleness plus the device's timeout.
+            DataScenario {
+                disk_stall_p: 0.04,
+                ..base("service-disk-stall", ServiceFaults { crash_p: 0.02, ..Default::default() })
+            },
             // A bit of everything.
             base(
                 "service",
