@@ -648,6 +648,7 @@ impl DataWorld {
             let local = h.clock.local(now);
             let serving = h.proc.as_ref().is_some_and(|p| p.vol.r.replica().serving(local));
             let fenced = h.proc.as_ref().and_then(|p| p.host.watchdog().and_then(|w| w.fenced()));
+            let draining = h.proc.as_ref().is_some_and(|p| p.host.draining());
             let s = &h.svc;
             // One PBX at a time, and only over its mounted filesystem.
             if s.pbx.len() > 1 {
@@ -657,8 +658,11 @@ impl DataWorld {
             if !s.pbx.is_empty() && !s.mounted {
                 return self.fail(DataCheck::PbxWithoutMount, format!("node {id} runs a PBX without its mount"));
             }
-            if s.vip_on && !s.attached {
-                return self.fail(DataCheck::VipWithoutMount, format!("node {id} holds the VIP with nothing attached"));
+            // The VIP goes first on a lost lease; only a drained handover
+            // (switchover, standby) keeps it from the unmount to the detach.
+            if s.vip_on && !(s.mounted || s.attached && draining) {
+                let what = if s.attached { "unmounted, not draining" } else { "nothing attached" };
+                return self.fail(DataCheck::VipWithoutMount, format!("node {id} holds the VIP with {what}"));
             }
             if let (Some(why), false) = (fenced, s.hang_seen) {
                 return self.fail(
