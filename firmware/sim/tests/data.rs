@@ -349,3 +349,17 @@ fn host_bugs_found_by_the_service_scenarios_stay_fixed() {
     // and no self-fence (ServiceLive): hung-demotion seed 4, service seed 27.
     passes(&[(0, "pbx-silent"), (4, "hung-demotion"), (27, "service")]);
 }
+
+#[test]
+fn a_runtime_that_pets_on_its_own_timer_never_resets_a_hung_demotion() {
+    // Mutation `pet-on-timer`: the device is petted whatever the host
+    // decided, so a self-fence resets nothing.
+    finds("hung-demotion", &[DataMutation::PetOnTimer], &[DataCheck::DemotionBound, DataCheck::ServiceLive], 60);
+}
+
+#[test]
+fn a_pbx_exit_the_reaper_never_reports_ends_in_a_needless_self_fence() {
+    // Mutation `pbx-exit-not-reported`: the host waits for the exit of a
+    // stopped PBX that is long gone, declares it hung and self-fences.
+    finds("pbx-crash-loop", &[DataMutation::PbxExitNotReported], &[DataCheck::NeedlessSelfFence], 20);
+}

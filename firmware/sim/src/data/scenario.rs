@@ -74,11 +74,18 @@ pub enum DataMutation {
     /// commit only, so a hung store or metadata sync (a checkpoint,
     /// compaction) leaves a stuck leader fit.
     SyncWatchJournalOnly,
+    /// Service scenarios: the runtime pets the watchdog on a timer of its
+    /// own (every quarter of the stall limit), whatever the host decided:
+    /// a self-fence no longer resets the box.
+    PetOnTimer,
+    /// Service scenarios: the reaper never routes the PBX's exit to its
+    /// executor: the host waits for an exit that never comes.
+    PbxExitNotReported,
 }
 
 impl DataMutation {
     /// Every mutation.
-    pub const ALL: [DataMutation; 19] = [
+    pub const ALL: [DataMutation; 21] = [
         DataMutation::NoEpochFence,
         DataMutation::AckOnSubmit,
         DataMutation::JournalSyncSkipped,
@@ -98,6 +105,8 @@ impl DataMutation {
         DataMutation::IgnoreMembership,
         DataMutation::NoSyncWatch,
         DataMutation::SyncWatchJournalOnly,
+        DataMutation::PetOnTimer,
+        DataMutation::PbxExitNotReported,
     ];
 
     /// The command-line name.
@@ -122,6 +131,8 @@ impl DataMutation {
             DataMutation::IgnoreMembership => "ignore-membership",
             DataMutation::NoSyncWatch => "no-sync-watch",
             DataMutation::SyncWatchJournalOnly => "sync-watch-journal-only",
+            DataMutation::PetOnTimer => "pet-on-timer",
+            DataMutation::PbxExitNotReported => "pbx-exit-not-reported",
         }
     }
 

@@ -42,7 +42,7 @@
 //! A supervisor kill takes the box's PBX and mounts with it (the lab's
 //! namespaces; on the appliance PID 1's death resets the box).
 
-use super::{idx, DataCheck, DataWorld, Ev, Res};
+use super::{idx, DataCheck, DataMutation, DataWorld, Ev, Res};
 use core::time::Duration;
 use triad_core::{NodeId, VipAction};
 use triad_host::filesystem::{CheckVerdict, FsNotice, StepOutcome};
@@ -285,7 +285,7 @@ impl DataWorld {
                 self.note(|| format!("n{node} PBX run {run} (pid {pid}) exited"));
                 // The reaper reports it to the executor of this process
                 // (every live PBX belongs to the running incarnation).
-                if self.hosts[idx(node)].proc.is_some() {
+                if self.hosts[idx(node)].proc.is_some() && !self.sc.has(DataMutation::PbxExitNotReported) {
                     self.core_input(node, Event::Pbx(PbxEvent::Exited { run }))?;
                 }
             }
@@ -325,6 +325,9 @@ impl DataWorld {
                 self.push(now + self.sc.sync_stall_limit / 4, Ev::Svc(SvcEv::StallCheck { node, inc }));
                 if fresh {
                     self.core_input(node, Event::Progress(triad_host::Critical::VolumeThread))?;
+                }
+                if self.sc.has(DataMutation::PetOnTimer) && self.proc(node, inc).is_some() {
+                    self.svc_pet(node);
                 }
             }
             SvcEv::Format { node, inc } => {
