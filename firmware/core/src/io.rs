@@ -57,6 +57,14 @@ pub enum Input {
     /// to answer them; dropping to false releases a held VIP. A node
     /// without such a service never sends it (ready from the start).
     ServiceReady(bool),
+    /// Whether this node's failover readiness check passes (issue 11: it
+    /// could run the service now: the PBX and its config check out, the
+    /// replica is current). Told to the peers in every Ping: a node that
+    /// is not ready is never chosen as a switchover target. It does not
+    /// bar an election: when the active node dies, a node that may fail
+    /// to run the service is still better than none. Ready until told
+    /// otherwise.
+    TakeoverReady(bool),
     /// An operator's request.
     Admin(AdminRequest),
 }
@@ -223,6 +231,8 @@ pub struct Status {
     pub vip_phase: VipPhase,
     /// Standby (maintenance) mode.
     pub standby: bool,
+    /// This node's failover readiness, as last told ([`Input::TakeoverReady`]).
+    pub ready: bool,
     /// This node's data position.
     pub position: Position,
     /// A foreign MAC seen answering for the VIP while this node held or
@@ -243,4 +253,8 @@ pub struct PeerStatus {
     pub last_heard_ms: Option<u64>,
     /// The peer's last reported position.
     pub position: Option<Position>,
+    /// The peer last said it is in standby.
+    pub standby: bool,
+    /// The peer last said its failover readiness check passes.
+    pub ready: bool,
 }

@@ -26,6 +26,8 @@ pub struct PeerLiveness {
     pub position: Option<Position>,
     /// Whether it last said it is in standby.
     pub standby: bool,
+    /// Whether it last said its failover readiness check passes.
+    pub ready: bool,
 }
 
 /// Liveness of the two peers.
@@ -38,7 +40,7 @@ pub struct Liveness {
 impl Liveness {
     /// Nothing heard yet from `peers`; a peer silent for `timeout` is unreachable.
     pub fn new(peers: [NodeId; 2], timeout: Duration) -> Self {
-        let blank = |id| PeerLiveness { id, last_heard: None, position: None, standby: false };
+        let blank = |id| PeerLiveness { id, last_heard: None, position: None, standby: false, ready: false };
         Liveness { peers: [blank(peers[0]), blank(peers[1])], timeout }
     }
 
@@ -49,11 +51,12 @@ impl Liveness {
         }
     }
 
-    /// `from` reported its data position and standby state.
-    pub fn reported(&mut self, from: NodeId, position: Position, standby: bool) {
+    /// `from` reported its data position, standby state and readiness.
+    pub fn reported(&mut self, from: NodeId, position: Position, standby: bool, ready: bool) {
         if let Some(p) = self.get_mut(from) {
             p.position = Some(position);
             p.standby = standby;
+            p.ready = ready;
         }
     }
 
@@ -95,7 +98,7 @@ mod tests {
     fn strangers_are_ignored() {
         let mut l = Liveness::new([2, 3], Duration::from_millis(200));
         l.heard(9, Instant(5));
-        l.reported(9, Position { epoch: 1, seq: 1 }, true);
+        l.reported(9, Position { epoch: 1, seq: 1 }, true, true);
         assert!(l.peers().iter().all(|p| p.last_heard.is_none() && p.position.is_none()));
     }
 }

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Wire protocol version. Bump on every change to [`Message`] or [`Body`].
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// A cluster member's identity: 1, 2 or 3.
 pub type NodeId = u8;
@@ -58,6 +58,9 @@ pub enum Body {
         position: Position,
         /// The sender is in standby: never a switchover target.
         standby: bool,
+        /// The sender's failover readiness check passes (it could run the
+        /// service now): a switchover target must be ready.
+        ready: bool,
     },
     /// "Would you vote for me in `epoch`?" Changes no state on the receiver.
     PreVote {

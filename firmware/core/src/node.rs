@@ -50,6 +50,8 @@ pub struct Node {
     handover: Option<(NodeId, Epoch)>,
     /// [`Input::ServiceReady`]: the service behind the VIP is up here.
     service_ready: bool,
+    /// This node's failover readiness ([`Input::TakeoverReady`]), told in every Ping.
+    ready: bool,
     /// The instant of the last input; deadlines already passed are not
     /// deadlines any more.
     now: Instant,
@@ -91,6 +93,7 @@ impl Node {
             vip_conflict: None,
             handover: None,
             service_ready: true,
+            ready: true,
             now,
         }
     }
@@ -131,6 +134,7 @@ impl Node {
             }
             Input::Membership(m) => self.election.set_membership(now, m, &mut out),
             Input::ServiceReady(ready) => self.service_ready = ready,
+            Input::TakeoverReady(ready) => self.ready = ready,
             Input::Admin(req) => self.admin(now, req, &mut out),
         }
         self.settle(now, &mut out);
@@ -164,6 +168,7 @@ impl Node {
             vip_held: self.vip.phase() == VipPhase::Held,
             vip_phase: self.vip.phase(),
             standby: self.election.standby(),
+            ready: self.ready,
             position: self.election.position(),
             vip_conflict: self.vip_conflict.filter(|(_, at)| now.since(*at) < CONFLICT_SHOWN).map(|(mac, _)| mac),
             peers: self
@@ -175,6 +180,8 @@ impl Node {
                     reachable: self.liveness.reachable(p.id, now),
                     last_heard_ms: p.last_heard.map(|t| now.since(t).as_millis() as u64),
                     position: p.position,
+                    standby: p.standby,
+                    ready: p.ready,
                 })
                 .collect(),
         }
@@ -218,8 +225,8 @@ impl Node {
             return;
         }
         self.liveness.heard(msg.from, now);
-        if let Body::Ping { position, standby } = msg.body {
-            self.liveness.reported(msg.from, position, standby);
+        if let Body::Ping { position, standby, ready } = msg.body {
+            self.liveness.reported(msg.from, position, standby, ready);
         }
         // While the VIP may still be on our interface, we must not vote.
         self.election.set_fence(self.vip.fence(&self.timing));
@@ -329,7 +336,7 @@ impl Node {
         let epoch = self.epoch();
         let body = match self.lease.as_mut() {
             Some(lease) if self.election.role() == Role::Leader => Body::Heartbeat { round: lease.send_round(now) },
-            _ => Body::Ping { position: self.election.position(), standby: self.election.standby() },
+            _ => Body::Ping { position: self.election.position(), standby: self.election.standby(), ready: self.ready },
         };
         for to in self.peers {
             out.push(Output::Send { to, msg: Message { from: self.id, epoch, body: body.clone() } });
@@ -398,6 +405,9 @@ impl Node {
             }
             if p.standby {
                 return Err(format!("node {id} is in standby"));
+            }
+            if !p.ready {
+                return Err(format!("node {id} is not ready to take over (its readiness check fails)"));
             }
             match p.position {
                 Some(pos) if pos >= mine => Ok(id),

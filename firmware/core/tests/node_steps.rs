@@ -290,7 +290,7 @@ fn switchover_removes_the_vip_before_sending_timeout_now() {
     let t0 = elect_node1(&mut n1);
     n1.handle(t0, msg(2, 1, Body::HeartbeatAck { round: 1 }));
     n1.handle(t0, Input::VipDone { action: VipAction::Add, ok: true });
-    n1.handle(t0, msg(2, 1, Body::Ping { position: Position::default(), standby: false }));
+    n1.handle(t0, msg(2, 1, Body::Ping { position: Position::default(), standby: false, ready: true }));
     let out = n1.handle(t0, Input::Admin(AdminRequest::Switchover { to: Some(2) }));
     assert!(out.contains(&Output::Vip(VipAction::Remove)));
     let is_timeout_now = |o: &Output| matches!(o, Output::Send { to: 2, msg } if msg.body == Body::TimeoutNow);
@@ -420,7 +420,7 @@ fn switchover_refuses_a_standby_target_and_keeps_the_lease() {
     let t0 = elect_node1(&mut n1);
     n1.handle(t0, msg(2, 1, Body::HeartbeatAck { round: 1 }));
     n1.handle(t0, Input::VipDone { action: VipAction::Add, ok: true });
-    n1.handle(t0, msg(2, 1, Body::Ping { position: Position::default(), standby: true }));
+    n1.handle(t0, msg(2, 1, Body::Ping { position: Position::default(), standby: true, ready: true }));
     let out = n1.handle(t0, Input::Admin(AdminRequest::Switchover { to: Some(2) }));
     assert!(out
         .iter()
@@ -428,6 +428,50 @@ fn switchover_refuses_a_standby_target_and_keeps_the_lease() {
     assert!(!out.iter().any(|o| matches!(o, Output::Vip(VipAction::Remove))));
     assert_eq!(n1.role(), Role::Leader);
     assert!(n1.lease_until(t0).is_some());
+}
+
+#[test]
+fn a_peer_that_is_not_ready_is_never_a_switchover_target() {
+    let mut n1 = node(1, HardState::default());
+    let t0 = elect_node1(&mut n1);
+    n1.handle(t0, msg(2, 1, Body::HeartbeatAck { round: 1 }));
+    n1.handle(t0, Input::VipDone { action: VipAction::Add, ok: true });
+    let ahead = Position { epoch: 1, seq: 9 };
+    n1.handle(t0, msg(2, 1, Body::Ping { position: ahead, standby: false, ready: false }));
+    n1.handle(t0, msg(3, 1, Body::Ping { position: Position::default(), standby: false, ready: true }));
+    // Named: refused with the reason, the lease kept.
+    let out = n1.handle(t0, Input::Admin(AdminRequest::Switchover { to: Some(2) }));
+    assert_eq!(
+        out,
+        vec![Output::Notice(Notice::AdminRefused {
+            reason: "node 2 is not ready to take over (its readiness check fails)".into()
+        })]
+    );
+    assert_eq!(n1.role(), Role::Leader);
+    // Unnamed: the ready peer, though the other is further ahead.
+    let out = n1.handle(t0, Input::Admin(AdminRequest::Switchover { to: None }));
+    assert!(out.contains(&Output::Vip(VipAction::Remove)), "{out:?}");
+    let out = n1.handle(t0, Input::VipDone { action: VipAction::Remove, ok: true });
+    assert_eq!(sends(&out), vec![(3, Message { from: 1, epoch: 1, body: Body::TimeoutNow })]);
+}
+
+#[test]
+fn the_readiness_told_to_the_core_goes_out_in_every_ping() {
+    let mut n2 = node(2, HardState::default());
+    let t = at(50);
+    n2.handle(t, Input::TakeoverReady(false));
+    assert!(!n2.status(t).ready);
+    let pings = |out: &[Output]| -> Vec<bool> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Send { msg: Message { body: Body::Ping { ready, .. }, .. }, .. } => Some(*ready),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(pings(&n2.handle(at(10_000), Input::Tick)), vec![false, false]);
+    n2.handle(at(10_000), Input::TakeoverReady(true));
+    assert_eq!(pings(&n2.handle(at(20_000), Input::Tick)), vec![true, true]);
 }
 
 #[test]
@@ -462,7 +506,7 @@ fn a_higher_epoch_does_not_end_stickiness() {
     // the leader's lease.
     let mut n2 = node(2, HardState { epoch: 1, voted_for: Some(1), standby: false });
     n2.handle(at(1000), msg(1, 1, Body::Heartbeat { round: 3 }));
-    n2.handle(at(1010), msg(3, 2, Body::Ping { position: Position::default(), standby: false }));
+    n2.handle(at(1010), msg(3, 2, Body::Ping { position: Position::default(), standby: false, ready: true }));
     assert_eq!(n2.epoch(), 2, "the higher epoch is adopted");
     let out = n2.handle(at(1020), msg(3, 3, Body::PreVote { position: Position::default() }));
     assert_eq!(sends(&out)[0].1.body, Body::PreVoteReply { granted: false });
@@ -485,7 +529,7 @@ fn an_ack_of_round_zero_renews_nothing() {
 #[test]
 fn the_last_epoch_is_refused_and_never_overflows() {
     let mut n2 = node(2, HardState { epoch: u64::MAX - 1, voted_for: None, standby: false });
-    n2.handle(at(800), msg(1, u64::MAX, Body::Ping { position: Position::default(), standby: false }));
+    n2.handle(at(800), msg(1, u64::MAX, Body::Ping { position: Position::default(), standby: false, ready: true }));
     assert_eq!(n2.epoch(), u64::MAX - 1, "a message at the last epoch is refused");
     // Replies at the last epoch are refused too, so no election reaches it.
     let (now, _) = tick_until_prevote(&mut n2);
@@ -535,7 +579,7 @@ fn standby_stops_a_campaign_and_two_standby_nodes_are_refused() {
     assert!(!sends(&out).iter().any(|(_, m)| matches!(m.body, Body::Vote { .. })));
 
     let mut n3 = node(3, HardState::default());
-    n3.handle(at(10), msg(1, 0, Body::Ping { position: Position::default(), standby: true }));
+    n3.handle(at(10), msg(1, 0, Body::Ping { position: Position::default(), standby: true, ready: true }));
     let out = n3.handle(at(11), Input::Admin(AdminRequest::Standby(true)));
     assert!(out.iter().any(|o| matches!(o, Output::Notice(Notice::AdminRefused { reason }) if reason.contains("node 1 is already in standby"))));
     assert!(!n3.status(at(11)).standby);
@@ -545,7 +589,7 @@ fn standby_stops_a_campaign_and_two_standby_nodes_are_refused() {
 fn a_leader_that_cannot_raise_the_vip_retries_calmly_then_hands_over() {
     let mut n1 = node(1, HardState::default());
     let t0 = elect_node1(&mut n1);
-    n1.handle(t0, msg(2, 1, Body::Ping { position: Position::default(), standby: false }));
+    n1.handle(t0, msg(2, 1, Body::Ping { position: Position::default(), standby: false, ready: true }));
     let mut now = t0;
     let mut adds = Vec::new();
     let mut handed_over = false;
@@ -576,7 +620,7 @@ fn a_leader_that_cannot_raise_the_vip_retries_calmly_then_hands_over() {
         if handed_over {
             break;
         }
-        n1.handle(now, msg(2, 1, Body::Ping { position: Position::default(), standby: false }));
+        n1.handle(now, msg(2, 1, Body::Ping { position: Position::default(), standby: false, ready: true }));
         now = n1.next_deadline();
     }
     assert!(handed_over, "no handover after {} failed adds", adds.len());

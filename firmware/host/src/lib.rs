@@ -119,6 +119,10 @@ pub enum Event {
     FenceInstalled(bool),
     /// The PBX's executor reports (spawned, exited, a probe answered).
     Pbx(PbxEvent),
+    /// The executor's failover readiness check ended (the PBX binary and
+    /// its config check out, the watchdog is open): the problems found,
+    /// none when it passed. Only on a node that runs a PBX.
+    ReadinessChecked(Vec<String>),
     /// The filesystem's executor finished a step.
     Fs(FsEvent),
     /// Whether the volume serves (its first record of this node's epoch
@@ -212,6 +216,32 @@ pub enum HostNotice {
     /// A fence refresh found its element expired: the VIP was silent
     /// until the next grant (the refresh came too late; worth a look).
     FenceExpired,
+    /// The PBX failed too often: this node hands the active role over.
+    PbxHandingOver,
+    /// The PBX failed too often but no peer can take the role (the
+    /// reason): this node stays active and keeps restarting it. An alert.
+    PbxHandOverRefused {
+        /// Why, from the core.
+        reason: String,
+    },
+    /// This node's failover readiness changed (for the log; status shows
+    /// the problems).
+    Readiness {
+        /// Could take the active role now.
+        ready: bool,
+    },
+}
+
+/// How often a PBX hand-over no peer could take is tried again.
+pub const PBX_HAND_OVER_RETRY: core::time::Duration = core::time::Duration::from_secs(2);
+
+/// This node's failover readiness (issue 11, item 7), for status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Readiness {
+    /// Could take the active role now.
+    pub ready: bool,
+    /// What stands in the way, one line each; empty when ready.
+    pub problems: Vec<String>,
 }
 
 /// How long a drained switchover the core refuses is asked again.
@@ -265,6 +295,15 @@ pub struct Host {
     drain_until: Option<Instant>,
     /// When to pet the hardware watchdog, on a node with one.
     watchdog: Option<Watchdog>,
+    /// The executor's last readiness check: its problems (`None`: not
+    /// checked yet). Only on a node that runs a PBX.
+    checked: Option<Vec<String>>,
+    /// The readiness the core was last told.
+    ready_told: Option<bool>,
+    /// The PBX wants a hand-over that no peer can take: the core's reason.
+    pbx_alert: Option<String>,
+    /// When that hand-over is asked again.
+    pbx_hand_over_next: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -300,6 +339,10 @@ impl Host {
             draining: None,
             drain_until: None,
             watchdog: None,
+            checked: None,
+            ready_told: None,
+            pbx_alert: None,
+            pbx_hand_over_next: None,
         };
         let mut out = Vec::new();
         let mut inputs = VecDeque::new();
@@ -369,6 +412,10 @@ impl Host {
                 }
                 None
             }
+            Event::ReadinessChecked(problems) => {
+                self.checked = Some(problems);
+                None
+            }
             Event::Fs(e) => {
                 if let Some(fs) = self.fs.as_mut() {
                     out.extend(fs.done(now, e).into_iter().map(Command::Fs));
@@ -398,14 +445,143 @@ impl Host {
             }
         };
         self.run_core(now, input.into_iter().collect(), out);
+        self.follow_up(now, out);
+    }
+
+    /// What follows every event (and the end of a handover): the rest of
+    /// the node catches up with the core, in this order.
+    fn follow_up(&mut self, now: Instant, out: &mut Vec<Command>) {
         self.push_service_ready(now, out);
         self.push_view(now, out);
         self.push_fence(now, out);
         self.push_pbx(now, out);
+        if self.push_pbx_hand_over(now, out) {
+            self.push_pbx(now, out);
+        }
+        self.push_service_fit(now, out);
         self.push_fs(now, out);
         self.push_service_ready(now, out);
         self.push_drained(now, out);
+        self.push_readiness(now, out);
         self.push_watchdog(now, out);
+    }
+
+    /// After `failures_to_hand_over` PBX failures within the window, the
+    /// active node switches over to an up-to-date, ready peer (drained,
+    /// like an operator's: no acknowledged write is lost). If no peer can
+    /// take it, the node stays active with an alert, supervision goes on
+    /// restarting the PBX, and the hand-over is asked again every
+    /// [`PBX_HAND_OVER_RETRY`]. Returns whether a hand-over started.
+    fn push_pbx_hand_over(&mut self, now: Instant, out: &mut Vec<Command>) -> bool {
+        let wanted = self.pbx.as_ref().is_some_and(Pbx::hand_over_wanted);
+        if !wanted || self.node.role() != Role::Leader {
+            self.pbx_alert = None;
+            self.pbx_hand_over_next = None;
+            return false;
+        }
+        if self.handover.is_some() || self.draining.is_some() || self.pbx_hand_over_next.is_some_and(|t| now < t) {
+            return false;
+        }
+        let req = AdminRequest::Switchover { to: None };
+        // Ask a copy of the core first: a refusal leaves this node active.
+        let trial = self.node.clone().handle(now, Input::Admin(req));
+        let refusal = trial.iter().find_map(|o| match o {
+            Output::Notice(Notice::AdminRefused { reason }) => Some(reason.clone()),
+            _ => None,
+        });
+        if let Some(reason) = refusal {
+            if self.pbx_alert.as_ref() != Some(&reason) {
+                out.push(Command::Notice(HostNotice::PbxHandOverRefused { reason: reason.clone() }));
+            }
+            self.pbx_alert = Some(reason);
+            self.pbx_hand_over_next = Some(now.add(PBX_HAND_OVER_RETRY));
+            return false;
+        }
+        // Asked again later if it does not happen (a drained switchover
+        // the core refuses in the end puts the service back up here).
+        self.pbx_alert = None;
+        self.pbx_hand_over_next = Some(now.add(PBX_HAND_OVER_RETRY));
+        out.push(Command::Notice(HostNotice::PbxHandingOver));
+        if let Some(input) = self.admin(now, req, out) {
+            self.run_core(now, VecDeque::from([input]), out);
+            self.push_view(now, out);
+        }
+        true
+    }
+
+    /// A node that handed the role over after repeated PBX failures is
+    /// unfit to lead until they age out of the window (or an operator
+    /// clears them); the active node itself stays fit meanwhile (it hands
+    /// over in order rather than step down abruptly).
+    fn push_service_fit(&mut self, now: Instant, out: &mut Vec<Command>) {
+        if self.handover.is_some() {
+            return;
+        }
+        let Some(p) = self.pbx.as_ref() else { return };
+        let fit = self.node.role() == Role::Leader || !p.hand_over_wanted();
+        let changed = self.fitness.service(fit);
+        if let Some(input) = self.fit(changed, out) {
+            self.run_core(now, VecDeque::from([input]), out);
+            self.push_view(now, out);
+        }
+    }
+
+    /// The core tells its peers whether this node could take over now.
+    fn push_readiness(&mut self, now: Instant, out: &mut Vec<Command>) {
+        if self.handover.is_some() || self.pbx.is_none() {
+            return;
+        }
+        let ready = self.readiness().ready;
+        if self.ready_told != Some(ready) {
+            self.ready_told = Some(ready);
+            out.push(Command::Notice(HostNotice::Readiness { ready }));
+            self.run_core(now, VecDeque::from([Input::TakeoverReady(ready)]), out);
+        }
+    }
+
+    /// Whether this node could take the active role now (issue 11, item
+    /// 7): its PBX and its config pass the executor's check, the replica is
+    /// current and fit, and it does not refuse the role after repeated
+    /// PBX failures. A node without a PBX is always ready.
+    pub fn readiness(&self) -> Readiness {
+        let Some(p) = self.pbx.as_ref() else { return Readiness { ready: true, problems: Vec::new() } };
+        let mut problems = match &self.checked {
+            None => vec!["not checked yet".to_string()],
+            Some(found) => found.clone(),
+        };
+        if !self.fitness.storage_fit() {
+            problems.push(if self.fitness.sync_stalled() {
+                "a disk sync is stuck".to_string()
+            } else {
+                "the replica is not fit to lead (resyncing, failed, or the VIP fence is missing)".to_string()
+            });
+        }
+        if p.hand_over_wanted() {
+            problems.push(format!(
+                "the PBX failed {} times within the failure window: this node refuses the role until they age out or an operator clears them",
+                p.failures_in_window()
+            ));
+        }
+        Readiness { ready: problems.is_empty(), problems }
+    }
+
+    /// The PBX wants a hand-over that no peer can take (the reason): an
+    /// alert for status.
+    pub fn pbx_alert(&self) -> Option<&str> {
+        self.pbx_alert.as_deref()
+    }
+
+    /// An operator clears the PBX's failures: the node may take the role
+    /// again and supervision starts afresh.
+    pub fn clear_pbx_failures(&mut self, now: Instant) -> Vec<Command> {
+        let mut out = Vec::new();
+        if let Some(p) = self.pbx.as_mut() {
+            p.clear();
+        }
+        if self.handover.is_none() {
+            self.event(now, Event::Tick, &mut out);
+        }
+        out
     }
 
     /// An operator's request. On a node whose filesystem is up, a
@@ -649,7 +825,7 @@ impl Host {
         self.outputs(now, h.rest, out);
         let mut events = h.events;
         if self.handover.is_none() {
-            self.push_view(now, out);
+            self.follow_up(now, out);
         }
         while let Some(e) = events.pop_front() {
             if let Some(h) = self.handover.as_mut() {
@@ -693,6 +869,7 @@ impl Host {
         let pbx = self.pbx.as_ref().and_then(Pbx::next_deadline).map_or(fence, |due| fence.min(due));
         let pbx = self.fs.as_ref().and_then(Filesystem::next_deadline).map_or(pbx, |due| pbx.min(due));
         let pbx = self.drain_until.map_or(pbx, |due| pbx.min(due));
+        let pbx = self.pbx_hand_over_next.map_or(pbx, |due| pbx.min(due));
         self.watchdog.as_ref().and_then(Watchdog::next_pet).map_or(pbx, |due| pbx.min(due))
     }
 

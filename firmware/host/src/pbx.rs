@@ -367,6 +367,9 @@ pub struct Pbx {
     failures: VecDeque<Instant>,
     hand_over: bool,
     cannot_start: bool,
+    /// The last start's length: from the spawn command to the first
+    /// answered probe (for status).
+    last_start: Option<Duration>,
 }
 
 impl Pbx {
@@ -385,7 +388,14 @@ impl Pbx {
             failures: VecDeque::new(),
             hand_over: false,
             cannot_start: false,
+            last_start: None,
         }
+    }
+
+    /// How long the last start took, from the spawn command to the first
+    /// answered probe.
+    pub fn last_start(&self) -> Option<Duration> {
+        self.last_start
     }
 
     /// Where supervision stands.
@@ -433,6 +443,17 @@ impl Pbx {
     pub fn clear(&mut self) {
         self.failures.clear();
         self.hand_over = false;
+        self.cannot_start = false;
+    }
+
+    /// Failures within the window now (for status).
+    pub fn failures_in_window(&self) -> u32 {
+        self.failures.len() as u32
+    }
+
+    /// When the oldest failure in the window ages out, if any.
+    pub fn window_ends(&self) -> Option<Instant> {
+        self.failures.front().map(|f| f.add(self.timing.failure_window))
     }
 
     /// The executor reports.
@@ -562,8 +583,9 @@ impl Pbx {
     fn probe_answered(&mut self, now: Instant, ok: bool, out: &mut Vec<PbxCommand>) {
         let next = Some(now.add(self.timing.probe_interval));
         match self.state {
-            PbxState::Starting { run, spawned: true, .. } if ok => {
+            PbxState::Starting { run, since, spawned: true } if ok => {
                 self.misses = 0;
+                self.last_start = Some(now.since(since));
                 self.state = PbxState::Running { run, since: now };
                 self.probe_at = next;
                 out.push(PbxCommand::Notice(PbxNotice::Healthy { run }));

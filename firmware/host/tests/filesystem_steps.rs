@@ -5,39 +5,17 @@
 //! first on a lost lease.
 #![allow(clippy::unwrap_used)]
 
-use core::time::Duration;
-
-use triad_core::{
-    AdminRequest, Body, HardState, Instant, Membership, Message, Position, Role, Setup, Timing, VipAction,
-};
+use triad_core::{AdminRequest, Body, Instant, Position, Role, VipAction};
 use triad_host::filesystem::{Blocker, CheckVerdict, FormatRefused, FsNotice, StepOutcome, DOWN_RETRY};
 use triad_host::pbx::PbxNotice;
 use triad_host::{
-    Command, Event, Filesystem, FsCommand, FsEvent, FsStep, FsTiming, Host, HostNotice, PbxCommand, PbxEvent,
-    PbxTiming, VipResult, VolumeStart,
+    Command, Event, Filesystem, FsCommand, FsEvent, FsStep, Host, HostNotice, PbxCommand, PbxEvent, VipResult,
 };
 
 use FsCommand::{Notice, Run};
 
-fn at(ms: u64) -> Instant {
-    Instant(ms * 1000)
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn timing() -> FsTiming {
-    FsTiming { retry: ms(1000), down_deadline: ms(5000) }
-}
-
-fn ok(step: FsStep) -> FsEvent {
-    FsEvent { step, outcome: StepOutcome::Done }
-}
-
-fn checked(v: CheckVerdict) -> FsEvent {
-    FsEvent { step: FsStep::Check, outcome: StepOutcome::Checked(v) }
-}
+mod common;
+use common::*;
 
 fn failed(step: FsStep) -> FsEvent {
     FsEvent { step, outcome: StepOutcome::Failed }
@@ -49,7 +27,7 @@ fn done(step: FsStep, took: u64) -> FsCommand {
 
 /// Wanted at 0; attached at 10, checked clean at 30, mounted at 40.
 fn mounted() -> Filesystem {
-    let mut f = Filesystem::new(timing());
+    let mut f = Filesystem::new(fs_timing());
     f.want(at(0), true, true);
     f.done(at(10), ok(FsStep::Attach));
     f.want(at(10), true, true);
@@ -62,7 +40,7 @@ fn mounted() -> Filesystem {
 
 #[test]
 fn up_is_attach_then_check_then_mount_one_step_at_a_time() {
-    let mut f = Filesystem::new(timing());
+    let mut f = Filesystem::new(fs_timing());
     assert_eq!(f.want(at(0), false, true), vec![], "nothing attached, nothing to do");
     assert_eq!(f.want(at(0), true, true), vec![Run(FsStep::Attach)]);
     assert_eq!(f.want(at(5), true, true), vec![], "one step at a time");
@@ -80,7 +58,7 @@ fn up_is_attach_then_check_then_mount_one_step_at_a_time() {
 
 #[test]
 fn a_report_of_another_step_than_the_one_in_flight_changes_nothing() {
-    let mut f = Filesystem::new(timing());
+    let mut f = Filesystem::new(fs_timing());
     f.want(at(0), true, true);
     assert_eq!(f.done(at(1), ok(FsStep::Mount)), vec![]);
     assert_eq!(f.in_flight(), Some((FsStep::Attach, at(0))));
@@ -108,7 +86,7 @@ fn down_waits_for_the_pbx_then_unmounts_then_detaches_and_the_service_goes_last(
 
 #[test]
 fn a_failed_up_step_is_retried_calmly_and_a_failed_down_step_at_once() {
-    let mut f = Filesystem::new(timing());
+    let mut f = Filesystem::new(fs_timing());
     f.want(at(0), true, true);
     assert_eq!(
         f.done(at(10), failed(FsStep::Attach)),
@@ -151,7 +129,7 @@ fn a_hung_unmount_keeps_its_deadline_when_the_node_is_wanted_up_again() {
 
 #[test]
 fn a_volume_without_a_filesystem_is_blocked_and_formatted_only_on_request() {
-    let mut f = Filesystem::new(timing());
+    let mut f = Filesystem::new(fs_timing());
     assert_eq!(f.format(), Err(FormatRefused::NotFoundEmpty), "not even attached");
     f.want(at(0), true, true);
     f.done(at(10), ok(FsStep::Attach));
@@ -173,7 +151,7 @@ fn a_volume_without_a_filesystem_is_blocked_and_formatted_only_on_request() {
 
 #[test]
 fn a_filesystem_that_needs_repair_is_never_formatted_and_a_new_promotion_checks_again() {
-    let mut f = Filesystem::new(timing());
+    let mut f = Filesystem::new(fs_timing());
     f.want(at(0), true, true);
     f.done(at(10), ok(FsStep::Attach));
     f.want(at(10), true, true);
@@ -190,86 +168,6 @@ fn a_filesystem_that_needs_repair_is_never_formatted_and_a_new_promotion_checks_
 }
 
 // ---- the host's ordering ----
-
-fn msg(from: u8, epoch: u64, body: Body) -> Event {
-    Event::Peer(Message { from, epoch, body })
-}
-
-/// Node 1 with a volume, a PBX and a filesystem, at 0.
-fn host() -> Host {
-    let setup = Setup {
-        id: 1,
-        peers: [2, 3],
-        timing: Timing::default(),
-        hard: HardState::default(),
-        position: Position::default(),
-        now: at(0),
-        seed: 1,
-    };
-    let volume = VolumeStart { position: Position::default(), electable: true, membership: Membership::default() };
-    let (mut h, _) = Host::new(setup, Some(volume));
-    h.enable_pbx(PbxTiming::default());
-    assert_eq!(h.enable_filesystem(at(0), timing()), vec![]);
-    h
-}
-
-/// Elected (node 2 votes), the lease from node 2's ack, the volume serving.
-fn lead(h: &mut Host) -> Instant {
-    let mut now = at(0);
-    loop {
-        now = h.next_deadline().max(now);
-        let out = h.handle(now, Event::Tick);
-        if out.iter().any(|c| matches!(c, Command::Send { msg, .. } if matches!(msg.body, Body::PreVote { .. }))) {
-            break;
-        }
-    }
-    h.handle(now, msg(2, 1, Body::PreVoteReply { granted: true }));
-    h.handle(now, msg(2, 1, Body::VoteReply { granted: true }));
-    assert_eq!(h.node().role(), Role::Leader);
-    now
-}
-
-fn fs_runs(out: &[Command]) -> Vec<FsStep> {
-    out.iter()
-        .filter_map(|c| match c {
-            Command::Fs(Run(s)) => Some(*s),
-            _ => None,
-        })
-        .collect()
-}
-
-fn vips(out: &[Command]) -> Vec<VipAction> {
-    out.iter()
-        .filter_map(|c| match c {
-            Command::Vip { action, .. } => Some(*action),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Leads with the filesystem mounted, the VIP held and the PBX running.
-fn serving(h: &mut Host) -> Instant {
-    let now = lead(h);
-    let out = h.handle(now, msg(2, 1, Body::HeartbeatAck { round: 1 }));
-    assert_eq!(vips(&out), vec![], "no VIP before the mount: {out:?}");
-    assert_eq!(fs_runs(&out), vec![], "no attach before the volume serves: {out:?}");
-    assert!(!out.iter().any(|c| matches!(c, Command::Pbx(_))), "{out:?}");
-    let out = h.handle(now, Event::VolumeServing(true));
-    assert_eq!(fs_runs(&out), vec![FsStep::Attach]);
-    let out = h.handle(now, Event::Fs(ok(FsStep::Attach)));
-    assert_eq!(fs_runs(&out), vec![FsStep::Check]);
-    let out = h.handle(now, Event::Fs(checked(CheckVerdict::Clean)));
-    assert_eq!(fs_runs(&out), vec![FsStep::Mount]);
-    let out = h.handle(now, Event::Fs(ok(FsStep::Mount)));
-    // Mount, then the VIP, then the PBX.
-    let add = out.iter().position(|c| matches!(c, Command::Vip { action: VipAction::Add, .. }));
-    let spawn = out.iter().position(|c| *c == Command::Pbx(PbxCommand::Spawn { run: 1 }));
-    assert!(add.is_some() && spawn.is_some() && add < spawn, "{out:?}");
-    h.handle(now, Event::VipDone { action: VipAction::Add, result: VipResult::Done });
-    h.handle(now, Event::Pbx(PbxEvent::Spawned { run: 1 }));
-    h.handle(now, Event::Pbx(PbxEvent::ProbeDone { probe: 1, ok: true }));
-    now
-}
 
 #[test]
 fn promotion_is_serving_volume_then_attach_check_mount_then_vip_then_pbx() {
@@ -303,7 +201,7 @@ fn a_lost_lease_drops_the_vip_and_the_view_first_and_unmounts_only_after_the_pbx
 fn a_switchover_takes_the_service_down_here_before_the_vip_and_timeout_now() {
     let mut h = host();
     let now = serving(&mut h);
-    h.handle(now, msg(2, 1, Body::Ping { position: Position::default(), standby: false }));
+    h.handle(now, msg(2, 1, Body::Ping { position: Position::default(), standby: false, ready: true }));
     let out = h.handle(now, Event::Admin(AdminRequest::Switchover { to: Some(2) }));
     assert_eq!(
         out.iter().filter(|c| !matches!(c, Command::Send { .. })).cloned().collect::<Vec<_>>(),
@@ -352,7 +250,7 @@ fn a_format_is_granted_only_after_a_check_found_no_filesystem() {
 
 #[test]
 fn a_failed_format_is_not_repeated_the_volume_is_checked_again() {
-    let mut f = Filesystem::new(timing());
+    let mut f = Filesystem::new(fs_timing());
     f.want(at(0), true, true);
     f.done(at(10), ok(FsStep::Attach));
     f.want(at(10), true, true);
@@ -375,7 +273,7 @@ const AHEAD: Position = Position { epoch: 1, seq: 5 };
 /// commands of the VIP's removal.
 fn drain_ahead_of_node_2(h: &mut Host) -> (Instant, Vec<Command>) {
     let now = serving(h);
-    h.handle(now, msg(2, 1, Body::Ping { position: Position::default(), standby: false }));
+    h.handle(now, msg(2, 1, Body::Ping { position: Position::default(), standby: false, ready: true }));
     h.handle(now, Event::Admin(AdminRequest::Switchover { to: Some(2) }));
     h.handle(now, Event::Pbx(PbxEvent::Exited { run: 1 }));
     h.handle(now, Event::Fs(ok(FsStep::Unmount)));
@@ -396,7 +294,7 @@ fn a_drained_switchover_refused_for_a_lagging_peer_is_asked_again_until_the_peer
     assert_eq!(fs_runs(&out), vec![], "the service stays down meanwhile: {out:?}");
     assert_eq!(h.node().role(), Role::Leader);
     let later = now.add(ms(50));
-    let out = h.handle(later, msg(2, 1, Body::Ping { position: ahead, standby: false }));
+    let out = h.handle(later, msg(2, 1, Body::Ping { position: ahead, standby: false, ready: true }));
     assert!(out.iter().any(|c| matches!(c, Command::ConfirmStepDown(_))), "handed over once caught up: {out:?}");
     assert_eq!(h.node().role(), Role::Follower);
 }

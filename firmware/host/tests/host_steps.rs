@@ -153,7 +153,7 @@ fn vip_actions_carry_their_lease_and_a_refused_add_counts_as_failed() {
 fn timeout_now_waits_for_the_volumes_confirmation_and_everything_else_waits_with_it() {
     let (mut h, _) = Host::new(setup(HardState::default()), volume());
     let (now, _) = lead(&mut h);
-    h.handle(now, msg(2, 1, Body::Ping { position: Position::default(), standby: false }));
+    h.handle(now, msg(2, 1, Body::Ping { position: Position::default(), standby: false, ready: true }));
     let out = h.handle(now, Event::Admin(AdminRequest::Switchover { to: Some(2) }));
     assert_eq!(admin_refusal(&out), None);
     assert!(out.contains(&Command::Vip { action: VipAction::Remove, lease_until: None }), "{out:?}");
@@ -162,7 +162,10 @@ fn timeout_now_waits_for_the_volumes_confirmation_and_everything_else_waits_with
     assert_eq!(out, vec![Command::ConfirmStepDown(View { epoch: 1, leader: None, lease_until: None })]);
     assert!(h.handing_over());
     // Events meanwhile wait (the runtime is blocked in the confirmation).
-    assert_eq!(h.handle(now, msg(3, 1, Body::Ping { position: Position::default(), standby: false })), vec![]);
+    assert_eq!(
+        h.handle(now, msg(3, 1, Body::Ping { position: Position::default(), standby: false, ready: true })),
+        vec![]
+    );
     assert_eq!(h.handle(now, Event::SyncStalled(false)), vec![]);
     // Confirmed: the TimeoutNow goes, then what waited.
     let out = h.handle(now, Event::StepDownConfirmed(true));
@@ -174,7 +177,7 @@ fn timeout_now_waits_for_the_volumes_confirmation_and_everything_else_waits_with
 fn without_the_volumes_confirmation_no_timeout_now_is_sent() {
     let (mut h, _) = Host::new(setup(HardState::default()), volume());
     let (now, _) = lead(&mut h);
-    h.handle(now, msg(2, 1, Body::Ping { position: Position::default(), standby: false }));
+    h.handle(now, msg(2, 1, Body::Ping { position: Position::default(), standby: false, ready: true }));
     h.handle(now, Event::Admin(AdminRequest::Switchover { to: Some(2) }));
     let out = h.handle(now, Event::VipDone { action: VipAction::Remove, result: VipResult::Done });
     assert!(out.iter().any(|c| matches!(c, Command::ConfirmStepDown(_))), "{out:?}");
@@ -191,7 +194,7 @@ fn without_the_volumes_confirmation_no_timeout_now_is_sent() {
 fn without_a_volume_timeout_now_goes_at_once() {
     let (mut h, _) = Host::new(setup(HardState::default()), None);
     let (now, _) = lead(&mut h);
-    h.handle(now, msg(2, 1, Body::Ping { position: Position::default(), standby: false }));
+    h.handle(now, msg(2, 1, Body::Ping { position: Position::default(), standby: false, ready: true }));
     h.handle(now, Event::Admin(AdminRequest::Switchover { to: Some(2) }));
     let out = h.handle(now, Event::VipDone { action: VipAction::Remove, result: VipResult::Done });
     assert!(

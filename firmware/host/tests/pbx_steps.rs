@@ -64,6 +64,7 @@ fn wanted_it_is_spawned_probed_at_once_and_healthy_on_the_first_answer() {
     assert_eq!(p.next_deadline(), Some(at(1012)), "the next probe, an interval after the answer");
     assert_eq!(p.tick(at(1012)), vec![Probe { run: 1, probe: 2 }]);
     assert!(p.fit());
+    assert_eq!(p.last_start(), Some(ms(12)), "from the spawn command to the first answer");
 }
 
 /// A PBX that is not up yet (its port closed: the probe fails at once) is

@@ -16,6 +16,7 @@
 
 pub mod bench;
 pub mod bench_pbx;
+pub mod bench_service;
 pub mod bench_stages;
 pub mod bench_volume;
 pub mod cmd;
@@ -24,6 +25,7 @@ pub mod lab;
 pub mod layout;
 pub mod netns;
 pub mod observer;
+pub mod sip;
 pub mod spawn;
 pub mod triad;
 pub mod wait;

@@ -7,12 +7,23 @@
 //! the namespace and every interface in it: a node's veth vanishes exactly
 //! as its link would at a power cut. `--kill-child` makes the reverse hold
 //! too: if the launcher dies, the payload is killed rather than orphaned.
+//! `--uts` gives the payload its own hostname: a supervisor acting as init
+//! (`node.init`) names its machine, and the machine running the lab must
+//! keep its own name.
+//!
+//! unshare ends the way its payload did (it re-raises the signal that
+//! killed it), so the launcher's exit status, kept by [`launcher_exit`],
+//! tells how PID 1 of the namespace ended: by a signal of reboot(2) in a
+//! child PID namespace (SIGINT for power off, SIGHUP for restart) or by
+//! returning.
 
+use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
@@ -56,6 +67,14 @@ pub struct Launched {
     pub pid: i32,
 }
 
+/// Exit statuses of the launchers that ended, by launcher pid.
+static EXITS: Mutex<Option<HashMap<i32, ExitStatus>>> = Mutex::new(None);
+
+/// How launcher `launcher` ended, once it has.
+pub fn launcher_exit(launcher: i32) -> Option<ExitStatus> {
+    EXITS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref()?.get(&launcher).copied()
+}
+
 /// Starts `program args` as PID 1 of a new PID + network namespace, its
 /// stdout and stderr appended to `log`.
 pub fn launch(program: &Path, args: &[String], log: &Path) -> Result<Launched, SpawnError> {
@@ -76,7 +95,7 @@ pub fn launch_env(program: &Path, args: &[String], log: &Path, env: &[(&str, Str
         // Its own mount namespace too: a killed node's mounts (the
         // volume's filesystem, nbdfuse's directory) vanish with it, as on
         // a box that loses power.
-        .args(["--net", "--pid", "--mount", "--propagation", "private", "--fork", "--kill-child", "--"])
+        .args(["--net", "--pid", "--mount", "--uts", "--propagation", "private", "--fork", "--kill-child", "--"])
         .arg(program)
         .args(args)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -93,7 +112,13 @@ pub fn launch_env(program: &Path, args: &[String], log: &Path, env: &[(&str, Str
     // a zombie that `kill(pid, 0)` would still call alive. When this
     // process exits first, init adopts and reaps it instead.
     std::thread::spawn(move || {
-        let _ = child.wait();
+        if let Ok(status) = child.wait() {
+            EXITS
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get_or_insert_with(HashMap::new)
+                .insert(launcher, status);
+        }
     });
     let pid = wait::until(Duration::from_secs(5), Duration::from_millis(5), || child_of(launcher))
         .ok_or_else(|| SpawnError::NoChild { what, launcher, log: log.to_path_buf() })?;

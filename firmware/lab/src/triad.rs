@@ -58,6 +58,9 @@ pub struct PeerStatus {
     pub node_id: u8,
     #[serde(default)]
     pub reachable: bool,
+    /// The peer last said its failover readiness check passes.
+    #[serde(default)]
+    pub ready: bool,
 }
 
 /// `triad status --json` (schema 1); only the fields the lab uses.
@@ -80,6 +83,18 @@ pub struct Status {
     pub pbx: Option<PbxStatus>,
     #[serde(default)]
     pub filesystem: Option<FsStatus>,
+    /// On a node with a PBX: could it take the active role now.
+    #[serde(default)]
+    pub readiness: Option<ReadinessStatus>,
+}
+
+/// The `readiness` part of `triad status --json`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ReadinessStatus {
+    #[serde(default)]
+    pub ready: bool,
+    #[serde(default)]
+    pub problems: Vec<String>,
 }
 
 /// The `filesystem` part of `triad status --json`.
@@ -105,8 +120,15 @@ pub struct PbxStatus {
     /// The supervision state, e.g. `Running { run: 1, since: .. }`.
     #[serde(default)]
     pub state: String,
+    /// Failures within the window.
     #[serde(default)]
-    pub fit: bool,
+    pub failures_in_window: u32,
+    /// The node wants to hand the active role over (or refuses it).
+    #[serde(default)]
+    pub hand_over_wanted: bool,
+    /// A hand-over no peer could take: why.
+    #[serde(default)]
+    pub alert: Option<String>,
 }
 
 /// Where to find the triad binary: an explicit path, `TRIAD_BIN`, or the
@@ -160,12 +182,32 @@ pub struct NodeOptions {
     pub realtime: bool,
     /// A `[pbx]` table running Kamailio (`pbx_text`).
     pub pbx: bool,
+    /// `node.init = true`: the supervisor acts as its namespace's init
+    /// (`init_text`).
+    pub init: bool,
 }
 
 impl Default for NodeOptions {
     fn default() -> Self {
-        NodeOptions { realtime: true, pbx: false }
+        NodeOptions { realtime: true, pbx: false, init: false }
     }
+}
+
+/// The hostname a lab node in init mode gives itself.
+pub fn init_hostname(id: u8) -> String {
+    format!("tlab-n{id}")
+}
+
+/// Node `id`'s `[node]` lines beyond `init = false`, in init mode: its
+/// own hostname (its UTS namespace), only the sysctls the kernel keeps per
+/// network namespace (the machine running the lab keeps its global ones),
+/// and power off at the end (in a child PID namespace: the init ends by
+/// SIGINT, which the test sees in its launcher's status).
+pub fn init_text(id: u8) -> String {
+    format!(
+        "init = true\nhostname = \"{}\"\ninit_sysctls = \"namespaced\"\nshutdown = \"poweroff\"\n",
+        init_hostname(id)
+    )
 }
 
 /// The TOML config of node `id`. `certs` holds ca.pem and node-ID.{pem,key}.
@@ -183,8 +225,7 @@ interface = "{iface}"
 address = "{ip}/{PREFIX}"
 control_socket = "{sock}"
 state_dir = "{state}"
-init = false
-
+{init}
 [cluster]
 vip = "{VIP}/{PREFIX}"
 peer_port = {PEER_PORT}
@@ -215,6 +256,7 @@ nbd_socket = "{nbd}"
 new_cluster = true
 {pbx}"#,
         realtime = opts.realtime,
+        init = if opts.init { init_text(id) } else { "init = false\n".into() },
         pbx = if opts.pbx { pbx_text(id) } else { String::new() },
         vol = layout::volume_dir(id).display(),
         nbd = layout::nbd_socket(id).display(),
@@ -283,6 +325,7 @@ user = "kamailio"
 mount_point = "{mnt}"
 probe_interval_ms = 200
 probe_timeout_ms = 100
+probe_tcp = true
 probe_failures = 3
 start_grace_ms = 3000
 backoff_first_ms = 100
@@ -291,6 +334,8 @@ stop_timeout_ms = 1000
 kill_timeout_ms = 1000
 failure_window_s = 60
 failures_to_hand_over = 5
+check = ["/usr/sbin/kamailio", "-c", "-f", "{cfg}"]
+readiness_interval_s = 5
 
 [filesystem]
 attach = "nbdfuse"

@@ -480,6 +480,97 @@ fn kamailio_runs_on_the_active_node_only_is_restarted_when_killed_and_moves_with
     assert_eq!(kamailio_pids(&h, rest), Vec::<i32>::new());
 }
 
+/// `triad ARGS --socket <node id's control socket>`: exit success and output.
+fn triad_cli(h: &Harness, id: u8, args: &[&str]) -> (bool, String) {
+    let sock = &h.lab.node(id).expect("node").control_socket;
+    let out = std::process::Command::new(triad_bin())
+        .args(args)
+        .arg("--socket")
+        .arg(sock)
+        .output()
+        .unwrap_or_else(|e| panic!("run triad {args:?}: {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// Issue 11, items 2 and 7, with the real Kamailio and its own config
+/// check: a standby whose Kamailio config is broken reports itself not
+/// ready (`triad check-readiness`, status) and is refused as a switchover
+/// target; a Kamailio that keeps dying on the active node (kill -9,
+/// `failures_to_hand_over` = 5 times within the window) makes the node
+/// hand the role, drained, to the one ready peer, which then runs
+/// Kamailio; the old node refuses the role until an operator clears its
+/// failures.
+#[test]
+fn a_kamailio_that_keeps_dying_hands_the_role_to_the_ready_peer_and_a_broken_standby_is_never_chosen() {
+    let h = Harness::up_with(layout::JOURNAL_MIB, triad::NodeOptions { pbx: true, ..triad::NodeOptions::default() });
+    let l = h.leader(&NODE_IDS);
+    let status = |id: u8| h.lab.status(id).unwrap_or_else(|e| panic!("n{id}: {e}"));
+    let pbx_state = |id: u8| status(id).pbx.map(|p| p.state).unwrap_or_default();
+    wait::until(secs(10), ms(20), || pbx_state(l).starts_with("Running").then_some(()))
+        .unwrap_or_else(|| panic!("n{l}'s PBX never answered: {}", pbx_state(l)));
+    for f in others(l) {
+        assert!(!has_volume_mounted(&h, f), "the volume is mounted on follower n{f}");
+    }
+    assert!(has_volume_mounted(&h, l));
+    let [broken, good] = others(l)[..] else { panic!("two followers") };
+    // Every node passes its check at start.
+    wait::until(secs(15), ms(100), || {
+        NODE_IDS.iter().all(|id| status(*id).readiness.is_some_and(|r| r.ready)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("not every node became ready: {:?}", NODE_IDS.map(|id| status(id).readiness)));
+    // Break the broken standby's Kamailio config.
+    let cfg = layout::node_dir(broken).join("pbx/kamailio.cfg");
+    let original = std::fs::read_to_string(&cfg).expect("kamailio.cfg");
+    std::fs::write(&cfg, format!("bogus_directive_of_the_test = 1\n{original}")).expect("write cfg");
+    let (ok, out) = triad_cli(&h, broken, &["check-readiness"]);
+    assert!(!ok, "a broken config passed the readiness check: {out}");
+    assert!(out.contains("config check") && out.contains("kamailio"), "the problem is not named: {out}");
+    wait::until(secs(5), ms(50), || status(l).peers.iter().any(|p| p.node_id == broken && !p.ready).then_some(()))
+        .unwrap_or_else(|| panic!("n{l} never heard that n{broken} is not ready"));
+    let (ok, out) = triad_cli(&h, l, &["switchover", "--to", &broken.to_string()]);
+    assert!(!ok && out.contains("not ready"), "switchover to a broken standby: {out}");
+    assert_eq!(status(l).role, "leader");
+    // Kamailio keeps dying on the active node.
+    for run in 1..=5 {
+        let pids = kamailio_pids(&h, l);
+        let main = *pids.iter().min().unwrap_or_else(|| panic!("no Kamailio on n{l} before kill {run}"));
+        spawn::signal(main, nix::sys::signal::Signal::SIGKILL).unwrap_or_else(|e| panic!("{e}"));
+        if run == 5 {
+            break;
+        }
+        let want = format!("run: {}", run + 1);
+        wait::until(secs(10), ms(20), || {
+            let s = pbx_state(l);
+            (s.starts_with("Running") && s.contains(&want)).then_some(())
+        })
+        .unwrap_or_else(|| panic!("n{l}'s PBX was not restarted after kill {run}: {}", pbx_state(l)));
+    }
+    let new = wait::until(secs(15), ms(50), || h.lab.healthy_leader(&NODE_IDS).filter(|n| *n != l))
+        .unwrap_or_else(|| panic!("n{l} did not hand over: {}", h.lab.describe(&NODE_IDS)));
+    assert_eq!(new, good, "the role went to n{new}, not to the one ready peer n{good}");
+    wait::until(secs(10), ms(20), || pbx_state(good).starts_with("Running").then_some(()))
+        .unwrap_or_else(|| panic!("n{good}'s PBX never answered: {}", pbx_state(good)));
+    assert!(has_volume_mounted(&h, good));
+    for id in [l, broken] {
+        assert_eq!(kamailio_pids(&h, id), Vec::<i32>::new(), "a PBX runs on n{id}");
+        assert!(!has_volume_mounted(&h, id), "the volume is still mounted on n{id}");
+    }
+    let old = status(l);
+    let readiness = old.readiness.clone().unwrap_or_default();
+    assert!(!readiness.ready && readiness.problems.iter().any(|p| p.contains("failed 5 times")), "{readiness:?}");
+    let log = h.log_since(l, 0);
+    assert!(log.contains("handing the active role to a ready peer"), "no hand-over logged on n{l}");
+    // The operator clears the failures: the node is ready again.
+    let (ok, out) = triad_cli(&h, l, &["clear-pbx-failures"]);
+    assert!(ok, "{out}");
+    let (ok, out) = triad_cli(&h, l, &["check-readiness"]);
+    assert!(ok && out.contains("ready"), "n{l} after the clear: {out}");
+    std::fs::write(&cfg, original).expect("restore cfg");
+    let (ok, out) = triad_cli(&h, broken, &["check-readiness"]);
+    assert!(ok, "n{broken} after the repair: {out}");
+}
+
 /// Whether node `id` (its supervisor's mount namespace) has the volume's
 /// filesystem mounted.
 fn has_volume_mounted(h: &Harness, id: u8) -> bool {
@@ -523,12 +614,7 @@ fn sip_responder(port: u16) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
 
 /// `sipsak` in the client's namespace; its exit code and output.
 fn sipsak(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", CLIENT_NS, "sipsak"])
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("sipsak: {e}"));
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    triad_lab::sip::sipsak(args).unwrap_or_else(|e| panic!("sipsak: {e}"))
 }
 
 /// Issue 11, items 3, 4 and 8: the volume's filesystem is mounted on the
@@ -576,20 +662,311 @@ fn a_registration_through_the_vip_survives_the_active_nodes_death() {
     assert!(!has_volume_mounted(&h, rest), "follower n{rest} has the volume mounted");
 }
 
-/// SIPp (a program we did not write) in the client's namespace, in its
-/// own process group, run from `dir`, its screen in `dir/NAME.out`.
-fn sipp(dir: &Path, name: &str, args: &[String]) -> std::process::Child {
-    use std::os::unix::process::CommandExt;
-    std::process::Command::new("ip")
-        .args(["netns", "exec", CLIENT_NS, "sipp"])
-        .args(args)
-        .current_dir(dir)
+/// (mount point, filesystem type, mount options) of every line of a
+/// mountinfo, in its order.
+fn mounts(mountinfo: &str) -> Vec<(String, String, String)> {
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let f: Vec<&str> = left.split(' ').collect();
+            Some(((*f.get(4)?).to_string(), right.split(' ').next()?.to_string(), (*f.get(5)?).to_string()))
+        })
+        .collect()
+}
+
+/// How many mounts sit at `target`.
+fn mounts_at(all: &[(String, String, String)], target: &str) -> usize {
+    all.iter().filter(|m| m.0 == target).count()
+}
+
+fn read_trim(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}")).trim().to_string()
+}
+
+/// `nsenter -t PID FLAGS program args` (host side), trimmed stdout.
+fn nsenter(pid: i32, flags: &[&str], program: &str, args: &[&str]) -> String {
+    let pid = pid.to_string();
+    let mut all = vec!["-t", pid.as_str()];
+    all.extend_from_slice(flags);
+    all.push(program);
+    all.extend_from_slice(args);
+    cmd::run("nsenter", &all).unwrap_or_else(|e| panic!("{e}")).trim().to_string()
+}
+
+/// Zombies among the processes of the network namespace of `pid`.
+fn zombies_with(pid: i32) -> Vec<i32> {
+    netns::pids_in(netns::net_ns_of(pid).unwrap_or(0))
+        .into_iter()
+        .filter(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default().contains(") Z "))
+        .collect()
+}
+
+/// Issue 11, item 6: each supervisor runs with `node.init = true` as PID 1
+/// of its own PID, mount, UTS and network namespaces, touching only what
+/// those namespaces hold: it names its machine (the test machine keeps its
+/// name), mounts a /proc of its own PID namespace and a /tmp that the
+/// machine does not see, sets the per-namespace sysctls (the machine's
+/// values unchanged, the global ones never written), reaps orphans it
+/// never started, and on SIGTERM shuts down in order (PBX stopped first,
+/// then the volume's filesystem, the VIP, the remaining processes, the
+/// early mounts, sync) and ends in reboot(2): its namespace's init is
+/// ended by SIGINT (power off), not by returning.
+#[test]
+fn a_supervisor_as_init_names_mounts_reaps_and_shuts_down_in_order() {
+    use std::os::unix::process::ExitStatusExt;
+    let host_name = nix::unistd::gethostname().expect("hostname");
+    let redirects = "/proc/sys/net/ipv4/conf/all/accept_redirects";
+    let globals =
+        ["/proc/sys/kernel/dmesg_restrict", "/proc/sys/kernel/kptr_restrict", "/proc/sys/fs/protected_symlinks"];
+    let host_redirects = read_trim(redirects);
+    let host_globals: Vec<String> = globals.iter().map(|g| read_trim(g)).collect();
+    let host_mounts = mounts(&std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo"));
+    let opts = triad::NodeOptions { pbx: true, init: true, ..triad::NodeOptions::default() };
+    let h = Harness::up_with(layout::JOURNAL_MIB, opts);
+    let l = h.leader(&NODE_IDS);
+    let pbx_running =
+        |id: u8| h.lab.status(id).ok().and_then(|s| s.pbx).is_some_and(|p| p.state.starts_with("Running"));
+    wait::until(secs(10), ms(20), || pbx_running(l).then_some(())).unwrap_or_else(|| panic!("n{l}'s PBX never ran"));
+    let node = h.lab.node(l).expect("node").clone();
+    let pid = node.supervisor_pid;
+
+    // The hostname, in the node's UTS namespace only.
+    assert_eq!(nsenter(pid, &["-u"], "hostname", &[]), triad::init_hostname(l));
+    assert_eq!(nix::unistd::gethostname().expect("hostname"), host_name, "the test machine's hostname changed");
+
+    // /proc inside lists the node's PID namespace (its PID 1 is the
+    // supervisor). Every early mount it reports stacks one mount at its
+    // target in its own mount namespace, with the table's options; the
+    // test machine's mounts there are the same as before the lab.
+    let inside_init = nsenter(pid, &["-m"], "cat", &["/proc/1/cmdline"]).replace('\0', " ");
+    assert!(inside_init.contains("triad run --config"), "the node's /proc/1 is {inside_init:?}");
+    let node_mounts = mounts(&std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("node mountinfo"));
+    let host_now = mounts(&std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo"));
+    let log = h.log_since(l, 0);
+    let mut mounted = Vec::new();
+    for (target, fstype, opts) in [
+        ("/proc", "proc", "nosuid,nodev,noexec"),
+        ("/sys", "sysfs", "nosuid,nodev,noexec"),
+        ("/dev", "devtmpfs", "nosuid,noexec"),
+        ("/dev/pts", "devpts", "nosuid,noexec"),
+        ("/run", "tmpfs", "nosuid,nodev,noexec"),
+        ("/tmp", "tmpfs", "nosuid,nodev"),
+        ("/sys/fs/cgroup", "cgroup2", "nosuid,nodev,noexec"),
+    ] {
+        assert_eq!(
+            mounts_at(&host_now, target),
+            mounts_at(&host_mounts, target),
+            "the test machine's {target} changed"
+        );
+        if !log.contains(&format!("mounted target=\"{target}\"")) {
+            continue;
+        }
+        mounted.push(target);
+        assert_eq!(mounts_at(&node_mounts, target), mounts_at(&host_now, target) + 1, "n{l}'s mounts at {target}");
+        let top = node_mounts.iter().rev().find(|m| m.0 == target).expect("a mount there");
+        assert_eq!(top.1, fstype, "n{l}'s {target}");
+        for o in opts.split(',') {
+            assert!(top.2.split(',').any(|x| x == o), "n{l}'s {target} lacks {o}: {}", top.2);
+        }
+    }
+    assert!(mounted.contains(&"/proc"), "n{l} mounted no /proc of its own: {mounted:?}");
+    // A tmpfs on /run would hide the lab's files there (unless the machine's
+    // /run already is one).
+    let run_kept = log.contains("not mounted: it would hide a file the config names target=\"/run\"")
+        || log.contains("early mount already there target=\"/run\"");
+    assert!(run_kept, "{log}");
+
+    // Sysctls: the per-namespace one inside, nothing outside.
+    assert_eq!(nsenter(pid, &["-n"], "cat", &[redirects]), "0", "n{l}'s {redirects}");
+    assert_eq!(read_trim(redirects), host_redirects, "the test machine's {redirects} changed");
+    let now: Vec<String> = globals.iter().map(|g| read_trim(g)).collect();
+    assert_eq!(now, host_globals, "a global sysctl of the test machine changed");
+
+    // Orphans: five sleeps whose parent shell exits at once are adopted by
+    // the node's PID 1 and reaped when they end. (Their output goes
+    // nowhere: an inherited pipe would keep nsenter's caller waiting until
+    // they end.)
+    let orphans = "for i in 1 2 3 4 5; do (sleep 1 </dev/null >/dev/null 2>&1 &); done";
+    nsenter(pid, &["-p", "-m"], "sh", &["-c", orphans]);
+    let adopted: Vec<i32> = spawn::all_pids()
+        .filter(|p| spawn::cmdline(*p).is_some_and(|c| c.trim() == "sleep 1"))
+        .filter(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let ppid = stat.rsplit_once(") ").and_then(|(_, r)| r.split(' ').nth(1)).unwrap_or_default().to_string();
+            ppid == pid.to_string()
+        })
+        .collect();
+    assert_eq!(adopted.len(), 5, "orphans adopted by n{l}'s supervisor: {adopted:?}");
+    wait::until(secs(5), ms(50), || {
+        adopted.iter().all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("orphans not reaped: zombies {:?}", zombies_with(pid)));
+    assert_eq!(zombies_with(pid), Vec::<i32>::new(), "zombies on n{l}");
+
+    // The log ring, through the control socket: what the console got.
+    let ring =
+        cmd::run(&triad_bin().display().to_string(), &["logs", "--socket", &node.control_socket.display().to_string()])
+            .unwrap_or_else(|e| panic!("{e}"));
+    let named = format!("hostname set hostname={}", triad::init_hostname(l));
+    assert!(ring.contains(&named) && ring.contains("PBX answers its probe"), "triad logs:\n{ring}");
+    assert!(!ring.contains('\u{1b}'), "colour codes in the ring");
+
+    // SIGTERM: an orderly shutdown, in order, ending in reboot(2).
+    let mark = h.log_len(l);
+    spawn::signal(pid, nix::sys::signal::Signal::SIGTERM).unwrap_or_else(|e| panic!("{e}"));
+    let status = wait::until(secs(20), ms(20), || spawn::launcher_exit(node.launcher_pid))
+        .unwrap_or_else(|| panic!("n{l} did not end after SIGTERM:\n{}", h.log_since(l, mark)));
+    let log = h.log_since(l, mark);
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGINT),
+        "n{l}'s init did not end by reboot(2) power off ({status:?}):\n{log}"
+    );
+    let order = [
+        "signalling the PBX's process group",
+        "PBX stopped",
+        "filesystem unmounted and detached",
+        "VIP action=Remove",
+        "supervisor stopped: shutting the machine down",
+        "shutdown: SIGTERM to every remaining process",
+        "shutdown: unmounting the early filesystems",
+        "shutdown: sync",
+        "shutdown: reboot(2) mode=RB_POWER_OFF",
+    ];
+    let mut at = 0;
+    for needle in order {
+        let found = log[at..].find(needle).unwrap_or_else(|| panic!("{needle:?} missing or out of order:\n{log}"));
+        at += found + needle.len();
+    }
+    assert!(!log.contains("supervisor failed"), "{log}");
+    // The role moved: the other two have a leader holding the VIP.
+    h.lab.wait_healthy(&others(l), secs(15)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(nix::unistd::gethostname().expect("hostname"), host_name);
+}
+
+/// A panic in a supervisor acting as init goes to its panic hook: the
+/// panic is on the console, then sync and reboot(2) restart (SIGHUP in its
+/// PID namespace), never an exit (which as PID 1 would panic the kernel).
+/// The panic comes from the test-only fault hook `panic-after-boot`.
+#[test]
+fn a_panic_of_init_syncs_and_restarts() {
+    use std::os::unix::process::ExitStatusExt;
+    let _ex = exclusive();
+    let bin = triad_bin();
+    let dir = Path::new("/run/triad-lab-init-panic");
+    std::fs::create_dir_all(dir).expect("mkdir");
+    std::fs::write(dir.join("panic-after-boot"), b"").expect("arm the hook");
+    let opts = triad::NodeOptions { init: true, realtime: false, ..triad::NodeOptions::default() };
+    let path = dir.join("init.toml");
+    std::fs::write(&path, triad::config_text(1, "default", layout::JOURNAL_MIB, Path::new("/nonexistent-certs"), opts))
+        .expect("write init.toml");
+    let out = std::process::Command::new("timeout")
+        .args(["-k", "1", "20", "unshare", "--pid", "--fork", "--kill-child", "--mount", "--uts", "--net"])
+        .args(["--propagation", "private", "--"])
+        .arg(&bin)
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("TRIAD_FAULT_HOOKS", dir)
+        .output()
+        .expect("run triad");
+    let stderr = strip_ansi(&String::from_utf8_lossy(&out.stderr));
+    // timeout(1), like unshare, dies of the signal its child died of.
+    assert_eq!(out.status.signal(), Some(libc::SIGHUP), "not ended by reboot(2) restart ({:?}):\n{stderr}", out.status);
+    let order = [
+        "hostname set",
+        "fatal error: panic: ",
+        "test fault hook: panic after boot",
+        "shutdown: reboot(2) mode=RB_AUTOBOOT",
+    ];
+    let mut at = 0;
+    for needle in order {
+        let found =
+            stderr[at..].find(needle).unwrap_or_else(|| panic!("{needle:?} missing or out of order:\n{stderr}"));
+        at += found + needle.len();
+    }
+    assert!(!stderr.contains("supervisor running"), "{stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `node.init = true` in a process that is not PID 1 of its PID namespace
+/// is refused before anything is changed (exit 2, the reason named). Run
+/// in its own UTS, network and mount namespaces so that even a broken
+/// guard could not rename or reconfigure the test machine.
+#[test]
+fn init_mode_outside_pid_1_is_refused_before_anything_changes() {
+    let _ex = exclusive();
+    let bin = triad_bin();
+    let dir = Path::new("/run/triad-lab-init-test");
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let opts = triad::NodeOptions { init: true, ..triad::NodeOptions::default() };
+    let path = dir.join("init.toml");
+    std::fs::write(&path, triad::config_text(1, "default", layout::JOURNAL_MIB, Path::new("/nonexistent-certs"), opts))
+        .expect("write init.toml");
+    let out = std::process::Command::new("unshare")
+        .args(["--uts", "--net", "--mount", "--propagation", "private", "--", "timeout", "-k", "1", "10"])
+        .arg(&bin)
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run triad");
+    let stderr = strip_ansi(&String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("node.init = true but this process is pid") && stderr.contains("not PID 1"), "{stderr}");
+    assert!(!stderr.contains("hostname set") && !stderr.contains("mounted"), "it acted before refusing: {stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A supervisor acting as init whose run fails (its state directory
+/// cannot be opened) logs the failure, syncs and restarts by reboot(2),
+/// even with `node.shutdown = "poweroff"`: in its own PID namespace the
+/// init is ended by SIGHUP. It never returns an exit code.
+#[test]
+fn a_fatal_error_of_init_syncs_and_restarts() {
+    use std::os::unix::process::ExitStatusExt;
+    let _ex = exclusive();
+    let bin = triad_bin();
+    let dir = Path::new("/run/triad-lab-init-fatal");
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let opts = triad::NodeOptions { init: true, realtime: false, ..triad::NodeOptions::default() };
+    let text = triad::config_text(1, "default", layout::JOURNAL_MIB, Path::new("/nonexistent-certs"), opts);
+    let state = layout::node_dir(1).join("state").display().to_string();
+    assert!(text.contains(&state), "the lab's config names its state dir");
+    let path = dir.join("init.toml");
+    std::fs::write(&path, text.replace(&state, "/dev/null/state")).expect("write init.toml");
+    let log = dir.join("init.log");
+    let mut child = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child", "--mount", "--uts", "--net", "--propagation", "private", "--"])
+        .arg(&bin)
+        .args(["run", "--config"])
+        .arg(&path)
         .stdin(std::process::Stdio::null())
-        .stdout(File::create(dir.join(format!("{name}.out"))).expect("sipp output file"))
-        .stderr(std::process::Stdio::null())
-        .process_group(0)
+        .stdout(std::process::Stdio::null())
+        .stderr(File::create(&log).expect("create init.log"))
         .spawn()
-        .unwrap_or_else(|e| panic!("sipp: {e}"))
+        .expect("start unshare");
+    let status = wait::until(secs(20), ms(20), || child.try_wait().ok().flatten());
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let stderr = strip_ansi(&std::fs::read_to_string(&log).unwrap_or_default());
+    let status = status.unwrap_or_else(|| panic!("the supervisor as init neither failed nor rebooted:\n{stderr}"));
+    assert_eq!(status.signal(), Some(libc::SIGHUP), "not ended by reboot(2) restart ({status:?}):\n{stderr}");
+    let order =
+        ["supervisor failed: rebooting", "/dev/null/state", "shutdown: sync", "shutdown: reboot(2) mode=RB_AUTOBOOT"];
+    let mut at = 0;
+    for needle in order {
+        let found =
+            stderr[at..].find(needle).unwrap_or_else(|| panic!("{needle:?} missing or out of order:\n{stderr}"));
+        at += found + needle.len();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// SIPp (a program we did not write) in the client's namespace.
+fn sipp(dir: &Path, name: &str, args: &[String]) -> std::process::Child {
+    triad_lab::sip::sipp(dir, name, args).unwrap_or_else(|e| panic!("sipp: {e}"))
 }
 
 /// Issue 11, item 8 and its calls figure: SIPp places calls through the
@@ -667,35 +1044,17 @@ fn calls_established_before_the_active_node_dies_end_with_200_to_their_bye() {
         let _ = uac.wait();
     }
     let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let mut established = std::collections::BTreeMap::new();
-    let mut bye_ok = std::collections::BTreeSet::new();
-    for line in text.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        match f.as_slice() {
-            ["EST", call, t, ..] => {
-                established.insert(call.to_string(), t.parse::<f64>().unwrap_or(f64::MAX));
-            }
-            ["BYEOK", call, ..] => {
-                bye_ok.insert(call.to_string());
-            }
-            _ => {}
-        }
-    }
-    let before: Vec<&String> = established.iter().filter(|(_, t)| **t < t_kill).map(|(c, _)| c).collect();
-    let before_ok = before.iter().filter(|c| bye_ok.contains(**c)).count();
-    let failed_new = 30 - bye_ok.len();
+    let calls = triad_lab::sip::CallLog::parse(&text);
+    let (up, before_ok) = calls.up_at(t_kill);
+    let failed_new = 30 - calls.bye_ok.len();
     eprintln!(
         "calls: {} established before the kill, {before_ok} of them ended with 200 to their BYE; \
          {} established in all; {failed_new} of 30 calls did not end with 200 to their BYE (SIPp exit {status:?})",
-        before.len(),
-        established.len(),
+        up,
+        calls.established.len(),
     );
-    assert!(before.len() >= 5, "too few calls up at the kill to say anything: {}\n{text}", before.len());
-    assert!(
-        before_ok * 100 >= before.len() * 99,
-        "{before_ok}/{} calls up at the kill ended with BYE 200",
-        before.len()
-    );
+    assert!(up >= 5, "too few calls up at the kill to say anything: {up}\n{text}");
+    assert!(before_ok * 100 >= up * 99, "{before_ok}/{up} calls up at the kill ended with BYE 200");
 }
 
 #[test]

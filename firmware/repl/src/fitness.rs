@@ -5,7 +5,8 @@
 //! a limit: the disk hangs, and the volume thread with it, so only the
 //! glue can tell), and, where the node has one, its VIP lease fence (a
 //! node whose kernel fence is missing must not hold the VIP: fail
-//! closed). The core gets `Input::Electable(fit)` on changes only.
+//! closed), and, on a node that runs a PBX, whether it refuses the role
+//! after repeated PBX failures (issue 11). The core gets `Input::Electable(fit)` on changes only.
 
 /// What the core is told: fit to lead only while the replica says so and
 /// no journal sync is stuck. Feeds `Input::Electable` on changes only.
@@ -15,6 +16,8 @@ pub struct Fitness {
     stalled: bool,
     /// `None`: the node has no fence (the simulator's control world).
     fenced: Option<bool>,
+    /// `None`: the node runs no service of its own (no PBX).
+    service: Option<bool>,
     told: Option<bool>,
 }
 
@@ -37,6 +40,19 @@ impl Fitness {
         self.change()
     }
 
+    /// Whether the service (the PBX) may run here if this node leads: not
+    /// while it refuses the role after repeated failures.
+    pub fn service(&mut self, fit: bool) -> Option<bool> {
+        self.service = Some(fit);
+        self.change()
+    }
+
+    /// Fit as far as storage and the fence go (the service aside): the
+    /// replica current, no sync stuck, the fence installed.
+    pub fn storage_fit(&self) -> bool {
+        self.replica.unwrap_or(true) && !self.stalled && self.fenced.unwrap_or(true)
+    }
+
     /// Whether the watch last saw a stuck sync.
     pub fn sync_stalled(&self) -> bool {
         self.stalled
@@ -44,7 +60,7 @@ impl Fitness {
 
     /// The value to feed the core, if it changed.
     fn change(&mut self) -> Option<bool> {
-        let fit = self.replica.unwrap_or(true) && !self.stalled && self.fenced.unwrap_or(true);
+        let fit = self.storage_fit() && self.service.unwrap_or(true);
         (self.told != Some(fit)).then(|| {
             self.told = Some(fit);
             fit

@@ -538,7 +538,11 @@ impl World {
                         msg: Message { from: id, epoch, body: Body::HeartbeatAck { round } },
                     });
                 }
-                Event::Peer(Message { from, epoch, body: Body::Ping { position: Position::default(), standby: false } })
+                Event::Peer(Message {
+                    from,
+                    epoch,
+                    body: Body::Ping { position: Position::default(), standby: false, ready: true },
+                })
             }
             other => other,
         };

@@ -225,8 +225,41 @@ pub struct NodeConfig {
     pub control_socket: PathBuf,
     /// Absolute directory of the state file.
     pub state_dir: PathBuf,
-    /// Act as the machine's init.
+    /// Act as the machine's init (docs/pid1.md).
     pub init: bool,
+    /// The hostname set when acting as init: an RFC 1123 label; default
+    /// `triad-<id>`.
+    pub hostname: String,
+    /// Which hardening sysctls init writes (`node.init_sysctls`).
+    pub init_sysctls: SysctlScope,
+    /// What an orderly shutdown of init ends in (`node.shutdown`).
+    pub shutdown: ShutdownMode,
+}
+
+/// `node.init_sysctls`: which entries of the hardening table
+/// (`os::init::SYSCTLS`) init writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SysctlScope {
+    /// Every entry: the appliance, which owns its kernel.
+    All,
+    /// Only the entries the kernel keeps per network namespace: a
+    /// supervisor in its own network namespace on a shared machine (the
+    /// lab) must not change the machine's global settings.
+    Namespaced,
+    /// None.
+    None,
+}
+
+/// `node.shutdown`: how an orderly shutdown of init ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShutdownMode {
+    /// reboot(2) with `RB_AUTOBOOT`: the default, because a box that
+    /// comes back rejoins its cluster unattended, where a powered-off box
+    /// leaves the other two without a spare until someone presses its
+    /// button.
+    Reboot,
+    /// reboot(2) with `RB_POWER_OFF`.
+    PowerOff,
 }
 
 /// `[cluster]`.
@@ -350,6 +383,9 @@ struct RawNode {
     control_socket: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     init: Option<bool>,
+    hostname: Option<String>,
+    init_sysctls: Option<String>,
+    shutdown: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -551,7 +587,57 @@ impl TryFrom<RawNode> for NodeConfig {
         let control_socket =
             absolute(r.control_socket.unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into()), "node.control_socket")?;
         let state_dir = absolute(r.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()), "node.state_dir")?;
-        Ok(NodeConfig { id, interface, address, control_socket, state_dir, init: r.init.unwrap_or(false) })
+        let hostname = match r.hostname {
+            Some(h) => hostname(h, "node.hostname")?,
+            None => format!("triad-{id}"),
+        };
+        let init_sysctls = match r.init_sysctls.as_deref() {
+            None | Some("all") => SysctlScope::All,
+            Some("namespaced") => SysctlScope::Namespaced,
+            Some("none") => SysctlScope::None,
+            Some(other) => {
+                return Err(invalid(
+                    "node.init_sysctls",
+                    format!("must be \"all\", \"namespaced\" or \"none\", found {other:?}"),
+                ))
+            }
+        };
+        let shutdown = match r.shutdown.as_deref() {
+            None | Some("reboot") => ShutdownMode::Reboot,
+            Some("poweroff") => ShutdownMode::PowerOff,
+            Some(other) => {
+                return Err(invalid("node.shutdown", format!("must be \"reboot\" or \"poweroff\", found {other:?}")))
+            }
+        };
+        Ok(NodeConfig {
+            id,
+            interface,
+            address,
+            control_socket,
+            state_dir,
+            init: r.init.unwrap_or(false),
+            hostname,
+            init_sysctls,
+            shutdown,
+        })
+    }
+}
+
+/// An RFC 1123 host label: 1..=63 of `a-z`, `A-Z`, `0-9` and `-`, neither
+/// first nor last a `-`. One label, not a dotted name: the appliance's
+/// own name, which its LAN's DNS may qualify.
+fn hostname(s: String, field: &str) -> Result<String, ConfigError> {
+    let ok = (1..=63).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(s)
+    } else {
+        Err(invalid(
+            field,
+            format!("must be an RFC 1123 label (1..=63 letters, digits or '-', not starting or ending with '-'), found {s:?}"),
+        ))
     }
 }
 
@@ -893,6 +979,40 @@ lock_memory = true
         assert_eq!(e, "cluster.vip: must differ from node.address");
         assert_eq!(err(""), "node: is required");
         assert!(err("[node").contains("schema"));
+    }
+
+    #[test]
+    fn init_settings_default_and_are_checked() {
+        let n = Config::parse(FULL).unwrap().node;
+        assert_eq!(
+            (n.hostname.as_str(), n.init_sysctls, n.shutdown),
+            ("triad-1", SysctlScope::All, ShutdownMode::Reboot)
+        );
+        let with = |extra: &str| FULL.replace("init = false", &format!("init = true\n{extra}"));
+        let n = Config::parse(&with("hostname = \"pbx-a\"\ninit_sysctls = \"namespaced\"\nshutdown = \"poweroff\""))
+            .unwrap()
+            .node;
+        assert_eq!(
+            (n.init, n.hostname.as_str(), n.init_sysctls, n.shutdown),
+            (true, "pbx-a", SysctlScope::Namespaced, ShutdownMode::PowerOff)
+        );
+        assert_eq!(Config::parse(&with("init_sysctls = \"none\"")).unwrap().node.init_sysctls, SysctlScope::None);
+        assert!(Config::parse(&with(&format!("hostname = \"{}\"", "a".repeat(63)))).is_ok());
+        for bad in ["", "-a", "a-", "a.b", "a_b", "é", &"a".repeat(64)] {
+            let e = err(&with(&format!("hostname = \"{bad}\"")));
+            assert_eq!(
+                e,
+                format!("node.hostname: must be an RFC 1123 label (1..=63 letters, digits or '-', not starting or ending with '-'), found {bad:?}")
+            );
+        }
+        assert_eq!(
+            err(&with("init_sysctls = \"some\"")),
+            "node.init_sysctls: must be \"all\", \"namespaced\" or \"none\", found \"some\""
+        );
+        assert_eq!(
+            err(&with("shutdown = \"halt\"")),
+            "node.shutdown: must be \"reboot\" or \"poweroff\", found \"halt\""
+        );
     }
 
     #[test]

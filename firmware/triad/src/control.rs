@@ -129,6 +129,17 @@ pub enum Request {
     /// active node only, and only when its check found no filesystem.
     #[serde(rename = "format-volume")]
     FormatVolume,
+    /// Run the failover readiness check now; answered with its verdict.
+    #[serde(rename = "check-readiness")]
+    CheckReadiness,
+    /// Forget the PBX's failures: a node that refused the active role
+    /// after repeated failures may take it again.
+    #[serde(rename = "clear-pbx-failures")]
+    ClearPbxFailures,
+    /// The log ring's lines (`crate::logring`), answered by the
+    /// connection's task without the runtime loop: logs are most wanted
+    /// when the loop is stuck.
+    Logs,
 }
 
 /// What a request line may hold. serde's internally tagged enums ignore
@@ -172,14 +183,20 @@ impl TryFrom<RawRequest> for Request {
                 no_arg("on", r.on.is_some())?;
                 Ok(Request::Verify)
             }
-            "format-volume" => {
+            "format-volume" | "check-readiness" | "clear-pbx-failures" | "logs" => {
                 no_arg("to", r.to.is_some())?;
                 no_arg("on", r.on.is_some())?;
-                Ok(Request::FormatVolume)
+                Ok(match r.cmd.as_str() {
+                    "format-volume" => Request::FormatVolume,
+                    "check-readiness" => Request::CheckReadiness,
+                    "clear-pbx-failures" => Request::ClearPbxFailures,
+                    _ => Request::Logs,
+                })
             }
-            other => {
-                Err(format!("unknown cmd `{other}` (expected status, switchover, standby, verify or format-volume)"))
-            }
+            other => Err(format!(
+                "unknown cmd `{other}` (expected status, switchover, standby, verify, format-volume, \
+                 check-readiness, clear-pbx-failures or logs)"
+            )),
         }
     }
 }
@@ -310,6 +327,13 @@ pub struct PeerReport {
     pub reachable: bool,
     /// Milliseconds since last heard; null if never.
     pub last_heard_ms: Option<u64>,
+    /// It last said it is in standby.
+    #[serde(default)]
+    pub standby: bool,
+    /// It last said its failover readiness check passes (a switchover
+    /// target must be ready).
+    #[serde(default)]
+    pub ready: bool,
 }
 
 impl StatusReport {
@@ -327,6 +351,8 @@ impl StatusReport {
                     .map_or_else(|| "unknown".to_string(), |(_, a)| a.clone()),
                 reachable: p.reachable,
                 last_heard_ms: p.last_heard_ms,
+                standby: p.standby,
+                ready: p.ready,
             })
             .collect();
         StatusReport {
@@ -520,6 +546,7 @@ async fn serve_conn(stream: UnixStream, tx: mpsc::Sender<ControlRequest>) {
         }
         Ok(Ok(_)) => match parse_request(&line) {
             Err(e) => Response::Error(e),
+            Ok(Request::Logs) => logs_response(),
             Ok(request) => ask_runtime(request, &tx).await,
         },
     };
@@ -533,6 +560,14 @@ async fn serve_conn(stream: UnixStream, tx: mpsc::Sender<ControlRequest>) {
     out.push(b'\n');
     if let Err(e) = wr.write_all(&out).await {
         debug!(error = %e, "control client went away");
+    }
+}
+
+/// The answer to `logs`: the process's ring, `{"lines":[..],"dropped":N}`.
+pub fn logs_response() -> Response {
+    match serde_json::to_value(crate::logring::global().snapshot()) {
+        Ok(v) => Response::Report(v),
+        Err(e) => Response::Failed(format!("cannot encode the log lines: {e}")),
     }
 }
 
@@ -591,11 +626,26 @@ mod tests {
             vip_held: true,
             vip_phase: VipPhase::Held,
             standby: false,
+            ready: true,
             position: Position { epoch: 7, seq: 12 },
             vip_conflict: Some([0xde, 0xad, 0xbe, 0xef, 0, 1]),
             peers: vec![
-                PeerStatus { node_id: 2, reachable: true, last_heard_ms: Some(12), position: None },
-                PeerStatus { node_id: 3, reachable: false, last_heard_ms: None, position: None },
+                PeerStatus {
+                    node_id: 2,
+                    reachable: true,
+                    last_heard_ms: Some(12),
+                    position: None,
+                    standby: false,
+                    ready: true,
+                },
+                PeerStatus {
+                    node_id: 3,
+                    reachable: false,
+                    last_heard_ms: None,
+                    position: None,
+                    standby: false,
+                    ready: false,
+                },
             ],
         }
     }
@@ -618,6 +668,9 @@ mod tests {
                     Request::Switchover { .. } | Request::Standby { .. } => Response::Done,
                     Request::Verify => Response::Report(serde_json::json!({"differing": []})),
                     Request::FormatVolume => Response::Error("not the active node".into()),
+                    Request::CheckReadiness => Response::Report(serde_json::json!({"ready": true, "problems": []})),
+                    Request::ClearPbxFailures => Response::Done,
+                    Request::Logs => Response::Failed("logs never reach the runtime loop".into()),
                 };
                 let _ = r.reply.send(answer);
             }
@@ -685,6 +738,25 @@ mod tests {
         long.push(b'\n');
         let v = raw(&path, &long).await;
         assert!(v["error"].as_str().unwrap().contains("longer than"));
+    }
+
+    #[tokio::test]
+    async fn logs_are_answered_while_the_loop_does_not_answer() {
+        let d = TempDir::new("control-logs");
+        let path = d.0.join("control.sock");
+        // A runtime loop that never reads its requests (stuck).
+        let _stuck = serve(&path).unwrap();
+        crate::logring::global().push("a line only this test logs");
+        match request(&path, &Request::Logs).await.unwrap() {
+            Response::Report(v) => {
+                let snap: crate::logring::Snapshot = serde_json::from_value(v).unwrap();
+                assert!(snap.lines.iter().any(|l| l == "a line only this test logs"), "{snap:?}");
+            }
+            other => panic!("expected the log lines, got {other:?}"),
+        }
+        let v = raw(&path, b"{\"cmd\":\"logs\",\"to\":1}\n").await;
+        let e = v["error"].as_str().unwrap();
+        assert!(e.contains("field `to` is not allowed with cmd `logs`"), "{e}");
     }
 
     #[tokio::test]

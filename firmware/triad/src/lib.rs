@@ -9,6 +9,7 @@
 //! - [`os`]: netlink, raw-socket ARP/NDP, real-time scheduling.
 //! - [`control`]: the local control socket behind `triad status`.
 //! - [`errors`]: one error chain per log line, at the edge.
+//! - [`logring`]: the last log lines in memory, for `triad logs`.
 //! - [`nbd`]: the NBD export of the replicated volume (unix socket, kernel nbd).
 //! - [`volume`]: the replicated volume's thread and the NBD device over it.
 //! - [`sync_watch`]: rule 16, a stuck journal sync makes the node unfit to lead.
@@ -21,10 +22,12 @@ pub mod config;
 pub mod control;
 pub mod errors;
 pub mod filesystem;
+pub mod logring;
 pub mod nbd;
 pub mod os;
 pub mod pbx;
 pub mod peer;
+pub mod readiness;
 pub mod runtime;
 pub mod sip_probe;
 pub mod store;

@@ -9,7 +9,11 @@
 //! |------|---------|
 //! | 0 | success |
 //! | 1 | runtime failure (the supervisor stopped on an error; a request failed) |
-//! | 2 | bad input: usage, invalid config, refused request |
+//! | 2 | bad input: usage, invalid config, refused request (also `node.init = true` in a process that is not PID 1) |
+//!
+//! With `node.init = true` `triad run` is the machine's init and never
+//! returns: a stop signal or a fatal error ends in sync and reboot(2)
+//! (`os::init`, docs/pid1.md).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -78,6 +82,31 @@ enum Command {
         /// Control socket of the active node.
         #[arg(long, default_value = "/run/triad/control.sock")]
         socket: PathBuf,
+    },
+    /// Run this node's failover readiness check now and print its verdict
+    /// (could it take the active role: PBX and config, replica, watchdog);
+    /// exit code 1 when it is not ready.
+    CheckReadiness {
+        /// Control socket of the node.
+        #[arg(long, default_value = "/run/triad/control.sock")]
+        socket: PathBuf,
+    },
+    /// Forget this node's PBX failures: after handing the active role over
+    /// because its PBX kept failing, the node refuses the role until they
+    /// age out of the window; this lets it take the role again at once.
+    ClearPbxFailures {
+        /// Control socket of the node.
+        #[arg(long, default_value = "/run/triad/control.sock")]
+        socket: PathBuf,
+    },
+    /// Print the supervisor's last log lines (its in-memory ring).
+    Logs {
+        /// Control socket of the node.
+        #[arg(long, default_value = "/run/triad/control.sock")]
+        socket: PathBuf,
+        /// Only the last N lines.
+        #[arg(long)]
+        lines: Option<usize>,
     },
     /// Put this node in standby (it never becomes active), or release it.
     Standby {
@@ -148,13 +177,21 @@ fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Run { config } => {
             let cfg = Config::load(&config).map_err(|e| Failure::Input(chain(&e)))?;
-            init_logging();
             if cfg.node.init {
-                return Err(Failure::Input(
-                    "node.init = true: running as the machine's init is not supported yet".into(),
-                ));
+                // Before anything is changed: only PID 1 may mount, name
+                // the machine, write sysctls and call reboot(2).
+                triad::os::init::refuse_unless_pid1(std::process::id()).map_err(|e| Failure::Input(e.to_string()))?;
+                init_logging();
+                run_as_init(cfg);
             }
-            runtime()?.block_on(triad::runtime::run(cfg)).map_err(|e| Failure::Runtime(chain(&e)))
+            init_logging();
+            runtime()?.block_on(triad::runtime::run(cfg)).map_err(|e| {
+                if e.is_bad_input() {
+                    Failure::Input(chain(&e))
+                } else {
+                    Failure::Runtime(chain(&e))
+                }
+            })
         }
         Command::CheckConfig { config } => {
             Config::load(&config).map_err(|e| Failure::Input(chain(&e)))?;
@@ -186,8 +223,45 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 other => unexpected(other),
             }
         }
+        Command::Logs { socket, lines } => match ask(&socket, &Request::Logs)? {
+            Response::Report(v) => {
+                let snap: triad::logring::Snapshot =
+                    serde_json::from_value(v).map_err(|e| Failure::Runtime(format!("malformed log lines: {e}")))?;
+                let skip = lines.map_or(0, |n| snap.lines.len().saturating_sub(n));
+                for line in &snap.lines[skip..] {
+                    println!("{line}");
+                }
+                if snap.dropped > 0 {
+                    eprintln!("({} older lines no longer kept)", snap.dropped);
+                }
+                Ok(())
+            }
+            other => unexpected(other),
+        },
         Command::Switchover { socket, to } => done(ask(&socket, &Request::Switchover { to })?),
         Command::FormatVolume { socket } => done(ask(&socket, &Request::FormatVolume)?),
+        Command::ClearPbxFailures { socket } => done(ask(&socket, &Request::ClearPbxFailures)?),
+        Command::CheckReadiness { socket } => match ask(&socket, &Request::CheckReadiness)? {
+            Response::Report(v) => {
+                let ready = v.get("ready").and_then(serde_json::Value::as_bool).unwrap_or(false);
+                let problems: Vec<String> = v
+                    .get("problems")
+                    .and_then(|p| p.as_array())
+                    .map(|a| a.iter().filter_map(|p| p.as_str().map(str::to_string)).collect())
+                    .unwrap_or_default();
+                if ready {
+                    println!("ready: this node could take the active role now");
+                    Ok(())
+                } else {
+                    println!("not ready:");
+                    for p in &problems {
+                        println!("  - {p}");
+                    }
+                    Err(Failure::Runtime(format!("not ready ({} problem(s))", problems.len())))
+                }
+            }
+            other => done(other),
+        },
         Command::Standby { socket, state } => done(ask(&socket, &Request::Standby { on: state == "on" })?),
         Command::Verify { socket } => match ask(&socket, &Request::Verify)? {
             Response::Report(v) => {
@@ -203,6 +277,44 @@ fn run(cli: Cli) -> Result<(), Failure> {
             other => unexpected(other),
         },
     }
+}
+
+/// `triad run` as the machine's init (the caller checked it is PID 1):
+/// boot duties, the supervisor, then the end of a shutdown. Never returns.
+fn run_as_init(cfg: Config) -> ! {
+    use triad::os::init::{self, Cause};
+    // A panic anywhere leaves state nobody can trust: log, sync, restart.
+    // (Returning would end PID 1, and the kernel panics.)
+    std::panic::set_hook(Box::new(|info| init::fatal(&format!("panic: {info}"))));
+    let booted = init::boot(&cfg);
+    if panic_hook_test() {
+        panic!("test fault hook: panic after boot");
+    }
+    let mode = cfg.node.shutdown;
+    // The runtime stays alive until reboot(2): dropping it would wait for
+    // its blocking tasks.
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(f) => init::fatal(f.message()),
+    };
+    match rt.block_on(triad::runtime::run(cfg)) {
+        Ok(()) => {
+            tracing::info!("supervisor stopped: shutting the machine down");
+            init::shutdown(Cause::Stopped, mode, &booted)
+        }
+        Err(e) => {
+            tracing::error!(error = %chain(&e), "supervisor failed: rebooting");
+            init::shutdown(Cause::Fatal, mode, &booted)
+        }
+    }
+}
+
+/// The lab's test of the panic path: the supervisor's test-only fault
+/// hooks directory (`TRIAD_FAULT_HOOKS`, set by the lab, never on an
+/// appliance) holds `panic-after-boot`.
+fn panic_hook_test() -> bool {
+    std::env::var_os("TRIAD_FAULT_HOOKS")
+        .is_some_and(|dir| std::path::Path::new(&dir).join("panic-after-boot").exists())
 }
 
 fn ask(socket: &std::path::Path, request: &Request) -> Result<Response, Failure> {
@@ -238,10 +350,19 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .map_err(|e| Failure::Runtime(format!("cannot start the async runtime: {e}")))
 }
 
+/// Logs go to the console (stderr; for init the kernel's console) and to
+/// the in-memory ring `triad logs` reads, formatted alike, the ring
+/// without colour codes.
 fn init_logging() {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRIAD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let ring = triad::logring::RingWriter::new(triad::logring::global());
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(ring))
+        .init();
 }
 
 #[cfg(test)]

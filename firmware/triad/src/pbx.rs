@@ -19,7 +19,7 @@ use crate::config::PbxConfig;
 use crate::errors::chain;
 use crate::os::pbx_process::{cgroup_v2_at, describe, PbxEnv, PbxProcess, CGROUP_ROOT};
 use crate::os::reaper::Reaper;
-use crate::sip_probe::probe_udp;
+use crate::sip_probe::{probe_tcp, probe_udp};
 
 /// Carries out the PBX commands of one node.
 #[derive(Debug)]
@@ -53,10 +53,21 @@ impl PbxExecutor {
             PbxCommand::Probe { run: _, probe } => {
                 let addr = SocketAddr::from(([127, 0, 0, 1], self.cfg.sip_port));
                 let timeout = self.cfg.timing.probe_timeout;
+                let tcp = self.cfg.probe_tcp;
                 let events = self.events.clone();
                 tokio::spawn(async move {
-                    let ok = probe_udp(addr, timeout).await.is_ok();
-                    let _ = events.send(PbxEvent::ProbeDone { probe, ok });
+                    // Both transports at once when TCP is probed too: both must answer.
+                    let (udp, tcp) = tokio::join!(probe_udp(addr, timeout), async {
+                        if tcp {
+                            probe_tcp(addr, timeout).await.map(Some)
+                        } else {
+                            Ok(None)
+                        }
+                    });
+                    if let Err(e) = &tcp {
+                        tracing::debug!(error = %e, "TCP probe failed");
+                    }
+                    let _ = events.send(PbxEvent::ProbeDone { probe, ok: udp.is_ok() && tcp.is_ok() });
                 });
                 None
             }
@@ -86,7 +97,7 @@ impl PbxExecutor {
                 self.reaper.register(
                     process.pid(),
                     Box::new(move |status| {
-                        info!(run, ?status, "PBX exited");
+                        info!(run, status = %crate::os::reaper::describe(status), "PBX exited");
                         let _ = events.send(PbxEvent::Exited { run });
                     }),
                 );

@@ -50,6 +50,7 @@ use crate::os::realtime;
 use crate::os::vip::{apply_in_lease, KernelVip, Lease, VipError, VipOps, VipSpec};
 use crate::peer::tls::{client_config, server_config, Credentials};
 use crate::peer::{LinkConfig, PeerLinks};
+use crate::readiness::{Checked, ReadinessRunner};
 use crate::store::StateStore;
 use crate::volume::{VolumeEvent, VolumeHandle};
 
@@ -116,6 +117,18 @@ pub enum RuntimeError {
     /// The NBD export could not start.
     #[error("NBD export")]
     Nbd(#[from] crate::nbd::NbdError),
+}
+
+impl RuntimeError {
+    /// The configuration is what is wrong (exit code 2), not the run: a
+    /// watchdog timeout the driver will not keep is a config field to fix.
+    pub fn is_bad_input(&self) -> bool {
+        use crate::os::watchdog::WatchdogError;
+        matches!(
+            self,
+            RuntimeError::Watchdog(WatchdogError::TimeoutRefused { .. } | WatchdogError::TimeoutTooShort { .. })
+        )
+    }
 }
 
 /// Runs the supervisor until SIGTERM/SIGINT or a fatal error.
@@ -202,8 +215,8 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
     // after everything that could fail at start.
     let watchdog = match &cfg.watchdog {
         Some(w) => {
-            let (dog, armed) =
-                crate::os::watchdog::HwWatchdog::open(&w.device, w.timeout_s).map_err(RuntimeError::Watchdog)?;
+            let (dog, armed) = crate::os::watchdog::HwWatchdog::open(&w.device, w.timeout_s, w.stale_after)
+                .map_err(RuntimeError::Watchdog)?;
             info!(device = %w.device.display(), asked_s = w.timeout_s, accepted_s = armed.timeout_s,
                 last_reboot_was_watchdog = armed.last_reboot_was_watchdog, "hardware watchdog armed");
             Some((dog, armed))
@@ -223,14 +236,21 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
         }
         _ => None,
     };
+    let (ready_tx, mut ready_results) = tokio::sync::mpsc::unbounded_channel();
+    let mut readiness = None;
     let pbx = cfg.pbx.clone().map(|pc| {
         if let Err(e) = crate::os::pbx_process::allow_nonlocal_bind() {
             warn!(error = %e, "cannot allow binding the VIP before holding it; a PBX listening on the VIP may fail to start");
         }
         host.enable_pbx(pc.timing);
         let env = crate::os::pbx_process::PbxEnv { vip: cfg.cluster.vip.addr.to_string() };
+        readiness = Some(ReadinessRunner::new(pc.clone(), env.clone(), reaper.clone(), ready_tx.clone()));
         crate::pbx::PbxExecutor::new(pc, env, pbx_tx.clone(), reaper.clone())
     });
+    // Periodic failover readiness checks (the first at once).
+    let mut readiness_tick =
+        tokio::time::interval(cfg.pbx.as_ref().map_or(Duration::from_secs(3600), |p| p.readiness_interval));
+    readiness_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let sync_stall = cfg.volume.as_ref().map(|v| v.sync_stall);
     let mut stall_check = tokio::time::interval(sync_stall.map_or(Duration::from_secs(3600), |d| d / 4));
     stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -252,11 +272,13 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
         cfg,
         volume,
         pbx,
+        readiness,
         fs,
         watchdog,
         _vol_tx: vol_tx,
         _pbx_tx: pbx_tx,
         _fs_tx: fs_tx,
+        _ready_tx: ready_tx,
     };
     if let Some(w) = &shell.cfg.watchdog {
         let timing = triad_host::WatchdogTiming { pet_interval: w.pet_interval, stale_after: w.stale_after };
@@ -308,6 +330,16 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
             Some(ev) = vol_events.recv() => volume_event(ev),
             Some(ev) = pbx_events.recv() => Event::Pbx(ev),
             Some(ev) = fs_events.recv() => Event::Fs(ev),
+            Some(checked) = ready_results.recv() => {
+                shell.readiness_checked(checked).await?;
+                continue;
+            }
+            _ = readiness_tick.tick(), if shell.readiness.is_some() => {
+                if let Some(r) = &shell.readiness {
+                    r.start(None);
+                }
+                continue;
+            }
             Some(req) = control_rx.recv() => {
                 shell.control(req).await?;
                 continue;
@@ -360,7 +392,10 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
         }
     }
     shell.hand_over_before_exit().await?;
-    if let Some(p) = &shell.pbx {
+    // A PBX the orderly stop already ended needs no kill (nor a log line
+    // saying so); one still starting, running or stopping does.
+    let pbx_left = shell.host.pbx().is_some_and(|p| p.state() != triad_host::PbxState::Stopped);
+    if let (Some(p), true) = (&shell.pbx, pbx_left) {
         p.kill_now();
     }
     if let Some(f) = &shell.fs {
@@ -436,6 +471,10 @@ struct Shell<V: VipOps> {
     fs: Option<crate::filesystem::FsExecutor>,
     /// Keeps the filesystem event channel open when there is none.
     _fs_tx: tokio::sync::mpsc::UnboundedSender<triad_host::FsEvent>,
+    /// Runs the failover readiness check, on a node with `[pbx]`.
+    readiness: Option<ReadinessRunner>,
+    /// Keeps the readiness channel open when there is no PBX.
+    _ready_tx: tokio::sync::mpsc::UnboundedSender<crate::readiness::Checked>,
 }
 
 impl<V: VipOps> Shell<V> {
@@ -528,8 +567,12 @@ impl<V: VipOps> Shell<V> {
                     }
                 }
                 Command::PetWatchdog => {
-                    if let Some(Err(e)) = self.watchdog.as_ref().map(|(d, _)| d.pet()) {
-                        warn!(error = %chain(&e), "could not pet the watchdog");
+                    let pet = self.watchdog.as_mut().map(|(d, _)| d.pet());
+                    if let Some(Err(e)) = &pet {
+                        warn!(error = %chain(e), "could not pet the watchdog");
+                    }
+                    if let Some(r) = &self.readiness {
+                        r.watchdog_petted(!matches!(pet, Some(Err(_))));
                     }
                 }
                 Command::Notice(n) => log_notice(&n),
@@ -672,6 +715,7 @@ impl<V: VipOps> Shell<V> {
                     report.extra.insert("volume".into(), volume_status(v));
                 }
                 report.extra.insert("fence".into(), self.fence_status());
+                report.extra.insert("log".into(), crate::logring::status_json());
                 if let Some((_, armed)) = &self.watchdog {
                     let now = self.clock.now();
                     let w = self.host.watchdog();
@@ -700,14 +744,19 @@ impl<V: VipOps> Shell<V> {
                     );
                 }
                 if let Some(p) = self.host.pbx() {
+                    let now = self.clock.now();
                     report.extra.insert(
                         "pbx".into(),
                         serde_json::json!({
                             "state": format!("{:?}", p.state()),
-                            "fit": p.fit(),
+                            "failures_in_window": p.failures_in_window(),
+                            "last_start_ms": p.last_start().map(|d| d.as_millis() as u64),
                             "hand_over_wanted": p.hand_over_wanted(),
+                            "window_ends_in_s": p.window_ends().map(|t| t.since(now).as_secs()),
+                            "alert": self.host.pbx_alert(),
                         }),
                     );
+                    report.extra.insert("readiness".into(), readiness_json(&self.host.readiness()));
                 }
                 Response::Status(Box::new(report))
             }
@@ -721,6 +770,27 @@ impl<V: VipOps> Shell<V> {
                 Err(e) => Response::Error(e.to_string()),
             },
             Request::Standby { on } => self.admin(AdminRequest::Standby(on)).await?,
+            Request::CheckReadiness => {
+                let Some(r) = &self.readiness else {
+                    let _ = req.reply.send(Response::Error("this node runs no PBX: it is always ready".into()));
+                    return Ok(());
+                };
+                // Answered when the check is done and the host has it.
+                r.start(Some(req.reply));
+                return Ok(());
+            }
+            Request::ClearPbxFailures => {
+                if self.host.pbx().is_none() {
+                    Response::Error("this node runs no PBX".into())
+                } else {
+                    info!("operator cleared the PBX's failures");
+                    let commands = self.host.clear_pbx_failures(self.clock.now());
+                    self.execute(commands).await?;
+                    Response::Done
+                }
+            }
+            // Answered by the control connection itself; the same answer here.
+            Request::Logs => control::logs_response(),
             Request::Verify => {
                 let Some(v) = self.volume.clone() else {
                     let _ = req.reply.send(Response::Error("this node has no replicated volume".into()));
@@ -742,6 +812,19 @@ impl<V: VipOps> Shell<V> {
         };
         // The client may have gone away; that is its business.
         let _ = req.reply.send(response);
+        Ok(())
+    }
+
+    /// A readiness check ended: the host hears it, then the operator who
+    /// asked (if one did) gets the verdict.
+    async fn readiness_checked(&mut self, checked: Checked) -> Result<(), RuntimeError> {
+        if !checked.problems.is_empty() {
+            warn!(problems = ?checked.problems, "failover readiness check found problems");
+        }
+        self.step(Event::ReadinessChecked(checked.problems)).await?;
+        if let Some(reply) = checked.reply {
+            let _ = reply.send(Response::Report(readiness_json(&self.host.readiness())));
+        }
         Ok(())
     }
 
@@ -1006,7 +1089,21 @@ fn log_notice(n: &HostNotice) {
         HostNotice::FenceExpired => {
             warn!("the VIP's fence element had expired before its refresh; the VIP was silent until the next grant")
         }
+        HostNotice::PbxHandingOver => {
+            error!("the PBX keeps failing: handing the active role to a ready peer (this node refuses it for the failure window)")
+        }
+        HostNotice::PbxHandOverRefused { reason } => error!(
+            %reason,
+            "ALERT: the PBX keeps failing and no peer can take the active role; staying active and restarting it"
+        ),
+        HostNotice::Readiness { ready: true } => info!("failover readiness: ready"),
+        HostNotice::Readiness { ready: false } => warn!("failover readiness: not ready (see `triad status`)"),
     }
+}
+
+/// `readiness` in status and the answer to `check-readiness`.
+fn readiness_json(r: &triad_host::Readiness) -> serde_json::Value {
+    serde_json::json!({ "ready": r.ready, "problems": r.problems })
 }
 
 fn log_core_notice(n: &Notice) {

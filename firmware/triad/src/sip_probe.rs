@@ -1,5 +1,6 @@
-//! The PBX's health probe: one SIP OPTIONS request over UDP to the PBX's
-//! SIP port on loopback, and the check of its answer (issue 11, item 2).
+//! The PBX's health probe: one SIP OPTIONS request over UDP (and, if
+//! configured, one over TCP) to the PBX's SIP port on loopback, and the
+//! check of its answer (issue 11, item 2).
 //! Any SIP response to *our* request (same Call-ID, same Via branch, CSeq
 //! method OPTIONS) counts as alive: a PBX that answers at all has its
 //! transaction layer running. The supervision state machine
@@ -67,9 +68,23 @@ pub struct Request {
     pub branch: String,
 }
 
+/// A transport for the probe (the Via header names it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// UDP: one datagram each way.
+    Udp,
+    /// TCP: a connection per probe.
+    Tcp,
+}
+
 /// Builds an OPTIONS request from `local` to `target` (e.g.
-/// `sip:127.0.0.1:5060`), unique per call.
+/// `sip:127.0.0.1:5060`) over UDP, unique per call.
 pub fn options_request(local: SocketAddr, target: &str) -> Request {
+    options_request_over(Transport::Udp, local, target)
+}
+
+/// The same over `transport`.
+pub fn options_request_over(transport: Transport, local: SocketAddr, target: &str) -> Request {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
@@ -78,7 +93,7 @@ pub fn options_request(local: SocketAddr, target: &str) -> Request {
     let call_id = format!("{id}@triad-probe");
     let bytes = format!(
         "OPTIONS {target} SIP/2.0\r\n\
-         Via: SIP/2.0/UDP {local};branch={branch};rport\r\n\
+         Via: SIP/2.0/{via} {local};branch={branch};rport\r\n\
          Max-Forwards: 70\r\n\
          From: <sip:triad-probe@{ip}>;tag={id}\r\n\
          To: <{target}>\r\n\
@@ -89,6 +104,10 @@ pub fn options_request(local: SocketAddr, target: &str) -> Request {
          User-Agent: triad-probe\r\n\
          Content-Length: 0\r\n\r\n",
         ip = local.ip(),
+        via = match transport {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        },
     );
     Request { bytes, call_id, branch }
 }
@@ -162,6 +181,63 @@ pub async fn probe_udp(addr: SocketAddr, timeout: Duration) -> Result<u16, Probe
     tokio::time::timeout(timeout, answer).await.map_err(|_| ProbeError::Timeout { addr, timeout })?
 }
 
+/// The longest answer a TCP probe reads.
+const MAX_TCP_ANSWER: usize = 65_535;
+
+/// Opens a TCP connection to `addr`, sends one OPTIONS and waits up to
+/// `timeout` (connection included) for its answer: the header of the
+/// first message that answers it. Returns the status code.
+pub async fn probe_tcp(addr: SocketAddr, timeout: Duration) -> Result<u16, ProbeError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = |source| ProbeError::Io { addr, source };
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(io)?;
+        let local = stream.local_addr().map_err(io)?;
+        let request = options_request_over(Transport::Tcp, local, &format!("sip:{addr};transport=tcp"));
+        stream.write_all(request.bytes.as_bytes()).await.map_err(io)?;
+        let mut buf = Vec::with_capacity(4096);
+        let mut chunk = [0u8; 4096];
+        loop {
+            // Every complete message in the buffer (requests and answers to
+            // others are skipped; a body is not needed to judge).
+            while let Some(end) = find_header_end(&buf) {
+                let header = buf.get(..end).unwrap_or_default();
+                if let Ok(code) = check_answer(&request, header) {
+                    return Ok(code);
+                }
+                let whole = end + body_length(header);
+                if buf.len() < whole {
+                    break; // the rest of its body is still to come
+                }
+                buf.drain(..whole);
+            }
+            let n = stream.read(&mut chunk).await.map_err(io)?;
+            if n == 0 || buf.len() + n > MAX_TCP_ANSWER {
+                return Err(io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no answer on the connection")));
+            }
+            buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        }
+    };
+    tokio::time::timeout(timeout, exchange).await.map_err(|_| ProbeError::Timeout { addr, timeout })?
+}
+
+/// The end of the header block (after the blank line), if complete.
+fn find_header_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+/// The Content-Length of a message's header block (0 if absent or bad).
+fn body_length(header: &[u8]) -> usize {
+    String::from_utf8_lossy(header)
+        .split("\r\n")
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            let name = name.trim().to_ascii_lowercase();
+            (name == "content-length" || name == "l").then(|| value.trim().parse().ok()).flatten()
+        })
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,6 +281,55 @@ mod tests {
         // Compact header forms.
         let compact = answer(&r, "SIP/2.0 200 OK").replace("Via:", "v:").replace("Call-ID:", "i:");
         assert_eq!(check_answer(&r, compact.as_bytes()), Ok(200));
+    }
+
+    #[test]
+    fn a_tcp_request_names_its_transport_and_messages_are_framed_by_their_header() {
+        let local = "127.0.0.1:40000".parse().unwrap_or_else(|e| panic!("{e}"));
+        let r = options_request_over(Transport::Tcp, local, "sip:127.0.0.1:5060;transport=tcp");
+        assert!(r.bytes.contains("Via: SIP/2.0/TCP 127.0.0.1:40000;branch=z9hG4bK"), "{}", r.bytes);
+        let two = b"SIP/2.0 200 OK\r\nContent-Length: 3\r\n\r\nabcSIP/2.0 404 x\r\n\r\n";
+        let end = find_header_end(two).unwrap_or_default();
+        assert_eq!(end, 37);
+        assert_eq!(body_length(&two[..end]), 3);
+        assert_eq!(body_length(b"SIP/2.0 200 OK\r\nl: 7\r\n\r\n"), 7);
+        assert_eq!(body_length(b"SIP/2.0 200 OK\r\nContent-Length: x\r\n\r\n"), 0);
+        assert_eq!(find_header_end(b"SIP/2.0 200 OK\r\nCall-ID: a\r\n"), None);
+    }
+
+    /// A TCP server that answers the probe (after an unrelated message
+    /// with a body) is read correctly; a closed port is an error, not a
+    /// timeout; a silent server is a timeout.
+    #[tokio::test]
+    async fn a_tcp_probe_reads_its_answer_among_other_messages() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap_or_else(|e| panic!("{e}"));
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf).await.unwrap_or_else(|e| panic!("{e}"));
+            let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let header =
+                |name: &str| req.split("\r\n").find(|l| l.starts_with(name)).map(str::to_string).unwrap_or_default();
+            let noise = "SIP/2.0 200 OK\r\nCall-ID: other\r\nContent-Length: 5\r\n\r\nhello";
+            let answer = format!(
+                "SIP/2.0 200 OK\r\n{}\r\n{}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+                header("Via:"),
+                header("Call-ID:")
+            );
+            s.write_all(format!("{noise}{answer}").as_bytes()).await.unwrap_or_else(|e| panic!("{e}"));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        });
+        assert_eq!(probe_tcp(addr, Duration::from_secs(2)).await.ok(), Some(200));
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let closed_addr = closed.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        drop(closed);
+        assert!(matches!(probe_tcp(closed_addr, Duration::from_secs(2)).await, Err(ProbeError::Io { .. })));
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+        let silent_addr = silent.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(probe_tcp(silent_addr, Duration::from_millis(200)).await, Err(ProbeError::Timeout { .. })));
+        drop(silent);
     }
 
     #[test]

@@ -48,6 +48,9 @@ fn config(dir: &Path, script: &str) -> PbxConfig {
         memory_max: None,
         cpu_max_percent: None,
         timing: PbxTiming::default(),
+        check: None,
+        readiness_interval: Duration::from_secs(30),
+        probe_tcp: false,
     }
 }
 

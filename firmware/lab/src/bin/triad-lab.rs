@@ -45,6 +45,10 @@ enum Cmd {
         /// the active node, supervised by triad.
         #[arg(long)]
         pbx: bool,
+        /// Run each supervisor as its namespace's init (`node.init`: early
+        /// mounts, hostname, per-namespace sysctls, power off at the end).
+        #[arg(long)]
+        init: bool,
     },
     /// Tear the lab down (idempotent; also cleans up after a crashed run).
     Down,
@@ -70,6 +74,26 @@ enum Cmd {
         /// How the active node fails (the same for both payloads).
         #[arg(long, value_enum, default_value = "stop-down")]
         fault: bench::Fault,
+    },
+    /// The PBX service's failover: a fault of the active node to the first
+    /// answer through the VIP routed to a registered user, with each
+    /// phase's share (issue 11's figure: median under 1.2 s, p99 under 2 s)
+    BenchService {
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+        #[arg(long, value_enum, default_value = "kill")]
+        fault: triad_lab::bench_service::ServiceFault,
+        #[arg(long)]
+        triad: Option<PathBuf>,
+    },
+    /// Calls through the VIP across a kill -9 of the active node: how many
+    /// calls up at the kill end with a 200 to their BYE, and when new calls
+    /// succeed again
+    BenchCalls {
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        #[arg(long)]
+        triad: Option<PathBuf>,
     },
     /// PBX crash to answering again under triad, beside Kamailio's own
     /// start to first answer.
@@ -158,6 +182,8 @@ enum MainError {
     Stages(#[from] StagesError),
     #[error(transparent)]
     Pbx(#[from] triad_lab::bench_pbx::PbxBenchError),
+    #[error(transparent)]
+    Service(#[from] triad_lab::bench_service::ServiceBenchError),
 }
 
 fn main() -> ExitCode {
@@ -194,13 +220,14 @@ fn triad_payload(triad: Option<PathBuf>, profile: Profile, journal_mib: u64) -> 
 
 fn run(cli: Cli) -> Result<(), MainError> {
     match cli.cmd {
-        Cmd::Up { profile, triad, keepalived, keepalived_advert, journal_mib, pbx } => {
+        Cmd::Up { profile, triad, keepalived, keepalived_advert, journal_mib, pbx, init } => {
             let payload = if keepalived {
                 Payload::Keepalived { advert: keepalived_advert }
             } else {
                 let mut p = triad_payload(triad, profile, journal_mib)?;
                 if let Payload::Triad { opts, .. } = &mut p {
                     opts.pbx = pbx;
+                    opts.init = init;
                 }
                 p
             };
@@ -257,6 +284,12 @@ fn run(cli: Cli) -> Result<(), MainError> {
             }
             println!();
             bench::print_table(&series);
+        }
+        Cmd::BenchService { runs, fault, triad } => {
+            triad_lab::bench_service::run(&triad::locate(triad.as_deref())?, runs, fault)?;
+        }
+        Cmd::BenchCalls { runs, triad } => {
+            triad_lab::bench_service::calls(&triad::locate(triad.as_deref())?, runs)?;
         }
         Cmd::BenchPbx { runs, triad } => {
             triad_lab::bench_pbx::run(&triad::locate(triad.as_deref())?, runs)?;

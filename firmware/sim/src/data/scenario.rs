@@ -611,6 +611,21 @@ impl DataScenario {
                 disk_stall_p: 0.04,
                 ..base("service-disk-stall", ServiceFaults { crash_p: 0.02, ..Default::default() })
             },
+            // Open finding (docs/simulator.md): crash loops with a 20 s
+            // failure window. A node that wanted a hand-over refuses the
+            // role for the window once it is not the leader; if the other
+            // two cannot lead (resyncing, or refusing too), the cluster has
+            // no active node until the window passes. Not in `cargo test`.
+            DataScenario {
+                service: Some(ServiceSpec {
+                    pbx: triad_host::PbxTiming {
+                        failure_window: core::time::Duration::from_secs(20),
+                        ..ServiceSpec::new(ServiceFaults::default()).pbx
+                    },
+                    ..ServiceSpec::new(ServiceFaults { crash_loop_p: 0.04, crash_p: 0.05, ..Default::default() })
+                }),
+                ..base("pbx-refusal", ServiceFaults::default())
+            },
             // A bit of everything.
             base(
                 "service",

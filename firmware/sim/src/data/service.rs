@@ -105,7 +105,11 @@ impl ServiceSpec {
             backoff_max: Duration::from_millis(1000),
             stop_timeout: Duration::from_millis(500),
             kill_timeout: Duration::from_millis(500),
-            failure_window: Duration::from_secs(20),
+            // Short: a node that handed over after repeated failures
+            // refuses the role until they age out of the window, and a
+            // cluster whose other nodes cannot lead then has no active
+            // node for that long (`pbx-refusal` keeps 20 s and shows it).
+            failure_window: Duration::from_secs(3),
             failures_to_hand_over: 3,
         };
         assert!(pbx.validate().is_ok(), "the simulator's PBX timing is valid");
@@ -138,6 +142,9 @@ impl ServiceSpec {
         fence + self.dog_timeout + Self::SLACK
     }
 }
+
+/// Between two failover readiness checks (`pbx.readiness_interval`), µs.
+const READINESS_EVERY: u64 = 1_000_000;
 
 fn micros(d: Duration) -> u64 {
     d.as_micros() as u64
@@ -221,6 +228,9 @@ pub(super) enum SvcEv {
     StallCheck { node: NodeId, inc: u64 },
     /// The operator asks the node to format the volume (cluster creation).
     Format { node: NodeId, inc: u64 },
+    /// runtime.rs `readiness_tick`: the failover readiness check (the PBX's
+    /// binary and config) ends.
+    Readiness { node: NodeId, inc: u64 },
 }
 
 impl DataWorld {
@@ -245,6 +255,8 @@ impl DataWorld {
             self.push(now + timeout, Ev::Svc(SvcEv::Dog { node: id, gen }));
         }
         self.push(now + every, Ev::Svc(SvcEv::StallCheck { node: id, inc }));
+        let d = self.rng.range(5_000, 50_000);
+        self.push(now + d, Ev::Svc(SvcEv::Readiness { node: id, inc }));
     }
 
     /// The process of `id` is gone (`take_down`); with `reset`, the whole
@@ -329,6 +341,20 @@ impl DataWorld {
                 if self.sc.has(DataMutation::PetOnTimer) && self.proc(node, inc).is_some() {
                     self.svc_pet(node);
                 }
+            }
+            SvcEv::Readiness { node, inc } => {
+                if self.proc(node, inc).is_none() {
+                    return Ok(());
+                }
+                // The check runs the PBX's own config check: a binary that
+                // cannot be spawned fails it.
+                let problems = if self.svc(node).faults.spawn_fails {
+                    vec!["the PBX binary cannot be run".to_string()]
+                } else {
+                    Vec::new()
+                };
+                self.push(self.now + READINESS_EVERY, Ev::Svc(SvcEv::Readiness { node, inc }));
+                self.core_input(node, Event::ReadinessChecked(problems))?;
             }
             SvcEv::Format { node, inc } => {
                 let local = self.local(node);

@@ -59,7 +59,19 @@ pub struct PbxConfig {
     pub cpu_max_percent: Option<u32>,
     /// Supervision timing, checked.
     pub timing: PbxTiming,
+    /// The PBX's own config check (program and arguments, run as the
+    /// PBX's user with its environment) for the failover readiness check;
+    /// `None`: only the program is checked.
+    pub check: Option<Vec<String>>,
+    /// Between two failover readiness checks.
+    pub readiness_interval: Duration,
+    /// Probe over TCP as well as UDP: a probe then counts as answered only
+    /// when both transports answer.
+    pub probe_tcp: bool,
 }
+
+/// Between two failover readiness checks, unless configured.
+pub const DEFAULT_READINESS_INTERVAL: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,6 +98,9 @@ pub(super) struct RawPbx {
     kill_timeout_ms: Option<i64>,
     failure_window_s: Option<i64>,
     failures_to_hand_over: Option<i64>,
+    check: Option<Vec<String>>,
+    readiness_interval_s: Option<i64>,
+    probe_tcp: Option<bool>,
 }
 
 /// Environment names the supervisor sets itself.
@@ -147,7 +162,24 @@ impl TryFrom<RawPbx> for PbxConfig {
             Some(c) => Some(int_in(c, "pbx.cpu_max_percent", 1..=100_000)?),
             None => None,
         };
+        let check = match r.check {
+            Some(argv) => {
+                let program = argv.first().ok_or_else(|| invalid("pbx.check", "must name a program"))?;
+                let program = absolute(PathBuf::from(program), "pbx.check")?;
+                executable(&program)
+                    .map_err(|_| invalid("pbx.check", format!("{} is not an executable file", program.display())))?;
+                Some(argv)
+            }
+            None => None,
+        };
+        let readiness_interval = match r.readiness_interval_s {
+            Some(s) => Duration::from_secs(int_in(s, "pbx.readiness_interval_s", 1..=86_400)?),
+            None => DEFAULT_READINESS_INTERVAL,
+        };
         Ok(PbxConfig {
+            probe_tcp: r.probe_tcp.unwrap_or(false),
+            check,
+            readiness_interval,
             command,
             args: r.args.unwrap_or_default(),
             user,
@@ -277,6 +309,7 @@ mod tests {
         assert_eq!(c.working_dir, c.mount_point);
         assert_eq!(c.timing, PbxTiming::default());
         assert_eq!((c.memory_max, c.cpu_max_percent), (None, None));
+        assert_eq!((c.check, c.readiness_interval, c.probe_tcp), (None, DEFAULT_READINESS_INTERVAL, false));
     }
 
     #[test]
@@ -285,7 +318,8 @@ mod tests {
              mount_point = \"/tmp\"\npublic_address = \"203.0.113.7\"\nstop_signal = \"INT\"\nsip_port = 5070\n\
              memory_max_mib = 256\ncpu_max_percent = 50\nprobe_interval_ms = 2000\nprobe_timeout_ms = 300\n\
              probe_failures = 2\nstart_grace_ms = 8000\nbackoff_first_ms = 100\nbackoff_max_ms = 5000\n\
-             stop_timeout_ms = 3000\nkill_timeout_ms = 2000\nfailure_window_s = 120\nfailures_to_hand_over = 4\n")
+             stop_timeout_ms = 3000\nkill_timeout_ms = 2000\nfailure_window_s = 120\nfailures_to_hand_over = 4\n\
+             check = [\"/bin/sh\", \"-c\", \"true\"]\nreadiness_interval_s = 10\nprobe_tcp = true\n")
         .unwrap();
         assert_eq!(c.args, ["-DD", "-E"]);
         let nogroup = std::fs::read_to_string(GROUP).unwrap();
@@ -303,6 +337,9 @@ mod tests {
             (Duration::from_secs(2), Duration::from_millis(300), 2)
         );
         assert_eq!((t.failure_window, t.failures_to_hand_over), (Duration::from_secs(120), 4));
+        assert_eq!(c.check, Some(vec!["/bin/sh".to_string(), "-c".into(), "true".into()]));
+        assert_eq!(c.readiness_interval, Duration::from_secs(10));
+        assert!(c.probe_tcp);
     }
 
     #[test]
@@ -312,7 +349,11 @@ mod tests {
         std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
         let not_exec = format!("command = \"{}\"", plain.display());
         let not_exec_want = format!("pbx.command: {} is not an executable file", plain.display());
-        let cases: [(&str, &str); 12] = [
+        let cases: [(&str, &str); 16] = [
+            ("check = []", "pbx.check: must name a program"),
+            ("check = [\"kamailio\", \"-c\"]", "pbx.check: must be an absolute path"),
+            ("check = [\"/nonexistent/kamailio\"]", "pbx.check: /nonexistent/kamailio is not an executable file"),
+            ("readiness_interval_s = 0", "pbx.readiness_interval_s: must be 1..=86400, found 0"),
             ("command = \"/nonexistent/pbx\"", "pbx.command: /nonexistent/pbx"),
             (&not_exec, &not_exec_want),
             ("command = \"bin/pbx\"", "pbx.command: must be an absolute path"),

@@ -9,6 +9,8 @@
 //!
 //! - [`nbd_kernel`]: the kernel's nbd driver attached to the supervisor's
 //!   own NBD export through a socketpair (the appliance's `/dev/nbdN`).
+//! - [`init`]: the machine's init with `node.init` (early mounts,
+//!   hostname, sysctls, the end of a shutdown in reboot(2)).
 //! - [`netlink`]: links and addresses (the VIP as a kernel-side lease).
 //! - [`announce`]: gratuitous ARP / unsolicited NA frames and the raw socket
 //!   that sends them.
@@ -27,6 +29,7 @@
 pub mod announce;
 pub mod arp_watch;
 pub mod fence;
+pub mod init;
 pub mod loopdev;
 pub mod nbd_kernel;
 pub mod netlink;

@@ -102,21 +102,8 @@ impl PbxProcess {
             }
             None => None,
         };
-        let mut cmd = Command::new(&cfg.command);
-        cmd.args(&cfg.args)
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .envs(&cfg.env)
-            .env("TRIAD_VIP", &env.vip)
-            .env("TRIAD_MOUNT_POINT", &cfg.mount_point)
-            .current_dir(&cfg.working_dir)
-            .stdin(Stdio::null())
-            .uid(cfg.uid.as_raw())
-            .gid(cfg.gid.as_raw())
-            .process_group(0);
-        if let Some(public) = &cfg.public_address {
-            cmd.env("TRIAD_PUBLIC_ADDRESS", public);
-        }
+        let mut cmd = as_the_pbx(cfg, env, &cfg.command, &cfg.args);
+        cmd.current_dir(&cfg.working_dir);
         let procs_fd = procs.as_ref().map(AsRawFd::as_raw_fd);
         // SAFETY: the closure runs in the child between fork and exec and
         // calls only async-signal-safe functions (write, sigaction,
@@ -232,6 +219,28 @@ fn prepare_cgroup(root: &Path, cfg: &PbxConfig) -> Result<PathBuf, PbxProcessErr
         write("cpu.max", format!("{} {period}", u64::from(p) * period / 100))?;
     }
     Ok(dir)
+}
+
+/// `program args` as the PBX runs: its user and group, its environment
+/// (cleared, then the config's and the supervisor's `TRIAD_*`), stdin
+/// closed, in a process group of its own. Used for the PBX and for its
+/// config check (the readiness check), so both see the same world.
+pub fn as_the_pbx(cfg: &PbxConfig, env: &PbxEnv, program: impl AsRef<std::ffi::OsStr>, args: &[String]) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .envs(&cfg.env)
+        .env("TRIAD_VIP", &env.vip)
+        .env("TRIAD_MOUNT_POINT", &cfg.mount_point)
+        .stdin(Stdio::null())
+        .uid(cfg.uid.as_raw())
+        .gid(cfg.gid.as_raw())
+        .process_group(0);
+    if let Some(public) = &cfg.public_address {
+        cmd.env("TRIAD_PUBLIC_ADDRESS", public);
+    }
+    cmd
 }
 
 /// Whether a cgroup v2 hierarchy is mounted at `root` (its root has

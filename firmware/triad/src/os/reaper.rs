@@ -106,7 +106,7 @@ fn reap_forever(registry: &Mutex<Registry>) {
                 };
                 match owner {
                     Some(owner) => owner(status),
-                    None => debug!(pid, ?status, "reaped a child or orphan"),
+                    None => debug!(pid, status = %describe(status), "reaped a child or orphan"),
                 }
             }
             Err(nix::Error::ECHILD) => std::thread::sleep(IDLE),
@@ -115,6 +115,57 @@ fn reap_forever(registry: &Mutex<Registry>) {
                 info!(error = %e, "waitpid failed; retrying");
                 std::thread::sleep(IDLE);
             }
+        }
+    }
+}
+
+/// How a wait status reads in a log line: `exited with status 3`,
+/// `killed by SIGKILL (core dumped)`.
+pub fn describe(status: WaitStatus) -> String {
+    match status {
+        WaitStatus::Exited(_, code) => format!("exited with status {code}"),
+        WaitStatus::Signaled(_, sig, core) => {
+            format!("killed by {}{}", sig.as_str(), if core { " (core dumped)" } else { "" })
+        }
+        WaitStatus::Stopped(_, sig) => format!("stopped by {}", sig.as_str()),
+        WaitStatus::Continued(_) => "continued".into(),
+        WaitStatus::StillAlive => "still running".into(),
+        WaitStatus::PtraceEvent(_, sig, event) => format!("ptrace event {event} ({})", sig.as_str()),
+        WaitStatus::PtraceSyscall(_) => "ptrace syscall stop".into(),
+    }
+}
+
+/// The shell's number for how a process ended: its exit status, or 128
+/// plus the signal that killed it; `None` while it has not ended.
+pub fn exit_code(status: WaitStatus) -> Option<i32> {
+    match status {
+        WaitStatus::Exited(_, code) => Some(code),
+        WaitStatus::Signaled(_, sig, _) => Some(128 + sig as i32),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::signal::Signal;
+
+    #[test]
+    fn wait_statuses_read_as_exits() {
+        let p = Pid::from_raw(7);
+        let cases = [
+            (WaitStatus::Exited(p, 0), "exited with status 0", Some(0)),
+            (WaitStatus::Exited(p, 3), "exited with status 3", Some(3)),
+            (WaitStatus::Signaled(p, Signal::SIGKILL, false), "killed by SIGKILL", Some(137)),
+            (WaitStatus::Signaled(p, Signal::SIGSEGV, true), "killed by SIGSEGV (core dumped)", Some(139)),
+            (WaitStatus::Stopped(p, Signal::SIGSTOP), "stopped by SIGSTOP", None),
+            (WaitStatus::Continued(p), "continued", None),
+            (WaitStatus::StillAlive, "still running", None),
+            (WaitStatus::PtraceEvent(p, Signal::SIGTRAP, 3), "ptrace event 3 (SIGTRAP)", None),
+            (WaitStatus::PtraceSyscall(p), "ptrace syscall stop", None),
+        ];
+        for (status, text, code) in cases {
+            assert_eq!((describe(status).as_str(), exit_code(status)), (text, code), "{status:?}");
         }
     }
 }

@@ -1,0 +1,87 @@
+//! SIP tools we did not write, run on the lab's client side: sipsak for
+//! registrations and single requests, SIPp for calls (with the payload's
+//! `uac.xml`/`uas.xml`), and the reading of SIPp's call log.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use crate::netns::CLIENT_NS;
+
+/// `sipsak ARGS` in the client's namespace: success and output.
+pub fn sipsak(args: &[&str]) -> std::io::Result<(bool, String)> {
+    let out = Command::new("ip").args(["netns", "exec", CLIENT_NS, "sipsak"]).args(args).output()?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Ok((out.status.success(), text))
+}
+
+/// SIPp in the client's namespace, in its own process group, run from
+/// `dir`, its screen in `dir/NAME.out`.
+pub fn sipp(dir: &Path, name: &str, args: &[String]) -> std::io::Result<Child> {
+    Command::new("ip")
+        .args(["netns", "exec", CLIENT_NS, "sipp"])
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(File::create(dir.join(format!("{name}.out")))?)
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+}
+
+/// What the payload's `uac.xml` logged (`-trace_logs`): each call's
+/// establishment time (epoch seconds) and the calls whose BYE got a 200.
+#[derive(Debug, Default, PartialEq)]
+pub struct CallLog {
+    /// Call number to the time its INVITE got its 200.
+    pub established: BTreeMap<String, f64>,
+    /// Calls whose BYE got a 200.
+    pub bye_ok: BTreeSet<String>,
+}
+
+impl CallLog {
+    /// Reads `EST <n> <epoch>` and `BYEOK <n> <epoch>` lines.
+    pub fn parse(text: &str) -> CallLog {
+        let mut log = CallLog::default();
+        for line in text.lines() {
+            match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+                ["EST", call, t, ..] => {
+                    log.established.insert(call.to_string(), t.parse::<f64>().unwrap_or(f64::MAX));
+                }
+                ["BYEOK", call, ..] => {
+                    log.bye_ok.insert(call.to_string());
+                }
+                _ => {}
+            }
+        }
+        log
+    }
+
+    /// Calls established before `t` and how many of them ended with a
+    /// 200 to their BYE.
+    pub fn up_at(&self, t: f64) -> (usize, usize) {
+        let before: Vec<&String> = self.established.iter().filter(|(_, e)| **e < t).map(|(c, _)| c).collect();
+        let ok = before.iter().filter(|c| self.bye_ok.contains(**c)).count();
+        (before.len(), ok)
+    }
+
+    /// The first establishment at or after `t`, if any.
+    pub fn first_established_after(&self, t: f64) -> Option<f64> {
+        self.established.values().copied().filter(|e| *e >= t).reduce(f64::min)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_call_log_counts_calls_up_at_an_instant_and_their_byes() {
+        let log = CallLog::parse("EST 1 100\nEST 2 101\nBYEOK 1 104\nnoise\nEST 3 103\nBYEOK 3 107\n");
+        assert_eq!(log.up_at(102.0), (2, 1), "calls 1 and 2 up, only 1's BYE answered");
+        assert_eq!(log.first_established_after(102.0), Some(103.0));
+        assert_eq!(log.first_established_after(200.0), None);
+    }
+}
