@@ -642,7 +642,11 @@ impl Host {
         if self.handover.is_some() {
             return;
         }
-        let ready = self.fs.as_ref().is_none_or(Filesystem::ready);
+        // Mounted, or on the way down of a drained handover (the VIP goes
+        // last there): not while a demotion's unmount runs, or a node
+        // elected again meanwhile raises the VIP over a vanishing mount.
+        let draining = self.draining.is_some();
+        let ready = self.fs.as_ref().is_none_or(|f| f.ready() && (f.mounted() || draining));
         if ready != self.service_ready {
             self.service_ready = ready;
             self.run_core(now, VecDeque::from([Input::ServiceReady(ready)]), out);
