@@ -342,12 +342,20 @@ fn hung_demotions_self_fence_within_the_bound_and_the_service_comes_back() {
 }
 
 #[test]
+#[ignore = "open finding: a node refusing the role after PBX failures can leave the cluster without an active node (docs/simulator.md)"]
+fn a_node_refusing_the_role_after_pbx_failures_leaves_some_node_active() {
+    clean("pbx-refusal", 300);
+}
+
+#[test]
 fn host_bugs_found_by_the_service_scenarios_stay_fixed() {
     // Watchdog::next_pet stayed in the past while a pet waited for the
     // volume thread's progress: every service seed spun at start (HostSpin).
     // A node re-elected while its unmount hung led for good with no service
     // and no self-fence (ServiceLive): hung-demotion seed 4, service seed 27.
-    passes(&[(0, "pbx-silent"), (4, "hung-demotion"), (27, "service")]);
+    // A node elected again while its demotion's unmount ran raised the VIP
+    // over the vanishing mount (VipWithoutMount): service seed 299.
+    passes(&[(0, "pbx-silent"), (4, "hung-demotion"), (27, "service"), (299, "service")]);
 }
 
 #[test]
