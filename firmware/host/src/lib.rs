@@ -479,7 +479,16 @@ impl Host {
             self.pbx_hand_over_next = None;
             return false;
         }
-        if self.handover.is_some() || self.draining.is_some() || self.pbx_hand_over_next.is_some_and(|t| now < t) {
+        if self.handover.is_some() || self.draining.is_some() {
+            // Asked again once that ends (the next event); a retry time
+            // left in the past would keep `next_deadline` there and spin
+            // the runtime's timer-first loop meanwhile.
+            if self.pbx_hand_over_next.is_some_and(|t| now >= t) {
+                self.pbx_hand_over_next = None;
+            }
+            return false;
+        }
+        if self.pbx_hand_over_next.is_some_and(|t| now < t) {
             return false;
         }
         let req = AdminRequest::Switchover { to: None };
