@@ -355,7 +355,16 @@ fn host_bugs_found_by_the_service_scenarios_stay_fixed() {
     // and no self-fence (ServiceLive): hung-demotion seed 4, service seed 27.
     // A node elected again while its demotion's unmount ran raised the VIP
     // over the vanishing mount (VipWithoutMount): service seed 299.
-    passes(&[(0, "pbx-silent"), (4, "hung-demotion"), (27, "service"), (299, "service")]);
+    // A PBX hand-over blocked by a drain kept its retry time in the past
+    // (HostSpin): pbx-crash-loop seeds 461 and 1289.
+    passes(&[
+        (0, "pbx-silent"),
+        (4, "hung-demotion"),
+        (27, "service"),
+        (299, "service"),
+        (461, "pbx-crash-loop"),
+        (1289, "pbx-crash-loop"),
+    ]);
 }
 
 #[test]
