@@ -2157,8 +2157,10 @@ impl DataWorld {
         for k in 1..3 {
             if images[k] != images[0] {
                 let b = images[0]
-                    .chunks_exact(BLOCK as usize)
-                    .zip(images[k].chunks_exact(BLOCK as usize))
+                    .as_chunks::<{ BLOCK as usize }>()
+                    .0
+                    .iter()
+                    .zip(images[k].as_chunks::<{ BLOCK as usize }>().0.iter())
                     .position(|(a, b)| a != b)
                     .unwrap_or(0);
                 let word = |img: &Vec<u8>| {
