@@ -292,9 +292,16 @@ impl Filesystem {
     /// `pbx_stopped`: no PBX process is left (the unmount waits for it).
     pub fn want(&mut self, now: Instant, up: bool, pbx_stopped: bool) -> Vec<FsCommand> {
         let mut out = Vec::new();
+        // A down step still in flight (an unmount hung in the kernel) keeps
+        // the demotion's deadline even if the node is wanted up again:
+        // nothing else will ever end it, and the node could lead forever
+        // with its service stuck behind it.
+        let going_down = matches!(self.in_flight, Some((FsStep::Unmount | FsStep::Detach, _)));
         if up {
-            self.down_since = None;
-            self.hung = false;
+            if !going_down {
+                self.down_since = None;
+                self.hung = false;
+            }
             if !self.mounted && self.up_since.is_none() {
                 self.up_since = Some(now);
             }
@@ -304,11 +311,11 @@ impl Filesystem {
             if self.attached && self.down_since.is_none() {
                 self.down_since = Some(now);
             }
-            if let Some(since) = self.down_since {
-                if !self.hung && now >= since.add(self.timing.down_deadline) {
-                    self.hung = true;
-                    out.push(FsCommand::Notice(FsNotice::DownHung));
-                }
+        }
+        if let Some(since) = self.down_since {
+            if !self.hung && now >= since.add(self.timing.down_deadline) {
+                self.hung = true;
+                out.push(FsCommand::Notice(FsNotice::DownHung));
             }
         }
         if self.in_flight.is_some() || self.retry_at.is_some_and(|t| now < t) {

@@ -479,7 +479,16 @@ impl Host {
             self.pbx_hand_over_next = None;
             return false;
         }
-        if self.handover.is_some() || self.draining.is_some() || self.pbx_hand_over_next.is_some_and(|t| now < t) {
+        if self.handover.is_some() || self.draining.is_some() {
+            // Asked again once that ends (the next event); a retry time
+            // left in the past would keep `next_deadline` there and spin
+            // the runtime's timer-first loop meanwhile.
+            if self.pbx_hand_over_next.is_some_and(|t| now >= t) {
+                self.pbx_hand_over_next = None;
+            }
+            return false;
+        }
+        if self.pbx_hand_over_next.is_some_and(|t| now < t) {
             return false;
         }
         let req = AdminRequest::Switchover { to: None };
@@ -642,7 +651,11 @@ impl Host {
         if self.handover.is_some() {
             return;
         }
-        let ready = self.fs.as_ref().is_none_or(Filesystem::ready);
+        // Mounted, or on the way down of a drained handover (the VIP goes
+        // last there): not while a demotion's unmount runs, or a node
+        // elected again meanwhile raises the VIP over a vanishing mount.
+        let draining = self.draining.is_some();
+        let ready = self.fs.as_ref().is_none_or(|f| f.ready() && (f.mounted() || draining));
         if ready != self.service_ready {
             self.service_ready = ready;
             self.run_core(now, VecDeque::from([Input::ServiceReady(ready)]), out);

@@ -60,16 +60,29 @@ pub struct Watchdog {
     progress: Vec<(Critical, Instant)>,
     last_pet: Option<Instant>,
     fenced: Option<SelfFence>,
+    /// A pet was refused because a part is stale: no pet deadline until a
+    /// part progresses (an event does that), or the runtime's timer-first
+    /// loop would tick at a past deadline forever and starve the very
+    /// events (the volume thread's progress) that would end the wait.
+    waiting: bool,
 }
 
 impl Watchdog {
     /// Requires progress of each of `required` before any pet.
     pub fn new(timing: WatchdogTiming, required: &[Critical]) -> Self {
-        Watchdog { timing, required: required.to_vec(), progress: Vec::new(), last_pet: None, fenced: None }
+        Watchdog {
+            timing,
+            required: required.to_vec(),
+            progress: Vec::new(),
+            last_pet: None,
+            fenced: None,
+            waiting: false,
+        }
     }
 
     /// `part` made progress at `at`.
     pub fn progressed(&mut self, part: Critical, at: Instant) {
+        self.waiting = false;
         match self.progress.iter_mut().find(|(p, _)| *p == part) {
             Some((_, t)) => *t = (*t).max(at),
             None => self.progress.push((part, at)),
@@ -105,7 +118,11 @@ impl Watchdog {
     /// Whether to pet now; marks the pet.
     pub fn pet_due(&mut self, now: Instant) -> bool {
         let due = self.last_pet.is_none_or(|t| now.since(t) >= self.timing.pet_interval);
-        if !due || self.fenced.is_some() || !self.stale(now).is_empty() {
+        if !due || self.fenced.is_some() {
+            return false;
+        }
+        if !self.stale(now).is_empty() {
+            self.waiting = true;
             return false;
         }
         self.last_pet = Some(now);
@@ -113,9 +130,9 @@ impl Watchdog {
     }
 
     /// When [`pet_due`](Self::pet_due) may next say yes (for the host's
-    /// deadline), if ever.
+    /// deadline), if ever; none while a refused pet waits for progress.
     pub fn next_pet(&self) -> Option<Instant> {
-        if self.fenced.is_some() {
+        if self.fenced.is_some() || self.waiting {
             return None;
         }
         Some(self.last_pet.map_or(Instant::ZERO, |t| t.add(self.timing.pet_interval)))
@@ -172,6 +189,20 @@ mod tests {
         d.progressed(Critical::VolumeThread, at(100));
         assert!(d.stale(at(7001)).contains(&Critical::EventLoop), "3 s and 1 ms since the loop's last");
         assert!(!d.stale(at(7001)).contains(&Critical::VolumeThread), "not moved back to 100 ms");
+    }
+
+    #[test]
+    fn a_pet_refused_for_a_stale_part_leaves_no_deadline_until_progress() {
+        let mut d = dog();
+        // At start nothing progressed: due at once, refused.
+        assert_eq!(d.next_pet(), Some(Instant::ZERO));
+        d.progressed(Critical::EventLoop, at(0));
+        assert!(!d.pet_due(at(0)));
+        assert_eq!(d.next_pet(), None, "a deadline in the past would spin the runtime's loop");
+        d.progressed(Critical::VolumeThread, at(10));
+        assert_eq!(d.next_pet(), Some(Instant::ZERO));
+        assert!(d.pet_due(at(10)));
+        assert_eq!(d.next_pet(), Some(at(1010)));
     }
 
     #[test]

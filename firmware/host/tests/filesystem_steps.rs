@@ -117,6 +117,17 @@ fn a_demotion_past_its_deadline_self_fences_once() {
 }
 
 #[test]
+fn a_hung_unmount_keeps_its_deadline_when_the_node_is_wanted_up_again() {
+    // Found by the simulator (hung-demotion seed 4): the node was elected
+    // again while its unmount hung, and led for good with no service.
+    let mut f = mounted();
+    assert_eq!(f.want(at(100), false, true), vec![Run(FsStep::Unmount)]);
+    assert_eq!(f.want(at(200), true, true), vec![], "nothing can start behind the hung unmount");
+    assert_eq!(f.next_deadline(), Some(at(5100)), "the demotion's deadline runs on");
+    assert_eq!(f.want(at(5100), true, true), vec![Notice(FsNotice::DownHung)]);
+}
+
+#[test]
 fn a_volume_without_a_filesystem_is_blocked_and_formatted_only_on_request() {
     let mut f = Filesystem::new(fs_timing());
     assert_eq!(f.format(), Err(FormatRefused::NotFoundEmpty), "not even attached");

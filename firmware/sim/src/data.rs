@@ -43,12 +43,24 @@
 //! rebooted, as `Replica::recovery` says, and must be resynced);
 //! at the end, after healing, all three stores are byte-identical at one
 //! applied position.
+//!
+//! The service scenarios ([`DataScenario::service`]) also run the PBX,
+//! the filesystem and the watchdog of every host and simulate the OS side
+//! of each with faults ([`service`]): crash loops, silent PBXs, hung
+//! demotions, failing mounts. Their checks: one PBX per node and only over
+//! its mount, the VIP only over a mount, no unmount under a live PBX, two
+//! PBXs over mounts only while all but one node cannot acknowledge writes
+//! and is being fenced, a hung demotion reset by the watchdog within its
+//! bound, no self-fence without a hang, no host deadline left in the past,
+//! and a healthy PBX behind the VIP after healing.
 
 pub mod client;
 mod figure8;
 pub mod scenario;
+pub mod service;
 
 pub use scenario::{Blank, DataMutation, DataScenario, KNOWN_REPL_BUGS};
+pub use service::{ServiceFaults, ServiceSpec};
 
 use crate::clock::{Clock, Rng};
 use crate::net::Net;
@@ -245,6 +257,31 @@ pub enum DataCheck {
     /// the medium: a power cut then keeps every record through it (a sync
     /// covers only what was appended before it started).
     DurableOnDisk,
+    /// Service (issue 11): two PBX processes alive on one node.
+    OnePbx,
+    /// A PBX process alive on a node whose filesystem is not mounted.
+    PbxWithoutMount,
+    /// The VIP added on a node without its filesystem mounted, or held
+    /// on one with nothing attached.
+    VipWithoutMount,
+    /// The host unmounts while a PBX process of the node lives.
+    UnmountUnderPbx,
+    /// A node self-fenced (stopped petting for good) although nothing
+    /// hung: no PBX that ignores SIGKILL, no hung unmount.
+    NeedlessSelfFence,
+    /// A PBX or a mount outlived the end of its node's serving, or a PBX
+    /// its first stop signal, by more than the self-fence deadline plus
+    /// the watchdog's timeout.
+    DemotionBound,
+    /// Two nodes with a live PBX over a mounted filesystem, and not all
+    /// but one of them unable to acknowledge writes and being fenced.
+    TwoWriters,
+    /// After a Tick, the host's next deadline is not in the future (the
+    /// runtime's timer-first loop would spin, starving every other event).
+    HostSpin,
+    /// After healing, no serving node runs a healthy PBX (answering, on
+    /// its mount, behind the VIP) within the convergence bound.
+    ServiceLive,
 }
 
 /// A broken data-world invariant.
@@ -308,6 +345,13 @@ pub struct DataOutcome {
     pub mutated: u64,
     /// Time from the end of writes to convergence, µs.
     pub converge: Option<u64>,
+    /// Boxes reset by their watchdog (service scenarios).
+    pub watchdog_resets: u64,
+    /// Service faults injected (service scenarios).
+    pub service_faults: u64,
+    /// Longest time two nodes had a live PBX over a mounted filesystem
+    /// (the old one unable to acknowledge writes, being fenced), µs.
+    pub pbx_overlap: u64,
     /// The first broken invariant.
     pub violation: Option<DataViolation>,
     /// A violation in a run that set off a known triad-repl bug, with the bug.
@@ -383,6 +427,8 @@ enum Ev {
     Heal,
     StopWrites,
     Check,
+    /// The service's OS side (`service.rs`).
+    Svc(service::SvcEv),
 }
 
 #[derive(Debug)]
@@ -520,6 +566,8 @@ struct Host {
     resyncing: [Option<ResyncKey>; 3],
     /// Kinds of disk synced since the volume thread's model last looked.
     synced: Rc<Cell<u8>>,
+    /// The PBX process, the mount and the watchdog device (service scenarios).
+    svc: service::BoxService,
 }
 
 type ResyncKey = (u64, u64, Option<(u64, u64)>);
@@ -556,6 +604,12 @@ pub struct DataWorld {
     trace: VecDeque<String>,
     print_trace: bool,
     done: bool,
+    /// The filesystem on the volume (service scenarios).
+    volume_fs: service::VolumeFs,
+    /// The last PBX process id handed out.
+    next_pid: u64,
+    /// Since when two nodes have had a live PBX over a mounted filesystem.
+    svc_overlap_since: Option<u64>,
 }
 
 impl fmt::Debug for DataWorld {
@@ -610,6 +664,7 @@ impl DataWorld {
                     tainted: false,
                     resyncing: [None; 3],
                     synced: Rc::new(Cell::new(0)),
+                    svc: Default::default(),
                 }
             })
             .collect();
@@ -637,7 +692,13 @@ impl DataWorld {
             trace: VecDeque::new(),
             print_trace,
             done: false,
+            volume_fs: service::VolumeFs::Formatted,
+            next_pid: 0,
+            svc_overlap_since: None,
         };
+        if w.sc.service.as_ref().is_some_and(|s| s.first_format) {
+            w.volume_fs = service::VolumeFs::Empty;
+        }
         for id in 1..=3u8 {
             // Cluster creation: every node formatted over the same zeroes.
             let disks = w.format_disks(id, 0);
@@ -784,6 +845,12 @@ impl DataWorld {
                     )
                 }
             });
+            if self.sc.service.is_some() {
+                let d = self.svc_describe(h.id);
+                if let Some(last) = s.last_mut() {
+                    last.push_str(&d);
+                }
+            }
         }
         s.join("; ")
     }
@@ -849,6 +916,9 @@ impl DataWorld {
                 self.phase = Phase::Writing;
                 self.net.heal();
                 self.note(|| "HEAL: links healed, every node up; writes go on".into());
+                if self.sc.service.is_some() {
+                    self.svc_heal();
+                }
                 for id in 1..=3 {
                     self.restart(id)?;
                 }
@@ -862,6 +932,7 @@ impl DataWorld {
                 self.push(self.now + CONVERGE_POLL, Ev::Check);
             }
             Ev::Check => self.converge_check()?,
+            Ev::Svc(e) => self.svc_step(e)?,
         }
         Ok(())
     }
@@ -912,6 +983,21 @@ impl DataWorld {
             let trace = self.print_trace && !is_tick;
             let line = trace.then(|| format!("n{id} host <- {event:?}"));
             let cmds = p.host.handle(local, event);
+            // runtime.rs waits for the host's next deadline with its timer
+            // first (`biased;`): one still due after a Tick would spin the
+            // loop and starve every other event (the VIP world's
+            // `Progress`; checked here where the service's timers run).
+            // (Not while a handover waits for the volume's confirmation:
+            // the runtime is blocked in it then, not looping.)
+            let deadline = p.host.next_deadline();
+            if is_tick && deadline <= local && self.sc.service.is_some() && !p.host.handing_over() {
+                return self.fail(
+                    DataCheck::HostSpin,
+                    format!(
+                        "node {id}: after a Tick at {local:?} next_deadline() is {deadline:?}; the runtime would spin"
+                    ),
+                );
+            }
             if let Some(u) = p.host.node().lease_until(local) {
                 p.lease_bound = Some(p.lease_bound.map_or(u, |b| b.max(u)));
             }
@@ -949,7 +1035,12 @@ impl DataWorld {
                     }
                     self.send(id, to, Wire::Core(msg));
                 }
-                Command::Vip { action, .. } => events.push_back(Event::VipDone { action, result: VipResult::Done }),
+                Command::Vip { action, .. } => {
+                    if self.sc.service.is_some() {
+                        self.svc_vip(id, action)?;
+                    }
+                    events.push_back(Event::VipDone { action, result: VipResult::Done })
+                }
                 Command::VolumeView(view) => self.hand_view(id, view),
                 Command::ConfirmStepDown(view) => {
                     let Some(p) = self.hosts[i].proc.as_mut() else { return Ok(()) };
@@ -964,12 +1055,11 @@ impl DataWorld {
                 }
                 // The data world reports no fence: the host hands out none.
                 Command::Fence(op) => self.note(|| format!("n{id} fence {op:?} (not modelled)")),
-                // No PBX is enabled in the simulated hosts yet (issue 11):
-                // the host hands out none.
-                Command::Pbx(c) => self.note(|| format!("n{id} pbx {c:?} (not modelled)")),
-                Command::Fs(c) => self.note(|| format!("n{id} filesystem {c:?} (not modelled)")),
-                // No watchdog is enabled in the simulated hosts yet.
-                Command::PetWatchdog => {}
+                // Enabled only in service scenarios (the host hands out
+                // none elsewhere).
+                Command::Pbx(c) => self.svc_pbx(id, c, events),
+                Command::Fs(c) => self.svc_fs(id, c)?,
+                Command::PetWatchdog => self.svc_pet(id),
                 Command::Notice(n) => {
                     if !matches!(n, HostNotice::Core(Notice::VipFailed { .. })) {
                         self.note(|| format!("n{id} host {n:?}"));
@@ -1398,6 +1488,9 @@ impl DataWorld {
                 VolumeOut::Notice(n) => self.repl_notice(id, n)?,
                 // The view was logged when taken from the cell; the
                 // serving state is read from the replica by the checks.
+                VolumeOut::Serving(s) if self.sc.service.is_some() => {
+                    self.core_input(id, Event::VolumeServing(s.is_some()))?;
+                }
                 VolumeOut::ViewTaken(_) | VolumeOut::Serving(_) => {}
             }
             if self.hosts[idx(id)].proc.is_none() {
@@ -1745,6 +1838,9 @@ impl DataWorld {
                 self.core_input(l, Event::Admin(AdminRequest::Switchover { to: None }))?;
             }
         }
+        if self.sc.service.is_some() {
+            self.svc_chaos();
+        }
         Ok(())
     }
 
@@ -1754,6 +1850,10 @@ impl DataWorld {
     fn take_down(&mut self, id: NodeId, power: bool) {
         let i = idx(id);
         let now = self.now;
+        let was_up = self.hosts[i].proc.is_some();
+        if self.sc.service.is_some() && (was_up || power) {
+            self.svc_down(id, power);
+        }
         if let Some(p) = self.hosts[i].proc.take() {
             // Disarmed below; still tainted if its storage failed.
             self.hosts[i].tainted = marked(p.vol.r.replica());
@@ -1827,7 +1927,14 @@ impl DataWorld {
                 r.membership()
             },
         };
-        let (host, start_cmds) = HostMachine::new(setup, Some(start));
+        let (mut host, mut start_cmds) = HostMachine::new(setup, Some(start));
+        // runtime.rs: the filesystem, the PBX, then the watchdog (which
+        // requires the PBX's supervision when there is one).
+        if let Some(svc) = &self.sc.service {
+            start_cmds.extend(host.enable_filesystem(local, svc.fs));
+            host.enable_pbx(svc.pbx);
+            host.enable_watchdog(svc.dog, true);
+        }
         let inbox = VecDeque::new();
         let mut start_outs = Vec::new();
         let r = SimDriver::new(r, local, &mut start_outs);
@@ -1866,6 +1973,9 @@ impl DataWorld {
         });
         let hard = h.hard;
         self.note(|| format!("n{id} STARTED (incarnation {inc}) from {hard:?}, journal at {position:?}"));
+        if self.sc.service.is_some() {
+            self.svc_started(id, inc);
+        }
         let mut events = VecDeque::new();
         self.carry_core(id, start_cmds.into(), &mut events)?;
         for e in events {
@@ -1907,6 +2017,9 @@ impl DataWorld {
     /// After every event: who serves, inside which lease; a read check on
     /// every new serving leadership and now and then.
     fn check_serving(&mut self) -> Res {
+        if self.sc.service.is_some() {
+            self.svc_check()?;
+        }
         let now = self.now;
         let bound = self.sc.sync_stall_limit + 500_000;
         for h in &self.hosts {
@@ -2014,11 +2127,13 @@ impl DataWorld {
             }
             applied.len() == 3 && applied.iter().all(|a| *a == applied[0])
         };
-        if !ready {
+        let service_up = self.sc.service.is_none() || self.svc_up();
+        if !ready || !service_up {
             if now > self.quiet_at + self.sc.converge_bound {
                 let d = self.describe();
+                let check = if ready { DataCheck::ServiceLive } else { DataCheck::Converged };
                 return self.fail(
-                    DataCheck::Converged,
+                    check,
                     format!(
                         "not converged {} ms after the writes stopped ({} writes in flight): {d}",
                         (now - self.quiet_at) / 1000,
@@ -2042,8 +2157,10 @@ impl DataWorld {
         for k in 1..3 {
             if images[k] != images[0] {
                 let b = images[0]
-                    .chunks_exact(BLOCK as usize)
-                    .zip(images[k].chunks_exact(BLOCK as usize))
+                    .as_chunks::<{ BLOCK as usize }>()
+                    .0
+                    .iter()
+                    .zip(images[k].as_chunks::<{ BLOCK as usize }>().0.iter())
                     .position(|(a, b)| a != b)
                     .unwrap_or(0);
                 let word = |img: &Vec<u8>| {

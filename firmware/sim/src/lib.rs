@@ -12,7 +12,9 @@
 //! - [`world`]: the event loop and the runtime model around each core;
 //! - [`invariants`]: the properties and the history they need;
 //! - [`data`]: the data world: the replicated volume (`triad-repl` over
-//!   in-memory disks with power cuts) under the same network and faults.
+//!   in-memory disks with power cuts) under the same network and faults,
+//!   and in its service scenarios the PBX, the filesystem and the
+//!   watchdog of each node (issue 11).
 
 pub mod clock;
 pub mod data;

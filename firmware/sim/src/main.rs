@@ -210,7 +210,12 @@ fn data_scenario(
 ) -> Result<DataScenario, String> {
     let mut sc = match name {
         Some(n) => DataScenario::named(n).ok_or_else(|| {
-            let names: Vec<_> = DataScenario::all().iter().chain(&DataScenario::extra()).map(|s| s.name).collect();
+            let names: Vec<_> = DataScenario::all()
+                .iter()
+                .chain(&DataScenario::extra())
+                .chain(&DataScenario::service())
+                .map(|s| s.name)
+                .collect();
             format!("unknown data scenario {n:?}; known: {}", names.join(", "))
         })?,
         None => DataScenario::for_seed(seed),
@@ -258,6 +263,9 @@ struct DataRow {
     errors: [u64; 4],
     disk_faults: u64,
     recoveries: [u64; 2],
+    service_faults: u64,
+    watchdog_resets: u64,
+    worst_pbx_overlap: u64,
 }
 
 fn data_main(
@@ -332,6 +340,9 @@ fn data_main(
             *a += b;
         }
         r.disk_faults += o.disk_faults;
+        r.service_faults += o.service_faults;
+        r.watchdog_resets += o.watchdog_resets;
+        r.worst_pbx_overlap = r.worst_pbx_overlap.max(o.pbx_overlap);
         for (a, b) in r.recoveries.iter_mut().zip(o.recoveries) {
             *a += b;
         }
@@ -391,6 +402,14 @@ fn data_main(
         println!(
             "  {name:<14} {} failed fdatasyncs; failed nodes reopened {reopened}, rebooted {rebooted}",
             r.disk_faults
+        );
+    }
+    for (name, r) in rows.iter().filter(|(_, r)| r.service_faults > 0 || r.watchdog_resets > 0) {
+        println!(
+            "  {name:<14} {} service faults injected; {} watchdog resets; two PBXs over mounts (the old one fenced) for at most {} ms",
+            r.service_faults,
+            r.watchdog_resets,
+            r.worst_pbx_overlap / 1000
         );
     }
     println!("{} seeds in {:.1} s", b.saturating_sub(a), started.elapsed().as_secs_f64());

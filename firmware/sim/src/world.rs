@@ -756,8 +756,10 @@ impl World {
             }
             // The control world has no volume.
             Command::VolumeView(_) => {}
-            // No PBX or watchdog is enabled in the simulated hosts yet
-            // (issue 11).
+            // This world's hosts have no volume, so no filesystem, PBX or
+            // watchdog is enabled here: the data world's service scenarios
+            // run them (`data/service.rs`), where the volume says when it
+            // serves.
             Command::Pbx(_) | Command::Fs(_) | Command::PetWatchdog => {}
             Command::ConfirmStepDown(_) => {
                 self.hosts[i]

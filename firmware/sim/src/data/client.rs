@@ -73,7 +73,7 @@ pub fn pattern(id: u64, block: u64, buf: &mut [u8]) {
         return;
     }
     let mut x = id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ block.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
-    for (i, w) in buf.chunks_exact_mut(8).enumerate() {
+    for (i, w) in buf.as_chunks_mut::<8>().0.iter_mut().enumerate() {
         let v = match i {
             0 => id,
             1 => block,
@@ -110,7 +110,7 @@ impl Client {
         self.writes.push(Write { node, inc, block, blocks, state: WriteState::Pending, issued_at: now });
         self.inflight += 1;
         let mut data = vec![0u8; (blocks * BLOCK) as usize];
-        for (i, chunk) in data.chunks_exact_mut(BLOCK as usize).enumerate() {
+        for (i, chunk) in data.as_chunks_mut::<{ BLOCK as usize }>().0.iter_mut().enumerate() {
             pattern(id, block + i as u64, chunk);
             self.later[(block + i as u64) as usize].push(id);
         }
@@ -164,7 +164,7 @@ impl Client {
     /// Checks a whole-volume image; the first bad block, described.
     pub fn check(&self, image: &[u8]) -> Option<String> {
         let mut want = vec![0u8; BLOCK as usize];
-        for (b, got) in image.chunks_exact(BLOCK as usize).enumerate() {
+        for (b, got) in image.as_chunks::<{ BLOCK as usize }>().0.iter().enumerate() {
             let b = b as u64;
             let id = u64::from_le_bytes(got[..8].try_into().unwrap_or([0; 8]));
             let (acked, later) = self.acceptable(b);
@@ -202,7 +202,7 @@ mod tests {
 
     fn image(c: &Client, ids: &[u64]) -> Vec<u8> {
         let mut v = vec![0u8; c.last_acked.len() * BLOCK as usize];
-        for (b, chunk) in v.chunks_exact_mut(BLOCK as usize).enumerate() {
+        for (b, chunk) in v.as_chunks_mut::<{ BLOCK as usize }>().0.iter_mut().enumerate() {
             pattern(ids[b], b as u64, chunk);
         }
         v

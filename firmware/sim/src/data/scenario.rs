@@ -3,6 +3,7 @@
 //! emulated around the unmodified core and replica) that show the checks
 //! bite.
 
+use super::service::{ServiceFaults, ServiceSpec};
 use crate::net::NetConfig;
 use core::time::Duration;
 use triad_core::Timing;
@@ -73,11 +74,18 @@ pub enum DataMutation {
     /// commit only, so a hung store or metadata sync (a checkpoint,
     /// compaction) leaves a stuck leader fit.
     SyncWatchJournalOnly,
+    /// Service scenarios: the runtime pets the watchdog on a timer of its
+    /// own (every quarter of the stall limit), whatever the host decided:
+    /// a self-fence no longer resets the box.
+    PetOnTimer,
+    /// Service scenarios: the reaper never routes the PBX's exit to its
+    /// executor: the host waits for an exit that never comes.
+    PbxExitNotReported,
 }
 
 impl DataMutation {
     /// Every mutation.
-    pub const ALL: [DataMutation; 19] = [
+    pub const ALL: [DataMutation; 21] = [
         DataMutation::NoEpochFence,
         DataMutation::AckOnSubmit,
         DataMutation::JournalSyncSkipped,
@@ -97,6 +105,8 @@ impl DataMutation {
         DataMutation::IgnoreMembership,
         DataMutation::NoSyncWatch,
         DataMutation::SyncWatchJournalOnly,
+        DataMutation::PetOnTimer,
+        DataMutation::PbxExitNotReported,
     ];
 
     /// The command-line name.
@@ -121,6 +131,8 @@ impl DataMutation {
             DataMutation::IgnoreMembership => "ignore-membership",
             DataMutation::NoSyncWatch => "no-sync-watch",
             DataMutation::SyncWatchJournalOnly => "sync-watch-journal-only",
+            DataMutation::PetOnTimer => "pet-on-timer",
+            DataMutation::PbxExitNotReported => "pbx-exit-not-reported",
         }
     }
 
@@ -229,6 +241,9 @@ pub struct DataScenario {
     pub write_after_heal: u64,
     /// After the writes stop, all three stores must be identical within this, µs.
     pub converge_bound: u64,
+    /// The service on the active node (issue 11): PBX, filesystem and
+    /// watchdog enabled in every host, with these timings and faults.
+    pub service: Option<ServiceSpec>,
     /// The glue bugs applied.
     pub mutations: Vec<DataMutation>,
     /// Record, but do not fail on, violations in runs where a known
@@ -319,6 +334,7 @@ impl DataScenario {
             max_write_blocks: 16,
             write_after_heal: 500_000,
             converge_bound: 8_000_000,
+            service: None,
             mutations: Vec::new(),
             tolerate_known_bugs: true,
         }
@@ -537,9 +553,104 @@ impl DataScenario {
         ]
     }
 
+    /// The service scenarios (issue 11): the PBX, the filesystem and the
+    /// watchdog of every node simulated, with faults aimed at them. Each
+    /// has partitions and switchovers, so demotions happen while faults
+    /// are active.
+    pub fn service() -> Vec<DataScenario> {
+        let base = |name, faults: ServiceFaults| DataScenario {
+            service: Some(ServiceSpec::new(faults)),
+            fault_phase: 8_000_000,
+            partition_p: 0.04,
+            switchover_p: 0.03,
+            kill_p: 0.01,
+            leader_bias: 0.8,
+            volume: 256 << 10,
+            write_gap: (1_000, 10_000),
+            converge_bound: 12_000_000,
+            ..DataScenario::base(name)
+        };
+        vec![
+            // Every PBX start dies soon after, and running PBXs crash.
+            base("pbx-crash-loop", ServiceFaults { crash_loop_p: 0.04, crash_p: 0.05, ..Default::default() }),
+            // The PBX runs and holds its port but never answers; now and
+            // then it cannot be spawned at all.
+            base("pbx-silent", ServiceFaults { silent_p: 0.05, spawn_fail_p: 0.01, ..Default::default() }),
+            // Demotions that hang: a PBX that ignores SIGTERM (killable),
+            // or SIGKILL too (D state), an unmount that never returns. The
+            // box must reset itself (the self-fence) within the bound.
+            DataScenario {
+                partition_p: 0.08,
+                switchover_p: 0.06,
+                ..base(
+                    "hung-demotion",
+                    ServiceFaults {
+                        unkillable_p: 0.03,
+                        ignores_stop_p: 0.03,
+                        unmount_hang_p: 0.03,
+                        ..Default::default()
+                    },
+                )
+            },
+            // Mounts and checks that fail (retried) on the boxes.
+            base("failing-mount", ServiceFaults { mount_fail_p: 0.05, check_fail_p: 0.04, ..Default::default() }),
+            // Cluster creation: the volume has no filesystem until the
+            // operator formats it on the first node whose check finds none.
+            DataScenario {
+                service: Some(ServiceSpec {
+                    first_format: true,
+                    ..ServiceSpec::new(ServiceFaults { crash_p: 0.02, mount_fail_p: 0.01, ..Default::default() })
+                }),
+                ..base("first-format", ServiceFaults::default())
+            },
+            // Stuck disks under the service (rule 16 and the watchdog): a
+            // volume thread hung in a store or metadata sync shows no
+            // progress, so the box stops petting and resets if the hang
+            // outlasts the part's staleness plus the device's timeout.
+            DataScenario {
+                disk_stall_p: 0.04,
+                ..base("service-disk-stall", ServiceFaults { crash_p: 0.02, ..Default::default() })
+            },
+            // Open finding (docs/simulator.md): crash loops with a 20 s
+            // failure window. A node that wanted a hand-over refuses the
+            // role for the window once it is not the leader; if the other
+            // two cannot lead (resyncing, or refusing too), the cluster has
+            // no active node until the window passes. Not in `cargo test`.
+            DataScenario {
+                service: Some(ServiceSpec {
+                    pbx: triad_host::PbxTiming {
+                        failure_window: core::time::Duration::from_secs(20),
+                        ..ServiceSpec::new(ServiceFaults::default()).pbx
+                    },
+                    ..ServiceSpec::new(ServiceFaults { crash_loop_p: 0.04, crash_p: 0.05, ..Default::default() })
+                }),
+                ..base("pbx-refusal", ServiceFaults::default())
+            },
+            // A bit of everything.
+            base(
+                "service",
+                ServiceFaults {
+                    crash_loop_p: 0.01,
+                    crash_p: 0.02,
+                    silent_p: 0.01,
+                    unkillable_p: 0.01,
+                    ignores_stop_p: 0.01,
+                    spawn_fail_p: 0.005,
+                    mount_fail_p: 0.01,
+                    check_fail_p: 0.01,
+                    unmount_hang_p: 0.01,
+                },
+            ),
+        ]
+    }
+
     /// The scenario called `name` (mix or extra).
     pub fn named(name: &str) -> Option<DataScenario> {
-        DataScenario::all().into_iter().chain(DataScenario::extra()).find(|s| s.name == name)
+        DataScenario::all()
+            .into_iter()
+            .chain(DataScenario::extra())
+            .chain(DataScenario::service())
+            .find(|s| s.name == name)
     }
 
     /// The scenario a seed runs when none is named: the mix, round robin.
