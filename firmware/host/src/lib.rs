@@ -520,14 +520,23 @@ impl Host {
 
     /// A node that handed the role over after repeated PBX failures is
     /// unfit to lead until they age out of the window (or an operator
-    /// clears them); the active node itself stays fit meanwhile (it hands
-    /// over in order rather than step down abruptly).
+    /// clears them), as long as a peer could take the role; the active
+    /// node itself stays fit meanwhile (it hands over in order rather than
+    /// step down abruptly).
     fn push_service_fit(&mut self, now: Instant, out: &mut Vec<Command>) {
         if self.handover.is_some() {
             return;
         }
         let Some(p) = self.pbx.as_ref() else { return };
-        let fit = self.node.role() == Role::Leader || !p.hand_over_wanted();
+        // The refusal ranks this node below a peer that could take the
+        // role, never below no active node at all: with no reachable,
+        // ready peer out of standby (found by the simulator: the others
+        // resyncing or refusing too left the cluster without an active
+        // node for the whole window), it may lead again.
+        let refusing = p.hand_over_wanted()
+            && self.node.role() != Role::Leader
+            && self.node.status(now).peers.iter().any(|peer| peer.reachable && peer.ready && !peer.standby);
+        let fit = !refusing;
         let changed = self.fitness.service(fit);
         if let Some(input) = self.fit(changed, out) {
             self.run_core(now, VecDeque::from([input]), out);

@@ -146,10 +146,26 @@ fn a_node_that_handed_over_takes_the_role_again_once_its_failures_age_out() {
     let now = handed_over(&mut h);
     // The first failure happened when `serving` returned: 2 s before.
     let ages_out = now.add(PbxTiming::default().failure_window).0 - 2_000_000;
+    // Node 2 is still there and ready (a refusal needs a peer that could lead).
+    h.handle(Instant(ages_out - 1), ping(2, true));
     let out = h.handle(Instant(ages_out - 1), Event::Tick);
     assert!(notices(&out).is_empty(), "{out:?}");
     let out = h.handle(Instant(ages_out), Event::Tick);
     assert_eq!(notices(&out), vec![HostNotice::Fitness { fit: true, sync_stalled: false }], "{out:?}");
+}
+
+#[test]
+fn a_node_refusing_the_role_may_lead_again_when_no_peer_could() {
+    let mut h = host();
+    let now = handed_over(&mut h);
+    assert!(!h.readiness().ready);
+    // Node 2, the ready peer, says it is not ready any more (resyncing,
+    // say); node 3 was never heard: nobody else could lead.
+    let out = h.handle(now, ping(2, false));
+    assert_eq!(notices(&out), vec![HostNotice::Fitness { fit: true, sync_stalled: false }], "{out:?}");
+    // Ready again: this node steps back.
+    let out = h.handle(now, ping(2, true));
+    assert_eq!(notices(&out), vec![HostNotice::Fitness { fit: false, sync_stalled: false }], "{out:?}");
 }
 
 #[test]

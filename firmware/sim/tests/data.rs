@@ -342,7 +342,6 @@ fn hung_demotions_self_fence_within_the_bound_and_the_service_comes_back() {
 }
 
 #[test]
-#[ignore = "open finding: a node refusing the role after PBX failures can leave the cluster without an active node (docs/simulator.md)"]
 fn a_node_refusing_the_role_after_pbx_failures_leaves_some_node_active() {
     clean("pbx-refusal", 300);
 }
