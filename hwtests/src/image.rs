@@ -1,0 +1,73 @@
+//! The image under test: `image/out/<variant>/{vmlinux,initramfs.cpio}`,
+//! built by `image/build.sh` when missing or older than the supervisor
+//! binary it would carry.
+//!
+//! The supervisor binary is the release one (`cargo build --release -p
+//! triad --bin triad`), built here first if it is missing, or the one
+//! `TRIAD_IMAGE_TRIAD` names.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{output, repo_root, HwError};
+
+/// A built kernel and initramfs.
+#[derive(Clone, Debug)]
+pub struct Image {
+    /// The uncompressed kernel (PVH entry).
+    pub vmlinux: PathBuf,
+    /// The root filesystem.
+    pub initramfs: PathBuf,
+    /// The kernel command line the build wrote.
+    pub cmdline: String,
+}
+
+fn newer(a: &Path, b: &Path) -> bool {
+    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    match (m(a), m(b)) {
+        (Some(a), Some(b)) => a > b,
+        _ => true,
+    }
+}
+
+/// The image of `variant`, built if needed.
+pub fn ensure(variant: &str) -> Result<Image, HwError> {
+    let root = repo_root();
+    let triad = match std::env::var_os("TRIAD_IMAGE_TRIAD") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let bin = root.join("target/x86_64-unknown-linux-gnu/release/triad");
+            if !bin.exists() {
+                eprintln!("hwtests: building the release supervisor for the image");
+                output(Command::new(env!("CARGO")).current_dir(&root).args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "triad",
+                    "--bin",
+                    "triad",
+                ]))?;
+            }
+            bin
+        }
+    };
+    let out = root.join("image/out").join(variant);
+    let image = Image {
+        vmlinux: out.join("vmlinux"),
+        initramfs: out.join("initramfs.cpio"),
+        cmdline: String::new(),
+    };
+    let script = root.join("image/build.sh");
+    if !image.initramfs.exists() || newer(&triad, &image.initramfs) || newer(&script, &image.initramfs) {
+        eprintln!("hwtests: building the {variant} image (image/build.sh)");
+        let started = std::time::Instant::now();
+        output(Command::new("bash").arg(&script).args(["--variant", variant, "--out"]).arg(&out).arg("--triad").arg(&triad))?;
+        eprintln!("hwtests: image built in {:.1} s", started.elapsed().as_secs_f64());
+    }
+    let cmdline_path = out.join("cmdline");
+    let cmdline = std::fs::read_to_string(&cmdline_path)
+        .map_err(|source| HwError::Io { path: cmdline_path, source })?
+        .trim()
+        .to_string();
+    Ok(Image { cmdline, ..image })
+}
