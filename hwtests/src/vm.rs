@@ -84,18 +84,46 @@ impl Vm {
     }
 
     /// Powers the VM off as a power cut does: the monitor's `quit` ends
-    /// QEMU at once, with no shutdown inside the guest. Waits for QEMU to
-    /// exit (killing it after 10 s).
+    /// QEMU at once, with no shutdown inside the guest. Returns once QEMU
+    /// has exited (killed if it has not within 10 s: then an error).
     pub fn power_off(&mut self) -> Result<(), HwError> {
-        let sent = UnixStream::connect(&self.monitor).and_then(|mut s| s.write_all(b"quit\n"));
-        if let Err(e) = sent {
-            let _ = self.child.kill();
-            return Err(HwError::Missing(format!("VM {}: monitor {}: {e}", self.id, self.monitor.display())));
-        }
-        if wait_until(Duration::from_secs(10), Duration::from_millis(20), || (!self.running()).then_some(())).is_none() {
+        let quit = self.monitor_quit();
+        let exited = wait_until(Duration::from_secs(10), Duration::from_millis(10), || (!self.running()).then_some(()));
+        if exited.is_none() {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
+        match (quit, exited) {
+            (Ok(()), Some(())) => Ok(()),
+            (Err(e), _) => Err(HwError::Missing(format!("VM {}: monitor {}: {e}", self.id, self.monitor.display()))),
+            (Ok(()), None) => Err(HwError::Missing(format!("VM {}: QEMU ignored `quit` for 10 s: killed", self.id))),
+        }
+    }
+
+    /// Sends `quit` on the human monitor once it has greeted (a command
+    /// sent before the greeting, on a connection closed at once, can be
+    /// lost), then reads until QEMU closes the connection as it exits.
+    fn monitor_quit(&self) -> std::io::Result<()> {
+        use std::io::Read;
+        let mut s = UnixStream::connect(&self.monitor)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 512];
+        while !String::from_utf8_lossy(&seen).contains("(qemu)") {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "monitor closed before its prompt"));
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(b"quit\n")?;
+        // EOF (or a reset) when QEMU is gone; a timeout is judged by the
+        // caller, who watches the process.
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
         Ok(())
     }
 }
