@@ -52,16 +52,19 @@ pub fn ensure(variant: &str) -> Result<Image, HwError> {
         }
     };
     let out = root.join("image/out").join(variant);
-    let image = Image {
-        vmlinux: out.join("vmlinux"),
-        initramfs: out.join("initramfs.cpio"),
-        cmdline: String::new(),
-    };
+    let image = Image { vmlinux: out.join("vmlinux"), initramfs: out.join("initramfs.cpio"), cmdline: String::new() };
     let script = root.join("image/build.sh");
     if !image.initramfs.exists() || newer(&triad, &image.initramfs) || newer(&script, &image.initramfs) {
         eprintln!("hwtests: building the {variant} image (image/build.sh)");
         let started = std::time::Instant::now();
-        output(Command::new("bash").arg(&script).args(["--variant", variant, "--out"]).arg(&out).arg("--triad").arg(&triad))?;
+        output(
+            Command::new("bash")
+                .arg(&script)
+                .args(["--variant", variant, "--out"])
+                .arg(&out)
+                .arg("--triad")
+                .arg(&triad),
+        )?;
         eprintln!("hwtests: image built in {:.1} s", started.elapsed().as_secs_f64());
     }
     let cmdline_path = out.join("cmdline");

@@ -104,7 +104,8 @@ fn three_appliances_elect_and_fail_over_after_a_power_cut() {
     let booted = wait_until(FORM_DEADLINE, Duration::from_millis(200), || {
         cluster.vms.iter().all(|vm| vm.serial_text().contains("first boot stage done")).then(|| t0.elapsed())
     });
-    let booted = booted.unwrap_or_else(|| panic!("not every VM finished its first boot stage within {FORM_DEADLINE:?}"));
+    let booted =
+        booted.unwrap_or_else(|| panic!("not every VM finished its first boot stage within {FORM_DEADLINE:?}"));
     eprintln!("smoke: all three first boot stages done {:.1} s after QEMU start", secs(booted));
 
     let leader = wait_until(FORM_DEADLINE.saturating_sub(t0.elapsed()), Duration::from_millis(100), || {
@@ -127,7 +128,9 @@ fn three_appliances_elect_and_fail_over_after_a_power_cut() {
     active.power_off().unwrap_or_else(|e| panic!("power off: {e}"));
     eprintln!("smoke: VM {leader} powered off (monitor quit)");
     let next = wait_until(FAILOVER_DEADLINE, Duration::from_millis(100), || sole_answerer(&seg, Some(leader)))
-        .unwrap_or_else(|| panic!("no other VM answered ARP for the VIP within {FAILOVER_DEADLINE:?} of the power cut"));
+        .unwrap_or_else(|| {
+            panic!("no other VM answered ARP for the VIP within {FAILOVER_DEADLINE:?} of the power cut")
+        });
     let took = cut.elapsed();
     assert!(
         wait_until(Duration::from_secs(10), Duration::from_millis(100), || seg.pings(VIP).then_some(())).is_some(),

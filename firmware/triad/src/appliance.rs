@@ -222,7 +222,11 @@ pub fn boot() -> (Config, Vec<PathBuf>) {
 
 /// One attempt: the state partition mounted (once), the config read and
 /// checked against the modules that loaded.
-fn stage(args: &BootArgs, report: &[(&'static modules::Module, modules::Outcome)], state_mounted: &mut bool) -> Result<Config, BootError> {
+fn stage(
+    args: &BootArgs,
+    report: &[(&'static modules::Module, modules::Outcome)],
+    state_mounted: &mut bool,
+) -> Result<Config, BootError> {
     if !*state_mounted {
         let device = find_state(&args.state)?;
         fsck(&device);

@@ -201,8 +201,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             runtime()?.block_on(triad::runtime::run(cfg)).map_err(|e| Failure::Runtime(chain(&e)))
         }
         Command::ImageModules => {
-            use triad::os::modules::{check_order, MODULES};
             use std::io::Write;
+            use triad::os::modules::{check_order, MODULES};
             check_order(MODULES).map_err(Failure::Runtime)?;
             let mut out = std::io::stdout().lock();
             for m in MODULES {
