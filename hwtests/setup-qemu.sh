@@ -19,6 +19,8 @@ missing=()
 for p in "${libs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# A fresh machine may have no package lists yet: apt-get download needs them.
+apt-get update -qq
 if [ ${#missing[@]} -gt 0 ]; then
 	apt-get install -y -qq --no-upgrade --no-install-recommends "${missing[@]}"
 fi

@@ -68,8 +68,11 @@ fetch() { # fetch PKG...: download what is not in the cache yet
 	done
 	[ ${#want[@]} -eq 0 ] && return 0
 	say "downloading ${want[*]}"
-	(cd "$debs" && apt-get download -q "${want[@]}" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2) ||
-		die "apt-get download ${want[*]} failed"
+	if ! (cd "$debs" && apt-get download -q "${want[@]}" 2>"$debs/.err"); then
+		# Stale or missing package lists are the usual cause: refresh once.
+		[ "$(id -u)" -eq 0 ] && apt-get update -qq >&2 && (cd "$debs" && apt-get download -q "${want[@]}" 2>"$debs/.err") ||
+			die "apt-get download ${want[*]} failed: $(grep -v '^W: Download is performed unsandboxed' "$debs/.err")"
+	fi
 }
 fetch "${packages[@]}"
 
