@@ -3,8 +3,8 @@
 //! binary it would carry.
 //!
 //! The supervisor binary is the release one (`cargo build --release -p
-//! triad --bin triad`), built here first if it is missing, or the one
-//! `TRIAD_IMAGE_TRIAD` names.
+//! triad --bin triad`, run here first: a no-op when it is fresh), or the
+//! one `TRIAD_IMAGE_TRIAD` names.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,19 +36,18 @@ pub fn ensure(variant: &str) -> Result<Image, HwError> {
     let triad = match std::env::var_os("TRIAD_IMAGE_TRIAD") {
         Some(p) => PathBuf::from(p),
         None => {
-            let bin = root.join("target/x86_64-unknown-linux-gnu/release/triad");
-            if !bin.exists() {
-                eprintln!("hwtests: building the release supervisor for the image");
-                output(Command::new(env!("CARGO")).current_dir(&root).args([
-                    "build",
-                    "--release",
-                    "-p",
-                    "triad",
-                    "--bin",
-                    "triad",
-                ]))?;
-            }
-            bin
+            // Always asked for: a no-op when it is fresh, and a stale
+            // binary would test old code.
+            eprintln!("hwtests: cargo build --release -p triad --bin triad (the image's supervisor)");
+            output(Command::new(env!("CARGO")).current_dir(&root).args([
+                "build",
+                "--release",
+                "-p",
+                "triad",
+                "--bin",
+                "triad",
+            ]))?;
+            crate::supervisor_binary()
         }
     };
     let out = root.join("image/out").join(variant);

@@ -113,3 +113,32 @@ vip_lifetime_s = 3
 vip_renew_interval_ms = 1000
 garp_burst_interval_ms = 200
 ";
+
+/// Fails loudly when not root: a hardware test that silently skips is one
+/// that never runs in CI.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the hardware tests need root (a network namespace with taps for the VMs): run \
+         `cargo test -p triad-hwtests` as root"
+    );
+}
+
+/// The supervisor binary the image carries (and the tests use for
+/// `triad certs` and `triad check-config`): `TRIAD_IMAGE_TRIAD`, or the
+/// release build.
+pub fn supervisor_binary() -> PathBuf {
+    std::env::var_os("TRIAD_IMAGE_TRIAD")
+        .map_or_else(|| repo_root().join("target/x86_64-unknown-linux-gnu/release/triad"), PathBuf::from)
+}
+
+/// A fresh directory for one test's files (disks, serial logs, sockets),
+/// under `/var/tmp/triad-hwtests/`.
+pub fn work_dir(test: &str) -> PathBuf {
+    let dir = Path::new("/var/tmp/triad-hwtests").join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        panic!("cannot create {}: {e}", dir.display());
+    }
+    dir
+}

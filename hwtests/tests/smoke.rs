@@ -75,18 +75,11 @@ fn sole_answerer(seg: &Segment, not: Option<u8>) -> Option<u8> {
 
 #[test]
 fn three_appliances_elect_and_fail_over_after_a_power_cut() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the hardware tests need root (a network namespace with taps for the VMs): run \
-         `cargo test -p triad-hwtests --test smoke` as root"
-    );
+    triad_hwtests::require_root();
     let qemu = Qemu::locate().unwrap_or_else(|e| panic!("{e}"));
     let img = image::ensure("prod").unwrap_or_else(|e| panic!("image: {e}"));
-    let dir = PathBuf::from("/var/tmp/triad-hwtests");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create /var/tmp/triad-hwtests");
-    let triad = triad_hwtests::repo_root().join("target/x86_64-unknown-linux-gnu/release/triad");
-    let triad = std::env::var_os("TRIAD_IMAGE_TRIAD").map_or(triad, PathBuf::from);
+    let dir = triad_hwtests::work_dir("smoke");
+    let triad = triad_hwtests::supervisor_binary();
     let disks: Vec<PathBuf> = IDS
         .iter()
         .map(|id| state::make_disk(&triad, &dir, *id, &IDS).unwrap_or_else(|e| panic!("state disk {id}: {e}")))

@@ -298,6 +298,15 @@ fn by_label(label: &str) -> Option<PathBuf> {
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
         .collect();
     names.sort();
+    // Empty devices (an unconnected nbd, an unused loop or ram disk) are
+    // skipped unread: reading them only fills the kernel log with errors.
+    let sectors = |n: &str| {
+        std::fs::read_to_string(Path::new("/sys/class/block").join(n).join("size"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    names.retain(|n| sectors(n) >= 4);
     names.into_iter().map(|n| Path::new("/dev").join(n)).find(|dev| {
         let mut head = [0u8; 2048];
         std::fs::File::open(dev).and_then(|mut f| f.read_exact(&mut head)).is_ok()
