@@ -2,9 +2,12 @@
 //! built by `image/build.sh` when missing or older than the supervisor
 //! binary it would carry.
 //!
-//! The supervisor binary is the release one (`cargo build --release -p
-//! triad --bin triad`, run here first: a no-op when it is fresh), or the
-//! one `TRIAD_IMAGE_TRIAD` names.
+//! The supervisor binary is a release build in its own target directory,
+//! `target/image` (`cargo build --release -p triad --bin triad`, run here
+//! first: a no-op when it is fresh), or the one `TRIAD_IMAGE_TRIAD` names.
+//! Its own directory because the lab tests prefer `target/.../release/triad`
+//! over the debug build when it exists: building it in the shared target
+//! directory would change what the lab tests run after these.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,23 +36,22 @@ fn newer(a: &Path, b: &Path) -> bool {
 /// The image of `variant`, built if needed.
 pub fn ensure(variant: &str) -> Result<Image, HwError> {
     let root = repo_root();
-    let triad = match std::env::var_os("TRIAD_IMAGE_TRIAD") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            // Always asked for: a no-op when it is fresh, and a stale
-            // binary would test old code.
-            eprintln!("hwtests: cargo build --release -p triad --bin triad (the image's supervisor)");
-            output(Command::new(env!("CARGO")).current_dir(&root).args([
-                "build",
-                "--release",
-                "-p",
-                "triad",
-                "--bin",
-                "triad",
-            ]))?;
-            crate::supervisor_binary()
-        }
-    };
+    let triad =
+        match std::env::var_os("TRIAD_IMAGE_TRIAD") {
+            Some(p) => PathBuf::from(p),
+            None => {
+                // Always asked for: a no-op when it is fresh, and a stale
+                // binary would test old code.
+                eprintln!("hwtests: cargo build --release -p triad --bin triad (the image's supervisor)");
+                output(
+                    Command::new(env!("CARGO"))
+                        .current_dir(&root)
+                        .env("CARGO_TARGET_DIR", crate::IMAGE_TARGET_DIR)
+                        .args(["build", "--release", "-p", "triad", "--bin", "triad"]),
+                )?;
+                crate::supervisor_binary()
+            }
+        };
     let out = root.join("image/out").join(variant);
     let image = Image { vmlinux: out.join("vmlinux"), initramfs: out.join("initramfs.cpio"), cmdline: String::new() };
     let script = root.join("image/build.sh");

@@ -124,12 +124,18 @@ pub fn require_root() {
     );
 }
 
+/// Where the tests build the image's supervisor (relative to the
+/// workspace root; `image.rs` says why not the shared target directory).
+pub const IMAGE_TARGET_DIR: &str = "target/image";
+
 /// The supervisor binary the image carries (and the tests use for
 /// `triad certs` and `triad check-config`): `TRIAD_IMAGE_TRIAD`, or the
-/// release build.
+/// release build in [`IMAGE_TARGET_DIR`].
 pub fn supervisor_binary() -> PathBuf {
-    std::env::var_os("TRIAD_IMAGE_TRIAD")
-        .map_or_else(|| repo_root().join("target/x86_64-unknown-linux-gnu/release/triad"), PathBuf::from)
+    std::env::var_os("TRIAD_IMAGE_TRIAD").map_or_else(
+        || repo_root().join(IMAGE_TARGET_DIR).join("x86_64-unknown-linux-gnu/release/triad"),
+        PathBuf::from,
+    )
 }
 
 /// A fresh directory for one test's files (disks, serial logs, sockets),
