@@ -138,10 +138,25 @@ pub fn supervisor_binary() -> PathBuf {
     )
 }
 
-/// A fresh directory for one test's files (disks, serial logs, sockets),
-/// under `/var/tmp/triad-hwtests/`.
+/// A fresh directory for one test's files (disks, serial logs, sockets,
+/// QEMU pid files), under `/var/tmp/triad-hwtests/`. QEMUs a killed
+/// earlier run left behind (their pid files still there, their command
+/// line still theirs) are ended first: they would keep burning the CPU
+/// the new VMs need.
 pub fn work_dir(test: &str) -> PathBuf {
     let dir = Path::new("/var/tmp/triad-hwtests").join(test);
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "pid") {
+            if let Some(pid) = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse::<i32>().ok()) {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cmdline = String::from_utf8_lossy(&cmdline);
+                if cmdline.contains("qemu-system") && cmdline.contains("triad-hw-") {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
     if let Err(e) = std::fs::create_dir_all(&dir) {
         panic!("cannot create {}: {e}", dir.display());

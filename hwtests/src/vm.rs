@@ -54,6 +54,8 @@ impl Vm {
             .args(["-append", &image.cmdline])
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))
+            .arg("-pidfile")
+            .arg(dir.join(format!("qemu-{id}.pid")))
             .arg("-monitor")
             .arg(format!("unix:{},server=on,wait=off", monitor.display()))
             .arg("-drive")
