@@ -36,22 +36,16 @@ fn newer(a: &Path, b: &Path) -> bool {
 /// The image of `variant`, built if needed.
 pub fn ensure(variant: &str) -> Result<Image, HwError> {
     let root = repo_root();
-    let triad =
-        match std::env::var_os("TRIAD_IMAGE_TRIAD") {
-            Some(p) => PathBuf::from(p),
-            None => {
-                // Always asked for: a no-op when it is fresh, and a stale
-                // binary would test old code.
-                eprintln!("hwtests: cargo build --release -p triad --bin triad (the image's supervisor)");
-                output(
-                    Command::new(env!("CARGO"))
-                        .current_dir(&root)
-                        .env("CARGO_TARGET_DIR", crate::IMAGE_TARGET_DIR)
-                        .args(["build", "--release", "-p", "triad", "--bin", "triad"]),
-                )?;
-                crate::supervisor_binary()
-            }
-        };
+    let triad = match std::env::var_os("TRIAD_IMAGE_TRIAD") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            // Always asked for: a no-op when it is fresh, and a stale
+            // binary would test old code.
+            eprintln!("hwtests: cargo build --release -p triad --bin triad (the image's supervisor)");
+            build_supervisor(&root)?;
+            crate::supervisor_binary()
+        }
+    };
     let out = root.join("image/out").join(variant);
     let image = Image { vmlinux: out.join("vmlinux"), initramfs: out.join("initramfs.cpio"), cmdline: String::new() };
     let script = root.join("image/build.sh");
@@ -74,4 +68,28 @@ pub fn ensure(variant: &str) -> Result<Image, HwError> {
         .trim()
         .to_string();
     Ok(Image { cmdline, ..image })
+}
+
+/// `cargo build --release -p triad --bin triad` into
+/// [`crate::IMAGE_TARGET_DIR`], in a clean environment: under `cargo
+/// test`, cargo's own variables (CARGO_PKG_*, LD_LIBRARY_PATH, ...) reached
+/// this build and made it rebuild the supervisor on every switch between
+/// `cargo test` and running the test binary directly.
+fn build_supervisor(root: &Path) -> Result<String, HwError> {
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo.env_clear();
+    for keep in ["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME", "TMPDIR"] {
+        if let Some(v) = std::env::var_os(keep) {
+            cargo.env(keep, v);
+        }
+    }
+    cargo.current_dir(root).env("CARGO_TARGET_DIR", crate::IMAGE_TARGET_DIR).args([
+        "build",
+        "--release",
+        "-p",
+        "triad",
+        "--bin",
+        "triad",
+    ]);
+    output(&mut cargo)
 }
