@@ -52,35 +52,19 @@ const DEVICE_WAIT: Duration = Duration::from_secs(15);
 /// How often a box holding on bad input tries its config again.
 const RETRY: Duration = Duration::from_secs(30);
 
-/// The kernel's init is this binary with no subcommand, as PID 1, under
+/// The kernel's init is this binary as PID 1, not asked to `run`, under
 /// an init's name (`/init` in the initramfs, `/sbin/init` on a root
 /// filesystem). Anything else (`triad run` as PID 1 of a lab namespace,
 /// a tool run by hand) goes through the ordinary command line.
 pub fn started_by_kernel(pid: u32, args: &[String]) -> bool {
     let named_init = args.first().is_some_and(|a0| Path::new(a0).file_name().is_some_and(|n| n == "init"));
     // The kernel passes undotted command-line words it does not know as
-    // arguments: only a known subcommand turns this into a tool.
-    let subcommand = args.get(1).is_some_and(|a| SUBCOMMANDS.contains(&a.as_str()));
-    pid == 1 && named_init && !subcommand
+    // arguments, so they are no command line: only `run` (an init that
+    // names its config) diverts. Any other subcommand would run a tool
+    // and exit, and PID 1 exiting panics the kernel.
+    let run = args.get(1).is_some_and(|a| a == "run");
+    pid == 1 && named_init && !run
 }
-
-const SUBCOMMANDS: &[&str] = &[
-    "run",
-    "check-config",
-    "certs",
-    "status",
-    "switchover",
-    "verify",
-    "format-volume",
-    "check-readiness",
-    "clear-pbx-failures",
-    "logs",
-    "standby",
-    "image-modules",
-    "help",
-    "--help",
-    "--version",
-];
 
 /// Where the state partition is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -364,6 +348,10 @@ mod tests {
     fn only_pid_1_under_an_init_name_without_subcommand_is_the_kernel_s_init() {
         assert!(started_by_kernel(1, &args(&["/init"])));
         assert!(started_by_kernel(1, &args(&["/sbin/init", "quiet_word"])));
+        // Words on the kernel command line that happen to be subcommands
+        // must not turn init into a tool that exits.
+        assert!(started_by_kernel(1, &args(&["/init", "status"])));
+        assert!(started_by_kernel(1, &args(&["/init", "--help"])));
         assert!(!started_by_kernel(1, &args(&["/usr/bin/triad", "run", "--config", "x"])));
         assert!(!started_by_kernel(1, &args(&["/init", "run", "--config", "x"])));
         assert!(!started_by_kernel(7, &args(&["/init"])));
