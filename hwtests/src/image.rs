@@ -71,16 +71,26 @@ pub fn ensure(variant: &str) -> Result<Image, HwError> {
 }
 
 /// `cargo build --release -p triad --bin triad` into
-/// [`crate::IMAGE_TARGET_DIR`], in a clean environment: under `cargo
-/// test`, cargo's own variables (CARGO_PKG_*, LD_LIBRARY_PATH, ...) reached
-/// this build and made it rebuild the supervisor on every switch between
-/// `cargo test` and running the test binary directly.
+/// [`crate::IMAGE_TARGET_DIR`], as a developer would type it in the
+/// repository: `cargo` from PATH (rustup's proxy: `rust-toolchain.toml`
+/// picks the toolchain), in this process's environment less what cargo
+/// set for the test itself (CARGO, CARGO_PKG_*, CARGO_MANIFEST_*, ...,
+/// LD_LIBRARY_PATH), which made the build start over on every switch
+/// between `cargo test` and the test binary run directly.
+///
+/// Not `env!("CARGO")`: it named the machine's default toolchain's cargo
+/// here, not the pinned one. Not a cleared environment either: that lost
+/// the machine's rustup settings (RUSTUP_AUTO_INSTALL=0), and rustup
+/// reinstalled toolchains under the feet of other builds.
 fn build_supervisor(root: &Path) -> Result<String, HwError> {
-    let mut cargo = Command::new(env!("CARGO"));
-    cargo.env_clear();
-    for keep in ["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME", "TMPDIR"] {
-        if let Some(v) = std::env::var_os(keep) {
-            cargo.env(keep, v);
+    let mut cargo = Command::new("cargo");
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        let set_by_cargo_for_tests = k == "CARGO"
+            || k == "LD_LIBRARY_PATH"
+            || (k.starts_with("CARGO_") && k != "CARGO_HOME" && !k.starts_with("CARGO_REGISTRIES"));
+        if set_by_cargo_for_tests {
+            cargo.env_remove(&key);
         }
     }
     cargo.current_dir(root).env("CARGO_TARGET_DIR", crate::IMAGE_TARGET_DIR).args([
