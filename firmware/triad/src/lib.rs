@@ -2,6 +2,8 @@
 //!
 //! `triad-core` decides; this crate carries out its decisions against the
 //! real world and feeds the world's events back in:
+//! - [`appliance`]: the appliance's first boot stage (modules, state
+//!   partition, config) when the kernel starts `triad` as init.
 //! - [`config`]: the TOML config, parsed into validated types.
 //! - [`certs`]: the cluster CA and per-node certificates.
 //! - [`store`]: crash-safe persisted state (redb).
@@ -17,6 +19,7 @@
 //! - [`sip_probe`]: the PBX's health probe, one SIP OPTIONS over UDP.
 //! - [`runtime`]: the one loop that owns the core and applies each event.
 
+pub mod appliance;
 pub mod certs;
 pub mod config;
 pub mod control;

@@ -108,6 +108,10 @@ enum Command {
         #[arg(long)]
         lines: Option<usize>,
     },
+    /// Print the kernel module table in load order, one `NAME PATH DEPS
+    /// USE` line each, for the image build (image/build.sh).
+    #[command(hide = true)]
+    ImageModules,
     /// Put this node in standby (it never becomes active), or release it.
     Standby {
         /// Control socket of the node.
@@ -163,6 +167,15 @@ impl Failure {
 }
 
 fn main() -> ExitCode {
+    // The appliance: the kernel started this binary as /init. Its config
+    // is on the state partition, which the first stage mounts.
+    let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
+    if triad::appliance::started_by_kernel(std::process::id(), &args) {
+        init_logging();
+        std::panic::set_hook(Box::new(|info| triad::os::init::fatal(&format!("panic: {info}"))));
+        let (cfg, mounted) = triad::appliance::boot();
+        run_as_init(cfg, mounted);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -182,7 +195,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 // the machine, write sysctls and call reboot(2).
                 triad::os::init::refuse_unless_pid1(std::process::id()).map_err(|e| Failure::Input(e.to_string()))?;
                 init_logging();
-                run_as_init(cfg);
+                run_as_init(cfg, Vec::new());
             }
             init_logging();
             runtime()?.block_on(triad::runtime::run(cfg)).map_err(|e| {
@@ -192,6 +205,19 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     Failure::Runtime(chain(&e))
                 }
             })
+        }
+        Command::ImageModules => {
+            use std::io::Write;
+            use triad::os::modules::{check_order, MODULES};
+            check_order(MODULES).map_err(Failure::Runtime)?;
+            let mut out = std::io::stdout().lock();
+            for m in MODULES {
+                let deps = if m.deps.is_empty() { "-".to_string() } else { m.deps.join(",") };
+                // A closed pipe ends the listing, not the process.
+                writeln!(out, "{} {} {} {:?}", m.name, m.path, deps, m.usage)
+                    .map_err(|e| Failure::Runtime(format!("cannot write the module table: {e}")))?;
+            }
+            Ok(())
         }
         Command::CheckConfig { config } => {
             Config::load(&config).map_err(|e| Failure::Input(chain(&e)))?;
@@ -281,12 +307,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
 
 /// `triad run` as the machine's init (the caller checked it is PID 1):
 /// boot duties, the supervisor, then the end of a shutdown. Never returns.
-fn run_as_init(cfg: Config) -> ! {
+/// `earlier`: what the appliance's first stage mounted, undone last.
+fn run_as_init(cfg: Config, earlier: Vec<PathBuf>) -> ! {
     use triad::os::init::{self, Cause};
     // A panic anywhere leaves state nobody can trust: log, sync, restart.
     // (Returning would end PID 1, and the kernel panics.)
     std::panic::set_hook(Box::new(|info| init::fatal(&format!("panic: {info}"))));
-    let booted = init::boot(&cfg);
+    let mut booted = init::boot(&cfg);
+    booted.mounted.splice(0..0, earlier);
     if panic_hook_test() {
         panic!("test fault hook: panic after boot");
     }

@@ -350,39 +350,7 @@ pub struct Booted {
 /// fatal: a box whose sysctl or mount failed can still serve (each
 /// failure is logged), where a reboot loop serves nobody.
 pub fn boot(cfg: &Config) -> Booted {
-    let keep = config_paths(cfg);
-    let mut booted = Booted::default();
-    for m in EARLY_MOUNTS {
-        // Read again for each entry: /proc itself is the first one.
-        let mounted = std::fs::read_to_string("/proc/self/mountinfo").map(|t| parse_mountinfo(&t)).unwrap_or_default();
-        let proc_ours =
-            std::fs::read_link("/proc/self").is_ok_and(|p| p.as_os_str() == std::process::id().to_string().as_str());
-        match plan_mount(m, &mounted, proc_ours, &keep) {
-            MountAction::Present => info!(target = m.target, fstype = m.fstype, "early mount already there"),
-            MountAction::Other(other) => {
-                warn!(target = m.target, fstype = m.fstype, found = %other, "another filesystem is mounted there; left as it is")
-            }
-            MountAction::WouldHide(path) => warn!(target = m.target, fstype = m.fstype, hides = %path.display(),
-                "not mounted: it would hide a file the config names"),
-            MountAction::Mount => {
-                // The target may be missing (/dev/pts in a fresh devtmpfs);
-                // if it cannot be made, mount(2) says so below.
-                let _ = std::fs::create_dir_all(m.target);
-                let data = (!m.data.is_empty()).then_some(m.data);
-                match mount(Some(m.source), m.target, Some(m.fstype), m.ms_flags(), data) {
-                    Ok(()) => {
-                        info!(target = m.target, fstype = m.fstype, "mounted");
-                        booted.mounted.push(PathBuf::from(m.target));
-                    }
-                    Err(nix::Error::EBUSY) => {
-                        info!(target = m.target, fstype = m.fstype, "early mount busy: already there")
-                    }
-                    Err(e) => error!(target = m.target, fstype = m.fstype, error = %e, "early mount failed"),
-                }
-            }
-        }
-    }
-    console_fds();
+    let booted = Booted { mounted: mount_early(&config_paths(cfg)) };
     match nix::unistd::sethostname(&cfg.node.hostname) {
         Ok(()) => info!(hostname = %cfg.node.hostname, "hostname set"),
         Err(e) => error!(hostname = %cfg.node.hostname, error = %e, "cannot set the hostname"),
@@ -400,6 +368,46 @@ pub fn boot(cfg: &Config) -> Booted {
         }
     }
     booted
+}
+
+/// The early mounts of [`EARLY_MOUNTS`] (not over the files in `keep`),
+/// then the console descriptors; returns the targets it mounted. Called
+/// again by [`boot`] after the appliance's first stage (`appliance.rs`)
+/// mounted them before its config was readable: they are then present.
+pub fn mount_early(keep: &[PathBuf]) -> Vec<PathBuf> {
+    let mut mounted_now = Vec::new();
+    for m in EARLY_MOUNTS {
+        // Read again for each entry: /proc itself is the first one.
+        let mounted = std::fs::read_to_string("/proc/self/mountinfo").map(|t| parse_mountinfo(&t)).unwrap_or_default();
+        let proc_ours =
+            std::fs::read_link("/proc/self").is_ok_and(|p| p.as_os_str() == std::process::id().to_string().as_str());
+        match plan_mount(m, &mounted, proc_ours, keep) {
+            MountAction::Present => info!(target = m.target, fstype = m.fstype, "early mount already there"),
+            MountAction::Other(other) => {
+                warn!(target = m.target, fstype = m.fstype, found = %other, "another filesystem is mounted there; left as it is")
+            }
+            MountAction::WouldHide(path) => warn!(target = m.target, fstype = m.fstype, hides = %path.display(),
+                "not mounted: it would hide a file the config names"),
+            MountAction::Mount => {
+                // The target may be missing (/dev/pts in a fresh devtmpfs);
+                // if it cannot be made, mount(2) says so below.
+                let _ = std::fs::create_dir_all(m.target);
+                let data = (!m.data.is_empty()).then_some(m.data);
+                match mount(Some(m.source), m.target, Some(m.fstype), m.ms_flags(), data) {
+                    Ok(()) => {
+                        info!(target = m.target, fstype = m.fstype, "mounted");
+                        mounted_now.push(PathBuf::from(m.target));
+                    }
+                    Err(nix::Error::EBUSY) => {
+                        info!(target = m.target, fstype = m.fstype, "early mount busy: already there")
+                    }
+                    Err(e) => error!(target = m.target, fstype = m.fstype, error = %e, "early mount failed"),
+                }
+            }
+        }
+    }
+    console_fds();
+    mounted_now
 }
 
 /// Gives PID 1 a console: a kernel that found no `/dev/console` in the

@@ -11,6 +11,8 @@
 //!   own NBD export through a socketpair (the appliance's `/dev/nbdN`).
 //! - [`init`]: the machine's init with `node.init` (early mounts,
 //!   hostname, sysctls, the end of a shutdown in reboot(2)).
+//! - [`modules`]: the kernel modules the appliance loads at boot, from a
+//!   table in load order (finit_module; no modprobe on the image).
 //! - [`netlink`]: links and addresses (the VIP as a kernel-side lease).
 //! - [`announce`]: gratuitous ARP / unsolicited NA frames and the raw socket
 //!   that sends them.
@@ -31,6 +33,7 @@ pub mod arp_watch;
 pub mod fence;
 pub mod init;
 pub mod loopdev;
+pub mod modules;
 pub mod nbd_kernel;
 pub mod netlink;
 pub mod pbx_process;

@@ -1,0 +1,165 @@
+//! Hardware tests (issue 12, item 3; docs/image.md): three appliances
+//! booted from the built kernel and initramfs in QEMU under software
+//! emulation (`-accel tcg`), each with its own state disk, an emulated
+//! i6300esb watchdog set to reset, and its serial console captured to a
+//! file, on one L2 segment with a client side.
+//!
+//! ```text
+//!   netns triad-hw:  br0 (10.79.0.200/24: the client) ── tap1 ── VM 1 (eth0 10.79.0.11)
+//!                                                     ├── tap2 ── VM 2 (eth0 10.79.0.12)
+//!                                                     └── tap3 ── VM 3 (eth0 10.79.0.13)
+//!                    VIP 10.79.0.100, held by the active VM
+//! ```
+//!
+//! Owns: the image (built if missing: [`image`]), QEMU (a private unpacked
+//! copy: [`qemu`]), the segment ([`net`]), each VM's state disk ([`state`])
+//! and the VMs themselves ([`vm`]). The tests in `tests/` drive them.
+//!
+//! Must not: touch the machine's own network (everything lives in the
+//! `triad-hw` namespace), or leave VMs behind (each [`vm::Vm`] kills its
+//! QEMU on drop). Needs root: the tests check and fail loudly.
+
+pub mod image;
+pub mod net;
+pub mod qemu;
+pub mod state;
+pub mod vm;
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// What went wrong in the hardware-test harness.
+#[derive(Debug, thiserror::Error)]
+pub enum HwError {
+    /// A command could not start or failed.
+    #[error("{command} failed: {detail}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its status and output, or the OS error.
+        detail: String,
+    },
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Something the harness needs is missing.
+    #[error("{0}")]
+    Missing(String),
+}
+
+/// Runs a program to completion; its stdout, or an error with its stderr.
+pub fn run<S: AsRef<OsStr>>(program: impl AsRef<OsStr>, args: &[S]) -> Result<String, HwError> {
+    let mut c = Command::new(program.as_ref());
+    c.args(args);
+    output(&mut c)
+}
+
+/// Runs a prepared command to completion; its stdout, or an error.
+pub fn output(c: &mut Command) -> Result<String, HwError> {
+    let shown = format!("{c:?}");
+    let out = c.output().map_err(|e| HwError::Command { command: shown.clone(), detail: e.to_string() })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(HwError::Command {
+            command: shown,
+            detail: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+        })
+    }
+}
+
+/// The repository's root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Polls `f` every `every` until it returns `Some`, or `None` once
+/// `timeout` has passed (after one last try).
+pub fn wait_until<T>(timeout: Duration, every: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// The timing profile for emulated hardware (docs/image.md): three VMs
+/// under TCG on two shared cores see their timers fire hundreds of
+/// milliseconds late, so the defaults (heartbeat 50 ms, election 400 to
+/// 700 ms) would flap. Everything is about five times slower; the rules
+/// of `Timing::check` hold (lease 3000 − 2 % − 300 = 2640 ms, at least two
+/// heartbeats; the VIP renewed at most every half lifetime).
+pub const EMULATED_TIMING: &str = "\
+[timing]
+heartbeat_interval_ms = 250
+peer_timeout_ms = 1500
+election_timeout_min_ms = 3000
+election_timeout_max_ms = 4500
+lease_guard_ms = 300
+vip_lifetime_s = 3
+vip_renew_interval_ms = 1000
+garp_burst_interval_ms = 200
+";
+
+/// Fails loudly when not root: a hardware test that silently skips is one
+/// that never runs in CI.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the hardware tests need root (a network namespace with taps for the VMs): run \
+         `cargo test -p triad-hwtests` as root"
+    );
+}
+
+/// Where the tests build the image's supervisor (relative to the
+/// workspace root; `image.rs` says why not the shared target directory).
+pub const IMAGE_TARGET_DIR: &str = "target/image";
+
+/// The supervisor binary the image carries (and the tests use for
+/// `triad certs` and `triad check-config`): `TRIAD_IMAGE_TRIAD`, or the
+/// release build in [`IMAGE_TARGET_DIR`].
+pub fn supervisor_binary() -> PathBuf {
+    std::env::var_os("TRIAD_IMAGE_TRIAD").map_or_else(
+        || repo_root().join(IMAGE_TARGET_DIR).join("x86_64-unknown-linux-gnu/release/triad"),
+        PathBuf::from,
+    )
+}
+
+/// A fresh directory for one test's files (disks, serial logs, sockets,
+/// QEMU pid files), under `/var/tmp/triad-hwtests/`. QEMUs a killed
+/// earlier run left behind (their pid files still there, their command
+/// line still theirs) are ended first: they would keep burning the CPU
+/// the new VMs need.
+pub fn work_dir(test: &str) -> PathBuf {
+    let dir = Path::new("/var/tmp/triad-hwtests").join(test);
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "pid") {
+            if let Some(pid) = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse::<i32>().ok()) {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cmdline = String::from_utf8_lossy(&cmdline);
+                if cmdline.contains("qemu-system") && cmdline.contains("triad-hw-") {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        panic!("cannot create {}: {e}", dir.display());
+    }
+    dir
+}

@@ -1,0 +1,118 @@
+//! Each VM's state disk: an ext4 labelled `triad-state` (what the image's
+//! first boot stage looks for, `firmware/triad/src/appliance.rs`) holding
+//!
+//! ```text
+//!   /triad.toml              the node's config, the format `triad run --config` reads
+//!   /certs/ca.pem            the cluster CA's certificate (not its key)
+//!   /certs/node-N.pem, .key  the node's certificate and key (`triad certs`)
+//!   /state/                  the supervisor's persisted state (node.state_dir)
+//! ```
+//!
+//! made without root tools or loop devices: `mkfs.ext4 -d` copies a
+//! directory into the new filesystem.
+
+use std::path::{Path, PathBuf};
+
+use crate::net::{node_ip, PREFIX, VIP};
+use crate::{run, HwError, EMULATED_TIMING};
+
+/// The filesystem label the image looks for by default.
+pub const LABEL: &str = "triad-state";
+/// Size of each state disk.
+pub const SIZE_MIB: u32 = 32;
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HwError + '_ {
+    move |source| HwError::Io { path: path.to_path_buf(), source }
+}
+
+/// Node `id`'s config as it lies on its state disk (paths as the
+/// appliance sees them, under `/var/lib/triad`).
+pub fn config_text(id: u8, ids: &[u8]) -> String {
+    let mut peers = String::new();
+    for p in ids.iter().filter(|p| **p != id) {
+        peers.push_str(&format!("[[cluster.peers]]\nid = {p}\naddress = \"{}\"\n", node_ip(*p)));
+    }
+    format!(
+        r#"# Written by triad-hwtests for VM {id}.
+[node]
+id = {id}
+interface = "eth0"
+address = "{ip}/{PREFIX}"
+control_socket = "/run/triad/control.sock"
+state_dir = "/var/lib/triad/state"
+hostname = "triad-hw-{id}"
+init = true
+
+[cluster]
+vip = "{VIP}/{PREFIX}"
+{peers}
+[tls]
+ca = "/var/lib/triad/certs/ca.pem"
+cert = "/var/lib/triad/certs/node-{id}.pem"
+key = "/var/lib/triad/certs/node-{id}.key"
+
+{EMULATED_TIMING}
+[watchdog]
+# The i6300esb QEMU emulates, armed for 30 s: a TCG guest on a loaded
+# host can stall for seconds without anything being wrong inside it.
+device = "/dev/watchdog"
+timeout_s = 30
+"#,
+        ip = node_ip(id),
+    )
+}
+
+/// Writes the cluster's certificates (once, into `dir/ca`) and node `id`'s
+/// state disk image `dir/state-N.img` with its config, checked with
+/// `triad check-config` first; returns the image's path.
+pub fn make_disk(triad: &Path, dir: &Path, id: u8, ids: &[u8]) -> Result<PathBuf, HwError> {
+    make_disk_with(triad, dir, id, &config_text(id, ids), true)
+}
+
+/// As [`make_disk`] with this config text; `check`: refuse a config the
+/// supervisor would refuse (false for the tests of bad input).
+pub fn make_disk_with(triad: &Path, dir: &Path, id: u8, config: &str, check: bool) -> Result<PathBuf, HwError> {
+    let ca = dir.join("ca");
+    if !ca.join("ca.pem").exists() {
+        std::fs::create_dir_all(&ca).map_err(io(&ca))?;
+        run(triad, &["certs", "init", "--dir", &ca.display().to_string()])?;
+    }
+    if !ca.join(format!("node-{id}.pem")).exists() {
+        run(triad, &["certs", "issue", "--dir", &ca.display().to_string(), "--node", &id.to_string()])?;
+    }
+    let tree = dir.join(format!("state-{id}"));
+    let _ = std::fs::remove_dir_all(&tree);
+    let certs = tree.join("certs");
+    std::fs::create_dir_all(&certs).map_err(io(&certs))?;
+    std::fs::create_dir_all(tree.join("state")).map_err(io(&tree))?;
+    for f in ["ca.pem".to_string(), format!("node-{id}.pem"), format!("node-{id}.key")] {
+        let to = certs.join(&f);
+        std::fs::copy(ca.join(&f), &to).map_err(io(&to))?;
+    }
+    let cfg = tree.join("triad.toml");
+    std::fs::write(&cfg, config).map_err(io(&cfg))?;
+    if check {
+        // The config must be one the supervisor accepts: check it here,
+        // where the error is readable, rather than on a serial console.
+        let local_copy = dir.join(format!("check-{id}.toml"));
+        let local = config.replace("/var/lib/triad/certs", &certs.display().to_string());
+        std::fs::write(&local_copy, local).map_err(io(&local_copy))?;
+        run(triad, &["check-config", "--config", &local_copy.display().to_string()])?;
+    }
+    let img = dir.join(format!("state-{id}.img"));
+    let _ = std::fs::remove_file(&img);
+    run(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-L",
+            LABEL,
+            "-d",
+            &tree.display().to_string(),
+            &img.display().to_string(),
+            &format!("{SIZE_MIB}M"),
+        ],
+    )?;
+    Ok(img)
+}
