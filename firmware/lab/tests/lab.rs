@@ -603,6 +603,47 @@ fn a_kamailio_that_answers_on_loopback_but_not_on_the_vip_is_not_healthy() {
     assert!(pbx(l).state.starts_with("Running"), "{:?}", pbx(l).state);
 }
 
+/// `sqlite3 DB SQL` as kamailio in node `id`'s namespaces (where the
+/// volume is mounted).
+fn sqlite_in(h: &Harness, id: u8, sql: &str) {
+    let db = triad::mount_point(id).join("kamailio.db");
+    let sp = h.lab.node(id).expect("node").supervisor_pid.to_string();
+    let out = std::process::Command::new("nsenter")
+        .args(["-t", &sp, "-m", "-n", "setpriv", "--reuid", "kamailio", "--regid", "kamailio", "--clear-groups"])
+        .args(["sqlite3", &db.display().to_string(), sql])
+        .output()
+        .expect("sqlite3");
+    assert!(out.status.success(), "sqlite3 {sql}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Issue 11, item 2's routed probe: a Kamailio that answers OPTIONS but
+/// cannot route to the test user (its registration missing from the
+/// location table it loaded, as when registrations are not loaded yet)
+/// is not taken for started; once the registration is back, a restart
+/// routes again.
+#[test]
+fn a_kamailio_that_cannot_route_to_the_test_user_is_not_taken_for_started() {
+    let h = Harness::up_with(layout::JOURNAL_MIB, triad::NodeOptions { pbx: true, ..triad::NodeOptions::default() });
+    let l = h.leader(&NODE_IDS);
+    let pbx = |id: u8| h.lab.status(id).ok().and_then(|s| s.pbx).expect("pbx status");
+    wait::until(secs(10), ms(20), || pbx(l).state.starts_with("Running").then_some(()))
+        .unwrap_or_else(|| panic!("n{l}'s PBX never answered"));
+    sqlite_in(&h, l, "DELETE FROM location WHERE username = 'triad-probe';");
+    let main = *kamailio_pids(&h, l).iter().min().expect("a Kamailio");
+    spawn::signal(main, nix::sys::signal::Signal::SIGKILL).unwrap_or_else(|e| panic!("{e}"));
+    wait::until(secs(10), ms(50), || (pbx(l).failures_in_window >= 2).then_some(()))
+        .unwrap_or_else(|| panic!("a Kamailio that cannot route was taken for started: {:?}", pbx(l).state));
+    sqlite_in(
+        &h,
+        l,
+        "INSERT INTO location (ruid, username, contact, expires, q, callid, cseq, last_modified, flags, cflags, \
+         user_agent, connection_id) VALUES ('triad-probe-0', 'triad-probe', 'sip:triad-probe@127.0.0.1:5099', \
+         julianday('2099-01-01'), -1.0, 'triad-probe', 1, julianday('2026-01-01'), 0, 0, 'triad', -1);",
+    );
+    wait::until(secs(20), ms(50), || pbx(l).state.starts_with("Running").then_some(()))
+        .unwrap_or_else(|| panic!("routing never came back: {:?}", pbx(l).state));
+}
+
 /// Whether node `id` (its supervisor's mount namespace) has the volume's
 /// filesystem mounted.
 fn has_volume_mounted(h: &Harness, id: u8) -> bool {

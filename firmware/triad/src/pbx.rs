@@ -28,7 +28,7 @@ use crate::errors::chain;
 use crate::os::pbx_process::{cgroup_v2_at, describe, PbxEnv, PbxProcess, CGROUP_ROOT};
 use crate::os::reaper::Reaper;
 use crate::readiness::run_as_the_pbx;
-use crate::sip_probe::{probe_tcp, probe_udp};
+use crate::sip_probe::{probe_routed, probe_tcp, probe_udp, serve_test_user};
 
 /// Carries out the PBX commands of one node.
 #[derive(Debug)]
@@ -63,6 +63,23 @@ impl PbxExecutor {
         if cgroup_root.is_none() {
             warn!("no cgroup v2 hierarchy at {CGROUP_ROOT}: the PBX runs without a cgroup of its own or limits");
         }
+        if let Some((user, port)) = &cfg.probe_user {
+            // The test user's phone: the contact its permanent registration
+            // points at, answering what the PBX routes to it.
+            let addr = SocketAddr::from(([127, 0, 0, 1], *port));
+            match std::net::UdpSocket::bind(addr).and_then(|s| {
+                s.set_nonblocking(true)?;
+                tokio::net::UdpSocket::from_std(s)
+            }) {
+                Ok(socket) => {
+                    tokio::spawn(serve_test_user(socket));
+                    info!(%addr, user = %user, "answering for the PBX's test user");
+                }
+                Err(e) => {
+                    error!(%addr, error = %e, "cannot answer for the PBX's test user: its routed probes will fail")
+                }
+            }
+        }
         PbxExecutor { cfg, env, cgroup_root, events, reaper, slot: Arc::default() }
     }
 
@@ -75,6 +92,8 @@ impl PbxExecutor {
                 let targets = self.probe_targets();
                 let timeout = self.cfg.timing.probe_timeout;
                 let tcp = self.cfg.probe_tcp;
+                let user = self.cfg.probe_user.as_ref().map(|(u, _)| u.clone());
+                let loopback = SocketAddr::from(([127, 0, 0, 1], self.cfg.sip_port));
                 let events = self.events.clone();
                 tokio::spawn(async move {
                     // Every target and transport at once; all must answer.
@@ -86,7 +105,19 @@ impl PbxExecutor {
                         }
                         udp.is_ok() && tcp.is_ok()
                     });
-                    let ok = futures::future::join_all(probes).await.into_iter().all(|ok| ok);
+                    let answered = futures::future::join_all(probes).await.into_iter().all(|ok| ok);
+                    // And, with a test user, routed to it through the PBX's lookup.
+                    let routed = match &user {
+                        Some(u) => match probe_routed(loopback, u, timeout).await {
+                            Ok(()) => true,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "PBX routed probe failed");
+                                false
+                            }
+                        },
+                        None => true,
+                    };
+                    let ok = answered && routed;
                     let _ = events.send(PbxEvent::ProbeDone { probe, ok });
                 });
             }

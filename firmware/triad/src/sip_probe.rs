@@ -31,6 +31,15 @@ pub enum ProbeError {
         /// The probe's timeout.
         timeout: Duration,
     },
+    /// The PBX answered, but not through the test user's contact (404:
+    /// its registrations are not loaded yet).
+    #[error("the PBX at {addr} answered {code} for the test user, not routed to its contact")]
+    NotRouted {
+        /// The PBX's SIP address.
+        addr: SocketAddr,
+        /// Its answer.
+        code: u16,
+    },
     /// The socket could not be opened, or sending failed (e.g. ICMP port
     /// unreachable reported on a connected socket: nothing listens).
     #[error("probe socket to {addr}")]
@@ -161,24 +170,89 @@ fn via_branch(value: &str) -> Option<&str> {
 /// datagrams that do not answer it (a late answer to an earlier probe)
 /// are skipped. Returns the status code.
 pub async fn probe_udp(addr: SocketAddr, timeout: Duration) -> Result<u16, ProbeError> {
+    options_udp(addr, &format!("sip:{addr}"), timeout).await.map(|(code, _)| code)
+}
+
+/// The header the supervisor's test-user responder puts in its answers:
+/// an answer carrying it went through the PBX's lookup to the contact.
+pub const ROUTED_MARK: &str = "X-Triad-Probe: routed";
+
+/// Sends OPTIONS for `sip:USER@HOST` (the PBX's address) to the PBX at
+/// `addr`: answered only if the PBX looked the user up and routed the
+/// request to its contact, the supervisor's own responder
+/// ([`serve_test_user`]), whose 200 carries [`ROUTED_MARK`]. Any other
+/// answer (404: the registrations are not loaded yet) is an error.
+pub async fn probe_routed(addr: SocketAddr, user: &str, timeout: Duration) -> Result<(), ProbeError> {
+    let (code, text) = options_udp(addr, &format!("sip:{user}@{}", addr.ip()), timeout).await?;
+    if routed(code, &text) {
+        Ok(())
+    } else {
+        Err(ProbeError::NotRouted { addr, code })
+    }
+}
+
+/// A 200 with the responder's mark.
+fn routed(code: u16, answer: &str) -> bool {
+    code == 200 && answer.split("\r\n").take_while(|l| !l.is_empty()).any(|l| l.eq_ignore_ascii_case(ROUTED_MARK))
+}
+
+/// One OPTIONS for `target` over UDP to `addr`: its status and text.
+async fn options_udp(addr: SocketAddr, target: &str, timeout: Duration) -> Result<(u16, String), ProbeError> {
     let io = |source| ProbeError::Io { addr, source };
     let bind: SocketAddr =
         if addr.is_ipv4() { ([127, 0, 0, 1], 0).into() } else { (std::net::Ipv6Addr::LOCALHOST, 0).into() };
     let socket = UdpSocket::bind(bind).await.map_err(io)?;
     socket.connect(addr).await.map_err(io)?;
     let local = socket.local_addr().map_err(io)?;
-    let request = options_request(local, &format!("sip:{addr}"));
+    let request = options_request(local, target);
     socket.send(request.bytes.as_bytes()).await.map_err(io)?;
     let answer = async {
         let mut buf = vec![0u8; 65_535];
         loop {
             let n = socket.recv(&mut buf).await.map_err(io)?;
-            if let Ok(code) = check_answer(&request, buf.get(..n).unwrap_or_default()) {
-                return Ok(code);
+            let datagram = buf.get(..n).unwrap_or_default();
+            if let Ok(code) = check_answer(&request, datagram) {
+                return Ok((code, String::from_utf8_lossy(datagram).into_owned()));
             }
         }
     };
     tokio::time::timeout(timeout, answer).await.map_err(|_| ProbeError::Timeout { addr, timeout })?
+}
+
+/// The supervisor's test user's phone: on `addr` (loopback), answers every
+/// SIP request with a 200 carrying [`ROUTED_MARK`], so the probe can tell
+/// an answer the PBX routed to the user from one the PBX gave itself.
+/// Runs until the socket fails.
+pub async fn serve_test_user(socket: UdpSocket) {
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else { return };
+        let text = String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned();
+        if let Some(reply) = routed_reply(&text) {
+            let _ = socket.send_to(reply.as_bytes(), from).await;
+        }
+    }
+}
+
+/// The 200 for a request (its Via, From, To, Call-ID and CSeq echoed, the
+/// mark added); `None` for a response or garbage.
+fn routed_reply(request: &str) -> Option<String> {
+    let first = request.lines().next()?;
+    if first.starts_with("SIP/2.0") || !first.ends_with("SIP/2.0") {
+        return None;
+    }
+    let keep = ["via", "v", "from", "f", "to", "t", "call-id", "i", "cseq"];
+    let mut reply = String::from("SIP/2.0 200 OK\r\n");
+    for line in request.split("\r\n").skip(1).take_while(|l| !l.is_empty()) {
+        let name = line.split(':').next().unwrap_or_default().trim().to_ascii_lowercase();
+        if keep.contains(&name.as_str()) {
+            reply.push_str(line);
+            reply.push_str("\r\n");
+        }
+    }
+    reply.push_str(ROUTED_MARK);
+    reply.push_str("\r\nContent-Length: 0\r\n\r\n");
+    Some(reply)
 }
 
 /// The longest answer a TCP probe reads.
@@ -330,6 +404,21 @@ mod tests {
         let silent_addr = silent.local_addr().unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(probe_tcp(silent_addr, Duration::from_millis(200)).await, Err(ProbeError::Timeout { .. })));
         drop(silent);
+    }
+
+    #[test]
+    fn only_a_200_with_the_responders_mark_is_routed_and_the_responder_answers_requests_only() {
+        let r = request();
+        let plain = answer(&r, "SIP/2.0 200 OK");
+        assert!(!routed(200, &plain), "the PBX's own 200 is not routed");
+        let marked = plain.replacen("CSeq: 1 OPTIONS\r\n", &format!("CSeq: 1 OPTIONS\r\n{ROUTED_MARK}\r\n"), 1);
+        assert!(routed(200, &marked));
+        assert!(!routed(404, &marked));
+        let reply = routed_reply(&r.bytes).unwrap_or_default();
+        assert!(reply.starts_with("SIP/2.0 200 OK\r\n") && reply.contains(ROUTED_MARK), "{reply}");
+        assert_eq!(check_answer(&r, reply.as_bytes()), Ok(200), "the reply answers the request");
+        assert_eq!(routed_reply(&plain), None, "a response is not answered");
+        assert_eq!(routed_reply("garbage"), None);
     }
 
     #[test]

@@ -23,6 +23,12 @@ if [ ! -e "$db" ]; then
 	tmp=$dir/.kamailio.db.tmp.$$
 	rm -f "$tmp" "$tmp-wal" "$tmp-shm"
 	sqlite3 -bail "$tmp" < "$schema" > /dev/null
+	# The supervisor's test user (pbx.probe_user): a permanent location
+	# whose contact is the supervisor's own responder on loopback. Kamailio
+	# loads it with every other registration, so a probe routed to it
+	# proves the registrations are loaded, not only that OPTIONS is
+	# answered. Stored as Kamailio stores times (julian days).
+	sqlite3 -bail "$tmp" "INSERT INTO location (ruid, username, contact, expires, q, callid, cseq, last_modified, flags, cflags, user_agent, connection_id) VALUES ('triad-probe-0', 'triad-probe', 'sip:triad-probe@127.0.0.1:5099', julianday('2099-01-01'), -1.0, 'triad-probe', 1, julianday('2026-01-01'), 0, 0, 'triad', -1);"
 	# Check the result before publishing it.
 	v=$(sqlite3 "$tmp" "SELECT table_version FROM version WHERE table_name='location';")
 	m=$(sqlite3 "$tmp" "PRAGMA journal_mode;")

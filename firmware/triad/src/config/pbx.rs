@@ -77,6 +77,11 @@ pub struct PbxConfig {
     /// recover the PBX's database after the previous process or active
     /// node died mid-write. A failure is a failed start.
     pub prepare: Option<Vec<String>>,
+    /// The test user a probe must be routed to, and the loopback port of
+    /// the supervisor's responder that is its registered contact: the
+    /// probe then proves the PBX's registrations are loaded, not only that
+    /// it answers OPTIONS.
+    pub probe_user: Option<(String, u16)>,
 }
 
 /// How long `pbx.prepare` may take.
@@ -115,6 +120,8 @@ pub(super) struct RawPbx {
     probe_tcp: Option<bool>,
     probe_vip: Option<bool>,
     prepare: Option<Vec<String>>,
+    probe_user: Option<String>,
+    probe_user_port: Option<i64>,
 }
 
 /// Environment names the supervisor sets itself.
@@ -182,7 +189,23 @@ impl TryFrom<RawPbx> for PbxConfig {
             Some(s) => Duration::from_secs(int_in(s, "pbx.readiness_interval_s", 1..=86_400)?),
             None => DEFAULT_READINESS_INTERVAL,
         };
+        let probe_user = match (r.probe_user, r.probe_user_port) {
+            (Some(user), port) => {
+                let ok = !user.is_empty() && user.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+                if !ok {
+                    return Err(invalid("pbx.probe_user", "must be a SIP user name: letters, digits, '-', '_' or '.'"));
+                }
+                let port = int_in(port.unwrap_or(5099), "pbx.probe_user_port", 1..=65535)?;
+                if port == sip_port {
+                    return Err(invalid("pbx.probe_user_port", "must differ from pbx.sip_port"));
+                }
+                Some((user, port))
+            }
+            (None, Some(_)) => return Err(invalid("pbx.probe_user_port", "needs pbx.probe_user")),
+            (None, None) => None,
+        };
         Ok(PbxConfig {
+            probe_user,
             probe_tcp: r.probe_tcp.unwrap_or(false),
             probe_vip: r.probe_vip.unwrap_or(false),
             prepare,
@@ -326,7 +349,7 @@ mod tests {
         assert_eq!(c.timing, PbxTiming::default());
         assert_eq!((c.memory_max, c.cpu_max_percent), (None, None));
         assert_eq!((c.check, c.readiness_interval, c.probe_tcp), (None, DEFAULT_READINESS_INTERVAL, false));
-        assert_eq!((c.probe_vip, c.prepare), (false, None));
+        assert_eq!((c.probe_vip, c.prepare, c.probe_user), (false, None, None));
     }
 
     #[test]
@@ -337,7 +360,7 @@ mod tests {
              probe_failures = 2\nstart_grace_ms = 8000\nbackoff_first_ms = 100\nbackoff_max_ms = 5000\n\
              stop_timeout_ms = 3000\nkill_timeout_ms = 2000\nfailure_window_s = 120\nfailures_to_hand_over = 4\n\
              check = [\"/bin/sh\", \"-c\", \"true\"]\nreadiness_interval_s = 10\nprobe_tcp = true\n\
-             probe_vip = true\nprepare = [\"/bin/true\"]\n")
+             probe_vip = true\nprepare = [\"/bin/true\"]\nprobe_user = \"triad-probe\"\nprobe_user_port = 5098\n")
         .unwrap();
         assert_eq!(c.args, ["-DD", "-E"]);
         let nogroup = std::fs::read_to_string(GROUP).unwrap();
@@ -359,6 +382,7 @@ mod tests {
         assert_eq!(c.readiness_interval, Duration::from_secs(10));
         assert!(c.probe_tcp && c.probe_vip);
         assert_eq!(c.prepare, Some(vec!["/bin/true".to_string()]));
+        assert_eq!(c.probe_user, Some(("triad-probe".to_string(), 5098)));
     }
 
     #[test]
@@ -368,7 +392,10 @@ mod tests {
         std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
         let not_exec = format!("command = \"{}\"", plain.display());
         let not_exec_want = format!("pbx.command: {} is not an executable file", plain.display());
-        let cases: [(&str, &str); 17] = [
+        let cases: [(&str, &str); 20] = [
+            ("probe_user = \"a b\"", "pbx.probe_user: must be a SIP user name"),
+            ("probe_user = \"p\"\nprobe_user_port = 5060", "pbx.probe_user_port: must differ from pbx.sip_port"),
+            ("probe_user_port = 5099", "pbx.probe_user_port: needs pbx.probe_user"),
             ("prepare = [\"sqlite3\"]", "pbx.prepare: must be an absolute path"),
             ("check = []", "pbx.check: must name a program"),
             ("check = [\"kamailio\", \"-c\"]", "pbx.check: must be an absolute path"),

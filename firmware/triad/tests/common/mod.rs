@@ -52,5 +52,6 @@ pub fn config(dir: &Path, script: &str) -> PbxConfig {
         probe_tcp: false,
         probe_vip: false,
         prepare: None,
+        probe_user: None,
     }
 }
