@@ -35,8 +35,9 @@ use crate::{triad, wait};
 const CONTACT_PORT: u16 = 5090;
 /// The prober's port on the client.
 const PROBE_PORT: u16 = 5091;
-/// The responder's mark in its answers.
-const MARK: &str = "Server: triad-bench-contact";
+/// The responder's mark in its answers (the supervisor's own test-user
+/// responder's: one reply builder for both).
+const MARK: &str = ::triad::sip_probe::ROUTED_MARK;
 
 /// A step of the benchmark failed.
 #[derive(Debug, thiserror::Error)]
@@ -211,17 +212,7 @@ fn responder(stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<()>, Servi
         while !stop.load(Ordering::Relaxed) {
             let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
             let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-            if text.starts_with("SIP/2.0") {
-                continue;
-            }
-            let keep = ["via:", "from:", "to:", "call-id:", "cseq:"];
-            let mut reply = String::from("SIP/2.0 200 OK\r\n");
-            for line in text.lines().filter(|l| keep.iter().any(|k| l.to_lowercase().starts_with(k))) {
-                reply.push_str(line);
-                reply.push_str("\r\n");
-            }
-            reply.push_str(MARK);
-            reply.push_str("\r\nContent-Length: 0\r\n\r\n");
+            let Some(reply) = ::triad::sip_probe::routed_reply(&text) else { continue };
             let _ = sock.send_to(reply.as_bytes(), from);
         }
     }))

@@ -668,17 +668,8 @@ fn sip_responder(port: u16) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
         let mut buf = [0u8; 4096];
         while let Ok((n, from)) = sock.recv_from(&mut buf) {
             let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-            if text.starts_with("SIP/2.0") {
-                continue;
-            }
+            let Some(reply) = ::triad::sip_probe::routed_reply(&text) else { continue };
             counter.fetch_add(1, Ordering::SeqCst);
-            let keep = ["via:", "from:", "to:", "call-id:", "cseq:"];
-            let mut reply = String::from("SIP/2.0 200 OK\r\n");
-            for line in text.lines().filter(|l| keep.iter().any(|k| l.to_lowercase().starts_with(k))) {
-                reply.push_str(line);
-                reply.push_str("\r\n");
-            }
-            reply.push_str("Content-Length: 0\r\n\r\n");
             let _ = sock.send_to(reply.as_bytes(), from);
         }
     });
