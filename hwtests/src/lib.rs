@@ -28,7 +28,6 @@ pub mod vm;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 /// What went wrong in the hardware-test harness.
 #[derive(Debug, thiserror::Error)]
@@ -81,20 +80,8 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Polls `f` every `every` until it returns `Some`, or `None` once
-/// `timeout` has passed (after one last try).
-pub fn wait_until<T>(timeout: Duration, every: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(every);
-    }
-}
+/// Polls with a deadline: the lab's one helper.
+pub use triad_lab::wait::until as wait_until;
 
 /// The timing profile for emulated hardware (docs/image.md): three VMs
 /// under TCG on two shared cores see their timers fire hundreds of

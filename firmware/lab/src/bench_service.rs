@@ -347,22 +347,7 @@ pub fn calls(bin: &std::path::Path, runs: usize) -> Result<(), ServiceBenchError
     let mut lab = pbx_lab(bin)?;
     let dir = std::path::Path::new(crate::layout::LAB_DIR).join("bench-calls");
     std::fs::create_dir_all(&dir).map_err(|e| ServiceBenchError::Setup(format!("mkdir {}: {e}", dir.display())))?;
-    let payload_dir = triad::payload_dir();
-    let client = CLIENT_IP.to_string();
-    let s = |v: &str| v.to_string();
-    let uas_args = [
-        s("-sf"),
-        payload_dir.join("uas.xml").display().to_string(),
-        s("-i"),
-        client.clone(),
-        s("-p"),
-        s("5080"),
-        s("-s"),
-        s("uas"),
-        s("-nostdin"),
-    ];
-    let mut uas =
-        crate::sip::sipp(&dir, "uas", &uas_args).map_err(|e| ServiceBenchError::Setup(format!("sipp: {e}")))?;
+    let mut uas = crate::sip::uas(&dir).map_err(|e| ServiceBenchError::Setup(format!("sipp: {e}")))?;
     let seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
     let mut rng = seed ^ u64::from(std::process::id());
     let mut results = Vec::new();
@@ -373,37 +358,13 @@ pub fn calls(bin: &std::path::Path, runs: usize) -> Result<(), ServiceBenchError
             pbx(leader).starts_with("Running").then_some(())
         })
         .ok_or_else(|| ServiceBenchError::Run { run, what: format!("n{leader}'s PBX never ran") })?;
-        let (ok, out) =
-            crate::sip::sipsak(&["-U", "-C", &format!("sip:uas@{client}:5080"), "-s", &format!("sip:uas@{VIP}"), "-i"])
-                .map_err(|e| ServiceBenchError::Setup(format!("sipsak: {e}")))?;
+        let (ok, out) = crate::sip::register_uas().map_err(|e| ServiceBenchError::Setup(format!("sipsak: {e}")))?;
         if !ok {
             return Err(ServiceBenchError::Run { run, what: format!("REGISTER of the UAS failed: {out}") });
         }
         let log = dir.join(format!("uac-{run}.log"));
-        let uac_args = [
-            format!("{VIP}:5060"),
-            s("-sf"),
-            payload_dir.join("uac.xml").display().to_string(),
-            s("-s"),
-            s("uas"),
-            s("-i"),
-            client.clone(),
-            s("-p"),
-            s("5090"),
-            s("-m"),
-            CALLS.to_string(),
-            s("-r"),
-            CALL_RATE.to_string(),
-            s("-d"),
-            CALL_MS.to_string(),
-            s("-nostdin"),
-            s("-timeout"),
-            s("90s"),
-            s("-trace_logs"),
-            s("-log_file"),
-            log.display().to_string(),
-        ];
-        let mut uac = crate::sip::sipp(&dir, &format!("uac-{run}"), &uac_args)
+        let calls = crate::sip::Calls { count: CALLS, rate: CALL_RATE, hold_ms: CALL_MS };
+        let mut uac = crate::sip::uac(&dir, &format!("uac-{run}"), calls, &log)
             .map_err(|e| ServiceBenchError::Setup(format!("sipp: {e}")))?;
         // Past the ramp (the first calls are up), then a random instant.
         let jitter = Duration::from_micros(next_random(&mut rng) % 1_000_000);

@@ -31,6 +31,67 @@ pub fn sipp(dir: &Path, name: &str, args: &[String]) -> std::io::Result<Child> {
         .spawn()
 }
 
+/// Where the payload's SIPp UAS listens on the client side, and its user.
+pub const UAS_PORT: u16 = 5080;
+/// The UAC's port on the client side.
+pub const UAC_PORT: u16 = 5090;
+
+/// The payload's SIPp UAS (`uas.xml`) on the client side, user `uas`.
+pub fn uas(dir: &Path) -> std::io::Result<Child> {
+    let xml = crate::triad::payload_dir().join("uas.xml");
+    let args = ["-sf".to_string(), xml.display().to_string(), "-i".into(), crate::layout::CLIENT_IP.to_string()];
+    let more = ["-p", &UAS_PORT.to_string(), "-s", "uas", "-nostdin"].map(str::to_string);
+    sipp(dir, "uas", &[&args[..], &more[..]].concat())
+}
+
+/// How the payload's SIPp UAC (`uac.xml`) places its calls to `uas`
+/// through the VIP.
+#[derive(Clone, Copy, Debug)]
+pub struct Calls {
+    /// Calls in all.
+    pub count: u32,
+    /// New calls per second.
+    pub rate: u32,
+    /// How long each call is held.
+    pub hold_ms: u32,
+}
+
+/// The UAC, its screen in `dir/NAME.out`, its call log (`EST`/`BYEOK`
+/// lines, [`CallLog`]) in `log`.
+pub fn uac(dir: &Path, name: &str, calls: Calls, log: &Path) -> std::io::Result<Child> {
+    let xml = crate::triad::payload_dir().join("uac.xml");
+    let args = [
+        format!("{}:5060", crate::layout::VIP),
+        "-sf".into(),
+        xml.display().to_string(),
+        "-s".into(),
+        "uas".into(),
+        "-i".into(),
+        crate::layout::CLIENT_IP.to_string(),
+        "-p".into(),
+        UAC_PORT.to_string(),
+        "-m".into(),
+        calls.count.to_string(),
+        "-r".into(),
+        calls.rate.to_string(),
+        "-d".into(),
+        calls.hold_ms.to_string(),
+        "-nostdin".into(),
+        "-timeout".into(),
+        "90s".into(),
+        "-trace_logs".into(),
+        "-log_file".into(),
+        log.display().to_string(),
+    ];
+    sipp(dir, name, &args)
+}
+
+/// Registers the UAS through the VIP with sipsak: success and output.
+pub fn register_uas() -> std::io::Result<(bool, String)> {
+    let contact = format!("sip:uas@{}:{UAS_PORT}", crate::layout::CLIENT_IP);
+    sipsak(&["-U", "-C", &contact, "-s", &format!("sip:uas@{}", crate::layout::VIP), "-i"])
+}
+
 /// What the payload's `uac.xml` logged (`-trace_logs`): each call's
 /// establishment time (epoch seconds) and the calls whose BYE got a 200.
 #[derive(Debug, Default, PartialEq)]

@@ -1028,11 +1028,6 @@ fn a_fatal_error_of_init_syncs_and_restarts() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// SIPp (a program we did not write) in the client's namespace.
-fn sipp(dir: &Path, name: &str, args: &[String]) -> std::process::Child {
-    triad_lab::sip::sipp(dir, name, args).unwrap_or_else(|e| panic!("sipp: {e}"))
-}
-
 /// Issue 11, item 8 and its calls figure: SIPp places calls through the
 /// VIP to a SIPp UAS registered with sipsak; the active node is killed
 /// (kill -9 of its supervisor: its Kamailio, mount and nbdfuse vanish
@@ -1049,54 +1044,12 @@ fn calls_established_before_the_active_node_dies_end_with_200_to_their_bye() {
     wait::until(secs(10), ms(20), || pbx_running(l).then_some(())).unwrap_or_else(|| panic!("n{l}'s PBX never ran"));
     let dir = Path::new(layout::LAB_DIR).join("sipp");
     std::fs::create_dir_all(&dir).expect("mkdir sipp");
-    let payload = triad::payload_dir();
-    let client = layout::CLIENT_IP.to_string();
-    let s = |v: &str| v.to_string();
-    let mut uas = sipp(
-        &dir,
-        "uas",
-        &[
-            s("-sf"),
-            payload.join("uas.xml").display().to_string(),
-            s("-i"),
-            client.clone(),
-            s("-p"),
-            s("5080"),
-            s("-s"),
-            s("uas"),
-            s("-nostdin"),
-        ],
-    );
-    let (ok, out) = sipsak(&["-U", "-C", &format!("sip:uas@{client}:5080"), "-s", &format!("sip:uas@{VIP}"), "-i"]);
+    let mut uas = triad_lab::sip::uas(&dir).unwrap_or_else(|e| panic!("sipp: {e}"));
+    let (ok, out) = triad_lab::sip::register_uas().unwrap_or_else(|e| panic!("sipsak: {e}"));
     assert!(ok, "REGISTER of the UAS failed:\n{out}");
     let log = dir.join("uac.log");
-    let mut uac = sipp(
-        &dir,
-        "uac",
-        &[
-            format!("{VIP}:5060"),
-            s("-sf"),
-            payload.join("uac.xml").display().to_string(),
-            s("-s"),
-            s("uas"),
-            s("-i"),
-            client,
-            s("-p"),
-            s("5090"),
-            s("-m"),
-            s("30"),
-            s("-r"),
-            s("5"),
-            s("-d"),
-            s("4000"),
-            s("-nostdin"),
-            s("-timeout"),
-            s("90s"),
-            s("-trace_logs"),
-            s("-log_file"),
-            log.display().to_string(),
-        ],
-    );
+    let calls = triad_lab::sip::Calls { count: 30, rate: 5, hold_ms: 4000 };
+    let mut uac = triad_lab::sip::uac(&dir, "uac", calls, &log).unwrap_or_else(|e| panic!("sipp: {e}"));
     std::thread::sleep(secs(3));
     let t_kill = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
     h.lab.kill_node(l).unwrap_or_else(|e| panic!("{e}"));
