@@ -549,7 +549,11 @@ impl Host {
         if self.handover.is_some() || self.pbx.is_none() {
             return;
         }
-        let ready = self.readiness().ready;
+        // On every event: the verdict alone, without building the problem
+        // lines `readiness` gives status.
+        let ready = self.checked.as_ref().is_some_and(Vec::is_empty)
+            && self.fitness.storage_fit()
+            && !self.pbx.as_ref().is_some_and(Pbx::hand_over_wanted);
         if self.ready_told != Some(ready) {
             self.ready_told = Some(ready);
             out.push(Command::Notice(HostNotice::Readiness { ready }));
