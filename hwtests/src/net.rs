@@ -31,10 +31,14 @@ pub fn tap(id: u8) -> String {
     format!("tap{id}")
 }
 
+/// Held while a test owns the namespace and the VMs' work directory:
+/// hardware tests started at once from two checkouts wait for each other.
+pub const LOCK: &str = "/run/triad-hwtests.lock";
+
 /// The segment; deleted on drop.
 #[derive(Debug)]
 pub struct Segment {
-    _private: (),
+    _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
 fn ip(args: &[&str]) -> Result<String, HwError> {
@@ -45,9 +49,17 @@ impl Segment {
     /// Creates the namespace, the bridge with the client address and one
     /// tap per id (a leftover namespace from a crashed run is replaced).
     pub fn up(ids: &[u8]) -> Result<Segment, HwError> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(LOCK)
+            .map_err(|source| HwError::Io { path: LOCK.into(), source })?;
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| HwError::Io { path: LOCK.into(), source: e.into() })?;
         let _ = ip(&["netns", "del", NS]);
         ip(&["netns", "add", NS])?;
-        let seg = Segment { _private: () };
+        let seg = Segment { _lock: lock };
         ip(&["-n", NS, "link", "set", "lo", "up"])?;
         ip(&["-n", NS, "link", "add", BRIDGE, "type", "bridge"])?;
         // No STP listening delay: the VMs' first frames must pass at once.
