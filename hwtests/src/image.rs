@@ -36,14 +36,19 @@ fn newer(a: &Path, b: &Path) -> bool {
 /// The image of `variant`, built if needed.
 pub fn ensure(variant: &str) -> Result<Image, HwError> {
     let root = repo_root();
+    let debug = variant == "debug";
     let triad = match std::env::var_os("TRIAD_IMAGE_TRIAD") {
-        Some(p) => PathBuf::from(p),
-        None => {
+        Some(p) if !debug => PathBuf::from(p),
+        _ => {
             // Always asked for: a no-op when it is fresh, and a stale
             // binary would test old code.
-            eprintln!("hwtests: cargo build --release -p triad --bin triad (the image's supervisor)");
-            build_supervisor(&root)?;
-            crate::supervisor_binary()
+            eprintln!("hwtests: cargo build --release -p triad --bin triad (the {variant} image's supervisor)");
+            build_supervisor(&root, debug)?;
+            if debug {
+                crate::debug_supervisor_binary()
+            } else {
+                crate::supervisor_binary()
+            }
         }
     };
     let out = root.join("image/out").join(variant);
@@ -82,7 +87,10 @@ pub fn ensure(variant: &str) -> Result<Image, HwError> {
 /// here, not the pinned one. Not a cleared environment either: that lost
 /// the machine's rustup settings (RUSTUP_AUTO_INSTALL=0), and rustup
 /// reinstalled toolchains under the feet of other builds.
-fn build_supervisor(root: &Path) -> Result<String, HwError> {
+///
+/// `debug`: with the `test-agent` feature, in
+/// [`crate::DEBUG_IMAGE_TARGET_DIR`] (never the production build's).
+fn build_supervisor(root: &Path, debug: bool) -> Result<String, HwError> {
     let mut cargo = Command::new("cargo");
     for (key, _) in std::env::vars_os() {
         let k = key.to_string_lossy();
@@ -93,13 +101,10 @@ fn build_supervisor(root: &Path) -> Result<String, HwError> {
             cargo.env_remove(&key);
         }
     }
-    cargo.current_dir(root).env("CARGO_TARGET_DIR", crate::IMAGE_TARGET_DIR).args([
-        "build",
-        "--release",
-        "-p",
-        "triad",
-        "--bin",
-        "triad",
-    ]);
+    let dir = if debug { crate::DEBUG_IMAGE_TARGET_DIR } else { crate::IMAGE_TARGET_DIR };
+    cargo.current_dir(root).env("CARGO_TARGET_DIR", dir).args(["build", "--release", "-p", "triad", "--bin", "triad"]);
+    if debug {
+        cargo.args(["--features", "test-agent"]);
+    }
     output(&mut cargo)
 }

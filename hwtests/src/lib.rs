@@ -115,6 +115,10 @@ pub fn require_root() {
 /// workspace root; `image.rs` says why not the shared target directory).
 pub const IMAGE_TARGET_DIR: &str = "target/image";
 
+/// Where the debug image's supervisor is built: with the `test-agent`
+/// feature, which must never reach [`IMAGE_TARGET_DIR`]'s production build.
+pub const DEBUG_IMAGE_TARGET_DIR: &str = "target/image-debug";
+
 /// The supervisor binary the image carries (and the tests use for
 /// `triad certs` and `triad check-config`): `TRIAD_IMAGE_TRIAD`, or the
 /// release build in [`IMAGE_TARGET_DIR`].
@@ -123,6 +127,12 @@ pub fn supervisor_binary() -> PathBuf {
         || repo_root().join(IMAGE_TARGET_DIR).join("x86_64-unknown-linux-gnu/release/triad"),
         PathBuf::from,
     )
+}
+
+/// The debug image's supervisor: the release build with the test agent
+/// in [`DEBUG_IMAGE_TARGET_DIR`].
+pub fn debug_supervisor_binary() -> PathBuf {
+    repo_root().join(DEBUG_IMAGE_TARGET_DIR).join("x86_64-unknown-linux-gnu/release/triad")
 }
 
 /// A fresh directory for one test's files (disks, serial logs, sockets,

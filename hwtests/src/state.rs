@@ -6,6 +6,7 @@
 //!   /certs/ca.pem            the cluster CA's certificate (not its key)
 //!   /certs/node-N.pem, .key  the node's certificate and key (`triad certs`)
 //!   /state/                  the supervisor's persisted state (node.state_dir)
+//!   /volume/                 the replicated volume's files, where a test's config puts them there
 //! ```
 //!
 //! made without root tools or loop devices: `mkfs.ext4 -d` copies a
@@ -72,6 +73,19 @@ pub fn make_disk(triad: &Path, dir: &Path, id: u8, ids: &[u8]) -> Result<PathBuf
 /// As [`make_disk`] with this config text; `check`: refuse a config the
 /// supervisor would refuse (false for the tests of bad input).
 pub fn make_disk_with(triad: &Path, dir: &Path, id: u8, config: &str, check: bool) -> Result<PathBuf, HwError> {
+    make_disk_sized(triad, dir, id, config, check, SIZE_MIB)
+}
+
+/// As [`make_disk_with`], `size_mib` large (a node whose replicated volume
+/// keeps its files on the state partition needs room for them).
+pub fn make_disk_sized(
+    triad: &Path,
+    dir: &Path,
+    id: u8,
+    config: &str,
+    check: bool,
+    size_mib: u32,
+) -> Result<PathBuf, HwError> {
     let ca = dir.join("ca");
     if !ca.join("ca.pem").exists() {
         std::fs::create_dir_all(&ca).map_err(io(&ca))?;
@@ -85,6 +99,10 @@ pub fn make_disk_with(triad: &Path, dir: &Path, id: u8, config: &str, check: boo
     let certs = tree.join("certs");
     std::fs::create_dir_all(&certs).map_err(io(&certs))?;
     std::fs::create_dir_all(tree.join("state")).map_err(io(&tree))?;
+    // Where a node keeps its replicated volume's files when the config
+    // puts them on the state partition (the supervisor does not create
+    // the directory).
+    std::fs::create_dir_all(tree.join("volume")).map_err(io(&tree))?;
     for f in ["ca.pem".to_string(), format!("node-{id}.pem"), format!("node-{id}.key")] {
         let to = certs.join(&f);
         std::fs::copy(ca.join(&f), &to).map_err(io(&to))?;
@@ -111,7 +129,7 @@ pub fn make_disk_with(triad: &Path, dir: &Path, id: u8, config: &str, check: boo
             "-d",
             &tree.display().to_string(),
             &img.display().to_string(),
-            &format!("{SIZE_MIB}M"),
+            &format!("{size_mib}M"),
         ],
     )?;
     Ok(img)

@@ -15,7 +15,7 @@ use crate::qemu::Qemu;
 use crate::{wait_until, HwError};
 
 /// Guest memory: the initramfs (about 30 MB) lives in it, unpacked.
-pub const MEMORY_MIB: u32 = 384;
+pub const MEMORY_MIB: u32 = 512;
 
 /// A running VM; its QEMU is killed on drop.
 #[derive(Debug)]

@@ -14,7 +14,10 @@
 //!   a block device. Detach: release the loop device, unmount the FUSE
 //!   directory (nbdfuse then exits), kill it if it does not.
 //! - `kernel` (the appliance): the kernel nbd driver on a socketpair
-//!   (`os::nbd_kernel`), not wired yet: the attach step fails, naming why.
+//!   (`os::nbd_kernel`): the driver gets one end, the other is served on
+//!   the node's own export by the runtime ([`ServeKernel`]), with no
+//!   handshake (the driver learns size and flags by ioctl). Detach:
+//!   NBD_DISCONNECT, NBD_CLEAR_SOCK, wait for NBD_DO_IT to return.
 //!
 //! Check: a volume whose first MiB is all zeros has no filesystem (only
 //! that may ever be formatted, and only on an operator's request); one
@@ -42,6 +45,7 @@ use triad_host::{FsCommand, FsEvent, FsStep};
 use crate::config::{Attach, FilesystemConfig};
 use crate::errors::chain;
 use crate::os::loopdev::LoopDevice;
+use crate::os::nbd_kernel;
 use crate::os::reaper::Reaper;
 
 /// How long nbdfuse gets to show the export as a file.
@@ -57,15 +61,40 @@ const BLOCK_SIZE: u32 = 4096;
 const PROBE_LEN: usize = 1 << 20;
 
 /// Where the filesystem lives and who owns a new one.
-#[derive(Clone, Debug)]
+/// Serves one connection of the kernel nbd driver, already in the
+/// transmission phase, on the node's own export (made by the runtime,
+/// which owns the NBD server; called from a blocking thread).
+pub type ServeKernel = Arc<dyn Fn(std::os::unix::net::UnixStream) -> std::io::Result<()> + Send + Sync>;
+
+/// How long the kernel driver gets to let go of the device at detach.
+const KERNEL_DETACH: Duration = Duration::from_secs(10);
+
+/// Where the node's volume is and who serves it.
+#[derive(Clone)]
 pub struct FsPlace {
     /// The node's NBD socket.
     pub nbd_socket: PathBuf,
+    /// Serves the kernel driver's connection (`attach = "kernel"`).
+    pub serve_kernel: Option<ServeKernel>,
+    /// The export's size in bytes.
+    pub size: u64,
     /// The mount point (`pbx.mount_point`).
     pub mount_point: PathBuf,
     /// The PBX's user and group: a new filesystem's root and seed files
     /// belong to them (Kamailio refuses files it does not own).
     pub owner: (Uid, Gid),
+}
+
+impl std::fmt::Debug for FsPlace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsPlace")
+            .field("nbd_socket", &self.nbd_socket)
+            .field("serve_kernel", &self.serve_kernel.is_some())
+            .field("size", &self.size)
+            .field("mount_point", &self.mount_point)
+            .field("owner", &self.owner)
+            .finish()
+    }
 }
 
 /// The attached device and what keeps it attached.
@@ -74,6 +103,8 @@ struct Attached {
     /// nbdfuse's pid and its exit, reported by the reaper.
     nbdfuse: Option<(u32, mpsc::Receiver<WaitStatus>)>,
     device: Option<LoopDevice>,
+    /// The kernel driver's attachment (`attach = "kernel"`).
+    kernel: Option<nbd_kernel::Attachment<nbd_kernel::DevNbd>>,
 }
 
 /// Carries out the filesystem steps of one node.
@@ -167,12 +198,7 @@ impl Job {
     fn attach(&self, attached: &mut Attached) -> Result<(), String> {
         let dir = match &self.cfg.attach {
             Attach::Nbdfuse { dir } => dir,
-            Attach::Kernel { device } => {
-                return Err(format!(
-                    "attach = \"kernel\" ({}) is not wired into the supervisor yet; use attach = \"nbdfuse\"",
-                    device.display()
-                ))
-            }
+            Attach::Kernel { device } => return self.attach_kernel(device, attached),
         };
         if attached.device.is_some() {
             return Ok(());
@@ -206,6 +232,32 @@ impl Job {
         let device = LoopDevice::attach(&file, BLOCK_SIZE).map_err(|e| chain(&e).to_string())?;
         info!(device = %device.path().display(), "volume attached");
         attached.device = Some(device);
+        Ok(())
+    }
+
+    fn attach_kernel(&self, device: &Path, attached: &mut Attached) -> Result<(), String> {
+        if let Some(a) = &attached.kernel {
+            if a.is_running() {
+                return Ok(());
+            }
+            // NBD_DO_IT ended on its own (the connection died): start over.
+            if let Some(old) = attached.kernel.take() {
+                if let Err(e) = old.detach(KERNEL_DETACH) {
+                    warn!(error = %e, "releasing an nbd device whose connection ended");
+                }
+            }
+        }
+        let serve = self.place.serve_kernel.as_ref().ok_or("attach = \"kernel\" needs the replicated volume running")?;
+        let export = nbd_kernel::KernelExport::new(self.place.size, BLOCK_SIZE, crate::nbd::proto::TRANSMISSION_FLAGS)
+            .map_err(|e| chain(&e).to_string())?;
+        let (attachment, server_end) = nbd_kernel::attach(device, &export).map_err(|e| chain(&e).to_string())?;
+        if let Err(e) = serve(server_end) {
+            // The driver's requests would wait forever: take it down now.
+            let undone = attachment.detach(KERNEL_DETACH).err().map(|d| format!("; releasing it: {d}")).unwrap_or_default();
+            return Err(format!("cannot serve the kernel's connection to {}: {e}{undone}", device.display()));
+        }
+        info!(device = %device.display(), size = self.place.size, "volume attached (kernel nbd)");
+        attached.kernel = Some(attachment);
         Ok(())
     }
 
@@ -253,6 +305,14 @@ impl Job {
     }
 
     fn detach(&self, attached: &mut Attached) -> Result<(), String> {
+        if let Some(kernel) = attached.kernel.take() {
+            let path = kernel.path().to_owned();
+            let done = kernel.detach(KERNEL_DETACH).map_err(|e| format!("cannot release {}: {e}", path.display()))?;
+            if let Some(e) = done.do_it_error {
+                warn!(device = %path.display(), error = %e, "the kernel's nbd connection had failed before the detach");
+            }
+            info!(device = %path.display(), "volume detached (kernel nbd)");
+        }
         if let Some(device) = attached.device.take() {
             let path = device.path().to_owned();
             device.detach().map_err(|e| format!("cannot release {}: {e}", path.display()))?;
@@ -298,6 +358,9 @@ impl Job {
 }
 
 fn device(attached: &Attached) -> Result<&Path, String> {
+    if let Some(k) = &attached.kernel {
+        return Ok(k.path());
+    }
     attached.device.as_ref().map(LoopDevice::path).ok_or_else(|| "no device attached".to_string())
 }
 

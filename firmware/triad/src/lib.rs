@@ -35,4 +35,6 @@ pub mod runtime;
 pub mod sip_probe;
 pub mod store;
 pub mod sync_watch;
+#[cfg(feature = "test-agent")]
+pub mod test_agent;
 pub mod volume;

@@ -178,13 +178,16 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
     let listen = SocketAddr::new(own.addr(), cfg.cluster.peer_port);
     let (links, mut inbound) = PeerLinks::start(link_cfg, listen).await?;
     let mut control_rx = control::serve(&cfg.node.control_socket)?;
+    #[cfg(feature = "test-agent")]
+    crate::test_agent::spawn(cfg.node.address.addr(), cfg.node.control_socket.clone()).await;
     let clock = Clock::start();
     let (vol_tx, mut vol_events) = tokio::sync::mpsc::unbounded_channel();
-    let volume = match (replica, &cfg.volume) {
+    let (volume, serve_kernel) = match (replica, &cfg.volume) {
         (Some(replica), Some(vc)) => {
-            Some(start_volume(&cfg, vc, &creds, replica, clock, vol_tx.clone(), sync_watch).await?)
+            let (handle, serve) = start_volume(&cfg, vc, &creds, replica, clock, vol_tx.clone(), sync_watch).await?;
+            (Some(handle), Some(serve))
         }
-        _ => None,
+        _ => (None, None),
     };
 
     let mut term = signal(SignalKind::terminate()).map_err(RuntimeError::Signal)?;
@@ -229,6 +232,8 @@ pub async fn run(cfg: Config) -> Result<(), RuntimeError> {
             start.extend(host.enable_filesystem(clock.now(), fc.timing));
             let place = crate::filesystem::FsPlace {
                 nbd_socket: vc.nbd_socket.clone(),
+                serve_kernel: serve_kernel.clone(),
+                size: vc.size,
                 mount_point: pc.mount_point.clone(),
                 owner: (pc.uid, pc.gid),
             };
@@ -944,7 +949,7 @@ async fn start_volume(
     clock: Clock,
     events: tokio::sync::mpsc::UnboundedSender<VolumeEvent>,
     sync_watch: Arc<crate::sync_watch::SyncWatch>,
-) -> Result<VolumeHandle, RuntimeError> {
+) -> Result<(VolumeHandle, crate::filesystem::ServeKernel), RuntimeError> {
     let data_peers = cfg.cluster.peers.map(|p| (p.id, SocketAddr::new(p.address, vc.data_port))).to_vec();
     let mut link_cfg = LinkConfig::new(cfg.node.id, data_peers, server_config(creds)?, client_config(creds)?);
     // Frames of up to 4 MiB: 256 of them bound what is queued toward a slow
@@ -993,6 +998,7 @@ async fn start_volume(
     let listener = crate::nbd::server::bind_unix(&vc.nbd_socket)?;
     let pool = crate::nbd::PoolSize::from_budget(vc.nbd_buffers);
     let server = crate::nbd::NbdServer::with_pool("triad", handle.device(), handle.activity(), pool);
+    let serve_kernel = kernel_connection_server(server.clone());
     tokio::spawn(async move {
         if let Err(e) = server.serve_listener(listener).await {
             error!(error = %chain(&e), "NBD export stopped");
@@ -1004,7 +1010,40 @@ async fn start_volume(
         warn!(error = %chain(&e), "PR_SET_IO_FLUSHER not set on the runtime thread");
     }
     info!(socket = %vc.nbd_socket.display(), data_port = vc.data_port, "replicated volume running");
-    Ok(handle)
+    Ok((handle, serve_kernel))
+}
+
+/// Serves the kernel nbd driver's connection (the server end of
+/// `os::nbd_kernel::attach`, already past any handshake) on this node's
+/// export, as a task of this runtime, with direct write replies like the
+/// socket's connections. Called from the filesystem executor's blocking
+/// thread.
+fn kernel_connection_server<D>(server: crate::nbd::NbdServer<D>) -> crate::filesystem::ServeKernel
+where
+    D: crate::nbd::BlockDevice + Send + Sync + 'static,
+{
+    let rt = tokio::runtime::Handle::current();
+    Arc::new(move |stream: std::os::unix::net::UnixStream| {
+        stream.set_nonblocking(true)?;
+        let line = match crate::nbd::ReplyLine::new(std::os::fd::AsFd::as_fd(&stream)) {
+            Ok(line) => Some(line),
+            Err(e) => {
+                warn!(error = %e, "nbd: cannot duplicate the kernel connection's socket; replies go through its writer");
+                None
+            }
+        };
+        // `from_std` registers with the reactor of the runtime entered.
+        let _entered = rt.enter();
+        let stream = tokio::net::UnixStream::from_std(stream)?;
+        let server = server.clone();
+        rt.spawn(async move {
+            match server.serve_transmission_with(stream, line).await {
+                Ok(()) => info!("kernel nbd connection closed"),
+                Err(e) => warn!(error = %chain(&e), "kernel nbd connection ended"),
+            }
+        });
+        Ok(())
+    })
 }
 
 /// The host event a volume report becomes.

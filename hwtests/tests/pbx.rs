@@ -1,0 +1,250 @@
+//! The PBX on the appliance (issue 12, item 2 and the first SIP test of
+//! item 3): three VMs booted from the debug image, each with the
+//! replicated volume, the kernel nbd driver attached to its own export
+//! (`attach = "kernel"`), ext4 on /dev/nbd0 on the active VM only, and
+//! the reference Kamailio payload on it. A phone's REGISTER through the
+//! VIP (sipsak from the client side) is still there after the active VM's
+//! power is cut: the VM that takes the VIP mounts the replicated volume,
+//! starts its own Kamailio and routes an OPTIONS for the user to the
+//! registered contact.
+//!
+//! The debug image's test agent (`firmware/triad/src/test_agent.rs`)
+//! carries the operator's one request, `format-volume` (a new cluster's
+//! volume is empty and is formatted only when asked), and the status
+//! reads. Root required; run it alone:
+//!
+//! ```text
+//! cargo test -p triad-hwtests --test pbx -- --nocapture
+//! ```
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use triad_hwtests::net::{node_ip, node_mac, Segment, CLIENT_IP, NS, VIP};
+use triad_hwtests::qemu::Qemu;
+use triad_hwtests::vm::Vm;
+use triad_hwtests::{image, state, wait_until};
+
+const IDS: [u8; 3] = [1, 2, 3];
+/// QEMU start to the VIP answering (as the smoke test).
+const FORM_DEADLINE: Duration = Duration::from_secs(240);
+/// The format request to Kamailio answering on the VIP: mkfs, seed,
+/// e2fsck, mount and Kamailio's start under TCG.
+const SERVICE_DEADLINE: Duration = Duration::from_secs(120);
+/// Power cut to the new active VM's Kamailio routing the user.
+const FAILOVER_DEADLINE: Duration = Duration::from_secs(120);
+/// The agent's port (`triad::test_agent::PORT`, which exists only with
+/// the feature).
+const AGENT_PORT: u16 = 7199;
+/// The state disk: the volume's files live on it in this test.
+const STATE_DISK_MIB: u32 = 160;
+/// Where the phone's contact answers on the client side.
+const PHONE_PORT: u16 = 5070;
+
+/// Node `id`'s config: the smoke test's, plus the volume, the PBX and
+/// its filesystem on the kernel nbd driver.
+fn config(id: u8) -> String {
+    format!(
+        r#"{base}
+[volume]
+data = "/var/lib/triad/volume/data.img"
+size_mib = 64
+journal = "/var/lib/triad/volume/journal.img"
+journal_mib = 16
+meta = "/var/lib/triad/volume/meta.img"
+granularity_kib = 4
+resync_rate_mib = 16
+nbd_socket = "/run/triad/nbd.sock"
+nbd_buffers_mib = 4
+new_cluster = true
+
+[pbx]
+command = "/usr/sbin/kamailio"
+# Small shared and private memory: the VM has 512 MiB.
+args = ["-f", "/usr/share/triad/kamailio/kamailio.cfg", "-DD", "-E", "-Y", "/tmp", "-m", "32", "-M", "4"]
+user = "kamailio"
+mount_point = "/run/pbx"
+probe_interval_ms = 1000
+probe_timeout_ms = 800
+probe_tcp = true
+probe_vip = true
+probe_failures = 5
+start_grace_ms = 20000
+backoff_first_ms = 500
+backoff_max_ms = 5000
+stop_timeout_ms = 3000
+kill_timeout_ms = 3000
+check = ["/usr/sbin/kamailio", "-c", "-f", "/usr/share/triad/kamailio/kamailio.cfg"]
+readiness_interval_s = 30
+
+[filesystem]
+attach = "kernel"
+nbd_device = "/dev/nbd0"
+seed = "/usr/share/triad/kamailio/seed"
+down_deadline_ms = 20000
+"#,
+        base = state::config_text(id, &IDS)
+    )
+}
+
+/// The VMs; prints every serial console when the test fails.
+struct Cluster {
+    vms: Vec<Vm>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for vm in &self.vms {
+                eprintln!("===== serial console of VM {} ({}) =====", vm.id, vm.serial.display());
+                eprintln!("{}", vm.serial_text());
+            }
+        }
+    }
+}
+
+/// One line to VM `id`'s test agent, from the client side; its answer.
+fn agent(id: u8, line: &str) -> Result<String, String> {
+    let ip = node_ip(id);
+    let line = format!("{line}\n");
+    triad_lab::netns::run_in(NS, move || -> std::io::Result<String> {
+        let addr = (ip.as_str(), AGENT_PORT);
+        let sock = std::net::ToSocketAddrs::to_socket_addrs(&addr)?.next().ok_or(std::io::ErrorKind::NotFound)?;
+        let mut c = TcpStream::connect_timeout(&sock, Duration::from_secs(5))?;
+        c.set_read_timeout(Some(Duration::from_secs(20)))?;
+        c.write_all(line.as_bytes())?;
+        let mut answer = String::new();
+        c.read_to_string(&mut answer)?;
+        Ok(answer)
+    })
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("agent of VM {id}: {e}"))
+}
+
+/// VM `id`'s status report, as JSON.
+fn status(id: u8) -> Option<serde_json::Value> {
+    let text = agent(id, r#"{"cmd":"status"}"#).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Whether VM `id` reports its PBX running.
+fn pbx_running(id: u8) -> bool {
+    status(id)
+        .and_then(|s| s.pointer("/pbx/state").and_then(|v| v.as_str()).map(|st| st.starts_with("Running")))
+        .unwrap_or(false)
+}
+
+/// `sipsak ARGS` on the client side: success and output.
+fn sipsak(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", NS, "sipsak"])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("sipsak: {e}"));
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// A phone on the client side: answers each request Kamailio routes to
+/// it with a 200 and counts them.
+fn phone(port: u16) -> Arc<AtomicUsize> {
+    let sock = triad_lab::netns::run_in(NS, move || UdpSocket::bind((CLIENT_IP, port)))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("bind the phone: {e}"));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let Some(reply) = triad::sip_probe::routed_reply(&text) else { continue };
+            counter.fetch_add(1, Ordering::SeqCst);
+            let _ = sock.send_to(reply.as_bytes(), from);
+        }
+    });
+    seen
+}
+
+fn id_of(mac: &str) -> Option<u8> {
+    IDS.iter().copied().find(|id| node_mac(*id) == mac)
+}
+
+/// The one VM answering ARP for the VIP, once exactly one does.
+fn sole_answerer(seg: &Segment, not: Option<u8>) -> Option<u8> {
+    let macs = seg.arp_answerers(VIP);
+    let [mac] = macs.as_slice() else { return None };
+    id_of(mac).filter(|id| Some(*id) != not)
+}
+
+#[test]
+fn a_registration_through_the_vip_survives_a_power_cut_of_the_active_appliance() {
+    triad_hwtests::require_root();
+    let qemu = Qemu::locate().unwrap_or_else(|e| panic!("{e}"));
+    let img = image::ensure("debug").unwrap_or_else(|e| panic!("image: {e}"));
+    let dir = triad_hwtests::work_dir("pbx");
+    let triad = triad_hwtests::debug_supervisor_binary();
+    let disks: Vec<PathBuf> = IDS
+        .iter()
+        .map(|id| {
+            state::make_disk_sized(&triad, &dir, *id, &config(*id), false, STATE_DISK_MIB)
+                .unwrap_or_else(|e| panic!("state disk {id}: {e}"))
+        })
+        .collect();
+    let seg = Segment::up(&IDS).unwrap_or_else(|e| panic!("segment: {e}"));
+    let t0 = Instant::now();
+    let mut cluster = Cluster { vms: Vec::new() };
+    for (id, disk) in IDS.iter().zip(&disks) {
+        cluster.vms.push(Vm::start(&qemu, &img, &dir, *id, disk).unwrap_or_else(|e| panic!("VM {id}: {e}")));
+    }
+
+    let leader = wait_until(FORM_DEADLINE, Duration::from_millis(200), || sole_answerer(&seg, None))
+        .unwrap_or_else(|| panic!("no single VM answered ARP for the VIP within {FORM_DEADLINE:?}"));
+    eprintln!("pbx: VM {leader} holds the VIP {:.1} s after QEMU start", t0.elapsed().as_secs_f64());
+
+    // The operator's request on a new cluster: make the filesystem.
+    let formatted = wait_until(Duration::from_secs(60), Duration::from_secs(1), || {
+        agent(leader, r#"{"cmd":"format-volume"}"#).ok().filter(|a| a.contains("\"ok\":true"))
+    })
+    .unwrap_or_else(|| panic!("VM {leader} did not accept format-volume: {:?}", agent(leader, r#"{"cmd":"format-volume"}"#)));
+    eprintln!("pbx: format-volume answered {}", formatted.trim());
+    let t_fmt = Instant::now();
+    wait_until(SERVICE_DEADLINE, Duration::from_secs(1), || pbx_running(leader).then_some(()))
+        .unwrap_or_else(|| panic!("VM {leader}'s PBX never ran; status: {:?}", status(leader)));
+    eprintln!("pbx: Kamailio runs on VM {leader} {:.1} s after the format request", t_fmt.elapsed().as_secs_f64());
+    for f in IDS.iter().filter(|i| **i != leader) {
+        let mounted = status(*f).and_then(|s| s.pointer("/filesystem/mounted").and_then(|m| m.as_bool()));
+        assert_eq!(mounted, Some(false), "follower VM {f} reports its filesystem mounted: {:?}", status(*f));
+    }
+
+    let seen = phone(PHONE_PORT);
+    let contact = format!("sip:alice@{CLIENT_IP}:{PHONE_PORT}");
+    let user = format!("sip:alice@{VIP}");
+    let (ok, out) = sipsak(&["-U", "-C", &contact, "-s", &user, "-i"]);
+    assert!(ok, "REGISTER through the VIP failed:\n{out}");
+    let (ok, out) = sipsak(&["-s", &user, "-i"]);
+    assert!(ok && seen.load(Ordering::SeqCst) >= 1, "OPTIONS to alice not routed to her contact:\n{out}");
+    let before = seen.load(Ordering::SeqCst);
+
+    let cut = Instant::now();
+    let active = cluster.vms.iter_mut().find(|vm| vm.id == leader).expect("the leader is one of the VMs");
+    active.power_off().unwrap_or_else(|e| panic!("power off: {e}"));
+    eprintln!("pbx: VM {leader} powered off (monitor quit)");
+    let next = wait_until(FAILOVER_DEADLINE, Duration::from_millis(200), || sole_answerer(&seg, Some(leader)))
+        .unwrap_or_else(|| panic!("no other VM took the VIP within {FAILOVER_DEADLINE:?} of the power cut"));
+    eprintln!("pbx: VM {next} holds the VIP {:.1} s after the power cut", cut.elapsed().as_secs_f64());
+    let routed = wait_until(FAILOVER_DEADLINE.saturating_sub(cut.elapsed()), Duration::from_secs(1), || {
+        let (ok, _) = sipsak(&["-s", &user, "-i"]);
+        (ok && seen.load(Ordering::SeqCst) > before).then(|| cut.elapsed())
+    })
+    .unwrap_or_else(|| {
+        let (_, out) = sipsak(&["-s", &user, "-i"]);
+        panic!("after the power cut, OPTIONS to alice was not routed to her contact (registration lost?):\n{out}")
+    });
+    eprintln!("pbx: VM {next}'s Kamailio routes alice {:.1} s after the power cut", routed.as_secs_f64());
+    let rest = IDS.iter().copied().find(|i| *i != leader && *i != next).expect("a third VM");
+    let mounted = status(rest).and_then(|s| s.pointer("/filesystem/mounted").and_then(|m| m.as_bool()));
+    assert_eq!(mounted, Some(false), "VM {rest} (a follower) reports its filesystem mounted");
+}
