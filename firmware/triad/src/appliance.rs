@@ -41,6 +41,8 @@ use crate::config::Config;
 use crate::errors::chain;
 use crate::os::modules;
 
+/// The search path the kernel's init runs with (the kernel sets none).
+pub const INIT_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 /// Where the state partition is mounted.
 pub const STATE_MOUNT: &str = "/var/lib/triad";
 /// The config file when the command line names none.

@@ -66,6 +66,8 @@ const PROBE_LEN: usize = 1 << 20;
 /// which owns the NBD server; called from a blocking thread).
 pub type ServeKernel = Arc<dyn Fn(std::os::unix::net::UnixStream) -> std::io::Result<()> + Send + Sync>;
 
+/// How long the kernel driver gets to show the volume's size.
+const KERNEL_READY: Duration = Duration::from_secs(10);
 /// How long the kernel driver gets to let go of the device at detach.
 const KERNEL_DETACH: Duration = Duration::from_secs(10);
 
@@ -247,33 +249,46 @@ impl Job {
                 }
             }
         }
-        let serve = self.place.serve_kernel.as_ref().ok_or("attach = \"kernel\" needs the replicated volume running")?;
+        let serve =
+            self.place.serve_kernel.as_ref().ok_or("attach = \"kernel\" needs the replicated volume running")?;
         let export = nbd_kernel::KernelExport::new(self.place.size, BLOCK_SIZE, crate::nbd::proto::TRANSMISSION_FLAGS)
             .map_err(|e| chain(&e).to_string())?;
         let (attachment, server_end) = nbd_kernel::attach(device, &export).map_err(|e| chain(&e).to_string())?;
         if let Err(e) = serve(server_end) {
             // The driver's requests would wait forever: take it down now.
-            let undone = attachment.detach(KERNEL_DETACH).err().map(|d| format!("; releasing it: {d}")).unwrap_or_default();
+            let undone =
+                attachment.detach(KERNEL_DETACH).err().map(|d| format!("; releasing it: {d}")).unwrap_or_default();
             return Err(format!("cannot serve the kernel's connection to {}: {e}{undone}", device.display()));
         }
-        info!(device = %device.display(), size = self.place.size, "volume attached (kernel nbd)");
+        // The driver sets the capacity once NBD_DO_IT runs, on its own
+        // thread: until then the device reads as empty.
+        let wanted = self.place.size;
+        let start = Instant::now();
+        loop {
+            match block_device_size(device) {
+                Ok(size) if size == wanted => break,
+                _ if !attachment.is_running() || start.elapsed() > KERNEL_READY => {
+                    let seen = block_device_size(device).map_or_else(|e| e, |s| format!("{s} bytes"));
+                    let undone = attachment
+                        .detach(KERNEL_DETACH)
+                        .err()
+                        .map(|d| format!("; releasing it: {d}"))
+                        .unwrap_or_default();
+                    return Err(format!(
+                        "{} did not show the volume's {wanted} bytes within {KERNEL_READY:?} (it shows {seen}){undone}",
+                        device.display()
+                    ));
+                }
+                _ => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        info!(device = %device.display(), size = wanted, "volume attached (kernel nbd)");
         attached.kernel = Some(attachment);
         Ok(())
     }
 
     fn check(&self, device: &Path) -> Result<CheckVerdict, String> {
-        let mut head = vec![0u8; PROBE_LEN];
-        let mut f = File::open(device).map_err(|e| format!("cannot open {}: {e}", device.display()))?;
-        let mut got = 0;
-        while got < head.len() {
-            match f.read(&mut head[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("cannot read {}: {e}", device.display())),
-            }
-        }
-        head.truncate(got);
+        let head = read_head(device)?;
         match on_volume(&head) {
             OnVolume::Nothing => return Ok(CheckVerdict::NoFilesystem),
             OnVolume::Unknown => {
@@ -357,6 +372,15 @@ impl Job {
     }
 }
 
+/// A block device's size in bytes, from `/sys/class/block/NAME/size`
+/// (512-byte sectors whatever the block size).
+fn block_device_size(device: &Path) -> Result<u64, String> {
+    let name = device.file_name().ok_or_else(|| format!("{} names no device", device.display()))?;
+    let sys = Path::new("/sys/class/block").join(name).join("size");
+    let text = std::fs::read_to_string(&sys).map_err(|e| format!("cannot read {}: {e}", sys.display()))?;
+    text.trim().parse::<u64>().map(|sectors| sectors * 512).map_err(|e| format!("{}: {e}", sys.display()))
+}
+
 fn device(attached: &Attached) -> Result<&Path, String> {
     if let Some(k) = &attached.kernel {
         return Ok(k.path());
@@ -420,8 +444,35 @@ enum OnVolume {
     Unknown,
 }
 
+/// The first [`PROBE_LEN`] bytes of `device`; a shorter read is an error,
+/// never a short head: a device whose size is not known yet (the kernel
+/// nbd driver before NBD_DO_IT runs) reads as empty.
+fn read_head(device: &Path) -> Result<Vec<u8>, String> {
+    let mut head = vec![0u8; PROBE_LEN];
+    let mut f = File::open(device).map_err(|e| format!("cannot open {}: {e}", device.display()))?;
+    let mut got = 0;
+    while got < head.len() {
+        match f.read(&mut head[got..]) {
+            Ok(0) => {
+                return Err(format!(
+                    "read only {got} of the first {PROBE_LEN} bytes of {}: not judging a volume from part of it",
+                    device.display()
+                ))
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("cannot read {}: {e}", device.display())),
+        }
+    }
+    Ok(head)
+}
+
+/// What the volume's first [`PROBE_LEN`] bytes hold. Anything shorter is
+/// [`OnVolume::Unknown`]: only a whole head of zeros is an empty volume.
 fn on_volume(head: &[u8]) -> OnVolume {
-    if head.get(1080..1082) == Some(&[0x53, 0xEF]) {
+    if head.len() < PROBE_LEN {
+        OnVolume::Unknown
+    } else if head.get(1080..1082) == Some(&[0x53, 0xEF]) {
         OnVolume::Ext
     } else if head.iter().all(|&b| b == 0) {
         OnVolume::Nothing
@@ -482,14 +533,36 @@ mod tests {
 
     #[test]
     fn only_an_all_zero_head_is_an_empty_volume() {
-        let mut head = vec![0u8; 4096];
+        let mut head = vec![0u8; PROBE_LEN];
         assert_eq!(on_volume(&head), OnVolume::Nothing);
         head[1080] = 0x53;
         head[1081] = 0xEF;
         assert_eq!(on_volume(&head), OnVolume::Ext);
         head[1081] = 0;
         assert_eq!(on_volume(&head), OnVolume::Unknown, "one stray byte is not an empty volume");
-        assert_eq!(on_volume(&[]), OnVolume::Nothing);
+    }
+
+    /// Seen on the appliance: the check ran while the kernel nbd device
+    /// still had capacity 0 (NBD_DO_IT not started yet), read nothing, and
+    /// called the replicated volume, which held the cluster's filesystem,
+    /// empty. Less than the whole probe is never an empty volume.
+    #[test]
+    fn a_short_read_is_never_an_empty_volume() {
+        assert_eq!(on_volume(&[]), OnVolume::Unknown, "nothing read");
+        assert_eq!(on_volume(&[0u8; 4096]), OnVolume::Unknown, "4 KiB of zeros read of the first MiB");
+        let dir = std::env::temp_dir().join(format!("triad-fs-head-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let short = dir.join("short");
+        std::fs::write(&short, vec![0u8; 4096]).unwrap();
+        let e = read_head(&short).unwrap_err();
+        assert!(e.contains("4096 of"), "{e}");
+        let empty = dir.join("empty");
+        std::fs::write(&empty, b"").unwrap();
+        assert!(read_head(&empty).is_err());
+        let full = dir.join("full");
+        std::fs::write(&full, vec![0u8; PROBE_LEN + 5]).unwrap();
+        assert_eq!(on_volume(&read_head(&full).unwrap()), OnVolume::Nothing);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -171,6 +171,14 @@ fn main() -> ExitCode {
     // is on the state partition, which the first stage mounts.
     let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
     if triad::appliance::started_by_kernel(std::process::id(), &args) {
+        // The kernel gives init no PATH (only HOME and TERM), and without
+        // one a program named without a directory is looked for in /bin
+        // and /usr/bin only: the filesystem steps' mkfs.ext4 and e2fsck
+        // live in /sbin. Set before any thread exists (set_var is not
+        // thread-safe); every child inherits it.
+        if std::env::var_os("PATH").is_none() {
+            std::env::set_var("PATH", triad::appliance::INIT_PATH);
+        }
         init_logging();
         std::panic::set_hook(Box::new(|info| triad::os::init::fatal(&format!("panic: {info}"))));
         let (cfg, mounted) = triad::appliance::boot();
