@@ -6,7 +6,8 @@
 //! VIP (sipsak from the client side) is still there after the active VM's
 //! power is cut: the VM that takes the VIP mounts the replicated volume,
 //! starts its own Kamailio and routes an OPTIONS for the user to the
-//! registered contact.
+//! registered contact; a file written and fsynced through the mounted
+//! filesystem before the cut reads back on the new active VM.
 //!
 //! The debug image's test agent (`firmware/triad/src/test_agent.rs`)
 //! carries the operator's one request, `format-volume` (a new cluster's
@@ -42,6 +43,9 @@ const FAILOVER_DEADLINE: Duration = Duration::from_secs(120);
 const AGENT_PORT: u16 = 7199;
 /// The state disk: the volume's files live on it in this test.
 const STATE_DISK_MIB: u32 = 160;
+/// A file written through the mounted filesystem before the power cut.
+const DATA_FILE: &str = "/run/pbx/acknowledged.txt";
+const DATA_TEXT: &str = "written-and-fsynced-before-the-power-cut";
 /// Where the phone's contact answers on the client side.
 const PHONE_PORT: u16 = 5070;
 
@@ -238,6 +242,10 @@ fn a_registration_through_the_vip_survives_a_power_cut_of_the_active_appliance()
     let (ok, out) = sipsak(&["-s", &user, "-i"]);
     assert!(ok && seen.load(Ordering::SeqCst) >= 1, "OPTIONS to alice not routed to her contact:\n{out}");
     let before = seen.load(Ordering::SeqCst);
+    // A file written and fsynced through the mounted filesystem (the
+    // agent answers once both the file and its directory are synced).
+    let answer = agent(leader, &format!("write {DATA_FILE} {DATA_TEXT}")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(answer.trim(), "ok", "write through the filesystem on VM {leader}");
 
     let cut = Instant::now();
     let active = cluster.vms.iter_mut().find(|vm| vm.id == leader).expect("the leader is one of the VMs");
@@ -255,6 +263,8 @@ fn a_registration_through_the_vip_survives_a_power_cut_of_the_active_appliance()
         panic!("after the power cut, OPTIONS to alice was not routed to her contact (registration lost?):\n{out}")
     });
     eprintln!("pbx: VM {next}'s Kamailio routes alice {:.1} s after the power cut", routed.as_secs_f64());
+    let answer = agent(next, &format!("read {DATA_FILE}")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(answer.trim(), format!("ok {DATA_TEXT}"), "the file written before the power cut, read on VM {next}");
     let rest = IDS.iter().copied().find(|i| *i != leader && *i != next).expect("a third VM");
     let mounted = status(rest).and_then(|s| s.pointer("/filesystem/mounted").and_then(|m| m.as_bool()));
     assert_eq!(mounted, Some(false), "VM {rest} (a follower) reports its filesystem mounted");
