@@ -337,6 +337,15 @@ for s in osrel:"$work/os-release" cmdline:"$out/cmdline-disk" linux:"$vmlinuz" i
 	next=$((next + $(stat -Lc %s "${s#*:}")))
 done
 objcopy "${sections[@]}" "$stub" "$work/uki.efi" || die "objcopy could not build the unified kernel image"
+# objcopy stamps the PE header with the current time (SOURCE_DATE_EPOCH
+# is not honoured by binutils 2.40) and a checksum over it: set the time
+# to SOURCE_DATE_EPOCH and the checksum to 0 (UEFI firmware does not check
+# it; Authenticode signing leaves it out).
+le32() { printf "$(printf '\\x%02x\\x%02x\\x%02x\\x%02x' $(($1 & 255)) $(($1 >> 8 & 255)) $(($1 >> 16 & 255)) $(($1 >> 24 & 255)))"; }
+pe=$(od -An -tu4 -j60 -N4 "$work/uki.efi" | tr -d ' ')
+[ "$(head -c $((pe + 4)) "$work/uki.efi" | tail -c 4 | od -An -c | tr -d ' ')" = 'PE\0\0' ] || die "objcopy's output has no PE header at $pe"
+le32 "$epoch" | dd of="$work/uki.efi" bs=1 seek=$((pe + 8)) conv=notrunc status=none
+le32 0 | dd of="$work/uki.efi" bs=1 seek=$((pe + 24 + 64)) conv=notrunc status=none
 cp "$work/uki.efi" "$out/uki.efi"
 
 # The filesystems, one file each.
