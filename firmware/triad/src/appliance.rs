@@ -248,6 +248,15 @@ fn switch_to(root: &RootDevice) -> ! {
         let e = switch_root::attempt(root);
         error!(error = %chain(&e), retry_s = RETRY.as_secs(), "cannot switch to the read-only root; the box stays up without the service");
         reap_for(RETRY);
+        if matches!(e, switch_root::SwitchError::Exec(_)) {
+            // Past chroot: the new root is `/` now, only the exec is left.
+            use switch_root::Ops;
+            loop {
+                let e = switch_root::SwitchError::Exec(switch_root::Kernel.exec_init());
+                error!(error = %chain(&e), retry_s = RETRY.as_secs(), "cannot start the root's init; the box stays up without the service");
+                reap_for(RETRY);
+            }
+        }
     }
 }
 
