@@ -197,7 +197,7 @@ pub fn switch(ops: &mut impl Ops, device: &Path, mounts: &[&str]) -> SwitchError
     let Some(fstype) = fstype else {
         return SwitchError::Mount { device: device.to_path_buf(), source: last };
     };
-    info!(device = %device.display(), fstype, target = NEW_ROOT, "root mounted read-only");
+    info!(device = %device.display(), fstype = %fstype, target = NEW_ROOT, "root mounted read-only");
     if !ops.has_init() {
         ops.unmount_new_root();
         return SwitchError::NoInit { device: device.to_path_buf() };
