@@ -3,7 +3,7 @@
 # for QEMU's direct boot (issue 12, item 1; docs/image.md).
 #
 #   image/build.sh [--variant prod|debug] [--out DIR] [--cache DIR] [--triad PATH]
-#                  [--disk-size MIB]
+#                  [--disk-size MIB] [--layout FILE]
 #
 # Offline except the Debian package mirror: every input is a Debian package
 # fetched with `apt-get download` into the cache and unpacked with
@@ -19,7 +19,8 @@
 #   disk.img         the appliance's disk, laid out as image/layout.conf says
 #                    (GPT; ESP with the unified kernel image; erofs root A;
 #                    empty root B; ext4 state and data), --disk-size MiB
-#                    (default 1024) with the last partition taking the rest
+#                    (default 1024) with the last partition taking the rest;
+#                    --layout: another layout file (tests of the checks)
 #   uki.efi          the unified kernel image (systemd's EFI stub + bzImage
 #                    + a small initramfs that mounts root A + command line),
 #                    also the ESP's EFI/BOOT/BOOTX64.EFI
@@ -40,6 +41,7 @@ out=
 cache=/var/cache/triad-image
 triad=
 disk_mib=1024
+layout=$here/layout.conf
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--variant) variant=$2; shift 2 ;;
@@ -47,7 +49,8 @@ while [ $# -gt 0 ]; do
 	--cache) cache=$2; shift 2 ;;
 	--triad) triad=$2; shift 2 ;;
 	--disk-size) disk_mib=$2; shift 2 ;;
-	-h | --help) sed -n '2,33p' "$0"; exit 0 ;;
+	--layout) layout=$2; shift 2 ;;
+	-h | --help) sed -n '2,34p' "$0"; exit 0 ;;
 	*) echo "build.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
 done
@@ -71,6 +74,59 @@ packages=("$kpkg" libc6 kamailio kamailio-sqlite-modules e2fsprogs systemd-boot-
 for tool in sfdisk mkfs.vfat mmd mcopy mkfs.erofs mkfs.ext4 objcopy objdump; do
 	command -v "$tool" >/dev/null || die "$tool not found (packages fdisk, dosfstools, mtools, erofs-utils, e2fsprogs, binutils: bash .ci/setup)"
 done
+
+# --- The disk's layout (image/layout.conf), checked before anything is
+# downloaded: a wrong line fails the build naming its line.
+[ -f "$layout" ] || die "no layout file $layout"
+guid() { # guid WORD: a fixed GUID derived from WORD (version 4 form)
+	printf 'triad-disk:%s' "$1" | sha256sum | sed 's/^\(........\)\(....\).\(...\).\(...\)\(............\).*/\1-\2-4\3-8\4-\5/'
+}
+names=() types=() sizes=() contents=()
+lineno=0
+while IFS= read -r line || [ -n "$line" ]; do
+	lineno=$((lineno + 1))
+	line=${line%%#*}
+	read -r name type size content extra <<<"$line" || true
+	[ -n "${name:-}" ] || continue
+	where="$layout line $lineno"
+	[ -n "${content:-}" ] && [ -z "${extra:-}" ] || die "$where: expected PARTLABEL TYPE SIZE CONTENT, found '$line'"
+	[[ "$name" =~ ^[a-z0-9-]{1,36}$ ]] || die "$where: partition name '$name' (lower case, digits, '-'; at most 36)"
+	for n in "${names[@]}"; do [ "$n" != "$name" ] || die "$where: partition name '$name' used twice"; done
+	case "$type" in esp | root | linux) ;; *) die "$where: type '$type' is not esp, root or linux" ;; esac
+	case "$size" in rest) ;; '' | *[!0-9]* | 0) die "$where: size '$size' is not a number of MiB or 'rest'" ;; esac
+	[ ${#sizes[@]} -eq 0 ] || [ "${sizes[-1]}" != rest ] || die "$where: only the last partition may have size 'rest'"
+	case "$content" in
+	uki) [ "$type" = esp ] || die "$where: uki content needs type esp" ;;
+	erofs) [ "$type" = root ] || die "$where: erofs content needs type root" ;;
+	empty) ;;
+	ext4:*) [[ "${content#ext4:}" =~ ^[a-z0-9-]{1,16}$ ]] || die "$where: ext4 label '${content#ext4:}' (at most 16 of a-z, 0-9, '-')" ;;
+	*) die "$where: content '$content' is not uki, erofs, empty or ext4:LABEL" ;;
+	esac
+	names+=("$name") types+=("$type") sizes+=("$size") contents+=("$content")
+done <"$layout"
+[ ${#names[@]} -gt 0 ] || die "$layout lists no partition"
+has() { local c; for c in "${contents[@]}"; do [ "$c" = "$1" ] && return 0; done; return 1; }
+has uki || die "$layout: no esp partition with content uki (nothing would boot)"
+has "ext4:triad-state" || die "$layout: no ext4:triad-state partition (the supervisor's state partition label)"
+has "ext4:triad-data" || die "$layout: no ext4:triad-data partition (the supervisor's data partition label)"
+rootpart=
+for i in "${!names[@]}"; do [ "${contents[$i]}" = erofs ] && { rootpart=${names[$i]}; break; }; done
+[ -n "$rootpart" ] || die "$layout: no root partition with content erofs"
+
+# Offsets in MiB: the first partition at 1 MiB, the last MiB left to the
+# backup GPT.
+starts=()
+at=1
+for i in "${!names[@]}"; do
+	starts+=("$at")
+	if [ "${sizes[$i]}" = rest ]; then
+		sizes[i]=$((disk_mib - 1 - at))
+		[ "${sizes[$i]}" -ge 1 ] || die "--disk-size $disk_mib MiB leaves nothing for ${names[$i]} (the partitions before it end at $at MiB)"
+	fi
+	at=$((at + sizes[i]))
+done
+[ "$at" -le $((disk_mib - 1)) ] || die "the partitions of $layout need $((at + 1)) MiB; --disk-size is $disk_mib"
+
 # A static glibc binary (+crt-static) has no PT_INTERP; ldd says
 # "statically linked" (or "not a dynamic executable" for some builds).
 ldd "$triad" 2>&1 | grep -Eq "statically linked|not a dynamic executable" || die "$triad is not statically linked"
@@ -250,57 +306,6 @@ say "wrote $out: vmlinux $(du -h "$out/vmlinux" | cut -f1), initramfs.cpio $(du 
 # and UUIDs derived from the partition names, FAT's volume id and times
 # (--invariant, file times from SOURCE_DATE_EPOCH), erofs -T/-U, ext4
 # -U, hash_seed and E2FSPROGS_FAKE_TIME.
-layout=$here/layout.conf
-[ -f "$layout" ] || die "no $layout"
-guid() { # guid WORD: a fixed GUID derived from WORD (version 4 form)
-	printf 'triad-disk:%s' "$1" | sha256sum | sed 's/^\(........\)\(....\).\(...\).\(...\)\(............\).*/\1-\2-4\3-8\4-\5/'
-}
-names=() types=() sizes=() contents=()
-lineno=0
-while IFS= read -r line || [ -n "$line" ]; do
-	lineno=$((lineno + 1))
-	line=${line%%#*}
-	read -r name type size content extra <<<"$line" || true
-	[ -n "${name:-}" ] || continue
-	where="$layout line $lineno"
-	[ -n "${content:-}" ] && [ -z "${extra:-}" ] || die "$where: expected PARTLABEL TYPE SIZE CONTENT, found '$line'"
-	[[ "$name" =~ ^[a-z0-9-]{1,36}$ ]] || die "$where: partition name '$name' (lower case, digits, '-'; at most 36)"
-	for n in "${names[@]}"; do [ "$n" != "$name" ] || die "$where: partition name '$name' used twice"; done
-	case "$type" in esp | root | linux) ;; *) die "$where: type '$type' is not esp, root or linux" ;; esac
-	case "$size" in rest) ;; '' | *[!0-9]* | 0) die "$where: size '$size' is not a number of MiB or 'rest'" ;; esac
-	[ ${#sizes[@]} -eq 0 ] || [ "${sizes[-1]}" != rest ] || die "$where: only the last partition may have size 'rest'"
-	case "$content" in
-	uki) [ "$type" = esp ] || die "$where: uki content needs type esp" ;;
-	erofs) [ "$type" = root ] || die "$where: erofs content needs type root" ;;
-	empty) ;;
-	ext4:*) [[ "${content#ext4:}" =~ ^[a-z0-9-]{1,16}$ ]] || die "$where: ext4 label '${content#ext4:}' (at most 16 of a-z, 0-9, '-')" ;;
-	*) die "$where: content '$content' is not uki, erofs, empty or ext4:LABEL" ;;
-	esac
-	names+=("$name") types+=("$type") sizes+=("$size") contents+=("$content")
-done <"$layout"
-[ ${#names[@]} -gt 0 ] || die "$layout lists no partition"
-has() { local c; for c in "${contents[@]}"; do [ "$c" = "$1" ] && return 0; done; return 1; }
-has uki || die "$layout: no esp partition with content uki (nothing would boot)"
-has "ext4:triad-state" || die "$layout: no ext4:triad-state partition (the supervisor's state partition label)"
-has "ext4:triad-data" || die "$layout: no ext4:triad-data partition (the supervisor's data partition label)"
-rootpart=
-for i in "${!names[@]}"; do [ "${contents[$i]}" = erofs ] && { rootpart=${names[$i]}; break; }; done
-[ -n "$rootpart" ] || die "$layout: no root partition with content erofs"
-
-# Offsets in MiB: the first partition at 1 MiB, the last MiB left to the
-# backup GPT.
-starts=()
-at=1
-for i in "${!names[@]}"; do
-	starts+=("$at")
-	if [ "${sizes[$i]}" = rest ]; then
-		sizes[i]=$((disk_mib - 1 - at))
-		[ "${sizes[$i]}" -ge 1 ] || die "--disk-size $disk_mib MiB leaves nothing for ${names[$i]} (the partitions before it end at $at MiB)"
-	fi
-	at=$((at + sizes[i]))
-done
-[ "$at" -le $((disk_mib - 1)) ] || die "the partitions of $layout need $((at + 1)) MiB; --disk-size is $disk_mib"
-
 # The unified kernel image: systemd's EFI stub (systemd-boot-efi, only
 # unpacked) with the bzImage, a small initramfs and the command line as
 # PE sections (the stub's documented layout; offsets after the stub's
