@@ -6,9 +6,23 @@
 # installed normally (--no-upgrade: nothing already installed changes),
 # the emulator itself, its firmware and ROMs are unpacked with dpkg -x into
 # /var/cache/triad-image/qemu, where hwtests/src/qemu.rs finds them.
+# OVMF (UEFI) is unpacked likewise into /var/cache/triad-image/ovmf.
 # Idempotent; needs root and the Debian mirror.
 set -euo pipefail
 dest=${1:-/var/cache/triad-image/qemu}
+# OVMF (UEFI firmware, for booting the disk image: tests/disk_boot.rs),
+# unpacked the same way beside QEMU: the package is only data, and
+# installing it would pull qemu-system-x86's dependencies in.
+ovmf=$(dirname "$dest")/ovmf
+if [ ! -f "$ovmf/usr/share/OVMF/OVMF_CODE_4M.fd" ]; then
+	odebs=$(mktemp -d)
+	(cd "$odebs" && apt-get download -q ovmf 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
+	compgen -G "$odebs/ovmf_*.deb" >/dev/null || { echo "setup-qemu.sh: apt-get download ovmf failed (apt-get update?)" >&2; exit 1; }
+	rm -rf "$ovmf.tmp"
+	dpkg -x "$odebs"/ovmf_*.deb "$ovmf.tmp"
+	rm -rf "$odebs" "$ovmf"
+	mv "$ovmf.tmp" "$ovmf"
+fi
 [ -x "$dest/usr/bin/qemu-system-x86_64" ] && exit 0
 libs=(libaio1 libasound2 libbpf1 libbrlapi0.8 libcacard0 libcap-ng0 libcapstone4 libepoxy0 libfdt1 libfuse3-3
 	libgbm1 libglib2.0-0 libgmp10 libgnutls30 libibverbs1 libjpeg62-turbo libnuma1 libpixman-1-0 libpmem1

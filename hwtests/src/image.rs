@@ -1,6 +1,7 @@
-//! The image under test: `image/out/<variant>/{vmlinux,initramfs.cpio}`,
-//! built by `image/build.sh` when missing or older than the supervisor
-//! binary it would carry.
+//! The image under test: `image/out/<variant>/{vmlinux,initramfs.cpio}`
+//! for the direct boot and `disk.img` for the boot through UEFI, built by
+//! `image/build.sh` when missing or older than the supervisor binary it
+//! would carry, the build script or the partition layout.
 //!
 //! The supervisor binary is a release build in its own target directory,
 //! `target/image` (`cargo build --release -p triad --bin triad`, run here
@@ -23,6 +24,9 @@ pub struct Image {
     pub initramfs: PathBuf,
     /// The kernel command line the build wrote.
     pub cmdline: String,
+    /// The appliance disk (GPT, ESP with the unified kernel image, erofs
+    /// root; image/layout.conf).
+    pub disk: PathBuf,
 }
 
 fn newer(a: &Path, b: &Path) -> bool {
@@ -52,9 +56,17 @@ pub fn ensure(variant: &str) -> Result<Image, HwError> {
         }
     };
     let out = root.join("image/out").join(variant);
-    let image = Image { vmlinux: out.join("vmlinux"), initramfs: out.join("initramfs.cpio"), cmdline: String::new() };
+    let image = Image {
+        vmlinux: out.join("vmlinux"),
+        initramfs: out.join("initramfs.cpio"),
+        cmdline: String::new(),
+        disk: out.join("disk.img"),
+    };
     let script = root.join("image/build.sh");
-    if !image.initramfs.exists() || newer(&triad, &image.initramfs) || newer(&script, &image.initramfs) {
+    let layout = root.join("image/layout.conf");
+    // The disk is written last: its presence means a whole build.
+    if !image.disk.exists() || newer(&triad, &image.disk) || newer(&script, &image.disk) || newer(&layout, &image.disk)
+    {
         eprintln!("hwtests: building the {variant} image (image/build.sh)");
         let started = std::time::Instant::now();
         output(

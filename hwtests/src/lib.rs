@@ -11,14 +11,18 @@
 //!                    VIP 10.79.0.100, held by the active VM
 //! ```
 //!
-//! Owns: the image (built if missing: [`image`]), QEMU (a private unpacked
-//! copy: [`qemu`]), the segment ([`net`]), each VM's state disk ([`state`])
-//! and the VMs themselves ([`vm`]). The tests in `tests/` drive them.
+//! Owns: the image (built if missing: [`image`]), QEMU and OVMF (private
+//! unpacked copies: [`qemu`]), the segment ([`net`]), each VM's state disk
+//! ([`state`]) or its copy of the appliance disk ([`disk`]), the VMs
+//! themselves ([`vm`]) and what the cluster tests share ([`cluster`]). The
+//! tests in `tests/` drive them.
 //!
 //! Must not: touch the machine's own network (everything lives in the
 //! `triad-hw` namespace), or leave VMs behind (each [`vm::Vm`] kills its
 //! QEMU on drop). Needs root: the tests check and fail loudly.
 
+pub mod cluster;
+pub mod disk;
 pub mod image;
 pub mod net;
 pub mod qemu;

@@ -61,3 +61,35 @@ impl Qemu {
         c
     }
 }
+
+/// Where `hwtests/setup-qemu.sh` unpacks OVMF (Debian's `ovmf` package).
+pub const OVMF_UNPACKED: &str = "/var/cache/triad-image/ovmf";
+
+/// UEFI firmware for QEMU: the code (read-only pflash) and the template
+/// of its variable store (each VM writes its own copy).
+#[derive(Clone, Debug)]
+pub struct Ovmf {
+    /// `OVMF_CODE_4M.fd`: no Secure Boot, no SMM needed (`-M pc` works).
+    pub code: PathBuf,
+    /// `OVMF_VARS_4M.fd`: the empty variable store.
+    pub vars: PathBuf,
+}
+
+impl Ovmf {
+    /// The unpacked copy, or the directory `TRIAD_OVMF_DIR` names (holding
+    /// the two files).
+    pub fn locate() -> Result<Ovmf, HwError> {
+        let dir = std::env::var_os("TRIAD_OVMF_DIR")
+            .map_or_else(|| Path::new(OVMF_UNPACKED).join("usr/share/OVMF"), PathBuf::from);
+        let ovmf = Ovmf { code: dir.join("OVMF_CODE_4M.fd"), vars: dir.join("OVMF_VARS_4M.fd") };
+        for f in [&ovmf.code, &ovmf.vars] {
+            if !f.exists() {
+                return Err(HwError::Missing(format!(
+                    "no {}: run `bash hwtests/setup-qemu.sh` (as root) first",
+                    f.display()
+                )));
+            }
+        }
+        Ok(ovmf)
+    }
+}

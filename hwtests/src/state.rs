@@ -86,6 +86,26 @@ pub fn make_disk_sized(
     check: bool,
     size_mib: u32,
 ) -> Result<PathBuf, HwError> {
+    let tree = make_tree(triad, dir, id, config, check)?;
+    let img = dir.join(format!("state-{id}.img"));
+    let _ = std::fs::remove_file(&img);
+    mkfs(&tree, &img, size_mib.into())?;
+    Ok(img)
+}
+
+/// An ext4 labelled [`LABEL`] of `mib` MiB in the file `img`, holding the
+/// files of `tree` (`mkfs.ext4 -d`: no root tools, no loop device).
+pub fn mkfs(tree: &Path, img: &Path, mib: u64) -> Result<(), HwError> {
+    run(
+        "mkfs.ext4",
+        &["-q", "-F", "-L", LABEL, "-d", &tree.display().to_string(), &img.display().to_string(), &format!("{mib}M")],
+    )
+    .map(drop)
+}
+
+/// Node `id`'s state partition contents in `dir/state-N/` (the cluster's
+/// certificates made once into `dir/ca`); returns the directory.
+pub fn make_tree(triad: &Path, dir: &Path, id: u8, config: &str, check: bool) -> Result<PathBuf, HwError> {
     let ca = dir.join("ca");
     if !ca.join("ca.pem").exists() {
         std::fs::create_dir_all(&ca).map_err(io(&ca))?;
@@ -117,20 +137,5 @@ pub fn make_disk_sized(
         std::fs::write(&local_copy, local).map_err(io(&local_copy))?;
         run(triad, &["check-config", "--config", &local_copy.display().to_string()])?;
     }
-    let img = dir.join(format!("state-{id}.img"));
-    let _ = std::fs::remove_file(&img);
-    run(
-        "mkfs.ext4",
-        &[
-            "-q",
-            "-F",
-            "-L",
-            LABEL,
-            "-d",
-            &tree.display().to_string(),
-            &img.display().to_string(),
-            &format!("{size_mib}M"),
-        ],
-    )?;
-    Ok(img)
+    Ok(tree)
 }

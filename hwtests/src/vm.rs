@@ -1,7 +1,10 @@
-//! One virtual appliance: a QEMU process under software emulation with
-//! the image's kernel and initramfs, its state disk, a virtio NIC on its
-//! tap, an i6300esb watchdog that resets the VM, its serial console in a
-//! file and a monitor socket through which the test powers it off.
+//! One virtual appliance: a QEMU process under software emulation booting
+//! either the image's kernel and initramfs directly with a state disk
+//! ([`Vm::start`]), or its own copy of the appliance disk through UEFI
+//! firmware ([`Vm::start_uefi`]: OVMF, the ESP's unified kernel image, the
+//! read-only root); a virtio NIC on its tap, an i6300esb watchdog that
+//! resets the VM, its serial console in a file and a monitor socket
+//! through which the test powers it off.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -11,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::image::Image;
 use crate::net::{node_mac, tap, NS};
-use crate::qemu::Qemu;
+use crate::qemu::{Ovmf, Qemu};
 use crate::{wait_until, HwError};
 
 /// Guest memory: the initramfs (about 30 MB) lives in it, unpacked.
@@ -31,8 +34,44 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Starts VM `id` in the segment's namespace, its files under `dir`.
+    /// Starts VM `id` in the segment's namespace, its files under `dir`:
+    /// the kernel and initramfs loaded by QEMU, the state disk as virtio.
     pub fn start(qemu: &Qemu, image: &Image, dir: &Path, id: u8, state_disk: &Path) -> Result<Vm, HwError> {
+        let boot: Vec<std::ffi::OsString> = vec![
+            "-kernel".into(),
+            image.vmlinux.clone().into(),
+            "-initrd".into(),
+            image.initramfs.clone().into(),
+            "-append".into(),
+            image.cmdline.clone().into(),
+            "-drive".into(),
+            format!("file={},format=raw,if=virtio", state_disk.display()).into(),
+        ];
+        Self::spawn(qemu, dir, id, &boot)
+    }
+
+    /// Starts VM `id` booting `disk` (its own copy of the appliance disk)
+    /// through OVMF: the firmware code read-only, a copy of the variable
+    /// store per VM, the disk as virtio-blk and the first boot device
+    /// (OVMF then runs the ESP's `EFI/BOOT/BOOTX64.EFI`).
+    pub fn start_uefi(qemu: &Qemu, ovmf: &Ovmf, dir: &Path, id: u8, disk: &Path) -> Result<Vm, HwError> {
+        let vars = dir.join(format!("ovmf-vars-{id}.fd"));
+        std::fs::copy(&ovmf.vars, &vars).map_err(|source| HwError::Io { path: vars.clone(), source })?;
+        let boot: Vec<std::ffi::OsString> = vec![
+            "-drive".into(),
+            format!("if=pflash,format=raw,unit=0,readonly=on,file={}", ovmf.code.display()).into(),
+            "-drive".into(),
+            format!("if=pflash,format=raw,unit=1,file={}", vars.display()).into(),
+            "-drive".into(),
+            format!("file={},format=raw,if=none,id=disk0", disk.display()).into(),
+            "-device".into(),
+            "virtio-blk-pci,drive=disk0,bootindex=0".into(),
+        ];
+        Self::spawn(qemu, dir, id, &boot)
+    }
+
+    /// QEMU with what every VM has, plus `boot` (how it boots, its disks).
+    fn spawn(qemu: &Qemu, dir: &Path, id: u8, boot: &[std::ffi::OsString]) -> Result<Vm, HwError> {
         let serial = dir.join(format!("serial-{id}.log"));
         let monitor = dir.join(format!("monitor-{id}.sock"));
         let _ = std::fs::remove_file(&monitor);
@@ -47,22 +86,17 @@ impl Vm {
         }
         c.args(["-name", &format!("triad-hw-{id}"), "-accel", "tcg", "-M", "pc", "-m", &MEMORY_MIB.to_string()])
             .args(["-smp", "1", "-nodefaults", "-no-user-config", "-display", "none"])
-            .arg("-kernel")
-            .arg(&image.vmlinux)
-            .arg("-initrd")
-            .arg(&image.initramfs)
-            .args(["-append", &image.cmdline])
+            .args(boot)
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))
             .arg("-pidfile")
             .arg(dir.join(format!("qemu-{id}.pid")))
             .arg("-monitor")
             .arg(format!("unix:{},server=on,wait=off", monitor.display()))
-            .arg("-drive")
-            .arg(format!("file={},format=raw,if=virtio", state_disk.display()))
             .args(["-netdev", &format!("tap,id=n0,ifname={},script=no,downscript=no", tap(id))])
-            // No option ROM: the kernel is loaded directly, nothing boots
-            // from the network.
+            // No option ROM: nothing boots from the network (OVMF's own
+            // virtio-net driver still sees the NIC; bootindex puts the
+            // disk first).
             .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={},romfile=", node_mac(id))])
             .args(["-device", "i6300esb", "-action", "watchdog=reset"])
             .stdin(Stdio::null())

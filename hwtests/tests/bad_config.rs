@@ -11,6 +11,7 @@
 
 use std::time::{Duration, Instant};
 
+use triad_hwtests::cluster::strip_ansi;
 use triad_hwtests::net::{node_ip, Segment, VIP};
 use triad_hwtests::qemu::Qemu;
 use triad_hwtests::vm::Vm;
@@ -31,23 +32,6 @@ impl Drop for Printed {
             eprintln!("===== serial console ({}) =====\n{text}", self.0.display());
         }
     }
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[test]

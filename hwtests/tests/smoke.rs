@@ -18,14 +18,14 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use triad_hwtests::cluster::{sole_answerer, Cluster, IDS};
 use triad_hwtests::image;
-use triad_hwtests::net::{node_mac, Segment, VIP};
+use triad_hwtests::net::{Segment, VIP};
 use triad_hwtests::qemu::Qemu;
 use triad_hwtests::state;
 use triad_hwtests::vm::Vm;
 use triad_hwtests::wait_until;
 
-const IDS: [u8; 3] = [1, 2, 3];
 /// QEMU start to the VIP answering: three TCG guests booting at once on
 /// two shared cores, then an election with the emulated profile.
 const FORM_DEADLINE: Duration = Duration::from_secs(180);
@@ -35,42 +35,6 @@ const FAILOVER_DEADLINE: Duration = Duration::from_secs(60);
 
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
-}
-
-/// The VMs; prints every serial console when the test fails.
-struct Cluster {
-    vms: Vec<Vm>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for vm in &self.vms {
-                eprintln!("===== serial console of VM {} ({}) =====", vm.id, vm.serial.display());
-                eprintln!("{}", vm.serial_text());
-            }
-        }
-    }
-}
-
-fn id_of(mac: &str) -> Option<u8> {
-    IDS.iter().copied().find(|id| node_mac(*id) == mac)
-}
-
-/// The one VM answering ARP for the VIP, once exactly one does (three
-/// requests in a row agreeing).
-fn sole_answerer(seg: &Segment, not: Option<u8>) -> Option<u8> {
-    let mut seen = None;
-    for _ in 0..3 {
-        let macs = seg.arp_answerers(VIP);
-        let [mac] = macs.as_slice() else { return None };
-        let id = id_of(mac)?;
-        if Some(id) == not || seen.is_some_and(|s| s != id) {
-            return None;
-        }
-        seen = Some(id);
-    }
-    seen
 }
 
 #[test]

@@ -83,10 +83,7 @@ fn a_hung_supervisor_is_reset_by_the_watchdog_and_reports_it_after_booting_again
     let first = wait_until(BOOT_DEADLINE, Duration::from_secs(1), status)
         .unwrap_or_else(|| panic!("the VM's agent did not answer within {BOOT_DEADLINE:?}"));
     assert_eq!(first["watchdog"]["timeout_s"], 30, "watchdog not armed as configured: {first}");
-    assert_eq!(
-        first["watchdog"]["last_reboot_was_watchdog"], false,
-        "a cold boot reported as the watchdog's: {first}"
-    );
+    assert_eq!(first["watchdog"]["last_reboot_was_watchdog"], false, "a cold boot reported as the watchdog's: {first}");
 
     // The agent's connection never gets an answer (the loop is blocked):
     // its read times out after 10 s, so the clock starts before it.

@@ -5,9 +5,12 @@
 //! `run_as_init`, `os/init.rs`).
 //!
 //! ```text
-//!  early mounts (proc, sys, dev, run, tmp, cgroup2) ─▶ kernel modules (os/modules.rs)
-//!   ─▶ kernel command line (triad.*) ─▶ find the state partition (a device path, or LABEL=)
-//!   ─▶ e2fsck -p ─▶ mount it on /var/lib/triad ─▶ read triad.toml ─▶ modules the config needs?
+//!  early mounts (proc, sys, dev, run, tmp, cgroup2) ─▶ kernel command line (triad.*)
+//!   ─▶ [triad.root= and / is the initramfs: switch to that root and exec its init (os/switch_root.rs)]
+//!   ─▶ the root mount logged ─▶ kernel modules (os/modules.rs)
+//!   ─▶ find the state partition (a device path, or LABEL=) ─▶ e2fsck -p ─▶ mount it on /var/lib/triad
+//!   ─▶ the data partition (LABEL=triad-data), if any: e2fsck -p, mount on /var/lib/triad-data
+//!   ─▶ read triad.toml ─▶ modules the config needs?
 //!   ─▶ lo up ─▶ run_as_init (hostname, sysctls, the supervisor: it sets node.address itself)
 //! ```
 //!
@@ -18,6 +21,7 @@
 //! |---|---|---|
 //! | `triad.state=` | `LABEL=triad-state` | the state partition: `/dev/...` or `LABEL=` of an ext4 |
 //! | `triad.config=` | `/var/lib/triad/triad.toml` | the config file (absolute path) |
+//! | `triad.root=` | none: `/` stays the initramfs | the read-only root: `/dev/...` or `PARTLABEL=` |
 //!
 //! Owns: deciding that this process is the kernel's init
 //! ([`started_by_kernel`]), the command line ([`parse_cmdline`]), finding
@@ -40,6 +44,7 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::errors::chain;
 use crate::os::modules;
+use crate::os::switch_root::{self, RootDevice};
 
 /// The search path the kernel's init runs with (the kernel sets none).
 pub const INIT_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
@@ -49,6 +54,11 @@ pub const STATE_MOUNT: &str = "/var/lib/triad";
 pub const DEFAULT_CONFIG: &str = "/var/lib/triad/triad.toml";
 /// The state partition's ext4 label when the command line names none.
 pub const DEFAULT_STATE_LABEL: &str = "triad-state";
+/// Where the data partition is mounted: the replicated volume's backing
+/// files (`[volume]`'s directory) live there.
+pub const DATA_MOUNT: &str = "/var/lib/triad-data";
+/// The data partition's ext4 label.
+pub const DATA_LABEL: &str = "triad-data";
 /// How long devices get to appear after their drivers loaded.
 const DEVICE_WAIT: Duration = Duration::from_secs(15);
 /// How often a box holding on bad input tries its config again.
@@ -84,11 +94,17 @@ pub struct BootArgs {
     pub state: StateDevice,
     /// `triad.config=`.
     pub config: PathBuf,
+    /// `triad.root=`: switch to this read-only root first.
+    pub root: Option<RootDevice>,
 }
 
 impl Default for BootArgs {
     fn default() -> Self {
-        BootArgs { state: StateDevice::Label(DEFAULT_STATE_LABEL.into()), config: PathBuf::from(DEFAULT_CONFIG) }
+        BootArgs {
+            state: StateDevice::Label(DEFAULT_STATE_LABEL.into()),
+            config: PathBuf::from(DEFAULT_CONFIG),
+            root: None,
+        }
     }
 }
 
@@ -119,6 +135,10 @@ pub fn parse_cmdline(text: &str) -> (BootArgs, Vec<String>) {
                         .push(format!("triad.config: expected an absolute path, found {value:?}; using the default"));
                 }
             }
+            "root" => match RootDevice::parse(value) {
+                Ok(r) => args.root = Some(r),
+                Err(e) => complaints.push(format!("triad.root: {e}; staying on the initramfs")),
+            },
             other => complaints.push(format!("triad.{other}: unknown setting, ignored")),
         }
     }
@@ -174,6 +194,20 @@ pub enum BootError {
 pub fn boot() -> (Config, Vec<PathBuf>) {
     let started = Instant::now();
     let mut mounted = crate::os::init::mount_early(&[]);
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let (args, complaints) = parse_cmdline(&cmdline);
+    for c in &complaints {
+        warn!("kernel command line: {c}");
+    }
+    info!(state = ?args.state, config = %args.config.display(), root = ?args.root, "boot settings");
+    if let Some(root) = args.root.as_ref().filter(|r| switch_root::wanted(Some(r), switch_root::root_is_initramfs())) {
+        switch_to(root);
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    match switch_root::root_mount(&mountinfo) {
+        Some(r) => info!(fstype = %r.fstype, source = %r.source, read_only = r.read_only, "root filesystem"),
+        None => warn!("cannot read the root mount from /proc/self/mountinfo"),
+    }
     let report = match modules::release_dir() {
         Ok(dir) => modules::load_all(&dir),
         Err(e) => {
@@ -181,18 +215,15 @@ pub fn boot() -> (Config, Vec<PathBuf>) {
             Vec::new()
         }
     };
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let (args, complaints) = parse_cmdline(&cmdline);
-    for c in &complaints {
-        warn!("kernel command line: {c}");
-    }
-    info!(state = ?args.state, config = %args.config.display(), "boot settings");
     let mut state_mounted = false;
     loop {
         match stage(&args, &report, &mut state_mounted) {
             Ok(cfg) => {
                 if state_mounted {
                     mounted.push(PathBuf::from(STATE_MOUNT));
+                }
+                if mount_data() {
+                    mounted.push(PathBuf::from(DATA_MOUNT));
                 }
                 if !cfg.node.init {
                     warn!("node.init = false in the config, but the kernel started triad as init: acting as init");
@@ -206,6 +237,58 @@ pub fn boot() -> (Config, Vec<PathBuf>) {
     }
 }
 
+/// The switch to the read-only root (`os/switch_root.rs`): loads the
+/// modules that reach it, then tries until it works; on success the exec
+/// never returns. A failure is reported on the console and retried every
+/// 30 s: the box stays up (PID 1 never exits), without the service.
+fn switch_to(root: &RootDevice) -> ! {
+    match modules::release_dir() {
+        Ok(dir) => drop(modules::load_root(&dir)),
+        Err(e) => error!(error = %e, "cannot read the kernel release: no modules loaded"),
+    }
+    loop {
+        let e = switch_root::attempt(root);
+        error!(error = %chain(&e), retry_s = RETRY.as_secs(), "cannot switch to the read-only root; the box stays up without the service");
+        reap_for(RETRY);
+        if matches!(e, switch_root::SwitchError::Exec(_)) {
+            // Past chroot: the new root is `/` now, only the exec is left.
+            use switch_root::Ops;
+            loop {
+                let e = switch_root::SwitchError::Exec(switch_root::Kernel.exec_init());
+                error!(error = %chain(&e), retry_s = RETRY.as_secs(), "cannot start the root's init; the box stays up without the service");
+                reap_for(RETRY);
+            }
+        }
+    }
+}
+
+/// The data partition (LABEL=triad-data), checked and mounted on
+/// [`DATA_MOUNT`] when there is one; true when mounted. Its absence is not
+/// an error (the direct kernel + initramfs boot of the smoke test has
+/// none); a volume configured there then fails to open and says so.
+/// Looked for once, without waiting: by now the state partition was
+/// found, and the data partition is on the same disk.
+fn mount_data() -> bool {
+    let Some(device) = by_label(DATA_LABEL) else {
+        info!(label = DATA_LABEL, "no data partition: nothing mounted on {DATA_MOUNT}");
+        return false;
+    };
+    fsck(&device, "data");
+    let _ = std::fs::create_dir_all(DATA_MOUNT);
+    use nix::mount::MsFlags;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    match nix::mount::mount(Some(&device), DATA_MOUNT, Some("ext4"), flags, None::<&str>) {
+        Ok(()) => {
+            info!(device = %device.display(), target = DATA_MOUNT, "data partition mounted");
+            true
+        }
+        Err(e) => {
+            error!(device = %device.display(), target = DATA_MOUNT, error = %e, "cannot mount the data partition");
+            false
+        }
+    }
+}
+
 /// One attempt: the state partition mounted (once), the config read and
 /// checked against the modules that loaded.
 fn stage(
@@ -215,7 +298,7 @@ fn stage(
 ) -> Result<Config, BootError> {
     if !*state_mounted {
         let device = find_state(&args.state)?;
-        fsck(&device);
+        fsck(&device, "state");
         let _ = std::fs::create_dir_all(STATE_MOUNT);
         use nix::mount::MsFlags;
         // Nothing on the state partition is run or is a device.
@@ -303,19 +386,19 @@ fn by_label(label: &str) -> Option<PathBuf> {
 /// `e2fsck -p` before the mount: a power cut may have left the journal to
 /// replay, and a damaged state partition is better repaired than mounted.
 /// Its verdict is logged; the mount decides.
-fn fsck(device: &Path) {
+fn fsck(device: &Path, what: &str) {
     let e2fsck = Path::new("/sbin/e2fsck");
     if !e2fsck.exists() {
-        warn!("no /sbin/e2fsck in the image: state partition not checked");
+        warn!("no /sbin/e2fsck in the image: {what} partition not checked");
         return;
     }
     match std::process::Command::new(e2fsck).arg("-p").arg(device).status() {
         // 0: clean, 1: errors corrected, 2: corrected, reboot advised
         // (not for an unmounted filesystem), 4 and up: left uncorrected.
         Ok(s) if s.code().is_some_and(|c| c < 4) => {
-            info!(device = %device.display(), status = s.code(), "state partition checked")
+            info!(device = %device.display(), status = s.code(), "{what} partition checked")
         }
-        Ok(s) => warn!(device = %device.display(), status = ?s, "e2fsck left errors on the state partition"),
+        Ok(s) => warn!(device = %device.display(), status = ?s, "e2fsck left errors on the {what} partition"),
         Err(e) => warn!(error = %e, "cannot run e2fsck"),
     }
 }
@@ -378,6 +461,10 @@ mod tests {
         assert_eq!(a.config, PathBuf::from("/var/lib/triad/n1.toml"));
         let (a, _) = parse_cmdline("triad.state=LABEL=box-state");
         assert_eq!(a.state, StateDevice::Label("box-state".into()));
+        assert_eq!(a.root, None);
+        let (a, c) = parse_cmdline("console=ttyS0 triad.root=PARTLABEL=root-a");
+        assert!(c.is_empty(), "{c:?}");
+        assert_eq!(a.root, Some(RootDevice::PartLabel("root-a".into())));
     }
 
     #[test]
@@ -392,6 +479,10 @@ mod tests {
         assert_eq!(c[2], "triad.bogus: unknown setting, ignored");
         let (_, c) = parse_cmdline("triad.config=/a/../etc/shadow");
         assert_eq!(c.len(), 1);
+        let (a, c) = parse_cmdline("triad.root=root-a");
+        assert_eq!(a.root, None, "a malformed root keeps the initramfs as the root");
+        assert_eq!(c.len(), 1);
+        assert!(c[0].starts_with("triad.root: expected /dev/NAME or PARTLABEL=NAME"), "{c:?}");
     }
 
     fn superblock(label: &[u8]) -> Vec<u8> {

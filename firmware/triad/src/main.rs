@@ -111,7 +111,12 @@ enum Command {
     /// Print the kernel module table in load order, one `NAME PATH DEPS
     /// USE` line each, for the image build (image/build.sh).
     #[command(hide = true)]
-    ImageModules,
+    ImageModules {
+        /// Only the modules that reach the root filesystem (the UKI's
+        /// small initramfs).
+        #[arg(long)]
+        root: bool,
+    },
     /// Put this node in standby (it never becomes active), or release it.
     Standby {
         /// Control socket of the node.
@@ -214,12 +219,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 }
             })
         }
-        Command::ImageModules => {
+        Command::ImageModules { root } => {
             use std::io::Write;
-            use triad::os::modules::{check_order, MODULES};
+            use triad::os::modules::{check_order, subset, MODULES, ROOT};
             check_order(MODULES).map_err(Failure::Runtime)?;
+            let table = if root { subset(ROOT) } else { MODULES.iter().collect() };
             let mut out = std::io::stdout().lock();
-            for m in MODULES {
+            for m in table {
                 let deps = if m.deps.is_empty() { "-".to_string() } else { m.deps.join(",") };
                 // A closed pipe ends the listing, not the process.
                 writeln!(out, "{} {} {} {:?}", m.name, m.path, deps, m.usage)

@@ -22,6 +22,7 @@
 //! - [`pbx_process`]: the PBX's process: unprivileged, its own process
 //!   group and cgroup, signalled as a group.
 //! - [`realtime`]: memory locking and SCHED_FIFO.
+//! - [`switch_root`]: from the UKI's small initramfs to the read-only root.
 //! - [`reaper`]: the one waiter for every child and orphan (PID 1 or
 //!   subreaper), routing the PBX's exit to its owner.
 //! - [`vip`]: [`vip::VipOps`] with its kernel and in-memory implementations.
@@ -39,5 +40,6 @@ pub mod netlink;
 pub mod pbx_process;
 pub mod realtime;
 pub mod reaper;
+pub mod switch_root;
 pub mod vip;
 pub mod watchdog;

@@ -137,6 +137,44 @@ pub const MODULES: &[Module] = &[
     m("sp5100_tco", "kernel/drivers/watchdog/sp5100_tco.ko", &["watchdog"], Hardware),
 ];
 
+/// The modules that reach the root filesystem, in [`MODULES`]'s order:
+/// what the unified kernel image's small initramfs carries and loads
+/// before it switches to the read-only root (`os/switch_root.rs`). Disk
+/// controllers with their libraries, and erofs/squashfs. A unit test holds
+/// it closed under `deps`; the root's init loads the whole table again
+/// (EEXIST counts as loaded).
+pub const ROOT: &[&str] = &[
+    "crc32c_generic",
+    "libcrc32c",
+    "crct10dif_common",
+    "crct10dif_generic",
+    "crc_t10dif",
+    "crc64",
+    "crc64_rocksoft",
+    "t10_pi",
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
+    "virtio_pci",
+    "virtio_blk",
+    "scsi_common",
+    "scsi_mod",
+    "sd_mod",
+    "libata",
+    "libahci",
+    "ahci",
+    "nvme_core",
+    "nvme",
+    "erofs",
+    "squashfs",
+];
+
+/// The modules of [`MODULES`] named in `names`, in the table's order.
+pub fn subset(names: &[&str]) -> Vec<&'static Module> {
+    MODULES.iter().filter(|m| names.contains(&m.name)).collect()
+}
+
 /// What loading one module came to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -242,8 +280,18 @@ pub fn release_dir() -> std::io::Result<PathBuf> {
 /// outcome. Never stops early: a module the kernel refuses is logged and
 /// the next one is tried.
 pub fn load_all(dir: &Path) -> Vec<(&'static Module, Outcome)> {
+    load(dir, MODULES.iter())
+}
+
+/// As [`load_all`], for the modules of [`ROOT`] only (the small
+/// initramfs carries no others).
+pub fn load_root(dir: &Path) -> Vec<(&'static Module, Outcome)> {
+    load(dir, subset(ROOT).into_iter())
+}
+
+fn load(dir: &Path, table: impl Iterator<Item = &'static Module>) -> Vec<(&'static Module, Outcome)> {
     let start = std::time::Instant::now();
-    let report: Vec<_> = MODULES.iter().map(|m| (m, outcome(load_one(&dir.join(m.path))))).collect();
+    let report: Vec<_> = table.map(|m| (m, outcome(load_one(&dir.join(m.path))))).collect();
     for (m, o) in &report {
         match o {
             Outcome::Loaded | Outcome::AlreadyLoaded => {}
@@ -278,6 +326,18 @@ mod tests {
     #[test]
     fn the_table_loads_every_dependency_first() {
         assert_eq!(check_order(MODULES), Ok(()));
+    }
+
+    #[test]
+    fn the_root_modules_are_in_the_table_and_bring_their_dependencies() {
+        let root = subset(ROOT);
+        assert_eq!(root.len(), ROOT.len(), "every name of ROOT is in the table");
+        let owned: Vec<Module> = root.iter().map(|m| **m).collect();
+        assert_eq!(check_order(&owned), Ok(()));
+        for name in ["virtio_blk", "ahci", "nvme", "sd_mod", "erofs"] {
+            assert!(ROOT.contains(&name), "{name}");
+        }
+        assert!(!ROOT.contains(&"nbd") && !ROOT.contains(&"virtio_net"), "only what reaches the root");
     }
 
     #[test]
