@@ -7,7 +7,8 @@
 //! power is cut: the VM that takes the VIP mounts the replicated volume,
 //! starts its own Kamailio and routes an OPTIONS for the user to the
 //! registered contact; a file written and fsynced through the mounted
-//! filesystem before the cut reads back on the new active VM.
+//! filesystem before the cut reads back on the new active VM; SIPp calls
+//! up through the VIP at the cut end with a 200 to their BYE.
 //!
 //! The debug image's test agent (`firmware/triad/src/test_agent.rs`)
 //! carries the operator's one request, `format-volume` (a new cluster's
@@ -29,6 +30,21 @@ use triad_hwtests::net::{node_ip, node_mac, Segment, CLIENT_IP, NS, VIP};
 use triad_hwtests::qemu::Qemu;
 use triad_hwtests::vm::Vm;
 use triad_hwtests::{image, state, wait_until};
+use triad_lab::sip::{self, Side};
+
+fn ip(text: &str) -> std::net::Ipv4Addr {
+    text.parse().unwrap_or_else(|e| panic!("{text}: {e}"))
+}
+
+/// A SIPp process group, killed when the test ends however it ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
 
 const IDS: [u8; 3] = [1, 2, 3];
 /// QEMU start to the VIP answering (as the smoke test).
@@ -46,6 +62,11 @@ const STATE_DISK_MIB: u32 = 160;
 /// A file written through the mounted filesystem before the power cut.
 const DATA_FILE: &str = "/run/pbx/acknowledged.txt";
 const DATA_TEXT: &str = "written-and-fsynced-before-the-power-cut";
+/// The SIPp calls: held long enough to outlast the failover (about 5 s
+/// here) and send their BYE to the new active VM.
+const CALLS: sip::Calls = sip::Calls { count: 12, rate: 1, hold_ms: 15_000 };
+/// Calls established before the power is cut.
+const CALLS_UP_AT_CUT: usize = 4;
 /// Where the phone's contact answers on the client side.
 const PHONE_PORT: u16 = 5070;
 
@@ -247,7 +268,26 @@ fn a_registration_through_the_vip_survives_a_power_cut_of_the_active_appliance()
     let answer = agent(leader, &format!("write {DATA_FILE} {DATA_TEXT}")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(answer.trim(), "ok", "write through the filesystem on VM {leader}");
 
+    // Calls through the VIP (the payload's SIPp UAC and UAS on the client
+    // side), some up when the power goes.
+    let side = Side { ns: NS, client_ip: ip(CLIENT_IP), vip: ip(VIP) };
+    let sipp_dir = dir.join("sipp");
+    std::fs::create_dir_all(&sipp_dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", sipp_dir.display()));
+    let uas = sip::uas_in(&side, &sipp_dir).unwrap_or_else(|e| panic!("sipp: {e}"));
+    let _uas = Killed(uas);
+    let (ok, out) = sip::register_uas_in(&side).unwrap_or_else(|e| panic!("sipsak: {e}"));
+    assert!(ok, "REGISTER of the UAS failed:\n{out}");
+    let log = sipp_dir.join("uac.log");
+    let uac = sip::uac_in(&side, &sipp_dir, "uac", CALLS, &log).unwrap_or_else(|e| panic!("sipp: {e}"));
+    let mut uac = Killed(uac);
+    let read_log = || sip::CallLog::parse(&std::fs::read_to_string(&log).unwrap_or_default());
+    wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+        (read_log().established.len() >= CALLS_UP_AT_CUT).then_some(())
+    })
+    .unwrap_or_else(|| panic!("fewer than {CALLS_UP_AT_CUT} calls established through the VIP in 60 s"));
+
     let cut = Instant::now();
+    let cut_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
     let active = cluster.vms.iter_mut().find(|vm| vm.id == leader).expect("the leader is one of the VMs");
     active.power_off().unwrap_or_else(|e| panic!("power off: {e}"));
     eprintln!("pbx: VM {leader} powered off (monitor quit)");
@@ -265,6 +305,17 @@ fn a_registration_through_the_vip_survives_a_power_cut_of_the_active_appliance()
     eprintln!("pbx: VM {next}'s Kamailio routes alice {:.1} s after the power cut", routed.as_secs_f64());
     let answer = agent(next, &format!("read {DATA_FILE}")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(answer.trim(), format!("ok {DATA_TEXT}"), "the file written before the power cut, read on VM {next}");
+    let ended = wait_until(Duration::from_secs(120), Duration::from_millis(500), || uac.0.try_wait().ok().flatten());
+    let calls = read_log();
+    let (up, bye_ok) = calls.up_at(cut_epoch);
+    eprintln!(
+        "pbx: {up} calls up at the power cut, {bye_ok} of them ended with a 200 to their BYE; {} of {} calls \
+         established in all (SIPp exit {ended:?})",
+        calls.established.len(),
+        CALLS.count
+    );
+    assert!(up >= CALLS_UP_AT_CUT, "only {up} calls up at the cut");
+    assert_eq!(bye_ok, up, "calls up at the power cut whose BYE got no 200");
     let rest = IDS.iter().copied().find(|i| *i != leader && *i != next).expect("a third VM");
     let mounted = status(rest).and_then(|s| s.pointer("/filesystem/mounted").and_then(|m| m.as_bool()));
     assert_eq!(mounted, Some(false), "VM {rest} (a follower) reports its filesystem mounted");

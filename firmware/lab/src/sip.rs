@@ -10,9 +10,30 @@ use std::process::{Child, Command, Stdio};
 
 use crate::netns::CLIENT_NS;
 
+/// Where the SIP tools run: the client side's namespace and address, and
+/// the VIP they call through. [`LAB`] is the lab's; the hardware tests
+/// (hwtests/) have their own segment.
+#[derive(Clone, Copy, Debug)]
+pub struct Side<'a> {
+    /// The client side's network namespace.
+    pub ns: &'a str,
+    /// The client's address in it.
+    pub client_ip: std::net::Ipv4Addr,
+    /// The cluster's VIP.
+    pub vip: std::net::Ipv4Addr,
+}
+
+/// The lab's client side.
+pub const LAB: Side<'static> = Side { ns: CLIENT_NS, client_ip: crate::layout::CLIENT_IP, vip: crate::layout::VIP };
+
 /// `sipsak ARGS` in the client's namespace: success and output.
 pub fn sipsak(args: &[&str]) -> std::io::Result<(bool, String)> {
-    let out = Command::new("ip").args(["netns", "exec", CLIENT_NS, "sipsak"]).args(args).output()?;
+    sipsak_in(&LAB, args)
+}
+
+/// `sipsak ARGS` on `side`: success and output.
+pub fn sipsak_in(side: &Side<'_>, args: &[&str]) -> std::io::Result<(bool, String)> {
+    let out = Command::new("ip").args(["netns", "exec", side.ns, "sipsak"]).args(args).output()?;
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     Ok((out.status.success(), text))
 }
@@ -20,8 +41,13 @@ pub fn sipsak(args: &[&str]) -> std::io::Result<(bool, String)> {
 /// SIPp in the client's namespace, in its own process group, run from
 /// `dir`, its screen in `dir/NAME.out`.
 pub fn sipp(dir: &Path, name: &str, args: &[String]) -> std::io::Result<Child> {
+    sipp_in(&LAB, dir, name, args)
+}
+
+/// SIPp on `side`, as [`sipp`].
+pub fn sipp_in(side: &Side<'_>, dir: &Path, name: &str, args: &[String]) -> std::io::Result<Child> {
     Command::new("ip")
-        .args(["netns", "exec", CLIENT_NS, "sipp"])
+        .args(["netns", "exec", side.ns, "sipp"])
         .args(args)
         .current_dir(dir)
         .stdin(Stdio::null())
@@ -38,10 +64,15 @@ pub const UAC_PORT: u16 = 5090;
 
 /// The payload's SIPp UAS (`uas.xml`) on the client side, user `uas`.
 pub fn uas(dir: &Path) -> std::io::Result<Child> {
+    uas_in(&LAB, dir)
+}
+
+/// The payload's SIPp UAS on `side`, as [`uas`].
+pub fn uas_in(side: &Side<'_>, dir: &Path) -> std::io::Result<Child> {
     let xml = crate::triad::payload_dir().join("uas.xml");
-    let args = ["-sf".to_string(), xml.display().to_string(), "-i".into(), crate::layout::CLIENT_IP.to_string()];
+    let args = ["-sf".to_string(), xml.display().to_string(), "-i".into(), side.client_ip.to_string()];
     let more = ["-p", &UAS_PORT.to_string(), "-s", "uas", "-nostdin"].map(str::to_string);
-    sipp(dir, "uas", &[&args[..], &more[..]].concat())
+    sipp_in(side, dir, "uas", &[&args[..], &more[..]].concat())
 }
 
 /// How the payload's SIPp UAC (`uac.xml`) places its calls to `uas`
@@ -59,15 +90,20 @@ pub struct Calls {
 /// The UAC, its screen in `dir/NAME.out`, its call log (`EST`/`BYEOK`
 /// lines, [`CallLog`]) in `log`.
 pub fn uac(dir: &Path, name: &str, calls: Calls, log: &Path) -> std::io::Result<Child> {
+    uac_in(&LAB, dir, name, calls, log)
+}
+
+/// The UAC on `side`, as [`uac`].
+pub fn uac_in(side: &Side<'_>, dir: &Path, name: &str, calls: Calls, log: &Path) -> std::io::Result<Child> {
     let xml = crate::triad::payload_dir().join("uac.xml");
     let args = [
-        format!("{}:5060", crate::layout::VIP),
+        format!("{}:5060", side.vip),
         "-sf".into(),
         xml.display().to_string(),
         "-s".into(),
         "uas".into(),
         "-i".into(),
-        crate::layout::CLIENT_IP.to_string(),
+        side.client_ip.to_string(),
         "-p".into(),
         UAC_PORT.to_string(),
         "-m".into(),
@@ -83,13 +119,18 @@ pub fn uac(dir: &Path, name: &str, calls: Calls, log: &Path) -> std::io::Result<
         "-log_file".into(),
         log.display().to_string(),
     ];
-    sipp(dir, name, &args)
+    sipp_in(side, dir, name, &args)
 }
 
 /// Registers the UAS through the VIP with sipsak: success and output.
 pub fn register_uas() -> std::io::Result<(bool, String)> {
-    let contact = format!("sip:uas@{}:{UAS_PORT}", crate::layout::CLIENT_IP);
-    sipsak(&["-U", "-C", &contact, "-s", &format!("sip:uas@{}", crate::layout::VIP), "-i"])
+    register_uas_in(&LAB)
+}
+
+/// Registers the UAS on `side` through its VIP, as [`register_uas`].
+pub fn register_uas_in(side: &Side<'_>) -> std::io::Result<(bool, String)> {
+    let contact = format!("sip:uas@{}:{UAS_PORT}", side.client_ip);
+    sipsak_in(side, &["-U", "-C", &contact, "-s", &format!("sip:uas@{}", side.vip), "-i"])
 }
 
 /// What the payload's `uac.xml` logged (`-trace_logs`): each call's
