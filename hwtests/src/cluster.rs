@@ -1,4 +1,4 @@
-//! What the three-VM tests share (`tests/smoke.rs`, `tests/disk_boot.rs`):
+//! What the VM tests share (`tests/smoke.rs`, `disk_boot.rs`, `pbx.rs`, `watchdog.rs`):
 //! the VMs with their serial consoles printed when a test fails, and the
 //! client-side view of who holds the VIP.
 

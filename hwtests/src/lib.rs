@@ -21,6 +21,7 @@
 //! `triad-hw` namespace), or leave VMs behind (each [`vm::Vm`] kills its
 //! QEMU on drop). Needs root: the tests check and fail loudly.
 
+pub mod agent;
 pub mod cluster;
 pub mod disk;
 pub mod image;

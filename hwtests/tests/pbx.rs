@@ -19,14 +19,15 @@
 //! cargo test -p triad-hwtests --test pbx -- --nocapture
 //! ```
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, UdpSocket};
+use std::net::UdpSocket;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use triad_hwtests::net::{node_ip, node_mac, Segment, CLIENT_IP, NS, VIP};
+use triad_hwtests::agent::{ask as agent, status};
+use triad_hwtests::cluster::{sole_answerer, Cluster, IDS};
+use triad_hwtests::net::{Segment, CLIENT_IP, NS, VIP};
 use triad_hwtests::qemu::Qemu;
 use triad_hwtests::vm::Vm;
 use triad_hwtests::{image, state, wait_until};
@@ -46,7 +47,6 @@ impl Drop for Killed {
     }
 }
 
-const IDS: [u8; 3] = [1, 2, 3];
 /// QEMU start to the VIP answering (as the smoke test).
 const FORM_DEADLINE: Duration = Duration::from_secs(240);
 /// The format request to Kamailio answering on the VIP: mkfs, seed,
@@ -54,9 +54,6 @@ const FORM_DEADLINE: Duration = Duration::from_secs(240);
 const SERVICE_DEADLINE: Duration = Duration::from_secs(120);
 /// Power cut to the new active VM's Kamailio routing the user.
 const FAILOVER_DEADLINE: Duration = Duration::from_secs(120);
-/// The agent's port (`triad::test_agent::PORT`, which exists only with
-/// the feature).
-const AGENT_PORT: u16 = 7199;
 /// The state disk: the volume's files live on it in this test.
 const STATE_DISK_MIB: u32 = 160;
 /// A file written through the mounted filesystem before the power cut.
@@ -116,48 +113,6 @@ down_deadline_ms = 20000
     )
 }
 
-/// The VMs; prints every serial console when the test fails.
-struct Cluster {
-    vms: Vec<Vm>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for vm in &self.vms {
-                eprintln!("===== serial console of VM {} ({}) =====", vm.id, vm.serial.display());
-                eprintln!("{}", vm.serial_text());
-            }
-        }
-    }
-}
-
-/// One line to VM `id`'s test agent, from the client side; its answer.
-fn agent(id: u8, line: &str) -> Result<String, String> {
-    let ip = node_ip(id);
-    let line = format!("{line}\n");
-    triad_lab::netns::run_in(NS, move || -> std::io::Result<String> {
-        let addr = (ip.as_str(), AGENT_PORT);
-        let sock = std::net::ToSocketAddrs::to_socket_addrs(&addr)?.next().ok_or(std::io::ErrorKind::NotFound)?;
-        let mut c = TcpStream::connect_timeout(&sock, Duration::from_secs(5))?;
-        c.set_read_timeout(Some(Duration::from_secs(20)))?;
-        c.write_all(line.as_bytes())?;
-        let mut answer = String::new();
-        c.read_to_string(&mut answer)?;
-        Ok(answer)
-    })
-    .map_err(|e| e.to_string())?
-    .map_err(|e| format!("agent of VM {id}: {e}"))
-}
-
-/// VM `id`'s status report, as JSON (the `status` of the control
-/// socket's answer, docs/status-schema.md).
-fn status(id: u8) -> Option<serde_json::Value> {
-    let text = agent(id, r#"{"cmd":"status"}"#).ok()?;
-    let mut answer: serde_json::Value = serde_json::from_str(&text).ok()?;
-    Some(answer.get_mut("status")?.take())
-}
-
 /// Whether VM `id` reports its PBX running.
 fn pbx_running(id: u8) -> bool {
     status(id)
@@ -195,17 +150,6 @@ fn phone(port: u16) -> Arc<AtomicUsize> {
     seen
 }
 
-fn id_of(mac: &str) -> Option<u8> {
-    IDS.iter().copied().find(|id| node_mac(*id) == mac)
-}
-
-/// The one VM answering ARP for the VIP, once exactly one does.
-fn sole_answerer(seg: &Segment, not: Option<u8>) -> Option<u8> {
-    let macs = seg.arp_answerers(VIP);
-    let [mac] = macs.as_slice() else { return None };
-    id_of(mac).filter(|id| Some(*id) != not)
-}
-
 #[test]
 fn a_registration_through_the_vip_survives_a_power_cut_of_the_active_appliance() {
     triad_hwtests::require_root();
@@ -222,7 +166,7 @@ fn a_registration_through_the_vip_survives_a_power_cut_of_the_active_appliance()
         .collect();
     let seg = Segment::up(&IDS).unwrap_or_else(|e| panic!("segment: {e}"));
     let t0 = Instant::now();
-    let mut cluster = Cluster { vms: Vec::new() };
+    let mut cluster = Cluster::default();
     for (id, disk) in IDS.iter().zip(&disks) {
         cluster.vms.push(Vm::start(&qemu, &img, &dir, *id, disk).unwrap_or_else(|e| panic!("VM {id}: {e}")));
     }

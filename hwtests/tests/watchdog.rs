@@ -13,60 +13,23 @@
 //! cargo test -p triad-hwtests --test watchdog -- --nocapture
 //! ```
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use triad_hwtests::net::{node_ip, Segment, NS};
+use triad_hwtests::agent::{ask, status as status_of};
+use triad_hwtests::cluster::{Cluster, IDS};
+use triad_hwtests::net::Segment;
 use triad_hwtests::qemu::Qemu;
 use triad_hwtests::vm::Vm;
 use triad_hwtests::{image, state, wait_until};
 
-const IDS: [u8; 3] = [1, 2, 3];
 const ID: u8 = 1;
 /// QEMU start to the agent answering.
 const BOOT_DEADLINE: Duration = Duration::from_secs(180);
 /// The hang to the second boot's agent answering: the watchdog's 30 s
 /// (the i6300esb's two stages may take twice that), then a boot.
 const RESET_DEADLINE: Duration = Duration::from_secs(240);
-/// The agent's port (`triad::test_agent::PORT`).
-const AGENT_PORT: u16 = 7199;
 /// What the kernel prints once per boot.
 const BOOT_LINE: &str = "Run /init as init process";
-
-/// One line to the VM's test agent; its answer.
-fn agent(line: &str) -> Result<String, String> {
-    let line = format!("{line}\n");
-    triad_lab::netns::run_in(NS, move || -> std::io::Result<String> {
-        let addr = format!("{}:{AGENT_PORT}", node_ip(ID)).parse().map_err(std::io::Error::other)?;
-        let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        c.set_read_timeout(Some(Duration::from_secs(10)))?;
-        c.write_all(line.as_bytes())?;
-        let mut answer = String::new();
-        c.read_to_string(&mut answer)?;
-        Ok(answer)
-    })
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())
-}
-
-/// The VM's status report (docs/status-schema.md), if it answers.
-fn status() -> Option<serde_json::Value> {
-    let mut answer: serde_json::Value = serde_json::from_str(&agent(r#"{"cmd":"status"}"#).ok()?).ok()?;
-    Some(answer.get_mut("status")?.take())
-}
-
-/// Prints the serial console when the test fails.
-struct Console<'a>(&'a Vm);
-
-impl Drop for Console<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("===== serial console of VM {} ({}) =====", self.0.id, self.0.serial.display());
-            eprintln!("{}", self.0.serial_text());
-        }
-    }
-}
 
 #[test]
 fn a_hung_supervisor_is_reset_by_the_watchdog_and_reports_it_after_booting_again() {
@@ -77,8 +40,10 @@ fn a_hung_supervisor_is_reset_by_the_watchdog_and_reports_it_after_booting_again
     let triad = triad_hwtests::debug_supervisor_binary();
     let disk = state::make_disk(&triad, &dir, ID, &IDS).unwrap_or_else(|e| panic!("state disk: {e}"));
     let _seg = Segment::up(&[ID]).unwrap_or_else(|e| panic!("segment: {e}"));
-    let mut vm = Vm::start(&qemu, &img, &dir, ID, &disk).unwrap_or_else(|e| panic!("VM: {e}"));
-    let console = Console(&vm);
+    let vm = Vm::start(&qemu, &img, &dir, ID, &disk).unwrap_or_else(|e| panic!("VM: {e}"));
+    // Prints the serial console if the test fails.
+    let mut cluster = Cluster { vms: vec![vm] };
+    let status = || status_of(ID);
 
     let first = wait_until(BOOT_DEADLINE, Duration::from_secs(1), status)
         .unwrap_or_else(|| panic!("the VM's agent did not answer within {BOOT_DEADLINE:?}"));
@@ -88,11 +53,12 @@ fn a_hung_supervisor_is_reset_by_the_watchdog_and_reports_it_after_booting_again
     // The agent's connection never gets an answer (the loop is blocked):
     // its read times out after 10 s, so the clock starts before it.
     let hung = Instant::now();
-    let _ = agent("hang");
+    let _ = ask(ID, "hang");
     eprintln!("watchdog: supervisor hung");
     let boots = |vm: &Vm| vm.serial_text().matches(BOOT_LINE).count();
-    let again = wait_until(RESET_DEADLINE, Duration::from_secs(1), || (boots(console.0) >= 2).then(|| hung.elapsed()))
-        .unwrap_or_else(|| panic!("the VM did not boot again within {RESET_DEADLINE:?} of the hang"));
+    let again =
+        wait_until(RESET_DEADLINE, Duration::from_secs(1), || (boots(&cluster.vms[0]) >= 2).then(|| hung.elapsed()))
+            .unwrap_or_else(|| panic!("the VM did not boot again within {RESET_DEADLINE:?} of the hang"));
     eprintln!("watchdog: the VM booted again {:.1} s after the hang", again.as_secs_f64());
     let second = wait_until(RESET_DEADLINE.saturating_sub(hung.elapsed()), Duration::from_secs(1), status)
         .unwrap_or_else(|| panic!("the VM's agent did not answer after the reset"));
@@ -101,6 +67,5 @@ fn a_hung_supervisor_is_reset_by_the_watchdog_and_reports_it_after_booting_again
         "after the watchdog's reset the supervisor does not report it: {second}"
     );
     eprintln!("watchdog: the supervisor reports last_reboot_was_watchdog = true");
-    drop(console);
-    assert!(vm.running(), "QEMU exited instead of resetting the VM");
+    assert!(cluster.vms[0].running(), "QEMU exited instead of resetting the VM");
 }
