@@ -16,6 +16,21 @@ pub const CLIENT_IP: &str = "10.79.0.200";
 /// The VIP.
 pub const VIP: &str = "10.79.0.100";
 
+/// The bridge's MAC, set so the observer knows the client's frames.
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0x79, 0, 0, 0, 0xc8];
+/// The address the observer's ARP sweeps come from: on the segment, used
+/// by nobody, so the VMs' replies (to the bridge's MAC) never touch the
+/// client's neighbour table.
+pub const SWEEP_IP: [u8; 4] = [10, 79, 0, 250];
+
+/// The client side as the lab's observer (`triad_lab::observer`) sees it:
+/// the bridge is the client's interface, and the sweeps leave from it.
+pub fn observer_site() -> triad_lab::observer::Site {
+    let vip: std::net::Ipv4Addr = VIP.parse().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+    let mac = triad_lab::layout::Mac(CLIENT_MAC);
+    triad_lab::observer::Site { iface: BRIDGE, vip, client_mac: mac, sweep_ip: SWEEP_IP.into(), sweep_mac: mac }
+}
+
 /// VM `id`'s own address.
 pub fn node_ip(id: u8) -> String {
     format!("10.79.0.{}", 10 + u16::from(id))
@@ -62,6 +77,8 @@ impl Segment {
         let seg = Segment { _lock: lock };
         ip(&["-n", NS, "link", "set", "lo", "up"])?;
         ip(&["-n", NS, "link", "add", BRIDGE, "type", "bridge"])?;
+        let mac = CLIENT_MAC.map(|b| format!("{b:02x}")).join(":");
+        ip(&["-n", NS, "link", "set", BRIDGE, "address", &mac])?;
         // No STP listening delay: the VMs' first frames must pass at once.
         ip(&["-n", NS, "link", "set", BRIDGE, "type", "bridge", "forward_delay", "0", "stp_state", "0"])?;
         ip(&["-n", NS, "addr", "add", &format!("{CLIENT_IP}/{PREFIX}"), "dev", BRIDGE])?;

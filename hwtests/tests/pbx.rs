@@ -8,7 +8,8 @@
 //! starts its own Kamailio and routes an OPTIONS for the user to the
 //! registered contact; a file written and fsynced through the mounted
 //! filesystem before the cut reads back on the new active VM; SIPp calls
-//! up through the VIP at the cut end with a 200 to their BYE.
+//! up through the VIP at the cut end with a 200 to their BYE; the client
+//! side never sees two VMs answer for the VIP.
 //!
 //! The debug image's test agent (`firmware/triad/src/test_agent.rs`)
 //! carries the operator's one request, `format-volume` (a new cluster's
@@ -27,11 +28,18 @@ use std::time::{Duration, Instant};
 
 use triad_hwtests::agent::{ask as agent, status};
 use triad_hwtests::cluster::{sole_answerer, Cluster, IDS};
+use triad_hwtests::net::{node_mac, observer_site};
 use triad_hwtests::net::{Segment, CLIENT_IP, NS, VIP};
 use triad_hwtests::qemu::Qemu;
 use triad_hwtests::vm::Vm;
 use triad_hwtests::{image, state, wait_until};
+use triad_lab::observer::{self, Observer};
 use triad_lab::sip::{self, Side};
+
+/// VM `id`'s MAC as the observer records it.
+fn mac_of(id: u8) -> triad_lab::layout::Mac {
+    triad_lab::layout::Mac::try_from(node_mac(id)).unwrap_or_else(|e| panic!("{e}"))
+}
 
 fn ip(text: &str) -> std::net::Ipv4Addr {
     text.parse().unwrap_or_else(|e| panic!("{text}: {e}"))
@@ -230,7 +238,15 @@ fn a_registration_through_the_vip_survives_a_power_cut_of_the_active_appliance()
     })
     .unwrap_or_else(|| panic!("fewer than {CALLS_UP_AT_CUT} calls established through the VIP in 60 s"));
 
+    // The client's view of the VIP from here on: echoes every 10 ms, ARP
+    // sweeps every 10 ms, every answer recorded with its MAC.
+    let obs = Observer::start_at(NS, observer_site()).unwrap_or_else(|e| panic!("observer: {e}"));
+    wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        (!observer::vip_arp_macs(&obs.events(), Duration::ZERO).is_empty()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the observer saw no answer for the VIP"));
     let cut = Instant::now();
+    let cut_at = obs.now();
     let cut_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
     let active = cluster.vms.iter_mut().find(|vm| vm.id == leader).expect("the leader is one of the VMs");
     active.power_off().unwrap_or_else(|e| panic!("power off: {e}"));
@@ -247,6 +263,15 @@ fn a_registration_through_the_vip_survives_a_power_cut_of_the_active_appliance()
         panic!("after the power cut, OPTIONS to alice was not routed to her contact (registration lost?):\n{out}")
     });
     eprintln!("pbx: VM {next}'s Kamailio routes alice {:.1} s after the power cut", routed.as_secs_f64());
+    let events = obs.events();
+    let (old_mac, new_mac) = (mac_of(leader), mac_of(next));
+    observer::check_one_answerer_from(&events, Duration::ZERO, old_mac, new_mac)
+        .unwrap_or_else(|e| panic!("the client saw two VMs answer for the VIP: {e}"));
+    let gap = observer::failover_gap(&events, old_mac, cut_at).map(|g| g.length());
+    eprintln!(
+        "pbx: the observer saw only VM {leader}, then only VM {next}, answer for the VIP ({} answers; echo gap {gap:?})",
+        events.len()
+    );
     let answer = agent(next, &format!("read {DATA_FILE}")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(answer.trim(), format!("ok {DATA_TEXT}"), "the file written before the power cut, read on VM {next}");
     let ended = wait_until(Duration::from_secs(120), Duration::from_millis(500), || uac.0.try_wait().ok().flatten());

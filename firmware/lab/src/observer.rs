@@ -40,6 +40,27 @@ pub const PROBE_INTERVAL: Duration = Duration::from_millis(10);
 /// instant with two answering nodes is caught, not sampled past).
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(10);
 
+/// Where the observer runs: the client side's interface, the VIP, the
+/// client's MAC, and the sender of the ARP sweeps. [`LAB`] is the lab's;
+/// the hardware tests (hwtests/) have their own segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Site {
+    /// The client's interface in its namespace.
+    pub iface: &'static str,
+    /// The VIP.
+    pub vip: Ipv4Addr,
+    /// The client's MAC (its own ARP requests for the VIP are recorded).
+    pub client_mac: Mac,
+    /// The sweeps' sender address, one nobody uses (replies to it never
+    /// touch the client's neighbour table).
+    pub sweep_ip: Ipv4Addr,
+    /// The sweeps' sender MAC: the replies must reach the capture.
+    pub sweep_mac: Mac,
+}
+
+/// The lab's client side.
+pub const LAB: Site = Site { iface: IFACE, vip: VIP, client_mac: CLIENT_MAC, sweep_ip: SWEEP_IP, sweep_mac: SWEEP_MAC };
+
 /// The observer could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ObserverError {
@@ -92,8 +113,8 @@ fn os_err(what: &'static str) -> ObserverError {
 }
 
 /// Creates the AF_PACKET and raw ICMP sockets in the current namespace.
-fn open_sockets() -> Result<Sockets, ObserverError> {
-    let name = std::ffi::CString::new(IFACE)
+fn open_sockets(site: &Site) -> Result<Sockets, ObserverError> {
+    let name = std::ffi::CString::new(site.iface)
         .map_err(|e| ObserverError::Socket { what: "interface name", source: io::Error::other(e) })?;
     // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
     let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
@@ -150,7 +171,12 @@ fn open_sockets() -> Result<Sockets, ObserverError> {
 impl Observer {
     /// Starts probing and observing in the client namespace `ns`.
     pub fn start(ns: &str) -> Result<Observer, ObserverError> {
-        let socks = netns::run_in(ns, open_sockets)??;
+        Self::start_at(ns, LAB)
+    }
+
+    /// Starts probing and observing in namespace `ns` at `site`.
+    pub fn start_at(ns: &str, site: Site) -> Result<Observer, ObserverError> {
+        let socks = netns::run_in(ns, move || open_sockets(&site))??;
         let start = Instant::now();
         let events = Arc::new(Mutex::new(Vec::with_capacity(64 * 1024)));
         let stop = Arc::new(AtomicBool::new(false));
@@ -161,14 +187,14 @@ impl Observer {
         threads.push(
             std::thread::Builder::new()
                 .name("tlab-capture".into())
-                .spawn(move || capture(&pk, start, &ev, &st))
+                .spawn(move || capture(&site, &pk, start, &ev, &st))
                 .map_err(|source| ObserverError::Socket { what: "spawning the capture thread", source })?,
         );
         let (st, pk, icmp, ifindex) = (stop.clone(), packet, socks.icmp, socks.ifindex);
         threads.push(
             std::thread::Builder::new()
                 .name("tlab-probe".into())
-                .spawn(move || probe(&icmp, &pk, ifindex, &st))
+                .spawn(move || probe(&site, &icmp, &pk, ifindex, &st))
                 .map_err(|source| ObserverError::Socket { what: "spawning the probe thread", source })?,
         );
         Ok(Observer { start, events, stop, threads })
@@ -206,7 +232,7 @@ impl Drop for Observer {
 }
 
 /// The capture loop: classify every frame on the client's interface.
-fn capture(fd: &OwnedFd, start: Instant, events: &Mutex<Vec<Event>>, stop: &AtomicBool) {
+fn capture(site: &Site, fd: &OwnedFd, start: Instant, events: &Mutex<Vec<Event>>, stop: &AtomicBool) {
     let mut buf = [0u8; 2048];
     while !stop.load(Ordering::Relaxed) {
         // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
@@ -228,7 +254,7 @@ fn capture(fd: &OwnedFd, start: Instant, events: &Mutex<Vec<Event>>, stop: &Atom
         }
         let at = start.elapsed();
         let outgoing = from.sll_pkttype == libc::PACKET_OUTGOING;
-        if let Some(kind) = classify(&buf[..n as usize], outgoing) {
+        if let Some(kind) = classify_at(site, &buf[..n as usize], outgoing) {
             if let Ok(mut g) = events.lock() {
                 g.push(Event { at, kind });
             }
@@ -238,6 +264,12 @@ fn capture(fd: &OwnedFd, start: Instant, events: &Mutex<Vec<Event>>, stop: &Atom
 
 /// Turns one Ethernet frame into an event, if it is one we record.
 pub fn classify(f: &[u8], outgoing: bool) -> Option<EventKind> {
+    classify_at(&LAB, f, outgoing)
+}
+
+/// [`classify`] at `site`. The client's own request is told from a sweep
+/// by its sender address too: a site may sweep from the client's MAC.
+pub fn classify_at(site: &Site, f: &[u8], outgoing: bool) -> Option<EventKind> {
     if f.len() < 14 {
         return None;
     }
@@ -250,9 +282,9 @@ pub fn classify(f: &[u8], outgoing: bool) -> Option<EventKind> {
             let sha = Mac(p[8..14].try_into().ok()?);
             let spa = Ipv4Addr::new(p[14], p[15], p[16], p[17]);
             let tpa = Ipv4Addr::new(p[24], p[25], p[26], p[27]);
-            if spa == VIP {
+            if spa == site.vip {
                 Some(EventKind::VipArp { sender: sha, op })
-            } else if outgoing && op == 1 && tpa == VIP && sha == CLIENT_MAC {
+            } else if outgoing && op == 1 && tpa == site.vip && sha == site.client_mac && spa != site.sweep_ip {
                 Some(EventKind::ClientArpForVip)
             } else {
                 None
@@ -263,7 +295,7 @@ pub fn classify(f: &[u8], outgoing: bool) -> Option<EventKind> {
             let proto = p[9];
             let ip_src = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
             let icmp = p.get(ihl..)?;
-            if proto == 1 && ip_src == VIP && icmp.len() >= 8 && icmp[0] == 0 {
+            if proto == 1 && ip_src == site.vip && icmp.len() >= 8 && icmp[0] == 0 {
                 let seq = u16::from_be_bytes([icmp[6], icmp[7]]);
                 Some(EventKind::EchoReply { src, seq })
             } else {
@@ -299,11 +331,12 @@ fn echo_request(id: u16, seq: u16) -> [u8; 24] {
     p
 }
 
-/// The ARP sweep frame: who has the VIP, tell SWEEP_IP (not the client).
-fn sweep_frame() -> [u8; 60] {
+/// The ARP sweep frame: who has the VIP, tell the sweep address (not the
+/// client's).
+fn sweep_frame(site: &Site) -> [u8; 60] {
     let mut f = [0u8; 60];
     f[0..6].copy_from_slice(&[0xff; 6]);
-    f[6..12].copy_from_slice(&SWEEP_MAC.0);
+    f[6..12].copy_from_slice(&site.sweep_mac.0);
     f[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
     let a = &mut f[14..];
     a[0..2].copy_from_slice(&1u16.to_be_bytes()); // Ethernet
@@ -311,18 +344,18 @@ fn sweep_frame() -> [u8; 60] {
     a[4] = 6;
     a[5] = 4;
     a[6..8].copy_from_slice(&1u16.to_be_bytes()); // request
-    a[8..14].copy_from_slice(&SWEEP_MAC.0);
-    a[14..18].copy_from_slice(&SWEEP_IP.octets());
-    a[24..28].copy_from_slice(&VIP.octets());
+    a[8..14].copy_from_slice(&site.sweep_mac.0);
+    a[14..18].copy_from_slice(&site.sweep_ip.octets());
+    a[24..28].copy_from_slice(&site.vip.octets());
     f
 }
 
 /// The probe loop: an echo every 10 ms, a sweep every 50 ms, on absolute
 /// deadlines so scheduling delays do not accumulate.
-fn probe(icmp: &Socket, packet: &OwnedFd, ifindex: i32, stop: &AtomicBool) {
-    let dst = SockAddr::from(SocketAddrV4::new(VIP, 0));
+fn probe(site: &Site, icmp: &Socket, packet: &OwnedFd, ifindex: i32, stop: &AtomicBool) {
+    let dst = SockAddr::from(SocketAddrV4::new(site.vip, 0));
     let id = (std::process::id() & 0xffff) as u16;
-    let sweep = sweep_frame();
+    let sweep = sweep_frame(site);
     // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     sll.sll_family = libc::AF_PACKET as u16;
@@ -515,7 +548,14 @@ mod tests {
 
     #[test]
     fn sweep_frame_is_classified_as_not_from_client() {
-        assert_eq!(classify(&sweep_frame(), true), None);
+        assert_eq!(classify(&sweep_frame(&LAB), true), None);
+        // A site sweeping from the client's own MAC (the hardware tests'
+        // bridge): still not the client asking, told by the sender address.
+        let site = Site { sweep_mac: LAB.client_mac, ..LAB };
+        assert_eq!(classify_at(&site, &sweep_frame(&site), true), None);
+        let mut own = sweep_frame(&site);
+        own[14 + 14..14 + 18].copy_from_slice(&[10, 77, 0, 2]);
+        assert_eq!(classify_at(&site, &own, true), Some(EventKind::ClientArpForVip));
     }
 
     #[test]
