@@ -955,6 +955,10 @@ async fn start_volume(
     // Frames of up to 4 MiB: 256 of them bound what is queued toward a slow
     // peer (the replica's own pipeline window is 16 MiB; the rest is resent).
     link_cfg.queue_len = 256;
+    // Two followers never send each other anything on the data links (only
+    // the leader talks to followers): an idle timeout closed and reopened
+    // those links every 5 s. TCP keepalive finds a dead peer instead.
+    link_cfg.timing.idle_timeout = None;
     let listen = SocketAddr::new(cfg.node.address.addr(), vc.data_port);
     // Inbound data-link messages go from the connection's task straight
     // into the volume thread's queue: no forwarding task in between. The

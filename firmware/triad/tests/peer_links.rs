@@ -367,3 +367,42 @@ async fn direct_delivery_hands_messages_to_the_receiver_from_the_connection_task
         }
     }
 }
+
+/// Node 1's link to node 2 while nothing is sent on it for 1.5 s: whether
+/// node 1 ever saw it down (polled every 2 ms). Node 2's inbound side uses
+/// `idle`.
+async fn silent_link_went_down(tag: &str, idle: Option<Duration>) -> bool {
+    let (_dir, c1, c2) = two_members(tag);
+    let ((l1, a1), (l2, a2), _) = two_listeners().await;
+    let (links1, _rx1) = start(&c1, 1, l1, vec![(2, a2)]).await;
+    let mut cfg = LinkConfig::new(2, vec![(1, a1)], server_config(&c2).unwrap(), client_config(&c2).unwrap());
+    cfg.timing = LinkTiming { idle_timeout: idle, ..timing() };
+    let (_links2, _rx2): (PeerLinks, _) = PeerLinks::start_with_listener(cfg, l2).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !links1.is_up(2) {
+        assert!(Instant::now() < deadline, "node 1's link to node 2 never came up");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let quiet_until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < quiet_until {
+        if !links1.is_up(2) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    false
+}
+
+/// The data links between two followers carry nothing (only the leader
+/// talks to followers), so an idle timeout on them closed and reopened
+/// both every 5 s, with a TLS handshake and two warnings each time (seen
+/// in the lab and on the image's consoles). Without one, a silent link
+/// stays up; with one, the same silence closes it.
+#[tokio::test]
+async fn a_silent_link_without_an_idle_timeout_stays_up() {
+    assert!(
+        silent_link_went_down("idle-some", Some(Duration::from_millis(300))).await,
+        "a link silent for 1.5 s with a 300 ms idle timeout was never closed"
+    );
+    assert!(!silent_link_went_down("idle-none", None).await, "a link without an idle timeout was closed while silent");
+}
