@@ -4,7 +4,8 @@
 //! pets the watchdog; the VM must be reset by it, boot again by itself,
 //! and its supervisor must report that the last reboot was the
 //! watchdog's (`watchdog.last_reboot_was_watchdog` in its status, read
-//! from the driver's boot status).
+//! from the driver's boot status), with the hung boot's last log lines
+//! kept on the state partition (`previous.log`, `firmware/triad/src/logkeep.rs`).
 //!
 //! One VM is enough: the watchdog is armed at the supervisor's start,
 //! whether or not its peers answer. Root required; run it alone:
@@ -67,5 +68,13 @@ fn a_hung_supervisor_is_reset_by_the_watchdog_and_reports_it_after_booting_again
         "after the watchdog's reset the supervisor does not report it: {second}"
     );
     eprintln!("watchdog: the supervisor reports last_reboot_was_watchdog = true");
+    // The hung boot's last lines, kept on the state partition.
+    let previous = ask(ID, "read /var/lib/triad/log/previous.log").unwrap_or_else(|e| panic!("{e}"));
+    let last = previous.lines().rfind(|l| !l.trim().is_empty()).unwrap_or_default();
+    assert!(
+        previous.contains("hanging the event loop"),
+        "the hung boot's log on the state partition does not say why it stopped; its last line: {last}"
+    );
+    eprintln!("watchdog: the hung boot's kept log ends: {last}");
     assert!(cluster.vms[0].running(), "QEMU exited instead of resetting the VM");
 }

@@ -25,6 +25,7 @@ pub mod config;
 pub mod control;
 pub mod errors;
 pub mod filesystem;
+pub mod logkeep;
 pub mod logring;
 pub mod nbd;
 pub mod os;

@@ -33,6 +33,10 @@ struct Inner {
     bytes: usize,
     /// Lines pushed out (or too long to keep) since the start.
     dropped: u64,
+    /// Lines pushed since the start.
+    pushed: u64,
+    /// Of them, warnings and errors.
+    urgent: u64,
 }
 
 /// What the ring holds, copied out.
@@ -69,6 +73,10 @@ impl LogRing {
             line = &line[..end];
         }
         let mut g = self.lock();
+        g.pushed += 1;
+        if line.contains(" WARN ") || line.contains(" ERROR ") {
+            g.urgent += 1;
+        }
         while !g.lines.is_empty() && (g.lines.len() >= self.max_lines || g.bytes + line.len() > self.max_bytes) {
             if let Some(old) = g.lines.pop_front() {
                 g.bytes -= old.len();
@@ -87,6 +95,13 @@ impl LogRing {
     pub fn snapshot(&self) -> Snapshot {
         let g = self.lock();
         Snapshot { lines: g.lines.iter().cloned().collect(), dropped: g.dropped }
+    }
+
+    /// (lines pushed, warnings and errors among them) since the start:
+    /// whether anything new, and anything urgent, came since a look.
+    pub fn marks(&self) -> (u64, u64) {
+        let g = self.lock();
+        (g.pushed, g.urgent)
     }
 
     /// (lines held, bytes held, lines lost): small enough for status.

@@ -187,6 +187,12 @@ fn main() -> ExitCode {
         init_logging();
         std::panic::set_hook(Box::new(|info| triad::os::init::fatal(&format!("panic: {info}"))));
         let (cfg, mounted) = triad::appliance::boot();
+        // The state partition is mounted: from here the log survives a
+        // reset (the previous boot's is kept as previous.log).
+        let log_dir = std::path::Path::new(triad::appliance::STATE_MOUNT).join("log");
+        if let Err(e) = triad::logkeep::start(triad::logring::global(), log_dir.clone()) {
+            tracing::warn!(dir = %log_dir.display(), error = %e, "the log is not kept on the state partition");
+        }
         run_as_init(cfg, mounted);
     }
     let cli = Cli::parse();
