@@ -26,6 +26,7 @@ pub mod cluster;
 pub mod disk;
 pub mod image;
 pub mod net;
+pub mod powercut;
 pub mod qemu;
 pub mod state;
 pub mod vm;
