@@ -48,8 +48,6 @@ use triad_hwtests::{image, state, wait_until};
 
 /// QEMU start to a leader (as `pbx.rs`).
 const FORM_DEADLINE: Duration = Duration::from_secs(240);
-/// The format request to Kamailio answering on the VIP.
-const SERVICE_DEADLINE: Duration = Duration::from_secs(120);
 /// The second boot's QEMU start to Kamailio running on a leader: boot,
 /// election, attach, e2fsck of a filesystem cut mid-write, mount.
 const RECOVERY_DEADLINE: Duration = Duration::from_secs(300);
@@ -215,17 +213,22 @@ fn all_three_powered_off_at_once_mid_write_lose_no_acknowledged_write() {
         cluster.vms.push(vm.unwrap_or_else(|e| panic!("VM {id}: {e}")));
     }
 
-    let first = wait_until(FORM_DEADLINE, Duration::from_secs(1), leader)
+    let leading = wait_until(FORM_DEADLINE, Duration::from_secs(1), leader)
         .unwrap_or_else(|| panic!("no VM reported itself leader within {FORM_DEADLINE:?}"));
-    eprintln!("power_cut_all: VM {first} leads {:.1} s after QEMU start", t0.elapsed().as_secs_f64());
-    wait_until(Duration::from_secs(60), Duration::from_secs(1), || {
-        agent(first, r#"{"cmd":"format-volume"}"#).ok().filter(|a| a.contains("\"ok\":true"))
+    eprintln!("power_cut_all: VM {leading} leads {:.1} s after QEMU start", t0.elapsed().as_secs_f64());
+    // The operator's request on a new cluster. Under TCG with every sync
+    // going through nbdkit, mkfs's burst of writes has cost the leader
+    // its lease (seen once): the next leader finds no filesystem and is
+    // asked again (a volume with a filesystem refuses the request).
+    let first = wait_until(FORM_DEADLINE, Duration::from_secs(1), || {
+        let l = leader()?;
+        if pbx_running(l) {
+            return Some(l);
+        }
+        let _ = agent(l, r#"{"cmd":"format-volume"}"#);
+        None
     })
-    .unwrap_or_else(|| {
-        panic!("VM {first} did not accept format-volume: {:?}", agent(first, r#"{"cmd":"format-volume"}"#))
-    });
-    wait_until(SERVICE_DEADLINE, Duration::from_secs(1), || pbx_running(first).then_some(()))
-        .unwrap_or_else(|| panic!("VM {first}'s PBX never ran; status: {:?}", status(first)));
+    .unwrap_or_else(|| panic!("no leader's PBX ran within {FORM_DEADLINE:?} of the first format request"));
     let holder = wait_until(Duration::from_secs(30), Duration::from_millis(200), || sole_answerer(&seg, None));
     assert_eq!(holder, Some(first), "the VIP is not answered by the leader VM {first} alone");
     eprintln!("power_cut_all: Kamailio runs on VM {first} {:.1} s after QEMU start", t0.elapsed().as_secs_f64());
