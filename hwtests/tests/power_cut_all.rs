@@ -58,8 +58,8 @@ const FILE_DIR: &str = "/run/pbx";
 const FILE_TEXT: &str = "acknowledged-before-the-power-cut";
 /// Acknowledgements of each kind seen before the cut (the loads run on
 /// through it).
-const FILES_BEFORE_CUT: usize = 20;
-const REGISTRATIONS_BEFORE_CUT: usize = 10;
+const FILES_BEFORE_CUT: usize = 100;
+const REGISTRATIONS_BEFORE_CUT: usize = 50;
 /// The loads' deadline to reach those counts.
 const LOAD_DEADLINE: Duration = Duration::from_secs(180);
 /// Where every user's contact answers on the client side.
