@@ -13,7 +13,8 @@
 //!
 //! Owns: the image (built if missing: [`image`]), QEMU and OVMF (private
 //! unpacked copies: [`qemu`]), the segment ([`net`]), each VM's state disk
-//! ([`state`]) or its copy of the appliance disk ([`disk`]), the VMs
+//! ([`state`]) or its copy of the appliance disk ([`disk`]), disks whose
+//! power can be cut (host-side nbdkit with a write cache: [`powercut`]), the VMs
 //! themselves ([`vm`]) and what the cluster tests share ([`cluster`]). The
 //! tests in `tests/` drive them.
 //!

@@ -16,7 +16,7 @@
 //! and each guest flush as an NBD FLUSH). `writethrough`/`directsync`
 //! would add FUA to every write (nothing would ever be lost) and `unsafe`
 //! drops the guest's flushes (everything could be); `none` only adds
-//! O_DIRECT, which means nothing for a socket.
+//! O_DIRECT, which concerns host files, not a socket.
 //!
 //! A power cut of a VM is [`crate::vm::Vm::freeze`] (nothing more leaves
 //! it), [`PowerCutDisk::cut`] (the cache is lost), then killing QEMU.
