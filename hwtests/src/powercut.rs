@@ -60,6 +60,9 @@ impl PowerCutDisk {
         c.arg("-f")
             .arg("-U")
             .arg(&socket)
+            // For `work_dir`, which ends the nbdkits of a killed run.
+            .arg("-P")
+            .arg(dir.join(format!("{name}.nbdkit.pid")))
             .args(["--filter=cache", "file"])
             .arg(format!("file={}", image.display()))
             .args(["cache=writeback", &format!("cache-min-block-size={CACHE_BLOCK}")])
