@@ -1,4 +1,5 @@
-//! What the VM tests share (`tests/smoke.rs`, `disk_boot.rs`, `pbx.rs`, `watchdog.rs`):
+//! What the VM tests share (`tests/smoke.rs`, `disk_boot.rs`, `pbx.rs`, `watchdog.rs`,
+//! `power_cut_all.rs`):
 //! the VMs with their serial consoles printed when a test fails, and the
 //! client-side view of who holds the VIP.
 

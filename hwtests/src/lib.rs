@@ -13,7 +13,8 @@
 //!
 //! Owns: the image (built if missing: [`image`]), QEMU and OVMF (private
 //! unpacked copies: [`qemu`]), the segment ([`net`]), each VM's state disk
-//! ([`state`]) or its copy of the appliance disk ([`disk`]), the VMs
+//! ([`state`]) or its copy of the appliance disk ([`disk`]), disks whose
+//! power can be cut (host-side nbdkit with a write cache: [`powercut`]), the VMs
 //! themselves ([`vm`]) and what the cluster tests share ([`cluster`]). The
 //! tests in `tests/` drive them.
 //!
@@ -26,6 +27,7 @@ pub mod cluster;
 pub mod disk;
 pub mod image;
 pub mod net;
+pub mod powercut;
 pub mod qemu;
 pub mod state;
 pub mod vm;
@@ -141,21 +143,31 @@ pub fn debug_supervisor_binary() -> PathBuf {
 }
 
 /// A fresh directory for one test's files (disks, serial logs, sockets,
-/// QEMU pid files), under `/var/tmp/triad-hwtests/`. QEMUs a killed
-/// earlier run left behind (their pid files still there, their command
-/// line still theirs) are ended first: they would keep burning the CPU
-/// the new VMs need.
+/// QEMU pid files), under `/var/tmp/triad-hwtests/`. QEMUs and nbdkits
+/// (`powercut`) a killed earlier run left behind (their pid files still
+/// there, in the directory or one below it, their command line still
+/// theirs) are ended first: they would keep burning the CPU the new VMs
+/// need, or hold the disk images.
 pub fn work_dir(test: &str) -> PathBuf {
     let dir = Path::new("/var/tmp/triad-hwtests").join(test);
+    let mut pid_files = Vec::new();
     for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
         let path = entry.path();
-        if path.extension().is_some_and(|e| e == "pid") {
-            if let Some(pid) = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse::<i32>().ok()) {
-                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                let cmdline = String::from_utf8_lossy(&cmdline);
-                if cmdline.contains("qemu-system") && cmdline.contains("triad-hw-") {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-                }
+        if path.is_dir() {
+            pid_files.extend(std::fs::read_dir(&path).into_iter().flatten().flatten().map(|e| e.path()));
+        } else {
+            pid_files.push(path);
+        }
+    }
+    let ours = dir.display().to_string();
+    for path in pid_files.iter().filter(|p| p.extension().is_some_and(|e| e == "pid")) {
+        if let Some(pid) = std::fs::read_to_string(path).ok().and_then(|t| t.trim().parse::<i32>().ok()) {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            let qemu = cmdline.contains("qemu-system") && cmdline.contains("triad-hw-");
+            let nbdkit = cmdline.contains("nbdkit") && cmdline.contains(&ours);
+            if qemu || nbdkit {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
             }
         }
     }
@@ -164,4 +176,42 @@ pub fn work_dir(test: &str) -> PathBuf {
         panic!("cannot create {}: {e}", dir.display());
     }
     dir
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An nbdkit a killed run left one directory down (as `powercut` puts
+    /// the second boot's disks) is ended by the next run's `work_dir`.
+    #[test]
+    fn work_dir_ends_a_left_over_nbdkit() {
+        let test = format!("work-dir-self-test-{}", std::process::id());
+        let dir = work_dir(&test);
+        let below = dir.join("boot2");
+        std::fs::create_dir_all(&below).expect("mkdir");
+        let image = below.join("x.img");
+        std::fs::File::create(&image).and_then(|f| f.set_len(1 << 20)).expect("image");
+        let pid_file = below.join("x.nbdkit.pid");
+        // Without -f: nbdkit forks away from us, as an orphan would be.
+        let started = Command::new("nbdkit")
+            .arg("-U")
+            .arg(below.join("x.sock"))
+            .arg("-P")
+            .arg(&pid_file)
+            .arg("file")
+            .arg(format!("file={}", image.display()))
+            .status()
+            .expect("nbdkit");
+        assert!(started.success(), "nbdkit did not start");
+        let pid: i32 = std::fs::read_to_string(&pid_file).expect("pid file").trim().parse().expect("pid");
+        let alive = || Path::new(&format!("/proc/{pid}")).exists();
+        assert!(alive(), "nbdkit {pid} not running");
+        let dir = work_dir(&test);
+        let gone = wait_until(std::time::Duration::from_secs(5), std::time::Duration::from_millis(20), || {
+            (!alive()).then_some(())
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(gone.is_some(), "work_dir left nbdkit {pid} running");
+    }
 }

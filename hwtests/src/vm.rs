@@ -50,6 +50,22 @@ impl Vm {
         Self::spawn(qemu, dir, id, &boot)
     }
 
+    /// As [`Vm::start`], the state disk given as QEMU's `-drive` value
+    /// (a [`crate::powercut::PowerCutDisk`]'s, served over NBD).
+    pub fn start_with_drive(qemu: &Qemu, image: &Image, dir: &Path, id: u8, drive: &str) -> Result<Vm, HwError> {
+        let boot: Vec<std::ffi::OsString> = vec![
+            "-kernel".into(),
+            image.vmlinux.clone().into(),
+            "-initrd".into(),
+            image.initramfs.clone().into(),
+            "-append".into(),
+            image.cmdline.clone().into(),
+            "-drive".into(),
+            drive.into(),
+        ];
+        Self::spawn(qemu, dir, id, &boot)
+    }
+
     /// Starts VM `id` booting `disk` (its own copy of the appliance disk)
     /// through OVMF: the firmware code read-only, a copy of the variable
     /// store per VM, the disk as virtio-blk and the first boot device
@@ -117,6 +133,22 @@ impl Vm {
     /// Whether QEMU still runs.
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Freezes QEMU (SIGSTOP): the guest runs no more and sends nothing
+    /// more to its disks or its network. The first step of a power cut
+    /// of several VMs at once: none of them sees another one die.
+    pub fn freeze(&mut self) -> Result<(), HwError> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP)
+            .map_err(|e| HwError::Missing(format!("VM {}: SIGSTOP to QEMU: {e}", self.id)))
+    }
+
+    /// Kills QEMU (SIGKILL) and waits for it: no flush of its disks, no
+    /// shutdown inside the guest.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Powers the VM off as a power cut does: the monitor's `quit` ends

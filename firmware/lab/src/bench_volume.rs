@@ -872,6 +872,12 @@ impl NbdClient {
         self.conn.reply("WRITE")
     }
 
+    /// FLUSH and its reply: everything written before it is durable.
+    pub fn flush(&mut self) -> Result<()> {
+        self.conn.request(CMD_FLUSH, 0, &[])?;
+        self.conn.reply("FLUSH")
+    }
+
     /// READ of `len` bytes and its reply.
     pub fn read(&mut self, offset: u64, len: u32) -> Result<Vec<u8>> {
         self.conn.cookie += 1;
