@@ -38,3 +38,10 @@ pub fn status(id: u8) -> Option<serde_json::Value> {
     let mut answer: serde_json::Value = serde_json::from_str(&ask(id, r#"{"cmd":"status"}"#).ok()?).ok()?;
     Some(answer.get_mut("status")?.take())
 }
+
+/// Whether VM `id` reports its PBX running.
+pub fn pbx_running(id: u8) -> bool {
+    status(id)
+        .and_then(|s| s.pointer("/pbx/state").and_then(|v| v.as_str()).map(|st| st.starts_with("Running")))
+        .unwrap_or(false)
+}

@@ -63,6 +63,60 @@ timeout_s = 30
     )
 }
 
+/// Where a PBX test keeps each node's replicated volume files.
+pub const VOLUME_ON_DATA: &str = "/var/lib/triad-data";
+/// The same on the state partition (a disk booted without the image's
+/// data partition): `make_tree` makes the directory.
+pub const VOLUME_ON_STATE: &str = "/var/lib/triad/volume";
+
+/// Node `id`'s config for the PBX tests: [`config_text`]'s, plus the
+/// replicated volume (its files in `volume_dir`), the reference Kamailio
+/// under `[pbx]` and its filesystem on the kernel nbd driver.
+pub fn pbx_config_text(id: u8, ids: &[u8], volume_dir: &str) -> String {
+    format!(
+        r#"{base}
+[volume]
+data = "{vol}/data.img"
+size_mib = 64
+journal = "{vol}/journal.img"
+journal_mib = 16
+meta = "{vol}/meta.img"
+granularity_kib = 4
+resync_rate_mib = 16
+nbd_socket = "/run/triad/nbd.sock"
+nbd_buffers_mib = 4
+new_cluster = true
+
+[pbx]
+command = "/usr/sbin/kamailio"
+# Small shared and private memory: the VM has 512 MiB.
+args = ["-f", "/usr/share/triad/kamailio/kamailio.cfg", "-DD", "-E", "-Y", "/tmp", "-m", "32", "-M", "4"]
+user = "kamailio"
+mount_point = "/run/pbx"
+probe_interval_ms = 1000
+probe_timeout_ms = 800
+probe_tcp = true
+probe_vip = true
+probe_failures = 5
+start_grace_ms = 20000
+backoff_first_ms = 500
+backoff_max_ms = 5000
+stop_timeout_ms = 3000
+kill_timeout_ms = 3000
+check = ["/usr/sbin/kamailio", "-c", "-f", "/usr/share/triad/kamailio/kamailio.cfg", "-Y", "/tmp"]
+readiness_interval_s = 30
+
+[filesystem]
+attach = "kernel"
+nbd_device = "/dev/nbd0"
+seed = "/usr/share/triad/kamailio/seed"
+down_deadline_ms = 20000
+"#,
+        base = config_text(id, ids),
+        vol = volume_dir,
+    )
+}
+
 /// Writes the cluster's certificates (once, into `dir/ca`) and node `id`'s
 /// state disk image `dir/state-N.img` with its config, checked with
 /// `triad check-config` first; returns the image's path.

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use triad_hwtests::agent::{ask as agent, status};
+use triad_hwtests::agent::{ask as agent, pbx_running, status};
 use triad_hwtests::cluster::{sole_answerer, Cluster, IDS};
 use triad_hwtests::net::{node_mac, observer_site};
 use triad_hwtests::net::{Segment, CLIENT_IP, NS, VIP};
@@ -75,57 +75,9 @@ const CALLS_UP_AT_CUT: usize = 4;
 /// Where the phone's contact answers on the client side.
 const PHONE_PORT: u16 = 5070;
 
-/// Node `id`'s config: the smoke test's, plus the volume, the PBX and
-/// its filesystem on the kernel nbd driver.
+/// Node `id`'s config: the volume's files on the data partition.
 fn config(id: u8) -> String {
-    format!(
-        r#"{base}
-[volume]
-data = "/var/lib/triad-data/data.img"
-size_mib = 64
-journal = "/var/lib/triad-data/journal.img"
-journal_mib = 16
-meta = "/var/lib/triad-data/meta.img"
-granularity_kib = 4
-resync_rate_mib = 16
-nbd_socket = "/run/triad/nbd.sock"
-nbd_buffers_mib = 4
-new_cluster = true
-
-[pbx]
-command = "/usr/sbin/kamailio"
-# Small shared and private memory: the VM has 512 MiB.
-args = ["-f", "/usr/share/triad/kamailio/kamailio.cfg", "-DD", "-E", "-Y", "/tmp", "-m", "32", "-M", "4"]
-user = "kamailio"
-mount_point = "/run/pbx"
-probe_interval_ms = 1000
-probe_timeout_ms = 800
-probe_tcp = true
-probe_vip = true
-probe_failures = 5
-start_grace_ms = 20000
-backoff_first_ms = 500
-backoff_max_ms = 5000
-stop_timeout_ms = 3000
-kill_timeout_ms = 3000
-check = ["/usr/sbin/kamailio", "-c", "-f", "/usr/share/triad/kamailio/kamailio.cfg", "-Y", "/tmp"]
-readiness_interval_s = 30
-
-[filesystem]
-attach = "kernel"
-nbd_device = "/dev/nbd0"
-seed = "/usr/share/triad/kamailio/seed"
-down_deadline_ms = 20000
-"#,
-        base = state::config_text(id, &IDS)
-    )
-}
-
-/// Whether VM `id` reports its PBX running.
-fn pbx_running(id: u8) -> bool {
-    status(id)
-        .and_then(|s| s.pointer("/pbx/state").and_then(|v| v.as_str()).map(|st| st.starts_with("Running")))
-        .unwrap_or(false)
+    state::pbx_config_text(id, &IDS, state::VOLUME_ON_DATA)
 }
 
 /// `sipsak ARGS` on the client side: success and output.
