@@ -45,3 +45,8 @@ pub fn pbx_running(id: u8) -> bool {
         .and_then(|s| s.pointer("/pbx/state").and_then(|v| v.as_str()).map(|st| st.starts_with("Running")))
         .unwrap_or(false)
 }
+
+/// The VM among `ids` reporting itself leader, if one does.
+pub fn leader(ids: &[u8]) -> Option<u8> {
+    ids.iter().copied().find(|id| status(*id).is_some_and(|s| s["role"] == "leader"))
+}

@@ -54,6 +54,26 @@ pub fn parse_sfdisk_dump(text: &str) -> Result<Vec<Partition>, String> {
     Ok(parts)
 }
 
+/// Every node's own disk ([`make_node_disk`]) in `dir`, its state
+/// partition holding `config(id)` and the cluster's certificates
+/// (`crate::state::make_tree`; `check`: the config checked by `triad`
+/// first).
+pub fn make_node_disks(
+    triad: &Path,
+    image: &Path,
+    dir: &Path,
+    ids: &[u8],
+    config: impl Fn(u8) -> String,
+    check: bool,
+) -> Result<Vec<PathBuf>, HwError> {
+    ids.iter()
+        .map(|&id| {
+            let tree = crate::state::make_tree(triad, dir, id, &config(id), check)?;
+            make_node_disk(image, dir, id, &tree)
+        })
+        .collect()
+}
+
 /// Copies `image` to `dir/disk-N.img` and writes node `id`'s state
 /// partition (`tree`: from [`state::make_tree`]) into it; returns the copy.
 pub fn make_node_disk(image: &Path, dir: &Path, id: u8, tree: &Path) -> Result<PathBuf, HwError> {

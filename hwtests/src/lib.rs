@@ -29,6 +29,7 @@ pub mod image;
 pub mod net;
 pub mod powercut;
 pub mod qemu;
+pub mod sip;
 pub mod state;
 pub mod vm;
 

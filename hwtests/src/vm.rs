@@ -37,17 +37,7 @@ impl Vm {
     /// Starts VM `id` in the segment's namespace, its files under `dir`:
     /// the kernel and initramfs loaded by QEMU, the state disk as virtio.
     pub fn start(qemu: &Qemu, image: &Image, dir: &Path, id: u8, state_disk: &Path) -> Result<Vm, HwError> {
-        let boot: Vec<std::ffi::OsString> = vec![
-            "-kernel".into(),
-            image.vmlinux.clone().into(),
-            "-initrd".into(),
-            image.initramfs.clone().into(),
-            "-append".into(),
-            image.cmdline.clone().into(),
-            "-drive".into(),
-            format!("file={},format=raw,if=virtio", state_disk.display()).into(),
-        ];
-        Self::spawn(qemu, dir, id, &boot)
+        Self::start_with_drive(qemu, image, dir, id, &format!("file={},format=raw,if=virtio", state_disk.display()))
     }
 
     /// As [`Vm::start`], the state disk given as QEMU's `-drive` value

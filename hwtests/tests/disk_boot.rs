@@ -19,7 +19,6 @@
 //! active VM's monitor another one does. Every wait is a poll with a
 //! deadline; a failure prints every VM's serial console.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use triad_hwtests::cluster::{sole_answerer, strip_ansi, Cluster, IDS};
@@ -49,14 +48,8 @@ fn three_appliances_boot_their_disks_through_uefi_and_fail_over() {
     let img = image::ensure("prod").unwrap_or_else(|e| panic!("image: {e}"));
     let dir = triad_hwtests::work_dir("disk_boot");
     let triad = triad_hwtests::supervisor_binary();
-    let disks: Vec<PathBuf> = IDS
-        .iter()
-        .map(|id| {
-            let tree = state::make_tree(&triad, &dir, *id, &state::config_text(*id, &IDS), true)
-                .unwrap_or_else(|e| panic!("state files {id}: {e}"));
-            disk::make_node_disk(&img.disk, &dir, *id, &tree).unwrap_or_else(|e| panic!("disk {id}: {e}"))
-        })
-        .collect();
+    let disks = disk::make_node_disks(&triad, &img.disk, &dir, &IDS, |id| state::config_text(id, &IDS), true)
+        .unwrap_or_else(|e| panic!("the VMs' disks: {e}"));
     let seg = Segment::up(&IDS).unwrap_or_else(|e| panic!("segment: {e}"));
 
     let t0 = Instant::now();

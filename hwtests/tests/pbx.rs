@@ -21,17 +21,15 @@
 //! cargo test -p triad-hwtests --test pbx -- --nocapture
 //! ```
 
-use std::net::UdpSocket;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use triad_hwtests::agent::{ask as agent, pbx_running, status};
+use triad_hwtests::agent::{ask as agent, leader as agent_leader, pbx_running, status};
 use triad_hwtests::cluster::{sole_answerer, Cluster, IDS};
 use triad_hwtests::net::{node_mac, observer_site};
 use triad_hwtests::net::{Segment, CLIENT_IP, NS, VIP};
 use triad_hwtests::qemu::{Ovmf, Qemu};
+use triad_hwtests::sip::{phone, sipsak};
 use triad_hwtests::vm::Vm;
 use triad_hwtests::{disk, image, state, wait_until};
 use triad_lab::observer::{self, Observer};
@@ -80,36 +78,6 @@ fn config(id: u8) -> String {
     state::pbx_config_text(id, &IDS, state::VOLUME_ON_DATA)
 }
 
-/// `sipsak ARGS` on the client side: success and output.
-fn sipsak(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", NS, "sipsak"])
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("sipsak: {e}"));
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
-}
-
-/// A phone on the client side: answers each request Kamailio routes to
-/// it with a 200 and counts them.
-fn phone(port: u16) -> Arc<AtomicUsize> {
-    let sock = triad_lab::netns::run_in(NS, move || UdpSocket::bind((CLIENT_IP, port)))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|e| panic!("bind the phone: {e}"));
-    let seen = Arc::new(AtomicUsize::new(0));
-    let counter = seen.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok((n, from)) = sock.recv_from(&mut buf) {
-            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-            let Some(reply) = triad::sip_probe::routed_reply(&text) else { continue };
-            counter.fetch_add(1, Ordering::SeqCst);
-            let _ = sock.send_to(reply.as_bytes(), from);
-        }
-    });
-    seen
-}
-
 #[test]
 fn a_registration_through_the_vip_survives_a_power_cut_of_the_active_appliance() {
     triad_hwtests::require_root();
@@ -121,14 +89,8 @@ fn a_registration_through_the_vip_survives_a_power_cut_of_the_active_appliance()
     // Each VM's own copy of the debug image's disk, its state partition
     // written with its config (not checked here: the config names files
     // of the image, such as the payload's seed, absent on this machine).
-    let disks: Vec<PathBuf> = IDS
-        .iter()
-        .map(|id| {
-            let tree = state::make_tree(&triad, &dir, *id, &config(*id), false)
-                .unwrap_or_else(|e| panic!("state files {id}: {e}"));
-            disk::make_node_disk(&img.disk, &dir, *id, &tree).unwrap_or_else(|e| panic!("disk {id}: {e}"))
-        })
-        .collect();
+    let disks = disk::make_node_disks(&triad, &img.disk, &dir, &IDS, config, false)
+        .unwrap_or_else(|e| panic!("the VMs' disks: {e}"));
     let seg = Segment::up(&IDS).unwrap_or_else(|e| panic!("segment: {e}"));
     let t0 = Instant::now();
     let mut cluster = Cluster::default();
@@ -138,10 +100,8 @@ fn a_registration_through_the_vip_survives_a_power_cut_of_the_active_appliance()
 
     // The VIP waits for the volume's filesystem, which a new cluster does
     // not have yet: the leader is found by its status.
-    let leader = wait_until(FORM_DEADLINE, Duration::from_secs(1), || {
-        IDS.iter().copied().find(|id| status(*id).is_some_and(|s| s["role"] == "leader"))
-    })
-    .unwrap_or_else(|| panic!("no VM reported itself leader within {FORM_DEADLINE:?}"));
+    let leader = wait_until(FORM_DEADLINE, Duration::from_secs(1), || agent_leader(&IDS))
+        .unwrap_or_else(|| panic!("no VM reported itself leader within {FORM_DEADLINE:?}"));
     eprintln!("pbx: VM {leader} leads {:.1} s after QEMU start", t0.elapsed().as_secs_f64());
     assert!(seg.arp_answerers(VIP).is_empty(), "the VIP answers before the volume has a filesystem");
 

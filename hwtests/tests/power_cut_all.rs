@@ -32,17 +32,17 @@
 //! cargo test -p triad-hwtests --test power_cut_all -- --nocapture
 //! ```
 
-use std::net::UdpSocket;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use triad_hwtests::agent::{ask as agent, pbx_running, status};
+use triad_hwtests::agent::{ask as agent, leader, pbx_running};
 use triad_hwtests::cluster::{sole_answerer, Cluster, IDS};
-use triad_hwtests::net::{Segment, CLIENT_IP, NS, VIP};
+use triad_hwtests::net::{Segment, CLIENT_IP, VIP};
 use triad_hwtests::powercut::PowerCutDisk;
 use triad_hwtests::qemu::Qemu;
+use triad_hwtests::sip::{phone, sipsak};
 use triad_hwtests::vm::Vm;
 use triad_hwtests::{image, state, wait_until};
 
@@ -72,41 +72,6 @@ const EXPIRES_S: &str = "3600";
 /// volume's files on the state partition, the disk this test power-cuts.
 fn config(id: u8) -> String {
     state::pbx_config_text(id, &IDS, state::VOLUME_ON_STATE)
-}
-
-/// The VM reporting itself leader, if one does.
-fn leader() -> Option<u8> {
-    IDS.iter().copied().find(|id| status(*id).is_some_and(|s| s["role"] == "leader"))
-}
-
-/// `sipsak ARGS` on the client side: success (a 200) and output.
-fn sipsak(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", NS, "sipsak"])
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("sipsak: {e}"));
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
-}
-
-/// A phone on the client side: answers each request Kamailio routes to
-/// it with a 200 and counts them.
-fn phone(port: u16) -> Arc<AtomicUsize> {
-    let sock = triad_lab::netns::run_in(NS, move || UdpSocket::bind((CLIENT_IP, port)))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|e| panic!("bind the phone: {e}"));
-    let seen = Arc::new(AtomicUsize::new(0));
-    let counter = seen.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok((n, from)) = sock.recv_from(&mut buf) {
-            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-            let Some(reply) = triad::sip_probe::routed_reply(&text) else { continue };
-            counter.fetch_add(1, Ordering::SeqCst);
-            let _ = sock.send_to(reply.as_bytes(), from);
-        }
-    });
-    seen
 }
 
 fn user(i: usize) -> String {
@@ -165,7 +130,7 @@ fn all_three_powered_off_at_once_mid_write_lose_no_acknowledged_write() {
         cluster.vms.push(vm.unwrap_or_else(|e| panic!("VM {id}: {e}")));
     }
 
-    let leading = wait_until(FORM_DEADLINE, Duration::from_secs(1), leader)
+    let leading = wait_until(FORM_DEADLINE, Duration::from_secs(1), || leader(&IDS))
         .unwrap_or_else(|| panic!("no VM reported itself leader within {FORM_DEADLINE:?}"));
     eprintln!("power_cut_all: VM {leading} leads {:.1} s after QEMU start", t0.elapsed().as_secs_f64());
     // The operator's request on a new cluster. Under TCG with every sync
@@ -173,7 +138,7 @@ fn all_three_powered_off_at_once_mid_write_lose_no_acknowledged_write() {
     // its lease (seen once): the next leader finds no filesystem and is
     // asked again (a volume with a filesystem refuses the request).
     let first = wait_until(FORM_DEADLINE, Duration::from_secs(1), || {
-        let l = leader()?;
+        let l = leader(&IDS)?;
         if pbx_running(l) {
             return Some(l);
         }
@@ -237,9 +202,9 @@ fn all_three_powered_off_at_once_mid_write_lose_no_acknowledged_write() {
         let vm = Vm::start_with_drive(&qemu, &img, &boot2, *id, &disk.qemu_drive());
         cluster.vms.push(vm.unwrap_or_else(|e| panic!("VM {id} (second boot): {e}")));
     }
-    let next = wait_until(RECOVERY_DEADLINE, Duration::from_secs(1), || leader().filter(|l| pbx_running(*l)))
+    let next = wait_until(RECOVERY_DEADLINE, Duration::from_secs(1), || leader(&IDS).filter(|l| pbx_running(*l)))
         .unwrap_or_else(|| {
-            panic!("no leader with its PBX running within {RECOVERY_DEADLINE:?} of the second boot: {:?}", leader())
+            panic!("no leader with its PBX running within {RECOVERY_DEADLINE:?} of the second boot: {:?}", leader(&IDS))
         });
     eprintln!(
         "power_cut_all: VM {next} leads with Kamailio running {:.1} s after the second boot ({:.1} s after the cut)",

@@ -57,6 +57,28 @@ pub fn sipp_in(side: &Side<'_>, dir: &Path, name: &str, args: &[String]) -> std:
         .spawn()
 }
 
+/// A phone on `side` at `port`: answers each request the PBX routes to
+/// it with a 200 carrying the supervisor's routed-probe mark
+/// (`triad::sip_probe::routed_reply`), and counts them.
+pub fn phone_in(side: &Side<'_>, port: u16) -> std::io::Result<std::sync::Arc<std::sync::atomic::AtomicUsize>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let ip = side.client_ip;
+    let sock = crate::netns::run_in(side.ns, move || std::net::UdpSocket::bind((ip, port)))
+        .map_err(std::io::Error::other)??;
+    let seen = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let Some(reply) = triad::sip_probe::routed_reply(&text) else { continue };
+            counter.fetch_add(1, Ordering::SeqCst);
+            let _ = sock.send_to(reply.as_bytes(), from);
+        }
+    });
+    Ok(seen)
+}
+
 /// Where the payload's SIPp UAS listens on the client side, and its user.
 pub const UAS_PORT: u16 = 5080;
 /// The UAC's port on the client side.

@@ -655,27 +655,6 @@ fn has_volume_mounted(h: &Harness, id: u8) -> bool {
         .any(|l| l.split(' ').nth(4) == Some(mnt.as_str()))
 }
 
-/// A SIP user agent on the client side that answers every request with
-/// 200 and counts them: the contact a registration points at.
-fn sip_responder(port: u16) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let sock = netns::run_in(CLIENT_NS, move || std::net::UdpSocket::bind((layout::CLIENT_IP, port)))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|e| panic!("bind the SIP responder: {e}"));
-    let seen = std::sync::Arc::new(AtomicUsize::new(0));
-    let counter = seen.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok((n, from)) = sock.recv_from(&mut buf) {
-            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-            let Some(reply) = ::triad::sip_probe::routed_reply(&text) else { continue };
-            counter.fetch_add(1, Ordering::SeqCst);
-            let _ = sock.send_to(reply.as_bytes(), from);
-        }
-    });
-    seen
-}
-
 /// `sipsak` in the client's namespace; its exit code and output.
 fn sipsak(args: &[&str]) -> (bool, String) {
     triad_lab::sip::sipsak(args).unwrap_or_else(|e| panic!("sipsak: {e}"))
@@ -704,7 +683,7 @@ fn a_registration_through_the_vip_survives_the_active_nodes_death() {
     for step in ["attach", "check", "mount"] {
         assert!(fs.last_took_ms.contains_key(step), "no duration of {step}: {fs:?}");
     }
-    let seen = sip_responder(5070);
+    let seen = triad_lab::sip::phone_in(&triad_lab::sip::LAB, 5070).unwrap_or_else(|e| panic!("the phone: {e}"));
     let contact = format!("sip:alice@{}:5070", layout::CLIENT_IP);
     let user = format!("sip:alice@{VIP}");
     let (ok, out) = sipsak(&["-U", "-C", &contact, "-s", &user, "-i"]);

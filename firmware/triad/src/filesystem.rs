@@ -256,8 +256,7 @@ impl Job {
         let (attachment, server_end) = nbd_kernel::attach(device, &export).map_err(|e| chain(&e).to_string())?;
         if let Err(e) = serve(server_end) {
             // The driver's requests would wait forever: take it down now.
-            let undone =
-                attachment.detach(KERNEL_DETACH).err().map(|d| format!("; releasing it: {d}")).unwrap_or_default();
+            let undone = release_after_failure(attachment);
             return Err(format!("cannot serve the kernel's connection to {}: {e}{undone}", device.display()));
         }
         // The driver sets the capacity once NBD_DO_IT runs, on its own
@@ -269,11 +268,7 @@ impl Job {
                 Ok(size) if size == wanted => break,
                 _ if !attachment.is_running() || start.elapsed() > KERNEL_READY => {
                     let seen = block_device_size(device).map_or_else(|e| e, |s| format!("{s} bytes"));
-                    let undone = attachment
-                        .detach(KERNEL_DETACH)
-                        .err()
-                        .map(|d| format!("; releasing it: {d}"))
-                        .unwrap_or_default();
+                    let undone = release_after_failure(attachment);
                     return Err(format!(
                         "{} did not show the volume's {wanted} bytes within {KERNEL_READY:?} (it shows {seen}){undone}",
                         device.display()
@@ -370,6 +365,12 @@ impl Job {
         }
         Ok(())
     }
+}
+
+/// Detaches a kernel attachment whose attach failed half-way; what went
+/// wrong doing so, as a suffix for the attach's own error.
+fn release_after_failure(attachment: nbd_kernel::Attachment<nbd_kernel::DevNbd>) -> String {
+    attachment.detach(KERNEL_DETACH).err().map(|d| format!("; releasing it: {d}")).unwrap_or_default()
 }
 
 /// A block device's size in bytes, from `/sys/class/block/NAME/size`
