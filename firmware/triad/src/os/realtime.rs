@@ -249,6 +249,7 @@ mod io_flusher_tests {
 mod tests {
     use super::*;
 
+    #[test]
     /// The volume's threads: one below an inherited real-time priority,
     /// normal below the lowest one, untouched when not real-time. Real
     /// syscalls, each on its own thread (the policy is per thread).
