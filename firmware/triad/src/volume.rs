@@ -346,11 +346,9 @@ where
     std::thread::Builder::new()
         .name("triad-volume".into())
         .spawn(move || {
-            // Below the heartbeats' real-time priority, above the PBX that
-            // waits on it (`step_below_inherited` says why). The sync
-            // thread, spawned below, inherits this.
-            if let Err(e) = crate::os::realtime::step_below_inherited() {
-                warn!(error = %crate::errors::chain(&e), "volume thread: could not step below the event loop's priority");
+            // Bulk work never at the heartbeats' real-time priority.
+            if let Err(e) = crate::os::realtime::set_normal() {
+                warn!(error = %crate::errors::chain(&e), "volume thread: could not leave SCHED_FIFO");
             }
             // This thread serves the filesystem the kernel may be flushing:
             // it must not recurse into that filesystem's writeback.

@@ -29,9 +29,6 @@ pub enum RealtimeError {
         /// Largest allowed.
         max: i32,
     },
-    /// sched_getscheduler() or sched_getparam() failed.
-    #[error("sched_getscheduler/sched_getparam(0) failed")]
-    SchedGet(#[source] io::Error),
     /// sched_get_priority_min/max() failed.
     #[error("sched_get_priority_min/max(SCHED_FIFO) failed")]
     PriorityLimits(#[source] io::Error),
@@ -143,56 +140,6 @@ pub fn set_normal() -> Result<(), RealtimeError> {
     Ok(())
 }
 
-/// Where [`step_below_inherited`] left the calling thread.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stepped {
-    /// It was not real-time; it stays under the normal scheduler.
-    Normal,
-    /// SCHED_FIFO at this priority, one below the inherited one.
-    Fifo(i32),
-    /// It inherited SCHED_FIFO at the lowest priority, so nothing is below
-    /// it: it now runs under the normal scheduler.
-    LeftRealtime,
-}
-
-/// Moves the *calling thread* one SCHED_FIFO priority below the one it
-/// inherited (the heartbeats' event loop), or leaves it normal if it was.
-///
-/// For the volume's threads. Below the event loop, so a busy volume never
-/// delays a heartbeat, a lease renewal or a watchdog pet: any higher
-/// real-time priority preempts it at once. Above the normal scheduler,
-/// because everything that runs there waits on this thread: the PBX's
-/// writes to the replicated filesystem, and the peers' acknowledgements on
-/// three nodes sharing CPUs in the lab. Measured on the lab (2 vCPUs):
-/// under SCHED_OTHER the leader's volume thread spent 35-49% of a
-/// sequential write load runnable but waiting for a CPU
-/// (docs/volume-benchmark.md, "the volume's threads' priority").
-pub fn step_below_inherited() -> Result<Stepped, RealtimeError> {
-    // SAFETY: pid 0 names the calling thread; returns a plain integer.
-    let policy = unsafe { libc::sched_getscheduler(0) };
-    if policy < 0 {
-        return Err(RealtimeError::SchedGet(io::Error::last_os_error()));
-    }
-    if policy != libc::SCHED_FIFO && policy != libc::SCHED_RR {
-        return Ok(Stepped::Normal);
-    }
-    let mut param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `param` is a valid, writable sched_param that outlives the
-    // call; pid 0 names the calling thread.
-    if unsafe { libc::sched_getparam(0, &mut param) } != 0 {
-        return Err(RealtimeError::SchedGet(io::Error::last_os_error()));
-    }
-    // SAFETY: takes and returns plain integers; no memory is touched.
-    let min = unsafe { libc::sched_get_priority_min(libc::SCHED_FIFO) };
-    if param.sched_priority > min {
-        set_realtime(param.sched_priority - 1)?;
-        Ok(Stepped::Fifo(param.sched_priority - 1))
-    } else {
-        set_normal()?;
-        Ok(Stepped::LeftRealtime)
-    }
-}
-
 /// Rejects priorities SCHED_FIFO would refuse, with a clearer message than
 /// EINVAL.
 fn check_priority(priority: i32) -> Result<(), RealtimeError> {
@@ -248,35 +195,6 @@ mod io_flusher_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    /// The volume's threads: one below an inherited real-time priority,
-    /// normal below the lowest one, untouched when not real-time. Real
-    /// syscalls, each on its own thread (the policy is per thread).
-    #[test]
-    fn a_volume_thread_steps_one_priority_below_the_event_loop() {
-        assert!(nix::unistd::geteuid().is_root(), "this test needs root (SCHED_FIFO needs CAP_SYS_NICE)");
-        let after = |start: Option<i32>| {
-            std::thread::spawn(move || {
-                if let Some(p) = start {
-                    set_realtime(p).expect("SCHED_FIFO for the test thread");
-                }
-                let stepped = step_below_inherited().expect("step");
-                // SAFETY: pid 0 is this thread; plain integers.
-                let policy = unsafe { libc::sched_getscheduler(0) };
-                let mut param = libc::sched_param { sched_priority: -1 };
-                // SAFETY: valid, writable sched_param; pid 0 is this thread.
-                assert_eq!(unsafe { libc::sched_getparam(0, &mut param) }, 0);
-                (stepped, policy, param.sched_priority)
-            })
-            .join()
-            .expect("thread")
-        };
-        assert_eq!(after(Some(50)), (Stepped::Fifo(49), libc::SCHED_FIFO, 49));
-        assert_eq!(after(Some(2)), (Stepped::Fifo(1), libc::SCHED_FIFO, 1));
-        assert_eq!(after(Some(1)), (Stepped::LeftRealtime, libc::SCHED_OTHER, 0));
-        assert_eq!(after(None), (Stepped::Normal, libc::SCHED_OTHER, 0));
-    }
 
     #[test]
     fn out_of_range_priorities_are_refused_before_the_syscall() {
